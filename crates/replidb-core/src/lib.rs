@@ -1,0 +1,23 @@
+//! Shared vocabulary of replidb: the types every other crate speaks.
+//!
+//! Nothing here does IO. The types are small and `Copy` where they can be, and
+//! units live in the type (an [`Lsn`] is not an [`Epoch`] is not a count).
+//!
+//! - [`Lsn`], [`Epoch`], [`NodeId`]: positions, terms and names.
+//! - [`Op`] and [`Record`]: what a write-ahead-log record carries.
+//! - [`Hlc`] and [`HlcClock`]: hybrid logical clock timestamps stamped on
+//!   every record (wall-clock milliseconds plus a logical counter), so that
+//!   lag can be measured in time and later topologies can order writes.
+//! - [`Clock`]: the only way protocol code reads the time, so a simulation
+//!   can substitute its own.
+//! - [`duration`]: parsing of `250ms` / `2s` / `1m` and `DUR..DUR` ranges.
+
+pub mod duration;
+pub use duration::{parse_duration, DurationError, DurationRange};
+mod hlc;
+mod types;
+
+pub use hlc::{Clock, Hlc, HlcClock, SystemClock};
+pub use types::{
+    validate_key, Epoch, EpochHistory, KeyError, Lsn, NodeId, Op, Record, Versioned, MAX_KEY_BYTES,
+};

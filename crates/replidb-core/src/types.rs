@@ -1,0 +1,267 @@
+//! Positions, terms, names and the contents of a log record.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::Hlc;
+
+/// Log sequence number: gapless and strictly increasing within a node's log.
+/// `Lsn(0)` means "nothing": the first record of a fresh cluster is `Lsn(1)`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The position before any record.
+    pub const ZERO: Lsn = Lsn(0);
+
+    /// The next LSN. Panics on overflow, which 2^64 writes will not reach.
+    pub fn next(self) -> Lsn {
+        Lsn(self.0 + 1)
+    }
+
+    /// The previous LSN, saturating at zero.
+    pub fn prev(self) -> Lsn {
+        Lsn(self.0.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Leadership term. Every promotion creates a higher epoch; every record
+/// carries the epoch in which it was written.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// The next epoch.
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A node's name, unique within a cluster (`--id`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub String);
+
+impl NodeId {
+    /// Borrow the name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(s: &str) -> Self {
+        NodeId(s.to_string())
+    }
+}
+
+/// Longest key accepted, in bytes of UTF-8 (API.md: 1..=1024).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Why a key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The empty string is not a key.
+    #[error("key must not be empty")]
+    Empty,
+    /// Longer than [`MAX_KEY_BYTES`].
+    #[error("key is {len} bytes; the limit is {MAX_KEY_BYTES}")]
+    TooLong {
+        /// Length of the refused key.
+        len: usize,
+    },
+}
+
+/// Check a key against the contract's limits.
+pub fn validate_key(key: &str) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KeyError::TooLong { len: key.len() });
+    }
+    Ok(())
+}
+
+/// One change to the table. A `Batch` is applied atomically and holds only
+/// `Put` and `Delete` (never a nested batch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (a no-op if absent).
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Several puts and deletes applied as one.
+    Batch(Vec<Op>),
+}
+
+impl Op {
+    /// Visit every put/delete in order, flattening a batch.
+    pub fn for_each_leaf<'a>(&'a self, f: &mut impl FnMut(&'a Op)) {
+        match self {
+            Op::Batch(ops) => ops.iter().for_each(|op| op.for_each_leaf(f)),
+            leaf => f(leaf),
+        }
+    }
+
+    /// Approximate payload size, used for batching limits.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Delete { key } => key.len(),
+            Op::Batch(ops) => ops.iter().map(Op::size_bytes).sum(),
+        }
+    }
+}
+
+/// A write-ahead-log record: what the leader decided, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the log.
+    pub lsn: Lsn,
+    /// Term in which the leader wrote it.
+    pub epoch: Epoch,
+    /// Hybrid logical clock timestamp at the leader.
+    pub hlc: Hlc,
+    /// The change.
+    pub op: Op,
+}
+
+/// A value as stored in the table, with the record that last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// LSN of the record that wrote this value.
+    pub lsn: Lsn,
+    /// Epoch of that record.
+    pub epoch: Epoch,
+}
+
+/// A node's epoch history: `(epoch, first_lsn)` pairs in increasing order,
+/// like PostgreSQL's timeline history. Epoch `e` covers LSNs from its
+/// `first_lsn` up to (excluding) the next entry's `first_lsn`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochHistory {
+    /// `(epoch, first LSN written in that epoch)`, strictly increasing in both.
+    pub entries: Vec<(Epoch, Lsn)>,
+}
+
+impl EpochHistory {
+    /// The epoch that covers `lsn`, if any entry starts at or before it.
+    pub fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(_, first)| *first <= lsn)
+            .map(|(e, _)| *e)
+    }
+
+    /// The newest epoch in the history.
+    pub fn last_epoch(&self) -> Epoch {
+        self.entries.last().map(|(e, _)| *e).unwrap_or_default()
+    }
+
+    /// Record that `epoch` starts at `first_lsn`. Ignores a repeat of the
+    /// newest entry's epoch; entries at or past `first_lsn` of an older epoch
+    /// are dropped (they were never written, or were rewound).
+    pub fn push(&mut self, epoch: Epoch, first_lsn: Lsn) {
+        if self.last_epoch() >= epoch && !self.entries.is_empty() {
+            return;
+        }
+        self.entries.retain(|(_, first)| *first < first_lsn);
+        self.entries.push((epoch, first_lsn));
+    }
+
+    /// First LSN *after* `epoch` ended in this history: the first LSN of the
+    /// next newer entry, or `None` if `epoch` is the newest (still open).
+    pub fn end_of(&self, epoch: Epoch) -> Option<Lsn> {
+        self.entries
+            .iter()
+            .find(|(e, _)| *e > epoch)
+            .map(|(_, first)| *first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_limits() {
+        assert_eq!(validate_key(""), Err(KeyError::Empty));
+        assert!(validate_key("a").is_ok());
+        assert!(validate_key(&"x".repeat(1024)).is_ok());
+        assert_eq!(
+            validate_key(&"x".repeat(1025)),
+            Err(KeyError::TooLong { len: 1025 })
+        );
+    }
+
+    #[test]
+    fn epoch_history_lookup() {
+        let mut h = EpochHistory::default();
+        h.push(Epoch(1), Lsn(1));
+        h.push(Epoch(2), Lsn(10));
+        h.push(Epoch(4), Lsn(15));
+        assert_eq!(h.epoch_at(Lsn(0)), None);
+        assert_eq!(h.epoch_at(Lsn(1)), Some(Epoch(1)));
+        assert_eq!(h.epoch_at(Lsn(9)), Some(Epoch(1)));
+        assert_eq!(h.epoch_at(Lsn(10)), Some(Epoch(2)));
+        assert_eq!(h.epoch_at(Lsn(100)), Some(Epoch(4)));
+        assert_eq!(h.end_of(Epoch(1)), Some(Lsn(10)));
+        assert_eq!(h.end_of(Epoch(2)), Some(Lsn(15)));
+        assert_eq!(h.end_of(Epoch(3)), Some(Lsn(15)));
+        assert_eq!(h.end_of(Epoch(4)), None);
+        // Repeating the newest epoch changes nothing.
+        h.push(Epoch(4), Lsn(20));
+        assert_eq!(h.entries.len(), 3);
+    }
+
+    #[test]
+    fn batch_leaves_flatten() {
+        let op = Op::Batch(vec![
+            Op::Put {
+                key: "a".into(),
+                value: b"1".to_vec(),
+            },
+            Op::Delete { key: "b".into() },
+        ]);
+        let mut keys = vec![];
+        op.for_each_leaf(&mut |leaf| match leaf {
+            Op::Put { key, .. } | Op::Delete { key } => keys.push(key.clone()),
+            Op::Batch(_) => unreachable!("flattened"),
+        });
+        assert_eq!(keys, vec!["a", "b"]);
+        assert_eq!(op.size_bytes(), 3);
+    }
+}

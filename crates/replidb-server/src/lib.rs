@@ -1,0 +1,1 @@
+//! replidb-server
