@@ -265,3 +265,78 @@ mod tests {
         assert_eq!(op.size_bytes(), 3);
     }
 }
+
+/// How many nodes (leader included) must hold a record durably before the
+/// write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WriteConcern {
+    /// The leader alone (`w=1`, asynchronous replication).
+    #[default]
+    One,
+    /// Exactly this many nodes (`w=k`).
+    Nodes(usize),
+    /// A majority of the voting nodes.
+    Majority,
+    /// Every known node.
+    All,
+}
+
+impl WriteConcern {
+    /// The number of acknowledgements needed in a cluster of `voters` nodes.
+    pub fn required(&self, voters: usize) -> usize {
+        match self {
+            WriteConcern::One => 1,
+            WriteConcern::Nodes(k) => (*k).max(1),
+            WriteConcern::Majority => voters / 2 + 1,
+            WriteConcern::All => voters.max(1),
+        }
+    }
+}
+
+impl fmt::Display for WriteConcern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteConcern::One => f.write_str("1"),
+            WriteConcern::Nodes(k) => write!(f, "{k}"),
+            WriteConcern::Majority => f.write_str("majority"),
+            WriteConcern::All => f.write_str("all"),
+        }
+    }
+}
+
+/// Why a write concern string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid write concern {0:?}: expected a number >= 1, \"majority\" or \"all\"")]
+pub struct WriteConcernError(pub String);
+
+impl std::str::FromStr for WriteConcern {
+    type Err = WriteConcernError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "majority" => Ok(WriteConcern::Majority),
+            "all" => Ok(WriteConcern::All),
+            n => match n.parse::<usize>() {
+                Ok(1) => Ok(WriteConcern::One),
+                Ok(k) if k > 1 => Ok(WriteConcern::Nodes(k)),
+                _ => Err(WriteConcernError(s.to_string())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod wc_tests {
+    use super::*;
+
+    #[test]
+    fn write_concern_parse_and_quorum() {
+        assert_eq!("1".parse::<WriteConcern>().unwrap(), WriteConcern::One);
+        assert_eq!("3".parse::<WriteConcern>().unwrap(), WriteConcern::Nodes(3));
+        assert!("0".parse::<WriteConcern>().is_err());
+        assert!("most".parse::<WriteConcern>().is_err());
+        assert_eq!(WriteConcern::Majority.required(3), 2);
+        assert_eq!(WriteConcern::Majority.required(4), 3);
+        assert_eq!(WriteConcern::Majority.required(1), 1);
+        assert_eq!(WriteConcern::All.required(3), 3);
+    }
+}

@@ -1,1 +1,112 @@
-//! replidb-server
+//! replidb-server: one node — its HTTP API on a single port, and the
+//! assembly of engine, replication role and background tasks.
+//!
+//! - [`config`]: [`NodeConfig`], every setting of a node.
+//! - [`node`]: [`Node`], the running state (engine + leader or follower).
+//! - [`api`]: the HTTP routes of API.md, including the replication upgrade.
+//! - [`metrics`]: the Prometheus recorder and state gauges.
+//!
+//! [`Server::bind`] binds the port and starts the node; [`Server::run`]
+//! serves until a shutdown future resolves, then stops cleanly (replication
+//! sessions end, the engine checkpoints).
+
+pub mod api;
+mod config;
+pub mod metrics;
+pub mod node;
+
+pub use config::{CoordinatorKind, NodeConfig};
+pub use node::{Node, Role};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Errors that stop a node from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Any other start-up or serving failure, with context.
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// A bound, started node that is not yet serving HTTP.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+}
+
+impl Server {
+    /// Bind `config.listen` (port 0 picks a free port; the advertised URL
+    /// then uses the real one) and start the node.
+    pub async fn bind(mut config: NodeConfig) -> Result<Server, ServerError> {
+        metrics::handle();
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        config.listen = local;
+        let node = Node::start(config).await?;
+        Ok(Server { listener, node })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.node.config.listen
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Serve until `shutdown` resolves, then stop the node.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let node = self.node.clone();
+        let app = api::router(node.clone());
+        tracing::info!(node_id = %node.config.id, addr = %node.config.listen, role = node.role().name(), "serving");
+        let stop = node.shutdown.clone();
+        let stopping = node.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = stop.cancelled() => {}
+                }
+                // End replication streams first: graceful shutdown waits
+                // for open connections.
+                stopping.shutdown.cancel();
+                if let Some(l) = stopping.leader() {
+                    l.stop();
+                }
+            })
+            .await;
+        node.stop().await;
+        tracing::info!(node_id = %node.config.id, "stopped");
+        served.map_err(|e| ServerError::Startup(format!("server failed: {e}")))
+    }
+}
+
+/// Bind, start and serve a node until `shutdown` resolves.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    Server::bind(config).await?.run(shutdown).await
+}

@@ -1,1 +1,329 @@
-//! replidb-storage
+//! The table: the materialized state of replidb's write-ahead log.
+//!
+//! The log (replidb-wal) is the source of truth. A [`Table`] is what you get by
+//! applying the log's records, in LSN order, to an empty map of
+//! `key -> Versioned { value, lsn, epoch }`. Everything in this crate follows
+//! from that one sentence.
+//!
+//! # The contract
+//!
+//! - **Gapless application.** [`Table::apply`] takes a contiguous run of
+//!   records starting at exactly `applied_lsn() + 1`. Anything else is
+//!   refused with [`StorageError::NotContiguous`] and nothing is applied, so a
+//!   table can never silently skip or repeat a record.
+//! - **Atomic with its position.** The data changes of one `apply` call and the
+//!   new `applied_lsn` become visible (and, for redb, are committed) together.
+//!   A reader never sees half a batch, and after a crash the table knows
+//!   exactly which prefix of the log it holds, so recovery replays only the
+//!   WAL tail after it.
+//! - **Applied is not durable.** `apply` may keep its changes in memory or in
+//!   the page cache; the WAL already holds them durably. [`Table::checkpoint`]
+//!   makes everything applied so far durable and advances `durable_lsn`. After
+//!   a crash a table reopens exactly at its last checkpoint (`applied_lsn ==
+//!   durable_lsn` then), and the caller replays the WAL from
+//!   `applied_lsn + 1`. A clean close may keep more (dropping a [`RedbTable`]
+//!   lets redb make pending commits durable; dropping a [`MemoryTable`] keeps
+//!   nothing past its checkpoint), so callers must always trust the reopened
+//!   `applied_lsn`, never remember one. The WAL may be truncated only up to
+//!   `durable_lsn`.
+//! - **Snapshots are point in time.** [`Table::snapshot`] returns a view at the
+//!   `applied_lsn` of the moment it was taken; later applies never show
+//!   through. Snapshots are read in key-ordered chunks, which is how a
+//!   follower that fell too far behind gets a full copy.
+//! - **Restore is all or nothing.** `begin_restore` durably marks the table as
+//!   restoring and empties it; `restore_chunk` fills it; `finish_restore`
+//!   durably sets the new `applied_lsn` and clears the mark. A crash in between
+//!   leaves the mark, and the next open starts empty at LSN 0 with
+//!   [`Table::needs_restore`] true, never with a half-copied table that
+//!   claims to be at some LSN.
+//! - **Digest.** [`Table::digest`] is a SHA-256 over every `(key, value, lsn,
+//!   epoch)` in key order plus the entry count. It depends only on the
+//!   contents, so the two backends — and two replicas — agree on it exactly
+//!   when their contents agree.
+//!
+//! # Concurrency
+//!
+//! Many reader threads, one applier. Implementations serialize writers
+//! internally (a second concurrent `apply` waits and is then checked for
+//! contiguity like any other) and never hold a lock that readers need across
+//! file IO.
+//!
+//! # Backends
+//!
+//! - [`MemoryTable`]: a `BTreeMap` behind a lock; optionally persisted by
+//!   writing a checksummed snapshot file on `checkpoint`.
+//! - [`RedbTable`]: a redb file with a data table and a meta table written in
+//!   the same transaction. `apply` commits without fsync; `checkpoint` commits
+//!   with fsync.
+//!
+//! # Left out
+//!
+//! - No MVCC history: a key holds only its latest version, and a delete leaves
+//!   no tombstone (deletes replicate through the WAL, not through the table).
+//! - No key validation: keys were validated before they reached the log.
+//! - No WAL replay: the caller owns the log and replays it after `open`.
+//! - No compaction or size management of the redb file beyond what redb does.
+//!   Pages freed by non-durable commits are reclaimed only after the next
+//!   durable one, so the file grows between checkpoints: checkpoint regularly.
+//! - `apply` during a restore is not refused (it is a caller bug); only the
+//!   restore calls themselves check the protocol.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use replidb_core::{Lsn, Record, Versioned};
+
+mod digest;
+mod memory;
+mod redb_table;
+
+pub use memory::MemoryTable;
+pub use redb_table::RedbTable;
+
+/// File name of the redb table inside a data directory.
+pub const REDB_FILE_NAME: &str = "table.redb";
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An IO error on a file of the table.
+    #[error("io error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend (redb) failed; the message says what was being done.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    /// Stored data failed a consistency check, or a snapshot stream broke the
+    /// restore protocol.
+    #[error("corruption: {0}")]
+    Corruption(String),
+    /// `apply` was given a record that does not follow `applied_lsn`.
+    #[error("records not contiguous: expected lsn {expected}, got {got}")]
+    NotContiguous {
+        /// The LSN that had to come next.
+        expected: Lsn,
+        /// The LSN that came instead.
+        got: Lsn,
+    },
+}
+
+/// Result of a storage operation.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// The table: the materialized state of the log.
+pub trait Table: Send + Sync + 'static {
+    /// Apply records in order, atomically together with the new applied_lsn.
+    /// `records[0].lsn` must be `applied_lsn() + 1` and the slice contiguous
+    /// (else `NotContiguous`, nothing applied). Put sets
+    /// `Versioned { value, lsn: rec.lsn, epoch: rec.epoch }`; Delete removes the
+    /// key; Batch applies its leaves in order. Not necessarily durable: see
+    /// [`Table::checkpoint`]. An empty slice is a no-op.
+    fn apply(&self, records: &[Record]) -> Result<()>;
+
+    /// The current version of `key`, if present.
+    fn get(&self, key: &str) -> Result<Option<Versioned>>;
+
+    /// Keys starting with `prefix`, in key order, strictly after `start_after`
+    /// if given, at most `limit`.
+    fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>>;
+
+    /// LSN of the last applied record (0 if none).
+    fn applied_lsn(&self) -> Lsn;
+
+    /// LSN of the last checkpoint: everything up to it survives a crash.
+    fn durable_lsn(&self) -> Lsn;
+
+    /// Make everything applied so far durable; returns the new durable_lsn.
+    fn checkpoint(&self) -> Result<Lsn>;
+
+    /// A consistent, point-in-time view at `applied_lsn()` as of the call;
+    /// later applies don't affect it.
+    fn snapshot(&self) -> Result<Box<dyn TableSnapshot>>;
+
+    /// Start replacing the whole contents from a snapshot stream: clears the
+    /// table, sets applied_lsn (and durable_lsn) to 0 and durably marks it
+    /// "restoring". If the process crashes before [`Table::finish_restore`],
+    /// the next open finds the mark, clears the table, reports applied_lsn 0
+    /// and `needs_restore() == true`.
+    fn begin_restore(&self) -> Result<()>;
+
+    /// Add entries of the snapshot stream. Keys must ascend, within and across
+    /// chunks (else `Corruption`). Only valid between begin and finish.
+    fn restore_chunk(&self, entries: &[(String, Versioned)]) -> Result<()>;
+
+    /// End the restore: sets applied_lsn = durable_lsn = `lsn`, clears the
+    /// mark, and is durable when it returns.
+    fn finish_restore(&self, lsn: Lsn) -> Result<()>;
+
+    /// True while a restore is under way or was interrupted by a crash: the
+    /// contents are not a prefix of any log and must be restored again.
+    fn needs_restore(&self) -> bool;
+
+    /// Hex digest over (key, value, lsn, epoch) in key order plus the entry
+    /// count; equal contents ⇔ equal digest (w.h.p.), across backends.
+    fn digest(&self) -> Result<String>;
+
+    /// Number of keys.
+    fn len(&self) -> Result<u64>;
+
+    /// True if the table holds no keys.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Backend name for /status: "memory" or "redb".
+    fn backend_name(&self) -> &'static str;
+}
+
+/// A frozen view of a table, read in key-ordered chunks.
+pub trait TableSnapshot: Send + Sync {
+    /// The applied_lsn the view reflects.
+    fn lsn(&self) -> Lsn;
+
+    /// Next entries in key order strictly after `start_after` (None = from the
+    /// start), at most `max_entries`. Empty = done.
+    fn read_chunk(
+        &self,
+        start_after: Option<&str>,
+        max_entries: usize,
+    ) -> Result<Vec<(String, Versioned)>>;
+}
+
+/// Which table implementation a node uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// [`MemoryTable`], persisted by snapshot files.
+    Memory,
+    /// [`RedbTable`].
+    #[default]
+    Redb,
+}
+
+impl Backend {
+    /// The name used on the command line and in /status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redb => "redb",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend name that is neither "memory" nor "redb".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown storage backend {0:?}: expected \"memory\" or \"redb\"")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for Backend {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory" => Ok(Backend::Memory),
+            "redb" => Ok(Backend::Redb),
+            _ => Err(UnknownBackend(s.to_string())),
+        }
+    }
+}
+
+/// Open (creating if needed) the persistent table of `backend` in the data
+/// directory `dir`: `dir/table.redb` for redb, snapshot files in `dir` for
+/// memory.
+pub fn open_table(backend: Backend, dir: &Path) -> Result<Arc<dyn Table>> {
+    std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(match backend {
+        Backend::Memory => Arc::new(MemoryTable::open(dir)?),
+        Backend::Redb => Arc::new(RedbTable::open(&dir.join(REDB_FILE_NAME))?),
+    })
+}
+
+/// Check that `records` continue gaplessly from `applied`.
+fn check_contiguous(applied: Lsn, records: &[Record]) -> Result<()> {
+    let mut expected = applied.next();
+    for rec in records {
+        if rec.lsn != expected {
+            return Err(StorageError::NotContiguous {
+                expected,
+                got: rec.lsn,
+            });
+        }
+        expected = expected.next();
+    }
+    Ok(())
+}
+
+/// Check that restore entries ascend strictly, and come after `last_key`
+/// (the largest key restored so far).
+fn check_restore_order(last_key: Option<&str>, entries: &[(String, Versioned)]) -> Result<()> {
+    let mut prev = last_key;
+    for (key, _) in entries {
+        if let Some(p) = prev {
+            if key.as_str() <= p {
+                return Err(StorageError::Corruption(format!(
+                    "restore chunk keys not ascending: {key:?} after {p:?}"
+                )));
+            }
+        }
+        prev = Some(key);
+    }
+    Ok(())
+}
+
+/// The restore-protocol violation of calling chunk/finish outside a restore.
+fn not_restoring(what: &str) -> StorageError {
+    StorageError::Corruption(format!("{what} called without begin_restore"))
+}
+
+/// Lower bound for a prefix scan: the later of `prefix` (inclusive) and
+/// `start_after` (exclusive).
+fn scan_lower_bound<'a>(prefix: &'a str, start_after: Option<&'a str>) -> std::ops::Bound<&'a str> {
+    use std::ops::Bound;
+    match start_after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in [Backend::Memory, Backend::Redb] {
+            assert_eq!(b.to_string().parse::<Backend>().unwrap(), b);
+        }
+        assert_eq!("REDB".parse::<Backend>().unwrap(), Backend::Redb);
+        assert!("rocksdb".parse::<Backend>().is_err());
+        assert_eq!(Backend::default(), Backend::Redb);
+    }
+
+    #[test]
+    fn lower_bound_picks_the_later_start() {
+        use std::ops::Bound;
+        assert_eq!(scan_lower_bound("b", None), Bound::Included("b"));
+        assert_eq!(scan_lower_bound("b", Some("a")), Bound::Included("b"));
+        assert_eq!(scan_lower_bound("b", Some("b")), Bound::Excluded("b"));
+        assert_eq!(scan_lower_bound("b", Some("bz")), Bound::Excluded("bz"));
+    }
+}

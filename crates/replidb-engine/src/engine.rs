@@ -1,0 +1,331 @@
+//! [`Engine`]: the handle the rest of the node uses.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use replidb_core::{Clock, Epoch, EpochHistory, HlcClock, Lsn, Op, Record, Versioned};
+use replidb_storage::{Backend, Table};
+use replidb_wal::{Wal, WalOptions, WalReader};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::meta::{self, NodeMeta};
+use crate::writer::{Command, WriterCore};
+use crate::{EngineError, Result};
+
+/// How to open an engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Data directory (WAL in `wal/`, table and metadata beside it).
+    pub dir: PathBuf,
+    /// WAL settings (segment size, fsync policy).
+    pub wal: WalOptions,
+    /// Table backend.
+    pub backend: Backend,
+    /// Node id, used as the `node_id` metric label.
+    pub node_id: String,
+    /// Run blocking IO on the calling task instead of tokio's blocking pool
+    /// (deterministic simulation).
+    pub inline_io: bool,
+    /// Most commands one group commit round takes (bounds latency of the
+    /// round and memory of the batch).
+    pub max_group: usize,
+}
+
+impl EngineOptions {
+    /// Defaults for `dir`.
+    pub fn new(dir: impl Into<PathBuf>, node_id: impl Into<String>) -> Self {
+        EngineOptions {
+            dir: dir.into(),
+            wal: WalOptions::default(),
+            backend: Backend::Redb,
+            node_id: node_id.into(),
+            inline_io: false,
+            max_group: 1024,
+        }
+    }
+}
+
+/// A leader's write request: one operation and the conditions it needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    /// What to write.
+    pub op: Op,
+    /// `(key, lsn)` pairs that must hold at the moment of sequencing; lsn 0
+    /// means "absent".
+    pub conditions: Vec<(String, Lsn)>,
+}
+
+impl Proposal {
+    /// A proposal without conditions.
+    pub fn new(op: Op) -> Self {
+        Proposal {
+            op,
+            conditions: Vec::new(),
+        }
+    }
+}
+
+/// A proposal that is durable (fsynced) and applied on the leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Its LSN.
+    pub lsn: Lsn,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// For a single delete: whether the key existed.
+    pub existed: Option<bool>,
+}
+
+/// A node's log positions, published after every change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Positions {
+    /// Lowest LSN still in the WAL (last+1 if it holds none).
+    pub first_lsn: Lsn,
+    /// Highest LSN durably written (fsynced).
+    pub flush_lsn: Lsn,
+    /// Highest LSN applied to the table.
+    pub applied_lsn: Lsn,
+    /// Table's checkpointed LSN.
+    pub durable_lsn: Lsn,
+    /// WAL size on disk.
+    pub wal_bytes: u64,
+}
+
+/// Receives a snapshot into the table; see [`Engine::restore_begin`].
+pub type RestoreSink = Arc<Engine>;
+
+/// One node's storage: WAL + table + writer task.
+pub struct Engine {
+    tx: mpsc::Sender<Command>,
+    positions: watch::Receiver<Positions>,
+    table: Arc<dyn Table>,
+    reader: WalReader,
+    meta: Arc<RwLock<NodeMeta>>,
+    opts: EngineOptions,
+}
+
+impl Engine {
+    /// Open (or create) the engine in `opts.dir`, recover, and start the
+    /// writer task on the current tokio runtime.
+    pub async fn open(opts: EngineOptions, clock: Arc<dyn Clock>) -> Result<Arc<Engine>> {
+        let dir = opts.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::Meta {
+            path: dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let meta = meta::load(&dir)?.unwrap_or_default();
+        let table = replidb_storage::open_table(opts.backend, &dir)?;
+        let (mut wal, report) = Wal::open(&dir.join("wal"), opts.wal.clone())?;
+        tracing::info!(
+            node_id = %opts.node_id,
+            wal_first = %report.first_lsn,
+            wal_last = %report.last_lsn,
+            torn_bytes = report.truncated_bytes,
+            table_lsn = %table.applied_lsn(),
+            "recovering"
+        );
+        if table.needs_restore() {
+            // A snapshot install was interrupted: the table is empty and
+            // the old WAL no longer matches it. Start from nothing; the
+            // leader will stream or snapshot from LSN 1.
+            tracing::warn!("interrupted snapshot restore found; starting empty");
+            wal.reset(Lsn(1))?;
+        }
+        recover(&mut wal, table.as_ref())?;
+        let reader = wal.reader();
+        let meta = Arc::new(RwLock::new(meta));
+        let initial = Positions {
+            first_lsn: wal.first_lsn(),
+            flush_lsn: wal.flushed_lsn(),
+            applied_lsn: table.applied_lsn(),
+            durable_lsn: table.durable_lsn(),
+            wal_bytes: wal.size_bytes(),
+        };
+        let (pos_tx, pos_rx) = watch::channel(initial);
+        let (tx, rx) = mpsc::channel(opts.max_group * 4);
+        let core = WriterCore::new(
+            wal,
+            table.clone(),
+            meta.clone(),
+            HlcClock::new(clock),
+            pos_tx,
+            opts.clone(),
+        );
+        tokio::spawn(crate::writer::run(core, rx, opts.inline_io, opts.max_group));
+        Ok(Arc::new(Engine {
+            tx,
+            positions: pos_rx,
+            table,
+            reader,
+            meta,
+            opts,
+        }))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| EngineError::Stopped("writer is not running".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Stopped("writer dropped the request".into()))?
+    }
+
+    /// Leader: sequence, log, fsync and apply one write.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Committed> {
+        self.call(|reply| Command::Propose { proposal, reply })
+            .await
+    }
+
+    /// Follower: append records that carry the leader's LSNs and fsync them.
+    /// Records at or below the current end are skipped (a resent batch).
+    /// Returns the new flush LSN.
+    pub async fn append_replicated(&self, records: Vec<Record>) -> Result<Lsn> {
+        self.call(|reply| Command::Append { records, reply }).await
+    }
+
+    /// Apply every flushed record up to `up_to` to the table. Returns the
+    /// new applied LSN.
+    pub async fn apply_up_to(&self, up_to: Lsn) -> Result<Lsn> {
+        self.call(|reply| Command::Apply { up_to, reply }).await
+    }
+
+    /// Remove every record after `lsn` from the WAL (rewind) and return them.
+    pub async fn truncate_after(&self, lsn: Lsn) -> Result<Vec<Record>> {
+        self.call(|reply| Command::Truncate { after: lsn, reply })
+            .await
+    }
+
+    /// Checkpoint the table, then drop WAL segments below both the
+    /// checkpoint and `retain_from` (what followers still need).
+    pub async fn checkpoint(&self, retain_from: Lsn) -> Result<u64> {
+        self.call(|reply| Command::Checkpoint { retain_from, reply })
+            .await
+    }
+
+    /// Start a new epoch at the end of the log (promotion) and persist it.
+    pub async fn begin_epoch(&self, epoch: Epoch) -> Result<()> {
+        self.call(|reply| Command::BeginEpoch { epoch, reply })
+            .await
+    }
+
+    /// Adopt a leader's epoch and history (follower), and persist it.
+    pub async fn adopt_history(&self, epoch: Epoch, history: EpochHistory) -> Result<()> {
+        self.call(|reply| Command::Adopt {
+            epoch,
+            history,
+            reply,
+        })
+        .await
+    }
+
+    /// Snapshot install, step 1: clear the table (durably marked).
+    pub async fn restore_begin(&self) -> Result<()> {
+        self.call(|reply| Command::RestoreBegin { reply }).await
+    }
+
+    /// Snapshot install, step 2 (repeated): add entries in key order.
+    pub async fn restore_chunk(&self, entries: Vec<(String, Versioned)>) -> Result<()> {
+        self.call(|reply| Command::RestoreChunk { entries, reply })
+            .await
+    }
+
+    /// Snapshot install, step 3: the table is at `lsn`; the WAL restarts at
+    /// `lsn + 1`.
+    pub async fn restore_finish(&self, lsn: Lsn) -> Result<()> {
+        self.call(|reply| Command::RestoreFinish { lsn, reply })
+            .await
+    }
+
+    /// The table (for reads and snapshots).
+    pub fn table(&self) -> &Arc<dyn Table> {
+        &self.table
+    }
+
+    /// A reader of the WAL (for the replication stream).
+    pub fn wal_reader(&self) -> WalReader {
+        self.reader.clone()
+    }
+
+    /// Current positions.
+    pub fn positions(&self) -> Positions {
+        *self.positions.borrow()
+    }
+
+    /// A receiver that changes whenever positions do.
+    pub fn subscribe(&self) -> watch::Receiver<Positions> {
+        self.positions.clone()
+    }
+
+    /// Current epoch and history.
+    pub fn meta(&self) -> NodeMeta {
+        self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The options the engine was opened with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Wait until `applied_lsn >= lsn` or `timeout` passes. Returns whether
+    /// it was reached.
+    pub async fn wait_applied(&self, lsn: Lsn, timeout: Duration) -> bool {
+        let mut rx = self.positions.clone();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|p| p.applied_lsn >= lsn)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Wait until `flush_lsn >= lsn` or `timeout` passes.
+    pub async fn wait_flushed(&self, lsn: Lsn, timeout: Duration) -> bool {
+        let mut rx = self.positions.clone();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|p| p.flush_lsn >= lsn)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Stop the writer after the commands already queued; a final
+    /// checkpoint makes the next start fast.
+    pub async fn shutdown(&self) {
+        let _ = self
+            .call(|reply| Command::Checkpoint {
+                retain_from: Lsn::ZERO,
+                reply,
+            })
+            .await;
+        let _ = self.call(|reply| Command::Stop { reply }).await;
+    }
+}
+
+/// Bring the table up to the end of the WAL.
+fn recover(wal: &mut Wal, table: &dyn Table) -> Result<()> {
+    let applied = table.applied_lsn();
+    if wal.last_lsn() < applied {
+        // The table is ahead of the log: only possible after a crash
+        // between installing a snapshot and restarting the WAL after it.
+        tracing::warn!(table = %applied, wal = %wal.last_lsn(), "wal behind table; restarting wal");
+        wal.reset(applied.next())?;
+        return Ok(());
+    }
+    if wal.last_lsn() == applied {
+        return Ok(());
+    }
+    if wal.first_lsn() > applied.next() {
+        return Err(EngineError::RecoveryGap {
+            table: applied,
+            wal_first: wal.first_lsn(),
+        });
+    }
+    let mut cursor = wal.reader().cursor(applied.next())?;
+    let mut replayed = 0usize;
+    loop {
+        let batch = cursor.next_batch(4096, 16 << 20)?;
+        if batch.is_empty() {
+            break;
+        }
+        replayed += batch.len();
+        table.apply(&batch)?;
+    }
+    tracing::info!(replayed, applied = %table.applied_lsn(), "wal replayed");
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Engine errors, grouped by how a caller reacts.
+
+use replidb_core::Lsn;
+
+/// What went wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The log failed (IO, corruption at open, non-contiguous append).
+    #[error("wal: {0}")]
+    Wal(#[from] replidb_wal::WalError),
+    /// The table failed.
+    #[error("table: {0}")]
+    Storage(#[from] replidb_storage::StorageError),
+    /// Metadata file could not be read or written.
+    #[error("metadata {path}: {reason}")]
+    Meta {
+        /// File.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A transaction condition did not hold; nothing was written.
+    #[error("condition failed on key {key:?}: expected lsn {expected}, found {actual}")]
+    ConditionFailed {
+        /// The key whose condition failed.
+        key: String,
+        /// The LSN the request expected (0 = absent).
+        expected: Lsn,
+        /// The LSN the key actually has (0 = absent).
+        actual: Lsn,
+    },
+    /// The table and the WAL do not line up (the WAL lost records the
+    /// table never saw): refuse rather than serve a hole.
+    #[error("recovery gap: table is at lsn {table}, but the wal starts at {wal_first}")]
+    RecoveryGap {
+        /// Table's applied LSN.
+        table: Lsn,
+        /// WAL's first LSN.
+        wal_first: Lsn,
+    },
+    /// The engine was shut down, or its writer died after an IO error (a
+    /// node must not go on after a failed fsync: the page cache state is
+    /// unknown).
+    #[error("engine stopped: {0}")]
+    Stopped(String),
+}
+
+/// Result alias for the engine.
+pub type Result<T> = std::result::Result<T, EngineError>;

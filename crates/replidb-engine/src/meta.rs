@@ -1,0 +1,63 @@
+//! Node metadata that must survive restarts: the current epoch and the epoch
+//! history. Written atomically (temp file, fsync, rename, fsync directory).
+
+use replidb_core::{Epoch, EpochHistory};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{EngineError, Result};
+
+/// Durable per-node metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Highest epoch this node has seen (invariant 3: it never acts on a
+    /// lower one).
+    pub epoch: Epoch,
+    /// Where each epoch starts in this node's log.
+    pub history: EpochHistory,
+}
+
+pub(crate) fn meta_path(dir: &Path) -> PathBuf {
+    dir.join("meta.json")
+}
+
+pub(crate) fn load(dir: &Path) -> Result<Option<NodeMeta>> {
+    let path = meta_path(dir);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| EngineError::Meta {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EngineError::Meta {
+            path,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+pub(crate) fn store(dir: &Path, meta: &NodeMeta) -> Result<()> {
+    let path = meta_path(dir);
+    let err = |e: std::io::Error| EngineError::Meta {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    let tmp = dir.join("meta.json.tmp");
+    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| EngineError::Meta {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut f = fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::rename(&tmp, &path).map_err(err)?;
+    // The rename is only durable once the directory entry is.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
+    Ok(())
+}

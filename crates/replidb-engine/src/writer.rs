@@ -1,0 +1,492 @@
+//! The writer task: the single owner of the WAL and the only applier.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use replidb_core::{Clock, Epoch, EpochHistory, HlcClock, Lsn, Op, Record, Versioned};
+use replidb_storage::Table;
+use replidb_wal::{Wal, WalCursor};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::{Committed, EngineOptions, Positions, Proposal};
+use crate::meta::{self, NodeMeta};
+use crate::{EngineError, Result};
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Requests to the writer.
+pub(crate) enum Command {
+    Propose {
+        proposal: Proposal,
+        reply: Reply<Committed>,
+    },
+    Append {
+        records: Vec<Record>,
+        reply: Reply<Lsn>,
+    },
+    Apply {
+        up_to: Lsn,
+        reply: Reply<Lsn>,
+    },
+    Truncate {
+        after: Lsn,
+        reply: Reply<Vec<Record>>,
+    },
+    Checkpoint {
+        retain_from: Lsn,
+        reply: Reply<u64>,
+    },
+    BeginEpoch {
+        epoch: Epoch,
+        reply: Reply<()>,
+    },
+    Adopt {
+        epoch: Epoch,
+        history: EpochHistory,
+        reply: Reply<()>,
+    },
+    RestoreBegin {
+        reply: Reply<()>,
+    },
+    RestoreChunk {
+        entries: Vec<(String, Versioned)>,
+        reply: Reply<()>,
+    },
+    RestoreFinish {
+        lsn: Lsn,
+        reply: Reply<()>,
+    },
+    Stop {
+        reply: Reply<()>,
+    },
+}
+
+impl Command {
+    /// Commands that only append take part in group commit; every other
+    /// command is a barrier that first flushes the group.
+    fn is_append(&self) -> bool {
+        matches!(self, Command::Propose { .. } | Command::Append { .. })
+    }
+}
+
+/// State owned by the writer, moved onto the blocking pool for each round.
+pub(crate) struct WriterCore {
+    wal: Wal,
+    table: Arc<dyn Table>,
+    meta: Arc<RwLock<NodeMeta>>,
+    hlc: HlcClock<Arc<dyn Clock>>,
+    positions: watch::Sender<Positions>,
+    opts: EngineOptions,
+    /// Kept between rounds so a follower's apply reads sequentially.
+    cursor: Option<WalCursor>,
+    /// Set after an IO failure: the node must not write again.
+    failed: Option<String>,
+    stopped: bool,
+}
+
+/// Run the writer until the channel closes or a `Stop` arrives.
+pub(crate) async fn run(
+    mut core: WriterCore,
+    mut rx: mpsc::Receiver<Command>,
+    inline_io: bool,
+    max_group: usize,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut cmds = vec![first];
+        // Group commit: everything that queued while the last round ran
+        // shares this round's fsync.
+        while cmds.len() < max_group {
+            match rx.try_recv() {
+                Ok(c) => cmds.push(c),
+                Err(_) => break,
+            }
+        }
+        if inline_io {
+            core.round(cmds);
+        } else {
+            let joined = tokio::task::spawn_blocking(move || {
+                core.round(cmds);
+                core
+            })
+            .await;
+            match joined {
+                Ok(c) => core = c,
+                Err(e) => {
+                    tracing::error!(error = %e, "writer round panicked; engine stopped");
+                    return;
+                }
+            }
+        }
+        if core.stopped {
+            return;
+        }
+    }
+}
+
+/// A write accepted into this round, waiting for the round's fsync.
+enum Pending {
+    Proposed(Reply<Committed>, Committed),
+    Appended(Reply<Lsn>),
+}
+
+impl WriterCore {
+    pub(crate) fn new(
+        wal: Wal,
+        table: Arc<dyn Table>,
+        meta: Arc<RwLock<NodeMeta>>,
+        hlc: HlcClock<Arc<dyn Clock>>,
+        positions: watch::Sender<Positions>,
+        opts: EngineOptions,
+    ) -> Self {
+        WriterCore {
+            wal,
+            table,
+            meta,
+            hlc,
+            positions,
+            opts,
+            cursor: None,
+            failed: None,
+            stopped: false,
+        }
+    }
+
+    fn round(&mut self, cmds: Vec<Command>) {
+        let mut group = Vec::new();
+        for cmd in cmds {
+            if let Some(why) = &self.failed {
+                fail(cmd, why);
+                continue;
+            }
+            if cmd.is_append() {
+                group.push(cmd);
+                continue;
+            }
+            self.commit_group(std::mem::take(&mut group));
+            self.barrier(cmd);
+        }
+        self.commit_group(group);
+        self.publish();
+    }
+
+    /// Append every command of the group, fsync once, apply, answer.
+    fn commit_group(&mut self, group: Vec<Command>) {
+        if group.is_empty() {
+            return;
+        }
+        let mut pending = Vec::with_capacity(group.len());
+        let mut proposed: Vec<Record> = Vec::new();
+        // Key versions written earlier in this same group, so a later
+        // condition sees them although the table does not yet.
+        let mut overlay: HashMap<String, Lsn> = HashMap::new();
+        for cmd in group {
+            match cmd {
+                Command::Propose { proposal, reply } => {
+                    match self.sequence(proposal, &mut overlay) {
+                        Ok((rec, committed)) => match self.wal.append(&rec) {
+                            Ok(()) => {
+                                proposed.push(rec);
+                                pending.push(Pending::Proposed(reply, committed));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                            }
+                        },
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Command::Append { records, reply } => match self.append_all(&records) {
+                    Ok(()) => pending.push(Pending::Appended(reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                other => fail(other, "internal: barrier in group"),
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match self.wal.sync() {
+            Ok(stats) => {
+                let labels = [("node_id", self.opts.node_id.clone())];
+                metrics::histogram!("replidb_wal_fsync_duration_seconds", &labels)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("replidb_wal_records_per_fsync", &labels)
+                    .record(stats.records as f64);
+            }
+            Err(e) => {
+                self.fatal(format!("wal sync failed: {e}"));
+                for p in pending {
+                    match p {
+                        Pending::Proposed(r, _) => fail_reply(r, &self.failed_reason()),
+                        Pending::Appended(r) => fail_reply(r, &self.failed_reason()),
+                    }
+                }
+                return;
+            }
+        }
+        // A leader applies what it proposed right after the fsync.
+        if let Some(last) = proposed.last() {
+            if let Err(e) = self.apply_through(last.lsn, &proposed) {
+                self.fatal(format!("apply failed: {e}"));
+            }
+        }
+        let flush = self.wal.flushed_lsn();
+        let why = self.failed.clone();
+        for p in pending {
+            match (p, &why) {
+                (Pending::Proposed(r, _), Some(w)) => fail_reply(r, w),
+                (Pending::Appended(r), Some(w)) => fail_reply(r, w),
+                (Pending::Proposed(r, c), None) => {
+                    let _ = r.send(Ok(c));
+                }
+                (Pending::Appended(r), None) => {
+                    let _ = r.send(Ok(flush));
+                }
+            }
+        }
+    }
+
+    /// Assign LSN, epoch and timestamp, after checking the conditions.
+    fn sequence(
+        &self,
+        proposal: Proposal,
+        overlay: &mut HashMap<String, Lsn>,
+    ) -> Result<(Record, Committed)> {
+        let current = |key: &str| -> Result<Lsn> {
+            if let Some(l) = overlay.get(key) {
+                return Ok(*l);
+            }
+            Ok(self.table.get(key)?.map(|v| v.lsn).unwrap_or(Lsn::ZERO))
+        };
+        for (key, expected) in &proposal.conditions {
+            let actual = current(key)?;
+            if actual != *expected {
+                return Err(EngineError::ConditionFailed {
+                    key: key.clone(),
+                    expected: *expected,
+                    actual,
+                });
+            }
+        }
+        let existed = match &proposal.op {
+            Op::Delete { key } => Some(current(key)? != Lsn::ZERO),
+            _ => None,
+        };
+        let lsn = self.wal.last_lsn().next();
+        let epoch = self.meta.read().unwrap_or_else(|e| e.into_inner()).epoch;
+        proposal.op.for_each_leaf(&mut |leaf| match leaf {
+            Op::Put { key, .. } => {
+                overlay.insert(key.clone(), lsn);
+            }
+            Op::Delete { key } => {
+                overlay.insert(key.clone(), Lsn::ZERO);
+            }
+            Op::Batch(_) => {}
+        });
+        let rec = Record {
+            lsn,
+            epoch,
+            hlc: self.hlc.now(),
+            op: proposal.op,
+        };
+        Ok((
+            rec,
+            Committed {
+                lsn,
+                epoch,
+                existed,
+            },
+        ))
+    }
+
+    fn append_all(&mut self, records: &[Record]) -> Result<()> {
+        for rec in records {
+            if rec.lsn <= self.wal.last_lsn() {
+                continue; // already have it: a resent batch after reconnect
+            }
+            self.hlc.observe(rec.hlc);
+            self.wal.append(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Apply every flushed record up to `up_to`, using `fresh` (records of
+    /// this round, in order) where it has them and the WAL otherwise.
+    fn apply_through(&mut self, up_to: Lsn, fresh: &[Record]) -> Result<Lsn> {
+        let up_to = up_to.min(self.wal.flushed_lsn());
+        while self.table.applied_lsn() < up_to {
+            let next = self.table.applied_lsn().next();
+            if let Some(first) = fresh.first() {
+                if first.lsn <= next {
+                    let skip = (next.0 - first.lsn.0) as usize;
+                    let take = (up_to.0 - next.0 + 1) as usize;
+                    let slice: Vec<Record> = fresh.iter().skip(skip).take(take).cloned().collect();
+                    if !slice.is_empty() {
+                        self.table.apply(&slice)?;
+                        continue;
+                    }
+                }
+            }
+            let limit = fresh
+                .first()
+                .map(|r| r.lsn.prev())
+                .unwrap_or(up_to)
+                .min(up_to);
+            let batch = self.read_from(next, limit)?;
+            if batch.is_empty() {
+                break;
+            }
+            self.table.apply(&batch)?;
+        }
+        Ok(self.table.applied_lsn())
+    }
+
+    /// Read records `from..=limit` from the WAL, reusing the cursor.
+    fn read_from(&mut self, from: Lsn, limit: Lsn) -> Result<Vec<Record>> {
+        let reuse = matches!(&self.cursor, Some(c) if c.next_lsn() == from);
+        if !reuse {
+            self.cursor = Some(self.wal.reader().cursor(from)?);
+        }
+        let Some(cursor) = self.cursor.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let max = (limit.0.saturating_sub(from.0) + 1).min(4096) as usize;
+        let batch = cursor.next_batch(max, 16 << 20)?;
+        Ok(batch.into_iter().filter(|r| r.lsn <= limit).collect())
+    }
+
+    fn barrier(&mut self, cmd: Command) {
+        match cmd {
+            Command::Apply { up_to, reply } => {
+                let r = self.apply_through(up_to, &[]);
+                if let Err(e) = &r {
+                    self.fatal(format!("apply failed: {e}"));
+                }
+                let _ = reply.send(r);
+            }
+            Command::Truncate { after, reply } => {
+                self.cursor = None;
+                let r = self.wal.truncate_after(after).map_err(Into::into);
+                let _ = reply.send(r);
+            }
+            Command::Checkpoint { retain_from, reply } => {
+                let _ = reply.send(self.checkpoint(retain_from));
+            }
+            Command::BeginEpoch { epoch, reply } => {
+                let first = self.wal.last_lsn().next();
+                let r = self.update_meta(|m| {
+                    m.epoch = m.epoch.max(epoch);
+                    m.history.push(epoch, first);
+                });
+                let _ = reply.send(r);
+            }
+            Command::Adopt {
+                epoch,
+                history,
+                reply,
+            } => {
+                let r = self.update_meta(|m| {
+                    m.epoch = m.epoch.max(epoch);
+                    m.history = history;
+                });
+                let _ = reply.send(r);
+            }
+            Command::RestoreBegin { reply } => {
+                self.cursor = None;
+                let _ = reply.send(self.table.begin_restore().map_err(Into::into));
+            }
+            Command::RestoreChunk { entries, reply } => {
+                let _ = reply.send(self.table.restore_chunk(&entries).map_err(Into::into));
+            }
+            Command::RestoreFinish { lsn, reply } => {
+                let r = self
+                    .table
+                    .finish_restore(lsn)
+                    .map_err(EngineError::from)
+                    .and_then(|()| self.wal.reset(lsn.next()).map_err(Into::into));
+                let _ = reply.send(r);
+            }
+            Command::Stop { reply } => {
+                self.stopped = true;
+                let _ = reply.send(Ok(()));
+            }
+            other @ (Command::Propose { .. } | Command::Append { .. }) => {
+                fail(other, "internal: append as barrier")
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, retain_from: Lsn) -> Result<u64> {
+        let durable = self.table.checkpoint()?;
+        // Keep what the table has not made durable and what followers
+        // still need; `retain_from == 0` means "keep everything".
+        let keep_from = if retain_from == Lsn::ZERO {
+            Lsn::ZERO
+        } else {
+            durable.next().min(retain_from)
+        };
+        if keep_from == Lsn::ZERO {
+            return Ok(0);
+        }
+        self.cursor = None;
+        Ok(self.wal.remove_segments_before(keep_from)?)
+    }
+
+    fn update_meta(&mut self, f: impl FnOnce(&mut NodeMeta)) -> Result<()> {
+        let mut next = self.meta.read().unwrap_or_else(|e| e.into_inner()).clone();
+        f(&mut next);
+        meta::store(&self.opts.dir, &next)?;
+        *self.meta.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let p = Positions {
+            first_lsn: self.wal.first_lsn(),
+            flush_lsn: self.wal.flushed_lsn(),
+            applied_lsn: self.table.applied_lsn(),
+            durable_lsn: self.table.durable_lsn(),
+            wal_bytes: self.wal.size_bytes(),
+        };
+        self.positions.send_if_modified(|old| {
+            let changed = *old != p;
+            *old = p;
+            changed
+        });
+    }
+
+    fn fatal(&mut self, why: String) {
+        tracing::error!(reason = %why, "engine failed; refusing further writes");
+        self.failed = Some(why);
+    }
+
+    fn failed_reason(&self) -> String {
+        self.failed.clone().unwrap_or_default()
+    }
+}
+
+fn fail_reply<T>(reply: Reply<T>, why: &str) {
+    let _ = reply.send(Err(EngineError::Stopped(why.to_string())));
+}
+
+fn fail(cmd: Command, why: &str) {
+    match cmd {
+        Command::Propose { reply, .. } => fail_reply(reply, why),
+        Command::Append { reply, .. } => fail_reply(reply, why),
+        Command::Apply { reply, .. } => fail_reply(reply, why),
+        Command::Truncate { reply, .. } => fail_reply(reply, why),
+        Command::Checkpoint { reply, .. } => fail_reply(reply, why),
+        Command::BeginEpoch { reply, .. } => fail_reply(reply, why),
+        Command::Adopt { reply, .. } => fail_reply(reply, why),
+        Command::RestoreBegin { reply } => fail_reply(reply, why),
+        Command::RestoreChunk { reply, .. } => fail_reply(reply, why),
+        Command::RestoreFinish { reply, .. } => fail_reply(reply, why),
+        Command::Stop { reply } => fail_reply(reply, why),
+    }
+}

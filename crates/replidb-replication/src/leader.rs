@@ -1,0 +1,484 @@
+//! The leader's side: one streaming session per follower, the registry of
+//! followers (the equivalent of `pg_stat_replication`), commit tracking and
+//! write-concern waits.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use replidb_core::{Clock, Epoch, Lsn, WriteConcern};
+use replidb_engine::Engine;
+use replidb_wal::WalError;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::decide::{decide_start, LogPosition, StartDecision};
+use crate::frame::{Frame, FrameCodec};
+use crate::transport::BoxIo;
+use crate::{ReplicationError, Result};
+
+/// Tuning of the leader's streams.
+#[derive(Clone, Debug)]
+pub struct LeaderOptions {
+    /// Heartbeat period on an idle stream.
+    pub heartbeat_interval: Duration,
+    /// Voting members for `w=majority`; `None` = leader + followers seen.
+    pub cluster_size: Option<usize>,
+    /// Most records per `Records` frame.
+    pub batch_max_records: usize,
+    /// Approximate most bytes per `Records` frame.
+    pub batch_max_bytes: usize,
+    /// Entries per snapshot chunk.
+    pub snapshot_chunk_entries: usize,
+    /// How long a new stream may take to say `Hello`.
+    pub hello_timeout: Duration,
+}
+
+impl Default for LeaderOptions {
+    fn default() -> Self {
+        LeaderOptions {
+            heartbeat_interval: Duration::from_millis(100),
+            cluster_size: None,
+            batch_max_records: 1024,
+            batch_max_bytes: 1 << 20,
+            snapshot_chunk_entries: 1000,
+            hello_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a follower's stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Receiving a table snapshot.
+    Snapshot,
+    /// Streaming, but more than one batch behind.
+    CatchingUp,
+    /// Streaming and caught up to within a batch.
+    Streaming,
+    /// No open stream.
+    Disconnected,
+}
+
+/// What the leader knows about one follower.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaInfo {
+    /// Follower id.
+    pub id: String,
+    /// Follower URL.
+    pub addr: String,
+    /// Stream state.
+    pub state: ReplicaState,
+    /// Highest LSN sent.
+    pub sent_lsn: Lsn,
+    /// Highest LSN the follower reported durable.
+    pub flush_lsn: Lsn,
+    /// Highest LSN the follower reported applied.
+    pub applied_lsn: Lsn,
+    /// Records the follower has not applied.
+    pub lag_records: u64,
+    /// Follower's own estimate of its apply lag.
+    pub lag_ms: u64,
+    /// `sync`, `quorum` or `async`, from the default write concern.
+    pub sync: &'static str,
+    /// Last time we heard from it (ms since the Unix epoch).
+    #[serde(skip)]
+    pub last_seen_ms: u64,
+    /// Session counter, so an old session's exit does not mark a newer one
+    /// disconnected.
+    #[serde(skip)]
+    session: u64,
+}
+
+/// Leader-side replication state, shared by every session and the write
+/// path.
+pub struct Leader {
+    node_id: String,
+    engine: Arc<Engine>,
+    clock: Arc<dyn Clock>,
+    opts: LeaderOptions,
+    default_wc: WriteConcern,
+    replicas: Mutex<BTreeMap<String, ReplicaInfo>>,
+    /// Bumped on every acknowledgement, to wake write-concern waiters.
+    acks: watch::Sender<u64>,
+    next_session: std::sync::atomic::AtomicU64,
+    /// Cancelled when this node stops leading: every session ends.
+    cancel: CancellationToken,
+    epoch: Epoch,
+}
+
+impl Leader {
+    /// Leader state for `engine` at its current epoch.
+    pub fn new(
+        node_id: impl Into<String>,
+        engine: Arc<Engine>,
+        clock: Arc<dyn Clock>,
+        opts: LeaderOptions,
+        default_wc: WriteConcern,
+    ) -> Arc<Leader> {
+        let epoch = engine.meta().epoch;
+        Arc::new(Leader {
+            node_id: node_id.into(),
+            engine,
+            clock,
+            opts,
+            default_wc,
+            replicas: Mutex::new(BTreeMap::new()),
+            acks: watch::channel(0).0,
+            next_session: Default::default(),
+            cancel: CancellationToken::new(),
+            epoch,
+        })
+    }
+
+    /// The epoch this leader leads in.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// End every session (stepping down or shutting down).
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ReplicaInfo>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Followers, in id order, with lag computed against our last LSN.
+    pub fn replicas(&self) -> Vec<ReplicaInfo> {
+        let last = self.engine.positions().flush_lsn;
+        let sync = match self.default_wc {
+            WriteConcern::One => "async",
+            WriteConcern::All => "sync",
+            _ => "quorum",
+        };
+        self.lock()
+            .values()
+            .map(|r| {
+                let mut r = r.clone();
+                r.lag_records = last.0.saturating_sub(r.applied_lsn.0);
+                r.sync = sync;
+                r
+            })
+            .collect()
+    }
+
+    /// Voting members: configured, or the leader plus followers seen.
+    pub fn voters(&self) -> usize {
+        self.opts
+            .cluster_size
+            .unwrap_or_else(|| 1 + self.lock().len())
+    }
+
+    /// Nodes (leader included) that hold `lsn` durably.
+    pub fn acks_for(&self, lsn: Lsn) -> usize {
+        let leader = usize::from(self.engine.positions().flush_lsn >= lsn);
+        leader + self.lock().values().filter(|r| r.flush_lsn >= lsn).count()
+    }
+
+    /// Highest LSN durable on a majority of voters.
+    pub fn commit_lsn(&self) -> Lsn {
+        let mut flushes: Vec<Lsn> = self.lock().values().map(|r| r.flush_lsn).collect();
+        flushes.push(self.engine.positions().flush_lsn);
+        flushes.sort_unstable_by(|a, b| b.cmp(a));
+        let need = WriteConcern::Majority.required(self.voters());
+        flushes.get(need - 1).copied().unwrap_or(Lsn::ZERO)
+    }
+
+    /// Wait until `lsn` is on enough nodes for `wc`, or `timeout`. Returns
+    /// `(acks, met)`.
+    pub async fn wait_for(&self, lsn: Lsn, wc: WriteConcern, timeout: Duration) -> (usize, bool) {
+        let mut rx = self.acks.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let acks = self.acks_for(lsn);
+            if acks >= wc.required(self.voters()) {
+                return (acks, true);
+            }
+            rx.borrow_and_update();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    let acks = self.acks_for(lsn);
+                    return (acks, acks >= wc.required(self.voters()));
+                }
+            }
+        }
+    }
+
+    /// Wait until `commit_lsn >= lsn` or `timeout`; whether it was reached.
+    pub async fn wait_commit(&self, lsn: Lsn, timeout: Duration) -> bool {
+        let mut rx = self.acks.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.commit_lsn() >= lsn {
+                return true;
+            }
+            rx.borrow_and_update();
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return self.commit_lsn() >= lsn;
+            }
+        }
+    }
+
+    /// The lowest LSN a connected or known follower still needs (so the
+    /// WAL keeps it), or `None` when there are no followers.
+    pub fn retain_from(&self) -> Option<Lsn> {
+        self.lock().values().map(|r| r.flush_lsn.next()).min()
+    }
+
+    /// Forget a follower (it will need a snapshot when it returns if the
+    /// WAL moves on without it).
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn update(&self, id: &str, session: u64, f: impl FnOnce(&mut ReplicaInfo)) {
+        if let Some(r) = self.lock().get_mut(id) {
+            if r.session == session {
+                f(r);
+            }
+        }
+    }
+
+    /// Serve one follower's stream until it ends or we stop leading.
+    pub async fn serve(self: Arc<Self>, io: BoxIo) {
+        let cancel = self.cancel.clone();
+        tokio::select! {
+            r = self.clone().session(io) => {
+                if let Err(e) = r {
+                    tracing::info!(error = %e, "replication session ended");
+                }
+            }
+            _ = cancel.cancelled() => {}
+        }
+    }
+
+    async fn session(self: Arc<Self>, io: BoxIo) -> Result<()> {
+        let mut framed = Framed::new(io, FrameCodec::default());
+        let hello = tokio::time::timeout(self.opts.hello_timeout, framed.next())
+            .await
+            .map_err(|_| ReplicationError::Protocol("no hello in time".into()))?;
+        let Some(Ok(Frame::Hello {
+            node_id,
+            addr,
+            epoch,
+            flush_lsn,
+            applied_lsn,
+            history,
+            ..
+        })) = hello
+        else {
+            return Err(ReplicationError::Protocol("expected hello".into()));
+        };
+        let meta = self.engine.meta();
+        if epoch > self.epoch || meta.epoch > self.epoch {
+            // Invariant 3: a node that has seen a newer epoch does not take
+            // orders from us; we are stale.
+            let reason = format!(
+                "leader {} is at epoch {}, follower {} has seen epoch {}",
+                self.node_id, self.epoch, node_id, epoch
+            );
+            framed
+                .send(Frame::Refused {
+                    reason: reason.clone(),
+                    epoch: self.epoch,
+                })
+                .await?;
+            return Err(ReplicationError::Fenced(reason));
+        }
+        let pos = self.engine.positions();
+        let decision = decide_start(
+            &LogPosition {
+                last_lsn: flush_lsn,
+                history: &history,
+            },
+            &LogPosition {
+                last_lsn: pos.flush_lsn,
+                history: &meta.history,
+            },
+            pos.first_lsn,
+        );
+        tracing::info!(follower = %node_id, %flush_lsn, ?decision, "follower connected");
+        if let StartDecision::Diverged(common_lsn) = decision {
+            framed
+                .send(Frame::Diverged {
+                    common_lsn,
+                    epoch: self.epoch,
+                })
+                .await?;
+            return Ok(());
+        }
+        let session = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = self.clock.now_ms();
+        self.lock().insert(
+            node_id.clone(),
+            ReplicaInfo {
+                id: node_id.clone(),
+                addr,
+                state: ReplicaState::CatchingUp,
+                sent_lsn: flush_lsn,
+                flush_lsn,
+                applied_lsn,
+                lag_records: 0,
+                lag_ms: 0,
+                sync: "async",
+                last_seen_ms: now,
+                session,
+            },
+        );
+        self.acks.send_modify(|v| *v += 1);
+        let result = self
+            .clone()
+            .stream(framed, &node_id, session, decision, meta.history)
+            .await;
+        self.update(&node_id, session, |r| r.state = ReplicaState::Disconnected);
+        result
+    }
+
+    async fn stream(
+        self: Arc<Self>,
+        mut framed: Framed<BoxIo, FrameCodec>,
+        node_id: &str,
+        session: u64,
+        decision: StartDecision,
+        history: replidb_core::EpochHistory,
+    ) -> Result<()> {
+        // After a snapshot the real start is only known once it is taken.
+        let start = match decision {
+            StartDecision::Stream(l) => l,
+            _ => Lsn::ZERO,
+        };
+        framed
+            .send(Frame::Welcome {
+                leader_id: self.node_id.clone(),
+                epoch: self.epoch,
+                history,
+                start_lsn: start,
+            })
+            .await?;
+        let start = if decision == StartDecision::Snapshot {
+            self.update(node_id, session, |r| r.state = ReplicaState::Snapshot);
+            self.send_snapshot(&mut framed).await?
+        } else {
+            start
+        };
+        let (mut sink, mut acks_in) = framed.split();
+        // Acknowledgements arrive on the same stream; read them on a task of
+        // their own so a slow send never delays commit tracking.
+        let me = self.clone();
+        let id = node_id.to_string();
+        let mut ack_task = tokio::spawn(async move {
+            while let Some(frame) = acks_in.next().await {
+                match frame {
+                    Ok(Frame::Ack {
+                        flush_lsn,
+                        applied_lsn,
+                        lag_ms,
+                    }) => {
+                        let now = me.clock.now_ms();
+                        me.update(&id, session, |r| {
+                            r.lag_ms = lag_ms;
+                            r.flush_lsn = r.flush_lsn.max(flush_lsn);
+                            r.applied_lsn = r.applied_lsn.max(applied_lsn);
+                            r.last_seen_ms = now;
+                        });
+                        me.acks.send_modify(|v| *v += 1);
+                    }
+                    Ok(Frame::Heartbeat { .. }) => {}
+                    Ok(other) => {
+                        tracing::warn!(?other, "unexpected frame from follower");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "follower stream read failed");
+                        return;
+                    }
+                }
+            }
+        });
+        let mut cursor = match self.engine.wal_reader().cursor(start) {
+            Ok(c) => c,
+            Err(WalError::Compacted { .. }) => {
+                return Err(ReplicationError::Protocol(
+                    "records removed before streaming began; follower must resync".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut positions = self.engine.subscribe();
+        let mut heartbeat = tokio::time::interval(self.opts.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            positions.borrow_and_update();
+            let batch =
+                cursor.next_batch(self.opts.batch_max_records, self.opts.batch_max_bytes)?;
+            if let Some(last) = batch.last().map(|r| r.lsn) {
+                let head = self.engine.positions().flush_lsn;
+                let state = if head.0 - last.0 <= self.opts.batch_max_records as u64 {
+                    ReplicaState::Streaming
+                } else {
+                    ReplicaState::CatchingUp
+                };
+                self.update(node_id, session, |r| {
+                    r.sent_lsn = last;
+                    r.state = state;
+                });
+                metrics::histogram!("replidb_replication_batch_size", "node_id" => self.node_id.clone())
+                    .record(batch.len() as f64);
+                sink.send(Frame::Records {
+                    records: batch,
+                    last_lsn: head,
+                    commit_lsn: self.commit_lsn(),
+                    leader_time_ms: self.clock.now_ms(),
+                })
+                .await?;
+                continue;
+            }
+            self.update(node_id, session, |r| r.state = ReplicaState::Streaming);
+            tokio::select! {
+                _ = positions.changed() => {}
+                _ = heartbeat.tick() => {
+                    sink.send(Frame::Heartbeat {
+                        last_lsn: self.engine.positions().flush_lsn,
+                        commit_lsn: self.commit_lsn(),
+                        leader_time_ms: self.clock.now_ms(),
+                        epoch: self.epoch,
+                    }).await?;
+                }
+                _ = &mut ack_task => {
+                    return Err(ReplicationError::Protocol("follower closed the stream".into()));
+                }
+            }
+        }
+    }
+
+    /// Send a consistent table snapshot; returns the LSN streaming resumes at.
+    async fn send_snapshot(&self, framed: &mut Framed<BoxIo, FrameCodec>) -> Result<Lsn> {
+        let snap = self.engine.table().snapshot()?;
+        let lsn = snap.lsn();
+        tracing::info!(%lsn, "sending snapshot");
+        framed.send(Frame::SnapshotBegin { lsn }).await?;
+        let mut after: Option<String> = None;
+        loop {
+            let entries = snap.read_chunk(after.as_deref(), self.opts.snapshot_chunk_entries)?;
+            let Some((last, _)) = entries.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            framed.send(Frame::SnapshotChunk { entries }).await?;
+        }
+        framed.send(Frame::SnapshotEnd { lsn }).await?;
+        Ok(lsn.next())
+    }
+}

@@ -1,0 +1,167 @@
+//! The network, behind a narrow trait.
+//!
+//! The protocol only needs "a bidirectional byte stream to the node at this
+//! URL". [`Transport`] provides it; [`TcpTransport`] does so over tokio TCP
+//! and an HTTP/1.1 upgrade on the node's one port, a simulation can provide
+//! it over a simulated network. The upgrade handshake ([`client_handshake`])
+//! is written against any `AsyncRead + AsyncWrite`, so it runs unchanged on
+//! either.
+//!
+//! The upgrade: `GET /v1/replication HTTP/1.1` with `Connection: Upgrade`
+//! and `Upgrade: replidb-repl/1`; the server answers
+//! `101 Switching Protocols`, after which both sides speak
+//! [`Frame`](crate::Frame)s.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Protocol name in the `Upgrade` header.
+pub const UPGRADE_PROTOCOL: &str = "replidb-repl/1";
+/// Path of the replication endpoint.
+pub const REPLICATION_PATH: &str = "/v1/replication";
+
+/// A bidirectional byte stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A boxed stream.
+pub type BoxIo = Box<dyn Io>;
+
+/// A boxed future, for object-safe async trait methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Opens replication streams to other nodes.
+pub trait Transport: Send + Sync + 'static {
+    /// Connect to the node at `url` (e.g. `http://127.0.0.1:7001`) and
+    /// complete the upgrade handshake.
+    fn connect<'a>(&'a self, url: &'a str) -> BoxFuture<'a, io::Result<BoxIo>>;
+}
+
+/// `host:port` of an `http://host:port[/...]` URL.
+pub fn host_port(url: &str) -> io::Result<String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        invalid(format!(
+            "unsupported url {url:?}: expected http://host:port"
+        ))
+    })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(invalid(format!("url {url:?} has no host")));
+    }
+    Ok(if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    })
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Real TCP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpTransport;
+
+impl Transport for TcpTransport {
+    fn connect<'a>(&'a self, url: &'a str) -> BoxFuture<'a, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let addr = host_port(url)?;
+            let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+            // Records are small and latency matters more than packet count.
+            stream.set_nodelay(true)?;
+            client_handshake(&mut stream, &addr).await?;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+}
+
+/// Send the upgrade request and read the `101` answer.
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    host: &str,
+) -> io::Result<()> {
+    let req = format!(
+        "GET {REPLICATION_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    stream.flush().await?;
+    // Read the response head byte by byte: the server sends nothing after
+    // it until we speak, so we must not read past the blank line.
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "upgrade response head too long",
+            ));
+        }
+        let n = stream.read(&mut byte).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed during upgrade",
+            ));
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status_line = text.lines().next().unwrap_or_default();
+    if !status_line.contains(" 101") {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("replication upgrade refused: {status_line}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(
+            host_port("http://127.0.0.1:7001").unwrap(),
+            "127.0.0.1:7001"
+        );
+        assert_eq!(host_port("http://h:1/x/y").unwrap(), "h:1");
+        assert_eq!(host_port("http://h").unwrap(), "h:80");
+        assert!(host_port("https://h:1").is_err());
+        assert!(host_port("http://").is_err());
+    }
+
+    #[tokio::test]
+    async fn handshake_accepts_101_and_refuses_others() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            let n = b.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).contains("Upgrade: replidb-repl/1"));
+            b.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: replidb-repl/1\r\n\r\nX")
+                .await
+                .unwrap();
+            b
+        });
+        client_handshake(&mut a, "h:1").await.unwrap();
+        // The byte after the head is left for the protocol.
+        let mut x = [0u8; 1];
+        a.read_exact(&mut x).await.unwrap();
+        assert_eq!(&x, b"X");
+        server.await.unwrap();
+
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            let _ = b.read(&mut buf).await;
+            let _ = b.write_all(b"HTTP/1.1 404 Not Found\r\n\r\n").await;
+        });
+        let err = client_handshake(&mut a, "h:1").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+}

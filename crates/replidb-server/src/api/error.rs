@@ -1,0 +1,97 @@
+//! The JSON error shape: `{"error": {"code": "...", "message": "..."}}`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// An error answered to a client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Seconds for a `Retry-After` header (503s).
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// 400 with code `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 400 with code `invalid_parameter`.
+    pub fn invalid_param(name: &str, value: &str, expected: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            format!("invalid value {value:?} for parameter {name:?}: expected {expected}"),
+        )
+    }
+
+    /// 404 with code `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 503 with code `unavailable` and a `Retry-After`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        e.retry_after_s = Some(1);
+        e
+    }
+
+    /// 500 with code `internal`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<replidb_engine::EngineError> for ApiError {
+    fn from(e: replidb_engine::EngineError) -> Self {
+        use replidb_engine::EngineError as E;
+        match e {
+            E::ConditionFailed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "condition_failed", e.to_string())
+            }
+            E::Stopped(_) => ApiError::unavailable(e.to_string()),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<replidb_storage::StorageError> for ApiError {
+    fn from(e: replidb_storage::StorageError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// Handler result.
+pub type ApiResult<T> = Result<T, ApiError>;

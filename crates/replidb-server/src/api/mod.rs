@@ -1,0 +1,108 @@
+//! The HTTP API (API.md): key-value under `/v1`, the seed endpoints,
+//! operations, and the replication upgrade endpoint, all on one port.
+//!
+//! Handlers are thin: they parse and validate, then call the engine, the
+//! leader (write concerns) or the read path in [`read`]. Two middlewares
+//! wrap every route: one adds the `X-Replidb-*` headers (unless a handler or
+//! a proxied answer already set them), one records request metrics.
+
+mod error;
+mod kv;
+mod ops;
+mod params;
+mod read;
+mod repl;
+mod seed;
+mod write;
+
+pub use error::{ApiError, ApiResult};
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::node::{Node, Role};
+
+/// Shared handler state.
+pub type AppState = Arc<Node>;
+
+/// Build the router for `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+        )
+        .route("/v1/kv", get(kv::scan))
+        .route("/v1/txn", post(kv::txn))
+        .route("/write", post(seed::write))
+        .route("/read", get(seed::read))
+        .route("/follower-read", get(seed::follower_read))
+        .route("/read-with-repair", get(seed::read_with_repair))
+        .route("/write-with-quorum", post(seed::write_with_quorum))
+        .route("/health", get(ops::health))
+        .route("/status", get(ops::status))
+        .route("/metrics", get(ops::metrics))
+        .route("/admin/promote", post(ops::promote))
+        .route("/admin/follow", post(ops::follow))
+        .route("/admin/switchover", post(ops::switchover))
+        .route("/internal/catch-up", post(ops::catch_up))
+        .route(
+            replidb_replication::transport::REPLICATION_PATH,
+            get(repl::upgrade),
+        )
+        .fallback(ops::not_found)
+        .layer(middleware::from_fn_with_state(node.clone(), node_headers))
+        .layer(middleware::from_fn(request_metrics))
+        .with_state(node)
+}
+
+/// Add the `X-Replidb-*` headers a handler did not set.
+async fn node_headers(State(node): State<AppState>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let role = node.role();
+    let pos = node.engine.positions();
+    let lag_ms = match &role {
+        Role::Leader(_) => 0,
+        Role::Follower(f) => f.lag_ms(),
+    };
+    let epoch = node.engine.meta().epoch;
+    let headers = resp.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        let name = HeaderName::from_static(name);
+        if !headers.contains_key(&name) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+    };
+    set("x-replidb-node", node.config.id.clone());
+    set("x-replidb-role", role.name().to_string());
+    set("x-replidb-epoch", epoch.0.to_string());
+    set("x-replidb-lsn", pos.applied_lsn.0.to_string());
+    set("x-replidb-lag-ms", lag_ms.to_string());
+    resp
+}
+
+/// Count requests and time them, labelled by route template and status.
+async fn request_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("replidb_http_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("replidb_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,228 @@
+//! Operations: `/health`, `/status`, `/metrics`, `/admin/*`, and the
+//! internal catch-up call read repair uses.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use replidb_core::Lsn;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::params::Params;
+use super::write::read_body;
+use super::{ApiError, ApiResult, AppState};
+use crate::node::{Node, Role};
+
+/// Health as `/health` reports it: `(healthy, body)`.
+pub fn health_of(node: &Node, want_role: Option<&str>, max_lag_ms: Option<u64>) -> (bool, Value) {
+    let role = node.role();
+    let now = node.clock.now_ms();
+    let (mut healthy, lag_ms, last_sync, mut error, drift) = match &role {
+        Role::Leader(l) => {
+            let drift = l
+                .replicas()
+                .iter()
+                .map(|r| r.lag_records)
+                .max()
+                .unwrap_or(0);
+            (true, 0u64, now, None::<String>, drift)
+        }
+        Role::Follower(f) => {
+            let s = f.status();
+            let limit = node.config.health_max_lag.as_millis() as u64;
+            let silent_ms = now.saturating_sub(s.last_sync_ms);
+            let mut why = None;
+            if !s.connected && silent_ms > limit {
+                why = Some(format!(
+                    "disconnected from leader {} for {} ms: {}",
+                    s.leader_url,
+                    silent_ms,
+                    s.last_error
+                        .clone()
+                        .unwrap_or_else(|| "never connected".into())
+                ));
+            } else if s.lag_ms > limit {
+                why = Some(format!("lag {} ms exceeds {} ms", s.lag_ms, limit));
+            }
+            let applied = node.engine.positions().applied_lsn;
+            let drift = s.leader_last_lsn.0.saturating_sub(applied.0);
+            (why.is_none(), s.lag_ms, s.last_sync_ms, why, drift)
+        }
+    };
+    if let Some(want) = want_role {
+        if want != role.name() {
+            healthy = false;
+            error.get_or_insert_with(|| format!("role is {}, not {want}", role.name()));
+        }
+    }
+    if let Some(max) = max_lag_ms {
+        if lag_ms > max {
+            healthy = false;
+            error.get_or_insert_with(|| format!("lag {lag_ms} ms exceeds max_lag_ms {max}"));
+        }
+    }
+    let body = json!({
+        "healthy": healthy,
+        "role": role.name(),
+        "lag_seconds": lag_ms as f64 / 1000.0,
+        "last_sync": last_sync as f64 / 1000.0,
+        "error": error,
+        "outbox_drift": drift,
+    });
+    (healthy, body)
+}
+
+/// `GET /health[?role=leader|follower][&max_lag_ms=N]`.
+pub async fn health(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref(), &["role", "max_lag_ms"])?;
+    let want = p.str("role");
+    if let Some(r) = want {
+        if r != "leader" && r != "follower" {
+            return Err(ApiError::invalid_param("role", r, "leader or follower"));
+        }
+    }
+    let max = p.parse_as::<u64>("max_lag_ms", "milliseconds")?;
+    let (ok, body) = health_of(&node, want, max);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// The `/status` document.
+pub fn status_of(node: &Node) -> Value {
+    let role = node.role();
+    let pos = node.engine.positions();
+    let meta = node.engine.meta();
+    let fsync = match node.config.fsync {
+        replidb_wal::FsyncPolicy::Always => "always",
+        replidb_wal::FsyncPolicy::Never => {
+            "never (NOT DURABLE: acknowledged writes can be lost on a crash)"
+        }
+    };
+    let mut doc = json!({
+        "id": node.config.id,
+        "url": node.config.advertise(),
+        "role": role.name(),
+        "epoch": meta.epoch.0,
+        "epoch_history": meta.history.entries.iter().map(|(e, l)| json!([e.0, l.0])).collect::<Vec<_>>(),
+        "last_lsn": pos.flush_lsn.0,
+        "flush_lsn": pos.flush_lsn.0,
+        "applied_lsn": pos.applied_lsn.0,
+        "first_lsn": pos.first_lsn.0,
+        "durable_lsn": pos.durable_lsn.0,
+        "wal_bytes": pos.wal_bytes,
+        "fsync": fsync,
+        "storage": node.engine.table().backend_name(),
+    });
+    match role {
+        Role::Leader(l) => {
+            doc["leader"] = json!(node.config.advertise());
+            doc["commit_lsn"] = json!(l.commit_lsn().0);
+            doc["changes_applied"] = json!(pos.applied_lsn.0);
+            doc["connected"] = json!(true);
+            doc["error_count"] = json!(0);
+            doc["last_error"] = Value::Null;
+            doc["voters"] = json!(l.voters());
+            doc["followers"] = json!(l.replicas());
+        }
+        Role::Follower(f) => {
+            let s = f.status();
+            doc["leader"] = json!(s.leader_url);
+            doc["leader_id"] = json!(s.leader_id);
+            doc["commit_lsn"] = json!(s.commit_lsn.0);
+            doc["changes_applied"] = json!(s.changes_applied);
+            doc["connected"] = json!(s.connected);
+            doc["error_count"] = json!(s.error_count);
+            doc["last_error"] = json!(s.last_error);
+            doc["lag_ms"] = json!(s.lag_ms);
+            doc["leader_last_lsn"] = json!(s.leader_last_lsn.0);
+            doc["last_sync"] = json!(s.last_sync_ms as f64 / 1000.0);
+            doc["snapshots_installed"] = json!(s.snapshots_installed);
+            doc["rollback_records"] = json!(s.rollback_records);
+        }
+    }
+    doc
+}
+
+/// `GET /status`.
+pub async fn status(State(node): State<AppState>) -> Json<Value> {
+    Json(status_of(&node))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(node): State<AppState>) -> Response {
+    crate::metrics::refresh_gauges(&node);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// `POST /admin/promote`: this follower becomes the leader of a new epoch.
+pub async fn promote(State(node): State<AppState>) -> ApiResult<Response> {
+    if node.leader().is_some() {
+        return Ok(Json(json!({"promoted": false, "message": "already the leader", "epoch": node.engine.meta().epoch.0})).into_response());
+    }
+    let epoch = node.engine.meta().epoch.next();
+    node.engine.begin_epoch(epoch).await?;
+    node.become_leader()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    metrics::counter!("replidb_failovers_total", "node_id" => node.config.id.clone()).increment(1);
+    Ok(Json(json!({"promoted": true, "epoch": epoch.0})).into_response())
+}
+
+#[derive(Deserialize)]
+struct FollowBody {
+    leader: String,
+}
+
+/// `POST /admin/follow {"leader": URL}`: follow another leader.
+pub async fn follow(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
+    let raw = read_body(body, 64 * 1024).await?;
+    let b: FollowBody = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad_request(format!("expected {{\"leader\": URL}}: {e}")))?;
+    replidb_replication::transport::host_port(&b.leader)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    match node.follower() {
+        Some(f) if f.leader_url() == b.leader => {}
+        _ => node.become_follower(b.leader.clone()),
+    }
+    Ok(Json(json!({"following": b.leader})).into_response())
+}
+
+/// `POST /admin/switchover {"to"}`.
+pub async fn switchover(State(_node): State<AppState>) -> ApiResult<Response> {
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "planned switchover is not implemented yet; promote the target and re-point the others with /admin/follow",
+    ))
+}
+
+/// `POST /internal/catch-up?lsn=N`: apply up to `N` now (read repair).
+pub async fn catch_up(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref(), &["lsn"])?;
+    let lsn = Lsn(p.parse_as::<u64>("lsn", "an LSN")?.unwrap_or(0));
+    let applied = match node.follower() {
+        Some(f) => f
+            .catch_up(lsn, Duration::from_secs(2))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?,
+        None => node.engine.positions().applied_lsn,
+    };
+    Ok(Json(json!({"applied_lsn": applied.0, "reached": applied >= lsn})).into_response())
+}
+
+/// Unknown routes: a JSON 404.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
+}

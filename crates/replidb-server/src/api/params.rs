@@ -1,0 +1,198 @@
+//! Query-parameter parsing. Strict on purpose: an unknown parameter name
+//! (a typo such as `consistancy=strong`) is a 400, not silently ignored,
+//! because ignoring it would quietly weaken what the client asked for.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use replidb_core::{Lsn, WriteConcern};
+
+use super::{ApiError, ApiResult};
+
+/// Parsed query parameters.
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    /// Parse `raw`, refusing names outside `allowed`.
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Params> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+        let mut map = HashMap::new();
+        for (k, v) in pairs {
+            if !allowed.contains(&k.as_str()) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "unknown_parameter",
+                    format!("unknown parameter {k:?}; allowed: {}", allowed.join(", ")),
+                ));
+            }
+            map.insert(k, v);
+        }
+        Ok(Params(map))
+    }
+
+    /// The raw value of `name`.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// `name` parsed as `T`, with `expected` describing valid values.
+    pub fn parse_as<T: FromStr>(&self, name: &str, expected: &str) -> ApiResult<Option<T>> {
+        match self.str(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::invalid_param(name, v, expected)),
+        }
+    }
+}
+
+/// Parameters a write takes.
+pub const WRITE_PARAMS: &[&str] = &["w", "timeout_ms"];
+/// Parameters a read takes.
+pub const READ_PARAMS: &[&str] = &[
+    "consistency",
+    "max_staleness_ms",
+    "min_lsn",
+    "wait_ms",
+    "fallback",
+    "format",
+];
+
+/// A write's durability request.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteOpts {
+    /// Write concern.
+    pub w: WriteConcern,
+    /// How long to wait for it.
+    pub timeout: Duration,
+}
+
+impl WriteOpts {
+    /// From `w` and `timeout_ms`, with the node's defaults.
+    pub fn from_params(
+        p: &Params,
+        default_w: WriteConcern,
+        default_timeout: Duration,
+    ) -> ApiResult<Self> {
+        let w = p
+            .parse_as::<WriteConcern>("w", "1, a number of nodes, \"majority\" or \"all\"")?
+            .unwrap_or(default_w);
+        let timeout = p
+            .parse_as::<u64>("timeout_ms", "milliseconds")?
+            .map(Duration::from_millis)
+            .unwrap_or(default_timeout);
+        Ok(WriteOpts { w, timeout })
+    }
+}
+
+/// Read consistency levels (API.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable, from the leader.
+    Strong,
+    /// The leader's current state.
+    Leader,
+    /// Whatever the serving node has.
+    Eventual,
+    /// A follower within `max_staleness_ms`.
+    Bounded,
+}
+
+impl FromStr for Consistency {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "strong" => Ok(Consistency::Strong),
+            "leader" => Ok(Consistency::Leader),
+            "eventual" => Ok(Consistency::Eventual),
+            "bounded" => Ok(Consistency::Bounded),
+            _ => Err(()),
+        }
+    }
+}
+
+/// What to do when a follower cannot serve a read fresh enough.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Ask the leader.
+    Leader,
+    /// Answer 503.
+    Error,
+}
+
+impl FromStr for Fallback {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "leader" => Ok(Fallback::Leader),
+            "error" => Ok(Fallback::Error),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A read's freshness request.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadOpts {
+    /// Requested level; `None` = the node's default.
+    pub consistency: Option<Consistency>,
+    /// For `bounded`.
+    pub max_staleness_ms: Option<u64>,
+    /// Token: serve only state at least this new.
+    pub min_lsn: Option<Lsn>,
+    /// How long to wait for `min_lsn`.
+    pub wait: Duration,
+    /// What to do when too stale.
+    pub fallback: Fallback,
+    /// `format=json`.
+    pub json: bool,
+}
+
+impl ReadOpts {
+    /// From the query and the `X-Replidb-Min-Lsn` header.
+    pub fn from_params(p: &Params, headers: &HeaderMap) -> ApiResult<Self> {
+        let consistency =
+            p.parse_as::<Consistency>("consistency", "strong, leader, eventual or bounded")?;
+        let max_staleness_ms = p.parse_as::<u64>("max_staleness_ms", "milliseconds")?;
+        if consistency == Some(Consistency::Bounded) && max_staleness_ms.is_none() {
+            return Err(ApiError::bad_request(
+                "consistency=bounded needs max_staleness_ms",
+            ));
+        }
+        let mut min_lsn = p.parse_as::<u64>("min_lsn", "an LSN (unsigned integer)")?;
+        if min_lsn.is_none() {
+            if let Some(h) = headers.get("x-replidb-min-lsn") {
+                let s = h.to_str().unwrap_or("");
+                min_lsn = Some(
+                    s.trim()
+                        .parse()
+                        .map_err(|_| ApiError::invalid_param("X-Replidb-Min-Lsn", s, "an LSN"))?,
+                );
+            }
+        }
+        let wait = Duration::from_millis(
+            p.parse_as::<u64>("wait_ms", "milliseconds")?
+                .unwrap_or(1000),
+        );
+        let fallback = p
+            .parse_as::<Fallback>("fallback", "leader or error")?
+            .unwrap_or(Fallback::Leader);
+        let json = match p.str("format") {
+            None | Some("raw") => false,
+            Some("json") => true,
+            Some(other) => return Err(ApiError::invalid_param("format", other, "json or raw")),
+        };
+        Ok(ReadOpts {
+            consistency,
+            max_staleness_ms,
+            min_lsn: min_lsn.map(Lsn),
+            wait,
+            fallback,
+            json,
+        })
+    }
+}

@@ -1,0 +1,157 @@
+//! The read path: decide whether this node may serve a read at the
+//! requested consistency, wait for a token if it must, and otherwise hand
+//! the read to the leader.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use replidb_core::Lsn;
+
+use super::params::{Consistency, Fallback, ReadOpts};
+use super::{ApiError, ApiResult};
+use crate::node::{Node, Role};
+
+/// Where a read is served.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Here, from the local table.
+    Local,
+    /// By the leader (this node proxies).
+    Leader,
+}
+
+/// Decide where to serve a read, waiting for tokens and commits as the
+/// options ask. Errors are 503s the client asked for (`fallback=error`) or
+/// that no node can avoid.
+pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
+    match node.role() {
+        Role::Leader(leader) => {
+            if let Some(min) = opts.min_lsn {
+                wait_token(node, min, opts).await?;
+            }
+            if opts.consistency == Some(Consistency::Strong) {
+                // Linearizable: what we return must be durable on a
+                // majority, so a failover cannot take it back.
+                let target = node.engine.positions().applied_lsn;
+                if !leader
+                    .wait_commit(target, opts.wait.max(Duration::from_millis(1)))
+                    .await
+                {
+                    return Err(ApiError::unavailable(format!(
+                        "strong read: lsn {target} is not yet durable on a majority"
+                    )));
+                }
+            }
+            Ok(Plan::Local)
+        }
+        Role::Follower(f) => {
+            let consistency = opts.consistency.unwrap_or(Consistency::Eventual);
+            if matches!(consistency, Consistency::Strong | Consistency::Leader) {
+                return Ok(Plan::Leader);
+            }
+            if consistency == Consistency::Bounded {
+                let max = opts.max_staleness_ms.unwrap_or(0);
+                let status = f.status();
+                if !status.connected || status.lag_ms > max {
+                    stale_read(node);
+                    return fallback(
+                        opts,
+                        format!(
+                            "follower lag {} ms exceeds max_staleness_ms {max}",
+                            status.lag_ms
+                        ),
+                    );
+                }
+            }
+            if let Some(min) = opts.min_lsn {
+                if node.engine.positions().applied_lsn < min {
+                    stale_read(node);
+                    if !node.engine.wait_applied(min, opts.wait).await {
+                        return fallback(
+                            opts,
+                            format!(
+                                "applied lsn {} is below min_lsn {min} after {} ms",
+                                node.engine.positions().applied_lsn,
+                                opts.wait.as_millis()
+                            ),
+                        );
+                    }
+                }
+            }
+            Ok(Plan::Local)
+        }
+    }
+}
+
+/// On the leader, a token above our applied LSN can only come from a
+/// client that read a newer leader: wait briefly, then refuse.
+async fn wait_token(node: &Node, min: Lsn, opts: &ReadOpts) -> ApiResult<()> {
+    if node.engine.wait_applied(min, opts.wait).await {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable(format!(
+            "min_lsn {min} is beyond this leader's applied lsn {}",
+            node.engine.positions().applied_lsn
+        )))
+    }
+}
+
+fn stale_read(node: &Node) {
+    metrics::counter!("replidb_stale_reads_total", "node_id" => node.config.id.clone())
+        .increment(1);
+}
+
+fn fallback(opts: &ReadOpts, why: String) -> ApiResult<Plan> {
+    match opts.fallback {
+        Fallback::Leader => Ok(Plan::Leader),
+        Fallback::Error => Err(ApiError::unavailable(why)),
+    }
+}
+
+/// Send a request to the leader and relay its answer (status, body,
+/// content type and its `X-Replidb-*` headers, so the client sees who
+/// really served it).
+pub async fn proxy_to_leader(
+    node: &Node,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+) -> ApiResult<Response> {
+    let url = format!(
+        "{}{}",
+        node.leader_url().trim_end_matches('/'),
+        path_and_query
+    );
+    let mut req = node.http.request(method, &url).body(body);
+    for name in ["content-type", "x-replidb-min-lsn", "x-replidb-session"] {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v.clone());
+        }
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("leader at {url} unreachable: {e}")))?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = Response::builder().status(status);
+    for (name, value) in resp.headers() {
+        let n = name.as_str();
+        if n.starts_with("x-replidb-")
+            || n == "content-type"
+            || n == "location"
+            || n == "retry-after"
+        {
+            out = out.header(name.clone(), value.clone());
+        }
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("leader answer broken: {e}")))?;
+    out.body(Body::from(bytes))
+        .map_err(|e| ApiError::internal(e.to_string()))
+        .map(IntoResponse::into_response)
+}

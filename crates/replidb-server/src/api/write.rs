@@ -1,0 +1,146 @@
+//! The write path shared by every endpoint that writes: leader check
+//! (307 or forward), propose (log + fsync + apply), write-concern wait, and
+//! the contract's response body.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use replidb_core::{Lsn, Op};
+use replidb_engine::Proposal;
+use serde_json::{json, Value};
+
+use super::params::WriteOpts;
+use super::read::proxy_to_leader;
+use super::{ApiError, ApiResult};
+use crate::node::{Node, Role};
+
+/// The original request, for redirecting or forwarding a write.
+pub struct Origin<'a> {
+    /// Method.
+    pub method: Method,
+    /// Path and query, as received.
+    pub path_and_query: &'a str,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+    /// Body.
+    pub body: bytes::Bytes,
+}
+
+/// Outcome of a write that was sequenced.
+pub struct WriteOutcome {
+    /// LSN of the record.
+    pub lsn: Lsn,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Nodes that hold it durably.
+    pub acks: usize,
+    /// Whether the write concern was met in time.
+    pub committed: bool,
+    /// For a delete: whether the key existed.
+    pub existed: Option<bool>,
+}
+
+/// If this node does not lead, answer the write with a 307 to the leader,
+/// or forward it there (`--forward-writes`). `None` means "go ahead".
+pub async fn not_leader_response(node: &Node, origin: &Origin<'_>) -> ApiResult<Option<Response>> {
+    if let Role::Leader(_) = node.role() {
+        return Ok(None);
+    }
+    if node.config.forward_writes {
+        let resp = proxy_to_leader(
+            node,
+            origin.method.clone(),
+            origin.path_and_query,
+            origin.headers,
+            origin.body.clone(),
+        )
+        .await?;
+        return Ok(Some(resp));
+    }
+    let location = format!(
+        "{}{}",
+        node.leader_url().trim_end_matches('/'),
+        origin.path_and_query
+    );
+    let body = json!({"error": {"code": "not_leader", "message": format!("this node is a follower; write to the leader at {location}")}, "leader": node.leader_url()});
+    let mut resp = (StatusCode::TEMPORARY_REDIRECT, Json(body)).into_response();
+    let loc = HeaderValue::from_str(&location)
+        .map_err(|_| ApiError::internal("leader url is not a valid header"))?;
+    resp.headers_mut().insert("location", loc);
+    Ok(Some(resp))
+}
+
+/// Sequence `op` on the leader and wait for the write concern.
+pub async fn propose(
+    node: &Node,
+    op: Op,
+    conditions: Vec<(String, Lsn)>,
+    opts: WriteOpts,
+) -> ApiResult<WriteOutcome> {
+    let Some(leader) = node.leader() else {
+        return Err(ApiError::unavailable("not the leader"));
+    };
+    let key_for_log = match &op {
+        Op::Put { key, .. } | Op::Delete { key } => key.clone(),
+        Op::Batch(ops) => format!("<batch of {}>", ops.len()),
+    };
+    let committed = node.engine.propose(Proposal { op, conditions }).await?;
+    tracing::debug!(node_id = %node.config.id, key = %key_for_log, lsn = %committed.lsn, "write persisted");
+    let (acks, met) = leader.wait_for(committed.lsn, opts.w, opts.timeout).await;
+    Ok(WriteOutcome {
+        lsn: committed.lsn,
+        epoch: committed.epoch.0,
+        acks,
+        committed: met,
+        existed: committed.existed,
+    })
+}
+
+/// The contract's write response: 200, or 504 when the concern was not met.
+pub fn write_response(key: Option<&str>, opts: WriteOpts, out: &WriteOutcome) -> Response {
+    let mut body = json!({
+        "lsn": out.lsn.0,
+        "epoch": out.epoch,
+        "acks": out.acks,
+        "w": opts.w.to_string(),
+        "committed": out.committed,
+    });
+    if let (Some(k), Value::Object(m)) = (key, &mut body) {
+        m.insert("key".into(), Value::String(k.to_string()));
+    }
+    if let (Some(e), Value::Object(m)) = (out.existed, &mut body) {
+        m.insert("existed".into(), Value::Bool(e));
+    }
+    if !out.committed {
+        if let Value::Object(m) = &mut body {
+            m.insert(
+                "error".into(),
+                json!({"code": "write_concern_timeout", "message": format!(
+                    "write is durable on the leader and {} node(s) in all, fewer than w={} asked; it was not undone and may still replicate, or be rolled back by a failover",
+                    out.acks, opts.w)}),
+            );
+        }
+    }
+    let status = if out.committed {
+        StatusCode::OK
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    };
+    let mut resp = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&out.lsn.0.to_string()) {
+        resp.headers_mut().insert("x-replidb-lsn", v);
+    }
+    resp
+}
+
+/// Read a request body, refusing more than `limit` bytes with a 413.
+pub async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    })
+}

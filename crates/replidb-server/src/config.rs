@@ -1,0 +1,113 @@
+//! Settings of one node. The CLI fills this from flags and a TOML file;
+//! the embedding API and tests build it directly.
+
+use replidb_core::{DurationRange, WriteConcern};
+use replidb_storage::Backend;
+use replidb_wal::FsyncPolicy;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which coordinator decides who leads.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum CoordinatorKind {
+    /// Leader named in configuration; operators promote by hand.
+    #[default]
+    Static,
+    /// Automatic failover through etcd leases.
+    Etcd,
+}
+
+/// Everything a node needs to run.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Node name, unique in the cluster (`--id`).
+    pub id: String,
+    /// Address the HTTP server binds (`--listen`).
+    pub listen: SocketAddr,
+    /// URL other nodes and clients use to reach this node; defaults to
+    /// `http://{listen}`.
+    pub advertise_url: Option<String>,
+    /// Directory for the WAL, the table and metadata (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// Leader URL to follow (`--follow`); `None` starts a leader.
+    pub follow: Option<String>,
+    /// Coordinator (`--coordinator`).
+    pub coordinator: CoordinatorKind,
+    /// etcd endpoints (`--etcd`).
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster name, the etcd key prefix (`--cluster`).
+    pub cluster: String,
+    /// WAL fsync policy (`--fsync`).
+    pub fsync: FsyncPolicy,
+    /// Table backend (`--storage memory|redb`).
+    pub backend: Backend,
+    /// Largest value accepted (`--max-value-bytes`, default 1 MiB).
+    pub max_value_bytes: usize,
+    /// Write concern when a request names none (`--default-w`).
+    pub default_write_concern: WriteConcern,
+    /// Write-concern timeout when a request names none (`--default-timeout`).
+    pub default_write_timeout: Duration,
+    /// Artificial apply delay on a follower (`--replication-delay`).
+    pub replication_delay: DurationRange,
+    /// Forward writes that reach a follower instead of answering 307
+    /// (`--forward-writes`).
+    pub forward_writes: bool,
+    /// First reconnect delay of a follower's stream (`--backoff-base`, 2s).
+    pub backoff_base: Duration,
+    /// Largest reconnect delay (`--backoff-max`, 60s).
+    pub backoff_max: Duration,
+    /// Leader heartbeat period on an idle stream (`--heartbeat-interval`).
+    pub heartbeat_interval: Duration,
+    /// WAL segment size (`--wal-segment-bytes`, 64 MiB).
+    pub wal_segment_bytes: u64,
+    /// Most WAL the leader keeps for lagging followers
+    /// (`--wal-retention-bytes`, 1 GiB); past it a follower needs a snapshot.
+    pub wal_retention_bytes: u64,
+    /// How often the table is checkpointed (`--checkpoint-interval`, 10s).
+    pub checkpoint_interval: Duration,
+    /// Voting members for `w=majority` (`--cluster-size`); default: the
+    /// leader plus every follower it has seen.
+    pub cluster_size: Option<usize>,
+    /// A follower disconnected or lagging longer than this is unhealthy
+    /// (`--health-max-lag`, 10s).
+    pub health_max_lag: Duration,
+}
+
+impl NodeConfig {
+    /// A configuration with every default, for `id` on `listen`.
+    pub fn new(id: impl Into<String>, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            id: id.into(),
+            listen,
+            advertise_url: None,
+            data_dir: data_dir.into(),
+            follow: None,
+            coordinator: CoordinatorKind::Static,
+            etcd_endpoints: Vec::new(),
+            cluster: "replidb".to_string(),
+            fsync: FsyncPolicy::Always,
+            backend: Backend::Redb,
+            max_value_bytes: 1024 * 1024,
+            default_write_concern: WriteConcern::One,
+            default_write_timeout: Duration::from_millis(5000),
+            replication_delay: DurationRange::default(),
+            forward_writes: false,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_millis(100),
+            wal_segment_bytes: 64 * 1024 * 1024,
+            wal_retention_bytes: 1024 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(10),
+            cluster_size: None,
+            health_max_lag: Duration::from_secs(10),
+        }
+    }
+
+    /// The URL others reach this node at.
+    pub fn advertise(&self) -> String {
+        self.advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}

@@ -1,0 +1,460 @@
+//! [`MemoryTable`]: a `BTreeMap` behind a lock, optionally persisted as a
+//! snapshot file written on every checkpoint.
+//!
+//! The map lives in an `Arc` so that a snapshot, a digest or a checkpoint can
+//! take the current version in O(1) and work on it without holding the lock.
+//! The applier mutates in place while nobody else holds the `Arc`; while a
+//! snapshot does, the next apply copies the map once (outside the lock, so
+//! readers never wait for the copy) and carries on with its own copy.
+//!
+//! On disk (only with [`MemoryTable::open`]), in the data directory:
+//! - `table.snapshot`: `MAGIC (8 bytes) | crc32c(payload) u32 LE |
+//!   payload length u64 LE | payload`, payload = postcard of
+//!   `(applied_lsn, map)`. Written to `table.snapshot.tmp`, fsynced, renamed
+//!   over, and the directory fsynced, so a crash leaves either the old or the
+//!   new file, never a torn one.
+//! - `table.restoring`: an empty marker present from `begin_restore` until
+//!   `finish_restore`; if found on open, the snapshot is ignored.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use replidb_core::{Lsn, Op, Record, Versioned};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::TableDigest;
+use crate::{
+    check_contiguous, check_restore_order, not_restoring, scan_lower_bound, Result, StorageError,
+    Table, TableSnapshot,
+};
+
+type Map = BTreeMap<String, Versioned>;
+
+const SNAPSHOT_FILE: &str = "table.snapshot";
+const SNAPSHOT_TMP: &str = "table.snapshot.tmp";
+const RESTORING_MARKER: &str = "table.restoring";
+const MAGIC: &[u8; 8] = b"RDBMEMT1";
+const HEADER_LEN: usize = 8 + 4 + 8;
+
+/// In-memory table; see the module docs.
+pub struct MemoryTable {
+    /// The current map. `applied` is only stored while this is write-locked,
+    /// so reading both under one read lock gives a consistent pair.
+    map: RwLock<Arc<Map>>,
+    applied: AtomicU64,
+    durable: AtomicU64,
+    restoring: AtomicBool,
+    /// Serializes writers (apply and restore), so contiguity checks and the
+    /// copy-on-write decision see a map nobody else is changing.
+    writer: Mutex<()>,
+    /// Serializes the operations that write files (checkpoint, begin/finish
+    /// restore), so `durable_lsn` always matches the files. Lock order:
+    /// `writer` before `persist`; checkpoint takes only `persist`, so applies
+    /// continue while a checkpoint writes.
+    persist: Mutex<()>,
+    /// Data directory; `None` for a purely in-memory table.
+    dir: Option<PathBuf>,
+}
+
+/// Borrowed form of the snapshot payload, so writing needs no copy.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    applied_lsn: Lsn,
+    map: &'a Map,
+}
+
+#[derive(Deserialize)]
+struct SnapshotOwned {
+    applied_lsn: Lsn,
+    map: Map,
+}
+
+impl Default for MemoryTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryTable {
+    /// A table with no persistence (simulation, tests). Its `checkpoint` only
+    /// advances `durable_lsn`: with no files, "durable" means "for the life of
+    /// this object".
+    pub fn new() -> MemoryTable {
+        Self::with_state(None, Map::new(), Lsn::ZERO, false)
+    }
+
+    /// A persistent table in data directory `dir`: loads the last checkpoint's
+    /// snapshot file if there is one. The caller then replays the WAL from
+    /// `applied_lsn() + 1`. If an interrupted restore is found, the table is
+    /// empty at LSN 0 and [`Table::needs_restore`] is true.
+    pub fn open(dir: &Path) -> Result<MemoryTable> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // A leftover temp file is a checkpoint that never got renamed: garbage.
+        let tmp = dir.join(SNAPSHOT_TMP);
+        if tmp.exists() {
+            fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+        }
+        if dir.join(RESTORING_MARKER).exists() {
+            tracing::warn!(dir = %dir.display(), "interrupted restore found; table starts empty");
+            return Ok(Self::with_state(
+                Some(dir.to_path_buf()),
+                Map::new(),
+                Lsn::ZERO,
+                true,
+            ));
+        }
+        let path = dir.join(SNAPSHOT_FILE);
+        let (lsn, map) = match fs::read(&path) {
+            Ok(bytes) => decode_snapshot(&path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Lsn::ZERO, Map::new()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        Ok(Self::with_state(Some(dir.to_path_buf()), map, lsn, false))
+    }
+
+    fn with_state(dir: Option<PathBuf>, map: Map, lsn: Lsn, restoring: bool) -> MemoryTable {
+        MemoryTable {
+            map: RwLock::new(Arc::new(map)),
+            applied: AtomicU64::new(lsn.0),
+            durable: AtomicU64::new(lsn.0),
+            restoring: AtomicBool::new(restoring),
+            writer: Mutex::new(()),
+            persist: Mutex::new(()),
+            dir,
+        }
+    }
+
+    // Poisoning is ignored throughout: the critical sections are plain map
+    // updates that do not panic short of allocation failure, which aborts.
+    fn read_map(&self) -> RwLockReadGuard<'_, Arc<Map>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_map(&self) -> RwLockWriteGuard<'_, Arc<Map>> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_persist(&self) -> MutexGuard<'_, ()> {
+        self.persist.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current map and its LSN, consistently.
+    fn current(&self) -> (Arc<Map>, Lsn) {
+        let guard = self.read_map();
+        (
+            Arc::clone(&guard),
+            Lsn(self.applied.load(Ordering::Acquire)),
+        )
+    }
+
+    /// Write the snapshot file for `(lsn, map)` durably.
+    fn write_snapshot(&self, dir: &Path, lsn: Lsn, map: &Map) -> Result<()> {
+        let payload = postcard::to_stdvec(&SnapshotRef {
+            applied_lsn: lsn,
+            map,
+        })
+        .map_err(|e| StorageError::Backend(format!("encoding table snapshot: {e}")))?;
+        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        drop(payload);
+
+        let tmp = dir.join(SNAPSHOT_TMP);
+        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(&bytes).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        let path = dir.join(SNAPSHOT_FILE);
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(dir)
+    }
+}
+
+fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<(Lsn, Map)> {
+    let corrupt =
+        |what: &str| StorageError::Corruption(format!("table snapshot {}: {what}", path.display()));
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err(corrupt("bad magic or truncated header"));
+    }
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[8..12]);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[12..20]);
+    let payload = &bytes[HEADER_LEN..];
+    if u64::from_le_bytes(len) != payload.len() as u64 {
+        return Err(corrupt("length mismatch (truncated?)"));
+    }
+    if crc32c::crc32c(payload) != u32::from_le_bytes(crc) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let snap: SnapshotOwned =
+        postcard::from_bytes(payload).map_err(|e| corrupt(&format!("decoding: {e}")))?;
+    Ok((snap.applied_lsn, snap.map))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// fsync a directory so a rename or create/remove in it is durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Apply the leaves of `records` to `map`.
+fn apply_to(map: &mut Map, records: &[Record]) {
+    for rec in records {
+        rec.op.for_each_leaf(&mut |leaf| match leaf {
+            Op::Put { key, value } => {
+                map.insert(
+                    key.clone(),
+                    Versioned {
+                        value: value.clone(),
+                        lsn: rec.lsn,
+                        epoch: rec.epoch,
+                    },
+                );
+            }
+            Op::Delete { key } => {
+                map.remove(key);
+            }
+            // for_each_leaf never yields a batch.
+            Op::Batch(_) => {}
+        });
+    }
+}
+
+impl Table for MemoryTable {
+    fn apply(&self, records: &[Record]) -> Result<()> {
+        let _w = self.lock_writer();
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        check_contiguous(self.applied_lsn(), records)?;
+        let current = Arc::clone(&self.read_map());
+        // Ours plus the table's: anything more is a snapshot sharing the map.
+        if Arc::strong_count(&current) > 2 {
+            // Copy outside the lock so readers keep going; only we (holding
+            // `writer`) could change the map meanwhile, and we don't.
+            let mut fresh = Map::clone(&current);
+            drop(current);
+            apply_to(&mut fresh, records);
+            let mut guard = self.write_map();
+            *guard = Arc::new(fresh);
+            self.applied.store(last.lsn.0, Ordering::Release);
+        } else {
+            drop(current);
+            let mut guard = self.write_map();
+            // Copies only if a snapshot was taken since the check above.
+            apply_to(Arc::make_mut(&mut guard), records);
+            self.applied.store(last.lsn.0, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Versioned>> {
+        Ok(self.read_map().get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>> {
+        let guard = self.read_map();
+        let lower = scan_lower_bound(prefix, start_after);
+        Ok(guard
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn applied_lsn(&self) -> Lsn {
+        Lsn(self.applied.load(Ordering::Acquire))
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        Lsn(self.durable.load(Ordering::Acquire))
+    }
+
+    fn checkpoint(&self) -> Result<Lsn> {
+        let _p = self.lock_persist();
+        if self.restoring.load(Ordering::Acquire) {
+            // Mid-restore the durable state is "restoring, empty"; a snapshot
+            // of a half-restored map must not replace it.
+            return Ok(self.durable_lsn());
+        }
+        let (map, lsn) = self.current();
+        if lsn == self.durable_lsn() {
+            return Ok(lsn);
+        }
+        if let Some(dir) = &self.dir {
+            self.write_snapshot(dir, lsn, &map)?;
+        }
+        self.durable.store(lsn.0, Ordering::Release);
+        Ok(lsn)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn TableSnapshot>> {
+        let (map, lsn) = self.current();
+        Ok(Box::new(MemorySnapshot { map, lsn }))
+    }
+
+    fn begin_restore(&self) -> Result<()> {
+        let _w = self.lock_writer();
+        let _p = self.lock_persist();
+        if let Some(dir) = &self.dir {
+            let marker = dir.join(RESTORING_MARKER);
+            File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&marker))?;
+            sync_dir(dir)?;
+        }
+        let mut guard = self.write_map();
+        *guard = Arc::new(Map::new());
+        self.applied.store(0, Ordering::Release);
+        self.durable.store(0, Ordering::Release);
+        self.restoring.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn restore_chunk(&self, entries: &[(String, Versioned)]) -> Result<()> {
+        let _w = self.lock_writer();
+        if !self.restoring.load(Ordering::Acquire) {
+            return Err(not_restoring("restore_chunk"));
+        }
+        let mut guard = self.write_map();
+        let last = guard.last_key_value().map(|(k, _)| k.as_str());
+        check_restore_order(last, entries)?;
+        let map = Arc::make_mut(&mut guard);
+        for (k, v) in entries {
+            map.insert(k.clone(), v.clone());
+        }
+        Ok(())
+    }
+
+    fn finish_restore(&self, lsn: Lsn) -> Result<()> {
+        let _w = self.lock_writer();
+        let _p = self.lock_persist();
+        if !self.restoring.load(Ordering::Acquire) {
+            return Err(not_restoring("finish_restore"));
+        }
+        if let Some(dir) = &self.dir {
+            // Snapshot first, marker last: a crash in between still finds the
+            // marker and restarts the restore, which is safe.
+            let map = Arc::clone(&self.read_map());
+            self.write_snapshot(dir, lsn, &map)?;
+            let marker = dir.join(RESTORING_MARKER);
+            fs::remove_file(&marker).map_err(io_err(&marker))?;
+            sync_dir(dir)?;
+        }
+        let _guard = self.write_map();
+        self.applied.store(lsn.0, Ordering::Release);
+        self.durable.store(lsn.0, Ordering::Release);
+        self.restoring.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn needs_restore(&self) -> bool {
+        self.restoring.load(Ordering::Acquire)
+    }
+
+    fn digest(&self) -> Result<String> {
+        let (map, _) = self.current();
+        let mut d = TableDigest::new();
+        for (k, v) in map.iter() {
+            d.entry(k, &v.value, v.lsn, v.epoch);
+        }
+        Ok(d.finish())
+    }
+
+    fn len(&self) -> Result<u64> {
+        Ok(self.read_map().len() as u64)
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// A frozen version of the map.
+struct MemorySnapshot {
+    map: Arc<Map>,
+    lsn: Lsn,
+}
+
+impl TableSnapshot for MemorySnapshot {
+    fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    fn read_chunk(
+        &self,
+        start_after: Option<&str>,
+        max_entries: usize,
+    ) -> Result<Vec<(String, Versioned)>> {
+        let lower = start_after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(self
+            .map
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take(max_entries)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_snapshot_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = MemoryTable::open(dir.path()).unwrap();
+        let rec = Record {
+            lsn: Lsn(1),
+            epoch: replidb_core::Epoch(1),
+            hlc: Default::default(),
+            op: Op::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+            },
+        };
+        t.apply(&[rec]).unwrap();
+        t.checkpoint().unwrap();
+        drop(t);
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            MemoryTable::open(dir.path()),
+            Err(StorageError::Corruption(_))
+        ));
+        fs::write(&path, &bytes[..10]).unwrap();
+        assert!(matches!(
+            MemoryTable::open(dir.path()),
+            Err(StorageError::Corruption(_))
+        ));
+    }
+}

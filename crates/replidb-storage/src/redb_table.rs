@@ -1,0 +1,498 @@
+//! [`RedbTable`]: the table in a redb file.
+//!
+//! Layout (one file, e.g. `data_dir/table.redb`):
+//! - table `data`: `&str -> &[u8]`, the value encoded as
+//!   `lsn u64 LE | epoch u64 LE | value bytes`.
+//! - table `meta`: `&str -> u64` with `applied_lsn`, `restoring` (0/1),
+//!   `checkpoint_lsn` and `format_version`.
+//!
+//! Every write transaction updates `data` and `meta.applied_lsn` together, so
+//! whatever commit redb recovers to, the file says exactly which log prefix it
+//! holds.
+//!
+//! Durability: `apply` and `restore_chunk` commit with [`Durability::None`]:
+//! visible to readers at once, no fsync, and after a crash redb reopens at the
+//! last durable commit as if they never happened (the WAL replays them).
+//! `checkpoint`, `begin_restore`, `finish_restore` and `open` commit with
+//! [`Durability::Immediate`] and quick-repair on, which records redb's
+//! allocator state in that commit so reopening after a crash does not walk
+//! the whole file.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+use replidb_core::{Epoch, Lsn, Op, Record, Versioned};
+
+use crate::digest::TableDigest;
+use crate::{
+    check_contiguous, check_restore_order, not_restoring, scan_lower_bound, Result, StorageError,
+    Table, TableSnapshot,
+};
+
+const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("data");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_APPLIED: &str = "applied_lsn";
+const META_RESTORING: &str = "restoring";
+const META_CHECKPOINT: &str = "checkpoint_lsn";
+const META_VERSION: &str = "format_version";
+const FORMAT_VERSION: u64 = 1;
+/// Bytes of `lsn | epoch` in front of each stored value.
+const VALUE_HEADER: usize = 16;
+
+/// Table stored in a redb file; see the module docs.
+pub struct RedbTable {
+    db: Database,
+    path: PathBuf,
+    /// Mirrors `meta.applied_lsn` of the latest commit, for cheap reads.
+    applied: AtomicU64,
+    durable: AtomicU64,
+    restoring: AtomicBool,
+    /// Serializes write transactions with their contiguity check and the
+    /// update of the atomics, so those always match the last commit.
+    writer: Mutex<()>,
+}
+
+/// Where a redb error came from, for its message.
+struct Ctx<'a> {
+    path: &'a Path,
+    what: &'static str,
+}
+
+impl Ctx<'_> {
+    fn map<E: Into<redb::Error>>(&self, e: E) -> StorageError {
+        match e.into() {
+            redb::Error::Io(source) => StorageError::Io {
+                path: self.path.to_path_buf(),
+                source,
+            },
+            redb::Error::Corrupted(msg) => {
+                StorageError::Corruption(format!("{} ({}): {msg}", self.what, self.path.display()))
+            }
+            other => {
+                StorageError::Backend(format!("{} ({}): {other}", self.what, self.path.display()))
+            }
+        }
+    }
+}
+
+fn encode_value(buf: &mut Vec<u8>, value: &[u8], lsn: Lsn, epoch: Epoch) {
+    buf.clear();
+    buf.extend_from_slice(&lsn.0.to_le_bytes());
+    buf.extend_from_slice(&epoch.0.to_le_bytes());
+    buf.extend_from_slice(value);
+}
+
+/// Split a stored value into `(value, lsn, epoch)` without copying.
+fn decode_parts<'a>(key: &str, bytes: &'a [u8]) -> Result<(&'a [u8], Lsn, Epoch)> {
+    if bytes.len() < VALUE_HEADER {
+        return Err(StorageError::Corruption(format!(
+            "stored value of key {key:?} is {} bytes, shorter than its {VALUE_HEADER}-byte header",
+            bytes.len()
+        )));
+    }
+    let mut lsn = [0u8; 8];
+    lsn.copy_from_slice(&bytes[..8]);
+    let mut epoch = [0u8; 8];
+    epoch.copy_from_slice(&bytes[8..16]);
+    Ok((
+        &bytes[VALUE_HEADER..],
+        Lsn(u64::from_le_bytes(lsn)),
+        Epoch(u64::from_le_bytes(epoch)),
+    ))
+}
+
+fn decode_value(key: &str, bytes: &[u8]) -> Result<Versioned> {
+    let (value, lsn, epoch) = decode_parts(key, bytes)?;
+    Ok(Versioned {
+        value: value.to_vec(),
+        lsn,
+        epoch,
+    })
+}
+
+impl RedbTable {
+    /// Open or create the table file at `path` (its directory must exist).
+    /// The table comes back at its last durable commit; if a restore was
+    /// interrupted, it is cleared and [`Table::needs_restore`] is true.
+    pub fn open(path: &Path) -> Result<RedbTable> {
+        let ctx = |what| Ctx { path, what };
+        let db = Database::create(path).map_err(|e| ctx("opening database").map(e))?;
+        let mut txn = db
+            .begin_write()
+            .map_err(|e| ctx("starting open transaction").map(e))?;
+        txn.set_quick_repair(true);
+        let (applied, restoring) = {
+            // Opening a table in a write transaction creates it, so readers
+            // can always open both afterwards.
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| ctx("opening meta table").map(e))?;
+            let read = |meta: &redb::Table<&str, u64>, key| {
+                meta.get(key)
+                    .map(|g| g.map(|g| g.value()))
+                    .map_err(|e| ctx("reading meta table").map(e))
+            };
+            match read(&meta, META_VERSION)? {
+                None => {
+                    meta.insert(META_VERSION, FORMAT_VERSION)
+                        .map_err(|e| ctx("writing meta table").map(e))?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(v) => {
+                    return Err(StorageError::Corruption(format!(
+                        "{}: table format version {v}, this build reads {FORMAT_VERSION}",
+                        path.display()
+                    )))
+                }
+            }
+            let restoring = read(&meta, META_RESTORING)? == Some(1);
+            let applied = read(&meta, META_APPLIED)?.unwrap_or(0);
+            if restoring {
+                meta.insert(META_APPLIED, 0)
+                    .map_err(|e| ctx("writing meta table").map(e))?;
+            }
+            (if restoring { 0 } else { applied }, restoring)
+        };
+        if restoring {
+            tracing::warn!(path = %path.display(), "interrupted restore found; table cleared");
+            clear_data(&txn, &ctx("clearing data table"))?;
+        } else {
+            txn.open_table(DATA)
+                .map_err(|e| ctx("opening data table").map(e))?;
+        }
+        txn.commit()
+            .map_err(|e| ctx("committing open transaction").map(e))?;
+        Ok(RedbTable {
+            db,
+            path: path.to_path_buf(),
+            applied: AtomicU64::new(applied),
+            durable: AtomicU64::new(applied),
+            restoring: AtomicBool::new(restoring),
+            writer: Mutex::new(()),
+        })
+    }
+
+    fn ctx(&self, what: &'static str) -> Ctx<'_> {
+        Ctx {
+            path: &self.path,
+            what,
+        }
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        // A panic while holding it leaves at most an aborted transaction.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn begin_write(&self, durability: Durability) -> Result<WriteTransaction> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.ctx("starting write transaction").map(e))?;
+        if matches!(durability, Durability::Immediate) {
+            // Durable commits record the allocator state, so reopening after
+            // a crash (which lands on the last durable commit) skips the
+            // full-file repair.
+            txn.set_quick_repair(true);
+        }
+        txn.set_durability(durability)
+            .map_err(|e| self.ctx("setting durability").map(e))?;
+        Ok(txn)
+    }
+
+    fn set_meta(&self, txn: &WriteTransaction, entries: &[(&str, u64)]) -> Result<()> {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| self.ctx("opening meta table").map(e))?;
+        for (k, v) in entries {
+            meta.insert(*k, *v)
+                .map_err(|e| self.ctx("writing meta table").map(e))?;
+        }
+        Ok(())
+    }
+
+    fn commit(&self, txn: WriteTransaction) -> Result<()> {
+        txn.commit().map_err(|e| self.ctx("committing").map(e))
+    }
+
+    fn read_data(&self) -> Result<(ReadTransaction, ReadOnlyTable<&'static str, &'static [u8]>)> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.ctx("starting read transaction").map(e))?;
+        let table = txn
+            .open_table(DATA)
+            .map_err(|e| self.ctx("opening data table").map(e))?;
+        Ok((txn, table))
+    }
+}
+
+/// Empty the data table (delete and recreate: cheaper than removing keys).
+fn clear_data(txn: &WriteTransaction, ctx: &Ctx<'_>) -> Result<()> {
+    txn.delete_table(DATA).map_err(|e| ctx.map(e))?;
+    txn.open_table(DATA).map_err(|e| ctx.map(e))?;
+    Ok(())
+}
+
+impl Table for RedbTable {
+    fn apply(&self, records: &[Record]) -> Result<()> {
+        let _w = self.lock_writer();
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        check_contiguous(self.applied_lsn(), records)?;
+        // The WAL is the durable copy, so no fsync here; a crash rolls the
+        // file back to the last checkpoint and the WAL tail is replayed.
+        let txn = self.begin_write(Durability::None)?;
+        {
+            let mut data = txn
+                .open_table(DATA)
+                .map_err(|e| self.ctx("opening data table").map(e))?;
+            let mut buf = Vec::new();
+            let mut failed = None;
+            for rec in records {
+                rec.op.for_each_leaf(&mut |leaf| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    let res = match leaf {
+                        Op::Put { key, value } => {
+                            encode_value(&mut buf, value, rec.lsn, rec.epoch);
+                            data.insert(key.as_str(), buf.as_slice()).map(drop)
+                        }
+                        Op::Delete { key } => data.remove(key.as_str()).map(drop),
+                        // for_each_leaf never yields a batch.
+                        Op::Batch(_) => Ok(()),
+                    };
+                    if let Err(e) = res {
+                        failed = Some(e);
+                    }
+                });
+                if let Some(e) = failed.take() {
+                    // Dropping the uncommitted transaction aborts it.
+                    return Err(self.ctx("applying records").map(e));
+                }
+            }
+        }
+        self.set_meta(&txn, &[(META_APPLIED, last.lsn.0)])?;
+        self.commit(txn)?;
+        self.applied.store(last.lsn.0, Ordering::Release);
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Versioned>> {
+        let (_txn, table) = self.read_data()?;
+        let guard = table.get(key).map_err(|e| self.ctx("reading key").map(e))?;
+        guard.map(|g| decode_value(key, g.value())).transpose()
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let (_txn, table) = self.read_data()?;
+        let lower = scan_lower_bound(prefix, start_after);
+        let range = table
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(|e| self.ctx("scanning").map(e))?;
+        for item in range {
+            let (k, v) = item.map_err(|e| self.ctx("scanning").map(e))?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_string(), decode_value(key, v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn applied_lsn(&self) -> Lsn {
+        Lsn(self.applied.load(Ordering::Acquire))
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        Lsn(self.durable.load(Ordering::Acquire))
+    }
+
+    fn checkpoint(&self) -> Result<Lsn> {
+        let _w = self.lock_writer();
+        let applied = self.applied_lsn();
+        if applied == self.durable_lsn() && !self.restoring.load(Ordering::Acquire) {
+            return Ok(applied);
+        }
+        // An Immediate commit makes every earlier Durability::None commit
+        // durable with it. Writing checkpoint_lsn keeps the commit non-empty.
+        let txn = self.begin_write(Durability::Immediate)?;
+        self.set_meta(&txn, &[(META_CHECKPOINT, applied.0)])?;
+        self.commit(txn)?;
+        self.durable.store(applied.0, Ordering::Release);
+        Ok(applied)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn TableSnapshot>> {
+        let (txn, data) = self.read_data()?;
+        // Read the LSN in the same transaction as the data, not from the
+        // atomic: an apply may commit between begin_read and the load.
+        let meta = txn
+            .open_table(META)
+            .map_err(|e| self.ctx("opening meta table").map(e))?;
+        let lsn = meta
+            .get(META_APPLIED)
+            .map_err(|e| self.ctx("reading meta table").map(e))?
+            .map_or(0, |g| g.value());
+        Ok(Box::new(RedbSnapshot {
+            _txn: txn,
+            data,
+            lsn: Lsn(lsn),
+            path: self.path.clone(),
+        }))
+    }
+
+    fn begin_restore(&self) -> Result<()> {
+        let _w = self.lock_writer();
+        let txn = self.begin_write(Durability::Immediate)?;
+        clear_data(&txn, &self.ctx("clearing data table"))?;
+        self.set_meta(&txn, &[(META_APPLIED, 0), (META_RESTORING, 1)])?;
+        self.commit(txn)?;
+        self.applied.store(0, Ordering::Release);
+        self.durable.store(0, Ordering::Release);
+        self.restoring.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn restore_chunk(&self, entries: &[(String, Versioned)]) -> Result<()> {
+        let _w = self.lock_writer();
+        if !self.restoring.load(Ordering::Acquire) {
+            return Err(not_restoring("restore_chunk"));
+        }
+        // Not durable: until finish_restore the mark makes a crash start over.
+        let txn = self.begin_write(Durability::None)?;
+        {
+            let mut data = txn
+                .open_table(DATA)
+                .map_err(|e| self.ctx("opening data table").map(e))?;
+            let last = data
+                .last()
+                .map_err(|e| self.ctx("reading last key").map(e))?
+                .map(|(k, _)| k.value().to_string());
+            check_restore_order(last.as_deref(), entries)?;
+            let mut buf = Vec::new();
+            for (key, v) in entries {
+                encode_value(&mut buf, &v.value, v.lsn, v.epoch);
+                data.insert(key.as_str(), buf.as_slice())
+                    .map_err(|e| self.ctx("restoring entries").map(e))?;
+            }
+        }
+        self.commit(txn)
+    }
+
+    fn finish_restore(&self, lsn: Lsn) -> Result<()> {
+        let _w = self.lock_writer();
+        if !self.restoring.load(Ordering::Acquire) {
+            return Err(not_restoring("finish_restore"));
+        }
+        let txn = self.begin_write(Durability::Immediate)?;
+        self.set_meta(
+            &txn,
+            &[
+                (META_APPLIED, lsn.0),
+                (META_RESTORING, 0),
+                (META_CHECKPOINT, lsn.0),
+            ],
+        )?;
+        self.commit(txn)?;
+        self.applied.store(lsn.0, Ordering::Release);
+        self.durable.store(lsn.0, Ordering::Release);
+        self.restoring.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn needs_restore(&self) -> bool {
+        self.restoring.load(Ordering::Acquire)
+    }
+
+    fn digest(&self) -> Result<String> {
+        let (_txn, table) = self.read_data()?;
+        let mut d = TableDigest::new();
+        let range = table
+            .range::<&str>(..)
+            .map_err(|e| self.ctx("digesting").map(e))?;
+        for item in range {
+            let (k, v) = item.map_err(|e| self.ctx("digesting").map(e))?;
+            let key = k.value();
+            let (value, lsn, epoch) = decode_parts(key, v.value())?;
+            d.entry(key, value, lsn, epoch);
+        }
+        Ok(d.finish())
+    }
+
+    fn len(&self) -> Result<u64> {
+        let (_txn, table) = self.read_data()?;
+        table.len().map_err(|e| self.ctx("counting keys").map(e))
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "redb"
+    }
+}
+
+/// A redb read transaction held open: redb's MVCC keeps its pages alive, so
+/// the view never changes.
+struct RedbSnapshot {
+    // Kept alongside the table so the view's lifetime is explicit, even
+    // though the table's own guard would keep the transaction alive.
+    _txn: ReadTransaction,
+    data: ReadOnlyTable<&'static str, &'static [u8]>,
+    lsn: Lsn,
+    path: PathBuf,
+}
+
+impl TableSnapshot for RedbSnapshot {
+    fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    fn read_chunk(
+        &self,
+        start_after: Option<&str>,
+        max_entries: usize,
+    ) -> Result<Vec<(String, Versioned)>> {
+        let ctx = Ctx {
+            path: &self.path,
+            what: "reading snapshot",
+        };
+        let mut out = Vec::new();
+        if max_entries == 0 {
+            return Ok(out);
+        }
+        let lower = start_after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = self
+            .data
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(|e| ctx.map(e))?;
+        for item in range {
+            let (k, v) = item.map_err(|e| ctx.map(e))?;
+            let key = k.value();
+            out.push((key.to_string(), decode_value(key, v.value())?));
+            if out.len() >= max_entries {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

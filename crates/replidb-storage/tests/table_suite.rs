@@ -1,0 +1,516 @@
+//! One behavioural suite run against every backend, plus persistence tests.
+
+mod common;
+
+use common::{del, put, rec};
+use replidb_core::{Epoch, Lsn, Op, Versioned};
+use replidb_storage::{
+    open_table, Backend, MemoryTable, RedbTable, StorageError, Table, REDB_FILE_NAME,
+};
+
+fn v(value: &str, lsn: u64, epoch: u64) -> Versioned {
+    Versioned {
+        value: value.as_bytes().to_vec(),
+        lsn: Lsn(lsn),
+        epoch: Epoch(epoch),
+    }
+}
+
+fn keys(entries: &[(String, Versioned)]) -> Vec<&str> {
+    entries.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+/// Read a whole snapshot through small chunks.
+fn drain(t: &dyn replidb_storage::TableSnapshot, chunk: usize) -> Vec<(String, Versioned)> {
+    let mut out: Vec<(String, Versioned)> = Vec::new();
+    loop {
+        let after = out.last().map(|(k, _)| k.clone());
+        let next = t.read_chunk(after.as_deref(), chunk).unwrap();
+        if next.is_empty() {
+            return out;
+        }
+        assert!(next.len() <= chunk);
+        out.extend(next);
+    }
+}
+
+fn apply_put_delete_batch(t: &dyn Table) {
+    assert_eq!(t.applied_lsn(), Lsn(0));
+    assert!(t.is_empty().unwrap());
+    t.apply(&[]).unwrap();
+    t.apply(&[rec(1, 1, put("a", "1")), rec(2, 1, put("b", "2"))])
+        .unwrap();
+    assert_eq!(t.applied_lsn(), Lsn(2));
+    assert_eq!(t.get("a").unwrap(), Some(v("1", 1, 1)));
+    assert_eq!(t.get("b").unwrap(), Some(v("2", 2, 1)));
+    assert_eq!(t.get("zz").unwrap(), None);
+
+    t.apply(&[
+        rec(3, 2, put("a", "overwritten")),
+        rec(4, 2, del("b")),
+        rec(5, 2, del("never-existed")),
+    ])
+    .unwrap();
+    assert_eq!(t.get("a").unwrap(), Some(v("overwritten", 3, 2)));
+    assert_eq!(t.get("b").unwrap(), None);
+
+    // Leaves of a batch apply in order: the later put of "c" wins and "d" is
+    // put then deleted. All carry the batch record's lsn/epoch.
+    t.apply(&[rec(
+        6,
+        3,
+        Op::Batch(vec![
+            put("c", "first"),
+            put("d", "x"),
+            put("c", "second"),
+            del("d"),
+            del("a"),
+        ]),
+    )])
+    .unwrap();
+    assert_eq!(t.get("c").unwrap(), Some(v("second", 6, 3)));
+    assert_eq!(t.get("d").unwrap(), None);
+    assert_eq!(t.get("a").unwrap(), None);
+    assert_eq!(t.len().unwrap(), 1);
+    assert!(!t.is_empty().unwrap());
+    assert_eq!(t.applied_lsn(), Lsn(6));
+}
+
+fn scans(t: &dyn Table) {
+    let ks = ["a", "user/1", "user/10", "user/2", "user/3", "userx", "v"];
+    let records: Vec<_> = ks
+        .iter()
+        .enumerate()
+        .map(|(i, k)| rec(i as u64 + 1, 1, put(k, k)))
+        .collect();
+    t.apply(&records).unwrap();
+
+    let all = t.scan("user/", None, 100).unwrap();
+    assert_eq!(keys(&all), ["user/1", "user/10", "user/2", "user/3"]);
+    assert_eq!(all[0].1, v("user/1", 2, 1));
+    assert_eq!(
+        keys(&t.scan("user/", None, 2).unwrap()),
+        ["user/1", "user/10"]
+    );
+    assert_eq!(
+        keys(&t.scan("user/", Some("user/10"), 2).unwrap()),
+        ["user/2", "user/3"]
+    );
+    // start_after between keys, before the prefix, and past the prefix.
+    assert_eq!(
+        keys(&t.scan("user/", Some("user/15"), 10).unwrap()),
+        ["user/2", "user/3"]
+    );
+    assert_eq!(keys(&t.scan("user/", Some("a"), 1).unwrap()), ["user/1"]);
+    assert!(t.scan("user/", Some("user/3"), 10).unwrap().is_empty());
+    assert!(t.scan("user/", Some("zzz"), 10).unwrap().is_empty());
+    assert!(t.scan("user/", None, 0).unwrap().is_empty());
+    assert!(t.scan("nope", None, 10).unwrap().is_empty());
+    assert_eq!(t.scan("", None, 100).unwrap().len(), ks.len());
+    assert_eq!(keys(&t.scan("", Some("userx"), 100).unwrap()), ["v"]);
+}
+
+fn not_contiguous(t: &dyn Table) {
+    t.apply(&[rec(1, 1, put("a", "1"))]).unwrap();
+    let err = t.apply(&[rec(3, 1, put("b", "2"))]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::NotContiguous {
+                expected: Lsn(2),
+                got: Lsn(3)
+            }
+        ),
+        "{err:?}"
+    );
+    // A repeat is refused too.
+    assert!(matches!(
+        t.apply(&[rec(1, 1, put("a", "again"))]),
+        Err(StorageError::NotContiguous { .. })
+    ));
+    // A gap inside the slice: nothing of it is applied.
+    let err = t
+        .apply(&[rec(2, 1, put("b", "2")), rec(4, 1, put("c", "3"))])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::NotContiguous {
+                expected: Lsn(3),
+                got: Lsn(4)
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(t.applied_lsn(), Lsn(1));
+    assert_eq!(t.get("b").unwrap(), None);
+    assert_eq!(t.get("a").unwrap(), Some(v("1", 1, 1)));
+}
+
+fn snapshot_isolation(t: &dyn Table) {
+    t.apply(&[rec(1, 1, put("a", "1")), rec(2, 1, put("b", "2"))])
+        .unwrap();
+    let snap = t.snapshot().unwrap();
+    let digest_before = t.digest().unwrap();
+    t.apply(&[
+        rec(3, 1, put("a", "changed")),
+        rec(4, 1, del("b")),
+        rec(5, 1, put("c", "3")),
+    ])
+    .unwrap();
+    assert_eq!(snap.lsn(), Lsn(2));
+    let old = drain(snap.as_ref(), 1);
+    assert_eq!(
+        old,
+        vec![
+            ("a".to_string(), v("1", 1, 1)),
+            ("b".to_string(), v("2", 2, 1))
+        ]
+    );
+    // The live table moved on.
+    assert_eq!(t.get("a").unwrap(), Some(v("changed", 3, 1)));
+    assert_ne!(t.digest().unwrap(), digest_before);
+    let now = t.snapshot().unwrap();
+    assert_eq!(now.lsn(), Lsn(5));
+    assert_eq!(keys(&drain(now.as_ref(), 10)), ["a", "c"]);
+    assert_eq!(keys(&now.read_chunk(Some("a"), 10).unwrap()), ["c"]);
+    assert!(now.read_chunk(Some("c"), 10).unwrap().is_empty());
+}
+
+fn restore_round_trip(a: &dyn Table, b: &dyn Table) {
+    let records: Vec<_> = (1..=50)
+        .map(|i| rec(i, i / 10 + 1, put(&format!("k{i:03}"), &format!("v{i}"))))
+        .chain([rec(51, 6, del("k007"))])
+        .collect();
+    a.apply(&records).unwrap();
+    b.apply(&[rec(1, 1, put("stale", "x")), rec(2, 1, put("k001", "y"))])
+        .unwrap();
+    assert_ne!(a.digest().unwrap(), b.digest().unwrap());
+
+    let snap = a.snapshot().unwrap();
+    b.begin_restore().unwrap();
+    assert!(b.needs_restore());
+    assert!(b.is_empty().unwrap());
+    assert_eq!(b.applied_lsn(), Lsn(0));
+    let mut after: Option<String> = None;
+    loop {
+        let chunk = snap.read_chunk(after.as_deref(), 7).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        after = chunk.last().map(|(k, _)| k.clone());
+        b.restore_chunk(&chunk).unwrap();
+    }
+    b.finish_restore(snap.lsn()).unwrap();
+    assert!(!b.needs_restore());
+    assert_eq!(b.applied_lsn(), Lsn(51));
+    assert_eq!(b.durable_lsn(), Lsn(51));
+    assert_eq!(b.len().unwrap(), 49);
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+    assert_eq!(b.get("k010").unwrap(), a.get("k010").unwrap());
+    // And the restored table carries on from the snapshot's LSN.
+    b.apply(&[rec(52, 6, put("new", "z"))]).unwrap();
+}
+
+fn restore_protocol_errors(t: &dyn Table) {
+    let entry = |k: &str| (k.to_string(), v("x", 1, 1));
+    assert!(t.restore_chunk(&[entry("a")]).is_err());
+    assert!(t.finish_restore(Lsn(5)).is_err());
+    t.begin_restore().unwrap();
+    t.restore_chunk(&[entry("b"), entry("c")]).unwrap();
+    // Out of order within a chunk, or going back across chunks.
+    assert!(matches!(
+        t.restore_chunk(&[entry("e"), entry("d")]),
+        Err(StorageError::Corruption(_))
+    ));
+    assert!(matches!(
+        t.restore_chunk(&[entry("a")]),
+        Err(StorageError::Corruption(_))
+    ));
+    t.restore_chunk(&[entry("d")]).unwrap();
+    t.finish_restore(Lsn(1)).unwrap();
+    assert_eq!(t.len().unwrap(), 3);
+}
+
+fn digest_sensitivity(a: &dyn Table, b: &dyn Table) {
+    let empty = a.digest().unwrap();
+    assert_eq!(empty, b.digest().unwrap());
+    assert_eq!(empty.len(), 64);
+    a.apply(&[rec(1, 1, put("k", "value"))]).unwrap();
+    b.apply(&[rec(1, 1, put("k", "valuf"))]).unwrap();
+    assert_ne!(a.digest().unwrap(), b.digest().unwrap());
+    // Same value, different epoch.
+    a.apply(&[rec(2, 1, put("k", "same"))]).unwrap();
+    b.apply(&[rec(2, 2, put("k", "same"))]).unwrap();
+    assert_ne!(a.digest().unwrap(), b.digest().unwrap());
+    // Converge: equal contents, equal digest.
+    a.apply(&[rec(3, 3, put("k", "end"))]).unwrap();
+    b.apply(&[rec(3, 3, put("k", "end"))]).unwrap();
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+    assert_ne!(a.digest().unwrap(), empty);
+}
+
+fn checkpoint_advances(t: &dyn Table) {
+    assert_eq!(t.durable_lsn(), Lsn(0));
+    t.apply(&[rec(1, 1, put("a", "1")), rec(2, 1, put("b", "2"))])
+        .unwrap();
+    assert_eq!(t.durable_lsn(), Lsn(0));
+    assert_eq!(t.checkpoint().unwrap(), Lsn(2));
+    assert_eq!(t.durable_lsn(), Lsn(2));
+    assert_eq!(t.checkpoint().unwrap(), Lsn(2));
+}
+
+/// Every backend, fresh for each test. The tempdir lives as long as the table.
+fn backends() -> Vec<(Box<dyn Table>, tempfile::TempDir)> {
+    let mem_dir = tempfile::tempdir().unwrap();
+    let redb_dir = tempfile::tempdir().unwrap();
+    let persistent_mem_dir = tempfile::tempdir().unwrap();
+    vec![
+        (Box::new(MemoryTable::new()) as Box<dyn Table>, mem_dir),
+        (
+            Box::new(MemoryTable::open(persistent_mem_dir.path()).unwrap()),
+            persistent_mem_dir,
+        ),
+        (
+            Box::new(RedbTable::open(&redb_dir.path().join(REDB_FILE_NAME)).unwrap()),
+            redb_dir,
+        ),
+    ]
+}
+
+fn for_each_backend(test: fn(&dyn Table)) {
+    for (t, _dir) in backends() {
+        test(t.as_ref());
+    }
+}
+
+fn for_each_pair(test: fn(&dyn Table, &dyn Table)) {
+    let n = backends().len();
+    for i in 0..n {
+        for j in 0..n {
+            // Fresh tables for every pair.
+            let (a, _da) = backends().swap_remove(i);
+            let (b, _db) = backends().swap_remove(j);
+            test(a.as_ref(), b.as_ref());
+        }
+    }
+}
+
+#[test]
+fn suite_apply() {
+    for_each_backend(apply_put_delete_batch);
+}
+
+#[test]
+fn suite_scan() {
+    for_each_backend(scans);
+}
+
+#[test]
+fn suite_not_contiguous() {
+    for_each_backend(not_contiguous);
+}
+
+#[test]
+fn suite_snapshot_isolation() {
+    for_each_backend(snapshot_isolation);
+}
+
+#[test]
+fn suite_restore_round_trip_across_backends() {
+    for_each_pair(restore_round_trip);
+}
+
+#[test]
+fn suite_restore_protocol() {
+    for_each_backend(restore_protocol_errors);
+}
+
+#[test]
+fn suite_digest() {
+    for_each_pair(digest_sensitivity);
+}
+
+#[test]
+fn suite_checkpoint() {
+    for_each_backend(checkpoint_advances);
+}
+
+#[test]
+fn backend_names() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(MemoryTable::new().backend_name(), "memory");
+    let t = open_table(Backend::Redb, &dir.path().join("r")).unwrap();
+    assert_eq!(t.backend_name(), "redb");
+    assert!(dir.path().join("r").join(REDB_FILE_NAME).exists());
+    let t = open_table(Backend::Memory, &dir.path().join("m")).unwrap();
+    assert_eq!(t.backend_name(), "memory");
+}
+
+/// Persistence through `open_table`, identical for both backends.
+fn reopen_after_checkpoint(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = open_table(backend, dir.path()).unwrap();
+        t.apply(&[rec(1, 1, put("a", "1")), rec(2, 1, put("b", "2"))])
+            .unwrap();
+        assert_eq!(t.checkpoint().unwrap(), Lsn(2));
+        t.apply(&[rec(3, 1, del("a"))]).unwrap();
+        assert_eq!(t.checkpoint().unwrap(), Lsn(3));
+    }
+    let t = open_table(backend, dir.path()).unwrap();
+    assert_eq!(t.applied_lsn(), Lsn(3));
+    assert_eq!(t.durable_lsn(), Lsn(3));
+    assert!(!t.needs_restore());
+    assert_eq!(t.get("a").unwrap(), None);
+    assert_eq!(t.get("b").unwrap(), Some(v("2", 2, 1)));
+    // It carries on from there.
+    t.apply(&[rec(4, 2, put("c", "3"))]).unwrap();
+}
+
+fn interrupted_restore(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = open_table(backend, dir.path()).unwrap();
+        t.apply(&[rec(1, 1, put("a", "1"))]).unwrap();
+        t.checkpoint().unwrap();
+        t.begin_restore().unwrap();
+        t.restore_chunk(&[("x".to_string(), v("9", 9, 1))]).unwrap();
+        // Even a checkpoint mid-restore must not make it look complete.
+        t.checkpoint().unwrap();
+    }
+    let t = open_table(backend, dir.path()).unwrap();
+    assert!(t.needs_restore());
+    assert_eq!(t.applied_lsn(), Lsn(0));
+    assert!(t.is_empty().unwrap());
+    assert_eq!(t.get("a").unwrap(), None);
+    // Still marked after another reopen, until a restore finishes.
+    drop(t);
+    let t = open_table(backend, dir.path()).unwrap();
+    assert!(t.needs_restore());
+    t.begin_restore().unwrap();
+    t.restore_chunk(&[("y".to_string(), v("8", 8, 1))]).unwrap();
+    t.finish_restore(Lsn(8)).unwrap();
+    drop(t);
+    let t = open_table(backend, dir.path()).unwrap();
+    assert!(!t.needs_restore());
+    assert_eq!(t.applied_lsn(), Lsn(8));
+    assert_eq!(t.get("y").unwrap(), Some(v("8", 8, 1)));
+}
+
+#[test]
+fn redb_reopens_at_checkpoint() {
+    reopen_after_checkpoint(Backend::Redb);
+}
+
+#[test]
+fn memory_reopens_at_checkpoint() {
+    reopen_after_checkpoint(Backend::Memory);
+}
+
+#[test]
+fn redb_interrupted_restore() {
+    interrupted_restore(Backend::Redb);
+}
+
+#[test]
+fn memory_interrupted_restore() {
+    interrupted_restore(Backend::Memory);
+}
+
+#[test]
+fn memory_unchekpointed_applies_are_lost_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = MemoryTable::open(dir.path()).unwrap();
+        t.apply(&[rec(1, 1, put("a", "1"))]).unwrap();
+        t.checkpoint().unwrap();
+        t.apply(&[rec(2, 1, put("b", "2"))]).unwrap();
+    }
+    let t = MemoryTable::open(dir.path()).unwrap();
+    assert_eq!(t.applied_lsn(), Lsn(1));
+    assert_eq!(t.get("b").unwrap(), None);
+}
+
+/// A snapshot held while applies continue (the copy-on-write path), and
+/// readers on other threads, see only whole applies.
+#[test]
+fn concurrent_readers_see_whole_batches() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for (t, _dir) in backends() {
+        let t: Arc<dyn Table> = Arc::from(t);
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (t, stop) = (t.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // Each batch writes x and y with the same value.
+                        let snap = t.snapshot().unwrap();
+                        let all = snap.read_chunk(None, 10).unwrap();
+                        if all.len() == 2 {
+                            assert_eq!(all[0].1, all[1].1);
+                        }
+                        let x = t.scan("", None, 10).unwrap();
+                        if x.len() == 2 {
+                            assert_eq!(x[0].1, x[1].1);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for i in 1..=300u64 {
+            let val = i.to_string();
+            t.apply(&[rec(i, 1, Op::Batch(vec![put("x", &val), put("y", &val)]))])
+                .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(t.applied_lsn(), Lsn(300));
+    }
+}
+
+const CRASH_ENV: &str = "REPLIDB_STORAGE_CRASH_DIR";
+
+/// Runs only as the child of `redb_crash_rolls_back_to_checkpoint`: applies
+/// past a checkpoint, then dies without any cleanup (no Drop, no close).
+#[test]
+#[ignore = "child process of redb_crash_rolls_back_to_checkpoint"]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CRASH_ENV) else {
+        return;
+    };
+    let t = RedbTable::open(&std::path::Path::new(&dir).join(REDB_FILE_NAME)).unwrap();
+    t.apply(&[rec(1, 1, put("a", "1")), rec(2, 1, put("b", "2"))])
+        .unwrap();
+    t.checkpoint().unwrap();
+    t.apply(&[rec(3, 1, put("c", "3")), rec(4, 1, del("a"))])
+        .unwrap();
+    assert_eq!(t.get("c").unwrap(), Some(v("3", 3, 1)));
+    std::process::abort();
+}
+
+/// A real crash (process abort) after non-durable applies: redb reopens at
+/// the last checkpoint, with applied_lsn saying so.
+#[test]
+fn redb_crash_rolls_back_to_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "crash_child", "--test-threads=1"])
+        .env(CRASH_ENV, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "child should have aborted");
+    let t = RedbTable::open(&dir.path().join(REDB_FILE_NAME)).unwrap();
+    assert_eq!(t.applied_lsn(), Lsn(2));
+    assert_eq!(t.durable_lsn(), Lsn(2));
+    assert_eq!(t.get("a").unwrap(), Some(v("1", 1, 1)));
+    assert_eq!(t.get("c").unwrap(), None);
+    // The WAL tail replays on top.
+    t.apply(&[rec(3, 1, put("c", "3"))]).unwrap();
+}
