@@ -364,6 +364,12 @@ impl WriterCore {
     fn barrier(&mut self, cmd: Command) {
         match cmd {
             Command::Apply { up_to, reply } => {
+                if self.table.needs_restore() {
+                    // A snapshot is being installed: the log below it is
+                    // not ours to apply any more.
+                    let _ = reply.send(Ok(self.table.applied_lsn()));
+                    return;
+                }
                 let r = self.apply_through(up_to, &[]);
                 if let Err(e) = &r {
                     self.fatal(format!("apply failed: {e}"));
@@ -405,6 +411,7 @@ impl WriterCore {
                 let _ = reply.send(self.table.restore_chunk(&entries).map_err(Into::into));
             }
             Command::RestoreFinish { lsn, reply } => {
+                self.cursor = None;
                 let r = self
                     .table
                     .finish_restore(lsn)

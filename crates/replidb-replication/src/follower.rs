@@ -260,6 +260,15 @@ impl Follower {
         apply_tx: &mpsc::Sender<(Instant, Lsn)>,
         backoff: &mut Backoff,
     ) -> Result<()> {
+        if self.engine.table().needs_restore() {
+            // A snapshot install was cut off: the table holds part of it.
+            // Start over from nothing so the leader sends a whole one.
+            self.engine.restore_begin().await?;
+            self.engine.restore_finish(Lsn::ZERO).await?;
+            self.engine
+                .adopt_history(Epoch(0), Default::default())
+                .await?;
+        }
         let io = self.transport.connect(url).await?;
         let mut framed = Framed::new(io, FrameCodec::default());
         let meta = self.engine.meta();

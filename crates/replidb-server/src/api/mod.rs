@@ -53,13 +53,17 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/follow", post(ops::follow))
         .route("/admin/switchover", post(ops::switchover))
         .route("/internal/catch-up", post(ops::catch_up))
+        .route("/internal/digest", get(ops::digest))
         .route(
             replidb_replication::transport::REPLICATION_PATH,
             get(repl::upgrade),
         )
         .fallback(ops::not_found)
         .layer(middleware::from_fn_with_state(node.clone(), node_headers))
-        .layer(middleware::from_fn(request_metrics))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            request_metrics,
+        ))
         .with_state(node)
 }
 
@@ -91,7 +95,7 @@ async fn node_headers(State(node): State<AppState>, req: Request, next: Next) ->
 }
 
 /// Count requests and time them, labelled by route template and status.
-async fn request_metrics(req: Request, next: Next) -> Response {
+async fn request_metrics(State(node): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -100,9 +104,10 @@ async fn request_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("replidb_http_requests_total", "route" => route.clone(), "status" => status)
+    let id = node.config.id.clone();
+    metrics::counter!("replidb_http_requests_total", "node_id" => id.clone(), "route" => route.clone(), "status" => status)
         .increment(1);
-    metrics::histogram!("replidb_http_request_duration_seconds", "route" => route)
+    metrics::histogram!("replidb_http_request_duration_seconds", "node_id" => id, "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
 }

@@ -222,6 +222,28 @@ pub async fn catch_up(State(node): State<AppState>, RawQuery(q): RawQuery) -> Ap
     Ok(Json(json!({"applied_lsn": applied.0, "reached": applied >= lsn})).into_response())
 }
 
+/// `GET /internal/digest`: a digest of the table with the LSN it covers,
+/// so tests and operators can compare replicas (invariant 4).
+pub async fn digest(State(node): State<AppState>) -> ApiResult<Response> {
+    // Read the LSN on both sides of the digest: equal means no apply ran
+    // in between, so the digest describes exactly that LSN.
+    for _ in 0..100 {
+        let before = node.engine.table().applied_lsn();
+        let table = node.engine.table().clone();
+        let digest = tokio::task::spawn_blocking(move || table.digest())
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+        if node.engine.table().applied_lsn() == before {
+            let len = node.engine.table().len()?;
+            return Ok(
+                Json(json!({"applied_lsn": before.0, "digest": digest, "keys": len}))
+                    .into_response(),
+            );
+        }
+    }
+    Err(ApiError::unavailable("table kept changing; try again"))
+}
+
 /// Unknown routes: a JSON 404.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
