@@ -103,6 +103,7 @@ pub struct Engine {
     reader: WalReader,
     meta: Arc<RwLock<NodeMeta>>,
     opts: EngineOptions,
+    syncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Engine {
@@ -144,6 +145,7 @@ impl Engine {
         };
         let (pos_tx, pos_rx) = watch::channel(initial);
         let (tx, rx) = mpsc::channel(opts.max_group * 4);
+        let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let core = WriterCore::new(
             wal,
             table.clone(),
@@ -151,6 +153,7 @@ impl Engine {
             HlcClock::new(clock),
             pos_tx,
             opts.clone(),
+            syncs.clone(),
         );
         tokio::spawn(crate::writer::run(core, rx, opts.inline_io, opts.max_group));
         Ok(Arc::new(Engine {
@@ -160,6 +163,7 @@ impl Engine {
             reader,
             meta,
             opts,
+            syncs,
         }))
     }
 
@@ -262,6 +266,12 @@ impl Engine {
     /// Current epoch and history.
     pub fn meta(&self) -> NodeMeta {
         self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many fsync rounds the writer has run (group-commit efficiency:
+    /// compare with the number of writes).
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The options the engine was opened with.

@@ -83,6 +83,7 @@ pub(crate) struct WriterCore {
     /// Set after an IO failure: the node must not write again.
     failed: Option<String>,
     stopped: bool,
+    syncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Run the writer until the channel closes or a `Stop` arrives.
@@ -138,6 +139,7 @@ impl WriterCore {
         hlc: HlcClock<Arc<dyn Clock>>,
         positions: watch::Sender<Positions>,
         opts: EngineOptions,
+        syncs: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         WriterCore {
             wal,
@@ -149,6 +151,7 @@ impl WriterCore {
             cursor: None,
             failed: None,
             stopped: false,
+            syncs,
         }
     }
 
@@ -213,6 +216,8 @@ impl WriterCore {
         let started = Instant::now();
         match self.wal.sync() {
             Ok(stats) => {
+                self.syncs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let labels = [("node_id", self.opts.node_id.clone())];
                 metrics::histogram!("replidb_wal_fsync_duration_seconds", &labels)
                     .record(started.elapsed().as_secs_f64());

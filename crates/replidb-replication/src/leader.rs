@@ -424,7 +424,10 @@ impl Leader {
             let batch =
                 cursor.next_batch(self.opts.batch_max_records, self.opts.batch_max_bytes)?;
             if let Some(last) = batch.last().map(|r| r.lsn) {
-                let head = self.engine.positions().flush_lsn;
+                // The WAL's flush point is published to positions a moment
+                // after readers can see it: never report a head behind
+                // what we send.
+                let head = self.engine.positions().flush_lsn.max(last);
                 let state = if head.0 - last.0 <= self.opts.batch_max_records as u64 {
                     ReplicaState::Streaming
                 } else {

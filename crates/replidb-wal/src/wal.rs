@@ -249,7 +249,13 @@ impl Wal {
             .skip(1)
             .map(|s| s.first_lsn)
             .chain(std::iter::once(self.active.first_lsn));
-        let count = next_firsts.take_while(|next| *next <= lsn).count();
+        // `next_firsts` yields one item per sealed segment (the first LSN
+        // of the segment after it), except when there are none: then it
+        // yields the active segment's, which must not count.
+        let count = next_firsts
+            .take(self.sealed.len())
+            .take_while(|next| *next <= lsn)
+            .count();
         if count == 0 {
             return Ok(0);
         }
@@ -579,5 +585,30 @@ fn lock_dir(dir: &Path) -> Result<File> {
         // Some filesystems cannot lock; run without the guard there.
         Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => Ok(file),
         Err(TryLockError::Error(source)) => Err(WalError::Io { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod retention_edge_tests {
+    use super::*;
+    use replidb_core::{Epoch, Hlc, Op, Record};
+
+    #[test]
+    fn retention_with_only_the_active_segment_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        for i in 1..=3 {
+            wal.append(&Record {
+                lsn: Lsn(i),
+                epoch: Epoch(1),
+                hlc: Hlc::default(),
+                op: Op::Delete { key: "k".into() },
+            })
+            .unwrap();
+        }
+        wal.sync().unwrap();
+        assert_eq!(wal.remove_segments_before(Lsn(u64::MAX)).unwrap(), 0);
+        assert_eq!(wal.first_lsn(), Lsn(1));
+        assert_eq!(wal.segment_count(), 1);
     }
 }
