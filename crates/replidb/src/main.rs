@@ -1,1 +1,151 @@
-fn main() {}
+//! `replidb` — one binary for every role of a replicated key-value database.
+//!
+//! # Commands
+//! - `server` runs a node: a leader, or with `--follow URL` a follower
+//!   (`server_cmd.rs`; flags and the TOML file are merged in
+//!   `server_config.rs`, flags winning).
+//! - `put`, `get`, `del`, `scan`, `status` and `admin` are clients of the
+//!   HTTP API, through `replidb-client` (`client_cmd.rs`); `--url` (or
+//!   `REPLIDB_URL`) picks the node or router.
+//! - `bench` drives the HTTP API with concurrent clients and prints a
+//!   markdown latency table (`bench.rs`).
+//!
+//! The argument shapes are all in `cli.rs`; adding a command is one
+//! [`cli::Command`] variant and one arm in [`dispatch`].
+//!
+//! # Exit codes and errors (API.md)
+//! `0` success, `1` runtime error (including `get` of an absent key),
+//! `2` bad usage: clap's own errors, and any [`UsageError`] raised by our
+//! validation (a bad duration in a config file, a malformed `--url`).
+//! Errors are printed to stderr on one line: `error: ...`.
+
+mod bench;
+mod cli;
+mod client_cmd;
+mod logging;
+mod server_cmd;
+mod server_config;
+
+use clap::Parser as _;
+use cli::{Cli, Command};
+use std::process::ExitCode;
+
+/// A usage mistake found after clap's parsing; exits with status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_failure(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Server(_)) {
+        // The server picks its own format and level; clients only report
+        // problems (retries show up with RUST_LOG=debug).
+        logging::init(server_config::LogFormat::Logfmt, "warn");
+    }
+    match cli.command {
+        Command::Server(opts) => server_cmd::run(*opts).await,
+        Command::Bench(args) => bench::run(&cli.url, args).await,
+        Command::Put(a) => client_cmd::put(&client_cmd::connect(&cli.url)?, a).await,
+        Command::Get(a) => client_cmd::get(&client_cmd::connect(&cli.url)?, a).await,
+        Command::Del(a) => client_cmd::del(&client_cmd::connect(&cli.url)?, a).await,
+        Command::Scan(a) => client_cmd::scan(&client_cmd::connect(&cli.url)?, a).await,
+        Command::Status => client_cmd::status(&client_cmd::connect(&cli.url)?).await,
+        Command::Admin { action } => {
+            client_cmd::admin(&client_cmd::connect(&cli.url)?, action).await
+        }
+    }
+}
+
+/// Print `error: ...` on one line and pick the exit code.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", error_line(e));
+    if e.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The error and its causes on one line. Each cause is shown once (a message
+/// already contained in the line is skipped); below a client error, only the
+/// root cause is kept, since reqwest's intermediate layers ("error sending
+/// request", "client error (Connect)") add nothing for a user.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if line.contains(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+        if cause
+            .downcast_ref::<replidb_client::ClientError>()
+            .is_some()
+        {
+            let root = e.root_cause().to_string();
+            if !line.contains(&root) {
+                line.push_str(": ");
+                line.push_str(&root);
+            }
+            break;
+        }
+    }
+    server_config::one_line(&line)
+}
+
+/// clap's usage errors, reshaped to API.md's single `error: ...` line (with
+/// the usage appended) and exit code 2; `--help` and `--version` print as
+/// usual and exit 0.
+fn usage_failure(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let (message, rest) = rendered
+        .split_once("\nUsage:")
+        .unwrap_or((rendered.as_str(), ""));
+    let message = message
+        .trim_start_matches("error:")
+        .replace("For more information, try '--help'.", "");
+    let message = server_config::one_line(&message);
+    let usage = rest.lines().next().unwrap_or("").trim();
+    if usage.is_empty() {
+        eprintln!("error: {message}");
+    } else {
+        eprintln!("error: {message} (usage: {usage})");
+    }
+    ExitCode::from(2)
+}

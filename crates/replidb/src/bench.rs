@@ -1,0 +1,414 @@
+//! `replidb bench`: a closed-loop load generator for the HTTP API.
+//!
+//! For each client count, that many tasks send one request at a time each
+//! (closed loop: a slow server slows the offered load, which is what a real
+//! client does) until the duration or the request budget runs out. Latency
+//! is recorded per task in an HDR histogram (microseconds, 3 significant
+//! digits) and merged afterwards, so recording never contends.
+//!
+//! The client is built with **no retries**: a retried request would hide an
+//! error and stretch a latency sample; every failure is counted instead.
+//!
+//! Group commit shows up in `replidb_wal_records_per_fsync`: the delta of its
+//! `_sum` / `_count` across a row is the average number of writes that shared
+//! one fsync during that row.
+//!
+//! Output is a markdown table, ready to paste into a README.
+
+use crate::cli::{BenchArgs, BenchMode};
+use crate::UsageError;
+use clap::ValueEnum as _;
+use hdrhistogram::Histogram;
+use rand::{Rng as _, SeedableRng as _};
+use replidb_client::{Client, ClientOptions, Consistency, ReadOptions, WriteOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Keys written before a read benchmark; reads of keys past it find nothing
+/// (still a valid, if cheaper, read).
+const PRELOAD_KEYS_MAX: u64 = 100_000;
+/// Concurrency of the preload.
+const PRELOAD_TASKS: u64 = 32;
+/// Largest latency the histograms hold; slower samples are clamped.
+const LATENCY_US_MAX: u64 = 120_000_000;
+
+/// When a row stops.
+#[derive(Clone, Copy, Debug)]
+enum Limit {
+    For(Duration),
+    Requests(u64),
+}
+
+/// One row of the table.
+struct Row {
+    clients: usize,
+    ops: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+    records_per_fsync: Option<f64>,
+    first_error: Option<String>,
+}
+
+/// What one task did.
+struct TaskResult {
+    ops: u64,
+    errors: u64,
+    latency_us: Histogram<u64>,
+    first_error: Option<String>,
+}
+
+/// Run the benchmark against `url` and print the table.
+pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
+    validate(&args)?;
+    let limit = match (args.requests, args.duration) {
+        (Some(n), _) => Limit::Requests(n),
+        (None, d) => Limit::For(d.unwrap_or(Duration::from_secs(10))),
+    };
+    let opts = ClientOptions {
+        retries: 0,
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let client = Client::with_options(url, opts).map_err(|e| UsageError(format!("--url: {e}")))?;
+    let value = random_value(args.value_bytes);
+    let write_opts = WriteOptions {
+        w: Some(args.w),
+        timeout_ms: None,
+    };
+
+    let min_lsn = if args.mode == BenchMode::Write {
+        0
+    } else {
+        preload(&client, &args, &value, &write_opts).await?
+    };
+    let read_opts = match args.mode {
+        BenchMode::Write | BenchMode::ReadEventual => ReadOptions::with(Consistency::Eventual),
+        BenchMode::ReadMinLsn => ReadOptions {
+            min_lsn: Some(min_lsn),
+            ..Default::default()
+        },
+        BenchMode::ReadStrong => ReadOptions::with(Consistency::Strong),
+    };
+    let op = Arc::new(Op {
+        client: client.clone(),
+        mode: args.mode,
+        value,
+        write_opts,
+        read_opts,
+        key_space: args.key_space,
+    });
+
+    println!(
+        "replidb bench: mode={}, w={}, value_bytes={}, key_space={}, {}, url={}\n",
+        args.mode
+            .to_possible_value()
+            .map_or_else(|| format!("{:?}", args.mode), |v| v.get_name().to_string()),
+        args.w,
+        args.value_bytes,
+        args.key_space,
+        match limit {
+            Limit::For(d) => format!("duration={}ms", d.as_millis()),
+            Limit::Requests(n) => format!("requests={n}"),
+        },
+        url
+    );
+    let mut fsync_prev = records_per_fsync_counters(&client).await;
+    let with_fsync = fsync_prev.is_some();
+    print_header(with_fsync);
+    for &clients in &args.clients {
+        let mut row = run_row(&op, clients, limit).await;
+        let now = records_per_fsync_counters(&client).await;
+        if let (Some((s0, c0)), Some((s1, c1))) = (fsync_prev, now) {
+            row.records_per_fsync = (c1 > c0).then(|| (s1 - s0) / (c1 - c0));
+        }
+        fsync_prev = now;
+        print_row(&row, with_fsync);
+        if let Some(e) = &row.first_error {
+            eprintln!(
+                "  ({} errors at {} clients; first: {e})",
+                row.errors, clients
+            );
+        }
+    }
+    if !with_fsync {
+        println!("\n(records per fsync: metric replidb_wal_records_per_fsync not exported at {url}/metrics)");
+    }
+    Ok(())
+}
+
+fn validate(args: &BenchArgs) -> Result<(), UsageError> {
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        return Err(UsageError(
+            "--clients: every count must be at least 1".into(),
+        ));
+    }
+    if args.key_space == 0 {
+        return Err(UsageError("--key-space must be at least 1".into()));
+    }
+    if args.requests == Some(0) {
+        return Err(UsageError("--requests must be at least 1".into()));
+    }
+    if args.duration.is_some_and(|d| d.is_zero()) {
+        return Err(UsageError("--duration must be positive".into()));
+    }
+    Ok(())
+}
+
+/// Printable random bytes: values stay valid UTF-8, so they travel as plain
+/// JSON strings and the benchmark measures the server, not base64.
+fn random_value(len: usize) -> Vec<u8> {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .collect()
+}
+
+fn key(i: u64) -> String {
+    format!("bench/{i:010}")
+}
+
+/// Write the keys a read benchmark reads; returns the highest LSN written.
+async fn preload(
+    client: &Client,
+    args: &BenchArgs,
+    value: &[u8],
+    opts: &WriteOptions,
+) -> anyhow::Result<u64> {
+    let n = args.key_space.min(PRELOAD_KEYS_MAX);
+    eprintln!("preloading {n} keys...");
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..PRELOAD_TASKS.min(n) {
+        let (client, next, value, opts) =
+            (client.clone(), next.clone(), value.to_vec(), opts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut max_lsn = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<u64, replidb_client::ClientError>(max_lsn);
+                }
+                let w = client.put(&key(i), value.clone(), &opts).await?;
+                max_lsn = max_lsn.max(w.lsn);
+            }
+        }));
+    }
+    let mut max_lsn = 0;
+    for t in tasks {
+        max_lsn = max_lsn.max(t.await??);
+    }
+    Ok(max_lsn)
+}
+
+/// One operation, shared by every task of every row.
+struct Op {
+    client: Client,
+    mode: BenchMode,
+    value: Vec<u8>,
+    write_opts: WriteOptions,
+    read_opts: ReadOptions,
+    key_space: u64,
+}
+
+impl Op {
+    async fn once(&self, k: u64) -> Result<(), replidb_client::ClientError> {
+        let key = key(k);
+        match self.mode {
+            BenchMode::Write => self
+                .client
+                .put(&key, self.value.clone(), &self.write_opts)
+                .await
+                .map(drop),
+            _ => self.client.get(&key, &self.read_opts).await.map(drop),
+        }
+    }
+}
+
+async fn run_row(op: &Arc<Op>, clients: usize, limit: Limit) -> Row {
+    let started = Instant::now();
+    let issued = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let (op, issued) = (op.clone(), issued.clone());
+            tokio::spawn(async move { task(&op, i as u64, limit, started, &issued).await })
+        })
+        .collect();
+    let mut row = Row {
+        clients,
+        ops: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency_us: new_histogram(),
+        records_per_fsync: None,
+        first_error: None,
+    };
+    for t in tasks {
+        match t.await {
+            Ok(r) => {
+                row.ops += r.ops;
+                row.errors += r.errors;
+                // Same bounds on both sides, so adding cannot fail.
+                let _ = row.latency_us.add(&r.latency_us);
+                row.first_error = row.first_error.or(r.first_error);
+            }
+            Err(e) => {
+                row.errors += 1;
+                row.first_error
+                    .get_or_insert_with(|| format!("task failed: {e}"));
+            }
+        }
+    }
+    row.elapsed = started.elapsed();
+    row
+}
+
+async fn task(
+    op: &Op,
+    seed: u64,
+    limit: Limit,
+    started: Instant,
+    issued: &AtomicU64,
+) -> TaskResult {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut r = TaskResult {
+        ops: 0,
+        errors: 0,
+        latency_us: new_histogram(),
+        first_error: None,
+    };
+    loop {
+        let go = match limit {
+            Limit::For(d) => started.elapsed() < d,
+            Limit::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
+        };
+        if !go {
+            return r;
+        }
+        let k = rng.random_range(0..op.key_space);
+        let t0 = Instant::now();
+        match op.once(k).await {
+            Ok(()) => {
+                r.ops += 1;
+                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                r.latency_us.saturating_record(us.max(1));
+            }
+            Err(e) => {
+                r.errors += 1;
+                r.first_error
+                    .get_or_insert_with(|| crate::error_line(&e.into()));
+            }
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Constant, valid bounds (1 <= low, high >= 2 * low, sigfig <= 5).
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+        .unwrap_or_else(|e| unreachable!("constant histogram bounds: {e}"))
+}
+
+fn print_header(with_fsync: bool) {
+    let extra = if with_fsync { " records/fsync |" } else { "" };
+    let rule = if with_fsync { "---:|" } else { "" };
+    println!(
+        "| clients | ops | errors | throughput (ops/s) | p50 (ms) | p99 (ms) | p999 (ms) |{extra}"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|{rule}");
+}
+
+fn print_row(row: &Row, with_fsync: bool) {
+    let ms = |q: f64| {
+        if row.ops == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}", row.latency_us.value_at_quantile(q) as f64 / 1000.0)
+        }
+    };
+    let secs = row.elapsed.as_secs_f64().max(1e-9);
+    let mut line = format!(
+        "| {} | {} | {} | {:.0} | {} | {} | {} |",
+        row.clients,
+        row.ops,
+        row.errors,
+        row.ops as f64 / secs,
+        ms(0.50),
+        ms(0.99),
+        ms(0.999)
+    );
+    if with_fsync {
+        match row.records_per_fsync {
+            Some(v) => line.push_str(&format!(" {v:.1} |")),
+            None => line.push_str(" - |"),
+        }
+    }
+    println!("{line}");
+}
+
+/// `(sum, count)` of `replidb_wal_records_per_fsync` over every label set,
+/// or `None` if the node does not export it (or /metrics is unreachable).
+async fn records_per_fsync_counters(client: &Client) -> Option<(f64, f64)> {
+    let text = client.metrics().await.ok()?;
+    parse_records_per_fsync(&text)
+}
+
+fn parse_records_per_fsync(text: &str) -> Option<(f64, f64)> {
+    let mut found = false;
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = split_sample(line) else {
+            continue;
+        };
+        match name {
+            "replidb_wal_records_per_fsync_sum" => sum += value,
+            "replidb_wal_records_per_fsync_count" => count += value,
+            _ => continue,
+        }
+        found = true;
+    }
+    found.then_some((sum, count))
+}
+
+/// `name{labels} value [timestamp]` → `(name, value)`.
+fn split_sample(line: &str) -> Option<(&str, f64)> {
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    let rest = match line[name_end..].rfind('}') {
+        Some(i) if line[name_end..].starts_with('{') => &line[name_end + i + 1..],
+        _ => &line[name_end..],
+    };
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some((name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_per_fsync_is_summed_over_labels() {
+        let text = "\
+# TYPE replidb_wal_records_per_fsync summary
+replidb_wal_records_per_fsync{node_id=\"n1\",quantile=\"0.5\"} 4
+replidb_wal_records_per_fsync_sum{node_id=\"n1\"} 120
+replidb_wal_records_per_fsync_count{node_id=\"n1\"} 10
+replidb_wal_records_per_fsync_sum 30
+replidb_wal_records_per_fsync_count 5
+replidb_http_requests_total{route=\"/v1/kv\"} 99
+";
+        assert_eq!(parse_records_per_fsync(text), Some((150.0, 15.0)));
+        assert_eq!(parse_records_per_fsync("other_metric 1\n"), None);
+    }
+
+    #[test]
+    fn zero_clients_is_a_usage_error() {
+        use clap::Parser as _;
+        let cli =
+            crate::cli::Cli::try_parse_from(["replidb", "bench", "--clients", "0,2"]).unwrap();
+        let crate::cli::Command::Bench(b) = cli.command else {
+            panic!("not bench")
+        };
+        assert!(validate(&b).is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! The command line, as API.md writes it. Only argument shapes live here;
+//! each command's behaviour is in its own module.
+
+use crate::server_config::ServerOpts;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use replidb_client::{Consistency, Fallback, WriteConcern};
+use std::time::Duration;
+
+/// replidb — a replicated key-value database. One binary runs every role.
+#[derive(Debug, Parser)]
+#[command(name = "replidb", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Node or router the client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "REPLIDB_URL",
+        default_value = "http://127.0.0.1:7000"
+    )]
+    pub url: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One variant per command: adding a command (`playground`, `simulate`,
+/// `router`) is one variant here and one arm in `main.rs`'s dispatch.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node (leader, or follower with --follow).
+    Server(Box<ServerOpts>),
+    /// Write a value.
+    Put(PutArgs),
+    /// Read a value; prints the raw value to stdout.
+    Get(GetArgs),
+    /// Delete a key (succeeds whether or not it existed).
+    Del(DelArgs),
+    /// List keys with a prefix, one `key<TAB>value` per line.
+    Scan(ScanArgs),
+    /// Print the node's /status as JSON.
+    Status,
+    /// Operator actions.
+    Admin {
+        /// Which action.
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
+    /// Drive the HTTP API with concurrent clients and report latencies.
+    Bench(BenchArgs),
+}
+
+/// Write options shared by `put` and `del`.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// Write concern: 1, a number of nodes, majority or all.
+    #[arg(long)]
+    pub w: Option<WriteConcern>,
+    /// How long the leader waits for the write concern, in ms.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `replidb put KEY VALUE`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The key (UTF-8, 1..=1024 bytes).
+    pub key: String,
+    /// The value, as given.
+    pub value: String,
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// `replidb del KEY`.
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    /// The key.
+    pub key: String,
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// Read options shared by `get` and `scan` (API.md's query parameters).
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// strong, leader, eventual or bounded.
+    #[arg(long)]
+    pub consistency: Option<Consistency>,
+    /// With bounded: the largest acceptable lag.
+    #[arg(long)]
+    pub max_staleness_ms: Option<u64>,
+    /// Serve only from a node that has applied this LSN.
+    #[arg(long)]
+    pub min_lsn: Option<u64>,
+    /// How long a node may wait for min_lsn.
+    #[arg(long)]
+    pub wait_ms: Option<u64>,
+    /// When min_lsn is not reached in time: leader or error.
+    #[arg(long)]
+    pub fallback: Option<Fallback>,
+}
+
+/// `replidb get KEY`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The key.
+    pub key: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// `replidb scan [PREFIX]`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Key prefix; empty lists everything (up to --limit).
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// Most entries returned (server default 1000).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// `replidb admin ...`, sent to the node given by `--url`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Make the node at --url the leader.
+    Promote,
+    /// Hand leadership from the leader at --url to node ID, losing nothing.
+    Switchover {
+        /// Id of the follower to promote.
+        #[arg(long)]
+        to: String,
+    },
+    /// Re-point the node at --url to follow LEADER.
+    Follow {
+        /// URL of the leader to follow.
+        #[arg(long)]
+        leader: String,
+    },
+}
+
+/// What each bench client does per operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// PUT random keys at the chosen write concern.
+    Write,
+    /// GET with consistency=eventual.
+    ReadEventual,
+    /// GET with min_lsn set to the last LSN of the preload (read-your-writes).
+    ReadMinLsn,
+    /// GET with consistency=strong.
+    ReadStrong,
+}
+
+/// `replidb bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent client counts to run, one table row each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<usize>,
+    /// How long each row runs (default 10s unless --requests is given).
+    #[arg(long, value_parser = parse_duration_arg, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Total operations per row instead of a duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Size of each written value.
+    #[arg(long, default_value_t = 100)]
+    pub value_bytes: usize,
+    /// Write concern of the writes (including the read modes' preload).
+    #[arg(long, default_value = "1")]
+    pub w: WriteConcern,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "write")]
+    pub mode: BenchMode,
+    /// Number of distinct keys used.
+    #[arg(long, default_value_t = 10_000)]
+    pub key_space: u64,
+}
+
+/// clap adapter for `replidb_core::parse_duration`.
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    replidb_core::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn get_takes_the_http_read_options() {
+        let cli = Cli::try_parse_from([
+            "replidb",
+            "--url",
+            "http://n2:7001",
+            "get",
+            "k",
+            "--consistency",
+            "bounded",
+            "--max-staleness-ms",
+            "200",
+            "--fallback",
+            "error",
+        ])
+        .unwrap();
+        assert_eq!(cli.url, "http://n2:7001");
+        let Command::Get(g) = cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(g.read.consistency, Some(Consistency::Bounded));
+        assert_eq!(g.read.fallback, Some(Fallback::Error));
+    }
+
+    #[test]
+    fn bad_write_concern_is_a_usage_error() {
+        let err = Cli::try_parse_from(["replidb", "put", "k", "v", "--w", "most"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn bench_clients_list_and_exclusive_limits() {
+        let cli = Cli::try_parse_from(["replidb", "bench", "--clients", "1,4", "--requests", "10"])
+            .unwrap();
+        let Command::Bench(b) = cli.command else {
+            panic!("not bench")
+        };
+        assert_eq!(b.clients, vec![1, 4]);
+        assert!(
+            Cli::try_parse_from(["replidb", "bench", "--duration", "1s", "--requests", "5"])
+                .is_err()
+        );
+    }
+}

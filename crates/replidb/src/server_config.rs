@@ -1,0 +1,487 @@
+//! `replidb server` options: flags, a TOML file, and their merge into a
+//! [`NodeConfig`].
+//!
+//! One struct, [`ServerOpts`], is both the clap argument set and the TOML
+//! schema, so a flag `--replication-delay` and a file key
+//! `replication_delay` cannot drift apart. Values are kept as text until the
+//! merge, so that a bad value from either source is reported with the
+//! field's name (clap or serde alone would report a type, or a line).
+//!
+//! Precedence: a flag given on the command line wins over the file; the file
+//! wins over [`NodeConfig::new`]'s defaults.
+
+use clap::Args;
+use replidb_core::{parse_duration, DurationRange, WriteConcern};
+use replidb_server::{CoordinatorKind, NodeConfig};
+use replidb_storage::Backend;
+use replidb_wal::FsyncPolicy;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Every `replidb server` setting. All optional: `id`, `listen` and
+/// `data_dir` are required after the merge, from either source.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOpts {
+    /// Node name, unique in the cluster.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Address to serve HTTP on, HOST:PORT.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Directory for the WAL, the table and metadata.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Leader URL to follow; without it (static coordinator) this node leads.
+    #[arg(long)]
+    pub follow: Option<String>,
+    /// Who decides leadership: static or etcd.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// etcd endpoints, comma-separated.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub etcd: Option<String>,
+    /// Cluster name (the etcd key prefix).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// TOML file with any of these settings, in snake_case.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// WAL fsync policy: always (group commit) or never (experiments only).
+    #[arg(long)]
+    pub fsync: Option<String>,
+    /// On a follower, delay applying by DUR or a random DUR..DUR.
+    #[arg(long)]
+    pub replication_delay: Option<String>,
+    /// Table backend: memory or redb.
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Largest value accepted, in bytes.
+    #[arg(long)]
+    pub max_value_bytes: Option<usize>,
+    /// Write concern of requests that name none.
+    #[arg(long)]
+    pub default_w: Option<String>,
+    /// Write-concern timeout of requests that name none.
+    #[arg(long)]
+    pub default_timeout: Option<String>,
+    /// Forward writes reaching a follower to the leader instead of a 307.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub forward_writes: Option<bool>,
+    /// First reconnect delay of a follower's stream.
+    #[arg(long)]
+    pub backoff_base: Option<String>,
+    /// Largest reconnect delay of a follower's stream.
+    #[arg(long)]
+    pub backoff_max: Option<String>,
+    /// Leader heartbeat period on an idle stream.
+    #[arg(long)]
+    pub heartbeat_interval: Option<String>,
+    /// WAL segment size in bytes.
+    #[arg(long)]
+    pub wal_segment_bytes: Option<u64>,
+    /// Most WAL kept for lagging followers, in bytes.
+    #[arg(long)]
+    pub wal_retention_bytes: Option<u64>,
+    /// How often the table is checkpointed.
+    #[arg(long)]
+    pub checkpoint_interval: Option<String>,
+    /// Voting members for w=majority (default: leader + followers seen).
+    #[arg(long)]
+    pub cluster_size: Option<usize>,
+    /// A follower disconnected or lagging longer than this is unhealthy.
+    #[arg(long)]
+    pub health_max_lag: Option<String>,
+    /// URL others reach this node at (default http://LISTEN).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Log format on stderr: logfmt or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `key=value` text lines.
+    #[default]
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A setting that is missing or does not parse, named as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// snake_case field name (the TOML key; the flag is the kebab-case form).
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flag = self.field.replace('_', "-");
+        write!(f, "{} (--{flag}): {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Copy every field from `$file` that `$flags` lacks.
+macro_rules! fill_from {
+    ($flags:ident, $file:ident; $($field:ident),* $(,)?) => {
+        $( if $flags.$field.is_none() { $flags.$field = $file.$field; } )*
+    };
+}
+
+impl ServerOpts {
+    /// Read and parse a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<ServerOpts, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parse TOML text; unknown keys are refused so a typo is not ignored.
+    pub fn from_toml(text: &str) -> Result<ServerOpts, String> {
+        // toml's own rendering spans several lines (a source excerpt); the
+        // CLI prints errors on one line, so keep the line number and message.
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = one_line(e.message());
+            match line {
+                Some(l) => format!("line {l}: {message}"),
+                None => message,
+            }
+        })
+    }
+
+    /// These flags, completed by `file` where a flag was not given.
+    pub fn or_file(mut self, file: ServerOpts) -> ServerOpts {
+        let flags = &mut self;
+        fill_from!(flags, file;
+            id, listen, data_dir, follow, coordinator, etcd, cluster, fsync,
+            replication_delay, storage, max_value_bytes, default_w, default_timeout,
+            forward_writes, backoff_base, backoff_max, heartbeat_interval,
+            wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
+            health_max_lag, advertise_url, log_format,
+        );
+        self
+    }
+
+    /// The chosen log format.
+    pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        match self.log_format.as_deref() {
+            None | Some("logfmt") | Some("text") => Ok(LogFormat::Logfmt),
+            Some("json") => Ok(LogFormat::Json),
+            Some(other) => Err(ConfigError {
+                field: "log_format",
+                message: format!("unknown log format {other:?}: expected logfmt or json"),
+            }),
+        }
+    }
+
+    /// Build the node's configuration, validating every value.
+    pub fn into_node_config(self) -> Result<NodeConfig, ConfigError> {
+        let id = required("id", self.id)?;
+        if id.trim().is_empty() {
+            return Err(invalid("id", "must not be empty"));
+        }
+        let listen = parse_listen(&required("listen", self.listen)?)?;
+        let data_dir = required("data_dir", self.data_dir)?;
+        let mut c = NodeConfig::new(id, listen, data_dir);
+
+        c.follow = self.follow;
+        c.advertise_url = self.advertise_url;
+        if let Some(k) = self.coordinator {
+            c.coordinator = match k.as_str() {
+                "static" => CoordinatorKind::Static,
+                "etcd" => CoordinatorKind::Etcd,
+                other => {
+                    return Err(invalid(
+                        "coordinator",
+                        format!("unknown coordinator {other:?}: expected static or etcd"),
+                    ))
+                }
+            };
+        }
+        if let Some(list) = self.etcd {
+            c.etcd_endpoints = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if c.coordinator == CoordinatorKind::Etcd && c.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "etcd",
+                "--coordinator etcd needs at least one endpoint",
+            ));
+        }
+        if let Some(name) = self.cluster {
+            c.cluster = name;
+        }
+        if let Some(f) = self.fsync {
+            c.fsync = parse_fsync(&f)?;
+        }
+        if let Some(s) = self.storage {
+            c.backend = parse_as::<Backend>("storage", &s)?;
+        }
+        if let Some(n) = self.max_value_bytes {
+            c.max_value_bytes = n;
+        }
+        if let Some(w) = self.default_w {
+            c.default_write_concern = parse_as::<WriteConcern>("default_w", &w)?;
+        }
+        if let Some(b) = self.forward_writes {
+            c.forward_writes = b;
+        }
+        if let Some(r) = self.replication_delay {
+            c.replication_delay = parse_as::<DurationRange>("replication_delay", &r)?;
+        }
+        set_duration(
+            &mut c.default_write_timeout,
+            "default_timeout",
+            self.default_timeout,
+        )?;
+        set_duration(&mut c.backoff_base, "backoff_base", self.backoff_base)?;
+        set_duration(&mut c.backoff_max, "backoff_max", self.backoff_max)?;
+        set_duration(
+            &mut c.heartbeat_interval,
+            "heartbeat_interval",
+            self.heartbeat_interval,
+        )?;
+        set_duration(
+            &mut c.checkpoint_interval,
+            "checkpoint_interval",
+            self.checkpoint_interval,
+        )?;
+        set_duration(&mut c.health_max_lag, "health_max_lag", self.health_max_lag)?;
+        if c.backoff_max < c.backoff_base {
+            return Err(invalid("backoff_max", "must not be below backoff_base"));
+        }
+        if let Some(n) = self.wal_segment_bytes {
+            c.wal_segment_bytes = n;
+        }
+        if let Some(n) = self.wal_retention_bytes {
+            c.wal_retention_bytes = n;
+        }
+        if let Some(n) = self.cluster_size {
+            if n == 0 {
+                return Err(invalid("cluster_size", "must be at least 1"));
+            }
+            c.cluster_size = Some(n);
+        }
+        Ok(c)
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        message: message.into(),
+    }
+}
+
+fn required<T>(field: &'static str, v: Option<T>) -> Result<T, ConfigError> {
+    v.ok_or_else(|| invalid(field, "is required (as a flag or in the config file)"))
+}
+
+fn parse_as<T: FromStr>(field: &'static str, s: &str) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    s.parse::<T>().map_err(|e| invalid(field, e.to_string()))
+}
+
+fn set_duration(
+    slot: &mut Duration,
+    field: &'static str,
+    v: Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(s) = v {
+        *slot = parse_duration(&s).map_err(|e| invalid(field, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// `HOST:PORT`, where HOST may be a name (`localhost:7000`).
+fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let bad = |why: String| invalid("listen", format!("{s:?} is not HOST:PORT ({why})"));
+    s.to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("no address".into()))
+}
+
+/// `FsyncPolicy` has no `FromStr`; the two spellings API.md names.
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, ConfigError> {
+    match s {
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        other => Err(invalid(
+            "fsync",
+            format!("unknown fsync policy {other:?}: expected always or never"),
+        )),
+    }
+}
+
+/// `etcd = "a,b"` or `etcd = ["a", "b"]` in TOML.
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(","),
+    }))
+}
+
+/// Collapse a multi-line message into one line.
+pub fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn flags(args: &[&str]) -> ServerOpts {
+        let mut argv = vec!["replidb", "server"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Server(o) => *o,
+            other => panic!("not server: {other:?}"),
+        }
+    }
+
+    const FILE: &str = r#"
+        id = "n1"
+        listen = "127.0.0.1:7000"
+        data_dir = "/tmp/file-dir"
+        replication_delay = "100ms..500ms"
+        fsync = "never"
+        default_w = "majority"
+        etcd = ["http://a:2379", "http://b:2379"]
+        coordinator = "etcd"
+        forward_writes = true
+        max_value_bytes = 4096
+    "#;
+
+    #[test]
+    fn file_supplies_what_flags_omit() {
+        let file = ServerOpts::from_toml(FILE).unwrap();
+        let c = flags(&[]).or_file(file).into_node_config().unwrap();
+        assert_eq!(c.id, "n1");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/file-dir"));
+        assert_eq!(c.replication_delay.lo, Duration::from_millis(100));
+        assert_eq!(c.replication_delay.hi, Duration::from_millis(500));
+        assert_eq!(c.fsync, FsyncPolicy::Never);
+        assert_eq!(c.default_write_concern, WriteConcern::Majority);
+        assert_eq!(c.etcd_endpoints, vec!["http://a:2379", "http://b:2379"]);
+        assert_eq!(c.coordinator, CoordinatorKind::Etcd);
+        assert!(c.forward_writes);
+        assert_eq!(c.max_value_bytes, 4096);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = ServerOpts::from_toml(FILE).unwrap();
+        let c = flags(&[
+            "--id",
+            "n2",
+            "--listen",
+            "127.0.0.1:7002",
+            "--replication-delay",
+            "1s",
+            "--fsync",
+            "always",
+            "--forward-writes=false",
+            "--etcd",
+            "http://c:2379",
+        ])
+        .or_file(file)
+        .into_node_config()
+        .unwrap();
+        assert_eq!(c.id, "n2");
+        assert_eq!(c.listen.port(), 7002);
+        assert_eq!(
+            c.replication_delay,
+            DurationRange::fixed(Duration::from_secs(1))
+        );
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert!(!c.forward_writes);
+        assert_eq!(c.etcd_endpoints, vec!["http://c:2379"]);
+        // Not overridden: still from the file.
+        assert_eq!(c.default_write_concern, WriteConcern::Majority);
+    }
+
+    #[test]
+    fn bad_duration_names_the_field() {
+        let file = ServerOpts::from_toml("heartbeat_interval = \"soon\"").unwrap();
+        let err = flags(&["--id", "a", "--listen", "127.0.0.1:1", "--data-dir", "d"])
+            .or_file(file)
+            .into_node_config()
+            .unwrap_err();
+        assert_eq!(err.field, "heartbeat_interval");
+        assert!(err.to_string().contains("--heartbeat-interval"), "{err}");
+
+        let err = flags(&[
+            "--id",
+            "a",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--replication-delay",
+            "500ms..100ms",
+        ])
+        .into_node_config()
+        .unwrap_err();
+        assert_eq!(err.field, "replication_delay");
+    }
+
+    #[test]
+    fn missing_and_unknown_settings_are_refused() {
+        let err = flags(&["--id", "a"]).into_node_config().unwrap_err();
+        assert_eq!(err.field, "listen");
+        let err = ServerOpts::from_toml("data-dir = \"x\"").unwrap_err();
+        assert!(err.contains("data-dir"), "{err}");
+        assert!(!err.contains('\n'));
+        let err = flags(&[
+            "--id",
+            "a",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--fsync",
+            "sometimes",
+        ])
+        .into_node_config()
+        .unwrap_err();
+        assert_eq!(err.field, "fsync");
+    }
+}
