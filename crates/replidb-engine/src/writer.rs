@@ -243,6 +243,9 @@ impl WriterCore {
         }
         let flush = self.wal.flushed_lsn();
         let why = self.failed.clone();
+        // Publish before answering: a caller that checks positions right
+        // after its reply (write-concern counting) must see its own write.
+        self.publish();
         for p in pending {
             match (p, &why) {
                 (Pending::Proposed(r, _), Some(w)) => fail_reply(r, w),
@@ -379,15 +382,19 @@ impl WriterCore {
                 if let Err(e) = &r {
                     self.fatal(format!("apply failed: {e}"));
                 }
+                self.publish();
                 let _ = reply.send(r);
             }
             Command::Truncate { after, reply } => {
                 self.cursor = None;
                 let r = self.wal.truncate_after(after).map_err(Into::into);
+                self.publish();
                 let _ = reply.send(r);
             }
             Command::Checkpoint { retain_from, reply } => {
-                let _ = reply.send(self.checkpoint(retain_from));
+                let r = self.checkpoint(retain_from);
+                self.publish();
+                let _ = reply.send(r);
             }
             Command::BeginEpoch { epoch, reply } => {
                 let first = self.wal.last_lsn().next();
@@ -422,6 +429,7 @@ impl WriterCore {
                     .finish_restore(lsn)
                     .map_err(EngineError::from)
                     .and_then(|()| self.wal.reset(lsn.next()).map_err(Into::into));
+                self.publish();
                 let _ = reply.send(r);
             }
             Command::Stop { reply } => {

@@ -114,7 +114,12 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         },
         url
     );
-    let mut fsync_prev = records_per_fsync_counters(&client).await;
+    // A fresh node has not fsynced yet, so the metric may not exist: count
+    // it as zero when /metrics answers at all.
+    let metrics_up = client.metrics().await.is_ok();
+    let mut fsync_prev = records_per_fsync_counters(&client)
+        .await
+        .or(metrics_up.then_some((0.0, 0.0)));
     let with_fsync = fsync_prev.is_some();
     print_header(with_fsync);
     for &clients in &args.clients {
