@@ -48,6 +48,8 @@ pub enum Command {
     },
     /// Drive the HTTP API with concurrent clients and report latencies.
     Bench(BenchArgs),
+    /// Start a local cluster (leader + followers with artificial lag).
+    Playground(crate::playground::PlaygroundArgs),
 }
 
 /// Write options shared by `put` and `del`.

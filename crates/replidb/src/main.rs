@@ -7,6 +7,8 @@
 //! - `put`, `get`, `del`, `scan`, `status` and `admin` are clients of the
 //!   HTTP API, through `replidb-client` (`client_cmd.rs`); `--url` (or
 //!   `REPLIDB_URL`) picks the node or router.
+//! - `playground` starts a local cluster of child `server` processes
+//!   (`playground.rs`).
 //! - `bench` drives the HTTP API with concurrent clients and prints a
 //!   markdown latency table (`bench.rs`).
 //!
@@ -23,6 +25,7 @@ mod bench;
 mod cli;
 mod client_cmd;
 mod logging;
+mod playground;
 mod server_cmd;
 mod server_config;
 
@@ -69,6 +72,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(opts) => server_cmd::run(*opts).await,
         Command::Bench(args) => bench::run(&cli.url, args).await,
+        Command::Playground(args) => playground::run(args).await,
         Command::Put(a) => client_cmd::put(&client_cmd::connect(&cli.url)?, a).await,
         Command::Get(a) => client_cmd::get(&client_cmd::connect(&cli.url)?, a).await,
         Command::Del(a) => client_cmd::del(&client_cmd::connect(&cli.url)?, a).await,

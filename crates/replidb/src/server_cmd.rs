@@ -35,7 +35,7 @@ pub async fn run(flags: ServerOpts) -> anyhow::Result<()> {
 
 /// Resolves on the first Ctrl-C (SIGINT) or SIGTERM, the two ways a node is
 /// asked to stop (terminal, and service managers / containers).
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
