@@ -71,20 +71,36 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    let client = Client::with_options(url, opts).map_err(|e| UsageError(format!("--url: {e}")))?;
+    let client =
+        Client::with_options(url, opts.clone()).map_err(|e| UsageError(format!("--url: {e}")))?;
     let value = random_value(args.value_bytes);
     let write_opts = WriteOptions {
         w: Some(args.w),
         timeout_ms: None,
     };
 
-    let min_lsn = if args.mode == BenchMode::Write {
+    let follower = match (args.mode, &args.follower) {
+        (BenchMode::Visibility, Some(f)) => Some(
+            Client::with_options(f, opts.clone())
+                .map_err(|e| UsageError(format!("--follower: {e}")))?,
+        ),
+        (BenchMode::Visibility, None) => {
+            return Err(UsageError("--mode visibility needs --follower URL".into()).into())
+        }
+        _ => None,
+    };
+    let min_lsn = if matches!(args.mode, BenchMode::Write | BenchMode::Visibility) {
         0
     } else {
         preload(&client, &args, &value, &write_opts).await?
     };
     let read_opts = match args.mode {
         BenchMode::Write | BenchMode::ReadEventual => ReadOptions::with(Consistency::Eventual),
+        BenchMode::Visibility => ReadOptions {
+            wait_ms: Some(10_000),
+            fallback: Some(replidb_client::Fallback::Error),
+            ..ReadOptions::with(Consistency::Eventual)
+        },
         BenchMode::ReadMinLsn => ReadOptions {
             min_lsn: Some(min_lsn),
             ..Default::default()
@@ -92,6 +108,7 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::ReadStrong => ReadOptions::with(Consistency::Strong),
     };
     let op = Arc::new(Op {
+        follower,
         client: client.clone(),
         mode: args.mode,
         value,
@@ -210,6 +227,7 @@ async fn preload(
 /// One operation, shared by every task of every row.
 struct Op {
     client: Client,
+    follower: Option<Client>,
     mode: BenchMode,
     value: Vec<u8>,
     write_opts: WriteOptions,
@@ -218,15 +236,29 @@ struct Op {
 }
 
 impl Op {
-    async fn once(&self, k: u64) -> Result<(), replidb_client::ClientError> {
+    /// One operation; `Some(d)` replaces the measured latency with `d`.
+    async fn once(&self, k: u64) -> Result<Option<Duration>, replidb_client::ClientError> {
         let key = key(k);
-        match self.mode {
-            BenchMode::Write => self
+        match (self.mode, &self.follower) {
+            (BenchMode::Write, _) => self
                 .client
                 .put(&key, self.value.clone(), &self.write_opts)
                 .await
-                .map(drop),
-            _ => self.client.get(&key, &self.read_opts).await.map(drop),
+                .map(|_| None),
+            (BenchMode::Visibility, Some(f)) => {
+                let w = self
+                    .client
+                    .put(&key, self.value.clone(), &self.write_opts)
+                    .await?;
+                let acked = Instant::now();
+                let opts = ReadOptions {
+                    min_lsn: Some(w.lsn),
+                    ..self.read_opts.clone()
+                };
+                f.get(&key, &opts).await?;
+                Ok(Some(acked.elapsed()))
+            }
+            _ => self.client.get(&key, &self.read_opts).await.map(|_| None),
         }
     }
 }
@@ -294,9 +326,10 @@ async fn task(
         let k = rng.random_range(0..op.key_space);
         let t0 = Instant::now();
         match op.once(k).await {
-            Ok(()) => {
+            Ok(measured) => {
                 r.ops += 1;
-                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let took = measured.unwrap_or_else(|| t0.elapsed());
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 r.latency_us.saturating_record(us.max(1));
             }
             Err(e) => {

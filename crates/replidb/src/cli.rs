@@ -155,6 +155,10 @@ pub enum BenchMode {
     ReadMinLsn,
     /// GET with consistency=strong.
     ReadStrong,
+    /// PUT to `--url` (the leader), then wait on `--follower` for that LSN
+    /// (`min_lsn`, answered the moment it is applied); the latency recorded
+    /// is write acknowledged → visible on the follower.
+    Visibility,
 }
 
 /// `replidb bench`.
@@ -181,6 +185,9 @@ pub struct BenchArgs {
     /// Number of distinct keys used.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: u64,
+    /// Follower URL for `--mode visibility`.
+    #[arg(long)]
+    pub follower: Option<String>,
 }
 
 /// clap adapter for `replidb_core::parse_duration`.
