@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests need, installed only when missing.
-packages=()
+packages=(etcd-server)
 if ((${#packages[@]})); then
     missing=()
     for p in "${packages[@]}"; do

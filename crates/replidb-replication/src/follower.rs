@@ -85,6 +85,8 @@ pub struct FollowerStatus {
     pub rollback_records: u64,
     /// Estimated apply lag in ms.
     pub lag_ms: u64,
+    /// Cluster nodes as the leader last listed them.
+    pub peers: Vec<String>,
 }
 
 /// A follower: owns the stream from its leader and the delayed applier.
@@ -190,6 +192,14 @@ impl Follower {
         let mut backoff = Backoff::new(self.opts.backoff_base, self.opts.backoff_max);
         loop {
             let url = self.leader_url();
+            if url.is_empty() {
+                // No leader known yet (a coordinator will tell us): wait
+                // quietly rather than count failures.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    _ = cancel.cancelled() => break,
+                }
+            }
             let outcome = tokio::select! {
                 r = self.session(&url, &apply_tx, &mut backoff) => r,
                 _ = cancel.cancelled() => break,
@@ -401,6 +411,7 @@ impl Follower {
                 last_lsn,
                 commit_lsn,
                 epoch,
+                peers,
                 ..
             } => {
                 let mut s = self.st();
@@ -409,6 +420,7 @@ impl Follower {
                         "heartbeat from an older epoch".into(),
                     ));
                 }
+                s.peers = peers;
                 s.leader_last_lsn = last_lsn;
                 s.commit_lsn = commit_lsn;
                 s.last_sync_ms = now;

@@ -113,6 +113,9 @@ pub enum Frame {
         leader_time_ms: u64,
         /// Leader's epoch.
         epoch: Epoch,
+        /// URLs of the cluster's nodes as the leader knows them (itself and
+        /// its followers), so a follower promoted later can tell them.
+        peers: Vec<String>,
     },
 }
 

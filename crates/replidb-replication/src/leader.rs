@@ -35,6 +35,8 @@ pub struct LeaderOptions {
     pub snapshot_chunk_entries: usize,
     /// How long a new stream may take to say `Hello`.
     pub hello_timeout: Duration,
+    /// This leader's own URL, shared with followers in heartbeats.
+    pub advertise_url: String,
 }
 
 impl Default for LeaderOptions {
@@ -46,6 +48,7 @@ impl Default for LeaderOptions {
             batch_max_bytes: 1 << 20,
             snapshot_chunk_entries: 1000,
             hello_timeout: Duration::from_secs(5),
+            advertise_url: String::new(),
         }
     }
 }
@@ -109,6 +112,30 @@ pub struct Leader {
     /// Cancelled when this node stops leading: every session ends.
     cancel: CancellationToken,
     epoch: Epoch,
+    /// Writes are allowed until this time (ms since the Unix epoch):
+    /// `u64::MAX` without a lease (static coordinator), else the lease
+    /// deadline the coordinator computed; 0 once fenced.
+    write_deadline_ms: std::sync::atomic::AtomicU64,
+    /// Set during a planned switchover: writes pause.
+    paused: std::sync::atomic::AtomicBool,
+    /// Set when a follower showed us a higher epoch: we are stale.
+    stale: std::sync::atomic::AtomicBool,
+    /// Cluster members known from outside this leader's own sessions (the
+    /// coordinator's registry, or the previous leader's peer list): a new
+    /// leader must not count a majority of only the followers that happen
+    /// to have reconnected.
+    known_members: std::sync::atomic::AtomicUsize,
+}
+
+/// Why a leader refuses a write right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotWritable {
+    /// The lease is gone or expiring: self-fenced.
+    Fenced,
+    /// A planned switchover is in progress.
+    Paused,
+    /// Another node leads a higher epoch.
+    Stale,
 }
 
 impl Leader {
@@ -132,7 +159,50 @@ impl Leader {
             next_session: Default::default(),
             cancel: CancellationToken::new(),
             epoch,
+            write_deadline_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            paused: Default::default(),
+            stale: Default::default(),
+            known_members: Default::default(),
         })
+    }
+
+    /// Allow writes until `deadline_ms` (0 = fence now, `u64::MAX` = no
+    /// lease needed).
+    pub fn set_write_deadline(&self, deadline_ms: u64) {
+        self.write_deadline_ms
+            .store(deadline_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The current write deadline.
+    pub fn write_deadline(&self) -> u64 {
+        self.write_deadline_ms
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Pause or resume writes (planned switchover).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Mark this leader stale: someone has seen a higher epoch.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a write may be accepted now.
+    pub fn writable(&self) -> std::result::Result<(), NotWritable> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.stale.load(SeqCst) {
+            return Err(NotWritable::Stale);
+        }
+        if self.paused.load(SeqCst) {
+            return Err(NotWritable::Paused);
+        }
+        if self.clock.now_ms() >= self.write_deadline_ms.load(SeqCst) {
+            return Err(NotWritable::Fenced);
+        }
+        Ok(())
     }
 
     /// The epoch this leader leads in.
@@ -168,11 +238,27 @@ impl Leader {
             .collect()
     }
 
-    /// Voting members: configured, or the leader plus followers seen.
+    /// This leader's URL and its followers' URLs.
+    pub fn peers(&self) -> Vec<String> {
+        let mut v = vec![self.opts.advertise_url.clone()];
+        v.extend(self.lock().values().map(|r| r.addr.clone()));
+        v.retain(|u| !u.is_empty());
+        v
+    }
+
+    /// Record how many members the cluster has, as known from outside.
+    pub fn set_known_members(&self, n: usize) {
+        self.known_members
+            .fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Voting members: configured, or the most of (leader + followers seen)
+    /// and the members known from the coordinator or the previous leader.
     pub fn voters(&self) -> usize {
-        self.opts
-            .cluster_size
-            .unwrap_or_else(|| 1 + self.lock().len())
+        self.opts.cluster_size.unwrap_or_else(|| {
+            let seen = 1 + self.lock().len();
+            seen.max(self.known_members.load(std::sync::atomic::Ordering::SeqCst))
+        })
     }
 
     /// Nodes (leader included) that hold `lsn` durably.
@@ -287,6 +373,7 @@ impl Leader {
                 "leader {} is at epoch {}, follower {} has seen epoch {}",
                 self.node_id, self.epoch, node_id, epoch
             );
+            self.mark_stale();
             framed
                 .send(Frame::Refused {
                     reason: reason.clone(),
@@ -457,6 +544,7 @@ impl Leader {
                         commit_lsn: self.commit_lsn(),
                         leader_time_ms: self.clock.now_ms(),
                         epoch: self.epoch,
+                        peers: self.peers(),
                     }).await?;
                 }
                 _ = &mut ack_task => {

@@ -45,7 +45,7 @@ pub mod transport;
 pub use decide::{decide_start, LogPosition, StartDecision};
 pub use follower::{Follower, FollowerOptions, FollowerStatus};
 pub use frame::{Frame, FrameCodec, FrameError};
-pub use leader::{Leader, LeaderOptions, ReplicaInfo, ReplicaState};
+pub use leader::{Leader, LeaderOptions, NotWritable, ReplicaInfo, ReplicaState};
 pub use transport::{BoxIo, TcpTransport, Transport};
 
 /// Replication failures.

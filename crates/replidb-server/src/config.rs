@@ -72,6 +72,12 @@ pub struct NodeConfig {
     /// A follower disconnected or lagging longer than this is unhealthy
     /// (`--health-max-lag`, 10s).
     pub health_max_lag: Duration,
+    /// etcd session lease TTL (`--lease-ttl`, 1s; etcd raises it to its own
+    /// minimum, 2s with etcd's default election timeout).
+    pub lease_ttl: Duration,
+    /// Candidates further behind the longest log cannot be elected
+    /// (`--max-failover-lag`, in records).
+    pub max_failover_lag_records: u64,
 }
 
 impl NodeConfig {
@@ -101,6 +107,8 @@ impl NodeConfig {
             checkpoint_interval: Duration::from_secs(10),
             cluster_size: None,
             health_max_lag: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(1),
+            max_failover_lag_records: 1_000_000,
         }
     }
 

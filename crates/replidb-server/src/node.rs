@@ -4,7 +4,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use replidb_core::{Clock, Lsn, SystemClock};
+use replidb_coordinator::{BoxFuture, EtcdCoordinator, EtcdOptions, Member, MemberInfo};
+use replidb_core::{Clock, Epoch, Lsn, SystemClock};
 use replidb_engine::{Engine, EngineOptions};
 use replidb_replication::{
     Follower, FollowerOptions, Leader, LeaderOptions, TcpTransport, Transport,
@@ -12,7 +13,7 @@ use replidb_replication::{
 use replidb_wal::WalOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::NodeConfig;
+use crate::config::{CoordinatorKind, NodeConfig};
 use crate::ServerError;
 
 /// What this node is doing right now.
@@ -47,6 +48,11 @@ pub struct Node {
     /// HTTP client for forwarding and fan-out reads.
     pub http: reqwest::Client,
     role: RwLock<Role>,
+    /// Cluster members known from the coordinator or a previous leader's
+    /// peer list; handed to every new leader so `w=majority` counts them.
+    cluster_members: std::sync::atomic::AtomicUsize,
+    /// The etcd coordinator, when `--coordinator etcd`.
+    coordinator: RwLock<Option<Arc<EtcdCoordinator>>>,
     /// Cancels the current role's tasks.
     role_cancel: RwLock<CancellationToken>,
     /// Cancels everything (shutdown).
@@ -92,16 +98,82 @@ impl Node {
             transport,
             http,
             role: RwLock::new(placeholder),
+            coordinator: RwLock::new(None),
+            cluster_members: Default::default(),
             role_cancel: RwLock::new(CancellationToken::new()),
             shutdown: CancellationToken::new(),
             config,
         });
-        match node.config.follow.clone() {
-            Some(url) => node.become_follower(url),
-            None => node.become_leader().await?,
+        match (&node.config.coordinator, node.config.follow.clone()) {
+            (CoordinatorKind::Etcd, _) => {
+                // etcd decides who leads: wait as a follower of nobody
+                // until the leader key names someone (or us).
+                node.become_follower(String::new());
+                let mut opts = EtcdOptions::new(
+                    node.config.etcd_endpoints.clone(),
+                    node.config.cluster.clone(),
+                );
+                opts.lease_ttl = node.config.lease_ttl;
+                opts.max_lag_records = node.config.max_failover_lag_records;
+                let member = Arc::new(NodeMember(Arc::downgrade(&node)));
+                let coordinator = EtcdCoordinator::new(opts, member)
+                    .map_err(|e| ServerError::Startup(e.to_string()))?;
+                *node.coordinator.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(coordinator.clone());
+                tokio::spawn(coordinator.run(node.shutdown.child_token()));
+            }
+            (CoordinatorKind::Static, Some(url)) => node.become_follower(url),
+            (CoordinatorKind::Static, None) => node.become_leader().await?,
         }
         tokio::spawn(node.clone().housekeeping());
         Ok(node)
+    }
+
+    /// The etcd coordinator, if any.
+    pub fn coordinator(&self) -> Option<Arc<EtcdCoordinator>> {
+        self.coordinator
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Become the leader of `epoch` (an election or an operator's promote).
+    pub async fn promote(&self, epoch: Epoch) -> Result<(), ServerError> {
+        if let Some(f) = self.follower() {
+            // The old leader's peer list is the cluster as it last knew it.
+            let peers = f.status().peers.len();
+            self.cluster_members
+                .fetch_max(peers, std::sync::atomic::Ordering::SeqCst);
+        }
+        let fail = |e: replidb_engine::EngineError| ServerError::Startup(e.to_string());
+        if self.engine.meta().epoch >= epoch && self.leader().is_some() {
+            return Ok(());
+        }
+        self.engine.begin_epoch(epoch).await.map_err(fail)?;
+        self.become_leader().await?;
+        metrics::counter!("replidb_failovers_total", "node_id" => self.config.id.clone())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Follow `url`, which leads `epoch`: remember the epoch first, so a
+    /// stream from an older leader is refused from now on.
+    pub async fn follow(&self, url: String, epoch: Epoch) -> Result<(), ServerError> {
+        let meta = self.engine.meta();
+        if epoch > meta.epoch {
+            self.engine
+                .adopt_history(epoch, meta.history)
+                .await
+                .map_err(|e| ServerError::Startup(e.to_string()))?;
+        }
+        if let Some(l) = self.leader() {
+            l.mark_stale();
+        }
+        match self.follower() {
+            Some(f) if f.leader_url() == url => {}
+            _ => self.become_follower(url),
+        }
+        Ok(())
     }
 
     /// The current role.
@@ -160,9 +232,18 @@ impl Node {
             LeaderOptions {
                 heartbeat_interval: self.config.heartbeat_interval,
                 cluster_size: self.config.cluster_size,
+                advertise_url: self.config.advertise(),
                 ..LeaderOptions::default()
             },
             self.config.default_write_concern,
+        );
+        if self.config.coordinator == CoordinatorKind::Etcd {
+            // Writes wait for the coordinator to confirm the lease.
+            leader.set_write_deadline(0);
+        }
+        leader.set_known_members(
+            self.cluster_members
+                .load(std::sync::atomic::Ordering::SeqCst),
         );
         self.set_role(Role::Leader(leader));
         tracing::info!(node_id = %self.config.id, epoch = %self.engine.meta().epoch, "leading");
@@ -236,6 +317,41 @@ impl Node {
         Ok(freed)
     }
 
+    /// Tell `peers` that this node now leads `epoch` (static coordinator):
+    /// they re-point, and an old leader steps down. Retried every 500 ms
+    /// until each peer has heard it, for as long as we lead that epoch.
+    pub fn announce_leadership(self: &Arc<Self>, epoch: Epoch, peers: Vec<String>) {
+        let me = self.config.advertise();
+        for peer in peers.into_iter().filter(|p| *p != me) {
+            let node = self.clone();
+            let me = me.clone();
+            tokio::spawn(async move {
+                let url = format!("{}/admin/fence", peer.trim_end_matches('/'));
+                let body = serde_json::json!({"epoch": epoch.0, "leader": me});
+                loop {
+                    let leading = node.leader().is_some_and(|l| l.epoch() == epoch);
+                    if !leading || node.shutdown.is_cancelled() {
+                        return;
+                    }
+                    let sent = node
+                        .http
+                        .post(&url)
+                        .json(&body)
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() || r.status().as_u16() == 409 => {
+                            tracing::info!(peer = %peer, %epoch, "announced leadership");
+                            return;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            });
+        }
+    }
+
     /// Stop every task and flush storage.
     pub async fn stop(&self) {
         self.shutdown.cancel();
@@ -251,4 +367,94 @@ fn seed_of(id: &str) -> u64 {
     id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+/// The node as the coordinator sees it. Weak, so the coordinator's loop does
+/// not keep a stopped node alive.
+struct NodeMember(std::sync::Weak<Node>);
+
+impl NodeMember {
+    fn node(&self) -> Result<Arc<Node>, String> {
+        self.0.upgrade().ok_or_else(|| "node stopped".to_string())
+    }
+}
+
+impl Member for NodeMember {
+    fn info(&self) -> MemberInfo {
+        let Ok(node) = self.node() else {
+            return MemberInfo {
+                id: String::new(),
+                url: String::new(),
+                role: "stopped".into(),
+                epoch: 0,
+                flush_lsn: 0,
+                applied_lsn: 0,
+                commit_lsn: 0,
+                healthy: false,
+            };
+        };
+        let pos = node.engine.positions();
+        let role = node.role();
+        let commit = match &role {
+            Role::Leader(l) => l.commit_lsn(),
+            Role::Follower(f) => f.status().commit_lsn,
+        };
+        MemberInfo {
+            id: node.config.id.clone(),
+            url: node.config.advertise(),
+            role: role.name().to_string(),
+            epoch: node.engine.meta().epoch.0,
+            flush_lsn: pos.flush_lsn.0,
+            applied_lsn: pos.applied_lsn.0,
+            commit_lsn: commit.0,
+            healthy: !node.shutdown.is_cancelled(),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node().is_ok_and(|n| n.leader().is_some())
+    }
+
+    fn following(&self) -> Option<String> {
+        let node = self.node().ok()?;
+        node.follower()
+            .map(|f| f.leader_url())
+            .filter(|u| !u.is_empty())
+    }
+
+    fn promote(&self, epoch: Epoch) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let node = self.node()?;
+            node.promote(epoch).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn follow(&self, url: String, epoch: Epoch) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let node = self.node()?;
+            node.follow(url, epoch).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn set_write_deadline(&self, deadline_ms: u64) {
+        if let Ok(node) = self.node() {
+            if let Some(l) = node.leader() {
+                l.set_write_deadline(deadline_ms);
+            }
+        }
+    }
+
+    fn set_cluster_size(&self, n: usize) {
+        if let Ok(node) = self.node() {
+            node.cluster_members
+                .fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+            if let Some(l) = node.leader() {
+                l.set_known_members(n);
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms()
+    }
 }

@@ -101,6 +101,12 @@ pub struct ServerOpts {
     /// URL others reach this node at (default http://LISTEN).
     #[arg(long)]
     pub advertise_url: Option<String>,
+    /// etcd session lease TTL (default 1s; etcd may raise it to its minimum).
+    #[arg(long)]
+    pub lease_ttl: Option<String>,
+    /// Failover candidates further behind the longest log are not eligible (records).
+    #[arg(long)]
+    pub max_failover_lag: Option<u64>,
     /// Log format on stderr: logfmt or json.
     #[arg(long)]
     pub log_format: Option<String>,
@@ -173,7 +179,7 @@ impl ServerOpts {
             replication_delay, storage, max_value_bytes, default_w, default_timeout,
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
-            health_max_lag, advertise_url, log_format,
+            health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
         );
         self
     }
@@ -267,6 +273,13 @@ impl ServerOpts {
             self.checkpoint_interval,
         )?;
         set_duration(&mut c.health_max_lag, "health_max_lag", self.health_max_lag)?;
+        set_duration(&mut c.lease_ttl, "lease_ttl", self.lease_ttl)?;
+        if c.lease_ttl < std::time::Duration::from_secs(1) {
+            return Err(invalid("lease_ttl", "must be at least 1s (etcd leases count whole seconds)"));
+        }
+        if let Some(n) = self.max_failover_lag {
+            c.max_failover_lag_records = n;
+        }
         if c.backoff_max < c.backoff_base {
             return Err(invalid("backoff_max", "must not be below backoff_base"));
         }

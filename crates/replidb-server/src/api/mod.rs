@@ -6,6 +6,7 @@
 //! wrap every route: one adds the `X-Replidb-*` headers (unless a handler or
 //! a proxied answer already set them), one records request metrics.
 
+mod admin;
 mod error;
 mod kv;
 mod ops;
@@ -49,9 +50,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", get(ops::health))
         .route("/status", get(ops::status))
         .route("/metrics", get(ops::metrics))
-        .route("/admin/promote", post(ops::promote))
-        .route("/admin/follow", post(ops::follow))
-        .route("/admin/switchover", post(ops::switchover))
+        .route("/admin/promote", post(admin::promote))
+        .route("/admin/follow", post(admin::follow))
+        .route("/admin/fence", post(admin::fence))
+        .route("/admin/switchover", post(admin::switchover))
         .route("/internal/catch-up", post(ops::catch_up))
         .route("/internal/digest", get(ops::digest))
         .route(

@@ -3,17 +3,14 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use replidb_core::Lsn;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::params::Params;
-use super::write::read_body;
 use super::{ApiError, ApiResult, AppState};
 use crate::node::{Node, Role};
 
@@ -29,7 +26,16 @@ pub fn health_of(node: &Node, want_role: Option<&str>, max_lag_ms: Option<u64>) 
                 .map(|r| r.lag_records)
                 .max()
                 .unwrap_or(0);
-            (true, 0u64, now, None::<String>, drift)
+            let why = l.writable().err().map(|w| match w {
+                replidb_replication::NotWritable::Fenced => {
+                    "leader without a valid lease".to_string()
+                }
+                replidb_replication::NotWritable::Paused => "switchover in progress".to_string(),
+                replidb_replication::NotWritable::Stale => {
+                    "stale leader: a newer epoch exists".to_string()
+                }
+            });
+            (why.is_none(), 0u64, now, why, drift)
         }
         Role::Follower(f) => {
             let s = f.status();
@@ -121,8 +127,13 @@ pub fn status_of(node: &Node) -> Value {
         "fsync": fsync,
         "storage": node.engine.table().backend_name(),
     });
+    doc["coordinator"] = match node.coordinator() {
+        Some(c) => json!({"kind": "etcd", "state": c.status()}),
+        None => json!({"kind": "static"}),
+    };
     match role {
         Role::Leader(l) => {
+            doc["writable"] = json!(l.writable().is_ok());
             doc["leader"] = json!(node.config.advertise());
             doc["commit_lsn"] = json!(l.commit_lsn().0);
             doc["changes_applied"] = json!(pos.applied_lsn.0);
@@ -164,48 +175,6 @@ pub async fn metrics(State(node): State<AppState>) -> Response {
         crate::metrics::render(),
     )
         .into_response()
-}
-
-/// `POST /admin/promote`: this follower becomes the leader of a new epoch.
-pub async fn promote(State(node): State<AppState>) -> ApiResult<Response> {
-    if node.leader().is_some() {
-        return Ok(Json(json!({"promoted": false, "message": "already the leader", "epoch": node.engine.meta().epoch.0})).into_response());
-    }
-    let epoch = node.engine.meta().epoch.next();
-    node.engine.begin_epoch(epoch).await?;
-    node.become_leader()
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    metrics::counter!("replidb_failovers_total", "node_id" => node.config.id.clone()).increment(1);
-    Ok(Json(json!({"promoted": true, "epoch": epoch.0})).into_response())
-}
-
-#[derive(Deserialize)]
-struct FollowBody {
-    leader: String,
-}
-
-/// `POST /admin/follow {"leader": URL}`: follow another leader.
-pub async fn follow(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
-    let raw = read_body(body, 64 * 1024).await?;
-    let b: FollowBody = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad_request(format!("expected {{\"leader\": URL}}: {e}")))?;
-    replidb_replication::transport::host_port(&b.leader)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    match node.follower() {
-        Some(f) if f.leader_url() == b.leader => {}
-        _ => node.become_follower(b.leader.clone()),
-    }
-    Ok(Json(json!({"following": b.leader})).into_response())
-}
-
-/// `POST /admin/switchover {"to"}`.
-pub async fn switchover(State(_node): State<AppState>) -> ApiResult<Response> {
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "planned switchover is not implemented yet; promote the target and re-point the others with /admin/follow",
-    ))
 }
 
 /// `POST /internal/catch-up?lsn=N`: apply up to `N` now (read repair).

@@ -32,6 +32,9 @@ pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
                 wait_token(node, min, opts).await?;
             }
             if opts.consistency == Some(Consistency::Strong) {
+                // Only a leader that still holds its lease may claim to be
+                // the latest state.
+                super::write::writable(&leader)?;
                 // Linearizable: what we return must be durable on a
                 // majority, so a failover cannot take it back.
                 let target = node.engine.positions().applied_lsn;

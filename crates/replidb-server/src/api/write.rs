@@ -81,6 +81,7 @@ pub async fn propose(
     let Some(leader) = node.leader() else {
         return Err(ApiError::unavailable("not the leader"));
     };
+    writable(&leader)?;
     let key_for_log = match &op {
         Op::Put { key, .. } | Op::Delete { key } => key.clone(),
         Op::Batch(ops) => format!("<batch of {}>", ops.len()),
@@ -94,6 +95,22 @@ pub async fn propose(
         acks,
         committed: met,
         existed: committed.existed,
+    })
+}
+
+/// Refuse a write the leader may not accept now (invariant 3: a leader
+/// without a valid lease, or a stale one, must not write).
+pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
+    use replidb_replication::NotWritable;
+    leader.writable().map_err(|why| {
+        let (code, msg) = match why {
+            NotWritable::Fenced => ("fenced", "this leader does not hold a valid lease; it refuses writes until re-elected or re-pointed"),
+            NotWritable::Paused => ("switchover_in_progress", "a planned switchover is in progress; retry shortly"),
+            NotWritable::Stale => ("stale_leader", "a newer leader exists; this node no longer accepts writes"),
+        };
+        let mut e = ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, code, msg);
+        e.retry_after_s = Some(1);
+        e
     })
 }
 

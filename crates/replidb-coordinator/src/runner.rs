@@ -1,0 +1,393 @@
+//! The etcd coordinator loop: lease, publish, watch the leader key, elect.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use replidb_core::Epoch;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::election::{choose, MemberInfo};
+use crate::etcd::{Compare, EtcdClient, LeaseId, TxnOp};
+use crate::{CoordinatorError, Member, Result};
+
+/// Settings of the etcd coordinator.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// etcd endpoints.
+    pub endpoints: Vec<String>,
+    /// Cluster name: the key prefix.
+    pub cluster: String,
+    /// Session lease TTL (etcd may raise it to its minimum).
+    pub lease_ttl: Duration,
+    /// Loop period.
+    pub tick: Duration,
+    /// How long the leader key must be absent (with fresh positions
+    /// published) before an election.
+    pub settle: Duration,
+    /// Candidates further behind the longest log are not eligible.
+    pub max_lag_records: u64,
+}
+
+impl EtcdOptions {
+    /// Defaults for `endpoints` and `cluster`.
+    pub fn new(endpoints: Vec<String>, cluster: impl Into<String>) -> Self {
+        EtcdOptions {
+            endpoints,
+            cluster: cluster.into(),
+            lease_ttl: Duration::from_secs(1),
+            tick: Duration::from_millis(100),
+            settle: Duration::from_millis(200),
+            max_lag_records: 1_000_000,
+        }
+    }
+}
+
+/// The leader key's value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderKey {
+    /// Leader id.
+    pub id: String,
+    /// Leader URL.
+    pub url: String,
+    /// Its epoch.
+    pub epoch: u64,
+}
+
+/// What the coordinator reports for `/status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CoordinatorStatus {
+    /// Leader key as last seen.
+    pub leader: Option<LeaderKey>,
+    /// Granted lease TTL in ms.
+    pub lease_ttl_ms: u64,
+    /// Writes allowed until (ms since the Unix epoch; 0 = not leading).
+    pub write_deadline_ms: u64,
+    /// Elections this node won.
+    pub elections_won: u64,
+    /// Last error talking to etcd.
+    pub last_error: Option<String>,
+}
+
+/// Patroni-style automatic failover through etcd.
+pub struct EtcdCoordinator {
+    client: EtcdClient,
+    opts: EtcdOptions,
+    member: Arc<dyn Member>,
+    status: Mutex<CoordinatorStatus>,
+    lease: Mutex<Option<LeaseId>>,
+}
+
+struct Session {
+    lease: Option<LeaseId>,
+    ttl_ms: u64,
+    valid_until_ms: u64,
+    last_keepalive_ms: u64,
+    absent_since_ms: Option<u64>,
+    ticks_as_leader: u64,
+}
+
+impl EtcdCoordinator {
+    /// A coordinator for `member`.
+    pub fn new(opts: EtcdOptions, member: Arc<dyn Member>) -> Result<Arc<Self>> {
+        let client = EtcdClient::new(opts.endpoints.clone(), Duration::from_millis(500))?;
+        Ok(Arc::new(EtcdCoordinator {
+            client,
+            opts,
+            member,
+            status: Mutex::new(CoordinatorStatus::default()),
+            lease: Mutex::new(None),
+        }))
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("/{}/{rest}", self.opts.cluster)
+    }
+
+    /// Current status.
+    pub fn status(&self) -> CoordinatorStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_error(&self, e: &CoordinatorError) {
+        tracing::warn!(error = %e, "coordinator");
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error = Some(e.to_string());
+    }
+
+    fn set_deadline(&self, ms: u64) {
+        self.member.set_write_deadline(ms);
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_deadline_ms = ms;
+    }
+
+    /// Run until `cancel`; on the way out, revoke the lease so a successor
+    /// need not wait for it to expire (a clean stop is a fast failover).
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut s = Session {
+            lease: None,
+            ttl_ms: self.opts.lease_ttl.as_millis() as u64,
+            valid_until_ms: 0,
+            last_keepalive_ms: 0,
+            absent_since_ms: None,
+            ticks_as_leader: 0,
+        };
+        let me = self.member.info();
+        while let Err(e) = self
+            .client
+            .put(
+                &self.key(&format!("nodes/{}", me.id)),
+                me.url.as_bytes(),
+                None,
+            )
+            .await
+        {
+            self.note_error(&e);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.opts.tick * 5) => {}
+            }
+        }
+        let mut tick = tokio::time::interval(self.opts.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.step(&mut s).await {
+                self.note_error(&e);
+            }
+            // Self-fencing holds even when etcd is unreachable: past the
+            // deadline the leader refuses writes.
+            if self.member.now_ms() >= s.valid_until_ms {
+                self.set_deadline(0);
+            }
+        }
+        self.set_deadline(0);
+        if let Some(l) = s.lease {
+            let _ = self.client.revoke(l).await;
+        }
+    }
+
+    async fn step(&self, s: &mut Session) -> Result<()> {
+        self.renew(s).await?;
+        let Some(lease) = s.lease else {
+            return Ok(());
+        };
+        let info = self.member.info();
+        let body = serde_json::to_vec(&info).map_err(|e| CoordinatorError::Etcd(e.to_string()))?;
+        self.client
+            .put(
+                &self.key(&format!("members/{}", info.id)),
+                &body,
+                Some(lease),
+            )
+            .await?;
+        let leader_kv = self.client.get(&self.key("leader")).await?;
+        let leader: Option<LeaderKey> = leader_kv
+            .as_ref()
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).leader = leader.clone();
+        match (leader, leader_kv) {
+            (Some(l), Some(kv)) => {
+                s.absent_since_ms = None;
+                if l.id == info.id && kv.lease == lease && self.member.is_leader() {
+                    s.ticks_as_leader += 1;
+                    if s.ticks_as_leader % 20 == 1 {
+                        let n = self.client.get_prefix(&self.key("nodes/")).await?.len();
+                        self.member.set_cluster_size(n);
+                    }
+                    self.set_deadline(s.valid_until_ms);
+                } else {
+                    self.set_deadline(0);
+                    if l.id != info.id && self.member.following().as_deref() != Some(&l.url) {
+                        tracing::info!(leader = %l.id, epoch = l.epoch, "following the elected leader");
+                        self.member
+                            .follow(l.url.clone(), Epoch(l.epoch))
+                            .await
+                            .map_err(CoordinatorError::Refused)?;
+                    }
+                }
+            }
+            _ => {
+                self.set_deadline(0);
+                let now = self.member.now_ms();
+                let since = *s.absent_since_ms.get_or_insert(now);
+                if now.saturating_sub(since) >= self.opts.settle.as_millis() as u64 {
+                    self.try_elect(lease, s).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Grant or renew the session lease.
+    async fn renew(&self, s: &mut Session) -> Result<()> {
+        let now = self.member.now_ms();
+        // Renew well inside the TTL; the margin covers scheduling delays.
+        let margin = (s.ttl_ms / 10).max(100);
+        match s.lease {
+            None => {
+                let ttl_s = self.opts.lease_ttl.as_secs().max(1) as i64;
+                let (id, granted) = self.client.grant(ttl_s).await?;
+                s.ttl_ms = (granted.max(1) as u64) * 1000;
+                s.lease = Some(id);
+                s.valid_until_ms = now + s.ttl_ms - (s.ttl_ms / 10).max(100);
+                s.last_keepalive_ms = now;
+                *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+                self.status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .lease_ttl_ms = s.ttl_ms;
+            }
+            Some(id) if now.saturating_sub(s.last_keepalive_ms) >= s.ttl_ms / 4 => {
+                match self.client.keepalive(id).await? {
+                    Some(ttl) => {
+                        s.ttl_ms = (ttl as u64) * 1000;
+                        s.valid_until_ms = now + s.ttl_ms - margin;
+                        s.last_keepalive_ms = now;
+                    }
+                    None => {
+                        tracing::warn!("session lease expired");
+                        s.lease = None;
+                        s.valid_until_ms = 0;
+                        self.set_deadline(0);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn try_elect(&self, lease: LeaseId, s: &Session) -> Result<()> {
+        let members: Vec<MemberInfo> = self
+            .client
+            .get_prefix(&self.key("members/"))
+            .await?
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        let registered = self.client.get_prefix(&self.key("nodes/")).await?.len();
+        self.member.set_cluster_size(registered);
+        let target = self
+            .client
+            .get(&self.key("switchover"))
+            .await?
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let me = self.member.info();
+        let winner = match choose(
+            &members,
+            registered,
+            self.opts.max_lag_records,
+            target.as_deref(),
+        ) {
+            Ok(w) => w,
+            Err(why) => {
+                tracing::debug!(?why, "no leader can be elected yet");
+                return Ok(());
+            }
+        };
+        if winner.id != me.id {
+            return Ok(());
+        }
+        let epoch_kv = self.client.get(&self.key("epoch")).await?;
+        let stored: u64 = epoch_kv
+            .as_ref()
+            .and_then(|kv| String::from_utf8_lossy(&kv.value).parse().ok())
+            .unwrap_or(0);
+        let highest_seen = members.iter().map(|m| m.epoch).max().unwrap_or(0);
+        let epoch = stored.max(highest_seen) + 1;
+        let leader = LeaderKey {
+            id: me.id.clone(),
+            url: me.url.clone(),
+            epoch,
+        };
+        let value =
+            serde_json::to_vec(&leader).map_err(|e| CoordinatorError::Etcd(e.to_string()))?;
+        let won = self
+            .client
+            .txn(
+                &[
+                    Compare::Absent(self.key("leader")),
+                    Compare::ModRevision(
+                        self.key("epoch"),
+                        epoch_kv.map(|kv| kv.mod_revision).unwrap_or(0),
+                    ),
+                ],
+                &[
+                    TxnOp::Put(self.key("leader"), value, Some(lease)),
+                    TxnOp::Put(self.key("epoch"), epoch.to_string().into_bytes(), None),
+                    TxnOp::Delete(self.key("switchover")),
+                ],
+            )
+            .await?;
+        if !won {
+            return Ok(());
+        }
+        tracing::info!(
+            epoch,
+            flush_lsn = me.flush_lsn,
+            "won the election; promoting"
+        );
+        self.member
+            .promote(Epoch(epoch))
+            .await
+            .map_err(CoordinatorError::Refused)?;
+        self.set_deadline(s.valid_until_ms);
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elections_won += 1;
+        Ok(())
+    }
+
+    /// Planned switchover, called on the leader once `target` holds every
+    /// record: name the target, then give up the leader key. Only the target
+    /// is eligible in the election that follows.
+    pub async fn hand_over(&self, target: &str) -> Result<()> {
+        let me = self.member.info();
+        let leader_key = self.key("leader");
+        let current = self.client.get(&leader_key).await?;
+        let Some(current) = current else {
+            return Err(CoordinatorError::Refused(
+                "no leader key to hand over".into(),
+            ));
+        };
+        let mine: Option<LeaderKey> = serde_json::from_slice(&current.value).ok();
+        if mine.as_ref().map(|l| l.id.as_str()) != Some(me.id.as_str()) {
+            return Err(CoordinatorError::Refused(
+                "this node does not hold the leader key".into(),
+            ));
+        }
+        self.set_deadline(0);
+        let ok = self
+            .client
+            .txn(
+                &[Compare::ModRevision(
+                    leader_key.clone(),
+                    current.mod_revision,
+                )],
+                &[
+                    TxnOp::Put(self.key("switchover"), target.as_bytes().to_vec(), None),
+                    TxnOp::Delete(leader_key),
+                ],
+            )
+            .await?;
+        if ok {
+            Ok(())
+        } else {
+            Err(CoordinatorError::Refused(
+                "leader key changed during switchover".into(),
+            ))
+        }
+    }
+}

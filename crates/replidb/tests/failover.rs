@@ -1,0 +1,550 @@
+//! Failover with real processes and a real etcd: leases, elections, fencing,
+//! rewind, switchover, and the static coordinator's manual promote.
+//!
+//! etcd is Debian's `etcd-server` (installed by the README's test command);
+//! each test starts its own on free loopback ports with a short election
+//! timeout, so a 1 s lease TTL is allowed (etcd's minimum TTL is 1.5 × its
+//! election timeout).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_for, wait_until, Node};
+use serde_json::Value;
+
+/// A throwaway single-member etcd.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("etcd is not installed: run the README's test command (bash scripts/test.sh), which installs etcd-server");
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (client, peer) = (free_port(), free_port());
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
+            let child = Command::new(bin)
+                .args(["--name", "e2e", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("e2e={peer_url}")])
+                .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
+                .args(["--logger", "zap", "--log-level", "error"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn etcd");
+            let mut etcd = Etcd {
+                child,
+                url,
+                _dir: dir,
+            };
+            let http = common::http();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(r) = http.get(format!("{}/health", etcd.url)).send().await {
+                    if r.status().is_success() {
+                        return etcd;
+                    }
+                }
+                if let Ok(Some(_)) = etcd.child.try_wait() {
+                    break; // lost a port race: try other ports
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = etcd.child.kill();
+        }
+        panic!("etcd did not start");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn etcd_args(etcd: &Etcd, cluster: &str) -> Vec<String> {
+    [
+        "--coordinator",
+        "etcd",
+        "--etcd",
+        &etcd.url,
+        "--cluster",
+        cluster,
+        "--backoff-base",
+        "50ms",
+        "--backoff-max",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn start_etcd_cluster(etcd: &Etcd, cluster: &str, n: usize) -> Vec<Node> {
+    let args = etcd_args(etcd, cluster);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        nodes.push(Node::start(&format!("n{i}"), &args).await);
+        if i == 1 {
+            // The first node elects itself before the others register, so
+            // the test knows who leads at the start.
+            wait_leader(&nodes, Duration::from_secs(10)).await;
+        }
+    }
+    let leader = wait_leader(&nodes, Duration::from_secs(10)).await;
+    wait_followers_streaming(&nodes[leader], n - 1).await;
+    nodes
+}
+
+/// Index of the node that says it leads and accepts writes.
+async fn wait_leader(nodes: &[Node], timeout: Duration) -> usize {
+    wait_for("a writable leader", timeout, async || {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(s) = n.try_status().await {
+                if s["role"] == "leader" && s["writable"] == true {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    })
+    .await
+}
+
+async fn wait_followers_streaming(leader: &Node, n: usize) {
+    wait_until(&format!("{n} followers streaming"), Duration::from_secs(20), async || {
+        let Some(s) = leader.try_status().await else {
+            return false;
+        };
+        s["followers"]
+            .as_array()
+            .map(|f| f.iter().filter(|x| x["state"] == "streaming").count() >= n)
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+/// Writers that keep writing unique keys to whichever node leads, and
+/// record every write acknowledged as committed.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(urls: Vec<String>, w: &'static str, writers: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let tasks = (0..writers)
+            .map(|t| {
+                let (stop, acked, urls) = (stop.clone(), acked.clone(), urls.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .redirect(reqwest::redirect::Policy::none())
+                        .timeout(Duration::from_secs(3))
+                        .build()
+                        .expect("client");
+                    let mut target = 0usize;
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let key = format!("load-{t}-{i}");
+                        let value = format!("v{t}-{i}");
+                        let url = format!("{}/v1/kv/{key}?w={w}&timeout_ms=1000", urls[target]);
+                        match http.put(&url).body(value.clone()).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                let v: Value = r.json().await.unwrap_or_default();
+                                if v["committed"] == true {
+                                    acked.lock().unwrap().insert(key, value);
+                                }
+                                i += 1;
+                            }
+                            _ => {
+                                // Not the leader (307/503), dead, or timed
+                                // out: try the next node. A write that
+                                // timed out is not counted as acknowledged.
+                                target = (target + 1) % urls.len();
+                                i += 1;
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, acked, tasks }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn finish(self) -> BTreeMap<String, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+async fn assert_has_all(node: &Node, acked: &BTreeMap<String, String>) {
+    for (k, v) in acked {
+        let (status, body) = node.get_raw(k, "").await;
+        assert_eq!(status, 200, "acknowledged write {k} missing on {}", node.id);
+        assert_eq!(String::from_utf8_lossy(&body), *v, "value of {k} on {}", node.id);
+    }
+}
+
+async fn wait_all_converged(nodes: &[Node]) {
+    wait_until("all nodes have equal digests", Duration::from_secs(30), async || {
+        let mut digests = Vec::new();
+        for n in nodes {
+            match n.try_status().await {
+                Some(_) => digests.push(n.digest().await),
+                None => return false,
+            }
+        }
+        digests.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_leader_under_majority_load_loses_no_acknowledged_write() {
+    let etcd = Etcd::start().await;
+    let mut nodes = start_etcd_cluster(&etcd, "majority", 3).await;
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let load = Load::start(urls, "majority", 4);
+    wait_until("some writes acknowledged", Duration::from_secs(10), async || load.count() > 50).await;
+    let old = wait_leader(&nodes, Duration::from_secs(1)).await;
+    nodes[old].kill9();
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = wait_for("a new leader", Duration::from_secs(10), async || {
+        for &i in &survivors {
+            if let Some(s) = nodes[i].try_status().await {
+                if s["role"] == "leader" && s["writable"] == true {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    })
+    .await;
+    eprintln!("new leader {} after {:?}", nodes[new].id, killed_at.elapsed());
+    let before = load.count();
+    wait_until("writes continue on the new leader", Duration::from_secs(10), async || load.count() > before + 50).await;
+    let acked = load.finish().await;
+    assert_has_all(&nodes[new], &acked).await;
+    nodes[old].restart().await;
+    wait_all_converged(&nodes).await;
+    let s = nodes[old].status().await;
+    assert_eq!(s["role"], "follower", "the old leader must come back as a follower");
+}
+
+/// Kill both followers, write at w=1 to the leader (acknowledged, on the
+/// leader only), kill the leader, restart the followers: they elect a
+/// leader without those writes. (Freezing the followers would not do: the
+/// kernel still buffers what the leader sends, and they would apply it on
+/// waking.) When the old leader returns it must rewind them
+/// into its rollback file — and nothing else may differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w1_writes_lost_in_failover_land_in_the_rollback_file() {
+    let etcd = Etcd::start().await;
+    let mut nodes = start_etcd_cluster(&etcd, "rewind", 3).await;
+    let old = wait_leader(&nodes, Duration::from_secs(1)).await;
+    for i in 0..20 {
+        nodes[old].put_q(&format!("kept-{i}"), "w=all", "x").await;
+    }
+    let followers: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    for &f in &followers {
+        nodes[f].kill9();
+    }
+    let mut lost = BTreeMap::new();
+    for i in 0..7 {
+        let v = nodes[old].put_q(&format!("lost-{i}"), "w=1", format!("gone{i}")).await;
+        lost.insert(v["lsn"].as_u64().unwrap(), format!("lost-{i}"));
+    }
+    nodes[old].kill9();
+    for &f in &followers {
+        nodes[f].restart().await;
+    }
+    let new = wait_for("a new leader", Duration::from_secs(15), async || {
+        for &i in &followers {
+            if let Some(s) = nodes[i].try_status().await {
+                if s["role"] == "leader" && s["writable"] == true {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    })
+    .await;
+    nodes[new].put_q("after-failover", "w=majority", "y").await;
+    nodes[old].restart().await;
+    wait_all_converged(&nodes).await;
+    // The lost writes are gone from every node ...
+    for key in lost.values() {
+        let (status, _) = nodes[old].get_raw(key, "").await;
+        assert_eq!(status, 404, "{key} should have been rolled back");
+    }
+    // ... and recorded, every one, in the old leader's rollback file.
+    let dir = nodes[old].data_dir().join("rollback");
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("rollback dir exists") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        lines.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).expect("json line")));
+    }
+    let rolled: BTreeMap<u64, String> = lines
+        .iter()
+        .map(|l| (l["lsn"].as_u64().unwrap(), l["key"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(rolled, lost, "rollback file holds exactly the lost writes");
+    let metrics = nodes[old]
+        .http()
+        .get(nodes[old].at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("replidb_rollback_records_total{node_id=\"") && metrics.contains("} 7"),
+        "rollback counter: {metrics}"
+    );
+    // Everything acknowledged at w=all survived.
+    for i in 0..20 {
+        assert_eq!(nodes[old].get_raw(&format!("kept-{i}"), "").await.0, 200);
+    }
+}
+
+fn signal(node: &Node, sig: libc::c_int) {
+    let pid = node.pid().expect("running");
+    // SAFETY: kill(2) on our own, unreaped child.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_leader_is_replaced_and_refuses_writes_when_it_wakes() {
+    let etcd = Etcd::start().await;
+    let nodes = start_etcd_cluster(&etcd, "freeze", 3).await;
+    let old = wait_leader(&nodes, Duration::from_secs(1)).await;
+    let old_epoch = nodes[old].status().await["epoch"].as_u64().unwrap();
+    signal(&nodes[old], libc::SIGSTOP);
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = wait_for("a new leader", Duration::from_secs(15), async || {
+        for &i in &others {
+            if let Some(s) = nodes[i].try_status().await {
+                if s["role"] == "leader" && s["writable"] == true {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    })
+    .await;
+    let s = nodes[new].status().await;
+    assert!(s["epoch"].as_u64().unwrap() > old_epoch, "new epoch is higher");
+    signal(&nodes[old], libc::SIGCONT);
+    // The moment it wakes, its lease is long gone: it must refuse writes.
+    let r = nodes[old]
+        .http()
+        .put(nodes[old].at("/v1/kv/late"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 200, "a woken stale leader accepted a write");
+    wait_until("the old leader steps down", Duration::from_secs(10), async || {
+        nodes[old].try_status().await.is_some_and(|s| s["role"] == "follower")
+    })
+    .await;
+    nodes[new].put_q("after", "w=majority", "z").await;
+    wait_all_converged(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_loses_nothing_and_pauses_briefly() {
+    let etcd = Etcd::start().await;
+    let nodes = start_etcd_cluster(&etcd, "switch", 3).await;
+    let old = wait_leader(&nodes, Duration::from_secs(1)).await;
+    let target = (old + 1) % 3;
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let load = Load::start(urls, "1", 4);
+    wait_until("some writes", Duration::from_secs(10), async || load.count() > 50).await;
+    let r = nodes[old]
+        .http()
+        .post(nodes[old].at("/admin/switchover"))
+        .json(&serde_json::json!({"to": nodes[target].id}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "switchover: {body}");
+    assert!(body["write_pause_ms"].as_u64().unwrap() < 5000, "{body}");
+    let new = wait_leader(&nodes, Duration::from_secs(10)).await;
+    assert_eq!(new, target);
+    let before = load.count();
+    wait_until("writes continue", Duration::from_secs(10), async || load.count() > before + 50).await;
+    let acked = load.finish().await;
+    // w=1 writes acknowledged by the old leader all survived: a switchover
+    // waits for the target to hold everything.
+    assert_has_all(&nodes[target], &acked).await;
+    wait_all_converged(&nodes).await;
+    let rollback = nodes[old].data_dir().join("rollback");
+    assert!(!rollback.exists(), "a switchover must not roll anything back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_failovers_in_a_row_keep_converging() {
+    let etcd = Etcd::start().await;
+    let mut nodes = start_etcd_cluster(&etcd, "five", 3).await;
+    let mut times = Vec::new();
+    let mut acked = BTreeMap::new();
+    for round in 0..5 {
+        let leader = wait_leader(&nodes, Duration::from_secs(15)).await;
+        for i in 0..10 {
+            let key = format!("r{round}-{i}");
+            nodes[leader].put_q(&key, "w=majority", key.clone()).await;
+            acked.insert(key.clone(), key);
+        }
+        nodes[leader].kill9();
+        let t = Instant::now();
+        let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        let new = wait_for("a new leader", Duration::from_secs(15), async || {
+            for &i in &others {
+                if let Some(s) = nodes[i].try_status().await {
+                    if s["role"] == "leader" && s["writable"] == true {
+                        return Some(i);
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        // The new leader must also take a w=majority write.
+        let http = nodes[new].http().clone();
+        let url = nodes[new].at(&format!("/v1/kv/probe{round}?w=majority&timeout_ms=300"));
+        wait_until("a majority write succeeds", Duration::from_secs(10), async || {
+            matches!(http.put(&url).body("p").send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        times.push(t.elapsed());
+        nodes[leader].restart().await;
+        wait_all_converged(&nodes).await;
+    }
+    for n in &nodes {
+        assert_has_all(n, &acked).await;
+    }
+    eprintln!("failover times: {times:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_promote_fences_the_old_leader_when_it_returns() {
+    let mut leader = Node::start("n1", &[]).await;
+    let f_args = ["--follow", &leader.url(), "--backoff-base", "50ms", "--backoff-max", "500ms"];
+    let f1 = Node::start("n2", &f_args).await;
+    let f2 = Node::start("n3", &f_args).await;
+    wait_followers_streaming(&leader, 2).await;
+    for i in 0..10 {
+        leader.put_q(&format!("k{i}"), "w=all", "v").await;
+    }
+    // Heartbeats carry the peer list a promoted follower announces to.
+    wait_until("followers learned their peers", Duration::from_secs(5), async || {
+        f1.try_status().await.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leader.kill9();
+    let r = f1
+        .http()
+        .post(f1.at("/admin/promote"))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["promoted"], true, "{body}");
+    assert_eq!(body["epoch"], 2);
+    // n3 is told and re-points.
+    wait_until("n3 follows n2", Duration::from_secs(10), async || {
+        f2.try_status().await.is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
+    })
+    .await;
+    f1.put_q("after", "w=majority", "new").await;
+    // The old leader returns believing it leads epoch 1 ...
+    leader.restart().await;
+    // ... and is fenced: it steps down, follows n2, and converges.
+    wait_until("old leader follows n2", Duration::from_secs(10), async || {
+        leader
+            .try_status()
+            .await
+            .is_some_and(|s| s["role"] == "follower" && s["epoch"] == 2)
+    })
+    .await;
+    let r = leader.http().put(leader.at("/v1/kv/x")).body("1").send().await.unwrap();
+    assert_eq!(r.status(), 307, "a fenced old leader redirects writes");
+    wait_all_converged(&[leader, f1, f2]).await;
+}
+
+/// Failover timing for the README: `cargo test -p replidb --test failover
+/// -- --ignored failover_timing --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn failover_timing() {
+    let etcd = Etcd::start().await;
+    let mut nodes = start_etcd_cluster(&etcd, "timing", 3).await;
+    let mut times = Vec::new();
+    for round in 0..12 {
+        let leader = wait_leader(&nodes, Duration::from_secs(15)).await;
+        wait_followers_streaming(&nodes[leader], 2).await;
+        // Kill at a random point of the lease's keepalive cycle.
+        tokio::time::sleep(Duration::from_millis(100 + (round * 97) % 900)).await;
+        nodes[leader].kill9();
+        let t = Instant::now();
+        let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        let http = common::http();
+        wait_until("a majority write succeeds", Duration::from_secs(15), async || {
+            for &i in &others {
+                let url = nodes[i].at(&format!("/v1/kv/t{round}?w=majority&timeout_ms=200"));
+                if matches!(http.put(&url).body("p").send().await, Ok(r) if r.status() == 200) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        times.push(t.elapsed());
+        nodes[leader].restart().await;
+        wait_all_converged(&nodes).await;
+    }
+    times.sort();
+    eprintln!(
+        "failover to a w=majority write, {} runs: p50 {:?}, max {:?}, all {:?}",
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times
+    );
+}
