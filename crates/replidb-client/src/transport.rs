@@ -167,21 +167,56 @@ async fn send_with_retries(
     url: &Url,
 ) -> Result<Response> {
     let mut attempt = 0u32;
+    let mut url = url.clone();
     loop {
-        let outcome = send_once(http, req, url).await;
-        let retryable = match &outcome {
-            Err(ClientError::Connect { .. }) => true,
-            Ok(r) => r.status == StatusCode::SERVICE_UNAVAILABLE && req.retry_503,
-            Err(_) => false,
+        let outcome = send_once(http, req, &url).await;
+        let (retryable, move_on) = match &outcome {
+            Err(ClientError::Connect { .. }) => (true, true),
+            Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE && req.retry_503 => {
+                (true, not_leading_any_more(r))
+            }
+            _ => (false, false),
         };
         if !retryable || attempt >= opts.retries {
             return outcome;
+        }
+        if move_on {
+            if let Some(next) = next_node(&url, &opts.failover_urls) {
+                tracing::debug!(from = %url, to = %next, "trying another node");
+                url = next;
+            }
         }
         let delay = backoff(opts, attempt);
         tracing::debug!(%url, attempt, ?delay, "retrying");
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
+}
+
+/// A 503 that means "this node no longer leads" (rather than "wait").
+fn not_leading_any_more(r: &Response) -> bool {
+    let text = String::from_utf8_lossy(&r.body);
+    text.contains("\"fenced\"") || text.contains("\"stale_leader\"")
+}
+
+/// The same path and query on the node after `current` in `nodes`
+/// (cyclically; the first one if `current` is none of them).
+fn next_node(current: &Url, nodes: &[String]) -> Option<Url> {
+    let parsed: Vec<Url> = nodes.iter().filter_map(|n| Url::parse(n).ok()).collect();
+    if parsed.is_empty() {
+        return None;
+    }
+    let same = |u: &Url| {
+        u.host_str() == current.host_str()
+            && u.port_or_known_default() == current.port_or_known_default()
+    };
+    let pos = parsed.iter().position(same);
+    let target = &parsed[pos.map(|i| (i + 1) % parsed.len()).unwrap_or(0)];
+    let mut next = current.clone();
+    next.set_scheme(target.scheme()).ok()?;
+    next.set_host(target.host_str()).ok()?;
+    next.set_port(target.port()).ok()?;
+    Some(next)
 }
 
 async fn send_once(http: &reqwest::Client, req: &Request, url: &Url) -> Result<Response> {
@@ -236,6 +271,22 @@ pub(crate) fn backoff(opts: &ClientOptions, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_node_cycles_through_the_cluster() {
+        let nodes = vec![
+            "http://127.0.0.1:7001".to_string(),
+            "http://127.0.0.1:7002".to_string(),
+        ];
+        let u = Url::parse("http://127.0.0.1:7001/v1/kv/a?w=majority").unwrap();
+        let n = next_node(&u, &nodes).unwrap();
+        assert_eq!(n.as_str(), "http://127.0.0.1:7002/v1/kv/a?w=majority");
+        let back = next_node(&n, &nodes).unwrap();
+        assert_eq!(back.port(), Some(7001));
+        let other = Url::parse("http://127.0.0.1:9/x").unwrap();
+        assert_eq!(next_node(&other, &nodes).unwrap().port(), Some(7001));
+        assert!(next_node(&u, &[]).is_none());
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

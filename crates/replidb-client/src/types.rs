@@ -29,6 +29,12 @@ pub struct ClientOptions {
     /// the leader; more than a few hops means the cluster is mid-failover or
     /// misconfigured).
     pub max_redirects: u32,
+    /// Other nodes of the cluster (e.g. `http://127.0.0.1:7002`). When the
+    /// node a request is for cannot be reached, or answers that it is a
+    /// fenced or stale leader, the retry goes to the next of these: a client
+    /// given every node finds the new leader after a failover on its own
+    /// (a follower redirects writes to whoever leads).
+    pub failover_urls: Vec<String>,
 }
 
 impl Default for ClientOptions {
@@ -39,6 +45,7 @@ impl Default for ClientOptions {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_redirects: 5,
+            failover_urls: Vec::new(),
         }
     }
 }

@@ -11,8 +11,22 @@ use replidb_client::{Client, ReadOptions, WriteOptions};
 use std::io::{IsTerminal as _, Write as _};
 
 /// A client for `url`; a malformed URL is a usage error (exit 2).
+/// A client for `--url`, which may list several nodes (`URL,URL,...`): the
+/// first is asked first, the others when it cannot be reached or no longer
+/// leads.
 pub fn connect(url: &str) -> anyhow::Result<Client> {
-    Client::new(url).map_err(|e| crate::UsageError(format!("--url: {e}")).into())
+    let urls: Vec<String> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    let first = urls.first().cloned().unwrap_or_default();
+    let opts = replidb_client::ClientOptions {
+        failover_urls: urls,
+        ..Default::default()
+    };
+    Client::with_options(&first, opts).map_err(|e| crate::UsageError(format!("--url: {e}")).into())
 }
 
 fn write_opts(a: &WriteArgs) -> WriteOptions {
