@@ -1,0 +1,191 @@
+//! The invariants checked at the end of every run.
+//!
+//! 1. **Logs are prefixes**: every follower's WAL, record by record, equals
+//!    the leader's at the same LSNs (read with `WalReader::read_range`).
+//! 2. **Equal state at equal LSNs**: every table digest a follower had at an
+//!    applied LSN equals the leader's digest at that LSN.
+//! 3. **`w=majority` writes survive**: each write the leader acknowledged at
+//!    `w=majority` is, byte for byte, in the WAL of a majority of nodes (of
+//!    every node, once the cluster converged).
+//! 4. **Convergence**: after the last fault healed, every follower reached
+//!    the leader's last LSN with the leader's digest.
+//! 5. **Crashes lose nothing durable**: a restarted follower's flush LSN is
+//!    at least what it had published before the crash (checked as the node
+//!    restarts, reported here).
+
+use std::collections::BTreeMap;
+
+use replidb_core::{Lsn, Op, Record, WriteConcern};
+use replidb_engine::Engine;
+
+use crate::cluster::{Shared, LEADER};
+use crate::SimConfig;
+
+/// The verdict on one invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// Short name.
+    pub name: &'static str,
+    /// What was checked, or what failed.
+    pub detail: String,
+    /// Whether it held.
+    pub ok: bool,
+}
+
+fn whole_log(engine: &Engine) -> Result<Vec<Record>, String> {
+    let reader = engine.wal_reader();
+    let first = reader.first_lsn();
+    let last = reader.flushed_lsn();
+    if last < first {
+        return Ok(Vec::new());
+    }
+    reader
+        .read_range(first, (last.0 - first.0 + 1) as usize)
+        .map_err(|e| e.to_string())
+}
+
+/// Run every end-of-run check. `runtime` are the violations found while
+/// running (crash losses, a refused write, no convergence).
+pub fn run(shared: &Shared, cfg: &SimConfig, runtime: &[String]) -> Vec<Check> {
+    let nodes = shared.nodes();
+    let mut logs: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    let mut read_errors = Vec::new();
+    for (name, h) in &nodes {
+        match whole_log(&h.engine) {
+            Ok(l) => {
+                logs.insert(name.clone(), l);
+            }
+            Err(e) => read_errors.push(format!("{name}: cannot read its WAL: {e}")),
+        }
+    }
+    let leader_log = logs.get(LEADER).cloned().unwrap_or_default();
+    let by_lsn: BTreeMap<u64, &Record> = leader_log.iter().map(|r| (r.lsn.0, r)).collect();
+
+    // 1. Prefixes.
+    let mut problems = read_errors;
+    let mut compared = 0usize;
+    for (name, log) in logs.iter().filter(|(n, _)| n.as_str() != LEADER) {
+        for r in log {
+            compared += 1;
+            match by_lsn.get(&r.lsn.0) {
+                Some(l) if *l == r => {}
+                Some(_) => {
+                    problems.push(format!(
+                        "{name}'s record at lsn {} differs from the leader's",
+                        r.lsn
+                    ));
+                    break;
+                }
+                None => {
+                    problems.push(format!(
+                        "{name} has lsn {} which the leader does not",
+                        r.lsn
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    let mut checks = vec![verdict(
+        "logs are prefixes of the leader's",
+        problems,
+        format!("{compared} follower records compared"),
+    )];
+
+    // 2. Digests at equal LSNs.
+    let digests = shared.digests();
+    let mut problems = Vec::new();
+    let mut compared = 0usize;
+    for ((node, lsn), d) in digests.iter().filter(|((n, _), _)| n != LEADER) {
+        if let Some(ld) = digests.get(&(LEADER.to_string(), *lsn)) {
+            compared += 1;
+            if ld != d {
+                problems.push(format!(
+                    "{node}'s table at lsn {lsn} differs from the leader's"
+                ));
+            }
+        }
+    }
+    checks.push(verdict(
+        "equal table digests at equal lsns",
+        problems,
+        format!("{compared} digests compared"),
+    ));
+
+    // 3. Majority-acknowledged writes.
+    let outcome = shared.outcome();
+    let voters = cfg.followers + 1;
+    let need = if outcome.converged_ms.is_some() {
+        voters
+    } else {
+        WriteConcern::Majority.required(voters)
+    };
+    let mut problems = Vec::new();
+    for (lsn, key, value) in &outcome.majority_acked {
+        let holders = logs
+            .values()
+            .filter(|log| {
+                log.iter().any(|r| {
+                    r.lsn == Lsn(*lsn)
+                        && matches!(&r.op, Op::Put { key: k, value: v } if k == key && v == value.as_bytes())
+                })
+            })
+            .count();
+        if holders < need {
+            problems.push(format!(
+                "w=majority write lsn {lsn} ({key}) is on {holders} of {voters} nodes, expected {need}"
+            ));
+        }
+    }
+    checks.push(verdict(
+        "w=majority writes present",
+        problems,
+        format!(
+            "{} acknowledged writes on {need} of {voters} nodes",
+            outcome.majority_acked.len()
+        ),
+    ));
+
+    // 4 and 5: found while running.
+    let convergence: Vec<String> = runtime
+        .iter()
+        .filter(|v| v.contains("convergence"))
+        .cloned()
+        .collect();
+    let detail = match outcome.converged_ms {
+        Some(t) => format!("at {t}ms"),
+        None => "never".to_string(),
+    };
+    checks.push(verdict(
+        "converged after faults healed",
+        convergence,
+        detail,
+    ));
+    let other: Vec<String> = runtime
+        .iter()
+        .filter(|v| !v.contains("convergence"))
+        .cloned()
+        .collect();
+    checks.push(verdict(
+        "no durable record lost, no refused write",
+        other,
+        "checked at every restart and write".to_string(),
+    ));
+    checks
+}
+
+fn verdict(name: &'static str, problems: Vec<String>, ok_detail: String) -> Check {
+    if problems.is_empty() {
+        Check {
+            name,
+            detail: ok_detail,
+            ok: true,
+        }
+    } else {
+        Check {
+            name,
+            detail: problems.join("; "),
+            ok: false,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `replidb simulate`: the deterministic simulation of a leader and N
+//! followers (crate `replidb-sim`), printed as a story and a summary.
+//!
+//! One seed prints the same bytes on every run; a failed invariant prints
+//! the command line that reproduces it and exits 1. `--seeds A..B` runs a
+//! batch (soak) and prints only failing seeds and a tally.
+
+use std::ops::RangeInclusive;
+
+use anyhow::Context as _;
+use clap::Args;
+use replidb_core::DurationRange;
+use replidb_sim::{FaultMode, SimConfig};
+
+use crate::UsageError;
+
+/// `replidb simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Number of followers.
+    #[arg(long, default_value_t = 3)]
+    pub followers: usize,
+    /// Artificial apply lag of each follower: DUR or DUR..DUR.
+    #[arg(long, default_value = "100ms..500ms")]
+    pub lag: DurationRange,
+    /// Writes the client makes.
+    #[arg(long, default_value_t = 20)]
+    pub writes: usize,
+    /// Follower reads per write, on average.
+    #[arg(long, default_value_t = 3.0)]
+    pub read_ratio: f64,
+    /// Seed of the run: the same seed prints the same output.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Faults to inject: none, partition, crash, delay or all.
+    #[arg(long, default_value = "none")]
+    pub faults: FaultMode,
+    /// Run every seed in A..B (inclusive) and report only failures (soak).
+    #[arg(long, value_parser = parse_seed_range, conflicts_with = "seed")]
+    pub seeds: Option<RangeInclusive<u64>>,
+    /// Story lines to print before eliding (0 = all; faults always print).
+    #[arg(long, default_value_t = 40)]
+    pub story_lines: usize,
+}
+
+/// `A..B` (inclusive) or a single seed.
+fn parse_seed_range(s: &str) -> Result<RangeInclusive<u64>, String> {
+    let num = |x: &str| {
+        x.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("invalid seed range {s:?}: expected A..B"))
+    };
+    let (a, b) = match s.split_once("..") {
+        Some((a, b)) => (num(a)?, num(b.trim_start_matches('='))?),
+        None => (num(s)?, num(s)?),
+    };
+    if b < a {
+        return Err(format!("invalid seed range {s:?}: {b} < {a}"));
+    }
+    Ok(a..=b)
+}
+
+/// Run the command.
+pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let cfg = SimConfig {
+        seed: args.seed,
+        followers: args.followers,
+        lag: args.lag,
+        writes: args.writes,
+        read_ratio: args.read_ratio,
+        faults: args.faults,
+        story_lines: args.story_lines,
+    };
+    cfg.validate()
+        .map_err(|e| anyhow::Error::new(UsageError(e.to_string())))?;
+    let seeds = args.seeds;
+    // turmoil drives its own single-threaded runtimes: run it on a thread
+    // of its own, outside this runtime.
+    tokio::task::spawn_blocking(move || quiet(|| simulate(cfg, seeds)))
+        .await
+        .context("the simulation thread failed")?
+}
+
+/// The protocol's own log lines are not part of the story: they are
+/// dropped unless RUST_LOG asks for them (on stderr).
+fn quiet<T>(f: impl FnOnce() -> T) -> T {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return f();
+    }
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
+}
+
+fn simulate(cfg: SimConfig, seeds: Option<RangeInclusive<u64>>) -> anyhow::Result<()> {
+    let Some(seeds) = seeds else {
+        let report = replidb_sim::run(&cfg)?;
+        print!("{}", report.output);
+        if report.passed() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "invariant violated with seed {}; reproduce with: {}",
+            cfg.seed,
+            cfg.command_line()
+        );
+    };
+    let (first, last) = (*seeds.start(), *seeds.end());
+    let soak = replidb_sim::run_seeds(&cfg, seeds, |r| {
+        if !r.passed() {
+            println!("seed {}: FAIL: {}", r.seed, r.failures.join("; "));
+        }
+    })?;
+    println!(
+        "seeds {first}..{last} (faults {}): {} runs, {} failed",
+        cfg.faults,
+        soak.runs,
+        soak.failed.len()
+    );
+    if soak.failed.is_empty() {
+        return Ok(());
+    }
+    for (_, _, cmd) in &soak.failed {
+        println!("reproduce with: {cmd}");
+    }
+    anyhow::bail!("{} of {} seeds failed", soak.failed.len(), soak.runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_ranges() {
+        assert_eq!(parse_seed_range("1..10000").unwrap(), 1..=10000);
+        assert_eq!(parse_seed_range("3..=5").unwrap(), 3..=5);
+        assert_eq!(parse_seed_range("7").unwrap(), 7..=7);
+        assert!(parse_seed_range("5..1").is_err());
+        assert!(parse_seed_range("a..b").is_err());
+    }
+}
