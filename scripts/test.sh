@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run replidb's whole test suite on a fresh Debian machine: install what the
-# tests need (nothing beyond the Rust toolchain yet; etcd and promtool come
-# with the failover and operations work), build once, run every test.
+# tests need (etcd for the failover tests, promtool from `prometheus` for
+# the deploy/ checks), build once, run every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests need, installed only when missing.
-packages=(etcd-server)
+# Debian packages the tests need, installed only when missing. Installing
+# `prometheus` may start its service; the tests only use its `promtool`.
+packages=(etcd-server prometheus)
 if ((${#packages[@]})); then
     missing=()
     for p in "${packages[@]}"; do

@@ -322,19 +322,24 @@ impl Follower {
             Frame::Refused { reason, .. } => return Err(ReplicationError::Refused(reason)),
             other => {
                 return Err(ReplicationError::Protocol(format!(
-                    "expected welcome, got {other:?}"
+                    "expected welcome, got {}",
+                    other.kind()
                 )))
             }
         };
         tracing::info!(leader = %url, "streaming from leader");
         let mut positions = self.engine.subscribe();
         let mut acked = (pos.flush_lsn, pos.applied_lsn);
+        let mut sync_started: Option<Instant> = None;
         loop {
             tokio::select! {
                 frame = self.next_frame(&mut framed) => {
                     let frame = frame?;
+                    // A Records batch is timed from receipt to its ack (append + fsync + ack).
+                    let started = matches!(frame, Frame::Records { .. }).then(Instant::now);
                     self.handle(frame, &history, apply_tx, &mut framed).await?;
                     backoff.reset();
+                    sync_started = started;
                 }
                 changed = positions.changed() => {
                     if changed.is_err() {
@@ -352,6 +357,9 @@ impl Follower {
                         lag_ms: self.lag_ms(),
                     })
                     .await?;
+            }
+            if let Some(t) = sync_started.take() {
+                metrics::histogram!("replidb_replication_sync_duration_seconds", "node_id" => self.opts.node_id.clone()).record(t.elapsed().as_secs_f64());
             }
         }
     }
@@ -453,7 +461,8 @@ impl Follower {
             }
             other => {
                 return Err(ReplicationError::Protocol(format!(
-                    "unexpected frame from leader: {other:?}"
+                    "unexpected frame from leader: {}",
+                    other.kind()
                 )))
             }
         }

@@ -119,6 +119,25 @@ pub enum Frame {
     },
 }
 
+impl Frame {
+    /// The variant's name, for errors and logs: never the contents, which
+    /// for records and snapshot chunks are user values.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Ack { .. } => "ack",
+            Frame::Welcome { .. } => "welcome",
+            Frame::Diverged { .. } => "diverged",
+            Frame::Refused { .. } => "refused",
+            Frame::SnapshotBegin { .. } => "snapshot_begin",
+            Frame::SnapshotChunk { .. } => "snapshot_chunk",
+            Frame::SnapshotEnd { .. } => "snapshot_end",
+            Frame::Records { .. } => "records",
+            Frame::Heartbeat { .. } => "heartbeat",
+        }
+    }
+}
+
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

@@ -484,7 +484,7 @@ impl Leader {
                     }
                     Ok(Frame::Heartbeat { .. }) => {}
                     Ok(other) => {
-                        tracing::warn!(?other, "unexpected frame from follower");
+                        tracing::warn!(frame = other.kind(), "unexpected frame from follower");
                         return;
                     }
                     Err(e) => {

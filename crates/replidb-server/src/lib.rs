@@ -5,6 +5,8 @@
 //! - [`node`]: [`Node`], the running state (engine + leader or follower).
 //! - [`api`]: the HTTP routes of API.md, including the replication upgrade.
 //! - [`metrics`]: the Prometheus recorder and state gauges.
+//! - [`embed`]: the embedding API ([`ReplicationManager`]) that the
+//!   `replidb server` command is built on.
 //!
 //! [`Server::bind`] binds the port and starts the node; [`Server::run`]
 //! serves until a shutdown future resolves, then stops cleanly (replication
@@ -12,10 +14,15 @@
 
 pub mod api;
 mod config;
+pub mod embed;
 pub mod metrics;
 pub mod node;
 
 pub use config::{CoordinatorKind, NodeConfig};
+pub use embed::{
+    Database, EmbedError, Health, ReplicaNode, ReplicationConfig, ReplicationManager,
+    ReplicationState, ReplicationTiming,
+};
 pub use node::{Node, Role};
 
 use std::future::Future;
@@ -59,6 +66,7 @@ impl Server {
             .local_addr()
             .map_err(|e| ServerError::Startup(e.to_string()))?;
         config.listen = local;
+        metrics::register_node_metrics(&config.id);
         let node = Node::start(config).await?;
         Ok(Server { listener, node })
     }

@@ -48,6 +48,60 @@ pub fn render() -> String {
     handle().map(|h| h.render()).unwrap_or_default()
 }
 
+/// Counters and histograms a node emits only when something happens,
+/// registered at zero so dashboards and alerts (`rate(...)`, `== 0`) see
+/// them from the first scrape instead of "no data". Idempotent; called by
+/// [`crate::Server::bind`] for every node. Gauges are set by
+/// [`refresh_gauges`], which runs at every scrape and every 500 ms.
+pub fn register_node_metrics(node_id: &str) {
+    describe();
+    let id = node_id.to_string();
+    for name in [
+        "replidb_replication_changes_applied_total",
+        "replidb_replication_sync_errors_total",
+        "replidb_stale_reads_total",
+        "replidb_failovers_total",
+        "replidb_rollback_records_total",
+    ] {
+        metrics::counter!(name, "node_id" => id.clone()).increment(0);
+    }
+    for name in [
+        "replidb_replication_sync_duration_seconds",
+        "replidb_replication_batch_size",
+        "replidb_wal_fsync_duration_seconds",
+        "replidb_wal_records_per_fsync",
+    ] {
+        // Creating the handle is enough: an empty histogram renders with
+        // zero counts in every bucket.
+        let _ = metrics::histogram!(name, "node_id" => id.clone());
+    }
+}
+
+/// HELP lines for `/metrics` (once per process).
+fn describe() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+        describe_gauge!("replidb_replication_lag_seconds", Unit::Seconds, "Apply lag: on a follower its own estimate; on the leader per follower (label follower).");
+        describe_gauge!("replidb_replication_lag_records", "Records the follower has not applied yet.");
+        describe_counter!("replidb_replication_changes_applied_total", "Records applied from the replication stream.");
+        describe_gauge!("replidb_replication_follower_connected", "1 while the replication stream is open, else 0 (a leader's own series is 1).");
+        describe_counter!("replidb_replication_sync_errors_total", "Replication stream failures (each one is followed by a backoff).");
+        describe_gauge!("replidb_replication_last_sync_timestamp_seconds", Unit::Seconds, "Unix time of the last frame from the leader.");
+        describe_histogram!("replidb_replication_sync_duration_seconds", Unit::Seconds, "Follower: receipt of a records batch to its acknowledgement (append, fsync, ack).");
+        describe_histogram!("replidb_replication_batch_size", "Records per batch the leader sends.");
+        describe_gauge!("replidb_replication_changes_pending", "Leader: records the furthest-behind follower still has to apply.");
+        describe_gauge!("replidb_replication_active_followers", "Leader: followers with an open stream.");
+        describe_histogram!("replidb_wal_fsync_duration_seconds", Unit::Seconds, "Duration of one WAL fsync (one group commit).");
+        describe_histogram!("replidb_wal_records_per_fsync", "Records made durable by one fsync.");
+        describe_counter!("replidb_http_requests_total", "HTTP requests by route template and status.");
+        describe_histogram!("replidb_http_request_duration_seconds", Unit::Seconds, "HTTP request duration by route template.");
+        describe_counter!("replidb_stale_reads_total", "Reads that presented a min_lsn above the node's applied LSN (waited or fell back).");
+        describe_counter!("replidb_failovers_total", "Promotions of this node to leader.");
+        describe_counter!("replidb_rollback_records_total", "Records removed by rewinds (kept in rollback/).");
+    });
+}
+
 /// Update the gauges that describe state rather than events.
 pub fn refresh_gauges(node: &Node) {
     let id = node.config.id.clone();
@@ -63,6 +117,16 @@ pub fn refresh_gauges(node: &Node) {
             let pending: u64 = replicas.iter().map(|r| r.lag_records).max().unwrap_or(0);
             metrics::gauge!("replidb_replication_changes_pending", "node_id" => id.clone())
                 .set(pending as f64);
+            // A leader's own (follower-less) series: it is the source, so no
+            // lag, "connected", synced now. Without this a promoted follower
+            // would keep exporting its last follower values (the facade
+            // cannot delete a series) and keep disconnection alerts firing.
+            let own = [("node_id", id.clone())];
+            metrics::gauge!("replidb_replication_lag_seconds", &own).set(0.0);
+            metrics::gauge!("replidb_replication_lag_records", &own).set(0.0);
+            metrics::gauge!("replidb_replication_follower_connected", &own).set(1.0);
+            metrics::gauge!("replidb_replication_last_sync_timestamp_seconds", &own)
+                .set(node.clock.now_ms() as f64 / 1000.0);
             for r in replicas {
                 let labels = [("node_id", id.clone()), ("follower", r.id.clone())];
                 metrics::gauge!("replidb_replication_lag_records", &labels)
@@ -83,6 +147,12 @@ pub fn refresh_gauges(node: &Node) {
                 .set(s.leader_last_lsn.0.saturating_sub(applied.0) as f64);
             metrics::gauge!("replidb_replication_follower_connected", "node_id" => id.clone())
                 .set(f64::from(u8::from(s.connected)));
+            metrics::gauge!("replidb_replication_last_sync_timestamp_seconds", "node_id" => id.clone())
+                .set(s.last_sync_ms as f64 / 1000.0);
+            // Leader-only gauges read 0 here (also after a demotion).
+            metrics::gauge!("replidb_replication_active_followers", "node_id" => id.clone())
+                .set(0.0);
+            metrics::gauge!("replidb_replication_changes_pending", "node_id" => id).set(0.0);
         }
     }
 }

@@ -1,7 +1,30 @@
-//! Logs go to stderr (stdout is for command output, e.g. `replidb get`'s
-//! value). `RUST_LOG` overrides the default level.
+//! Log setup. Logs go to stderr (stdout is for command output, e.g.
+//! `replidb get`'s value); `RUST_LOG` overrides the default level.
+//!
+//! Two formats:
+//! - **logfmt** (default): one line per event,
+//!   `ts=2025-01-01T12:00:00.123456Z level=info msg="serving" node_id=n1 addr=127.0.0.1:7001 target=replidb_server`.
+//!   Values with spaces, quotes, `=` or control characters are quoted and
+//!   escaped, so `grep node_id=n2` and logfmt parsers (Loki, `hl`, `lnav`)
+//!   work on it.
+//! - **json** (`--log-format json`): one flat JSON object per line
+//!   (`timestamp`, `level`, `target`, `message`, fields).
+//!
+//! What is logged: at `info`, role changes, connections and failures; at
+//! `debug`, each persisted write on the leader (`msg="write persisted"
+//! node_id key lsn`) and each applied batch on a follower (`msg="applied
+//! batch" node_id from to lag_ms`). Values are never logged, only keys and
+//! positions.
+
+use std::fmt::{self, Write as _};
 
 use crate::server_config::LogFormat;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber; `default_level` applies without RUST_LOG.
@@ -13,7 +36,121 @@ pub fn init(format: LogFormat, default_level: &str) {
         .with_writer(std::io::stderr);
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Logfmt => builder.compact().with_ansi(false).try_init(),
+        LogFormat::Logfmt => builder.with_ansi(false).event_format(Logfmt).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The logfmt event formatter: `ts level msg fields... [span=...] target`.
+struct Logfmt;
+
+impl<S, N> FormatEvent<S, N> for Logfmt
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        writer.write_str("ts=")?;
+        SystemTime.format_time(&mut writer)?;
+        write!(
+            writer,
+            " level={}",
+            meta.level().as_str().to_ascii_lowercase()
+        )?;
+        let mut fields = FieldsVisitor::default();
+        event.record(&mut fields);
+        if let Some(msg) = &fields.message {
+            writer.write_str(" msg=")?;
+            write_value(&mut writer, msg)?;
+        }
+        writer.write_str(&fields.rest)?;
+        if let Some(scope) = ctx.event_scope() {
+            let names: Vec<&str> = scope.from_root().map(|s| s.name()).collect();
+            if !names.is_empty() {
+                writer.write_str(" span=")?;
+                write_value(&mut writer, &names.join(":"))?;
+            }
+        }
+        writeln!(writer, " target={}", meta.target())
+    }
+}
+
+/// Collects an event's fields: the message apart, the rest as ` k=v`.
+#[derive(Default)]
+struct FieldsVisitor {
+    message: Option<String>,
+    rest: String,
+}
+
+impl FieldsVisitor {
+    fn push(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(value.to_string());
+            return;
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(self.rest, " {}=", field.name());
+        let _ = write_value(&mut self.rest, value);
+    }
+}
+
+impl Visit for FieldsVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.push(field, &format!("{value:?}"));
+    }
+}
+
+/// Write `value` bare when it is a plain token, else quoted and escaped.
+fn write_value(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '=' && c != '\\');
+    if plain {
+        return out.write_str(value);
+    }
+    out.write_char('"')?;
+    for c in value.chars() {
+        match c {
+            '"' => out.write_str("\\\"")?,
+            '\\' => out.write_str("\\\\")?,
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            c if c.is_control() => write!(out, "\\u{{{:04x}}}", u32::from(c))?,
+            c => out.write_char(c)?,
+        }
+    }
+    out.write_char('"')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_value;
+
+    fn quoted(v: &str) -> String {
+        let mut s = String::new();
+        write_value(&mut s, v).unwrap();
+        s
+    }
+
+    #[test]
+    fn plain_values_stay_bare_others_are_quoted() {
+        assert_eq!(quoted("n1"), "n1");
+        assert_eq!(quoted("127.0.0.1:7001"), "127.0.0.1:7001");
+        assert_eq!(quoted(""), "\"\"");
+        assert_eq!(quoted("write persisted"), "\"write persisted\"");
+        assert_eq!(quoted("a=b"), "\"a=b\"");
+        assert_eq!(quoted("say \"hi\"\n"), "\"say \\\"hi\\\"\\n\"");
+    }
 }

@@ -1,5 +1,7 @@
 //! `replidb server`: merge flags and file, start logging, run the node until
-//! Ctrl-C or SIGTERM.
+//! Ctrl-C or SIGTERM. The node is a [`replidb_server::ReplicationManager`],
+//! the embedding API, so a command-line node and an embedded one are the
+//! same code.
 
 use crate::server_config::ServerOpts;
 use crate::UsageError;
@@ -26,7 +28,9 @@ pub async fn run(flags: ServerOpts) -> anyhow::Result<()> {
         follow = config.follow.as_deref().unwrap_or("-"),
         "starting node"
     );
-    replidb_server::run(config, shutdown_signal())
+    // The same API an embedding program uses: one implementation.
+    replidb_server::ReplicationManager::from_node_config(config)
+        .run_until(shutdown_signal())
         .await
         .context("server stopped")?;
     tracing::info!("node stopped");

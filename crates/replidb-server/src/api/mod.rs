@@ -17,6 +17,11 @@ mod seed;
 mod write;
 
 pub use error::{ApiError, ApiResult};
+// The embedding API (`crate::embed`) reuses these, so `/health`, `/status`
+// and writes have one implementation whether asked over HTTP or in-process.
+pub use ops::{health_of, status_of};
+pub use params::WriteOpts;
+pub use write::{propose, WriteOutcome};
 
 use std::sync::Arc;
 use std::time::Instant;
