@@ -104,6 +104,7 @@ pub struct Engine {
     meta: Arc<RwLock<NodeMeta>>,
     opts: EngineOptions,
     syncs: Arc<std::sync::atomic::AtomicU64>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Engine {
@@ -146,6 +147,7 @@ impl Engine {
         let (pos_tx, pos_rx) = watch::channel(initial);
         let (tx, rx) = mpsc::channel(opts.max_group * 4);
         let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failure = Arc::new(std::sync::Mutex::new(None));
         let core = WriterCore::new(
             wal,
             table.clone(),
@@ -154,6 +156,7 @@ impl Engine {
             pos_tx,
             opts.clone(),
             syncs.clone(),
+            failure.clone(),
         );
         tokio::spawn(crate::writer::run(core, rx, opts.inline_io, opts.max_group));
         Ok(Arc::new(Engine {
@@ -164,6 +167,7 @@ impl Engine {
             meta,
             opts,
             syncs,
+            failure,
         }))
     }
 
@@ -266,6 +270,13 @@ impl Engine {
     /// Current epoch and history.
     pub fn meta(&self) -> NodeMeta {
         self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Why the writer stopped accepting writes (a failed fsync or apply),
+    /// if it did. Such a node must be restarted: the state of the page
+    /// cache after a failed fsync is unknown.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// How many fsync rounds the writer has run (group-commit efficiency:

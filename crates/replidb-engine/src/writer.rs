@@ -84,6 +84,8 @@ pub(crate) struct WriterCore {
     failed: Option<String>,
     stopped: bool,
     syncs: Arc<std::sync::atomic::AtomicU64>,
+    /// Shared copy of `failed`, readable by the node for `/health`.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Run the writer until the channel closes or a `Stop` arrives.
@@ -140,6 +142,7 @@ impl WriterCore {
         positions: watch::Sender<Positions>,
         opts: EngineOptions,
         syncs: Arc<std::sync::atomic::AtomicU64>,
+        failure: Arc<std::sync::Mutex<Option<String>>>,
     ) -> Self {
         WriterCore {
             wal,
@@ -152,6 +155,7 @@ impl WriterCore {
             failed: None,
             stopped: false,
             syncs,
+            failure,
         }
     }
 
@@ -483,6 +487,7 @@ impl WriterCore {
 
     fn fatal(&mut self, why: String) {
         tracing::error!(reason = %why, "engine failed; refusing further writes");
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
         self.failed = Some(why);
     }
 

@@ -114,8 +114,11 @@ impl Follower {
         opts: FollowerOptions,
         leader_url: impl Into<String>,
     ) -> Arc<Follower> {
+        // Silence is counted from start, not from 1970: a follower that has
+        // not connected yet is not "disconnected for 55 years".
         let status = FollowerStatus {
             leader_url: leader_url.into(),
+            last_sync_ms: clock.now_ms(),
             ..Default::default()
         };
         Arc::new(Follower {

@@ -42,7 +42,9 @@ pub fn health_of(node: &Node, want_role: Option<&str>, max_lag_ms: Option<u64>) 
             let limit = node.config.health_max_lag.as_millis() as u64;
             let silent_ms = now.saturating_sub(s.last_sync_ms);
             let mut why = None;
-            if !s.connected && silent_ms > limit {
+            if !s.connected && s.leader_url.is_empty() && silent_ms > limit {
+                why = Some(format!("no leader known for {silent_ms} ms"));
+            } else if !s.connected && silent_ms > limit {
                 why = Some(format!(
                     "disconnected from leader {} for {} ms: {}",
                     s.leader_url,
@@ -59,6 +61,10 @@ pub fn health_of(node: &Node, want_role: Option<&str>, max_lag_ms: Option<u64>) 
             (why.is_none(), s.lag_ms, s.last_sync_ms, why, drift)
         }
     };
+    if let Some(why) = node.engine.failure() {
+        healthy = false;
+        error = Some(format!("storage failed, restart required: {why}"));
+    }
     if let Some(want) = want_role {
         if want != role.name() {
             healthy = false;
@@ -127,6 +133,7 @@ pub fn status_of(node: &Node) -> Value {
         "fsync": fsync,
         "storage": node.engine.table().backend_name(),
     });
+    doc["storage_error"] = json!(node.engine.failure());
     doc["coordinator"] = match node.coordinator() {
         Some(c) => json!({"kind": "etcd", "state": c.status()}),
         None => json!({"kind": "static"}),
