@@ -87,6 +87,9 @@ pub struct FollowerStatus {
     pub lag_ms: u64,
     /// Cluster nodes as the leader last listed them.
     pub peers: Vec<String>,
+    /// Since when (ms) the leader has had records we have not received.
+    #[serde(skip)]
+    pub behind_since_ms: Option<u64>,
 }
 
 /// A follower: owns the stream from its leader and the delayed applier.
@@ -166,7 +169,26 @@ impl Follower {
         if !s.connected {
             lag = lag.max(now.saturating_sub(s.last_sync_ms));
         }
+        // Records the leader has and we have not even received count too:
+        // behind since the first frame that told us so.
+        if let Some(since) = s.behind_since_ms {
+            if applied < s.leader_last_lsn {
+                lag = lag.max(now.saturating_sub(since));
+            }
+        }
         lag
+    }
+
+    /// Note the leader's last LSN from a frame: start or stop the "behind
+    /// since" clock.
+    fn note_leader_last(&self, s: &mut FollowerStatus, last_lsn: Lsn, now: u64) {
+        s.leader_last_lsn = last_lsn;
+        let flush = self.engine.positions().flush_lsn;
+        if last_lsn <= flush {
+            s.behind_since_ms = None;
+        } else if s.behind_since_ms.is_none() {
+            s.behind_since_ms = Some(now);
+        }
     }
 
     /// The leader this follower streams from.
@@ -407,7 +429,7 @@ impl Follower {
                     .push_back((last, ts));
                 {
                     let mut s = self.st();
-                    s.leader_last_lsn = last_lsn;
+                    self.note_leader_last(&mut s, last_lsn, now);
                     s.commit_lsn = commit_lsn;
                     s.last_sync_ms = now;
                 }
@@ -432,7 +454,7 @@ impl Follower {
                     ));
                 }
                 s.peers = peers;
-                s.leader_last_lsn = last_lsn;
+                self.note_leader_last(&mut s, last_lsn, now);
                 s.commit_lsn = commit_lsn;
                 s.last_sync_ms = now;
                 drop(s);

@@ -50,6 +50,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Start a local cluster (leader + followers with artificial lag).
     Playground(crate::playground::PlaygroundArgs),
+    /// Deterministic simulation of a leader and followers (stale reads, lag, faults).
+    Simulate(crate::simulate_cmd::SimulateArgs),
+    /// Read/write-splitting proxy in front of the nodes.
+    Router(crate::router_cmd::RouterArgs),
 }
 
 /// Write options shared by `put` and `del`.

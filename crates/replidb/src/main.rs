@@ -8,7 +8,9 @@
 //!   HTTP API, through `replidb-client` (`client_cmd.rs`); `--url` (or
 //!   `REPLIDB_URL`) picks the node or router.
 //! - `playground` starts a local cluster of child `server` processes
-//!   (`playground.rs`).
+//!   and a router in front of them (`playground.rs`).
+//! - `router` runs the read/write-splitting proxy of `replidb-router`
+//!   (`router_cmd.rs`).
 //! - `bench` drives the HTTP API with concurrent clients and prints a
 //!   markdown latency table (`bench.rs`).
 //!
@@ -26,8 +28,10 @@ mod cli;
 mod client_cmd;
 mod logging;
 mod playground;
+mod router_cmd;
 mod server_cmd;
 mod server_config;
+mod simulate_cmd;
 
 use clap::Parser as _;
 use cli::{Cli, Command};
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.command, Command::Server(_)) {
+    if !matches!(cli.command, Command::Server(_) | Command::Router(_)) {
         // The server picks its own format and level; clients only report
         // problems (retries show up with RUST_LOG=debug).
         logging::init(server_config::LogFormat::Logfmt, "warn");
@@ -73,6 +77,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Server(opts) => server_cmd::run(*opts).await,
         Command::Bench(args) => bench::run(&cli.url, args).await,
         Command::Playground(args) => playground::run(args).await,
+        Command::Simulate(args) => simulate_cmd::run(args).await,
+        Command::Router(args) => router_cmd::run(args).await,
         Command::Put(a) => client_cmd::put(&client_cmd::connect(&cli.url)?, a).await,
         Command::Get(a) => client_cmd::get(&client_cmd::connect(&cli.url)?, a).await,
         Command::Del(a) => client_cmd::del(&client_cmd::connect(&cli.url)?, a).await,

@@ -1,8 +1,11 @@
 //! `replidb playground`: a local cluster in one command.
 //!
 //! Each node is a child process running `replidb server` (this same
-//! binary), so the playground behaves like a real deployment: you can
-//! `kill -9` a follower and watch it catch up, or read `/metrics` per node.
+//! binary), and a `replidb router` child listens on the port below the
+//! leader's (7000 by default) in front of them, so the playground behaves
+//! like a real deployment: you can `kill -9` a follower and watch the
+//! router stop sending it reads and the follower catch up, or read
+//! `/metrics` per node.
 //! Data lives in a temporary directory (or `--data-dir`), removed on exit
 //! unless `--keep`. Ctrl-C or SIGTERM stops every node with SIGTERM and
 //! waits for it.
@@ -25,7 +28,8 @@ pub struct PlaygroundArgs {
     /// Artificial apply lag of the followers (`DUR` or `DUR..DUR`).
     #[arg(long, default_value = "100ms..500ms")]
     pub lag: String,
-    /// Port of the leader; followers take the next ones.
+    /// Port of the leader; followers take the next ones, the router the
+    /// one before.
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
     /// Keep data here instead of a temporary directory.
@@ -65,6 +69,10 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     let mut nodes: Vec<NodeProc> = Vec::new();
     let started = start_all(&exe, &root, &args, &lag, &mut nodes).await;
     if let Err(e) = started {
+        stop_all(&mut nodes).await;
+        return Err(e);
+    }
+    if let Err(e) = start_router(&exe, &root, &args, &mut nodes).await {
         stop_all(&mut nodes).await;
         return Err(e);
     }
@@ -125,6 +133,58 @@ async fn start_all(
     Ok(())
 }
 
+/// Start `replidb router` on `--base-port - 1` in front of the nodes (it
+/// goes last in `nodes`) and wait until it knows the leader.
+async fn start_router(
+    exe: &Path,
+    root: &Path,
+    args: &PlaygroundArgs,
+    nodes: &mut Vec<NodeProc>,
+) -> anyhow::Result<()> {
+    let port = args
+        .base_port
+        .checked_sub(1)
+        .filter(|p| *p > 0)
+        .ok_or_else(|| crate::UsageError("--base-port must be at least 2".into()))?;
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    let log = std::fs::File::create(root.join("router.log"))?;
+    let child = Command::new(exe)
+        .arg("router")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--nodes", &urls.join(",")])
+        .args(["--health-interval", "500ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the router")?;
+    let url = format!("http://127.0.0.1:{port}");
+    nodes.push(NodeProc {
+        id: "router".into(),
+        url: url.clone(),
+        child,
+    });
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/health")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(root.join("router.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "the router did not become ready at {url} (is the port free?); last log lines: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Wait until the node answers `/status` (and, for a follower, is connected).
 async fn wait_ready(http: &reqwest::Client, url: &str, id: &str, dir: &Path) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -180,9 +240,19 @@ async fn stop_all(nodes: &mut [NodeProc]) {
     }
 }
 
-fn print_banner(nodes: &[NodeProc], root: &Path, lag: &DurationRange) {
+fn print_banner(all: &[NodeProc], root: &Path, lag: &DurationRange) {
+    // The router was started last; it is printed first.
+    let (router, nodes) = match all.split_last() {
+        Some((r, nodes)) if r.id == "router" && !nodes.is_empty() => (r, nodes),
+        _ => return,
+    };
     let leader = &nodes[0].url;
+    let rt = &router.url;
     println!("replidb playground is running (Ctrl-C stops it)\n");
+    println!(
+        "  router    reads to followers, writes to the leader  {rt}  pid {}",
+        router.child.id().unwrap_or(0)
+    );
     for (i, n) in nodes.iter().enumerate() {
         let role = if i == 0 {
             "leader  ".to_string()
@@ -200,19 +270,27 @@ fn print_banner(nodes: &[NodeProc], root: &Path, lag: &DurationRange) {
     let follower = nodes.get(1).map(|n| n.url.as_str()).unwrap_or(leader);
     let last = nodes.last().map(|n| n.url.as_str()).unwrap_or(leader);
     println!("Try it (a stale follower read, then convergence):\n");
-    println!("  # 1. write through the leader; w=1 answers before followers have it");
-    println!("  curl -s -XPUT '{leader}/v1/kv/greeting' -d hello");
-    println!("  # 2. read from a follower at once: 404, not propagated yet");
-    println!("  curl -si '{follower}/v1/kv/greeting'");
+    println!(
+        "  # 1. write through the router (to the leader); w=1 answers before followers have it"
+    );
+    println!("  curl -s -XPUT '{rt}/v1/kv/greeting' -d hello");
+    println!(
+        "  # 2. read through the router, no cookie: a follower answers, 404, not propagated yet"
+    );
+    println!("  curl -si '{rt}/v1/kv/greeting'   # see x-replidb-routed-to and x-replidb-role");
     println!("  # 3. seed-style: the leader asks follower 1 for its copy (404 until applied)");
-    println!("  curl -s '{leader}/follower-read?key=greeting&replica=1'");
+    println!("  curl -s '{rt}/follower-read?key=greeting&replica=1'");
     println!("  # 4. read-your-writes: pass the lsn the write returned; the follower waits for it");
     println!("  curl -s '{follower}/v1/kv/greeting?min_lsn=1'");
-    println!("  # 5. a moment later every follower has converged");
+    println!("  # 5. ...or let the router do it: its cookies make the read see the write");
+    println!("  #    (replidb_lsn: your last write's lsn; replidb_session: leader reads for 5 s)");
+    println!("  curl -s -c /tmp/replidb.jar -XPUT '{rt}/v1/kv/greeting' -d again");
+    println!("  curl -s -b /tmp/replidb.jar '{rt}/v1/kv/greeting'");
+    println!("  # 6. a moment later every follower has converged");
     println!("  sleep 1; curl -s '{last}/v1/kv/greeting'");
-    println!("  # watch lag and positions");
-    println!("  curl -s {leader}/status; curl -s {follower}/health");
+    println!("  # watch lag, positions and the router's view and counters");
+    println!("  curl -s {rt}/status; curl -s {leader}/status; curl -s {follower}/health");
     println!("  # write and wait for a majority to have it durably");
-    println!("  curl -s -XPUT '{leader}/v1/kv/greeting?w=majority' -d again");
+    println!("  curl -s -XPUT '{rt}/v1/kv/greeting?w=majority' -d durable");
     println!();
 }

@@ -163,16 +163,16 @@ impl ReadOpts {
                 "consistency=bounded needs max_staleness_ms",
             ));
         }
+        // Both may be present (a proxy adds the header to a client's
+        // query): the stricter, higher token wins.
         let mut min_lsn = p.parse_as::<u64>("min_lsn", "an LSN (unsigned integer)")?;
-        if min_lsn.is_none() {
-            if let Some(h) = headers.get("x-replidb-min-lsn") {
-                let s = h.to_str().unwrap_or("");
-                min_lsn = Some(
-                    s.trim()
-                        .parse()
-                        .map_err(|_| ApiError::invalid_param("X-Replidb-Min-Lsn", s, "an LSN"))?,
-                );
-            }
+        if let Some(h) = headers.get("x-replidb-min-lsn") {
+            let s = h.to_str().unwrap_or("");
+            let from_header: u64 = s
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::invalid_param("X-Replidb-Min-Lsn", s, "an LSN"))?;
+            min_lsn = Some(min_lsn.unwrap_or(0).max(from_header));
         }
         let wait = Duration::from_millis(
             p.parse_as::<u64>("wait_ms", "milliseconds")?

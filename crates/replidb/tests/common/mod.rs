@@ -81,11 +81,35 @@ where
     }
 }
 
-/// A port that was free a moment ago (the kernel's pick for port 0). The
-/// child may still lose a race for it; [`Node::spawn_and_wait`] retries.
+/// A port that was free a moment ago, chosen below the kernel's ephemeral
+/// range when there is room: a node restarts on the same port, and a port
+/// in the ephemeral range could meanwhile become the local port of some
+/// outgoing connection (or another test's port-0 listener), which would
+/// make the restart fail. The child may still lose a race for the port;
+/// [`Node::launch`] retries.
 pub fn free_port() -> u16 {
+    let (low, _) = ephemeral_range();
+    if low > 12_000 {
+        for _ in 0..50 {
+            let port = rand::random_range(10_000..low);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
+}
+
+/// Linux's `ip_local_port_range` (or a conservative guess elsewhere).
+fn ephemeral_range() -> (u16, u16) {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// Why a start attempt failed.
@@ -226,7 +250,13 @@ impl Node {
                     self.id
                 )));
             }
-            let ok = match self.http.get(&url).timeout(Duration::from_secs(2)).send().await {
+            let ok = match self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
                 Ok(r) => r.status().is_success(),
                 Err(_) => false,
             };
@@ -247,9 +277,11 @@ impl Node {
     pub async fn wait_healthy(&self) {
         let url = format!("{}/status", self.url());
         let http = self.http.clone();
-        wait_until(&format!("{} answers /status", self.id), START_TIMEOUT, async || {
-            matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
-        })
+        wait_until(
+            &format!("{} answers /status", self.id),
+            START_TIMEOUT,
+            async || matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()),
+        )
         .await;
     }
 
@@ -271,7 +303,9 @@ impl Node {
     /// SIGTERM, then wait up to [`STOP_TIMEOUT`] for the process to exit.
     /// Returns its exit status; panics (after SIGKILL) if it hangs.
     pub async fn stop(&mut self) -> ExitStatus {
-        let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.id));
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.id));
         // SAFETY: plain kill(2) on our own child's pid, which has not been
         // reaped yet (so the pid cannot have been reused).
         let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
@@ -347,9 +381,12 @@ impl Node {
 
     /// GET `path`, expecting a JSON answer with status 200.
     pub async fn get_json(&self, path: &str) -> Value {
-        let r = self.http.get(self.at(path)).send().await.unwrap_or_else(|e| {
-            panic!("GET {path} on {}: {e}", self.id)
-        });
+        let r = self
+            .http
+            .get(self.at(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.id));
         let status = r.status();
         let text = r.text().await.expect("body");
         assert_eq!(status, 200, "GET {path} on {}: {text}", self.id);
@@ -385,9 +422,13 @@ impl Node {
     /// `PUT /v1/kv/{key}?{query}`; expects 200.
     pub async fn put_q(&self, key: &str, query: &str, value: impl Into<reqwest::Body>) -> Value {
         let url = format!("{}/v1/kv/{key}?{query}", self.url());
-        let r = self.http.put(&url).body(value).send().await.unwrap_or_else(|e| {
-            panic!("PUT {key} on {}: {e}", self.id)
-        });
+        let r = self
+            .http
+            .put(&url)
+            .body(value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {key} on {}: {e}", self.id));
         let status = r.status();
         let text = r.text().await.expect("body");
         assert_eq!(status, 200, "PUT {key}?{query} on {}: {text}", self.id);
@@ -397,9 +438,12 @@ impl Node {
     /// `GET /v1/kv/{key}?{query}` → (status, body bytes).
     pub async fn get_raw(&self, key: &str, query: &str) -> (u16, Vec<u8>) {
         let url = format!("{}/v1/kv/{key}?{query}", self.url());
-        let r = self.http.get(&url).send().await.unwrap_or_else(|e| {
-            panic!("GET {key} on {}: {e}", self.id)
-        });
+        let r = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {key} on {}: {e}", self.id));
         let status = r.status().as_u16();
         (status, r.bytes().await.expect("body").to_vec())
     }
@@ -518,7 +562,9 @@ pub async fn wait_converged<'a>(
             return want;
         }
         if started.elapsed() > timeout {
-            panic!("followers did not converge within {timeout:?}: leader {want}, followers {last:?}");
+            panic!(
+                "followers did not converge within {timeout:?}: leader {want}, followers {last:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

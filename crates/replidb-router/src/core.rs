@@ -1,0 +1,522 @@
+//! The sans-IO routing core: what the router believes about each node, and
+//! where a request goes. Nothing here reads the clock, the network or a
+//! random number generator: time (`now`) and the tie-breaking number
+//! (`spin`) are passed in, so every decision is a plain function that unit
+//! tests drive directly.
+//!
+//! - [`RouterState`] is fed by health checks ([`RouterState::record_success`],
+//!   [`RouterState::record_failure`]) and by hints from proxied answers
+//!   ([`RouterState::hint_leader`]); it recomputes the leader after each.
+//! - [`choose`] maps a [`RequestKind`] to a [`Target`].
+
+use std::time::{Duration, Instant};
+
+/// How a read picks among eligible followers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStrategy {
+    /// In turn (`spin` is a counter).
+    RoundRobin,
+    /// Uniformly at random (`spin` is a random number).
+    Random,
+    /// The smallest reported lag; ties in turn (`spin` is a counter).
+    LeastLag,
+}
+
+impl std::str::FromStr for ReadStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round-robin" => Ok(ReadStrategy::RoundRobin),
+            "random" => Ok(ReadStrategy::Random),
+            "least-lag" => Ok(ReadStrategy::LeastLag),
+            other => Err(format!(
+                "unknown read strategy {other:?}: expected round-robin, random or least-lag"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadStrategy::RoundRobin => "round-robin",
+            ReadStrategy::Random => "random",
+            ReadStrategy::LeastLag => "least-lag",
+        })
+    }
+}
+
+/// The knobs of a routing decision.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// How reads pick a follower.
+    pub strategy: ReadStrategy,
+    /// A follower reporting more lag than this gets no reads.
+    pub max_lag_ms: u64,
+    /// This many failed checks (or requests) in a row make a node unhealthy.
+    pub failure_threshold: u32,
+    /// After a session writes, its reads go to the leader for this long.
+    pub sticky_window: Duration,
+}
+
+/// A node's role as its `/status` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Takes writes.
+    Leader,
+    /// Applies the leader's log; serves reads.
+    Follower,
+}
+
+impl NodeRole {
+    /// `leader` / `follower`, as in the node's API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Leader => "leader",
+            NodeRole::Follower => "follower",
+        }
+    }
+}
+
+/// What one successful `/status` call said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The node's `--id`.
+    pub id: String,
+    /// Its role.
+    pub role: NodeRole,
+    /// Its epoch (leadership term).
+    pub epoch: u64,
+    /// Its applied LSN.
+    pub applied_lsn: u64,
+    /// Its own lag estimate (0 on a leader).
+    pub lag_ms: u64,
+}
+
+/// What the router knows about one node.
+#[derive(Clone, Debug)]
+pub struct NodeState {
+    /// Base URL from `--nodes`, without a trailing slash.
+    pub url: String,
+    /// The last successful observation; `None` until the first one.
+    pub seen: Option<Observation>,
+    /// Failed checks or requests since the last success.
+    pub consecutive_failures: u32,
+    /// When the last check succeeded.
+    pub last_ok: Option<Instant>,
+    /// Why the last check failed, if it did.
+    pub last_error: Option<String>,
+}
+
+impl NodeState {
+    /// The node's id once known, else its URL (for headers and labels).
+    pub fn name(&self) -> &str {
+        self.seen.as_ref().map_or(self.url.as_str(), |o| &o.id)
+    }
+}
+
+/// Everything routing decisions read.
+#[derive(Clone, Debug)]
+pub struct RouterState {
+    policy: Policy,
+    nodes: Vec<NodeState>,
+    leader: Option<usize>,
+}
+
+/// A request as the routing decision sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Must reach the leader.
+    Write,
+    /// A read.
+    Read {
+        /// The node API serves it only from the leader (`strong`, `leader`,
+        /// or a seed read): a follower would only proxy it.
+        leader_only: bool,
+        /// When the request's session last wrote, if it did.
+        session_wrote_at: Option<Instant>,
+    },
+}
+
+/// Why a target was chosen (drives counters and metrics labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A write.
+    Write,
+    /// A read served by a follower picked by the strategy.
+    Follower,
+    /// The read asked for the leader.
+    LeaderRequested,
+    /// The session wrote within the sticky window.
+    Sticky,
+    /// No follower is eligible.
+    NoEligibleFollower,
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Node `index` (into [`RouterState::nodes`]).
+    Node {
+        /// Which node.
+        index: usize,
+        /// Why.
+        reason: Reason,
+    },
+    /// No leader is known and no follower may serve: answer 503.
+    NoLeader,
+}
+
+impl RouterState {
+    /// A state for `urls` about which nothing is known yet.
+    pub fn new(urls: &[String], policy: Policy) -> Self {
+        let nodes = urls
+            .iter()
+            .map(|u| NodeState {
+                url: u.trim_end_matches('/').to_string(),
+                seen: None,
+                consecutive_failures: 0,
+                last_ok: None,
+                last_error: None,
+            })
+            .collect();
+        RouterState {
+            policy,
+            nodes,
+            leader: None,
+        }
+    }
+
+    /// The policy decisions follow.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Every node, in `--nodes` order.
+    pub fn nodes(&self) -> &[NodeState] {
+        &self.nodes
+    }
+
+    /// The current leader's index, if one is known.
+    pub fn leader(&self) -> Option<usize> {
+        self.leader
+    }
+
+    /// The index of the node whose base URL is `url` (scheme, host, port).
+    pub fn index_of_url(&self, url: &str) -> Option<usize> {
+        let url = url.trim_end_matches('/');
+        self.nodes.iter().position(|n| n.url == url)
+    }
+
+    /// A `/status` call to node `i` succeeded.
+    pub fn record_success(&mut self, i: usize, obs: Observation, now: Instant) {
+        let Some(n) = self.nodes.get_mut(i) else {
+            return;
+        };
+        n.seen = Some(obs);
+        n.consecutive_failures = 0;
+        n.last_ok = Some(now);
+        n.last_error = None;
+        self.recompute_leader();
+    }
+
+    /// A check of (or a request to) node `i` failed.
+    pub fn record_failure(&mut self, i: usize, error: String) {
+        let Some(n) = self.nodes.get_mut(i) else {
+            return;
+        };
+        n.consecutive_failures = n.consecutive_failures.saturating_add(1);
+        n.last_error = Some(error);
+        self.recompute_leader();
+    }
+
+    /// A node's 307 named node `i` as the leader: believe it until the
+    /// next health round says otherwise.
+    pub fn hint_leader(&mut self, i: usize) {
+        if i < self.nodes.len() {
+            self.leader = Some(i);
+        }
+    }
+
+    /// Answered its last checks: seen at least once and fewer than
+    /// `failure_threshold` failures since.
+    pub fn is_healthy(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(|n| {
+            n.seen.is_some() && n.consecutive_failures < self.policy.failure_threshold
+        })
+    }
+
+    /// May serve reads chosen by the strategy: a healthy follower whose lag
+    /// is within `max_lag`.
+    pub fn is_eligible(&self, i: usize) -> bool {
+        self.is_healthy(i)
+            && self.nodes[i]
+                .seen
+                .as_ref()
+                .is_some_and(|o| o.role == NodeRole::Follower && o.lag_ms <= self.policy.max_lag_ms)
+    }
+
+    /// The leader is the healthy node claiming leadership in the highest
+    /// epoch (a deposed leader that has not noticed yet claims a lower one).
+    /// Among equals the current leader stays, else the first listed.
+    fn recompute_leader(&mut self) {
+        let best = (0..self.nodes.len())
+            .filter(|&i| self.is_healthy(i))
+            .filter_map(|i| {
+                let o = self.nodes[i].seen.as_ref()?;
+                (o.role == NodeRole::Leader).then_some((i, o.epoch))
+            })
+            .max_by(|a, b| {
+                a.1.cmp(&b.1)
+                    .then_with(|| (Some(a.0) == self.leader).cmp(&(Some(b.0) == self.leader)))
+                    .then_with(|| b.0.cmp(&a.0))
+            });
+        self.leader = best.map(|(i, _)| i);
+    }
+}
+
+/// Where to send `req`. `spin` breaks ties and drives round-robin (a
+/// counter) or random (a random number) choice; `now` measures the sticky
+/// window.
+pub fn choose(state: &RouterState, req: &RequestKind, now: Instant, spin: u64) -> Target {
+    let to_leader = |reason| match state.leader {
+        Some(index) => Target::Node { index, reason },
+        None => Target::NoLeader,
+    };
+    let (leader_only, wrote_at) = match *req {
+        RequestKind::Write => return to_leader(Reason::Write),
+        RequestKind::Read {
+            leader_only,
+            session_wrote_at,
+        } => (leader_only, session_wrote_at),
+    };
+    if leader_only {
+        return to_leader(Reason::LeaderRequested);
+    }
+    let sticky =
+        wrote_at.is_some_and(|t| now.saturating_duration_since(t) < state.policy.sticky_window);
+    if sticky && state.leader.is_some() {
+        return to_leader(Reason::Sticky);
+    }
+    match pick_follower(state, spin) {
+        Some(index) => Target::Node {
+            index,
+            reason: Reason::Follower,
+        },
+        None => to_leader(Reason::NoEligibleFollower),
+    }
+}
+
+fn pick_follower(state: &RouterState, spin: u64) -> Option<usize> {
+    let mut eligible: Vec<usize> = (0..state.nodes.len())
+        .filter(|&i| state.is_eligible(i))
+        .collect();
+    if state.policy.strategy == ReadStrategy::LeastLag {
+        let lag = |i: usize| state.nodes[i].seen.as_ref().map_or(u64::MAX, |o| o.lag_ms);
+        let least = eligible.iter().map(|&i| lag(i)).min()?;
+        eligible.retain(|&i| lag(i) == least);
+    }
+    if eligible.is_empty() {
+        return None;
+    }
+    // `spin % len` fits in usize because len does.
+    let k = (spin % eligible.len() as u64) as usize;
+    Some(eligible[k])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(strategy: ReadStrategy) -> Policy {
+        Policy {
+            strategy,
+            max_lag_ms: 1000,
+            failure_threshold: 3,
+            sticky_window: Duration::from_secs(5),
+        }
+    }
+
+    fn obs(id: &str, role: NodeRole, epoch: u64, lag_ms: u64) -> Observation {
+        Observation {
+            id: id.into(),
+            role,
+            epoch,
+            applied_lsn: 0,
+            lag_ms,
+        }
+    }
+
+    /// n1 leader (epoch 1), n2 and n3 followers with the given lags.
+    fn cluster(strategy: ReadStrategy, lag2: u64, lag3: u64) -> (RouterState, Instant) {
+        let urls: Vec<String> = (1..=3).map(|i| format!("http://n{i}:7000/")).collect();
+        let mut s = RouterState::new(&urls, policy(strategy));
+        let now = Instant::now();
+        s.record_success(0, obs("n1", NodeRole::Leader, 1, 0), now);
+        s.record_success(1, obs("n2", NodeRole::Follower, 1, lag2), now);
+        s.record_success(2, obs("n3", NodeRole::Follower, 1, lag3), now);
+        (s, now)
+    }
+
+    const READ: RequestKind = RequestKind::Read {
+        leader_only: false,
+        session_wrote_at: None,
+    };
+
+    fn picks(s: &RouterState, now: Instant, spins: std::ops::Range<u64>) -> Vec<usize> {
+        spins
+            .map(|spin| match choose(s, &READ, now, spin) {
+                Target::Node { index, .. } => index,
+                Target::NoLeader => usize::MAX,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_go_to_the_leader_and_fail_without_one() {
+        let (s, now) = cluster(ReadStrategy::LeastLag, 0, 0);
+        assert_eq!(
+            choose(&s, &RequestKind::Write, now, 7),
+            Target::Node {
+                index: 0,
+                reason: Reason::Write
+            }
+        );
+        let empty = RouterState::new(&["http://a:1".into()], policy(ReadStrategy::LeastLag));
+        assert_eq!(
+            choose(&empty, &RequestKind::Write, now, 0),
+            Target::NoLeader
+        );
+        assert_eq!(choose(&empty, &READ, now, 0), Target::NoLeader);
+    }
+
+    #[test]
+    fn round_robin_alternates_between_followers() {
+        let (s, now) = cluster(ReadStrategy::RoundRobin, 900, 0);
+        assert_eq!(picks(&s, now, 0..4), vec![1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn least_lag_prefers_the_freshest_and_alternates_on_ties() {
+        let (s, now) = cluster(ReadStrategy::LeastLag, 300, 20);
+        assert_eq!(picks(&s, now, 0..3), vec![2, 2, 2]);
+        let (s, now) = cluster(ReadStrategy::LeastLag, 0, 0);
+        assert_eq!(picks(&s, now, 0..4), vec![1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn random_only_picks_eligible_followers() {
+        let (mut s, now) = cluster(ReadStrategy::Random, 0, 5000);
+        assert!(picks(&s, now, 0..50).iter().all(|&i| i == 1));
+        s.record_success(2, obs("n3", NodeRole::Follower, 1, 10), now);
+        let seen = picks(&s, now, 0..50);
+        assert!(seen.contains(&1) && seen.contains(&2));
+    }
+
+    #[test]
+    fn lagging_followers_are_skipped_and_none_left_means_leader() {
+        let (s, now) = cluster(ReadStrategy::RoundRobin, 1001, 5);
+        assert_eq!(picks(&s, now, 0..3), vec![2, 2, 2]);
+        let (s, now) = cluster(ReadStrategy::RoundRobin, 1001, 2000);
+        assert_eq!(
+            choose(&s, &READ, now, 0),
+            Target::Node {
+                index: 0,
+                reason: Reason::NoEligibleFollower
+            }
+        );
+    }
+
+    #[test]
+    fn failed_checks_exclude_a_follower_until_it_answers_again() {
+        let (mut s, now) = cluster(ReadStrategy::RoundRobin, 0, 0);
+        s.record_failure(1, "connection refused".into());
+        s.record_failure(1, "connection refused".into());
+        assert!(s.is_eligible(1), "two failures are below the threshold");
+        s.record_failure(1, "connection refused".into());
+        assert!(!s.is_eligible(1));
+        assert_eq!(picks(&s, now, 0..4), vec![2, 2, 2, 2]);
+        s.record_success(1, obs("n2", NodeRole::Follower, 1, 0), now);
+        assert_eq!(picks(&s, now, 0..2), vec![1, 2]);
+    }
+
+    #[test]
+    fn strong_and_leader_reads_go_to_the_leader() {
+        let (s, now) = cluster(ReadStrategy::LeastLag, 0, 0);
+        let req = RequestKind::Read {
+            leader_only: true,
+            session_wrote_at: None,
+        };
+        assert_eq!(
+            choose(&s, &req, now, 1),
+            Target::Node {
+                index: 0,
+                reason: Reason::LeaderRequested
+            }
+        );
+    }
+
+    #[test]
+    fn sticky_window_sends_a_recent_writer_to_the_leader() {
+        let (s, now) = cluster(ReadStrategy::LeastLag, 0, 0);
+        let wrote = now;
+        let read_at = |after_ms: u64| {
+            let req = RequestKind::Read {
+                leader_only: false,
+                session_wrote_at: Some(wrote),
+            };
+            choose(&s, &req, wrote + Duration::from_millis(after_ms), 0)
+        };
+        assert_eq!(
+            read_at(4999),
+            Target::Node {
+                index: 0,
+                reason: Reason::Sticky
+            }
+        );
+        assert!(matches!(
+            read_at(5000),
+            Target::Node {
+                reason: Reason::Follower,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_leader_is_the_highest_epoch_claimant_and_failures_demote_it() {
+        let (mut s, now) = cluster(ReadStrategy::LeastLag, 0, 0);
+        assert_eq!(s.leader(), Some(0));
+        // n3 was promoted; n1 has not noticed yet.
+        s.record_success(2, obs("n3", NodeRole::Leader, 2, 0), now);
+        assert_eq!(s.leader(), Some(2));
+        for _ in 0..3 {
+            s.record_failure(2, "down".into());
+        }
+        assert_eq!(s.leader(), Some(0), "the only healthy claimant");
+        for _ in 0..3 {
+            s.record_failure(0, "down".into());
+        }
+        assert_eq!(s.leader(), None);
+    }
+
+    #[test]
+    fn a_redirect_hint_names_the_leader_until_the_next_observation() {
+        let (mut s, now) = cluster(ReadStrategy::LeastLag, 0, 0);
+        assert_eq!(s.index_of_url("http://n2:7000"), Some(1));
+        s.hint_leader(1);
+        assert_eq!(s.leader(), Some(1));
+        s.record_success(1, obs("n2", NodeRole::Leader, 2, 0), now);
+        assert_eq!(s.leader(), Some(1));
+        s.record_success(0, obs("n1", NodeRole::Follower, 2, 0), now);
+        assert_eq!(s.leader(), Some(1));
+    }
+
+    #[test]
+    fn strategies_parse_and_print() {
+        for s in ["round-robin", "random", "least-lag"] {
+            assert_eq!(s.parse::<ReadStrategy>().unwrap().to_string(), s);
+        }
+        assert!("fastest".parse::<ReadStrategy>().is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! The router's own errors, grouped by how a client should react, and
+//! their JSON shape (`{"error":{"code","message"}}`, as a node's).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// An error the router answers itself (a node's errors are relayed as
+/// they are).
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Retry later: no node claims leadership (or none answers).
+    #[error("no leader is known (nodes: {nodes})")]
+    NoLeader {
+        /// The configured nodes, for the message.
+        nodes: String,
+    },
+    /// Retry later: the chosen node could not be reached, even after one
+    /// retry.
+    #[error("node {node} unreachable: {reason}")]
+    Unreachable {
+        /// Node id or URL.
+        node: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The node did not answer in time; a write may or may not have
+    /// happened.
+    #[error("node {node} did not answer within {timeout_ms} ms")]
+    Timeout {
+        /// Node id or URL.
+        node: String,
+        /// The limit.
+        timeout_ms: u64,
+    },
+    /// Bad input: the body exceeds the limit.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Bad input: the body could not be read.
+    #[error("cannot read the request body: {0}")]
+    BadBody(String),
+    /// Bad input: a path the router does not route (admin and internal
+    /// calls address one node: send them to it directly).
+    #[error(
+        "the router does not route {path}; admin and internal endpoints go to a node directly"
+    )]
+    NotRouted {
+        /// The path.
+        path: String,
+    },
+    /// Bad input: known path, wrong method.
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// The router could not build a request or response (a bug or a
+    /// malformed node URL).
+    #[error("internal router error: {0}")]
+    Internal(String),
+}
+
+impl RouterError {
+    /// HTTP status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            RouterError::NoLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+            RouterError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "node_unreachable"),
+            RouterError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "node_timeout"),
+            RouterError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            RouterError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            RouterError::NotRouted { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            RouterError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            RouterError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for RouterError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_leader_is_a_503_with_retry_after() {
+        let r = RouterError::NoLeader {
+            nodes: "http://a:1".into(),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+}

@@ -1,0 +1,349 @@
+//! What an incoming request is, read off its method, path, query, headers
+//! and cookies — pure functions, no IO.
+//!
+//! - [`classify`] sorts a request into an [`Endpoint`] (or refuses it).
+//! - [`ReadQuery`] pulls the few query parameters routing cares about.
+//! - [`Cookies`] reads the router's two cookies; [`lsn_cookie`] and
+//!   [`session_cookie`] write them.
+//! - [`merge_min_lsn`] and [`strip_min_lsn`] carry the LSN cookie into a
+//!   read's `min_lsn`.
+
+use axum::http::{HeaderMap, Method};
+
+use crate::error::RouterError;
+
+/// Name of the cookie carrying the highest LSN this client wrote.
+pub const LSN_COOKIE: &str = "replidb_lsn";
+/// Name of the cookie carrying the sticky-session id.
+pub const SESSION_COOKIE: &str = "replidb_session";
+/// Header naming a session explicitly (wins over the cookie).
+pub const SESSION_HEADER: &str = "x-replidb-session";
+/// Header carrying a read token (API.md).
+pub const MIN_LSN_HEADER: &str = "x-replidb-min-lsn";
+/// Longest session id accepted; longer ones are ignored (not stored).
+pub const SESSION_ID_MAX_BYTES: usize = 128;
+
+/// The routable endpoints of API.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `PUT`/`DELETE /v1/kv/{key}`.
+    KvWrite,
+    /// `POST /v1/txn`.
+    Txn,
+    /// `POST /write`, `POST /write-with-quorum`.
+    SeedWrite,
+    /// `GET /v1/kv/{key}` and `GET /v1/kv` (scan).
+    KvRead,
+    /// `GET /read`, `/follower-read`, `/read-with-repair`: a node serves
+    /// these only from the leader (a follower proxies them there).
+    SeedRead,
+}
+
+impl Endpoint {
+    /// Whether the endpoint writes.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Endpoint::KvWrite | Endpoint::Txn | Endpoint::SeedWrite
+        )
+    }
+
+    /// Label for metrics (`route`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::KvWrite => "kv_write",
+            Endpoint::Txn => "txn",
+            Endpoint::SeedWrite => "seed_write",
+            Endpoint::KvRead => "kv_read",
+            Endpoint::SeedRead => "seed_read",
+        }
+    }
+
+    /// Largest request body accepted, given the nodes' `--max-value-bytes`:
+    /// the node's own limit plus room for JSON framing. Mirrors the node
+    /// (`txn` takes four values' worth, at least 1 MiB).
+    pub fn body_limit(self, max_value_bytes: usize) -> usize {
+        const SLACK: usize = 64 * 1024;
+        match self {
+            Endpoint::KvWrite | Endpoint::SeedWrite => max_value_bytes + SLACK,
+            Endpoint::Txn => max_value_bytes.saturating_mul(4).max(1 << 20) + SLACK,
+            Endpoint::KvRead | Endpoint::SeedRead => 0,
+        }
+    }
+}
+
+/// Sort a request into an endpoint: 404 for paths the router does not
+/// route (including `/admin/*` and `/internal/*`, which address one node),
+/// 405 for a known path with the wrong method.
+pub fn classify(method: &Method, path: &str) -> Result<Endpoint, RouterError> {
+    let wrong = || RouterError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.to_string(),
+    };
+    let kv_key = path.strip_prefix("/v1/kv/").is_some_and(|k| !k.is_empty());
+    match path {
+        _ if kv_key => match *method {
+            Method::GET | Method::HEAD => Ok(Endpoint::KvRead),
+            Method::PUT | Method::DELETE => Ok(Endpoint::KvWrite),
+            _ => Err(wrong()),
+        },
+        "/v1/kv" => only(method, Method::GET, Endpoint::KvRead).ok_or_else(wrong),
+        "/v1/txn" => only(method, Method::POST, Endpoint::Txn).ok_or_else(wrong),
+        "/write" | "/write-with-quorum" => {
+            only(method, Method::POST, Endpoint::SeedWrite).ok_or_else(wrong)
+        }
+        "/read" | "/follower-read" | "/read-with-repair" => {
+            only(method, Method::GET, Endpoint::SeedRead).ok_or_else(wrong)
+        }
+        _ => Err(RouterError::NotRouted {
+            path: path.to_string(),
+        }),
+    }
+}
+
+fn only(method: &Method, want: Method, e: Endpoint) -> Option<Endpoint> {
+    (*method == want).then_some(e)
+}
+
+/// The query parameters routing looks at. Anything unparsable is left
+/// for the node to refuse with its own 400.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadQuery {
+    /// `consistency=strong|leader` makes a read leader-only.
+    pub leader_only: bool,
+    /// `min_lsn`, if present and a number.
+    pub min_lsn: Option<u64>,
+    /// The longest server-side wait asked for (`wait_ms`, `timeout_ms`).
+    pub server_wait_ms: Option<u64>,
+}
+
+impl ReadQuery {
+    /// Parse `query` (without the `?`).
+    pub fn parse(query: Option<&str>) -> Self {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+        let mut q = ReadQuery::default();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "consistency" => q.leader_only = matches!(v.as_str(), "strong" | "leader"),
+                "min_lsn" => q.min_lsn = v.trim().parse().ok(),
+                "wait_ms" | "timeout_ms" => {
+                    let ms = v.trim().parse::<u64>().ok();
+                    q.server_wait_ms = q.server_wait_ms.max(ms);
+                }
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// The router's cookies on a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cookies {
+    /// `replidb_lsn`, if present and a number.
+    pub lsn: Option<u64>,
+    /// `replidb_session`, if present and well-formed.
+    pub session: Option<String>,
+}
+
+impl Cookies {
+    /// Read every `Cookie` header; malformed values are ignored (a cookie
+    /// is user input, and a bad one must not fail the request).
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut c = Cookies::default();
+        let all = headers
+            .get_all(axum::http::header::COOKIE)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok());
+        for pair in all.flat_map(|h| h.split(';')) {
+            let Some((name, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            match name.trim() {
+                LSN_COOKIE => {
+                    if let Ok(n) = value.parse::<u64>() {
+                        c.lsn = c.lsn.max(Some(n));
+                    }
+                }
+                SESSION_COOKIE if valid_session_id(value) => c.session = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// The session a request belongs to: the `X-Replidb-Session` header, else
+/// the `replidb_session` cookie. Ids that are too long or carry odd bytes
+/// are ignored.
+pub fn session_of(headers: &HeaderMap, cookies: &Cookies) -> Option<String> {
+    headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| valid_session_id(s))
+        .map(str::to_string)
+        .or_else(|| cookies.session.clone())
+}
+
+/// 1..=128 bytes of `[A-Za-z0-9._:-]`.
+pub fn valid_session_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= SESSION_ID_MAX_BYTES
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The `X-Replidb-Min-Lsn` header, if present and a number.
+pub fn header_min_lsn(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(MIN_LSN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The token a read is sent with: the highest of the LSN cookie, the
+/// explicit `min_lsn` and the explicit header. Returns the token and
+/// whether the cookie raised it above what the client asked for.
+pub fn merge_min_lsn(
+    cookie: Option<u64>,
+    query: Option<u64>,
+    header: Option<u64>,
+) -> (Option<u64>, bool) {
+    let explicit = query.max(header);
+    let merged = explicit.max(cookie);
+    (merged, merged > explicit)
+}
+
+/// `query` without its `min_lsn` parameters (the token then travels in
+/// the header, which the node reads only when the query has none).
+pub fn strip_min_lsn(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|piece| {
+            let name = piece.split_once('=').map_or(*piece, |(n, _)| n);
+            name != "min_lsn" && !piece.is_empty()
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `Set-Cookie` value for the LSN token.
+pub fn lsn_cookie(lsn: u64) -> String {
+    format!("{LSN_COOKIE}={lsn}; Path=/; HttpOnly; SameSite=Lax")
+}
+
+/// `Set-Cookie` value for a session id.
+pub fn session_cookie(id: &str) -> String {
+    format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn endpoints_are_classified_as_api_md_lists_them() {
+        let ok = |m: Method, p: &str| classify(&m, p).unwrap();
+        assert_eq!(ok(Method::PUT, "/v1/kv/a/b"), Endpoint::KvWrite);
+        assert_eq!(ok(Method::DELETE, "/v1/kv/a"), Endpoint::KvWrite);
+        assert_eq!(ok(Method::GET, "/v1/kv/a"), Endpoint::KvRead);
+        assert_eq!(ok(Method::GET, "/v1/kv"), Endpoint::KvRead);
+        assert_eq!(ok(Method::POST, "/v1/txn"), Endpoint::Txn);
+        assert_eq!(ok(Method::POST, "/write-with-quorum"), Endpoint::SeedWrite);
+        assert_eq!(ok(Method::GET, "/read-with-repair"), Endpoint::SeedRead);
+        assert!(ok(Method::POST, "/write").is_write());
+        assert!(matches!(
+            classify(&Method::POST, "/v1/kv/a"),
+            Err(RouterError::MethodNotAllowed { .. })
+        ));
+        for p in ["/admin/promote", "/internal/digest", "/v1/kv/", "/nope"] {
+            assert!(matches!(
+                classify(&Method::POST, p),
+                Err(RouterError::NotRouted { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn read_query_finds_leader_only_levels_tokens_and_waits() {
+        let q = ReadQuery::parse(Some("consistency=strong&min_lsn=7&wait_ms=300"));
+        assert_eq!(
+            q,
+            ReadQuery {
+                leader_only: true,
+                min_lsn: Some(7),
+                server_wait_ms: Some(300)
+            }
+        );
+        assert!(!ReadQuery::parse(Some("consistency=bounded&max_staleness_ms=5")).leader_only);
+        assert!(ReadQuery::parse(Some("consistency=leader")).leader_only);
+        assert_eq!(ReadQuery::parse(Some("min_lsn=x")).min_lsn, None);
+        assert_eq!(ReadQuery::parse(Some("%%%")), ReadQuery::default());
+    }
+
+    #[test]
+    fn cookies_are_read_leniently() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_static("a=1; replidb_lsn=42; replidb_session=s-1"),
+        );
+        h.append("cookie", HeaderValue::from_static("replidb_lsn=40"));
+        let c = Cookies::parse(&h);
+        assert_eq!(c.lsn, Some(42), "the highest of duplicates");
+        assert_eq!(c.session.as_deref(), Some("s-1"));
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            "cookie",
+            HeaderValue::from_static("replidb_lsn=-3; replidb_session=a b"),
+        );
+        assert_eq!(Cookies::parse(&bad), Cookies::default());
+    }
+
+    #[test]
+    fn the_session_header_wins_over_the_cookie() {
+        let mut h = HeaderMap::new();
+        let cookies = Cookies {
+            lsn: None,
+            session: Some("from-cookie".into()),
+        };
+        assert_eq!(session_of(&h, &cookies).as_deref(), Some("from-cookie"));
+        h.insert(SESSION_HEADER, HeaderValue::from_static("from-header"));
+        assert_eq!(session_of(&h, &cookies).as_deref(), Some("from-header"));
+        let long = "x".repeat(SESSION_ID_MAX_BYTES + 1);
+        assert!(!valid_session_id(&long));
+    }
+
+    #[test]
+    fn cookie_min_lsn_merges_with_explicit_tokens() {
+        assert_eq!(merge_min_lsn(None, None, None), (None, false));
+        assert_eq!(merge_min_lsn(Some(9), None, None), (Some(9), true));
+        assert_eq!(merge_min_lsn(Some(9), Some(12), None), (Some(12), false));
+        assert_eq!(merge_min_lsn(Some(9), Some(3), Some(5)), (Some(9), true));
+        assert_eq!(merge_min_lsn(None, Some(3), Some(5)), (Some(5), false));
+        assert_eq!(merge_min_lsn(Some(5), None, Some(5)), (Some(5), false));
+    }
+
+    #[test]
+    fn min_lsn_is_stripped_from_the_query_and_nothing_else() {
+        assert_eq!(
+            strip_min_lsn("consistency=eventual&min_lsn=3&format=json"),
+            "consistency=eventual&format=json"
+        );
+        assert_eq!(strip_min_lsn("min_lsn=3"), "");
+        assert_eq!(strip_min_lsn("min_lsnx=1&&a"), "min_lsnx=1&a");
+    }
+
+    #[test]
+    fn cookies_carry_the_attributes() {
+        assert_eq!(
+            lsn_cookie(5),
+            "replidb_lsn=5; Path=/; HttpOnly; SameSite=Lax"
+        );
+        assert!(session_cookie("abc").starts_with("replidb_session=abc;"));
+    }
+}
