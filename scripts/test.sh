@@ -22,4 +22,4 @@ fi
 
 # Build everything first so test timing is not mixed with compilation.
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
