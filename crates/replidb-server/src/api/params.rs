@@ -62,6 +62,23 @@ pub const READ_PARAMS: &[&str] = &[
     "format",
 ];
 
+/// Longest write-concern wait a request may ask for: a request must not
+/// hold a connection (and its waiter) open indefinitely.
+pub const TIMEOUT_MS_MAX: u64 = 600_000;
+/// Longest `min_lsn` wait a read may ask for.
+pub const WAIT_MS_MAX: u64 = 60_000;
+
+fn bounded_ms(p: &Params, name: &str, ms: u64, max: u64) -> ApiResult<Duration> {
+    if ms > max {
+        return Err(ApiError::invalid_param(
+            name,
+            p.str(name).unwrap_or_default(),
+            &format!("milliseconds, at most {max}"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 /// A write's durability request.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteOpts {
@@ -83,7 +100,8 @@ impl WriteOpts {
             .unwrap_or(default_w);
         let timeout = p
             .parse_as::<u64>("timeout_ms", "milliseconds")?
-            .map(Duration::from_millis)
+            .map(|ms| bounded_ms(p, "timeout_ms", ms, TIMEOUT_MS_MAX))
+            .transpose()?
             .unwrap_or(default_timeout);
         Ok(WriteOpts { w, timeout })
     }
@@ -174,10 +192,10 @@ impl ReadOpts {
                 .map_err(|_| ApiError::invalid_param("X-Replidb-Min-Lsn", s, "an LSN"))?;
             min_lsn = Some(min_lsn.unwrap_or(0).max(from_header));
         }
-        let wait = Duration::from_millis(
-            p.parse_as::<u64>("wait_ms", "milliseconds")?
-                .unwrap_or(1000),
-        );
+        let wait = match p.parse_as::<u64>("wait_ms", "milliseconds")? {
+            Some(ms) => bounded_ms(p, "wait_ms", ms, WAIT_MS_MAX)?,
+            None => Duration::from_millis(1000),
+        };
         let fallback = p
             .parse_as::<Fallback>("fallback", "leader or error")?
             .unwrap_or(Fallback::Leader);
