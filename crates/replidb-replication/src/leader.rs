@@ -465,7 +465,7 @@ impl Leader {
         // their own so a slow send never delays commit tracking.
         let me = self.clone();
         let id = node_id.to_string();
-        let mut ack_task = tokio::spawn(async move {
+        let ack_task = tokio::spawn(async move {
             while let Some(frame) = acks_in.next().await {
                 match frame {
                     Ok(Frame::Ack {
@@ -494,6 +494,10 @@ impl Leader {
                 }
             }
         });
+        // The reader must not outlive the session: when the session ends
+        // (stepping down, shutdown) it would keep the leader, and through
+        // it the engine, alive until the follower hangs up.
+        let mut ack_task = AbortOnDrop(ack_task);
         let mut cursor = match self.engine.wal_reader().cursor(start) {
             Ok(c) => c,
             Err(WalError::Compacted { .. }) => {
@@ -547,7 +551,7 @@ impl Leader {
                         peers: self.peers(),
                     }).await?;
                 }
-                _ = &mut ack_task => {
+                _ = &mut ack_task.0 => {
                     return Err(ReplicationError::Protocol("follower closed the stream".into()));
                 }
             }
@@ -571,5 +575,14 @@ impl Leader {
         }
         framed.send(Frame::SnapshotEnd { lsn }).await?;
         Ok(lsn.next())
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
