@@ -127,13 +127,9 @@ impl Engine {
             table_lsn = %table.applied_lsn(),
             "recovering"
         );
-        if table.needs_restore() {
-            // A snapshot install was interrupted: the table is empty and
-            // the old WAL no longer matches it. Start from nothing; the
-            // leader will stream or snapshot from LSN 1.
-            tracing::warn!("interrupted snapshot restore found; starting empty");
-            wal.reset(Lsn(1))?;
-        }
+        // An interrupted snapshot install needs nothing here: the table
+        // dropped what it had staged and is still at its old applied_lsn,
+        // a prefix of this WAL, so it recovers like any other.
         recover(&mut wal, table.as_ref())?;
         let reader = wal.reader();
         let meta = Arc::new(RwLock::new(meta));
@@ -229,22 +225,32 @@ impl Engine {
         .await
     }
 
-    /// Snapshot install, step 1: clear the table (durably marked).
+    /// Snapshot install, step 1: start staging a new table beside the live
+    /// one (durably marked; a crash or [`Engine::restore_abort`] drops it).
+    /// The live table keeps serving reads, unchanged, until
+    /// [`Engine::restore_finish`]; applies are skipped meanwhile.
     pub async fn restore_begin(&self) -> Result<()> {
         self.call(|reply| Command::RestoreBegin { reply }).await
     }
 
-    /// Snapshot install, step 2 (repeated): add entries in key order.
+    /// Snapshot install, step 2 (repeated): stage entries in key order.
     pub async fn restore_chunk(&self, entries: Vec<(String, Versioned)>) -> Result<()> {
         self.call(|reply| Command::RestoreChunk { entries, reply })
             .await
     }
 
-    /// Snapshot install, step 3: the table is at `lsn`; the WAL restarts at
-    /// `lsn + 1`.
+    /// Snapshot install, step 3: the staged table atomically replaces the
+    /// live one, at `lsn`; the WAL restarts at `lsn + 1`.
     pub async fn restore_finish(&self, lsn: Lsn) -> Result<()> {
         self.call(|reply| Command::RestoreFinish { lsn, reply })
             .await
+    }
+
+    /// Give up a snapshot install: drop what was staged. The live table and
+    /// the WAL are untouched, so applying can go on from where it was. A
+    /// no-op when no install is under way.
+    pub async fn restore_abort(&self) -> Result<()> {
+        self.call(|reply| Command::RestoreAbort { reply }).await
     }
 
     /// The table (for reads and snapshots).
@@ -276,7 +282,10 @@ impl Engine {
     /// if it did. Such a node must be restarted: the state of the page
     /// cache after a failed fsync is unknown.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many fsync rounds the writer has run (group-commit efficiency:
@@ -323,7 +332,8 @@ fn recover(wal: &mut Wal, table: &dyn Table) -> Result<()> {
     let applied = table.applied_lsn();
     if wal.last_lsn() < applied {
         // The table is ahead of the log: only possible after a crash
-        // between installing a snapshot and restarting the WAL after it.
+        // between switching in a restored snapshot and restarting the WAL
+        // after it (or between a rewind's truncation and its rebuild).
         tracing::warn!(table = %applied, wal = %wal.last_lsn(), "wal behind table; restarting wal");
         wal.reset(applied.next())?;
         return Ok(());

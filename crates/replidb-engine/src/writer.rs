@@ -57,6 +57,9 @@ pub(crate) enum Command {
         lsn: Lsn,
         reply: Reply<()>,
     },
+    RestoreAbort {
+        reply: Reply<()>,
+    },
     Stop {
         reply: Reply<()>,
     },
@@ -134,6 +137,9 @@ enum Pending {
 }
 
 impl WriterCore {
+    // One argument per piece of state the writer owns or shares; only
+    // Engine::open calls it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         wal: Wal,
         table: Arc<dyn Table>,
@@ -377,8 +383,11 @@ impl WriterCore {
         match cmd {
             Command::Apply { up_to, reply } => {
                 if self.table.needs_restore() {
-                    // A snapshot is being installed: the log below it is
-                    // not ours to apply any more.
+                    // A snapshot is being staged and will replace the
+                    // table: the log below it is not worth applying. The
+                    // stream sends what follows it only after the switch;
+                    // after an abort, the next apply (it reads from the
+                    // WAL at applied + 1) catches up on what this skips.
                     let _ = reply.send(Ok(self.table.applied_lsn()));
                     return;
                 }
@@ -433,6 +442,11 @@ impl WriterCore {
                     .finish_restore(lsn)
                     .map_err(EngineError::from)
                     .and_then(|()| self.wal.reset(lsn.next()).map_err(Into::into));
+                self.publish();
+                let _ = reply.send(r);
+            }
+            Command::RestoreAbort { reply } => {
+                let r = self.table.abort_restore().map_err(Into::into);
                 self.publish();
                 let _ = reply.send(r);
             }
@@ -512,6 +526,7 @@ fn fail(cmd: Command, why: &str) {
         Command::RestoreBegin { reply } => fail_reply(reply, why),
         Command::RestoreChunk { reply, .. } => fail_reply(reply, why),
         Command::RestoreFinish { reply, .. } => fail_reply(reply, why),
+        Command::RestoreAbort { reply } => fail_reply(reply, why),
         Command::Stop { reply } => fail_reply(reply, why),
     }
 }

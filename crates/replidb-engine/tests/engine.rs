@@ -143,3 +143,104 @@ async fn follower_append_is_idempotent_and_apply_is_separate() {
     assert_eq!(e.apply_up_to(Lsn(100)).await.unwrap(), Lsn(8));
     assert!(e.table().get("k8").unwrap().is_some());
 }
+
+fn staged(key: &str, lsn: u64) -> (String, replidb_core::Versioned) {
+    (
+        key.to_string(),
+        replidb_core::Versioned {
+            value: b"snap".to_vec(),
+            lsn: Lsn(lsn),
+            epoch: Epoch(2),
+        },
+    )
+}
+
+/// A follower's snapshot install: the live table keeps serving (and stays
+/// a prefix of the WAL) while the snapshot is staged; a crash or an abort
+/// drops the staged copy and applying resumes from the WAL; a finish
+/// switches the table and restarts the WAL after it.
+#[tokio::test]
+async fn snapshot_install_is_staged_until_finished() {
+    for backend in [Backend::Redb, Backend::Memory] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let e = open(dir.path(), backend).await;
+            e.append_replicated((1..=5).map(rec).collect())
+                .await
+                .unwrap();
+            assert_eq!(e.apply_up_to(Lsn(3)).await.unwrap(), Lsn(3));
+            e.checkpoint(Lsn::ZERO).await.unwrap();
+            e.restore_begin().await.unwrap();
+            e.restore_chunk(vec![staged("a", 40)]).await.unwrap();
+            // Applies wait for the switch; reads see the old table.
+            assert_eq!(e.apply_up_to(Lsn(5)).await.unwrap(), Lsn(3));
+            assert_eq!(e.positions().applied_lsn, Lsn(3), "{backend:?}");
+            assert!(e.table().get("k1").unwrap().is_some());
+            assert!(e.table().get("a").unwrap().is_none());
+            assert_eq!(e.table().len().unwrap(), 3);
+            // No shutdown: a crash mid-install.
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = open(dir.path(), backend).await;
+        assert!(!e.table().needs_restore(), "{backend:?}");
+        let p = e.positions();
+        assert_eq!(
+            (p.flush_lsn, p.applied_lsn),
+            (Lsn(5), Lsn(5)),
+            "{backend:?}"
+        );
+        assert!(e.table().get("k5").unwrap().is_some());
+        assert!(e.table().get("a").unwrap().is_none());
+
+        // Abort: the skipped apply is caught up by the next one.
+        e.append_replicated((6..=8).map(rec).collect())
+            .await
+            .unwrap();
+        e.restore_begin().await.unwrap();
+        e.restore_chunk(vec![staged("a", 40)]).await.unwrap();
+        assert_eq!(e.apply_up_to(Lsn(8)).await.unwrap(), Lsn(5));
+        e.restore_abort().await.unwrap();
+        assert!(!e.table().needs_restore());
+        assert!(e.table().get("a").unwrap().is_none());
+        assert_eq!(e.apply_up_to(Lsn(8)).await.unwrap(), Lsn(8));
+        assert_eq!(e.table().len().unwrap(), 8);
+
+        // Finish: the table switches to the snapshot; the WAL restarts
+        // right after it.
+        e.restore_begin().await.unwrap();
+        e.restore_chunk(vec![staged("a", 40), staged("b", 41)])
+            .await
+            .unwrap();
+        assert_eq!(e.table().len().unwrap(), 8);
+        e.restore_finish(Lsn(50)).await.unwrap();
+        let p = e.positions();
+        assert_eq!(
+            (p.first_lsn, p.flush_lsn, p.applied_lsn, p.durable_lsn),
+            (Lsn(51), Lsn(50), Lsn(50), Lsn(50)),
+            "{backend:?}"
+        );
+        assert!(e.table().get("k1").unwrap().is_none());
+        assert_eq!(e.table().len().unwrap(), 2);
+        e.append_replicated(vec![rec(51)]).await.unwrap();
+        assert_eq!(e.apply_up_to(Lsn(51)).await.unwrap(), Lsn(51));
+        drop(e);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = open(dir.path(), backend).await;
+        assert_eq!(e.positions().applied_lsn, Lsn(51), "{backend:?}");
+        assert_eq!(e.table().len().unwrap(), 3);
+
+        // Restoring nothing at LSN 0 (a rewind's rebuild) empties the table
+        // and restarts the WAL at 1.
+        e.restore_begin().await.unwrap();
+        e.restore_finish(Lsn::ZERO).await.unwrap();
+        let p = e.positions();
+        assert_eq!(
+            (p.first_lsn, p.flush_lsn, p.applied_lsn),
+            (Lsn(1), Lsn(0), Lsn(0)),
+            "{backend:?}"
+        );
+        assert!(e.table().is_empty().unwrap());
+        e.append_replicated(vec![rec(1)]).await.unwrap();
+        assert_eq!(e.apply_up_to(Lsn(1)).await.unwrap(), Lsn(1));
+    }
+}

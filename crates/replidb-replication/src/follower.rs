@@ -296,13 +296,20 @@ impl Follower {
         backoff: &mut Backoff,
     ) -> Result<()> {
         if self.engine.table().needs_restore() {
-            // A snapshot install was cut off: the table holds part of it.
-            // Start over from nothing so the leader sends a whole one.
-            self.engine.restore_begin().await?;
-            self.engine.restore_finish(Lsn::ZERO).await?;
-            self.engine
-                .adopt_history(Epoch(0), Default::default())
-                .await?;
+            // A snapshot install was cut off: drop what was staged. The live
+            // table, the WAL and the history are as they were before it, so
+            // the leader decides again from our flush LSN.
+            self.engine.restore_abort().await?;
+            // Applies were skipped while the install was staged; catch up on
+            // what is flushed (through the applier, after its delay).
+            let p = self.engine.positions();
+            if p.applied_lsn < p.flush_lsn {
+                let due = self.schedule_due();
+                apply_tx
+                    .send((due, p.flush_lsn))
+                    .await
+                    .map_err(|_| ReplicationError::Protocol("applier stopped".into()))?;
+            }
         }
         let io = self.transport.connect(url).await?;
         let mut framed = Framed::new(io, FrameCodec::default());
@@ -497,17 +504,42 @@ impl Follower {
     /// Our log has records the leader's does not: keep a trace of them,
     /// drop them, and resync.
     async fn rewind(&self, common_lsn: Lsn, leader_epoch: Epoch) -> Result<()> {
-        let removed = self.engine.truncate_after(common_lsn).await?;
-        let dir = self.engine.options().dir.clone();
-        let file = rollback::write(&dir, leader_epoch, &removed, self.clock.now_ms())?;
+        // Trace first, cut second: the records go to a durable rollback file
+        // before the WAL loses them, so a crash in between can duplicate a
+        // rollback entry on the retry but never lose one.
+        let removed = match self
+            .engine
+            .wal_reader()
+            .read_range(common_lsn.next(), usize::MAX)
+        {
+            Ok(records) => records,
+            // A previous attempt already cut (and recorded) them.
+            Err(replidb_wal::WalError::Compacted { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         let n = removed.len() as u64;
-        self.st().rollback_records += n;
-        metrics::counter!("replidb_rollback_records_total", "node_id" => self.opts.node_id.clone())
-            .increment(n);
-        tracing::warn!(%common_lsn, records = n, file = %file.display(), "rewound divergent records");
-        if self.engine.positions().applied_lsn > common_lsn {
+        if n > 0 {
+            let dir = self.engine.options().dir.clone();
+            let file = rollback::write(&dir, leader_epoch, &removed, self.clock.now_ms())?;
+            self.st().rollback_records += n;
+            metrics::counter!("replidb_rollback_records_total", "node_id" => self.opts.node_id.clone())
+                .increment(n);
+            tracing::warn!(%common_lsn, records = n, file = %file.display(), "rewound divergent records");
+        }
+        let cut = self.engine.truncate_after(common_lsn).await;
+        let wal_lost_prefix = matches!(
+            cut,
+            Err(replidb_engine::EngineError::Wal(
+                replidb_wal::WalError::Compacted { .. }
+            ))
+        );
+        if !wal_lost_prefix {
+            cut?;
+        }
+        if wal_lost_prefix || self.engine.positions().applied_lsn > common_lsn {
             // The table already shows records that are gone: it cannot undo
-            // them, so it is rebuilt from the leader.
+            // them, so it is rebuilt from the leader. Restoring nothing at
+            // LSN 0 swaps in an empty table and restarts the WAL at 1.
             tracing::warn!("table applied past the divergence point; resyncing from scratch");
             self.engine.restore_begin().await?;
             self.engine.restore_finish(Lsn::ZERO).await?;

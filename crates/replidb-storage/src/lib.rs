@@ -30,12 +30,18 @@
 //!   `applied_lsn` of the moment it was taken; later applies never show
 //!   through. Snapshots are read in key-ordered chunks, which is how a
 //!   follower that fell too far behind gets a full copy.
-//! - **Restore is all or nothing.** `begin_restore` durably marks the table as
-//!   restoring and empties it; `restore_chunk` fills it; `finish_restore`
-//!   durably sets the new `applied_lsn` and clears the mark. A crash in between
-//!   leaves the mark, and the next open starts empty at LSN 0 with
-//!   [`Table::needs_restore`] true, never with a half-copied table that
-//!   claims to be at some LSN.
+//! - **Restore is all or nothing, and invisible until it is done.**
+//!   `begin_restore` starts an empty *staging* copy beside the live table
+//!   and durably marks the table as restoring; `restore_chunk` fills the
+//!   staging copy; `finish_restore` swaps it in atomically and durably,
+//!   together with its `applied_lsn`, and clears the mark. The live table —
+//!   its contents and its `applied_lsn` — is untouched until that swap, so
+//!   readers (`get`, `scan`, `snapshot`, `digest`, `len`) keep seeing the old,
+//!   consistent state throughout and then the new one, never a mix.
+//!   `abort_restore` drops the staging copy. A crash before the swap leaves
+//!   the mark, and the next open drops the staging copy and clears the mark:
+//!   the table comes back with its old contents at its old `applied_lsn`
+//!   (consistent with the old log), and [`Table::needs_restore`] is false.
 //! - **Digest.** [`Table::digest`] is a SHA-256 over every `(key, value, lsn,
 //!   epoch)` in key order plus the entry count. It depends only on the
 //!   contents, so the two backends — and two replicas — agree on it exactly
@@ -51,10 +57,12 @@
 //! # Backends
 //!
 //! - [`MemoryTable`]: a `BTreeMap` behind a lock; optionally persisted by
-//!   writing a checksummed snapshot file on `checkpoint`.
+//!   writing a checksummed snapshot file on `checkpoint`. A restore fills a
+//!   second map and swaps it in after writing it as the snapshot file.
 //! - [`RedbTable`]: a redb file with a data table and a meta table written in
-//!   the same transaction. `apply` commits without fsync; `checkpoint` commits
-//!   with fsync.
+//!   the same transaction, plus a staging table during a restore that
+//!   `finish_restore` renames over the data table. `apply` commits without
+//!   fsync; `checkpoint` commits with fsync.
 //!
 //! # Left out
 //!
@@ -65,8 +73,9 @@
 //! - No compaction or size management of the redb file beyond what redb does.
 //!   Pages freed by non-durable commits are reclaimed only after the next
 //!   durable one, so the file grows between checkpoints: checkpoint regularly.
-//! - `apply` during a restore is not refused (it is a caller bug); only the
-//!   restore calls themselves check the protocol.
+//! - `apply` during a restore is not refused (it is a caller bug): it changes
+//!   the live table, which `finish_restore` then replaces. Only the restore
+//!   calls themselves check the protocol.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -127,11 +136,12 @@ pub trait Table: Send + Sync + 'static {
     /// [`Table::checkpoint`]. An empty slice is a no-op.
     fn apply(&self, records: &[Record]) -> Result<()>;
 
-    /// The current version of `key`, if present.
+    /// The current version of `key` in the live table, if present (a staged
+    /// restore is never visible).
     fn get(&self, key: &str) -> Result<Option<Versioned>>;
 
-    /// Keys starting with `prefix`, in key order, strictly after `start_after`
-    /// if given, at most `limit`.
+    /// Keys of the live table starting with `prefix`, in key order, strictly
+    /// after `start_after` if given, at most `limit`.
     fn scan(
         &self,
         prefix: &str,
@@ -139,7 +149,8 @@ pub trait Table: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(String, Versioned)>>;
 
-    /// LSN of the last applied record (0 if none).
+    /// LSN of the last applied record (0 if none): the live table's, which
+    /// a staged restore changes only when it is finished.
     fn applied_lsn(&self) -> Lsn;
 
     /// LSN of the last checkpoint: everything up to it survives a crash.
@@ -152,30 +163,44 @@ pub trait Table: Send + Sync + 'static {
     /// later applies don't affect it.
     fn snapshot(&self) -> Result<Box<dyn TableSnapshot>>;
 
-    /// Start replacing the whole contents from a snapshot stream: clears the
-    /// table, sets applied_lsn (and durable_lsn) to 0 and durably marks it
-    /// "restoring". If the process crashes before [`Table::finish_restore`],
-    /// the next open finds the mark, clears the table, reports applied_lsn 0
-    /// and `needs_restore() == true`.
+    /// Start replacing the whole contents from a snapshot stream: starts an
+    /// empty staging copy (discarding any earlier one) and durably marks the
+    /// table "restoring". The live contents, `applied_lsn` and `durable_lsn`
+    /// are untouched, and reads keep seeing them until
+    /// [`Table::finish_restore`]. If the process crashes before then, the
+    /// next open drops the staging copy and clears the mark: the table
+    /// reopens with its old contents at its old `applied_lsn`, and
+    /// `needs_restore() == false`.
     fn begin_restore(&self) -> Result<()>;
 
-    /// Add entries of the snapshot stream. Keys must ascend, within and across
-    /// chunks (else `Corruption`). Only valid between begin and finish.
+    /// Add entries of the snapshot stream to the staging copy (never to the
+    /// live table). Keys must ascend, within and across chunks (else
+    /// `Corruption`, nothing of the chunk staged). Only valid between begin
+    /// and finish.
     fn restore_chunk(&self, entries: &[(String, Versioned)]) -> Result<()>;
 
-    /// End the restore: sets applied_lsn = durable_lsn = `lsn`, clears the
-    /// mark, and is durable when it returns.
+    /// End the restore: atomically replaces the live contents with the
+    /// staging copy and sets applied_lsn = durable_lsn = `lsn`, clearing the
+    /// mark. Readers see either the old state or the new one, never a mix;
+    /// the new one is durable when this returns. Only valid after begin.
     fn finish_restore(&self, lsn: Lsn) -> Result<()>;
 
-    /// True while a restore is under way or was interrupted by a crash: the
-    /// contents are not a prefix of any log and must be restored again.
+    /// Give up a restore: drops the staging copy and clears the mark. The
+    /// live table is untouched. A no-op when no restore is under way.
+    fn abort_restore(&self) -> Result<()>;
+
+    /// True between [`Table::begin_restore`] and
+    /// [`Table::finish_restore`]/[`Table::abort_restore`]: a staged copy
+    /// exists that will replace the live contents. Always false right after
+    /// open (an interrupted restore is dropped then).
     fn needs_restore(&self) -> bool;
 
     /// Hex digest over (key, value, lsn, epoch) in key order plus the entry
-    /// count; equal contents ⇔ equal digest (w.h.p.), across backends.
+    /// count, of the live table; equal contents ⇔ equal digest (w.h.p.),
+    /// across backends.
     fn digest(&self) -> Result<String>;
 
-    /// Number of keys.
+    /// Number of keys in the live table.
     fn len(&self) -> Result<u64>;
 
     /// True if the table holds no keys.

@@ -14,7 +14,13 @@
 //!   over, and the directory fsynced, so a crash leaves either the old or the
 //!   new file, never a torn one.
 //! - `table.restoring`: an empty marker present from `begin_restore` until
-//!   `finish_restore`; if found on open, the snapshot is ignored.
+//!   `finish_restore` or `abort_restore`. The restore itself is staged in a
+//!   second map in memory, beside the live one; `finish_restore` writes it as
+//!   the new `table.snapshot` (the atomic rename is the durable switch), then
+//!   swaps it in as the live map, then removes the marker. A marker found on
+//!   open only means a restore was cut off: the snapshot file still holds a
+//!   consistent state (the old one, or the new one if the crash came after
+//!   the rename), which is loaded as usual, and the marker is removed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -48,10 +54,13 @@ pub struct MemoryTable {
     map: RwLock<Arc<Map>>,
     applied: AtomicU64,
     durable: AtomicU64,
+    /// True while `writer` holds a staged restore (readable without it).
     restoring: AtomicBool,
     /// Serializes writers (apply and restore), so contiguity checks and the
-    /// copy-on-write decision see a map nobody else is changing.
-    writer: Mutex<()>,
+    /// copy-on-write decision see a map nobody else is changing. Holds the
+    /// staged restore, if one is under way: only writers touch it, and
+    /// readers never see it.
+    writer: Mutex<Option<Map>>,
     /// Serializes the operations that write files (checkpoint, begin/finish
     /// restore), so `durable_lsn` always matches the files. Lock order:
     /// `writer` before `persist`; checkpoint takes only `persist`, so applies
@@ -85,13 +94,14 @@ impl MemoryTable {
     /// advances `durable_lsn`: with no files, "durable" means "for the life of
     /// this object".
     pub fn new() -> MemoryTable {
-        Self::with_state(None, Map::new(), Lsn::ZERO, false)
+        Self::with_state(None, Map::new(), Lsn::ZERO)
     }
 
     /// A persistent table in data directory `dir`: loads the last checkpoint's
     /// snapshot file if there is one. The caller then replays the WAL from
-    /// `applied_lsn() + 1`. If an interrupted restore is found, the table is
-    /// empty at LSN 0 and [`Table::needs_restore`] is true.
+    /// `applied_lsn() + 1`. An interrupted restore left nothing but its
+    /// marker: the table is whatever the snapshot file holds, and
+    /// [`Table::needs_restore`] is false.
     pub fn open(dir: &Path) -> Result<MemoryTable> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         // A leftover temp file is a checkpoint that never got renamed: garbage.
@@ -99,31 +109,31 @@ impl MemoryTable {
         if tmp.exists() {
             fs::remove_file(&tmp).map_err(io_err(&tmp))?;
         }
-        if dir.join(RESTORING_MARKER).exists() {
-            tracing::warn!(dir = %dir.display(), "interrupted restore found; table starts empty");
-            return Ok(Self::with_state(
-                Some(dir.to_path_buf()),
-                Map::new(),
-                Lsn::ZERO,
-                true,
-            ));
-        }
         let path = dir.join(SNAPSHOT_FILE);
         let (lsn, map) = match fs::read(&path) {
             Ok(bytes) => decode_snapshot(&path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Lsn::ZERO, Map::new()),
             Err(e) => return Err(io_err(&path)(e)),
         };
-        Ok(Self::with_state(Some(dir.to_path_buf()), map, lsn, false))
+        let marker = dir.join(RESTORING_MARKER);
+        if marker.exists() {
+            tracing::warn!(
+                dir = %dir.display(),
+                applied_lsn = %lsn,
+                "interrupted restore found; staged copy dropped, table unchanged"
+            );
+            remove_marker(dir)?;
+        }
+        Ok(Self::with_state(Some(dir.to_path_buf()), map, lsn))
     }
 
-    fn with_state(dir: Option<PathBuf>, map: Map, lsn: Lsn, restoring: bool) -> MemoryTable {
+    fn with_state(dir: Option<PathBuf>, map: Map, lsn: Lsn) -> MemoryTable {
         MemoryTable {
             map: RwLock::new(Arc::new(map)),
             applied: AtomicU64::new(lsn.0),
             durable: AtomicU64::new(lsn.0),
-            restoring: AtomicBool::new(restoring),
-            writer: Mutex::new(()),
+            restoring: AtomicBool::new(false),
+            writer: Mutex::new(None),
             persist: Mutex::new(()),
             dir,
         }
@@ -139,7 +149,7 @@ impl MemoryTable {
         self.map.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+    fn lock_writer(&self) -> MutexGuard<'_, Option<Map>> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -207,6 +217,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     move |source| StorageError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Remove the restore marker in `dir` (if there) durably.
+fn remove_marker(dir: &Path) -> Result<()> {
+    let marker = dir.join(RESTORING_MARKER);
+    match fs::remove_file(&marker) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(&marker)(e)),
     }
 }
 
@@ -298,11 +318,8 @@ impl Table for MemoryTable {
 
     fn checkpoint(&self) -> Result<Lsn> {
         let _p = self.lock_persist();
-        if self.restoring.load(Ordering::Acquire) {
-            // Mid-restore the durable state is "restoring, empty"; a snapshot
-            // of a half-restored map must not replace it.
-            return Ok(self.durable_lsn());
-        }
+        // The live map only: a staged restore becomes durable when it is
+        // finished, by its own snapshot file.
         let (map, lsn) = self.current();
         if lsn == self.durable_lsn() {
             return Ok(lsn);
@@ -320,7 +337,7 @@ impl Table for MemoryTable {
     }
 
     fn begin_restore(&self) -> Result<()> {
-        let _w = self.lock_writer();
+        let mut staging = self.lock_writer();
         let _p = self.lock_persist();
         if let Some(dir) = &self.dir {
             let marker = dir.join(RESTORING_MARKER);
@@ -329,23 +346,18 @@ impl Table for MemoryTable {
                 .map_err(io_err(&marker))?;
             sync_dir(dir)?;
         }
-        let mut guard = self.write_map();
-        *guard = Arc::new(Map::new());
-        self.applied.store(0, Ordering::Release);
-        self.durable.store(0, Ordering::Release);
+        *staging = Some(Map::new());
         self.restoring.store(true, Ordering::Release);
         Ok(())
     }
 
     fn restore_chunk(&self, entries: &[(String, Versioned)]) -> Result<()> {
-        let _w = self.lock_writer();
-        if !self.restoring.load(Ordering::Acquire) {
+        let mut staging = self.lock_writer();
+        let Some(map) = staging.as_mut() else {
             return Err(not_restoring("restore_chunk"));
-        }
-        let mut guard = self.write_map();
-        let last = guard.last_key_value().map(|(k, _)| k.as_str());
+        };
+        let last = map.last_key_value().map(|(k, _)| k.as_str());
         check_restore_order(last, entries)?;
-        let map = Arc::make_mut(&mut guard);
         for (k, v) in entries {
             map.insert(k.clone(), v.clone());
         }
@@ -353,23 +365,44 @@ impl Table for MemoryTable {
     }
 
     fn finish_restore(&self, lsn: Lsn) -> Result<()> {
-        let _w = self.lock_writer();
+        let mut staging = self.lock_writer();
         let _p = self.lock_persist();
-        if !self.restoring.load(Ordering::Acquire) {
+        let Some(restored) = staging.take() else {
             return Err(not_restoring("finish_restore"));
-        }
+        };
         if let Some(dir) = &self.dir {
-            // Snapshot first, marker last: a crash in between still finds the
-            // marker and restarts the restore, which is safe.
-            let map = Arc::clone(&self.read_map());
-            self.write_snapshot(dir, lsn, &map)?;
-            let marker = dir.join(RESTORING_MARKER);
-            fs::remove_file(&marker).map_err(io_err(&marker))?;
-            sync_dir(dir)?;
+            // The rename inside is the durable switch: a crash before it
+            // reopens the old table, after it the restored one.
+            if let Err(e) = self.write_snapshot(dir, lsn, &restored) {
+                // Still staged: the caller may retry or abort.
+                *staging = Some(restored);
+                return Err(e);
+            }
         }
-        let _guard = self.write_map();
-        self.applied.store(lsn.0, Ordering::Release);
-        self.durable.store(lsn.0, Ordering::Release);
+        {
+            let mut guard = self.write_map();
+            *guard = Arc::new(restored);
+            self.applied.store(lsn.0, Ordering::Release);
+            self.durable.store(lsn.0, Ordering::Release);
+        }
+        self.restoring.store(false, Ordering::Release);
+        if let Some(dir) = &self.dir {
+            // Only a hint now (open ignores it but for a warning), so the
+            // restore is not failed over it.
+            if let Err(e) = remove_marker(dir) {
+                tracing::warn!(error = %e, "restore finished; could not remove its marker");
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_restore(&self) -> Result<()> {
+        let mut staging = self.lock_writer();
+        let _p = self.lock_persist();
+        if let Some(dir) = &self.dir {
+            remove_marker(dir)?;
+        }
+        *staging = None;
         self.restoring.store(false, Ordering::Release);
         Ok(())
     }
@@ -456,5 +489,30 @@ mod tests {
             MemoryTable::open(dir.path()),
             Err(StorageError::Corruption(_))
         ));
+    }
+
+    /// A crash after the restored snapshot file was renamed into place but
+    /// before the marker was removed: the file is the restored table, and
+    /// reopening serves it (the WAL restarts after it in the engine).
+    #[test]
+    fn marker_left_after_the_switch_reopens_the_restored_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = MemoryTable::open(dir.path()).unwrap();
+        t.begin_restore().unwrap();
+        let v = Versioned {
+            value: b"new".to_vec(),
+            lsn: Lsn(7),
+            epoch: replidb_core::Epoch(2),
+        };
+        t.restore_chunk(&[("k".to_string(), v.clone())]).unwrap();
+        t.finish_restore(Lsn(7)).unwrap();
+        assert!(!dir.path().join(RESTORING_MARKER).exists());
+        drop(t);
+        File::create(dir.path().join(RESTORING_MARKER)).unwrap();
+        let t = MemoryTable::open(dir.path()).unwrap();
+        assert!(!t.needs_restore());
+        assert_eq!(t.applied_lsn(), Lsn(7));
+        assert_eq!(t.get("k").unwrap(), Some(v));
+        assert!(!dir.path().join(RESTORING_MARKER).exists());
     }
 }

@@ -5,15 +5,25 @@
 //!   `lsn u64 LE | epoch u64 LE | value bytes`.
 //! - table `meta`: `&str -> u64` with `applied_lsn`, `restoring` (0/1),
 //!   `checkpoint_lsn` and `format_version`.
+//! - table `restore_staging` (same layout as `data`), only while `restoring`
+//!   is 1: the snapshot being installed.
 //!
 //! Every write transaction updates `data` and `meta.applied_lsn` together, so
 //! whatever commit redb recovers to, the file says exactly which log prefix it
 //! holds.
 //!
+//! Restore: `begin_restore` creates an empty `restore_staging` and sets
+//! `restoring = 1`; `restore_chunk` writes only there; `finish_restore`, in
+//! one transaction, deletes `data`, renames `restore_staging` to `data` and
+//! sets `applied_lsn`, `checkpoint_lsn` and `restoring = 0`. Readers run on
+//! redb's MVCC snapshots, so until that commit they see the old `data`, after
+//! it the new one. `open` drops a leftover `restore_staging`.
+//!
 //! Durability: `apply` and `restore_chunk` commit with [`Durability::None`]:
 //! visible to readers at once, no fsync, and after a crash redb reopens at the
-//! last durable commit as if they never happened (the WAL replays them).
-//! `checkpoint`, `begin_restore`, `finish_restore` and `open` commit with
+//! last durable commit as if they never happened (the WAL replays them; a
+//! staged restore is dropped anyway). `checkpoint`, `begin_restore`,
+//! `finish_restore`, `abort_restore` and `open` commit with
 //! [`Durability::Immediate`] and quick-repair on, which records redb's
 //! allocator state in that commit so reopening after a crash does not walk
 //! the whole file.
@@ -37,6 +47,8 @@ use crate::{
 
 const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Where a restore is staged until `finish_restore` renames it to `data`.
+const STAGING: TableDefinition<&str, &[u8]> = TableDefinition::new("restore_staging");
 const META_APPLIED: &str = "applied_lsn";
 const META_RESTORING: &str = "restoring";
 const META_CHECKPOINT: &str = "checkpoint_lsn";
@@ -52,6 +64,7 @@ pub struct RedbTable {
     /// Mirrors `meta.applied_lsn` of the latest commit, for cheap reads.
     applied: AtomicU64,
     durable: AtomicU64,
+    /// Mirrors `meta.restoring`: a staging table exists.
     restoring: AtomicBool,
     /// Serializes write transactions with their contiguity check and the
     /// update of the atomics, so those always match the last commit.
@@ -118,8 +131,9 @@ fn decode_value(key: &str, bytes: &[u8]) -> Result<Versioned> {
 
 impl RedbTable {
     /// Open or create the table file at `path` (its directory must exist).
-    /// The table comes back at its last durable commit; if a restore was
-    /// interrupted, it is cleared and [`Table::needs_restore`] is true.
+    /// The table comes back at its last durable commit. If a restore was
+    /// interrupted, its staging table is dropped and the table keeps its old
+    /// contents and `applied_lsn`; [`Table::needs_restore`] is false.
     pub fn open(path: &Path) -> Result<RedbTable> {
         let ctx = |what| Ctx { path, what };
         let db = Database::create(path).map_err(|e| ctx("opening database").map(e))?;
@@ -127,7 +141,12 @@ impl RedbTable {
             .begin_write()
             .map_err(|e| ctx("starting open transaction").map(e))?;
         txn.set_quick_repair(true);
-        let (applied, restoring) = {
+        // A staging table only exists while a restore is under way: any
+        // found now belongs to one a crash interrupted.
+        let staged = txn
+            .delete_table(STAGING)
+            .map_err(|e| ctx("dropping restore staging table").map(e))?;
+        let (applied, legacy_restore) = {
             // Opening a table in a write transaction creates it, so readers
             // can always open both afterwards.
             let mut meta = txn
@@ -138,11 +157,13 @@ impl RedbTable {
                     .map(|g| g.map(|g| g.value()))
                     .map_err(|e| ctx("reading meta table").map(e))
             };
+            let write = |meta: &mut redb::Table<&str, u64>, key, value| {
+                meta.insert(key, value)
+                    .map(drop)
+                    .map_err(|e| ctx("writing meta table").map(e))
+            };
             match read(&meta, META_VERSION)? {
-                None => {
-                    meta.insert(META_VERSION, FORMAT_VERSION)
-                        .map_err(|e| ctx("writing meta table").map(e))?;
-                }
+                None => write(&mut meta, META_VERSION, FORMAT_VERSION)?,
                 Some(FORMAT_VERSION) => {}
                 Some(v) => {
                     return Err(StorageError::Corruption(format!(
@@ -152,15 +173,29 @@ impl RedbTable {
                 }
             }
             let restoring = read(&meta, META_RESTORING)? == Some(1);
-            let applied = read(&meta, META_APPLIED)?.unwrap_or(0);
+            let mut applied = read(&meta, META_APPLIED)?.unwrap_or(0);
             if restoring {
-                meta.insert(META_APPLIED, 0)
-                    .map_err(|e| ctx("writing meta table").map(e))?;
+                write(&mut meta, META_RESTORING, 0)?;
             }
-            (if restoring { 0 } else { applied }, restoring)
+            // Marked but nothing staged: written by a build that restored
+            // into the data table itself (and set applied_lsn to 0 when it
+            // began), so the data table holds part of a snapshot.
+            let legacy = restoring && !staged;
+            if legacy {
+                write(&mut meta, META_APPLIED, 0)?;
+                applied = 0;
+            }
+            if restoring && !legacy {
+                tracing::warn!(
+                    path = %path.display(),
+                    applied_lsn = applied,
+                    "interrupted restore found; staged copy dropped, table unchanged"
+                );
+            }
+            (applied, legacy)
         };
-        if restoring {
-            tracing::warn!(path = %path.display(), "interrupted restore found; table cleared");
+        if legacy_restore {
+            tracing::warn!(path = %path.display(), "interrupted in-place restore found; table cleared");
             clear_data(&txn, &ctx("clearing data table"))?;
         } else {
             txn.open_table(DATA)
@@ -173,7 +208,7 @@ impl RedbTable {
             path: path.to_path_buf(),
             applied: AtomicU64::new(applied),
             durable: AtomicU64::new(applied),
-            restoring: AtomicBool::new(restoring),
+            restoring: AtomicBool::new(false),
             writer: Mutex::new(()),
         })
     }
@@ -235,8 +270,17 @@ impl RedbTable {
 
 /// Empty the data table (delete and recreate: cheaper than removing keys).
 fn clear_data(txn: &WriteTransaction, ctx: &Ctx<'_>) -> Result<()> {
-    txn.delete_table(DATA).map_err(|e| ctx.map(e))?;
-    txn.open_table(DATA).map_err(|e| ctx.map(e))?;
+    clear_table(txn, DATA, ctx)
+}
+
+/// Empty (creating if needed) `table`: delete and recreate.
+fn clear_table(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    ctx: &Ctx<'_>,
+) -> Result<()> {
+    txn.delete_table(table).map_err(|e| ctx.map(e))?;
+    txn.open_table(table).map_err(|e| ctx.map(e))?;
     Ok(())
 }
 
@@ -332,7 +376,9 @@ impl Table for RedbTable {
     fn checkpoint(&self) -> Result<Lsn> {
         let _w = self.lock_writer();
         let applied = self.applied_lsn();
-        if applied == self.durable_lsn() && !self.restoring.load(Ordering::Acquire) {
+        // A staged restore needs no checkpoint: it is dropped on open
+        // unless finished, and finishing is durable by itself.
+        if applied == self.durable_lsn() {
             return Ok(applied);
         }
         // An Immediate commit makes every earlier Durability::None commit
@@ -366,11 +412,9 @@ impl Table for RedbTable {
     fn begin_restore(&self) -> Result<()> {
         let _w = self.lock_writer();
         let txn = self.begin_write(Durability::Immediate)?;
-        clear_data(&txn, &self.ctx("clearing data table"))?;
-        self.set_meta(&txn, &[(META_APPLIED, 0), (META_RESTORING, 1)])?;
+        clear_table(&txn, STAGING, &self.ctx("clearing restore staging table"))?;
+        self.set_meta(&txn, &[(META_RESTORING, 1)])?;
         self.commit(txn)?;
-        self.applied.store(0, Ordering::Release);
-        self.durable.store(0, Ordering::Release);
         self.restoring.store(true, Ordering::Release);
         Ok(())
     }
@@ -380,22 +424,23 @@ impl Table for RedbTable {
         if !self.restoring.load(Ordering::Acquire) {
             return Err(not_restoring("restore_chunk"));
         }
-        // Not durable: until finish_restore the mark makes a crash start over.
+        // Not durable: a crash drops the staging table anyway.
         let txn = self.begin_write(Durability::None)?;
         {
-            let mut data = txn
-                .open_table(DATA)
-                .map_err(|e| self.ctx("opening data table").map(e))?;
-            let last = data
+            let mut staging = txn
+                .open_table(STAGING)
+                .map_err(|e| self.ctx("opening restore staging table").map(e))?;
+            let last = staging
                 .last()
-                .map_err(|e| self.ctx("reading last key").map(e))?
+                .map_err(|e| self.ctx("reading last staged key").map(e))?
                 .map(|(k, _)| k.value().to_string());
             check_restore_order(last.as_deref(), entries)?;
             let mut buf = Vec::new();
             for (key, v) in entries {
                 encode_value(&mut buf, &v.value, v.lsn, v.epoch);
-                data.insert(key.as_str(), buf.as_slice())
-                    .map_err(|e| self.ctx("restoring entries").map(e))?;
+                staging
+                    .insert(key.as_str(), buf.as_slice())
+                    .map_err(|e| self.ctx("staging restore entries").map(e))?;
             }
         }
         self.commit(txn)
@@ -406,7 +451,13 @@ impl Table for RedbTable {
         if !self.restoring.load(Ordering::Acquire) {
             return Err(not_restoring("finish_restore"));
         }
+        // One durable transaction: readers see the old data table up to
+        // this commit and the restored one after it, and a crash leaves
+        // one or the other.
         let txn = self.begin_write(Durability::Immediate)?;
+        let swap = self.ctx("swapping in the restored table");
+        txn.delete_table(DATA).map_err(|e| swap.map(e))?;
+        txn.rename_table(STAGING, DATA).map_err(|e| swap.map(e))?;
         self.set_meta(
             &txn,
             &[
@@ -418,6 +469,20 @@ impl Table for RedbTable {
         self.commit(txn)?;
         self.applied.store(lsn.0, Ordering::Release);
         self.durable.store(lsn.0, Ordering::Release);
+        self.restoring.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn abort_restore(&self) -> Result<()> {
+        let _w = self.lock_writer();
+        if !self.restoring.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let txn = self.begin_write(Durability::Immediate)?;
+        txn.delete_table(STAGING)
+            .map_err(|e| self.ctx("dropping restore staging table").map(e))?;
+        self.set_meta(&txn, &[(META_RESTORING, 0)])?;
+        self.commit(txn)?;
         self.restoring.store(false, Ordering::Release);
         Ok(())
     }
@@ -494,5 +559,55 @@ impl TableSnapshot for RedbSnapshot {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(lsn: u64, key: &str) -> Record {
+        Record {
+            lsn: Lsn(lsn),
+            epoch: Epoch(1),
+            hlc: Default::default(),
+            op: Op::Put {
+                key: key.into(),
+                value: b"v".to_vec(),
+            },
+        }
+    }
+
+    /// A file left by a build that restored into the data table itself:
+    /// marked restoring, applied_lsn 0, part of a snapshot in `data`, no
+    /// staging table. It must not reopen as a table that claims LSN 0 yet
+    /// holds keys.
+    #[test]
+    fn interrupted_in_place_restore_reopens_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::REDB_FILE_NAME);
+        drop(RedbTable::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_APPLIED, 0).unwrap();
+                meta.insert(META_RESTORING, 1).unwrap();
+                let mut data = txn.open_table(DATA).unwrap();
+                let mut buf = Vec::new();
+                encode_value(&mut buf, b"half", Lsn(9), Epoch(1));
+                data.insert("a", buf.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let t = RedbTable::open(&path).unwrap();
+        assert!(!t.needs_restore());
+        assert_eq!(t.applied_lsn(), Lsn(0));
+        assert!(t.is_empty().unwrap());
+        t.apply(&[put(1, "k")]).unwrap();
+        drop(t);
+        let t = RedbTable::open(&path).unwrap();
+        assert_eq!(t.get("k").unwrap().map(|v| v.lsn), Some(Lsn(1)));
     }
 }

@@ -502,7 +502,7 @@ async fn follower_behind_trimmed_wal_bootstraps_from_a_snapshot() {
 /// Expected: the old state keeps being served until the snapshot is
 /// switched in (or reads wait / fall back while restoring).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn known_bug_follower_never_serves_a_half_installed_snapshot() {
+async fn follower_never_serves_a_half_installed_snapshot() {
     let leader_args = [
         "--wal-segment-bytes",
         "4096",
