@@ -7,9 +7,6 @@
 //!
 //! Convergence is checked with `/internal/digest`: at equal `applied_lsn`
 //! every replica's table must be identical (DESIGN.md invariant 4).
-//!
-//! Tests whose name starts with `known_bug_` reproduce a reported server
-//! bug and fail until it is fixed.
 
 mod common;
 
