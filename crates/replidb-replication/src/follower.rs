@@ -382,18 +382,25 @@ impl Follower {
             let p = self.engine.positions();
             if (p.flush_lsn, p.applied_lsn) != acked {
                 acked = (p.flush_lsn, p.applied_lsn);
-                framed
-                    .send(Frame::Ack {
-                        flush_lsn: p.flush_lsn,
-                        applied_lsn: p.applied_lsn,
-                        lag_ms: self.lag_ms(),
-                    })
-                    .await?;
+                self.send_ack(&mut framed).await?;
             }
             if let Some(t) = sync_started.take() {
                 metrics::histogram!("replidb_replication_sync_duration_seconds", "node_id" => self.opts.node_id.clone()).record(t.elapsed().as_secs_f64());
             }
         }
+    }
+
+    /// Tell the leader where our log and table are.
+    async fn send_ack(&self, framed: &mut Framed<BoxIo, FrameCodec>) -> Result<()> {
+        let p = self.engine.positions();
+        framed
+            .send(Frame::Ack {
+                flush_lsn: p.flush_lsn,
+                applied_lsn: p.applied_lsn,
+                lag_ms: self.lag_ms(),
+            })
+            .await?;
+        Ok(())
     }
 
     async fn next_frame(&self, framed: &mut Framed<BoxIo, FrameCodec>) -> Result<Frame> {
@@ -482,14 +489,7 @@ impl Follower {
                 self.engine.adopt_history(epoch, history.clone()).await?;
                 self.st().snapshots_installed += 1;
                 tracing::info!(%lsn, "snapshot installed");
-                let p = self.engine.positions();
-                framed
-                    .send(Frame::Ack {
-                        flush_lsn: p.flush_lsn,
-                        applied_lsn: p.applied_lsn,
-                        lag_ms: self.lag_ms(),
-                    })
-                    .await?;
+                self.send_ack(framed).await?;
             }
             other => {
                 return Err(ReplicationError::Protocol(format!(

@@ -107,26 +107,12 @@ pub async fn put_key(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
-    let opts = write_opts(&node, &p)?;
-    check_key(&key)?;
     let value = read_body(body, node.config.max_value_bytes).await?;
-    let pq = path_and_query(&uri);
-    let origin = Origin {
-        method: Method::PUT,
-        path_and_query: &pq,
-        headers: &headers,
-        body: value.clone(),
-    };
-    if let Some(resp) = not_leader_response(&node, &origin).await? {
-        return Ok(resp);
-    }
     let op = Op::Put {
         key: key.clone(),
         value: value.to_vec(),
     };
-    let out = propose(&node, op, Vec::new(), opts).await?;
-    Ok(write_response(Some(&key), opts, &out))
+    write_key(&node, key, q, uri, headers, Method::PUT, value, op).await
 }
 
 /// `DELETE /v1/kv/{key}`.
@@ -137,20 +123,47 @@ pub async fn delete_key(
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let op = Op::Delete { key: key.clone() };
+    write_key(
+        &node,
+        key,
+        q,
+        uri,
+        headers,
+        Method::DELETE,
+        Default::default(),
+        op,
+    )
+    .await
+}
+
+/// The shared path of a single-key write: parameters, key check, leader
+/// check (307 or forward), propose, answer.
+#[allow(clippy::too_many_arguments)]
+async fn write_key(
+    node: &Node,
+    key: String,
+    q: Option<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    method: Method,
+    body: bytes::Bytes,
+    op: Op,
+) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
-    let opts = write_opts(&node, &p)?;
+    let opts = write_opts(node, &p)?;
     check_key(&key)?;
     let pq = path_and_query(&uri);
     let origin = Origin {
-        method: Method::DELETE,
+        method,
         path_and_query: &pq,
         headers: &headers,
-        body: Default::default(),
+        body,
     };
-    if let Some(resp) = not_leader_response(&node, &origin).await? {
+    if let Some(resp) = not_leader_response(node, &origin).await? {
         return Ok(resp);
     }
-    let out = propose(&node, Op::Delete { key: key.clone() }, Vec::new(), opts).await?;
+    let out = propose(node, op, Vec::new(), opts).await?;
     Ok(write_response(Some(&key), opts, &out))
 }
 

@@ -128,13 +128,8 @@ pub async fn read(
     let key = p
         .str("key")
         .ok_or_else(|| ApiError::bad_request("missing key"))?;
-    if node.leader().is_none() {
-        let pq = uri
-            .0
-            .path_and_query()
-            .map(|x| x.as_str().to_string())
-            .unwrap_or_default();
-        return proxy_to_leader(&node, Method::GET, &pq, &headers, Default::default()).await;
+    if let Some(resp) = proxy_if_follower(&node, &uri, &headers).await? {
+        return Ok(resp);
     }
     let v = node
         .engine
@@ -144,6 +139,25 @@ pub async fn read(
     let mut body = versioned_json(key, &v);
     body["node"] = json!(node.config.id);
     Ok(Json(body).into_response())
+}
+
+/// The seed reads are the leader's to answer: a follower relays them.
+async fn proxy_if_follower(
+    node: &Node,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+) -> ApiResult<Option<Response>> {
+    if node.leader().is_some() {
+        return Ok(None);
+    }
+    let pq = uri
+        .0
+        .path_and_query()
+        .map(|x| x.as_str().to_string())
+        .unwrap_or_default();
+    proxy_to_leader(node, Method::GET, &pq, headers, Default::default())
+        .await
+        .map(Some)
 }
 
 /// Followers in `/status` order (by id), as `(id, url)`.
@@ -174,13 +188,8 @@ pub async fn follower_read(
     let n = p
         .parse_as::<usize>("replica", "a follower number from 1")?
         .unwrap_or(1);
-    if node.leader().is_none() {
-        let pq = uri
-            .0
-            .path_and_query()
-            .map(|x| x.as_str().to_string())
-            .unwrap_or_default();
-        return proxy_to_leader(&node, Method::GET, &pq, &headers, Default::default()).await;
+    if let Some(resp) = proxy_if_follower(&node, &uri, &headers).await? {
+        return Ok(resp);
     }
     let list = followers(&node)?;
     let Some((id, url)) = n.checked_sub(1).and_then(|i| list.get(i)).cloned() else {
@@ -252,13 +261,8 @@ pub async fn read_with_repair(
         .str("key")
         .ok_or_else(|| ApiError::bad_request("missing key"))?
         .to_string();
-    if node.leader().is_none() {
-        let pq = uri
-            .0
-            .path_and_query()
-            .map(|x| x.as_str().to_string())
-            .unwrap_or_default();
-        return proxy_to_leader(&node, Method::GET, &pq, &headers, Default::default()).await;
+    if let Some(resp) = proxy_if_follower(&node, &uri, &headers).await? {
+        return Ok(resp);
     }
     let target = node.engine.positions().applied_lsn;
     let newest = node.engine.table().get(&key)?;
