@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{CoordinatorError, Result};
@@ -20,7 +21,7 @@ use crate::{CoordinatorError, Result};
 pub type LeaseId = i64;
 
 /// One key as etcd returns it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
     pub key: String,
@@ -35,7 +36,7 @@ pub struct KeyValue {
 }
 
 /// A comparison in a transaction.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compare {
     /// The key does not exist.
     Absent(String),
@@ -46,7 +47,7 @@ pub enum Compare {
 }
 
 /// An operation in a transaction.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
     /// Put `key = value`, optionally under a lease.
     Put(String, Vec<u8>, Option<LeaseId>),

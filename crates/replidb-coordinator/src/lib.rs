@@ -11,6 +11,13 @@
 //!   vanishes, the members agree on the best candidate ([`election`]) and it
 //!   takes the key in one compare-and-swap that also bumps the cluster epoch.
 //!
+//! The loop talks to etcd only through [`CoordStore`] (grant, keep-alive,
+//! revoke, put, get, range, transaction): [`EtcdClient`] implements it over
+//! etcd's JSON gateway, and `replidb-sim` implements it with a simulated
+//! etcd on a simulated network, so elections, leases and fencing run in the
+//! deterministic simulation unchanged. The loop reads time only through
+//! [`Member::now_ms`] and waits only with `tokio::time`.
+//!
 //! # Keys (under `/{cluster}/`)
 //! | key | lease | value |
 //! | --- | --- | --- |
@@ -35,10 +42,12 @@
 pub mod election;
 pub mod etcd;
 mod runner;
+pub mod store;
 
 pub use election::{choose, MemberInfo, NoWinner};
 pub use etcd::EtcdClient;
-pub use runner::{CoordinatorStatus, EtcdCoordinator, EtcdOptions};
+pub use runner::{CoordinatorStatus, EtcdCoordinator, EtcdOptions, LeaderKey};
+pub use store::CoordStore;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::election::{choose, MemberInfo};
 use crate::etcd::{Compare, EtcdClient, LeaseId, TxnOp};
+use crate::store::CoordStore;
 use crate::{CoordinatorError, Member, Result};
 
 /// Settings of the etcd coordinator.
@@ -71,7 +72,7 @@ pub struct CoordinatorStatus {
 
 /// Patroni-style automatic failover through etcd.
 pub struct EtcdCoordinator {
-    client: EtcdClient,
+    client: Arc<dyn CoordStore>,
     opts: EtcdOptions,
     member: Arc<dyn Member>,
     status: Mutex<CoordinatorStatus>,
@@ -88,16 +89,27 @@ struct Session {
 }
 
 impl EtcdCoordinator {
-    /// A coordinator for `member`.
+    /// A coordinator for `member`, talking to the etcd cluster at
+    /// `opts.endpoints`.
     pub fn new(opts: EtcdOptions, member: Arc<dyn Member>) -> Result<Arc<Self>> {
         let client = EtcdClient::new(opts.endpoints.clone(), Duration::from_millis(500))?;
-        Ok(Arc::new(EtcdCoordinator {
-            client,
+        Ok(Self::with_store(opts, Arc::new(client), member))
+    }
+
+    /// A coordinator for `member` on any [`CoordStore`] (a simulated etcd,
+    /// for instance); `opts.endpoints` is not used.
+    pub fn with_store(
+        opts: EtcdOptions,
+        store: Arc<dyn CoordStore>,
+        member: Arc<dyn Member>,
+    ) -> Arc<Self> {
+        Arc::new(EtcdCoordinator {
+            client: store,
             opts,
             member,
             status: Mutex::new(CoordinatorStatus::default()),
             lease: Mutex::new(None),
-        }))
+        })
     }
 
     fn key(&self, rest: &str) -> String {
@@ -205,6 +217,20 @@ impl EtcdCoordinator {
                         let n = self.client.get_prefix(&self.key("nodes/")).await?.len();
                         self.member.set_cluster_size(n);
                     }
+                    self.set_deadline(s.valid_until_ms);
+                } else if l.id == info.id && kv.lease == lease {
+                    // The key is ours, under our live lease, but we do not
+                    // lead: an election we won whose answer was lost, or a
+                    // promote that failed. Finish it rather than leave the
+                    // cluster without a leader until the lease lapses.
+                    tracing::warn!(
+                        epoch = l.epoch,
+                        "leader key is ours but we do not lead; promoting"
+                    );
+                    self.member
+                        .promote(Epoch(l.epoch))
+                        .await
+                        .map_err(CoordinatorError::Refused)?;
                     self.set_deadline(s.valid_until_ms);
                 } else {
                     self.set_deadline(0);

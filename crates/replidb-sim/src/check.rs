@@ -1,24 +1,33 @@
 //! The invariants checked at the end of every run.
 //!
+//! "The leader" is the fixed leader, or with an elected one the node that
+//! leads at the end of the run.
+//!
 //! 1. **Logs are prefixes**: every follower's WAL, record by record, equals
 //!    the leader's at the same LSNs (read with `WalReader::read_range`).
-//! 2. **Equal state at equal LSNs**: every table digest a follower had at an
-//!    applied LSN equals the leader's digest at that LSN.
-//! 3. **`w=majority` writes survive**: each write the leader acknowledged at
+//! 2. **Equal state at equal LSNs**: every table digest any node had at an
+//!    applied LSN equals every other node's digest at that LSN (of the same
+//!    history: digests are keyed by the LSN and its record's epoch, so a
+//!    rewound record is not compared with the one that replaced it).
+//! 3. **`w=majority` writes survive**: each write a leader acknowledged at
 //!    `w=majority` is, byte for byte, in the WAL of a majority of nodes (of
-//!    every node, once the cluster converged).
+//!    every node, once the cluster converged), the final leader's included.
 //! 4. **Convergence**: after the last fault healed, every follower reached
 //!    the leader's last LSN with the leader's digest.
-//! 5. **Crashes lose nothing durable**: a restarted follower's flush LSN is
+//! 5. **Crashes lose nothing durable**: a restarted node's flush LSN is
 //!    at least what it had published before the crash (checked as the node
-//!    restarts, reported here).
+//!    restarts, reported here); no leader refused a write it should take,
+//!    and (elected) never were two leaders writable at once.
+//! 6. **One writer per epoch** (elected leader only): every epoch was won
+//!    by one node, epochs grow with every election, and every accepted
+//!    write of an epoch was made by the node that won it.
 
 use std::collections::BTreeMap;
 
 use replidb_core::{Lsn, Op, Record, WriteConcern};
 use replidb_engine::Engine;
 
-use crate::cluster::{Shared, LEADER};
+use crate::cluster::Shared;
 use crate::SimConfig;
 
 /// The verdict on one invariant.
@@ -58,13 +67,14 @@ pub fn run(shared: &Shared, cfg: &SimConfig, runtime: &[String]) -> Vec<Check> {
             Err(e) => read_errors.push(format!("{name}: cannot read its WAL: {e}")),
         }
     }
-    let leader_log = logs.get(LEADER).cloned().unwrap_or_default();
+    let leader = shared.leader_name().unwrap_or_default();
+    let leader_log = logs.get(&leader).cloned().unwrap_or_default();
     let by_lsn: BTreeMap<u64, &Record> = leader_log.iter().map(|r| (r.lsn.0, r)).collect();
 
     // 1. Prefixes.
     let mut problems = read_errors;
     let mut compared = 0usize;
-    for (name, log) in logs.iter().filter(|(n, _)| n.as_str() != LEADER) {
+    for (name, log) in logs.iter().filter(|(n, _)| **n != leader) {
         for r in log {
             compared += 1;
             match by_lsn.get(&r.lsn.0) {
@@ -92,16 +102,24 @@ pub fn run(shared: &Shared, cfg: &SimConfig, runtime: &[String]) -> Vec<Check> {
         format!("{compared} follower records compared"),
     )];
 
-    // 2. Digests at equal LSNs.
+    // 2. Digests at equal LSNs (and epochs): each compared with the first
+    // node's digest of the same point.
+    let mut by_point: BTreeMap<(u64, u64), Vec<(&String, &String)>> = BTreeMap::new();
     let digests = shared.digests();
+    for ((node, lsn, epoch), d) in &digests {
+        by_point.entry((*lsn, *epoch)).or_default().push((node, d));
+    }
     let mut problems = Vec::new();
     let mut compared = 0usize;
-    for ((node, lsn), d) in digests.iter().filter(|((n, _), _)| n != LEADER) {
-        if let Some(ld) = digests.get(&(LEADER.to_string(), *lsn)) {
+    for ((lsn, _), nodes) in &by_point {
+        let Some((first, reference)) = nodes.first() else {
+            continue;
+        };
+        for (node, d) in &nodes[1..] {
             compared += 1;
-            if ld != d {
+            if d != reference {
                 problems.push(format!(
-                    "{node}'s table at lsn {lsn} differs from the leader's"
+                    "{node}'s table at lsn {lsn} differs from {first}'s"
                 ));
             }
         }
@@ -131,9 +149,17 @@ pub fn run(shared: &Shared, cfg: &SimConfig, runtime: &[String]) -> Vec<Check> {
                 })
             })
             .count();
+        let on_leader = leader_log.iter().any(|r| {
+            r.lsn == Lsn(*lsn)
+                && matches!(&r.op, Op::Put { key: k, value: v } if k == key && v == value.as_bytes())
+        });
         if holders < need {
             problems.push(format!(
                 "w=majority write lsn {lsn} ({key}) is on {holders} of {voters} nodes, expected {need}"
+            ));
+        } else if !on_leader {
+            problems.push(format!(
+                "w=majority write lsn {lsn} ({key}) is not on the final leader {leader}"
             ));
         }
     }
@@ -171,7 +197,61 @@ pub fn run(shared: &Shared, cfg: &SimConfig, runtime: &[String]) -> Vec<Check> {
         other,
         "checked at every restart and write".to_string(),
     ));
+    if shared.elected {
+        checks.push(one_writer_per_epoch(shared));
+    }
     checks
+}
+
+/// Invariant 6: who won each epoch, and who wrote in it.
+fn one_writer_per_epoch(shared: &Shared) -> Check {
+    let promotions = shared.promotions();
+    let mut problems = Vec::new();
+    let mut winner: BTreeMap<u64, &String> = BTreeMap::new();
+    let mut last = 0u64;
+    for (t, node, epoch) in &promotions {
+        if *epoch <= last {
+            problems.push(format!(
+                "{node} won epoch {epoch} at {t}ms, after epoch {last} had been won"
+            ));
+        }
+        last = last.max(*epoch);
+        if let Some(other) = winner.insert(*epoch, node) {
+            if other != node {
+                problems.push(format!("epoch {epoch} was won by {other} and by {node}"));
+            }
+        }
+    }
+    let outcome = shared.outcome();
+    let mut writers: BTreeMap<u64, &String> = BTreeMap::new();
+    for (node, epoch, lsn) in &outcome.accepted {
+        match winner.get(epoch) {
+            Some(w) if *w == node => {}
+            Some(w) => problems.push(format!(
+                "{node} accepted lsn {lsn} in epoch {epoch}, which {w} won"
+            )),
+            None => problems.push(format!(
+                "{node} accepted lsn {lsn} in epoch {epoch}, which nobody won"
+            )),
+        }
+        if let Some(other) = writers.insert(*epoch, node) {
+            if other != node {
+                problems.push(format!("{other} and {node} both wrote in epoch {epoch}"));
+            }
+        }
+    }
+    let epochs: Vec<String> = winner.iter().map(|(e, n)| format!("{e}:{n}")).collect();
+    verdict(
+        "one writer per epoch, epochs increase",
+        problems,
+        format!(
+            "{} elections (epoch:winner {}), {} writes in {} epochs",
+            promotions.len(),
+            epochs.join(" "),
+            outcome.accepted.len(),
+            writers.len()
+        ),
+    )
 }
 
 fn verdict(name: &'static str, problems: Vec<String>, ok_detail: String) -> Check {

@@ -1,7 +1,8 @@
-//! The simulated hosts: one leader and N followers, each running the real
-//! engine and replication code on its own turmoil host, plus the state the
-//! hosts, the client and the fault driver share (the registry of running
-//! nodes and the event log the story is printed from).
+//! The simulated hosts with a fixed leader: one leader and N followers,
+//! each running the real engine and replication code on its own turmoil
+//! host (an elected cluster's hosts are in [`crate::node`]), plus the state
+//! the hosts, the client and the fault driver share (the registry of
+//! running nodes and the event log the story is printed from).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,101 +40,7 @@ pub struct NodeHandle {
     pub follower: Option<Arc<Follower>>,
 }
 
-/// Something worth a line in the story. Times are ms since the run began.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    /// The leader made a write durable and applied it.
-    Persisted {
-        /// Key written.
-        key: String,
-        /// Value written.
-        value: String,
-        /// Its LSN.
-        lsn: u64,
-        /// Requested write concern.
-        majority: bool,
-    },
-    /// A `w=majority` wait ended.
-    MajorityAck {
-        /// The write's LSN.
-        lsn: u64,
-        /// Nodes holding it durably.
-        acks: usize,
-        /// Nodes needed.
-        needed: usize,
-        /// Voting nodes.
-        voters: usize,
-        /// Whether the concern was met in time.
-        met: bool,
-        /// How long the client waited.
-        waited_ms: u64,
-    },
-    /// A follower applied records.
-    Applied {
-        /// Follower.
-        node: String,
-        /// First LSN of the batch.
-        from: u64,
-        /// Last LSN of the batch.
-        to: u64,
-        /// Keys it wrote (first few).
-        keys: Vec<String>,
-        /// Smallest persist→apply lag in the batch.
-        lag_min: u64,
-        /// Largest persist→apply lag in the batch.
-        lag_max: u64,
-    },
-    /// A client read on a follower.
-    Read(ReadEvent),
-    /// A fault began or ended.
-    Fault(String),
-    /// A restarted node came back.
-    Recovered {
-        /// Node.
-        node: String,
-        /// Its flush LSN after recovery.
-        flush: u64,
-        /// Its applied LSN after recovery.
-        applied: u64,
-    },
-    /// Every follower holds the leader's log and state.
-    Converged {
-        /// The common LSN.
-        lsn: u64,
-    },
-}
-
-/// What one follower read saw; the read-your-writes costs are computed
-/// from these afterwards.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReadEvent {
-    /// Follower asked.
-    pub node: String,
-    /// Key read.
-    pub key: String,
-    /// LSN of the client's own latest write of this key.
-    pub expected: u64,
-    /// The client's session token: the LSN of its latest write of any key.
-    pub token: u64,
-    /// When the client last wrote (ms).
-    pub last_write_ms: u64,
-    /// LSN of the version the follower returned (0 = absent); `None` if
-    /// the follower was down.
-    pub seen: Option<u64>,
-    /// Value returned, if any.
-    pub value: Option<String>,
-    /// Follower's applied LSN at the read.
-    pub applied: u64,
-}
-
-/// One line of the story.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// ms since the run began.
-    pub t_ms: u64,
-    /// What happened.
-    pub kind: EventKind,
-}
+pub use crate::events::{Event, EventKind, ReadEvent};
 
 /// State shared by the hosts, the client and the driver.
 pub struct Shared {
@@ -143,9 +50,15 @@ pub struct Shared {
     events: Mutex<Vec<Event>>,
     /// `(node, lsn)` → when that node first had `lsn` applied.
     applied_at: Mutex<BTreeMap<(String, u64), u64>>,
-    /// `(node, applied lsn)` → table digest at that point.
-    digests: Mutex<BTreeMap<(String, u64), String>>,
-    /// Per-follower fault switches.
+    /// `(node, applied lsn, epoch of the record at that lsn)` → table
+    /// digest at that point. The epoch tells apart two histories that share
+    /// an LSN (a record later rewound, and the one that replaced it).
+    digests: Mutex<BTreeMap<(String, u64, u64), String>>,
+    /// Whether the leader is elected (nodes `n1`..) rather than fixed.
+    pub elected: bool,
+    /// Every election won: `(ms, node, epoch)`, in the order they happened.
+    promotions: Mutex<Vec<(u64, String, u64)>>,
+    /// Per-follower (elected: per-node) fault switches.
     pub links: BTreeMap<String, Arc<LinkFaults>>,
     /// Flush LSN of each follower just before it crashed.
     pub flushed_before_crash: Mutex<BTreeMap<String, u64>>,
@@ -164,6 +77,8 @@ pub struct Shared {
 pub struct ClientOutcome {
     /// `(lsn, key, value)` of writes acknowledged at `w=majority`.
     pub majority_acked: Vec<(u64, String, String)>,
+    /// `(node, epoch, lsn)` of every write a leader accepted.
+    pub accepted: Vec<(String, u64, u64)>,
     /// Writes the leader made durable.
     pub writes: usize,
     /// When the last write was persisted (ms).
@@ -186,8 +101,10 @@ impl Shared {
             events: Mutex::default(),
             applied_at: Mutex::default(),
             digests: Mutex::default(),
+            elected: cfg.faults.elected(),
+            promotions: Mutex::default(),
             links: cfg
-                .follower_names()
+                .read_targets()
                 .into_iter()
                 .map(|n| (n, Arc::new(LinkFaults::default())))
                 .collect(),
@@ -241,7 +158,7 @@ impl Shared {
         lock(&self.nodes).clone()
     }
 
-    fn register(&self, name: &str, h: NodeHandle) {
+    pub(crate) fn register(&self, name: &str, h: NodeHandle) {
         lock(&self.nodes).insert(name.to_string(), h);
     }
 
@@ -260,11 +177,44 @@ impl Shared {
             .copied()
     }
 
-    /// Record the table digest of `node` at `lsn`.
-    pub fn record_digest(&self, node: &str, lsn: u64, digest: String) {
+    /// Record the table digest of `node` at `lsn` (whose record is of
+    /// `epoch`).
+    pub fn record_digest(&self, node: &str, lsn: u64, epoch: u64, digest: String) {
         lock(&self.digests)
-            .entry((node.to_string(), lsn))
+            .entry((node.to_string(), lsn, epoch))
             .or_insert(digest);
+    }
+
+    /// Record that `node` won the election for `epoch`.
+    pub(crate) fn record_promotion(&self, node: &str, epoch: u64) {
+        let t = self.now();
+        lock(&self.promotions).push((t, node.to_string(), epoch));
+    }
+
+    /// Every election won: `(ms, node, epoch)`.
+    pub fn promotions(&self) -> Vec<(u64, String, u64)> {
+        lock(&self.promotions).clone()
+    }
+
+    /// The node that leads now: the fixed leader, or (elected) the
+    /// running node whose leader accepts writes, else the running leader
+    /// of the highest epoch.
+    pub fn leader_name(&self) -> Option<String> {
+        let nodes = lock(&self.nodes);
+        if !self.elected {
+            return nodes.contains_key(LEADER).then(|| LEADER.to_string());
+        }
+        let leaders = || {
+            nodes
+                .iter()
+                .filter_map(|(n, h)| h.leader.as_ref().map(|l| (n, l)))
+        };
+        if let Some((n, _)) = leaders().find(|(_, l)| l.writable().is_ok()) {
+            return Some(n.clone());
+        }
+        leaders()
+            .max_by_key(|(_, l)| l.epoch())
+            .map(|(n, _)| n.clone())
     }
 
     /// A copy of the client's outcome.
@@ -277,14 +227,14 @@ impl Shared {
     }
 
     /// Every recorded digest.
-    pub fn digests(&self) -> BTreeMap<(String, u64), String> {
+    pub fn digests(&self) -> BTreeMap<(String, u64, u64), String> {
         lock(&self.digests).clone()
     }
 }
 
 /// Engine options of every simulated node: the in-memory table, the real
 /// WAL in the run's temp directory, blocking IO inline.
-fn engine_options(dir: PathBuf, node: &str) -> EngineOptions {
+pub(crate) fn engine_options(dir: PathBuf, node: &str) -> EngineOptions {
     let mut o = EngineOptions::new(dir, node);
     o.backend = Backend::Memory;
     o.inline_io = true;
@@ -299,7 +249,7 @@ fn engine_options(dir: PathBuf, node: &str) -> EngineOptions {
     o
 }
 
-type HostResult = turmoil::Result;
+pub(crate) type HostResult = turmoil::Result;
 
 /// The leader's software: open (or recover) the engine, start epoch 1 on a
 /// fresh log, and serve replication streams.
@@ -323,7 +273,7 @@ pub(crate) async fn leader_host(shared: Arc<Shared>, dir: PathBuf, voters: usize
         },
     );
     tokio::spawn(checkpoints(engine));
-    serve_replication(leader).await?;
+    serve_replication(move || Some(leader.clone())).await?;
     Ok(())
 }
 
@@ -337,22 +287,7 @@ pub(crate) async fn follower_host(
     index: u64,
 ) -> HostResult {
     let clock: Arc<dyn Clock> = shared.clock.clone();
-    let engine = Engine::open(engine_options(dir, &name), clock.clone()).await?;
-    let pos = engine.positions();
-    let before = lock(&shared.flushed_before_crash).get(&name).copied();
-    if let Some(before) = before {
-        shared.event(EventKind::Recovered {
-            node: name.clone(),
-            flush: pos.flush_lsn.0,
-            applied: pos.applied_lsn.0,
-        });
-        if pos.flush_lsn.0 < before {
-            shared.violation(format!(
-                "{name} lost durable records in a crash: flush lsn {before} before, {} after recovery",
-                pos.flush_lsn.0
-            ));
-        }
-    }
+    let engine = open_engine(&shared, dir, &name).await?;
     let mut fopts = FollowerOptions::new(name.clone(), format!("http://{name}:{PORT}"));
     fopts.delay = cfg.lag;
     fopts.backoff_base = Duration::from_millis(200);
@@ -377,7 +312,44 @@ pub(crate) async fn follower_host(
     Ok(())
 }
 
-async fn checkpoints(engine: Arc<Engine>) {
+/// Open (or recover) `name`'s engine; after a crash, tell what recovery
+/// found and check that nothing it had flushed was lost.
+pub(crate) async fn open_engine(
+    shared: &Shared,
+    dir: PathBuf,
+    name: &str,
+) -> Result<Arc<Engine>, replidb_engine::EngineError> {
+    let clock: Arc<dyn Clock> = shared.clock.clone();
+    let engine = Engine::open(engine_options(dir, name), clock).await?;
+    let pos = engine.positions();
+    let before = lock(&shared.flushed_before_crash).get(name).copied();
+    if let Some(before) = before {
+        shared.event(EventKind::Recovered {
+            node: name.to_string(),
+            flush: pos.flush_lsn.0,
+            applied: pos.applied_lsn.0,
+        });
+        if pos.flush_lsn.0 < before {
+            shared.violation(format!(
+                "{name} lost durable records in a crash: flush lsn {before} before, {} after recovery",
+                pos.flush_lsn.0
+            ));
+        }
+    }
+    Ok(engine)
+}
+
+/// Epoch of the record at `lsn` in `engine`'s log (0 if unreadable).
+fn epoch_at(engine: &Engine, lsn: u64) -> u64 {
+    engine
+        .wal_reader()
+        .read_range(Lsn(lsn), 1)
+        .ok()
+        .and_then(|r| r.first().map(|r| r.epoch.0))
+        .unwrap_or(0)
+}
+
+pub(crate) async fn checkpoints(engine: Arc<Engine>) {
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
         // Keep the whole WAL (retain from 0): the checks compare logs
@@ -390,7 +362,7 @@ async fn checkpoints(engine: Arc<Engine>) {
 
 /// Log every apply on `node` with its persist→apply lag, and the table
 /// digest at each applied LSN.
-async fn watch_applies(shared: Arc<Shared>, engine: Arc<Engine>, node: String) {
+pub(crate) async fn watch_applies(shared: Arc<Shared>, engine: Arc<Engine>, node: String) {
     let mut rx = engine.subscribe();
     // A restarted node starts from what recovery applied: those records
     // were applied (or are now) without a story line of their own.
@@ -398,7 +370,7 @@ async fn watch_applies(shared: Arc<Shared>, engine: Arc<Engine>, node: String) {
     if last > 0 {
         let now = shared.now();
         if let Ok(d) = engine.table().digest() {
-            shared.record_digest(&node, last, d);
+            shared.record_digest(&node, last, epoch_at(&engine, last), d);
         }
         let mut at = lock(&shared.applied_at);
         for lsn in 1..=last {
@@ -407,12 +379,23 @@ async fn watch_applies(shared: Arc<Shared>, engine: Arc<Engine>, node: String) {
     }
     loop {
         let applied = rx.borrow_and_update().applied_lsn.0;
+        // A rewind that rebuilt the table starts applying from scratch.
+        last = last.min(applied);
         if applied > last {
             let now = shared.now();
             // Synchronous from here on: with inline IO the writer cannot
             // run in between, so the digest is the state at `applied`.
             if let Ok(d) = engine.table().digest() {
-                shared.record_digest(&node, applied, d);
+                shared.record_digest(&node, applied, epoch_at(&engine, applied), d);
+            }
+            // A leader applies its own writes: not a story line.
+            let leading = shared.node(&node).is_some_and(|h| h.leader.is_some());
+            if leading {
+                last = applied;
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
             }
             let from = last + 1;
             let records = engine

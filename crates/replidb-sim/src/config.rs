@@ -20,7 +20,11 @@ pub enum FaultMode {
     /// Slow links (turmoil latency) and duplicated or cut replication
     /// streams (the fault transport, see [`crate::net`]).
     Delay,
-    /// All of the above.
+    /// Leader failover: crash the leader, or cut it off from every node
+    /// and from etcd, then restart or heal it. Nodes `n1`.. elect their
+    /// leader through a simulated etcd (the real `EtcdCoordinator` loop).
+    Failover,
+    /// All of the above (with an elected leader).
     All,
 }
 
@@ -32,8 +36,15 @@ impl FaultMode {
             FaultMode::Partition => "partition",
             FaultMode::Crash => "crash",
             FaultMode::Delay => "delay",
+            FaultMode::Failover => "failover",
             FaultMode::All => "all",
         }
+    }
+
+    /// Whether the cluster elects its leader through the simulated etcd
+    /// (nodes `n1`..) rather than running a fixed `leader`.
+    pub fn elected(self) -> bool {
+        matches!(self, FaultMode::Failover | FaultMode::All)
     }
 
     pub(crate) fn partitions(self) -> bool {
@@ -57,7 +68,7 @@ impl fmt::Display for FaultMode {
 
 /// An unknown `--faults` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown fault mode {0:?}: expected none, partition, crash, delay or all")]
+#[error("unknown fault mode {0:?}: expected none, partition, crash, delay, failover or all")]
 pub struct FaultModeError(pub String);
 
 impl FromStr for FaultMode {
@@ -68,6 +79,7 @@ impl FromStr for FaultMode {
             "partition" => FaultMode::Partition,
             "crash" => FaultMode::Crash,
             "delay" => FaultMode::Delay,
+            "failover" => FaultMode::Failover,
             "all" => FaultMode::All,
             other => return Err(FaultModeError(other.to_string())),
         })
@@ -80,7 +92,8 @@ pub struct SimConfig {
     /// Seed of everything random: workload, faults, network latency, the
     /// followers' delay samplers.
     pub seed: u64,
-    /// Number of followers (the leader is one more node).
+    /// Number of followers (the leader is one more node; with an elected
+    /// leader, the cluster is `followers + 1` nodes `n1`..).
     pub followers: usize,
     /// Artificial apply lag of each follower (`--replication-delay`).
     pub lag: DurationRange,
@@ -148,6 +161,28 @@ impl SimConfig {
     pub(crate) fn follower_names(&self) -> Vec<String> {
         (1..=self.followers).map(|i| format!("f{i}")).collect()
     }
+
+    /// Names of the hosts that replicate: `leader`, `f1`.. with a fixed
+    /// leader; `n1`, `n2`.. with an elected one.
+    pub(crate) fn node_names(&self) -> Vec<String> {
+        if self.faults.elected() {
+            (1..=self.followers + 1).map(|i| format!("n{i}")).collect()
+        } else {
+            let mut v = vec![crate::cluster::LEADER.to_string()];
+            v.extend(self.follower_names());
+            v
+        }
+    }
+
+    /// The hosts clients read from: the followers with a fixed leader,
+    /// every node with an elected one (any of them may lead).
+    pub(crate) fn read_targets(&self) -> Vec<String> {
+        if self.faults.elected() {
+            self.node_names()
+        } else {
+            self.follower_names()
+        }
+    }
 }
 
 /// `250ms`, `2s`: the shortest exact spelling.
@@ -166,7 +201,7 @@ mod tests {
 
     #[test]
     fn fault_modes_round_trip() {
-        for m in ["none", "partition", "crash", "delay", "all"] {
+        for m in ["none", "partition", "crash", "delay", "failover", "all"] {
             assert_eq!(m.parse::<FaultMode>().unwrap().as_str(), m);
         }
         assert!("chaos".parse::<FaultMode>().is_err());

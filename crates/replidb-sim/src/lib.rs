@@ -3,9 +3,11 @@
 //! Seed 000 was a Go program that simulated one leader and three followers
 //! with artificial lag and logged how clients saw stale reads and then
 //! eventual consistency. This crate tells the same story, but with
-//! replidb's own code: a run starts one leader and N followers as hosts of
-//! a [turmoil] simulation, in one process and one thread, on a simulated
-//! network and clock, and the same seed prints the same bytes every time.
+//! replidb's own code: a run starts one leader and N followers (or, with
+//! `--faults failover|all`, N + 1 nodes that elect their leader through a
+//! simulated etcd) as hosts of a [turmoil] simulation, in one process and
+//! one thread, on a simulated network and clock, and the same seed prints
+//! the same bytes every time.
 //!
 //! # What is real, what is simulated
 //! Real, unchanged: the write-ahead log (`replidb-wal`, real files in a
@@ -17,6 +19,12 @@
 //! the frame codec, `client_handshake`, `decide_start`, write-concern
 //! tracking (`Leader::wait_for`), backoff and the followers' artificial
 //! apply delay (`FollowerOptions::delay`, seeded by `FollowerOptions::seed`).
+//! With an elected leader also the coordinator: `replidb-coordinator`'s
+//! `EtcdCoordinator` loop unchanged (session lease and keep-alives, member
+//! records, `election::choose`, the compare-and-swap that takes the leader
+//! key and bumps the epoch, the write deadline that fences a leader), the
+//! leader's `writable()` check, `begin_epoch`/`adopt_history`, and the
+//! follower's rewind of divergent records to `rollback/`.
 //!
 //! Simulated: the network ([`net`]: turmoil's TCP between host names
 //! `leader`, `f1`.., with 1–10 ms one-way latency, behind the protocol's
@@ -24,7 +32,15 @@
 //! every timer is tokio's paused clock driven by turmoil, and the protocol's
 //! `Clock` reads turmoil's elapsed time from a fixed epoch), the client
 //! ([`workload`]: it calls the engines directly; the HTTP API is not part
-//! of the simulation), and faults ([`faults`]).
+//! of the simulation), faults ([`faults`]), and etcd: [`coordinator`] is
+//! an in-memory store with etcd's semantics (revisions, leases that expire
+//! `ttl` after the last keep-alive on the simulated clock and take their
+//! keys with them, compare-and-swap transactions), served by an `etcd`
+//! host over turmoil TCP ([`etcd`]); each node's coordinator reaches it
+//! through `SimEtcdClient`, the simulation's `CoordStore`, so a partition
+//! between a node and `etcd` cuts that node off from its lease exactly as
+//! in reality. [`node`] is what the coordinator drives: the same
+//! promote/follow steps as the server's `Node`.
 //!
 //! # A run
 //! The client waits until every follower streams, then makes `--writes`
@@ -38,7 +54,7 @@
 //! falling back to the leader, or reading from the leader for a window
 //! after each write).
 //!
-//! # Faults (`--faults none|partition|crash|delay|all`)
+//! # Faults (`--faults none|partition|crash|delay|failover|all`)
 //! A schedule drawn from the seed, never two faults at once on one
 //! follower: **partition** cuts leader↔follower both ways (turmoil
 //! `partition`/`repair`; the stream stalls, the follower's idle timeout
@@ -55,11 +71,30 @@
 //! is injected at the frame level) and now and then cuts the stream so the
 //! leader replays from the follower's flush LSN.
 //!
+//! **failover** (and **all**, whose cluster is elected too) targets whoever
+//! leads when the fault begins: **crash leader** (restarted later: it
+//! recovers, learns the new leader from etcd, follows it and rewinds what
+//! it wrote that nobody else kept) or **isolate leader** (cut from every
+//! node *and* from etcd: its keep-alives time out, its write deadline
+//! passes and it refuses writes, etcd expires its lease and the others
+//! elect a successor; healed, it steps down and rewinds). A leader cut off
+//! for less than the lease keeps it, or is fenced briefly and renews in
+//! time. Under **all**, partitions, crashes and slow links hit any node,
+//! the leader included. The client writes only through a node whose
+//! `Leader::writable()` is `Ok`, waits while none is, and stands next to
+//! every node, so it can still reach an isolated leader: only fencing
+//! stops it from writing there. With an elected leader the pauses between
+//! writes stretch so that writes go on until the last fault heals.
+//!
 //! # Invariants (see [`check`])
 //! Follower logs are prefixes of the leader's; table digests are equal at
 //! equal LSNs; every write acknowledged at `w=majority` is on a majority
 //! (on every node once converged); the cluster converges after the faults
-//! heal; a restarted follower keeps everything it had flushed. A failed
+//! heal; a restarted follower keeps everything it had flushed. With an
+//! elected leader, "the leader" is the one at the end, every acknowledged
+//! `w=majority` write must be on it, and: each epoch was won by one node
+//! and every write of an epoch was made by its winner, epochs grow with
+//! every election, and never are two leaders writable at once. A failed
 //! invariant prints `result: FAIL, reproduce with: replidb simulate --seed
 //! S ...` and the command exits non-zero.
 //!
@@ -74,7 +109,9 @@
 //!
 //! Determinism rests on: turmoil's seeded RNG and fixed host order;
 //! seeded `StdRng`s for the workload, the fault schedule, the delay
-//! samplers and the fault layer; link latency drawn per link by the
+//! samplers and the fault layer; etcd's lease ids start at a constant and
+//! it expires leases on the simulated clock; link latency (of every link,
+//! the ones to `etcd` included) drawn per link by the
 //! driver and set as a fixed value every 50 ms instead of sampled per
 //! message (tokio wakes the receivers of one `watch` change in a
 //! randomised order, and the leader's sessions all watch the engine, so
@@ -85,9 +122,19 @@
 //! the output (`replidb simulate` drops tracing unless `RUST_LOG` is set).
 //! The tests run seeds twice in one process and compare the bytes.
 //!
+//! # What the simulation found
+//! `Leader::wait_for` acknowledged a `w=majority` write whose last ack
+//! arrived after the leader had been fenced and a successor elected
+//! without the record, which the successor's followers then rewound
+//! (`--seed 50 --faults failover`, before the fix): a write is now
+//! acknowledged only while its leader still holds its lease.
+//!
 //! # Left out
-//! Leader crashes and failover (no coordinator yet: [`coordinator`] is the
-//! extension point); the HTTP layer and the router; machine crashes that
+//! etcd's own failures (one `etcd` host that never crashes; no etcd leader
+//! changes, no watch: the coordinator polls); the static coordinator's
+//! `/admin/promote` and `/admin/fence`, and planned switchover; a
+//! partition that cuts a node from etcd but not from the others, alone;
+//! the HTTP layer and the router; machine crashes that
 //! lose the OS page cache (the WAL writes real files; a crash here is a
 //! process crash); clock skew between hosts; snapshots sent to lagging
 //! followers (the leader keeps its whole WAL).
@@ -99,8 +146,11 @@ pub mod clock;
 pub mod cluster;
 mod config;
 pub mod coordinator;
+pub mod etcd;
+mod events;
 pub mod faults;
 pub mod net;
+pub mod node;
 mod report;
 mod run;
 pub mod workload;

@@ -81,26 +81,36 @@ impl Transport for SimTransport {
 }
 
 /// Accept replication streams on `0.0.0.0:PORT` and serve each with the
-/// real leader code. Runs until the host stops.
-pub async fn serve_replication(leader: Arc<Leader>) -> io::Result<()> {
+/// real leader code: the leader `current` returns when the stream arrives,
+/// or `503` when this node does not lead. Runs until the host stops.
+pub async fn serve_replication<F>(current: F) -> io::Result<()>
+where
+    F: Fn() -> Option<Arc<Leader>> + Send + Sync + 'static,
+{
+    let current = Arc::new(current);
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {
         let (mut stream, _) = listener.accept().await?;
-        let leader = leader.clone();
+        let current = current.clone();
         tokio::spawn(async move {
-            match read_upgrade(&mut stream).await {
-                Ok(()) => leader.serve(Box::new(stream)).await,
-                Err(_) => {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-                        .await;
-                }
-            }
+            let answer: &[u8] = match read_upgrade(&mut stream).await {
+                Ok(()) => match current() {
+                    Some(leader) => {
+                        if accept_upgrade(&mut stream).await.is_ok() {
+                            leader.serve(Box::new(stream)).await;
+                        }
+                        return;
+                    }
+                    None => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                },
+                Err(_) => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+            };
+            let _ = stream.write_all(answer).await;
         });
     }
 }
 
-/// Read the upgrade request head and answer `101 Switching Protocols`.
+/// Read the upgrade request head.
 async fn read_upgrade(stream: &mut turmoil::net::TcpStream) -> io::Result<()> {
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
@@ -124,6 +134,11 @@ async fn read_upgrade(stream: &mut turmoil::net::TcpStream) -> io::Result<()> {
             "not a replication upgrade",
         ));
     }
+    Ok(())
+}
+
+/// Answer `101 Switching Protocols`.
+async fn accept_upgrade(stream: &mut turmoil::net::TcpStream) -> io::Result<()> {
     stream
         .write_all(
             format!(

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use crate::check::Check;
 use crate::cluster::{Event, EventKind, ReadEvent, Shared};
 use crate::config::fmt_duration;
+use crate::events::line;
 use crate::faults::{JITTER_PERIOD_MS, LINK_LATENCY_MS};
 use crate::SimConfig;
 
@@ -25,6 +26,28 @@ pub fn render(cfg: &SimConfig, shared: &Shared, checks: &[Check]) -> String {
 }
 
 fn header(out: &mut String, cfg: &SimConfig) {
+    if cfg.faults.elected() {
+        let _ = writeln!(
+            out,
+            "replidb simulate: seed {} | {} nodes, leader elected through etcd | apply lag {}..{} | {} writes | read ratio {} | faults {}",
+            cfg.seed,
+            cfg.followers + 1,
+            fmt_duration(cfg.lag.lo),
+            fmt_duration(cfg.lag.hi),
+            cfg.writes,
+            cfg.read_ratio,
+            cfg.faults
+        );
+        let _ = writeln!(
+            out,
+            "real: WAL, memory table, engine writer, replication leader/follower, etcd coordinator (lease, election, fencing) | simulated: etcd, network ({}..{}ms one way, redrawn every {}ms), clock, crashes",
+            LINK_LATENCY_MS.0,
+            LINK_LATENCY_MS.1,
+            JITTER_PERIOD_MS
+        );
+        let _ = writeln!(out);
+        return;
+    }
     let _ = writeln!(
         out,
         "replidb simulate: seed {} | leader + {} followers | apply lag {}..{} | {} writes | read ratio {} | faults {}",
@@ -47,12 +70,7 @@ fn header(out: &mut String, cfg: &SimConfig) {
 }
 
 fn story(out: &mut String, cfg: &SimConfig, events: &[Event]) {
-    let always = |k: &EventKind| {
-        matches!(
-            k,
-            EventKind::Fault(_) | EventKind::Recovered { .. } | EventKind::Converged { .. }
-        )
-    };
+    let always = |k: &EventKind| k.always_shown();
     let ordinary = events.iter().filter(|e| !always(&e.kind)).count();
     let hidden = if cfg.story_lines == 0 {
         0
@@ -76,81 +94,6 @@ fn story(out: &mut String, cfg: &SimConfig, events: &[Event]) {
         let _ = writeln!(out, "[{:>6}ms] {}", e.t_ms, line(&e.kind));
     }
     let _ = writeln!(out);
-}
-
-fn line(k: &EventKind) -> String {
-    match k {
-        EventKind::Persisted {
-            key,
-            value,
-            lsn,
-            majority,
-        } => format!(
-            "leader   persisted {key}={value:?} at lsn {lsn} (w={})",
-            if *majority { "majority" } else { "1" }
-        ),
-        EventKind::MajorityAck {
-            lsn,
-            acks,
-            needed,
-            voters,
-            met,
-            waited_ms,
-        } => format!(
-            "leader   w=majority for lsn {lsn}: durable on {acks} of {voters} nodes ({needed} needed) after {waited_ms}ms{}",
-            if *met { ", acknowledged" } else { ", NOT met in time (504)" }
-        ),
-        EventKind::Applied {
-            node,
-            from,
-            to,
-            keys,
-            lag_min,
-            lag_max,
-        } => {
-            let lsns = if from == to {
-                format!("lsn {to}")
-            } else {
-                format!("lsn {from}..{to}")
-            };
-            let mut ks = keys.iter().take(3).cloned().collect::<Vec<_>>().join(",");
-            if keys.len() > 3 {
-                let _ = write!(ks, ",+{}", keys.len() - 3);
-            }
-            let lag = if lag_min == lag_max {
-                format!("lag_ms={lag_max}")
-            } else {
-                format!("lag_ms={lag_min}..{lag_max}")
-            };
-            format!("{node:<8} applied {lsns} ({ks}) {lag}")
-        }
-        EventKind::Read(r) => read_line(r),
-        EventKind::Fault(s) => format!("fault    {s}"),
-        EventKind::Recovered {
-            node,
-            flush,
-            applied,
-        } => format!("{node:<8} restarted: recovered flush lsn {flush}, applied lsn {applied}"),
-        EventKind::Converged { lsn } => {
-            format!("cluster  converged: every follower applied lsn {lsn} with the leader's digest")
-        }
-    }
-}
-
-fn read_line(r: &ReadEvent) -> String {
-    let head = format!("client   read {} on {}: ", r.key, r.node);
-    match (r.seen, &r.value) {
-        (None, _) => format!("{head}unavailable ({} is down)", r.node),
-        (Some(0), _) | (_, None) => format!(
-            "{head}miss, not propagated yet ({} applied lsn {}, the write is lsn {})",
-            r.node, r.applied, r.expected
-        ),
-        (Some(seen), Some(v)) if seen < r.expected => format!(
-            "{head}stale {v:?} (lsn {seen}; the client wrote lsn {})",
-            r.expected
-        ),
-        (Some(seen), Some(v)) => format!("{head}served {v:?} (lsn {seen})"),
-    }
 }
 
 /// Nearest-rank percentile of sorted `v`.
@@ -195,7 +138,7 @@ fn summary(out: &mut String, cfg: &SimConfig, shared: &Shared, events: &[Event])
         }
     }
     let mut per: BTreeMap<String, PerNode> = cfg
-        .follower_names()
+        .read_targets()
         .into_iter()
         .map(|n| (n, PerNode::default()))
         .collect();
@@ -231,11 +174,18 @@ fn summary(out: &mut String, cfg: &SimConfig, shared: &Shared, events: &[Event])
         majority.1,
         reads.len()
     );
+    if cfg.faults.elected() {
+        failover_summary(out, events);
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
         "{:<8} {:>5} {:>5} {:>5} {:>5} {:>5} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "follower",
+        if cfg.faults.elected() {
+            "node"
+        } else {
+            "follower"
+        },
         "reads",
         "fresh",
         "stale",
@@ -311,6 +261,32 @@ fn summary(out: &mut String, cfg: &SimConfig, shared: &Shared, events: &[Event])
     }
     let _ = writeln!(out);
     strategies(out, cfg, shared, &reads);
+}
+
+/// Elections, fencing, rewinds and the client's waits, in one line.
+fn failover_summary(out: &mut String, events: &[Event]) {
+    let (mut elections, mut fenced, mut rewound, mut rewinds, mut failed) = (0, 0, 0, 0, 0);
+    let (mut waits, mut longest) = (0, 0);
+    for e in events {
+        match &e.kind {
+            EventKind::Elected { .. } => elections += 1,
+            EventKind::Fenced { .. } => fenced += 1,
+            EventKind::Rewound { records, .. } => {
+                rewinds += 1;
+                rewound += records;
+            }
+            EventKind::WriteFailed { .. } => failed += 1,
+            EventKind::LeaderWait { waited_ms, .. } => {
+                waits += 1;
+                longest = longest.max(*waited_ms);
+            }
+            _ => {}
+        }
+    }
+    let _ = writeln!(
+        out,
+        "failover: {elections} elections, {fenced} leaders fenced, {rewound} records rewound in {rewinds} rewinds (never a w=majority write: see the invariants), {failed} writes retried; the client waited for a writable leader {waits} times, longest {longest}ms"
+    );
 }
 
 fn all_max(v: &[u64]) -> Option<u64> {

@@ -1,11 +1,16 @@
 //! One run, and a batch of seeds.
 
 use std::ops::RangeInclusive;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::clock::EPOCH_MS;
 use crate::cluster::{follower_host, leader_host, Shared, CLIENT, LEADER};
+use crate::coordinator::EtcdState;
+use crate::etcd::{etcd_host, ETCD};
 use crate::faults::Driver;
+use crate::node::node_host;
 use crate::{check, report, workload, SimConfig, SimError};
 
 /// Simulated time after which a run is abandoned (a hang is a failure).
@@ -43,24 +48,10 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
         .simulation_duration(MAX_SIM_TIME)
         .build();
 
-    let voters = cfg.followers + 1;
-    {
-        let (shared, dir) = (shared.clone(), dir.path().join(LEADER));
-        sim.host(LEADER, move || {
-            leader_host(shared.clone(), dir.clone(), voters)
-        });
-    }
-    for (i, name) in cfg.follower_names().into_iter().enumerate() {
-        let (shared, dir, cfg) = (shared.clone(), dir.path().join(&name), cfg.clone());
-        sim.host(name.clone().as_str(), move || {
-            follower_host(
-                shared.clone(),
-                dir.clone(),
-                name.clone(),
-                cfg.clone(),
-                i as u64 + 1,
-            )
-        });
+    if cfg.faults.elected() {
+        elected_hosts(&mut sim, &shared, cfg, dir.path());
+    } else {
+        fixed_hosts(&mut sim, &shared, cfg, dir.path());
     }
     sim.client(CLIENT, workload::client(shared.clone(), cfg.clone()));
 
@@ -98,6 +89,50 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
         output,
         failures,
     })
+}
+
+/// A fixed `leader` and followers `f1`...
+fn fixed_hosts(sim: &mut turmoil::Sim<'_>, shared: &Arc<Shared>, cfg: &SimConfig, dir: &Path) {
+    let voters = cfg.followers + 1;
+    {
+        let (shared, dir) = (shared.clone(), dir.join(LEADER));
+        sim.host(LEADER, move || {
+            leader_host(shared.clone(), dir.clone(), voters)
+        });
+    }
+    for (i, name) in cfg.follower_names().into_iter().enumerate() {
+        let (shared, dir, cfg) = (shared.clone(), dir.join(&name), cfg.clone());
+        sim.host(name.clone().as_str(), move || {
+            follower_host(
+                shared.clone(),
+                dir.clone(),
+                name.clone(),
+                cfg.clone(),
+                i as u64 + 1,
+            )
+        });
+    }
+}
+
+/// The `etcd` host and nodes `n1`.. that elect their leader through it.
+fn elected_hosts(sim: &mut turmoil::Sim<'_>, shared: &Arc<Shared>, cfg: &SimConfig, dir: &Path) {
+    let state = Arc::new(Mutex::new(EtcdState::new()));
+    {
+        let shared = shared.clone();
+        sim.host(ETCD, move || etcd_host(shared.clone(), state.clone()));
+    }
+    for (i, name) in cfg.node_names().into_iter().enumerate() {
+        let (shared, dir, cfg) = (shared.clone(), dir.join(&name), cfg.clone());
+        sim.host(name.clone().as_str(), move || {
+            node_host(
+                shared.clone(),
+                dir.clone(),
+                name.clone(),
+                cfg.clone(),
+                i as u64 + 1,
+            )
+        });
+    }
 }
 
 /// The outcome of a batch of seeds.

@@ -4,6 +4,12 @@
 //! The client calls the nodes' engines directly (the HTTP layer is not
 //! part of the simulation); the leader's side of a write is the real
 //! `Engine::propose` and, for `w=majority`, the real `Leader::wait_for`.
+//! With an elected leader, the client writes only through a node whose
+//! `Leader::writable()` is `Ok` (the fencing check the HTTP write path
+//! makes), waits while there is none, and retries a write that failed
+//! because its node crashed. It stands next to every node at once, so it
+//! also reaches a leader cut off from everyone else: only fencing stops it
+//! from writing there.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -15,7 +21,9 @@ use rand::{Rng, SeedableRng};
 use replidb_core::{Lsn, Op, WriteConcern};
 use replidb_engine::Proposal;
 
-use crate::cluster::{EventKind, ReadEvent, Shared, LEADER};
+use replidb_replication::Leader;
+
+use crate::cluster::{EventKind, NodeHandle, ReadEvent, Shared, LEADER};
 use crate::SimConfig;
 
 /// Salt of the workload's random stream (faults use another).
@@ -24,6 +32,10 @@ const WORKLOAD_SALT: u64 = 0x776f_726b_6c6f_6164;
 pub const MAJORITY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the client waits for the cluster to come up.
 const READY_TIMEOUT_MS: u64 = 10_000;
+/// How long the client waits for a writable leader.
+const LEADER_TIMEOUT_MS: u64 = 30_000;
+/// Attempts at one write (elected leader) before giving up.
+const WRITE_ATTEMPTS: usize = 5;
 /// How long the client waits for convergence after faults heal.
 pub const CONVERGENCE_TIMEOUT_MS: u64 = 60_000;
 
@@ -37,7 +49,7 @@ struct Session {
 
 /// The client's software.
 pub(crate) async fn client(shared: Arc<Shared>, cfg: SimConfig) -> turmoil::Result {
-    let names = cfg.follower_names();
+    let names = cfg.read_targets();
     if !wait_ready(&shared, &names).await {
         shared.violation("the cluster did not come up within 10s".into());
         return Ok(());
@@ -47,8 +59,10 @@ pub(crate) async fn client(shared: Arc<Shared>, cfg: SimConfig) -> turmoil::Resu
     let key_space = (cfg.writes / 2).max(1);
     let read_window = cfg.lag.hi.as_millis() as u64 + 300;
     let mut reads = Vec::new();
+    let stretch = pace(&shared, &cfg);
     for i in 0..cfg.writes {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(20..=120))).await;
+        let pause = rng.random_range(20..=120u64);
+        tokio::time::sleep(Duration::from_millis((pause as f64 * stretch) as u64)).await;
         let key = format!("k{:03}", rng.random_range(0..key_space));
         let value = format!("v{i}");
         let majority = rng.random_bool(0.25);
@@ -94,16 +108,39 @@ pub(crate) async fn client(shared: Arc<Shared>, cfg: SimConfig) -> turmoil::Resu
     Ok(())
 }
 
+/// How much to stretch the pauses between writes so that, with an elected
+/// leader, the writes go on until the last fault heals (a failover the
+/// client does not write through tests nothing). 1 with a fixed leader.
+fn pace(shared: &Shared, cfg: &SimConfig) -> f64 {
+    if !cfg.faults.elected() {
+        return 1.0;
+    }
+    let end = crate::faults::schedule(cfg)
+        .iter()
+        .map(|a| a.at_ms)
+        .max()
+        .unwrap_or(0);
+    let span = (end + 300).saturating_sub(shared.now()) as f64;
+    (span / (70.0 * cfg.writes as f64)).max(1.0)
+}
+
 async fn wait_ready(shared: &Shared, names: &[String]) -> bool {
     let start = shared.now();
     while shared.now() - start < READY_TIMEOUT_MS {
-        let up = shared.node(LEADER).is_some()
-            && names.iter().all(|n| {
-                shared
-                    .node(n)
-                    .and_then(|h| h.follower)
-                    .is_some_and(|f| f.status().connected)
-            });
+        let leader = shared.leader_name();
+        let up = leader
+            .as_ref()
+            .and_then(|l| shared.node(l))
+            .is_some_and(|h| h.leader.is_some_and(|l| l.writable().is_ok()))
+            && names
+                .iter()
+                .filter(|n| Some(*n) != leader.as_ref())
+                .all(|n| {
+                    shared
+                        .node(n)
+                        .and_then(|h| h.follower)
+                        .is_some_and(|f| f.status().connected)
+                });
         if up {
             return true;
         }
@@ -112,33 +149,105 @@ async fn wait_ready(shared: &Shared, names: &[String]) -> bool {
     false
 }
 
-/// One write through the leader; `None` if the leader cannot take it.
-async fn write(shared: &Shared, key: &str, value: &str, majority: bool) -> Option<u64> {
-    let Some(node) = shared.node(LEADER) else {
-        shared.violation("the leader is not running".into());
-        return None;
-    };
-    let op = Op::Put {
-        key: key.to_string(),
-        value: value.as_bytes().to_vec(),
-    };
-    let committed = match node.engine.propose(Proposal::new(op)).await {
-        Ok(c) => c,
-        Err(e) => {
-            shared.violation(format!("the leader refused a write: {e}"));
+/// The node to write through: the fixed leader, or (elected) the node
+/// whose leader accepts writes, waiting while none does.
+async fn writer(shared: &Shared) -> Option<(String, NodeHandle)> {
+    if !shared.elected {
+        let Some(node) = shared.node(LEADER) else {
+            shared.violation("the leader is not running".into());
             return None;
+        };
+        return Some((LEADER.to_string(), node));
+    }
+    let start = shared.now();
+    loop {
+        let writable: Vec<(String, NodeHandle, Arc<Leader>)> = shared
+            .nodes()
+            .into_iter()
+            .filter_map(|(n, h)| {
+                let l = h.leader.clone()?;
+                l.writable().is_ok().then_some((n, h, l))
+            })
+            .collect();
+        if writable.len() > 1 {
+            let who: Vec<String> = writable
+                .iter()
+                .map(|(n, _, l)| format!("{n} (epoch {})", l.epoch()))
+                .collect();
+            shared.violation(format!(
+                "two writable leaders at once at {}ms: {}",
+                shared.now(),
+                who.join(", ")
+            ));
+        }
+        if let Some((name, h, l)) = writable.into_iter().next() {
+            let waited_ms = shared.now() - start;
+            if waited_ms > 0 {
+                shared.event(EventKind::LeaderWait {
+                    waited_ms,
+                    node: name.clone(),
+                    epoch: l.epoch().0,
+                });
+            }
+            return Some((name, h));
+        }
+        if shared.now() - start > LEADER_TIMEOUT_MS {
+            shared.violation(format!(
+                "no writable leader for {}s",
+                LEADER_TIMEOUT_MS / 1000
+            ));
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One write through the leader; `None` if no leader can take it.
+async fn write(shared: &Shared, key: &str, value: &str, majority: bool) -> Option<u64> {
+    let mut attempt = 0;
+    let (name, node, committed) = loop {
+        attempt += 1;
+        let (name, node) = writer(shared).await?;
+        let op = Op::Put {
+            key: key.to_string(),
+            value: value.as_bytes().to_vec(),
+        };
+        match node.engine.propose(Proposal::new(op)).await {
+            Ok(c) => break (name, node, c),
+            Err(e) if shared.elected && attempt < WRITE_ATTEMPTS => {
+                shared.event(EventKind::WriteFailed {
+                    node: name,
+                    key: key.to_string(),
+                    why: e.to_string(),
+                });
+            }
+            Err(e) => {
+                shared.violation(format!("{name} refused a write: {e}"));
+                return None;
+            }
         }
     };
     let lsn = committed.lsn.0;
+    if let Some(l) = &node.leader {
+        if l.epoch() != committed.epoch {
+            shared.violation(format!(
+                "{name}, leader of epoch {}, wrote lsn {lsn} in epoch {}",
+                l.epoch(),
+                committed.epoch
+            ));
+        }
+    }
     // The client is the only writer: right after its proposal returns, the
     // leader's table is exactly the state at `lsn`.
     if let Ok(d) = node.engine.table().digest() {
-        shared.record_digest(LEADER, lsn, d);
+        shared.record_digest(&name, lsn, committed.epoch.0, d);
     }
     let t = shared.now();
     shared.event_at(
         t,
         EventKind::Persisted {
+            node: name.clone(),
+            epoch: shared.elected.then_some(committed.epoch.0),
             key: key.to_string(),
             value: value.to_string(),
             lsn,
@@ -149,6 +258,7 @@ async fn write(shared: &Shared, key: &str, value: &str, majority: bool) -> Optio
         o.writes += 1;
         o.last_write_ms = t;
         o.last_lsn = lsn;
+        o.accepted.push((name.clone(), committed.epoch.0, lsn));
     });
     if let (true, Some(leader)) = (majority, node.leader) {
         let (acks, met) = leader
@@ -156,6 +266,7 @@ async fn write(shared: &Shared, key: &str, value: &str, majority: bool) -> Optio
             .await;
         let needed = WriteConcern::Majority.required(leader.voters());
         shared.event(EventKind::MajorityAck {
+            node: name.clone(),
             lsn,
             acks,
             needed,
@@ -238,10 +349,14 @@ async fn wait_converged(shared: &Shared, names: &[String]) {
 }
 
 fn converged(shared: &Shared, names: &[String]) -> Option<u64> {
-    let leader = shared.node(LEADER)?;
+    let name = shared.leader_name()?;
+    let leader = shared.node(&name)?;
+    if leader.leader.as_ref().is_none_or(|l| l.writable().is_err()) {
+        return None;
+    }
     let lsn = leader.engine.positions().flush_lsn;
     let digest = leader.engine.table().digest().ok()?;
-    for n in names {
+    for n in names.iter().filter(|n| **n != name) {
         let h = shared.node(n)?;
         if h.engine.positions().applied_lsn != lsn || h.engine.table().digest().ok()? != digest {
             return None;

@@ -41,6 +41,38 @@ fn the_same_seed_with_every_fault_prints_the_same_bytes() {
 }
 
 #[test]
+fn the_same_seed_with_failover_prints_the_same_bytes() {
+    let mut c = cfg(7, FaultMode::Failover);
+    c.story_lines = 0;
+    let a = must_pass(&c);
+    let b = must_pass(&c);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn failover_elects_fences_and_rewinds() {
+    let mut c = cfg(3, FaultMode::Failover);
+    c.story_lines = 0;
+    let out = must_pass(&c);
+    for needle in [
+        "n1       won election epoch 1",
+        "fault    crash leader n1",
+        "etcd     lease of n1 expired: the leader key is free",
+        "won election epoch 2",
+        "fault    isolate leader ",
+        "fenced (lease lost) — refusing writes in epoch 2",
+        "won election epoch 3",
+        "steps down, follows ",
+        "rewound 3 records to rollback file",
+        "client   waited ",
+        "failover: 3 elections",
+        "ok   one writer per epoch, epochs increase: 3 elections",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+}
+
+#[test]
 fn different_seeds_tell_different_stories() {
     assert_ne!(
         must_pass(&cfg(1, FaultMode::None)),
@@ -133,8 +165,13 @@ fn seed_batch_with_delays_and_duplicates() {
 }
 
 #[test]
+fn seed_batch_with_failover() {
+    batch(FaultMode::Failover, 600..=605);
+}
+
+#[test]
 fn seed_batch_with_every_fault() {
-    batch(FaultMode::All, 500..=509);
+    batch(FaultMode::All, 500..=505);
 }
 
 #[test]

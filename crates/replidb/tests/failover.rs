@@ -314,7 +314,7 @@ async fn w1_writes_lost_in_failover_land_in_the_rollback_file() {
     for &f in &followers {
         nodes[f].restart().await;
     }
-    let new = wait_for("a new leader", Duration::from_secs(15), async || {
+    let _new = wait_for("a new leader", Duration::from_secs(15), async || {
         for &i in &followers {
             if let Some(s) = nodes[i].try_status().await {
                 if s["role"] == "leader" && s["writable"] == true {
