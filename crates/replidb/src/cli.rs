@@ -51,6 +51,7 @@ pub enum Command {
     /// Start a local cluster (leader + followers with artificial lag).
     Playground(crate::playground::PlaygroundArgs),
     /// Deterministic simulation of a leader and followers (stale reads, lag, faults).
+    #[cfg(feature = "simulate")]
     Simulate(crate::simulate_cmd::SimulateArgs),
     /// Read/write-splitting proxy in front of the nodes.
     Router(crate::router_cmd::RouterArgs),

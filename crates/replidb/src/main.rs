@@ -31,6 +31,7 @@ mod playground;
 mod router_cmd;
 mod server_cmd;
 mod server_config;
+#[cfg(feature = "simulate")]
 mod simulate_cmd;
 
 use clap::Parser as _;
@@ -77,6 +78,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Server(opts) => server_cmd::run(*opts).await,
         Command::Bench(args) => bench::run(&cli.url, args).await,
         Command::Playground(args) => playground::run(args).await,
+        #[cfg(feature = "simulate")]
         Command::Simulate(args) => simulate_cmd::run(args).await,
         Command::Router(args) => router_cmd::run(args).await,
         Command::Put(a) => client_cmd::put(&client_cmd::connect(&cli.url)?, a).await,
