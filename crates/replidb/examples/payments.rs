@@ -63,7 +63,12 @@ async fn start_cluster(lag: DurationRange) -> anyhow::Result<Cluster> {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s: serde_json::Value = http.get(format!("{}/status", urls[0])).send().await?.json().await?;
+        let s: serde_json::Value = http
+            .get(format!("{}/status", urls[0]))
+            .send()
+            .await?
+            .json()
+            .await?;
         let streaming = s["followers"]
             .as_array()
             .map(|f| f.iter().filter(|x| x["state"] == "streaming").count())
@@ -113,7 +118,12 @@ impl Strategy {
 
 /// Pay: the new balance is written at `w=1` (acknowledged by the leader
 /// alone, as most apps do), then read back the way `strategy` reads.
-async fn user(c: Arc<Cluster>, strategy: Strategy, id: usize, seed: u64) -> anyhow::Result<Outcome> {
+async fn user(
+    c: Arc<Cluster>,
+    strategy: Strategy,
+    id: usize,
+    seed: u64,
+) -> anyhow::Result<Outcome> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let key = format!("balance/{strategy:?}/{id}");
     let opening = 1000u32;
@@ -121,12 +131,16 @@ async fn user(c: Arc<Cluster>, strategy: Strategy, id: usize, seed: u64) -> anyh
     let expected = (opening - paid).to_string();
     let follower = c.followers[rng.random_range(0..c.followers.len())].clone();
     let leader = Client::new(&c.leader)?;
-    leader.put(&key, opening.to_string(), &WriteOptions::default()).await?;
+    leader
+        .put(&key, opening.to_string(), &WriteOptions::default())
+        .await?;
     let http = reqwest::Client::new();
     let t0;
     let (value, role) = match strategy {
         Strategy::Legacy => {
-            let w = leader.put(&key, expected.clone(), &WriteOptions::default()).await?;
+            let w = leader
+                .put(&key, expected.clone(), &WriteOptions::default())
+                .await?;
             let _ = w;
             t0 = Instant::now();
             let r = Client::new(&follower)?
@@ -135,7 +149,9 @@ async fn user(c: Arc<Cluster>, strategy: Strategy, id: usize, seed: u64) -> anyh
             (r.as_ref().map(|r| r.value.clone()), r.and_then(|r| r.role))
         }
         Strategy::ClientCache => {
-            let w = leader.put(&key, expected.clone(), &WriteOptions::default()).await?;
+            let w = leader
+                .put(&key, expected.clone(), &WriteOptions::default())
+                .await?;
             t0 = Instant::now();
             let r = Client::new(&follower)?
                 .get(&key, &ReadOptions::with(Consistency::Eventual))
@@ -207,7 +223,9 @@ async fn main() -> anyhow::Result<()> {
     let lag: DurationRange = "100ms..500ms".parse()?;
     let cluster = Arc::new(start_cluster(lag).await?);
     println!("seed 002 payments: {users} users pay and read their balance; followers apply with {lag} lag\n");
-    println!("| strategy | stale reads | reads served by the leader | read p50 (ms) | read max (ms) |");
+    println!(
+        "| strategy | stale reads | reads served by the leader | read p50 (ms) | read max (ms) |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for strategy in [
         Strategy::Legacy,

@@ -275,7 +275,10 @@ impl ServerOpts {
         set_duration(&mut c.health_max_lag, "health_max_lag", self.health_max_lag)?;
         set_duration(&mut c.lease_ttl, "lease_ttl", self.lease_ttl)?;
         if c.lease_ttl < std::time::Duration::from_secs(1) {
-            return Err(invalid("lease_ttl", "must be at least 1s (etcd leases count whole seconds)"));
+            return Err(invalid(
+                "lease_ttl",
+                "must be at least 1s (etcd leases count whole seconds)",
+            ));
         }
         if let Some(n) = self.max_failover_lag {
             c.max_failover_lag_records = n;

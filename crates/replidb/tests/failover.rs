@@ -26,17 +26,21 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// until a 200; returns the answer.
 async fn put_to_leader(nodes: &[Node], key: &str, query: &str, value: &str) -> Value {
     let http = common::http();
-    wait_for(&format!("a leader accepts {key}"), Duration::from_secs(20), async || {
-        for n in nodes {
-            let url = n.at(&format!("/v1/kv/{key}?{query}"));
-            if let Ok(r) = http.put(&url).body(value.to_string()).send().await {
-                if r.status() == 200 {
-                    return r.json::<Value>().await.ok();
+    wait_for(
+        &format!("a leader accepts {key}"),
+        Duration::from_secs(20),
+        async || {
+            for n in nodes {
+                let url = n.at(&format!("/v1/kv/{key}?{query}"));
+                if let Ok(r) = http.put(&url).body(value.to_string()).send().await {
+                    if r.status() == 200 {
+                        return r.json::<Value>().await.ok();
+                    }
                 }
             }
-        }
-        None
-    })
+            None
+        },
+    )
     .await
 }
 
@@ -62,8 +66,18 @@ impl Etcd {
             let child = Command::new(bin)
                 .args(["--name", "e2e", "--data-dir"])
                 .arg(dir.path().join("data"))
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
                 .args(["--initial-cluster", &format!("e2e={peer_url}")])
                 .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
                 .args(["--logger", "zap", "--log-level", "error"])
@@ -154,15 +168,19 @@ async fn wait_leader(nodes: &[Node], timeout: Duration) -> usize {
 }
 
 async fn wait_followers_streaming(leader: &Node, n: usize) {
-    wait_until(&format!("{n} followers streaming"), Duration::from_secs(20), async || {
-        let Some(s) = leader.try_status().await else {
-            return false;
-        };
-        s["followers"]
-            .as_array()
-            .map(|f| f.iter().filter(|x| x["state"] == "streaming").count() >= n)
-            .unwrap_or(false)
-    })
+    wait_until(
+        &format!("{n} followers streaming"),
+        Duration::from_secs(20),
+        async || {
+            let Some(s) = leader.try_status().await else {
+                return false;
+            };
+            s["followers"]
+                .as_array()
+                .map(|f| f.iter().filter(|x| x["state"] == "streaming").count() >= n)
+                .unwrap_or(false)
+        },
+    )
     .await;
 }
 
@@ -234,21 +252,30 @@ async fn assert_has_all(node: &Node, acked: &BTreeMap<String, String>) {
     for (k, v) in acked {
         let (status, body) = node.get_raw(k, "").await;
         assert_eq!(status, 200, "acknowledged write {k} missing on {}", node.id);
-        assert_eq!(String::from_utf8_lossy(&body), *v, "value of {k} on {}", node.id);
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            *v,
+            "value of {k} on {}",
+            node.id
+        );
     }
 }
 
 async fn wait_all_converged(nodes: &[Node]) {
-    wait_until("all nodes have equal digests", Duration::from_secs(30), async || {
-        let mut digests = Vec::new();
-        for n in nodes {
-            match n.try_status().await {
-                Some(_) => digests.push(n.digest().await),
-                None => return false,
+    wait_until(
+        "all nodes have equal digests",
+        Duration::from_secs(30),
+        async || {
+            let mut digests = Vec::new();
+            for n in nodes {
+                match n.try_status().await {
+                    Some(_) => digests.push(n.digest().await),
+                    None => return false,
+                }
             }
-        }
-        digests.windows(2).all(|w| w[0] == w[1])
-    })
+            digests.windows(2).all(|w| w[0] == w[1])
+        },
+    )
     .await;
 }
 
@@ -259,7 +286,12 @@ async fn kill_leader_under_majority_load_loses_no_acknowledged_write() {
     let mut nodes = start_etcd_cluster(&etcd, "majority", 3).await;
     let urls: Vec<String> = nodes.iter().map(Node::url).collect();
     let load = Load::start(urls, "majority", 4);
-    wait_until("some writes acknowledged", Duration::from_secs(10), async || load.count() > 50).await;
+    wait_until(
+        "some writes acknowledged",
+        Duration::from_secs(10),
+        async || load.count() > 50,
+    )
+    .await;
     let old = wait_leader(&nodes, Duration::from_secs(1)).await;
     nodes[old].kill9();
     let killed_at = Instant::now();
@@ -275,15 +307,27 @@ async fn kill_leader_under_majority_load_loses_no_acknowledged_write() {
         None
     })
     .await;
-    eprintln!("new leader {} after {:?}", nodes[new].id, killed_at.elapsed());
+    eprintln!(
+        "new leader {} after {:?}",
+        nodes[new].id,
+        killed_at.elapsed()
+    );
     let before = load.count();
-    wait_until("writes continue on the new leader", Duration::from_secs(10), async || load.count() > before + 50).await;
+    wait_until(
+        "writes continue on the new leader",
+        Duration::from_secs(10),
+        async || load.count() > before + 50,
+    )
+    .await;
     let acked = load.finish().await;
     assert_has_all(&nodes[new], &acked).await;
     nodes[old].restart().await;
     wait_all_converged(&nodes).await;
     let s = nodes[old].status().await;
-    assert_eq!(s["role"], "follower", "the old leader must come back as a follower");
+    assert_eq!(
+        s["role"], "follower",
+        "the old leader must come back as a follower"
+    );
 }
 
 /// Kill both followers, write at w=1 to the leader (acknowledged, on the
@@ -307,7 +351,9 @@ async fn w1_writes_lost_in_failover_land_in_the_rollback_file() {
     }
     let mut lost = BTreeMap::new();
     for i in 0..7 {
-        let v = nodes[old].put_q(&format!("lost-{i}"), "w=1", format!("gone{i}")).await;
+        let v = nodes[old]
+            .put_q(&format!("lost-{i}"), "w=1", format!("gone{i}"))
+            .await;
         lost.insert(v["lsn"].as_u64().unwrap(), format!("lost-{i}"));
     }
     nodes[old].kill9();
@@ -338,11 +384,19 @@ async fn w1_writes_lost_in_failover_land_in_the_rollback_file() {
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("rollback dir exists") {
         let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
-        lines.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).expect("json line")));
+        lines.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("json line")),
+        );
     }
     let rolled: BTreeMap<u64, String> = lines
         .iter()
-        .map(|l| (l["lsn"].as_u64().unwrap(), l["key"].as_str().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["lsn"].as_u64().unwrap(),
+                l["key"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(rolled, lost, "rollback file holds exactly the lost writes");
     let metrics = nodes[old]
@@ -392,7 +446,10 @@ async fn frozen_leader_is_replaced_and_refuses_writes_when_it_wakes() {
     })
     .await;
     let s = nodes[new].status().await;
-    assert!(s["epoch"].as_u64().unwrap() > old_epoch, "new epoch is higher");
+    assert!(
+        s["epoch"].as_u64().unwrap() > old_epoch,
+        "new epoch is higher"
+    );
     signal(&nodes[old], libc::SIGCONT);
     // The moment it wakes, its lease is long gone: it must refuse writes.
     let r = nodes[old]
@@ -403,9 +460,16 @@ async fn frozen_leader_is_replaced_and_refuses_writes_when_it_wakes() {
         .await
         .unwrap();
     assert_ne!(r.status(), 200, "a woken stale leader accepted a write");
-    wait_until("the old leader steps down", Duration::from_secs(10), async || {
-        nodes[old].try_status().await.is_some_and(|s| s["role"] == "follower")
-    })
+    wait_until(
+        "the old leader steps down",
+        Duration::from_secs(10),
+        async || {
+            nodes[old]
+                .try_status()
+                .await
+                .is_some_and(|s| s["role"] == "follower")
+        },
+    )
     .await;
     put_to_leader(&nodes, "after", "w=majority", "z").await;
     wait_all_converged(&nodes).await;
@@ -420,7 +484,10 @@ async fn switchover_loses_nothing_and_pauses_briefly() {
     let target = (old + 1) % 3;
     let urls: Vec<String> = nodes.iter().map(Node::url).collect();
     let load = Load::start(urls, "1", 4);
-    wait_until("some writes", Duration::from_secs(10), async || load.count() > 50).await;
+    wait_until("some writes", Duration::from_secs(10), async || {
+        load.count() > 50
+    })
+    .await;
     let r = nodes[old]
         .http()
         .post(nodes[old].at("/admin/switchover"))
@@ -435,14 +502,20 @@ async fn switchover_loses_nothing_and_pauses_briefly() {
     let new = wait_leader(&nodes, Duration::from_secs(10)).await;
     assert_eq!(new, target);
     let before = load.count();
-    wait_until("writes continue", Duration::from_secs(10), async || load.count() > before + 50).await;
+    wait_until("writes continue", Duration::from_secs(10), async || {
+        load.count() > before + 50
+    })
+    .await;
     let acked = load.finish().await;
     // w=1 writes acknowledged by the old leader all survived: a switchover
     // waits for the target to hold everything.
     assert_has_all(&nodes[target], &acked).await;
     wait_all_converged(&nodes).await;
     let rollback = nodes[old].data_dir().join("rollback");
-    assert!(!rollback.exists(), "a switchover must not roll anything back");
+    assert!(
+        !rollback.exists(),
+        "a switchover must not roll anything back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,9 +549,11 @@ async fn five_failovers_in_a_row_keep_converging() {
         // The new leader must also take a w=majority write.
         let http = nodes[new].http().clone();
         let url = nodes[new].at(&format!("/v1/kv/probe{round}?w=majority&timeout_ms=300"));
-        wait_until("a majority write succeeds", Duration::from_secs(10), async || {
-            matches!(http.put(&url).body("p").send().await, Ok(r) if r.status() == 200)
-        })
+        wait_until(
+            "a majority write succeeds",
+            Duration::from_secs(10),
+            async || matches!(http.put(&url).body("p").send().await, Ok(r) if r.status() == 200),
+        )
         .await;
         times.push(t.elapsed());
         // The Rust client (through the CLI), given every node with the dead
@@ -488,7 +563,15 @@ async fn five_failovers_in_a_row_keep_converging() {
             .map(|i| nodes[i].url())
             .collect();
         let key = format!("cli{round}");
-        let (code, out, err) = common::cli(&["--url", &urls.join(","), "put", &key, "c", "--w", "majority"]);
+        let (code, out, err) = common::cli(&[
+            "--url",
+            &urls.join(","),
+            "put",
+            &key,
+            "c",
+            "--w",
+            "majority",
+        ]);
         assert_eq!(code, 0, "cli put after failover: {out} {err}");
         acked.insert(key, "c".to_string());
         nodes[leader].restart().await;
@@ -504,7 +587,14 @@ async fn five_failovers_in_a_row_keep_converging() {
 async fn static_promote_fences_the_old_leader_when_it_returns() {
     let _serial = SERIAL.lock().await;
     let mut leader = Node::start("n1", &[]).await;
-    let f_args = ["--follow", &leader.url(), "--backoff-base", "50ms", "--backoff-max", "500ms"];
+    let f_args = [
+        "--follow",
+        &leader.url(),
+        "--backoff-base",
+        "50ms",
+        "--backoff-max",
+        "500ms",
+    ];
     let f1 = Node::start("n2", &f_args).await;
     let f2 = Node::start("n3", &f_args).await;
     wait_followers_streaming(&leader, 2).await;
@@ -512,9 +602,11 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
         leader.put_q(&format!("k{i}"), "w=all", "v").await;
     }
     // Heartbeats carry the peer list a promoted follower announces to.
-    wait_until("followers learned their peers", Duration::from_secs(5), async || {
-        f1.try_status().await.is_some()
-    })
+    wait_until(
+        "followers learned their peers",
+        Duration::from_secs(5),
+        async || f1.try_status().await.is_some(),
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     leader.kill9();
@@ -529,21 +621,33 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
     assert_eq!(body["epoch"], 2);
     // n3 is told and re-points.
     wait_until("n3 follows n2", Duration::from_secs(10), async || {
-        f2.try_status().await.is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
+        f2.try_status()
+            .await
+            .is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
     })
     .await;
     f1.put_q("after", "w=majority", "new").await;
     // The old leader returns believing it leads epoch 1 ...
     leader.restart().await;
     // ... and is fenced: it steps down, follows n2, and converges.
-    wait_until("old leader follows n2", Duration::from_secs(10), async || {
-        leader
-            .try_status()
-            .await
-            .is_some_and(|s| s["role"] == "follower" && s["epoch"] == 2)
-    })
+    wait_until(
+        "old leader follows n2",
+        Duration::from_secs(10),
+        async || {
+            leader
+                .try_status()
+                .await
+                .is_some_and(|s| s["role"] == "follower" && s["epoch"] == 2)
+        },
+    )
     .await;
-    let r = leader.http().put(leader.at("/v1/kv/x")).body("1").send().await.unwrap();
+    let r = leader
+        .http()
+        .put(leader.at("/v1/kv/x"))
+        .body("1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 307, "a fenced old leader redirects writes");
     wait_all_converged(&[leader, f1, f2]).await;
 }
@@ -566,15 +670,19 @@ async fn failover_timing() {
         let t = Instant::now();
         let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
         let http = common::http();
-        wait_until("a majority write succeeds", Duration::from_secs(15), async || {
-            for &i in &others {
-                let url = nodes[i].at(&format!("/v1/kv/t{round}?w=majority&timeout_ms=200"));
-                if matches!(http.put(&url).body("p").send().await, Ok(r) if r.status() == 200) {
-                    return true;
+        wait_until(
+            "a majority write succeeds",
+            Duration::from_secs(15),
+            async || {
+                for &i in &others {
+                    let url = nodes[i].at(&format!("/v1/kv/t{round}?w=majority&timeout_ms=200"));
+                    if matches!(http.put(&url).body("p").send().await, Ok(r) if r.status() == 200) {
+                        return true;
+                    }
                 }
-            }
-            false
-        })
+                false
+            },
+        )
         .await;
         times.push(t.elapsed());
         nodes[leader].restart().await;
