@@ -78,6 +78,26 @@ pub enum CoordinatorError {
 /// Result alias.
 pub type Result<T> = std::result::Result<T, CoordinatorError>;
 
+/// Who decides leadership: the one interface both coordinators offer the
+/// node (`--coordinator static|etcd`).
+pub trait Coordinator: Send + Sync + 'static {
+    /// `static` or `etcd`.
+    fn kind(&self) -> &'static str;
+    /// True when leadership changes only through the coordinator, so an
+    /// operator's manual promote or follow would fight it and is refused.
+    fn automatic(&self) -> bool;
+    /// What `/status` shows under `coordinator`.
+    fn status(&self) -> serde_json::Value;
+    /// Planned switchover, called on the leader once the target (`id` at
+    /// `url`) holds every record: make the target the leader. Afterwards
+    /// this node follows it.
+    fn hand_over<'a>(
+        &'a self,
+        target_id: &'a str,
+        target_url: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
 /// What the coordinator needs from the node it coordinates.
 pub trait Member: Send + Sync + 'static {
     /// What to publish about this node.

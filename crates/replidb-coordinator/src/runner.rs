@@ -417,3 +417,25 @@ impl EtcdCoordinator {
         }
     }
 }
+
+impl crate::Coordinator for EtcdCoordinator {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn automatic(&self) -> bool {
+        true
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "etcd", "state": EtcdCoordinator::status(self)})
+    }
+
+    fn hand_over<'a>(
+        &'a self,
+        target_id: &'a str,
+        _target_url: &'a str,
+    ) -> crate::BoxFuture<'a, Result<()>> {
+        Box::pin(EtcdCoordinator::hand_over(self, target_id))
+    }
+}

@@ -17,6 +17,7 @@ mod config;
 pub mod embed;
 pub mod metrics;
 pub mod node;
+pub mod static_coord;
 
 pub use config::{CoordinatorKind, NodeConfig};
 pub use embed::{

@@ -4,7 +4,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use replidb_coordinator::{BoxFuture, EtcdCoordinator, EtcdOptions, Member, MemberInfo};
+use replidb_coordinator::{
+    BoxFuture, Coordinator, EtcdCoordinator, EtcdOptions, Member, MemberInfo,
+};
 use replidb_core::{Clock, Epoch, Lsn, SystemClock};
 use replidb_engine::{Engine, EngineOptions};
 use replidb_replication::{
@@ -14,6 +16,7 @@ use replidb_wal::WalOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CoordinatorKind, NodeConfig};
+use crate::static_coord::StaticCoordinator;
 use crate::ServerError;
 
 /// What this node is doing right now.
@@ -51,8 +54,9 @@ pub struct Node {
     /// Cluster members known from the coordinator or a previous leader's
     /// peer list; handed to every new leader so `w=majority` counts them.
     cluster_members: std::sync::atomic::AtomicUsize,
-    /// The etcd coordinator, when `--coordinator etcd`.
-    coordinator: RwLock<Option<Arc<EtcdCoordinator>>>,
+    /// Who decides leadership (`--coordinator static|etcd`); set once at
+    /// start.
+    coordinator: RwLock<Option<Arc<dyn Coordinator>>>,
     /// Cancels the current role's tasks.
     role_cancel: RwLock<CancellationToken>,
     /// Cancels everything (shutdown).
@@ -118,23 +122,32 @@ impl Node {
                 let member = Arc::new(NodeMember(Arc::downgrade(&node)));
                 let coordinator = EtcdCoordinator::new(opts, member)
                     .map_err(|e| ServerError::Startup(e.to_string()))?;
-                *node.coordinator.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some(coordinator.clone());
+                node.set_coordinator(coordinator.clone());
                 tokio::spawn(coordinator.run(node.shutdown.child_token()));
             }
-            (CoordinatorKind::Static, Some(url)) => node.become_follower(url),
-            (CoordinatorKind::Static, None) => node.become_leader().await?,
+            (CoordinatorKind::Static, follow) => {
+                node.set_coordinator(Arc::new(StaticCoordinator::new(Arc::downgrade(&node))));
+                match follow {
+                    Some(url) => node.become_follower(url),
+                    None => node.become_leader().await?,
+                }
+            }
         }
         tokio::spawn(node.clone().housekeeping());
         Ok(node)
     }
 
-    /// The etcd coordinator, if any.
-    pub fn coordinator(&self) -> Option<Arc<EtcdCoordinator>> {
-        self.coordinator
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn set_coordinator(&self, c: Arc<dyn Coordinator>) {
+        *self.coordinator.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+
+    /// The coordinator (static or etcd).
+    pub fn coordinator(&self) -> Arc<dyn Coordinator> {
+        match &*self.coordinator.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(c) => c.clone(),
+            // Only before start-up finished: nothing decides yet.
+            None => Arc::new(StaticCoordinator::new(std::sync::Weak::new())),
+        }
     }
 
     /// Become the leader of `epoch` (an election or an operator's promote).

@@ -697,3 +697,54 @@ async fn failover_timing() {
         times
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_switchover_hands_over_without_loss() {
+    let _serial = SERIAL.lock().await;
+    let leader = Node::start("n1", &[]).await;
+    let f_args = [
+        "--follow",
+        &leader.url(),
+        "--backoff-base",
+        "50ms",
+        "--backoff-max",
+        "500ms",
+    ];
+    let f1 = Node::start("n2", &f_args).await;
+    let f2 = Node::start("n3", &f_args).await;
+    wait_followers_streaming(&leader, 2).await;
+    let mut acked = BTreeMap::new();
+    for i in 0..30 {
+        let key = format!("s{i}");
+        leader.put_q(&key, "w=1", key.clone()).await;
+        acked.insert(key.clone(), key);
+    }
+    let r = leader
+        .http()
+        .post(leader.at("/admin/switchover"))
+        .json(&serde_json::json!({"to": "n2"}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let s = f1.status().await;
+    assert_eq!(s["role"], "leader");
+    assert_eq!(s["epoch"], 2);
+    wait_until("n1 and n3 follow n2", Duration::from_secs(10), async || {
+        let a = leader.try_status().await;
+        let b = f2.try_status().await;
+        a.is_some_and(|s| s["role"] == "follower" && s["leader"] == f1.url().as_str())
+            && b.is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
+    })
+    .await;
+    f1.put_q("after-switch", "w=majority", "x").await;
+    acked.insert("after-switch".into(), "x".into());
+    let nodes = [leader, f1, f2];
+    wait_all_converged(&nodes).await;
+    for n in &nodes {
+        assert_has_all(n, &acked).await;
+    }
+    assert!(!nodes[0].data_dir().join("rollback").exists());
+}

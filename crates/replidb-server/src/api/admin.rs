@@ -20,11 +20,10 @@ use serde_json::json;
 
 use super::write::read_body;
 use super::{ApiError, ApiResult, AppState};
-use crate::config::CoordinatorKind;
 use crate::node::Node;
 
 fn etcd_managed(node: &Node, what: &str) -> ApiResult<()> {
-    if node.config.coordinator == CoordinatorKind::Etcd {
+    if node.coordinator().automatic() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "coordinator_managed",
@@ -185,10 +184,11 @@ pub async fn switchover(State(node): State<AppState>, body: Body) -> ApiResult<R
             ),
         ));
     };
-    let handed = match node.coordinator() {
-        Some(c) => c.hand_over(&b.to).await.map_err(|e| e.to_string()),
-        None => hand_over_static(&node, &target.addr).await,
-    };
+    let handed = node
+        .coordinator()
+        .hand_over(&b.to, &target.addr)
+        .await
+        .map_err(|e| e.to_string());
     if let Err(e) = handed {
         leader.set_paused(false);
         return Err(ApiError::new(StatusCode::CONFLICT, "switchover_failed", e));
@@ -205,24 +205,4 @@ pub async fn switchover(State(node): State<AppState>, body: Body) -> ApiResult<R
         "write_pause_ms": started.elapsed().as_millis() as u64,
     }))
     .into_response())
-}
-
-/// Static coordinator: ask the target to promote itself, then follow it.
-async fn hand_over_static(node: &Node, target_url: &str) -> Result<(), String> {
-    let url = format!("{}/admin/promote", target_url.trim_end_matches('/'));
-    let resp = node
-        .http
-        .post(&url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("{url} answered {}", resp.status()));
-    }
-    let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-    let epoch = Epoch(v["epoch"].as_u64().unwrap_or(0));
-    node.follow(target_url.to_string(), epoch)
-        .await
-        .map_err(|e| e.to_string())
 }

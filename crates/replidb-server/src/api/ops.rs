@@ -134,10 +134,7 @@ pub fn status_of(node: &Node) -> Value {
         "storage": node.engine.table().backend_name(),
     });
     doc["storage_error"] = json!(node.engine.failure());
-    doc["coordinator"] = match node.coordinator() {
-        Some(c) => json!({"kind": "etcd", "state": c.status()}),
-        None => json!({"kind": "static"}),
-    };
+    doc["coordinator"] = node.coordinator().status();
     match role {
         Role::Leader(l) => {
             doc["writable"] = json!(l.writable().is_ok());
