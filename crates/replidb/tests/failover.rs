@@ -152,6 +152,22 @@ async fn start_etcd_cluster(etcd: &Etcd, cluster: &str, n: usize) -> Vec<Node> {
     nodes
 }
 
+/// Index (among `candidates`) of a node that says it leads and accepts
+/// writes.
+async fn wait_leader_among(nodes: &[Node], candidates: &[usize], timeout: Duration) -> usize {
+    wait_for("a new leader", timeout, async || {
+        for &i in candidates {
+            if let Some(s) = nodes[i].try_status().await {
+                if s["role"] == "leader" && s["writable"] == true {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    })
+    .await
+}
+
 /// Index of the node that says it leads and accepts writes.
 async fn wait_leader(nodes: &[Node], timeout: Duration) -> usize {
     wait_for("a writable leader", timeout, async || {
@@ -296,17 +312,7 @@ async fn kill_leader_under_majority_load_loses_no_acknowledged_write() {
     nodes[old].kill9();
     let killed_at = Instant::now();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-    let new = wait_for("a new leader", Duration::from_secs(10), async || {
-        for &i in &survivors {
-            if let Some(s) = nodes[i].try_status().await {
-                if s["role"] == "leader" && s["writable"] == true {
-                    return Some(i);
-                }
-            }
-        }
-        None
-    })
-    .await;
+    let new = wait_leader_among(&nodes, &survivors, Duration::from_secs(10)).await;
     eprintln!(
         "new leader {} after {:?}",
         nodes[new].id,
@@ -360,17 +366,7 @@ async fn w1_writes_lost_in_failover_land_in_the_rollback_file() {
     for &f in &followers {
         nodes[f].restart().await;
     }
-    let _new = wait_for("a new leader", Duration::from_secs(15), async || {
-        for &i in &followers {
-            if let Some(s) = nodes[i].try_status().await {
-                if s["role"] == "leader" && s["writable"] == true {
-                    return Some(i);
-                }
-            }
-        }
-        None
-    })
-    .await;
+    let _new = wait_leader_among(&nodes, &followers, Duration::from_secs(15)).await;
     put_to_leader(&nodes, "after-failover", "w=majority", "y").await;
     nodes[old].restart().await;
     wait_all_converged(&nodes).await;
@@ -434,17 +430,7 @@ async fn frozen_leader_is_replaced_and_refuses_writes_when_it_wakes() {
     let old_epoch = nodes[old].status().await["epoch"].as_u64().unwrap();
     signal(&nodes[old], libc::SIGSTOP);
     let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-    let new = wait_for("a new leader", Duration::from_secs(15), async || {
-        for &i in &others {
-            if let Some(s) = nodes[i].try_status().await {
-                if s["role"] == "leader" && s["writable"] == true {
-                    return Some(i);
-                }
-            }
-        }
-        None
-    })
-    .await;
+    let new = wait_leader_among(&nodes, &others, Duration::from_secs(15)).await;
     let s = nodes[new].status().await;
     assert!(
         s["epoch"].as_u64().unwrap() > old_epoch,
@@ -535,17 +521,7 @@ async fn five_failovers_in_a_row_keep_converging() {
         nodes[leader].kill9();
         let t = Instant::now();
         let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-        let new = wait_for("a new leader", Duration::from_secs(15), async || {
-            for &i in &others {
-                if let Some(s) = nodes[i].try_status().await {
-                    if s["role"] == "leader" && s["writable"] == true {
-                        return Some(i);
-                    }
-                }
-            }
-            None
-        })
-        .await;
+        let new = wait_leader_among(&nodes, &others, Duration::from_secs(15)).await;
         // The new leader must also take a w=majority write.
         let http = nodes[new].http().clone();
         let url = nodes[new].at(&format!("/v1/kv/probe{round}?w=majority&timeout_ms=300"));
