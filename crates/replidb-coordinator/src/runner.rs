@@ -85,6 +85,10 @@ struct Session {
     valid_until_ms: u64,
     last_keepalive_ms: u64,
     absent_since_ms: Option<u64>,
+    /// Revision of our own member record, published on a tick after we saw
+    /// the leader key gone: member records at or above it were written
+    /// after the old leader's lease ended.
+    absent_rev: Option<i64>,
     ticks_as_leader: u64,
 }
 
@@ -149,6 +153,7 @@ impl EtcdCoordinator {
             valid_until_ms: 0,
             last_keepalive_ms: 0,
             absent_since_ms: None,
+            absent_rev: None,
             ticks_as_leader: 0,
         };
         let me = self.member.info();
@@ -211,6 +216,7 @@ impl EtcdCoordinator {
         match (leader, leader_kv) {
             (Some(l), Some(kv)) => {
                 s.absent_since_ms = None;
+                s.absent_rev = None;
                 if l.id == info.id && kv.lease == lease && self.member.is_leader() {
                     s.ticks_as_leader += 1;
                     if s.ticks_as_leader % 20 == 1 {
@@ -246,7 +252,16 @@ impl EtcdCoordinator {
             _ => {
                 self.set_deadline(0);
                 let now = self.member.now_ms();
+                let first_tick = s.absent_since_ms.is_none();
                 let since = *s.absent_since_ms.get_or_insert(now);
+                if !first_tick && s.absent_rev.is_none() {
+                    // This tick's publish came after we saw the key gone.
+                    s.absent_rev = self
+                        .client
+                        .get(&self.key(&format!("members/{}", info.id)))
+                        .await?
+                        .map(|kv| kv.mod_revision);
+                }
                 if now.saturating_sub(since) >= self.opts.settle.as_millis() as u64 {
                     self.try_elect(lease, s).await?;
                 }
@@ -295,10 +310,18 @@ impl EtcdCoordinator {
     }
 
     async fn try_elect(&self, lease: LeaseId, s: &Session) -> Result<()> {
-        let members: Vec<MemberInfo> = self
-            .client
-            .get_prefix(&self.key("members/"))
-            .await?
+        let records = self.client.get_prefix(&self.key("members/")).await?;
+        // Decide only on positions published after the old leader's lease
+        // ended: a stale record could understate what a member holds, and
+        // the winner must hold every write a majority acknowledged.
+        let Some(fresh_from) = s.absent_rev else {
+            return Ok(());
+        };
+        if records.iter().any(|kv| kv.mod_revision < fresh_from) {
+            tracing::debug!("waiting for every member to publish a fresh position");
+            return Ok(());
+        }
+        let members: Vec<MemberInfo> = records
             .iter()
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
             .collect();
