@@ -69,17 +69,32 @@ pub async fn get_key(
     check_key(&key)?;
     let p = Params::parse(q.as_deref(), READ_PARAMS)?;
     let opts = ReadOpts::from_params(&p, &headers)?;
-    if plan(&node, &opts).await? == Plan::Leader {
-        return proxy_to_leader(
-            &node,
-            Method::GET,
-            &path_and_query(&uri),
-            &headers,
-            Default::default(),
-        )
-        .await;
+    if let Some(resp) = leader_serves(&node, &opts, &uri, &headers).await? {
+        return Ok(resp);
     }
     read_local(&node, &key, opts.json)
+}
+
+/// Plan a read; when the leader must serve it, relay it there and return
+/// the answer (`None`: serve it here).
+async fn leader_serves(
+    node: &Node,
+    opts: &ReadOpts,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+) -> ApiResult<Option<Response>> {
+    if plan(node, opts).await? != Plan::Leader {
+        return Ok(None);
+    }
+    proxy_to_leader(
+        node,
+        Method::GET,
+        &path_and_query(uri),
+        headers,
+        Default::default(),
+    )
+    .await
+    .map(Some)
 }
 
 /// Serve `key` from the local table.
@@ -196,15 +211,8 @@ pub async fn scan(
             &format!("1..={SCAN_LIMIT_MAX}"),
         ));
     }
-    if plan(&node, &opts).await? == Plan::Leader {
-        return proxy_to_leader(
-            &node,
-            Method::GET,
-            &path_and_query(&uri),
-            &headers,
-            Default::default(),
-        )
-        .await;
+    if let Some(resp) = leader_serves(&node, &opts, &uri, &headers).await? {
+        return Ok(resp);
     }
     let items =
         node.engine
