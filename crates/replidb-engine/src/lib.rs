@@ -3,7 +3,7 @@
 //!
 //! # The writer
 //! Every change to a node's durable state goes through one task, the
-//! writer, fed by a bounded channel of [`Command`](writer)s. It owns the
+//! writer, fed by a bounded channel of `Command`s (in `writer.rs`). It owns the
 //! [`Wal`](replidb_wal::Wal) outright, and it is the only caller of
 //! [`Table::apply`](replidb_storage::Table::apply). Having one owner makes the
 //! invariants local:

@@ -1,7 +1,7 @@
 //! replidb-server: one node — its HTTP API on a single port, and the
 //! assembly of engine, replication role and background tasks.
 //!
-//! - [`config`]: [`NodeConfig`], every setting of a node.
+//! - `config`: [`NodeConfig`], every setting of a node.
 //! - [`node`]: [`Node`], the running state (engine + leader or follower).
 //! - [`api`]: the HTTP routes of API.md, including the replication upgrade.
 //! - [`metrics`]: the Prometheus recorder and state gauges.

@@ -2,7 +2,7 @@
 //! operations, and the replication upgrade endpoint, all on one port.
 //!
 //! Handlers are thin: they parse and validate, then call the engine, the
-//! leader (write concerns) or the read path in [`read`]. Two middlewares
+//! leader (write concerns) or the read path in `read.rs`. Two middlewares
 //! wrap every route: one adds the `X-Replidb-*` headers (unless a handler or
 //! a proxied answer already set them), one records request metrics.
 
