@@ -5,69 +5,19 @@
 //! the whole snapshot and the follower converges.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use replidb_core::{DurationRange, Epoch, Lsn, Op, SystemClock, WriteConcern};
-use replidb_engine::{Engine, EngineOptions, Proposal};
+use replidb_engine::{Engine, Proposal};
 use replidb_replication::transport::BoxFuture;
 use replidb_replication::{BoxIo, Follower, FollowerOptions, Leader, LeaderOptions, Transport};
 use replidb_storage::Backend;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-/// A stream whose reads fail after `left` more bytes (the last read is cut
-/// short: a truncated frame).
-struct CutAfter {
-    inner: tokio::io::DuplexStream,
-    left: usize,
-}
-
-impl AsyncRead for CutAfter {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.left == 0 {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "injected cut",
-            )));
-        }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            let n = buf.filled().len() - before;
-            if n > self.left {
-                buf.set_filled(before + self.left);
-                self.left = 0;
-            } else {
-                self.left -= n;
-            }
-        }
-        r
-    }
-}
-
-impl AsyncWrite for CutAfter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+mod support;
+use support::{engine, CutStream};
 
 /// Connects straight to the leader's session. With `cut_first`, the first
 /// connection is cut after that many bytes and later ones are refused
@@ -107,19 +57,15 @@ impl Transport for Scripted {
             let (a, b) = tokio::io::duplex(16 * 1024);
             tokio::spawn(self.leader.clone().serve(Box::new(b)));
             Ok(match cut {
-                Some(left) => Box::new(CutAfter { inner: a, left }) as BoxIo,
+                Some(left) => Box::new(CutStream {
+                    inner: a,
+                    left,
+                    cut_writes: false,
+                }) as BoxIo,
                 None => Box::new(a) as BoxIo,
             })
         })
     }
-}
-
-async fn engine(dir: &std::path::Path, id: &str, backend: Backend) -> Arc<Engine> {
-    let mut o = EngineOptions::new(dir, id);
-    o.backend = backend;
-    // Small segments so retention can drop what the follower still needs.
-    o.wal.segment_bytes = 2048;
-    Engine::open(o, Arc::new(SystemClock)).await.unwrap()
 }
 
 /// Run a follower of `leader` over `transport` until the returned token is

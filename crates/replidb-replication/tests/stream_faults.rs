@@ -5,85 +5,19 @@
 //! leader's log suffix and table (invariants 1 and 4).
 
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use replidb_core::{Epoch, Lsn, Op, SystemClock, WriteConcern};
-use replidb_engine::{Engine, EngineOptions, Proposal};
+use replidb_engine::Proposal;
 use replidb_replication::transport::BoxFuture;
 use replidb_replication::{BoxIo, Follower, FollowerOptions, Leader, LeaderOptions, Transport};
 use replidb_storage::Backend;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-/// A stream that fails after `budget` bytes in either direction.
-struct Flaky {
-    inner: tokio::io::DuplexStream,
-    budget: usize,
-}
-
-impl Flaky {
-    fn spend(&mut self, n: usize) -> io::Result<()> {
-        if self.budget < n {
-            self.budget = 0;
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "injected cut"));
-        }
-        self.budget -= n;
-        Ok(())
-    }
-}
-
-impl AsyncRead for Flaky {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.budget == 0 {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "injected cut",
-            )));
-        }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            let n = buf.filled().len() - before;
-            // Deliver a cut mid-buffer: the bytes before it arrive, the
-            // rest are lost (a truncated frame).
-            if let Err(e) = self.spend(n) {
-                let keep = before + n / 2;
-                buf.set_filled(keep);
-                if keep == before {
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Flaky {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if let Err(e) = self.spend(data.len()) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+mod support;
+use support::{engine, CutStream};
 
 /// Connects the follower straight to the leader's session over an
 /// in-memory pipe, with random cuts and refusals.
@@ -107,23 +41,19 @@ impl Transport for FaultyTransport {
             }
             let (a, b) = tokio::io::duplex(16 * 1024);
             tokio::spawn(self.leader.clone().serve(Box::new(b)));
-            Ok(Box::new(Flaky { inner: a, budget }) as BoxIo)
+            Ok(Box::new(CutStream {
+                inner: a,
+                left: budget,
+                cut_writes: true,
+            }) as BoxIo)
         })
     }
-}
-
-async fn engine(dir: &std::path::Path, id: &str) -> Arc<Engine> {
-    let mut o = EngineOptions::new(dir, id);
-    o.backend = Backend::Memory;
-    // Tiny segments so retention can remove some while the follower lags.
-    o.wal.segment_bytes = 2048;
-    Engine::open(o, Arc::new(SystemClock)).await.unwrap()
 }
 
 async fn run_seed(seed: u64) {
     let ldir = tempfile::tempdir().unwrap();
     let fdir = tempfile::tempdir().unwrap();
-    let le = engine(ldir.path(), "leader").await;
+    let le = engine(ldir.path(), "leader", Backend::Memory).await;
     le.begin_epoch(Epoch(1)).await.unwrap();
     let leader = Leader::new(
         "leader",
@@ -137,7 +67,7 @@ async fn run_seed(seed: u64) {
         },
         WriteConcern::One,
     );
-    let fe = engine(fdir.path(), "follower").await;
+    let fe = engine(fdir.path(), "follower", Backend::Memory).await;
     let transport = Arc::new(FaultyTransport {
         leader: leader.clone(),
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
