@@ -5,14 +5,25 @@
 //! 1. Only with a **quorum** of the registered members alive: then any
 //!    majority that acknowledged a write shares a member with the alive set,
 //!    and the alive member with the longest log holds that write.
-//! 2. Only members whose `flush_lsn` reaches the highest `commit_lsn` any
-//!    member has seen (they hold everything committed), and within
-//!    `max_lag_records` of the longest log.
-//! 3. During a planned switchover, only the named target.
-//! 4. Among those, the longest log (`flush_lsn`) wins; ties go to the
-//!    smallest id, so every member computes the same winner.
+//! 2. Logs are ranked by their last record's **position** `(epoch, lsn)`,
+//!    epoch first (Raft's up-to-date rule, §5.4.1; PostgreSQL timelines),
+//!    never by LSN alone: a deposed leader's unacknowledged tail can be
+//!    longer than the committed history of a later epoch that replaced it
+//!    (`replidb simulate --seed 359 --faults all` lost a `w=majority` write
+//!    that way). The best-ranked log holds every acknowledged write: a
+//!    write is acknowledged only on a majority, whose logs then rank at
+//!    least as high as its position, and the alive quorum meets that
+//!    majority.
+//! 3. Eligible: healthy, with the best position among the alive members
+//!    (a member whose tail diverges ranks below the committed history and
+//!    is never eligible until it rewinds), within `max_lag_records` of it
+//!    (only matters for ties in epoch), and whose `flush_lsn` reaches the
+//!    highest `commit_lsn` any member has seen in that epoch.
+//! 4. During a planned switchover, only the named target, and only if it
+//!    holds the best position.
+//! 5. Ties go to the smallest id, so every member computes the same winner.
 
-use replidb_core::Lsn;
+use replidb_core::{Epoch, Lsn, Position};
 use serde::{Deserialize, Serialize};
 
 /// What a member publishes about itself (its etcd member key).
@@ -28,6 +39,10 @@ pub struct MemberInfo {
     pub epoch: u64,
     /// Durable log end.
     pub flush_lsn: u64,
+    /// Epoch of the record at `flush_lsn` (0 for an empty log). Members
+    /// that predate this field publish nothing and rank as epoch 0.
+    #[serde(default)]
+    pub last_epoch: u64,
     /// Applied position.
     pub applied_lsn: u64,
     /// Highest commit LSN the member has seen (its own, or a leader's).
@@ -64,21 +79,35 @@ pub fn choose<'a>(
             needed,
         });
     }
-    let committed = alive.iter().map(|m| m.commit_lsn).max().unwrap_or(0);
-    let longest = alive.iter().map(|m| m.flush_lsn).max().unwrap_or(0);
+    // The best log among every alive member, healthy or not: a sick member
+    // with the best log must make the others wait, not lose its records.
+    let Some(best) = alive.iter().map(position_of).max() else {
+        return Err(NoWinner::NoEligible);
+    };
+    let committed = alive
+        .iter()
+        .filter(|m| Epoch(m.last_epoch) == best.epoch)
+        .map(|m| m.commit_lsn)
+        .max()
+        .unwrap_or(0);
     alive
         .iter()
         .filter(|m| m.healthy)
+        .filter(|m| position_of(m).epoch == best.epoch)
         .filter(|m| m.flush_lsn >= committed)
-        .filter(|m| longest.saturating_sub(m.flush_lsn) <= max_lag_records)
-        .filter(|m| switchover_target.is_none_or(|t| t == m.id))
-        .max_by(|a, b| a.flush_lsn.cmp(&b.flush_lsn).then_with(|| b.id.cmp(&a.id)))
+        .filter(|m| best.lsn.0.saturating_sub(m.flush_lsn) <= max_lag_records)
+        .filter(|m| switchover_target.is_none_or(|t| t == m.id && position_of(m) == best))
+        .max_by(|a, b| {
+            position_of(a)
+                .cmp(&position_of(b))
+                .then_with(|| b.id.cmp(&a.id))
+        })
         .ok_or(NoWinner::NoEligible)
 }
 
-/// A member's log end as an [`Lsn`].
-pub fn flush_of(m: &MemberInfo) -> Lsn {
-    Lsn(m.flush_lsn)
+/// A member's log end as a [`Position`] `(last_epoch, flush_lsn)`.
+pub fn position_of(m: &MemberInfo) -> Position {
+    Position::new(Epoch(m.last_epoch), Lsn(m.flush_lsn))
 }
 
 #[cfg(test)]
@@ -92,6 +121,7 @@ mod tests {
             role: "follower".into(),
             epoch: 1,
             flush_lsn: flush,
+            last_epoch: 1,
             applied_lsn: flush,
             commit_lsn: commit,
             healthy: true,
@@ -134,6 +164,32 @@ mod tests {
         let a = [m("n2", 10, 5), m("n3", 10, 5)];
         assert_eq!(choose(&a, 3, 1000, Some("n3")).unwrap().id, "n3");
         assert_eq!(choose(&a, 3, 1000, Some("n9")), Err(NoWinner::NoEligible));
+    }
+
+    /// Regression for `replidb simulate --seed 359 --faults all` and the
+    /// etcd scenario of the reliability issue: n1's unacknowledged epoch-1
+    /// tail ends at LSN 15; n3 holds the `w=majority` writes of epoch 2 up
+    /// to LSN 8. Ranking by LSN alone elected n1 and rewound the
+    /// acknowledged writes.
+    #[test]
+    fn later_epoch_beats_longer_log() {
+        let mut old = m("n1", 15, 5);
+        old.last_epoch = 1;
+        let mut new = m("n3", 8, 8);
+        new.last_epoch = 2;
+        let a = [old.clone(), new.clone()];
+        assert_eq!(choose(&a, 3, 1000, None).unwrap().id, "n3");
+        // The divergent node is not eligible even as a switchover target,
+        // and a lag limit measured from its longer log does not exclude n3.
+        assert_eq!(choose(&a, 3, 1000, Some("n1")), Err(NoWinner::NoEligible));
+        assert_eq!(choose(&a, 3, 0, None).unwrap().id, "n3");
+        // If the only member with the best log is sick, nobody wins.
+        let mut sick = new;
+        sick.healthy = false;
+        assert_eq!(
+            choose(&[old, sick], 3, 1000, None),
+            Err(NoWinner::NoEligible)
+        );
     }
 
     #[test]

@@ -19,6 +19,6 @@ mod types;
 
 pub use hlc::{Clock, Hlc, HlcClock, SystemClock};
 pub use types::{
-    validate_key, Epoch, EpochHistory, KeyError, Lsn, NodeId, Op, Record, Versioned, WriteConcern,
-    WriteConcernError, MAX_KEY_BYTES,
+    validate_key, Epoch, EpochHistory, KeyError, Lsn, NodeId, Op, Position, Record, Versioned,
+    WriteConcern, WriteConcernError, MAX_KEY_BYTES,
 };

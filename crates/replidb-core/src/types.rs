@@ -167,6 +167,36 @@ pub struct Versioned {
     pub epoch: Epoch,
 }
 
+/// A point in a log: the epoch of the record at `lsn` and `lsn` itself.
+///
+/// Two logs are compared by `(epoch, lsn)`, epoch first — the up-to-date
+/// rule of Raft (§5.4.1: the log whose last entry has the later term is more
+/// up to date; equal terms, the longer log) and of PostgreSQL timelines. An
+/// LSN alone says nothing across epochs: a deposed leader's unacknowledged
+/// tail can be longer than the committed history that replaced it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Position {
+    /// Epoch of the record at `lsn` (0 for an empty log). Compared first.
+    pub epoch: Epoch,
+    /// The LSN.
+    pub lsn: Lsn,
+}
+
+impl Position {
+    /// The position `(epoch, lsn)`.
+    pub fn new(epoch: Epoch, lsn: Lsn) -> Self {
+        Position { epoch, lsn }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}, {})", self.epoch.0, self.lsn.0)
+    }
+}
+
 /// A node's epoch history: `(epoch, first_lsn)` pairs in increasing order,
 /// like PostgreSQL's timeline history. Epoch `e` covers LSNs from its
 /// `first_lsn` up to (excluding) the next entry's `first_lsn`.
@@ -184,6 +214,13 @@ impl EpochHistory {
             .rev()
             .find(|(_, first)| *first <= lsn)
             .map(|(e, _)| *e)
+    }
+
+    /// The position of the record at `lsn` in a log with this history:
+    /// `(epoch covering lsn, lsn)`, or epoch 0 when no entry covers it (an
+    /// empty log).
+    pub fn position_of(&self, lsn: Lsn) -> Position {
+        Position::new(self.epoch_at(lsn).unwrap_or_default(), lsn)
     }
 
     /// The newest epoch in the history.

@@ -54,14 +54,31 @@ pub struct Proposal {
     /// `(key, lsn)` pairs that must hold at the moment of sequencing; lsn 0
     /// means "absent".
     pub conditions: Vec<(String, Lsn)>,
+    /// The epoch the proposing leader leads. The writer refuses the
+    /// proposal ([`EngineError::NotLeaderOfEpoch`]) unless this node's
+    /// current epoch *and* the newest epoch of its history are exactly this
+    /// one, checked in the writer task itself so no epoch change can slip
+    /// between the check and the append (invariant 3: a node writes only
+    /// in an epoch it leads). `None` only for single-node tools and tests.
+    pub epoch: Option<Epoch>,
 }
 
 impl Proposal {
-    /// A proposal without conditions.
+    /// A proposal without conditions or epoch check.
     pub fn new(op: Op) -> Self {
         Proposal {
             op,
             conditions: Vec::new(),
+            epoch: None,
+        }
+    }
+
+    /// A proposal by the leader of `epoch`.
+    pub fn in_epoch(op: Op, conditions: Vec<(String, Lsn)>, epoch: Epoch) -> Self {
+        Proposal {
+            op,
+            conditions,
+            epoch: Some(epoch),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Engine errors, grouped by how a caller reacts.
 
-use replidb_core::Lsn;
+use replidb_core::{Epoch, Lsn};
 
 /// What went wrong in the engine.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,17 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// The proposal came from the leader of an epoch this node no longer
+    /// writes in (it adopted a newer one); nothing was written.
+    #[error("not the leader of epoch {proposed}: this node is at epoch {current} (history ends in epoch {history_last})")]
+    NotLeaderOfEpoch {
+        /// The epoch the proposing leader leads.
+        proposed: Epoch,
+        /// This node's current epoch.
+        current: Epoch,
+        /// The newest epoch in this node's history.
+        history_last: Epoch,
+    },
     /// A transaction condition did not hold; nothing was written.
     #[error("condition failed on key {key:?}: expected lsn {expected}, found {actual}")]
     ConditionFailed {
@@ -28,6 +39,11 @@ pub enum EngineError {
         expected: Lsn,
         /// The LSN the key actually has (0 = absent).
         actual: Lsn,
+        /// The last LSN sequenced when the condition was checked: the state
+        /// it was checked against is everything up to here, some of which
+        /// may not be durable yet. A caller must not reveal `actual` before
+        /// this LSN is committed as strongly as its request asked.
+        as_of: Lsn,
     },
     /// The table and the WAL do not line up (the WAL lost records the
     /// table never saw): refuse rather than serve a hole.

@@ -276,6 +276,19 @@ impl WriterCore {
         proposal: Proposal,
         overlay: &mut HashMap<String, Lsn>,
     ) -> Result<(Record, Committed)> {
+        let (epoch, history_last) = {
+            let m = self.meta.read().unwrap_or_else(|e| e.into_inner());
+            (m.epoch, m.history.last_epoch())
+        };
+        if let Some(proposed) = proposal.epoch {
+            if proposed != epoch || proposed != history_last {
+                return Err(EngineError::NotLeaderOfEpoch {
+                    proposed,
+                    current: epoch,
+                    history_last,
+                });
+            }
+        }
         let current = |key: &str| -> Result<Lsn> {
             if let Some(l) = overlay.get(key) {
                 return Ok(*l);
@@ -289,6 +302,7 @@ impl WriterCore {
                     key: key.clone(),
                     expected: *expected,
                     actual,
+                    as_of: self.wal.last_lsn(),
                 });
             }
         }
@@ -297,7 +311,6 @@ impl WriterCore {
             _ => None,
         };
         let lsn = self.wal.last_lsn().next();
-        let epoch = self.meta.read().unwrap_or_else(|e| e.into_inner()).epoch;
         proposal.op.for_each_leaf(&mut |leaf| match leaf {
             Op::Put { key, .. } => {
                 overlay.insert(key.clone(), lsn);

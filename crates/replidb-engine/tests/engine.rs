@@ -85,20 +85,26 @@ async fn conditions_see_earlier_writes_and_fail_cleanly() {
     let e = open(dir.path(), Backend::Memory).await;
     let c = e.propose(Proposal::new(put("a", "1"))).await.unwrap();
     let ok = e
-        .propose(Proposal {
-            op: Op::Batch(vec![put("a", "2"), put("b", "2")]),
-            conditions: vec![("a".into(), c.lsn), ("b".into(), Lsn::ZERO)],
-        })
+        .propose(Proposal::in_epoch(
+            Op::Batch(vec![put("a", "2"), put("b", "2")]),
+            vec![("a".into(), c.lsn), ("b".into(), Lsn::ZERO)],
+            Epoch(1),
+        ))
         .await
         .unwrap();
     let err = e
-        .propose(Proposal {
-            op: put("b", "3"),
-            conditions: vec![("b".into(), Lsn::ZERO)],
-        })
+        .propose(Proposal::in_epoch(
+            put("b", "3"),
+            vec![("b".into(), Lsn::ZERO)],
+            Epoch(1),
+        ))
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::ConditionFailed { actual, .. } if actual == ok.lsn));
+    // The failure names the state it was checked against (`as_of`), so the
+    // API can wait until that state is committed before revealing it.
+    assert!(
+        matches!(err, EngineError::ConditionFailed { actual, as_of, .. } if actual == ok.lsn && as_of == ok.lsn)
+    );
     // The failed proposal took no LSN.
     let next = e.propose(Proposal::new(put("c", "1"))).await.unwrap();
     assert_eq!(next.lsn, ok.lsn.next());
@@ -243,4 +249,30 @@ async fn snapshot_install_is_staged_until_finished() {
         e.append_replicated(vec![rec(1)]).await.unwrap();
         assert_eq!(e.apply_up_to(Lsn(1)).await.unwrap(), Lsn(1));
     }
+}
+
+/// Regression for the reliability issue's "a fenced old leader writes in
+/// the new leader's epoch": a leader of epoch 1 that adopts epoch 2 (a fence
+/// arrived between its write check and the append) must not stamp the
+/// write with epoch 2, or write at all.
+#[tokio::test]
+async fn proposals_of_an_old_epoch_are_refused_after_adopting_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), Backend::Memory).await;
+    e.propose(Proposal::in_epoch(put("a", "1"), Vec::new(), Epoch(1)))
+        .await
+        .unwrap();
+    e.adopt_history(Epoch(2), e.meta().history).await.unwrap();
+    let err = e
+        .propose(Proposal::in_epoch(put("a", "2"), Vec::new(), Epoch(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::NotLeaderOfEpoch { .. }), "{err}");
+    // Nor may it write in epoch 2, which its own history does not open.
+    let err = e
+        .propose(Proposal::in_epoch(put("a", "2"), Vec::new(), Epoch(2)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::NotLeaderOfEpoch { .. }), "{err}");
+    assert_eq!(e.positions().flush_lsn, Lsn(1));
 }

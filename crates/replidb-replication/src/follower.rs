@@ -461,18 +461,22 @@ impl Follower {
                 peers,
                 ..
             } => {
-                let mut s = self.st();
-                if epoch < s.leader_epoch {
-                    return Err(ReplicationError::Fenced(
-                        "heartbeat from an older epoch".into(),
-                    ));
+                {
+                    let mut s = self.st();
+                    if epoch < s.leader_epoch {
+                        return Err(ReplicationError::Fenced(
+                            "heartbeat from an older epoch".into(),
+                        ));
+                    }
+                    s.peers = peers;
+                    self.note_leader_last(&mut s, last_lsn, now);
+                    s.commit_lsn = commit_lsn;
+                    s.last_sync_ms = now;
                 }
-                s.peers = peers;
-                self.note_leader_last(&mut s, last_lsn, now);
-                s.commit_lsn = commit_lsn;
-                s.last_sync_ms = now;
-                drop(s);
                 metrics::gauge!("replidb_replication_last_sync_timestamp_seconds", "node_id" => self.opts.node_id.clone()).set(now as f64 / 1000.0);
+                // Answer every heartbeat: the leader's check-quorum and its
+                // leadership confirmation for strong reads count these.
+                self.send_ack(framed).await?;
             }
             Frame::SnapshotBegin { lsn } => {
                 tracing::info!(%lsn, "receiving snapshot");

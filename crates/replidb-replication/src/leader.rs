@@ -37,6 +37,12 @@ pub struct LeaderOptions {
     pub hello_timeout: Duration,
     /// This leader's own URL, shared with followers in heartbeats.
     pub advertise_url: String,
+    /// Check-quorum window (Raft §6.2's check-quorum, on the monotonic
+    /// clock): a leader that has not heard an acknowledgement from a
+    /// majority of voters within this long refuses writes and strong reads
+    /// (and, with etcd, steps down), so an isolated leader cannot keep the
+    /// cluster unavailable or serve stale "latest" state.
+    pub check_quorum: Duration,
 }
 
 impl Default for LeaderOptions {
@@ -49,6 +55,7 @@ impl Default for LeaderOptions {
             snapshot_chunk_entries: 1000,
             hello_timeout: Duration::from_secs(5),
             advertise_url: String::new(),
+            check_quorum: Duration::from_millis(1500),
         }
     }
 }
@@ -95,6 +102,12 @@ pub struct ReplicaInfo {
     /// disconnected.
     #[serde(skip)]
     session: u64,
+    /// When the last acknowledgement arrived, on the monotonic clock: an
+    /// ack received after instant `t` proves the follower still followed
+    /// this leader after `t` (followers ack only their current leader, and
+    /// answer every heartbeat).
+    #[serde(skip)]
+    last_ack_at: Option<tokio::time::Instant>,
 }
 
 /// Leader-side replication state, shared by every session and the write
@@ -125,6 +138,12 @@ pub struct Leader {
     /// leader must not count a majority of only the followers that happen
     /// to have reconnected.
     known_members: std::sync::atomic::AtomicUsize,
+    /// When this leader started, on the monotonic clock: the check-quorum
+    /// window starts here, so a new leader has time to hear its followers.
+    started_at: tokio::time::Instant,
+    /// Bumped to make every session send a heartbeat now (a strong read
+    /// confirming leadership, ReadIndex-style).
+    probe: watch::Sender<u64>,
 }
 
 /// Why a leader refuses a write right now.
@@ -136,6 +155,9 @@ pub enum NotWritable {
     Paused,
     /// Another node leads a higher epoch.
     Stale,
+    /// No acknowledgement from a majority of voters within the
+    /// check-quorum window: this leader may be cut off from the others.
+    NoQuorum,
 }
 
 impl Leader {
@@ -163,6 +185,8 @@ impl Leader {
             paused: Default::default(),
             stale: Default::default(),
             known_members: Default::default(),
+            started_at: tokio::time::Instant::now(),
+            probe: watch::channel(0).0,
         })
     }
 
@@ -202,7 +226,66 @@ impl Leader {
         if self.clock.now_ms() >= self.write_deadline_ms.load(SeqCst) {
             return Err(NotWritable::Fenced);
         }
+        if !self.has_quorum_contact() {
+            return Err(NotWritable::NoQuorum);
+        }
         Ok(())
+    }
+
+    /// Check-quorum: a majority of voters (this leader included) sent an
+    /// acknowledgement within the last [`LeaderOptions::check_quorum`], or
+    /// this leader started less than that long ago.
+    pub fn has_quorum_contact(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let window = self.opts.check_quorum;
+        if now.duration_since(self.started_at) < window {
+            return true;
+        }
+        self.heard_from_majority_since(now.checked_sub(window).unwrap_or(self.started_at))
+    }
+
+    /// Whether a majority of voters (this leader included) acknowledged
+    /// something after `since` (monotonic).
+    pub fn heard_from_majority_since(&self, since: tokio::time::Instant) -> bool {
+        let heard = 1 + self
+            .lock()
+            .values()
+            .filter(|r| r.last_ack_at.is_some_and(|t| t >= since))
+            .count();
+        heard >= WriteConcern::Majority.required(self.voters())
+    }
+
+    /// Confirm that this node still leads, for a linearizable read that
+    /// arrived at `since` (Raft's ReadIndex, §6.4): ask every follower for
+    /// an immediate heartbeat answer and wait until a majority of voters
+    /// acknowledged after `since`. A deposed leader (paused, partitioned,
+    /// or replaced by an operator's promote) cannot get that majority: the
+    /// others follow a newer epoch and ack only their leader. `false` on
+    /// timeout or when stale.
+    pub async fn confirm_leadership(&self, since: tokio::time::Instant, timeout: Duration) -> bool {
+        let mut rx = self.acks.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.probe.send_modify(|v| *v += 1);
+        loop {
+            if self.stale.load(std::sync::atomic::Ordering::SeqCst) {
+                return false;
+            }
+            if self.heard_from_majority_since(since) {
+                return true;
+            }
+            rx.borrow_and_update();
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return self.heard_from_majority_since(since) && !self.is_stale();
+            }
+        }
+    }
+
+    /// Whether a follower showed us a higher epoch.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The epoch this leader leads in.
@@ -442,6 +525,7 @@ impl Leader {
                 sync: "async",
                 last_seen_ms: now,
                 session,
+                last_ack_at: Some(tokio::time::Instant::now()),
             },
         );
         self.acks.send_modify(|v| *v += 1);
@@ -494,7 +578,9 @@ impl Leader {
                         lag_ms,
                     }) => {
                         let now = me.clock.now_ms();
+                        let at = tokio::time::Instant::now();
                         me.update(&id, session, |r| {
+                            r.last_ack_at = Some(at);
                             r.lag_ms = lag_ms;
                             r.flush_lsn = r.flush_lsn.max(flush_lsn);
                             r.applied_lsn = r.applied_lsn.max(applied_lsn);
@@ -530,6 +616,7 @@ impl Leader {
         let mut positions = self.engine.subscribe();
         let mut heartbeat = tokio::time::interval(self.opts.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe = self.probe.subscribe();
         loop {
             positions.borrow_and_update();
             let batch =
@@ -562,6 +649,9 @@ impl Leader {
             self.update(node_id, session, |r| r.state = ReplicaState::Streaming);
             tokio::select! {
                 _ = positions.changed() => {}
+                _ = probe.changed() => {
+                    heartbeat.reset_immediately();
+                }
                 _ = heartbeat.tick() => {
                     sink.send(Frame::Heartbeat {
                         last_lsn: self.engine.positions().flush_lsn,

@@ -401,6 +401,7 @@ impl Member for NodeMember {
                 role: "stopped".into(),
                 epoch: 0,
                 flush_lsn: 0,
+                last_epoch: 0,
                 applied_lsn: 0,
                 commit_lsn: 0,
                 healthy: false,
@@ -412,12 +413,14 @@ impl Member for NodeMember {
             Role::Leader(l) => l.commit_lsn(),
             Role::Follower(f) => f.status().commit_lsn,
         };
+        let meta = node.engine.meta();
         MemberInfo {
             id: node.config.id.clone(),
             url: node.config.advertise(),
             role: role.name().to_string(),
-            epoch: node.engine.meta().epoch.0,
+            epoch: meta.epoch.0,
             flush_lsn: pos.flush_lsn.0,
+            last_epoch: meta.history.position_of(pos.flush_lsn).epoch.0,
             applied_lsn: pos.applied_lsn.0,
             commit_lsn: commit.0,
             healthy: !node.shutdown.is_cancelled(),

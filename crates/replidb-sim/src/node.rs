@@ -234,12 +234,14 @@ impl Member for SimMember {
             Role::Leader(l) => ("leader", l.commit_lsn()),
             Role::Follower(f, _) => ("follower", f.status().commit_lsn),
         };
+        let meta = n.engine.meta();
         MemberInfo {
             id: n.name.clone(),
             url: url_of(&n.name),
             role: role.to_string(),
-            epoch: n.engine.meta().epoch.0,
+            epoch: meta.epoch.0,
             flush_lsn: pos.flush_lsn.0,
+            last_epoch: meta.history.position_of(pos.flush_lsn).epoch.0,
             applied_lsn: pos.applied_lsn.0,
             commit_lsn: commit.0,
             healthy: n.engine.failure().is_none(),

@@ -212,7 +212,13 @@ async fn write(shared: &Shared, key: &str, value: &str, majority: bool) -> Optio
             key: key.to_string(),
             value: value.as_bytes().to_vec(),
         };
-        match node.engine.propose(Proposal::new(op)).await {
+        // Propose as the leader of its epoch, as the server's write path
+        // does: the writer refuses it if the node adopted a newer epoch.
+        let proposal = match &node.leader {
+            Some(l) => Proposal::in_epoch(op, Vec::new(), l.epoch()),
+            None => Proposal::new(op),
+        };
+        match node.engine.propose(proposal).await {
             Ok(c) => break (name, node, c),
             Err(e) if shared.elected && attempt < WRITE_ATTEMPTS => {
                 shared.event(EventKind::WriteFailed {

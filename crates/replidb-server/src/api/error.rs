@@ -82,6 +82,15 @@ impl From<replidb_engine::EngineError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "condition_failed", e.to_string())
             }
             E::Stopped(_) => ApiError::unavailable(e.to_string()),
+            E::NotLeaderOfEpoch { .. } => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stale_leader",
+                    e.to_string(),
+                );
+                err.retry_after_s = Some(1);
+                err
+            }
             other => ApiError::internal(other.to_string()),
         }
     }

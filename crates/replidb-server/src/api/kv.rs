@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::params::{Params, ReadOpts, WriteOpts, READ_PARAMS, WRITE_PARAMS};
-use super::read::{plan, proxy_to_leader, Plan};
+use super::read::{confirm_strong, plan, proxy_to_leader, Plan};
 use super::write::{not_leader_response, propose, read_body, write_response, Origin};
 use super::{ApiError, ApiResult, AppState};
 use crate::node::Node;
@@ -69,32 +69,40 @@ pub async fn get_key(
     check_key(&key)?;
     let p = Params::parse(q.as_deref(), READ_PARAMS)?;
     let opts = ReadOpts::from_params(&p, &headers)?;
-    if let Some(resp) = leader_serves(&node, &opts, &uri, &headers).await? {
-        return Ok(resp);
-    }
-    read_local(&node, &key, opts.json)
+    serve_read(&node, &opts, &uri, &headers, |n| {
+        read_local(n, &key, opts.json)
+    })
+    .await
 }
 
-/// Plan a read; when the leader must serve it, relay it there and return
-/// the answer (`None`: serve it here).
-async fn leader_serves(
+/// Plan a read and serve it: relay it to the leader, or answer from the
+/// local table with `local` — for a strong read, only after confirming
+/// that what was read is committed and that this node still leads.
+async fn serve_read(
     node: &Node,
     opts: &ReadOpts,
     uri: &OriginalUri,
     headers: &HeaderMap,
-) -> ApiResult<Option<Response>> {
-    if plan(node, opts).await? != Plan::Leader {
-        return Ok(None);
+    local: impl FnOnce(&Node) -> ApiResult<Response>,
+) -> ApiResult<Response> {
+    match plan(node, opts).await? {
+        Plan::Local => local(node),
+        Plan::Strong(leader, since) => {
+            let answer = local(node);
+            confirm_strong(node, &leader, since, opts).await?;
+            answer
+        }
+        Plan::Leader => {
+            proxy_to_leader(
+                node,
+                Method::GET,
+                &path_and_query(uri),
+                headers,
+                Default::default(),
+            )
+            .await
+        }
     }
-    proxy_to_leader(
-        node,
-        Method::GET,
-        &path_and_query(uri),
-        headers,
-        Default::default(),
-    )
-    .await
-    .map(Some)
 }
 
 /// Serve `key` from the local table.
@@ -211,15 +219,15 @@ pub async fn scan(
             &format!("1..={SCAN_LIMIT_MAX}"),
         ));
     }
-    if let Some(resp) = leader_serves(&node, &opts, &uri, &headers).await? {
-        return Ok(resp);
-    }
-    let items =
-        node.engine
-            .table()
-            .scan(p.str("prefix").unwrap_or(""), p.str("start_after"), limit)?;
-    let list: Vec<Value> = items.iter().map(|(k, v)| versioned_json(k, v)).collect();
-    Ok(Json(Value::Array(list)).into_response())
+    serve_read(&node, &opts, &uri, &headers, |n| {
+        let items =
+            n.engine
+                .table()
+                .scan(p.str("prefix").unwrap_or(""), p.str("start_after"), limit)?;
+        let list: Vec<Value> = items.iter().map(|(k, v)| versioned_json(k, v)).collect();
+        Ok(Json(Value::Array(list)).into_response())
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -34,6 +34,9 @@ pub fn health_of(node: &Node, want_role: Option<&str>, max_lag_ms: Option<u64>) 
                 replidb_replication::NotWritable::Stale => {
                     "stale leader: a newer epoch exists".to_string()
                 }
+                replidb_replication::NotWritable::NoQuorum => {
+                    "leader has not heard from a majority of voters (check-quorum)".to_string()
+                }
             });
             (why.is_none(), 0u64, now, why, drift)
         }

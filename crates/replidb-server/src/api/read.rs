@@ -12,14 +12,18 @@ use replidb_core::Lsn;
 use super::params::{Consistency, Fallback, ReadOpts};
 use super::{ApiError, ApiResult};
 use crate::node::{Node, Role};
+use replidb_replication::Leader;
+use std::sync::Arc;
 
 /// Where a read is served.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
     /// Here, from the local table.
     Local,
     /// By the leader (this node proxies).
     Leader,
+    /// Here, on the leader, linearizably: read the table, then
+    /// [`confirm_strong`] before answering.
+    Strong(Arc<Leader>, tokio::time::Instant),
 }
 
 /// Decide where to serve a read, waiting for tokens and commits as the
@@ -33,19 +37,9 @@ pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
             }
             if opts.consistency == Some(Consistency::Strong) {
                 // Only a leader that still holds its lease may claim to be
-                // the latest state.
+                // the latest state (checked again after the read).
                 super::write::writable(&leader)?;
-                // Linearizable: what we return must be durable on a
-                // majority, so a failover cannot take it back.
-                let target = node.engine.positions().applied_lsn;
-                if !leader
-                    .wait_commit(target, opts.wait.max(Duration::from_millis(1)))
-                    .await
-                {
-                    return Err(ApiError::unavailable(format!(
-                        "strong read: lsn {target} is not yet durable on a majority"
-                    )));
-                }
+                return Ok(Plan::Strong(leader, tokio::time::Instant::now()));
             }
             Ok(Plan::Local)
         }
@@ -86,6 +80,36 @@ pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
             Ok(Plan::Local)
         }
     }
+}
+
+/// Finish a linearizable read that was served from this leader's table
+/// after `since`: everything the read could have seen (up to the applied
+/// LSN now, which covers any record applied after the fsync but before a
+/// majority had it) must be durable on a majority, so no failover can take
+/// it back; and this node must still lead *after* the read arrived — a
+/// majority of voters acknowledged it since then (ReadIndex, Raft §6.4) —
+/// so a deposed leader that has not heard of its successor (paused,
+/// partitioned) refuses instead of answering with old state. Any failure
+/// is a 503: the read may be retried.
+pub async fn confirm_strong(
+    node: &Node,
+    leader: &Leader,
+    since: tokio::time::Instant,
+    opts: &ReadOpts,
+) -> ApiResult<()> {
+    let budget = opts.wait.max(Duration::from_millis(1));
+    let target = node.engine.positions().applied_lsn;
+    if !leader.wait_commit(target, budget).await {
+        return Err(ApiError::unavailable(format!(
+            "strong read: lsn {target} is not yet durable on a majority"
+        )));
+    }
+    if !leader.confirm_leadership(since, budget).await {
+        return Err(ApiError::unavailable(
+            "strong read: this node could not confirm with a majority of voters that it still leads",
+        ));
+    }
+    super::write::writable(leader)
 }
 
 /// On the leader, a token above our applied LSN can only come from a

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use replidb_core::{Lsn, Op};
-use replidb_engine::Proposal;
+use replidb_engine::{EngineError, Proposal};
 use serde_json::{json, Value};
 
 use super::params::WriteOpts;
@@ -86,7 +86,17 @@ pub async fn propose(
         Op::Put { key, .. } | Op::Delete { key } => key.clone(),
         Op::Batch(ops) => format!("<batch of {}>", ops.len()),
     };
-    let committed = node.engine.propose(Proposal { op, conditions }).await?;
+    let proposal = Proposal::in_epoch(op, conditions, leader.epoch());
+    let committed = match node.engine.propose(proposal).await {
+        Ok(c) => c,
+        Err(EngineError::ConditionFailed {
+            key,
+            expected,
+            actual,
+            as_of,
+        }) => return Err(condition_failed(&leader, key, expected, actual, as_of, opts).await),
+        Err(e) => return Err(e.into()),
+    };
     tracing::debug!(node_id = %node.config.id, key = %key_for_log, lsn = %committed.lsn, "write persisted");
     let (acks, met) = leader.wait_for(committed.lsn, opts.w, opts.timeout).await;
     Ok(WriteOutcome {
@@ -98,6 +108,42 @@ pub async fn propose(
     })
 }
 
+/// The answer to a transaction whose condition failed: a 409 that names
+/// the key's current LSN — but only once the state the condition was
+/// checked against (everything up to `as_of`, which may still have been in
+/// the group being fsynced) is committed as strongly as the request's write
+/// concern asks. Revealing it earlier could report a version that a
+/// failover then rolls back, and a strong read after the 409 would
+/// contradict it. If the concern is not met in time the answer is a 504
+/// that reveals nothing about the key.
+async fn condition_failed(
+    leader: &replidb_replication::Leader,
+    key: String,
+    expected: Lsn,
+    actual: Lsn,
+    as_of: Lsn,
+    opts: WriteOpts,
+) -> ApiError {
+    let (acks, met) = leader.wait_for(as_of, opts.w, opts.timeout).await;
+    if met {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "condition_failed",
+            format!("condition failed on key {key:?}: expected lsn {expected}, found {actual}"),
+        );
+    }
+    let mut e = ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "condition_unconfirmed",
+        format!(
+            "the condition did not hold against state up to lsn {as_of}, which is on {acks} node(s), fewer than w={} asks; nothing was written, retry",
+            opts.w
+        ),
+    );
+    e.retry_after_s = Some(1);
+    e
+}
+
 /// Refuse a write the leader may not accept now (invariant 3: a leader
 /// without a valid lease, or a stale one, must not write).
 pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
@@ -107,6 +153,7 @@ pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
             NotWritable::Fenced => ("fenced", "this leader does not hold a valid lease; it refuses writes until re-elected or re-pointed"),
             NotWritable::Paused => ("switchover_in_progress", "a planned switchover is in progress; retry shortly"),
             NotWritable::Stale => ("stale_leader", "a newer leader exists; this node no longer accepts writes"),
+            NotWritable::NoQuorum => ("no_quorum", "this leader has not heard from a majority of voters recently (check-quorum); it refuses writes until it does or another node leads"),
         };
         let mut e = ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, code, msg);
         e.retry_after_s = Some(1);
