@@ -77,7 +77,7 @@ pub(crate) struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    fn encode(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    pub(crate) fn encode(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
         let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
