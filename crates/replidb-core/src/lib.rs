@@ -21,8 +21,10 @@ pub use duration::{parse_duration, DurationError, DurationRange};
 mod hlc;
 mod types;
 
-pub use hlc::{Clock, Hlc, HlcClock, SystemClock};
+pub use hlc::{
+    Clock, ClockOffsetError, Hlc, HlcClock, SkewedClock, SystemClock, HLC_MAX_OFFSET_MS,
+};
 pub use types::{
     validate_key, Epoch, EpochHistory, KeyError, Lsn, NodeId, Op, Record, Versioned, WriteConcern,
-    WriteConcernError, MAX_KEY_BYTES,
+    WriteConcernError, MAX_KEY_BYTES, TXN_VALUES_MAX, VALUE_BYTES_MAX,
 };

@@ -79,6 +79,16 @@ impl From<&str> for NodeId {
 /// Longest key accepted, in bytes of UTF-8 (API.md: 1..=1024).
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// Largest value, in bytes, any node may be configured to accept
+/// (`--max-value-bytes` is capped here). The WAL record, stream frame and
+/// snapshot chunk limits are sized from it and checked against it at
+/// compile time (`replidb_wal::codec`, `replidb_replication::frame`).
+pub const VALUE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How many values' worth of bytes one transaction may carry (its body is
+/// limited to this many times `--max-value-bytes`).
+pub const TXN_VALUES_MAX: usize = 4;
+
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
