@@ -79,6 +79,16 @@ impl From<&str> for NodeId {
 /// Longest key accepted, in bytes of UTF-8 (API.md: 1..=1024).
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// Largest value, in bytes, any node may be configured to accept
+/// (`--max-value-bytes` is capped here). The WAL record, stream frame and
+/// snapshot chunk limits are sized from it and checked against it at
+/// compile time (`replidb_wal::codec`, `replidb_replication::frame`).
+pub const VALUE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How many values' worth of bytes one transaction may carry (its body is
+/// limited to this many times `--max-value-bytes`).
+pub const TXN_VALUES_MAX: usize = 4;
+
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -106,7 +116,12 @@ pub fn validate_key(key: &str) -> Result<(), KeyError> {
 
 /// One change to the table. A `Batch` is applied atomically and holds only
 /// `Put` and `Delete` (never a nested batch).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Decoding enforces that: a nested batch is an error. Without the check a
+/// peer or a damaged file could nest batches a million deep in a few
+/// megabytes and overflow the decoder's stack (found by the decoder fuzz
+/// run: `replidb-wal`'s `fuzz` tests).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Op {
     /// Set `key` to `value`.
     Put {
@@ -122,6 +137,44 @@ pub enum Op {
     },
     /// Several puts and deletes applied as one.
     Batch(Vec<Op>),
+}
+
+/// The wire form of [`Op`] for decoding: the same variants in the same
+/// order (so the same bytes), with a batch of leaves only.
+#[derive(Deserialize)]
+#[serde(rename = "Op")]
+enum OpWire {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+    Batch(Vec<LeafWire>),
+}
+
+/// A batch member on the wire: `Put` or `Delete`; a third variant (a nested
+/// `Batch`) is an unknown variant and fails to decode.
+#[derive(Deserialize)]
+#[serde(rename = "Op")]
+enum LeafWire {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+impl From<LeafWire> for Op {
+    fn from(w: LeafWire) -> Op {
+        match w {
+            LeafWire::Put { key, value } => Op::Put { key, value },
+            LeafWire::Delete { key } => Op::Delete { key },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Op, D::Error> {
+        Ok(match OpWire::deserialize(d)? {
+            OpWire::Put { key, value } => Op::Put { key, value },
+            OpWire::Delete { key } => Op::Delete { key },
+            OpWire::Batch(leaves) => Op::Batch(leaves.into_iter().map(Op::from).collect()),
+        })
+    }
 }
 
 impl Op {

@@ -4,7 +4,6 @@
 use replidb_core::{Epoch, EpochHistory};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::{EngineError, Result};
@@ -46,18 +45,9 @@ pub(crate) fn store(dir: &Path, meta: &NodeMeta) -> Result<()> {
         path: path.clone(),
         reason: e.to_string(),
     };
-    let tmp = dir.join("meta.json.tmp");
     let bytes = serde_json::to_vec_pretty(meta).map_err(|e| EngineError::Meta {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    let mut f = fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    fs::rename(&tmp, &path).map_err(err)?;
-    // The rename is only durable once the directory entry is.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)?;
-    Ok(())
+    replidb_core::durable::write_atomic(&path, &bytes).map_err(err)
 }

@@ -341,7 +341,11 @@ impl WriterCore {
             if rec.lsn <= self.wal.last_lsn() {
                 continue; // already have it: a resent batch after reconnect
             }
-            self.hlc.observe(rec.hlc);
+            // A leader's stamp too far in our future is not absorbed (its
+            // clock is wrong, ours must not follow it); the record keeps it.
+            if let Err(e) = self.hlc.observe(rec.hlc) {
+                tracing::warn!(lsn = %rec.lsn, error = %e, "replicated record's clock not absorbed");
+            }
             self.wal.append(rec)?;
         }
         Ok(())

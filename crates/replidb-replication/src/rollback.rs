@@ -1,7 +1,6 @@
 //! Rollback files: records a rewind removed, as JSON lines under
 //! `rollback/` in the data directory. Nothing leaves a log without a trace.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -37,12 +36,65 @@ fn value_field(v: &[u8]) -> (Option<String>, Option<&'static str>) {
     }
 }
 
-/// Write `records` to a new rollback file and fsync it; returns its path.
+/// A rollback file being written: records are appended in chunks as the
+/// rewind reads them (memory stays at one chunk, whatever the divergent
+/// tail's length), then [`RollbackFile::finish`] makes them durable.
+///
+/// The file is opened for appending and never truncated: a rewind retried
+/// after a crash, in the same millisecond or not, adds to what an earlier
+/// attempt wrote instead of destroying it.
+pub struct RollbackFile {
+    out: replidb_core::durable::DurableAppend,
+    records: u64,
+}
+
+impl RollbackFile {
+    /// Open `rollback/rollback-epoch{new_epoch}-{now_ms}.jsonl` under `dir`
+    /// (`now_ms` is wall time: only a name for people to read).
+    pub fn create(dir: &Path, new_epoch: Epoch, now_ms: u64) -> Result<RollbackFile> {
+        let folder = dir.join("rollback");
+        let io = |e: std::io::Error| ReplicationError::Io(format!("{}: {e}", folder.display()));
+        std::fs::create_dir_all(&folder).map_err(io)?;
+        let path = folder.join(format!("rollback-epoch{}-{now_ms}.jsonl", new_epoch.0));
+        let out = replidb_core::durable::DurableAppend::open(&path)
+            .map_err(|e| ReplicationError::Io(format!("{}: {e}", path.display())))?;
+        Ok(RollbackFile { out, records: 0 })
+    }
+
+    /// Append `records` as JSON lines (not yet durable).
+    pub fn append(&mut self, records: &[Record]) -> Result<()> {
+        let out = encode_lines(records);
+        self.out
+            .append(&out)
+            .map_err(|e| ReplicationError::Io(format!("{}: {e}", self.out.path().display())))?;
+        self.records += records.len() as u64;
+        Ok(())
+    }
+
+    /// Records appended so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// fsync the file and its directory; returns its path.
+    pub fn finish(self) -> Result<PathBuf> {
+        let path = self.out.path().to_path_buf();
+        self.out
+            .finish()
+            .map_err(|e| ReplicationError::Io(format!("{}: {e}", path.display())))?;
+        Ok(path)
+    }
+}
+
+/// Write `records` to a rollback file and make it durable; returns its path.
 pub fn write(dir: &Path, new_epoch: Epoch, records: &[Record], now_ms: u64) -> Result<PathBuf> {
-    let folder = dir.join("rollback");
-    let io = |e: std::io::Error| ReplicationError::Io(format!("{}: {e}", folder.display()));
-    std::fs::create_dir_all(&folder).map_err(io)?;
-    let path = folder.join(format!("rollback-epoch{}-{now_ms}.jsonl", new_epoch.0));
+    let mut f = RollbackFile::create(dir, new_epoch, now_ms)?;
+    f.append(records)?;
+    f.finish()
+}
+
+/// JSON lines for `records`, one per leaf operation.
+fn encode_lines(records: &[Record]) -> Vec<u8> {
     let mut out = Vec::new();
     for rec in records {
         let mut i = 0usize;
@@ -70,8 +122,38 @@ pub fn write(dir: &Path, new_epoch: Epoch, records: &[Record], now_ms: u64) -> R
             i += 1;
         });
     }
-    let mut f = std::fs::File::create(&path).map_err(io)?;
-    f.write_all(&out).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    Ok(path)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replidb_core::{Hlc, Lsn};
+
+    fn put(lsn: u64) -> Record {
+        Record {
+            lsn: Lsn(lsn),
+            epoch: Epoch(1),
+            hlc: Hlc::default(),
+            op: Op::Put {
+                key: format!("k{lsn}"),
+                value: b"v".to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_retried_rewind_with_the_same_name_keeps_earlier_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write(dir.path(), Epoch(2), &[put(1), put(2)], 42).unwrap();
+        // Same epoch, same millisecond: the same file name.
+        let mut again = RollbackFile::create(dir.path(), Epoch(2), 42).unwrap();
+        again.append(&[put(3)]).unwrap();
+        again.append(&[put(4)]).unwrap();
+        assert_eq!(again.records(), 2);
+        let second = again.finish().unwrap();
+        assert_eq!(first, second);
+        let text = std::fs::read_to_string(&first).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+    }
 }

@@ -42,6 +42,12 @@ impl Clock for SimClock {
             None => self.last.load(Ordering::Relaxed),
         }
     }
+
+    /// Simulated time since the start of the run: the same virtual time
+    /// as the wall clock, without the epoch.
+    fn mono_ms(&self) -> u64 {
+        self.elapsed_ms()
+    }
 }
 
 #[cfg(test)]

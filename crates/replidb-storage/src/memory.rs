@@ -23,8 +23,7 @@
 //!   the rename), which is loaded as usual, and the marker is removed.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,14 +179,8 @@ impl MemoryTable {
         bytes.extend_from_slice(&payload);
         drop(payload);
 
-        let tmp = dir.join(SNAPSHOT_TMP);
-        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(&bytes).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
         let path = dir.join(SNAPSHOT_FILE);
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(dir)
+        replidb_core::durable::write_atomic(&path, &bytes).map_err(io_err(&path))
     }
 }
 
@@ -232,9 +225,7 @@ fn remove_marker(dir: &Path) -> Result<()> {
 
 /// fsync a directory so a rename or create/remove in it is durable.
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    replidb_core::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Apply the leaves of `records` to `map`.
@@ -341,10 +332,7 @@ impl Table for MemoryTable {
         let _p = self.lock_persist();
         if let Some(dir) = &self.dir {
             let marker = dir.join(RESTORING_MARKER);
-            File::create(&marker)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(&marker))?;
-            sync_dir(dir)?;
+            replidb_core::durable::write_atomic(&marker, b"").map_err(io_err(&marker))?;
         }
         *staging = Some(Map::new());
         self.restoring.store(true, Ordering::Release);
@@ -508,7 +496,7 @@ mod tests {
         t.finish_restore(Lsn(7)).unwrap();
         assert!(!dir.path().join(RESTORING_MARKER).exists());
         drop(t);
-        File::create(dir.path().join(RESTORING_MARKER)).unwrap();
+        std::fs::File::create(dir.path().join(RESTORING_MARKER)).unwrap();
         let t = MemoryTable::open(dir.path()).unwrap();
         assert!(!t.needs_restore());
         assert_eq!(t.applied_lsn(), Lsn(7));

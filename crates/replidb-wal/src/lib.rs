@@ -66,6 +66,8 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+#[cfg(test)]
+mod fuzz;
 mod reader;
 mod recovery;
 mod segment;

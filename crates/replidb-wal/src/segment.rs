@@ -2,9 +2,10 @@
 //! sequential frame reader shared by cursors and `truncate_after`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use replidb_core::durable::TMP_SUFFIX;
 use replidb_core::{Epoch, Lsn, Record};
 
 use crate::codec::{self, DecodeError, FRAME_HEADER_LEN};
@@ -28,7 +29,6 @@ pub const SEGMENT_HEADER_LEN: u64 = 48;
 const MAGIC: [u8; 8] = *b"RPLDBWAL";
 const VERSION: u32 = 1;
 const EXT: &str = "wal";
-const TMP_SUFFIX: &str = ".tmp";
 const READ_CHUNK: usize = 64 * 1024;
 
 /// File name of the segment whose first record is `first`, e.g.
@@ -77,7 +77,7 @@ pub(crate) struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    fn encode(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    pub(crate) fn encode(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
         let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -134,9 +134,7 @@ impl SegmentHeader {
 /// `fsync` a directory so that entries created, renamed or removed in it
 /// survive a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    replidb_core::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Create the segment file for `header` atomically: the header is written to
@@ -150,25 +148,13 @@ pub(crate) fn create_segment(
     durable: bool,
 ) -> Result<(File, PathBuf)> {
     let path = dir.join(segment_file_name(header.first_lsn));
-    let tmp = dir.join(format!(
-        "{}{TMP_SUFFIX}",
-        segment_file_name(header.first_lsn)
-    ));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(&header.encode()).map_err(io_err(&tmp))?;
-        if durable {
-            f.sync_data().map_err(io_err(&tmp))?;
-        }
-    }
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
     if durable {
-        sync_dir(dir)?;
+        replidb_core::durable::write_atomic(&path, &header.encode()).map_err(io_err(&path))?;
+    } else {
+        // fsync disabled (`--fsync never`): same steps, no syncs.
+        let tmp = replidb_core::durable::tmp_path(&path);
+        fs::write(&tmp, header.encode()).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
     }
     let file = open_append(&path)?;
     Ok((file, path))
