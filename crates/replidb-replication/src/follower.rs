@@ -311,12 +311,24 @@ impl Follower {
                     .map_err(|_| ReplicationError::Protocol("applier stopped".into()))?;
             }
         }
-        let io = self.transport.connect(url).await?;
+        // Every step of the handshake is bounded: a connect to a host that
+        // vanished (crashed, cut off) may never be answered, and a follower
+        // waiting on it forever never finds the current leader
+        // (`replidb simulate --seed 487 --faults all`).
+        let io = tokio::time::timeout(self.opts.idle_timeout, self.transport.connect(url))
+            .await
+            .map_err(|_| {
+                ReplicationError::Protocol(format!(
+                    "connect to {url} took longer than {:?}",
+                    self.opts.idle_timeout
+                ))
+            })??;
         let mut framed = Framed::new(io, FrameCodec::default());
         let meta = self.engine.meta();
         let pos = self.engine.positions();
-        framed
-            .send(Frame::Hello {
+        self.send_bounded(
+            &mut framed,
+            Frame::Hello {
                 node_id: self.opts.node_id.clone(),
                 addr: self.opts.advertise_url.clone(),
                 epoch: meta.epoch,
@@ -324,8 +336,9 @@ impl Follower {
                 applied_lsn: pos.applied_lsn,
                 last_epoch: meta.history.epoch_at(pos.flush_lsn).unwrap_or_default(),
                 history: meta.history.clone(),
-            })
-            .await?;
+            },
+        )
+        .await?;
         let first = self.next_frame(&mut framed).await?;
         let history = match first {
             Frame::Welcome {
@@ -393,13 +406,31 @@ impl Follower {
     /// Tell the leader where our log and table are.
     async fn send_ack(&self, framed: &mut Framed<BoxIo, FrameCodec>) -> Result<()> {
         let p = self.engine.positions();
-        framed
-            .send(Frame::Ack {
-                flush_lsn: p.flush_lsn,
-                applied_lsn: p.applied_lsn,
-                lag_ms: self.lag_ms(),
-            })
-            .await?;
+        let ack = Frame::Ack {
+            flush_lsn: p.flush_lsn,
+            applied_lsn: p.applied_lsn,
+            lag_ms: self.lag_ms(),
+        };
+        self.send_bounded(framed, ack).await
+    }
+
+    /// Send one frame, giving up after the idle timeout: a leader that
+    /// stopped reading (paused, cut off) must not hold this follower in a
+    /// send forever, where no idle timeout on receive can fire.
+    async fn send_bounded(
+        &self,
+        framed: &mut Framed<BoxIo, FrameCodec>,
+        frame: Frame,
+    ) -> Result<()> {
+        let kind = frame.kind();
+        tokio::time::timeout(self.opts.idle_timeout, framed.send(frame))
+            .await
+            .map_err(|_| {
+                ReplicationError::Protocol(format!(
+                    "sending {kind} took longer than {:?}",
+                    self.opts.idle_timeout
+                ))
+            })??;
         Ok(())
     }
 

@@ -107,7 +107,10 @@ pub struct ReplicaInfo {
     /// this leader after `t` (followers ack only their current leader, and
     /// answer every heartbeat).
     #[serde(skip)]
-    last_ack_at: Option<tokio::time::Instant>,
+    last_ack_mono_ms: Option<u64>,
+    /// How long ago the last acknowledgement arrived, in ms on this
+    /// leader's monotonic clock (`None`: never).
+    pub last_ack_age_ms: Option<u64>,
 }
 
 /// Leader-side replication state, shared by every session and the write
@@ -140,7 +143,7 @@ pub struct Leader {
     known_members: std::sync::atomic::AtomicUsize,
     /// When this leader started, on the monotonic clock: the check-quorum
     /// window starts here, so a new leader has time to hear its followers.
-    started_at: tokio::time::Instant,
+    started_mono_ms: u64,
     /// Bumped to make every session send a heartbeat now (a strong read
     /// confirming leadership, ReadIndex-style).
     probe: watch::Sender<u64>,
@@ -170,6 +173,7 @@ impl Leader {
         default_wc: WriteConcern,
     ) -> Arc<Leader> {
         let epoch = engine.meta().epoch;
+        let started_mono_ms = clock.mono_ms();
         Arc::new(Leader {
             node_id: node_id.into(),
             engine,
@@ -185,7 +189,7 @@ impl Leader {
             paused: Default::default(),
             stale: Default::default(),
             known_members: Default::default(),
-            started_at: tokio::time::Instant::now(),
+            started_mono_ms,
             probe: watch::channel(0).0,
         })
     }
@@ -236,33 +240,34 @@ impl Leader {
     /// acknowledgement within the last [`LeaderOptions::check_quorum`], or
     /// this leader started less than that long ago.
     pub fn has_quorum_contact(&self) -> bool {
-        let now = tokio::time::Instant::now();
-        let window = self.opts.check_quorum;
-        if now.duration_since(self.started_at) < window {
+        let now = self.clock.mono_ms();
+        let window_ms = self.opts.check_quorum.as_millis() as u64;
+        if now.saturating_sub(self.started_mono_ms) < window_ms {
             return true;
         }
-        self.heard_from_majority_since(now.checked_sub(window).unwrap_or(self.started_at))
+        self.heard_from_majority_since(now.saturating_sub(window_ms))
     }
 
     /// Whether a majority of voters (this leader included) acknowledged
-    /// something after `since` (monotonic).
-    pub fn heard_from_majority_since(&self, since: tokio::time::Instant) -> bool {
+    /// something at or after `since_mono_ms` (this leader's monotonic clock).
+    pub fn heard_from_majority_since(&self, since_mono_ms: u64) -> bool {
         let heard = 1 + self
             .lock()
             .values()
-            .filter(|r| r.last_ack_at.is_some_and(|t| t >= since))
+            .filter(|r| r.last_ack_mono_ms.is_some_and(|t| t >= since_mono_ms))
             .count();
         heard >= WriteConcern::Majority.required(self.voters())
     }
 
     /// Confirm that this node still leads, for a linearizable read that
-    /// arrived at `since` (Raft's ReadIndex, §6.4): ask every follower for
-    /// an immediate heartbeat answer and wait until a majority of voters
-    /// acknowledged after `since`. A deposed leader (paused, partitioned,
+    /// arrived at `since_mono_ms` (Raft's ReadIndex, §6.4): ask every
+    /// follower for an immediate heartbeat answer and wait until a majority
+    /// of voters acknowledged strictly after that millisecond. A deposed leader (paused, partitioned,
     /// or replaced by an operator's promote) cannot get that majority: the
     /// others follow a newer epoch and ack only their leader. `false` on
     /// timeout or when stale.
-    pub async fn confirm_leadership(&self, since: tokio::time::Instant, timeout: Duration) -> bool {
+    pub async fn confirm_leadership(&self, since_mono_ms: u64, timeout: Duration) -> bool {
+        let after = since_mono_ms + 1;
         let mut rx = self.acks.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         self.probe.send_modify(|v| *v += 1);
@@ -270,7 +275,7 @@ impl Leader {
             if self.stale.load(std::sync::atomic::Ordering::SeqCst) {
                 return false;
             }
-            if self.heard_from_majority_since(since) {
+            if self.heard_from_majority_since(after) {
                 return true;
             }
             rx.borrow_and_update();
@@ -278,7 +283,7 @@ impl Leader {
                 tokio::time::timeout_at(deadline, rx.changed()).await,
                 Ok(Ok(()))
             ) {
-                return self.heard_from_majority_since(since) && !self.is_stale();
+                return self.heard_from_majority_since(after) && !self.is_stale();
             }
         }
     }
@@ -305,6 +310,7 @@ impl Leader {
     /// Followers, in id order, with lag computed against our last LSN.
     pub fn replicas(&self) -> Vec<ReplicaInfo> {
         let last = self.engine.positions().flush_lsn;
+        let now = self.clock.mono_ms();
         let sync = match self.default_wc {
             WriteConcern::One => "async",
             WriteConcern::All => "sync",
@@ -314,6 +320,7 @@ impl Leader {
             .values()
             .map(|r| {
                 let mut r = r.clone();
+                r.last_ack_age_ms = r.last_ack_mono_ms.map(|t| now.saturating_sub(t));
                 r.lag_records = last.0.saturating_sub(r.applied_lsn.0);
                 r.sync = sync;
                 r
@@ -525,7 +532,8 @@ impl Leader {
                 sync: "async",
                 last_seen_ms: now,
                 session,
-                last_ack_at: Some(tokio::time::Instant::now()),
+                last_ack_mono_ms: Some(self.clock.mono_ms()),
+                last_ack_age_ms: None,
             },
         );
         self.acks.send_modify(|v| *v += 1);
@@ -578,9 +586,9 @@ impl Leader {
                         lag_ms,
                     }) => {
                         let now = me.clock.now_ms();
-                        let at = tokio::time::Instant::now();
+                        let at = me.clock.mono_ms();
                         me.update(&id, session, |r| {
-                            r.last_ack_at = Some(at);
+                            r.last_ack_mono_ms = Some(at);
                             r.lag_ms = lag_ms;
                             r.flush_lsn = r.flush_lsn.max(flush_lsn);
                             r.applied_lsn = r.applied_lsn.max(applied_lsn);

@@ -23,7 +23,7 @@ pub enum Plan {
     Leader,
     /// Here, on the leader, linearizably: read the table, then
     /// [`confirm_strong`] before answering.
-    Strong(Arc<Leader>, tokio::time::Instant),
+    Strong(Arc<Leader>, u64),
 }
 
 /// Decide where to serve a read, waiting for tokens and commits as the
@@ -39,7 +39,7 @@ pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
                 // Only a leader that still holds its lease may claim to be
                 // the latest state (checked again after the read).
                 super::write::writable(&leader)?;
-                return Ok(Plan::Strong(leader, tokio::time::Instant::now()));
+                return Ok(Plan::Strong(leader, node.clock.mono_ms()));
             }
             Ok(Plan::Local)
         }
@@ -83,7 +83,7 @@ pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
 }
 
 /// Finish a linearizable read that was served from this leader's table
-/// after `since`: everything the read could have seen (up to the applied
+/// after `since_mono_ms` (this node's monotonic clock): everything the read could have seen (up to the applied
 /// LSN now, which covers any record applied after the fsync but before a
 /// majority had it) must be durable on a majority, so no failover can take
 /// it back; and this node must still lead *after* the read arrived — a
@@ -94,7 +94,7 @@ pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
 pub async fn confirm_strong(
     node: &Node,
     leader: &Leader,
-    since: tokio::time::Instant,
+    since_mono_ms: u64,
     opts: &ReadOpts,
 ) -> ApiResult<()> {
     let budget = opts.wait.max(Duration::from_millis(1));
@@ -104,7 +104,7 @@ pub async fn confirm_strong(
             "strong read: lsn {target} is not yet durable on a majority"
         )));
     }
-    if !leader.confirm_leadership(since, budget).await {
+    if !leader.confirm_leadership(since_mono_ms, budget).await {
         return Err(ApiError::unavailable(
             "strong read: this node could not confirm with a majority of voters that it still leads",
         ));
