@@ -344,9 +344,10 @@ async fn strong_read(
 enum WriteEnd {
     /// 200 with `committed: true`.
     Ok(String),
-    /// Definitely not applied (refused before anything was sent, 307, 4xx,
-    /// or 409 for a cas).
-    Refused(u16),
+    /// Definitely not applied (refused before anything was sent, 307, 4xx).
+    Refused,
+    /// 409 `condition_failed`: a cas whose condition did not hold.
+    Conflict(String),
     /// Applied or not: unknown (timeout, broken connection, 5xx, 504).
     Unknown(String),
 }
@@ -360,7 +361,7 @@ async fn send_write(
         Err(e) if e.is_connect() => {
             // Refused by a cut proxy or a dead node: nothing was sent.
             w.next_leader_guess(target);
-            (WriteEnd::Refused(0), None)
+            (WriteEnd::Refused, None)
         }
         Err(e) => {
             w.next_leader_guess(target);
@@ -372,7 +373,7 @@ async fn send_write(
             let note = served_by(&resp);
             if status == 307 {
                 w.redirected(&resp);
-                return (WriteEnd::Refused(307), None);
+                return (WriteEnd::Refused, None);
             }
             let body: Option<Value> = resp.json().await.ok();
             match (status, &body) {
@@ -381,9 +382,9 @@ async fn send_write(
                     (WriteEnd::Ok(note), body)
                 }
                 (409, Some(b)) if b["error"]["code"] == "condition_failed" => {
-                    (WriteEnd::Refused(409), body)
+                    (WriteEnd::Conflict(format!("409 from {note}")), body)
                 }
-                (400..=499, _) if status != 408 => (WriteEnd::Refused(status), body),
+                (400..=499, _) if status != 408 => (WriteEnd::Refused, body),
                 _ => {
                     if status == 503 {
                         w.next_leader_guess(target);
@@ -439,7 +440,7 @@ async fn client(w: Arc<Workload>, process: usize, seed: u64) {
             let (end, _) = send_write(&w, http.post(&url).json(&body), target).await;
             let ret = w.history.now();
             let kind = match end {
-                WriteEnd::Refused(409) => OpKind::CasRefused {
+                WriteEnd::Conflict(_) => OpKind::CasRefused {
                     expected: seen.value,
                 },
                 _ => OpKind::Cas {
@@ -474,11 +475,12 @@ fn record_write(
             w.count(if what == "cas" { "cas ok" } else { "write ok" });
             (Some(ret), note)
         }
-        WriteEnd::Refused(409) if refused_cas => {
+        WriteEnd::Conflict(note) if refused_cas => {
             w.count("cas refused (409)");
-            (Some(ret), "409 condition_failed".to_string())
+            (Some(ret), note)
         }
-        WriteEnd::Refused(_) => {
+        WriteEnd::Conflict(_) => return,
+        WriteEnd::Refused => {
             w.count(if what == "cas" {
                 "cas not sent/redirected"
             } else {
