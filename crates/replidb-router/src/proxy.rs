@@ -415,15 +415,13 @@ fn relay(
     ) {
         set_cookie(&mut headers, &request::lsn_cookie(token));
     }
-    if wrote {
-        if !sh.config.sticky_window.is_zero() {
-            let id = session.unwrap_or_else(|| {
-                let id = format!("{:032x}", rand::random::<u128>());
-                set_cookie(&mut headers, &request::session_cookie(&id));
-                id
-            });
-            sh.sessions().record_write(&id, Instant::now());
-        }
+    if wrote && !sh.config.sticky_window.is_zero() {
+        let id = session.unwrap_or_else(|| {
+            let id = format!("{:032x}", rand::random::<u128>());
+            set_cookie(&mut headers, &request::session_cookie(&id));
+            id
+        });
+        sh.sessions().record_write(&id, Instant::now());
     }
     let mut resp = Response::new(Body::from_stream(r.resp.bytes_stream()));
     *resp.status_mut() = status;
