@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run replidb's whole test suite on a fresh Debian machine: install what the
 # tests need (etcd for the failover tests, promtool from `prometheus` for
-# the deploy/ checks), build once, run every test.
+# the deploy/ checks), build once, run every test, then soak the simulator
+# (release build) over SIM_SOAK_SEEDS seeds (default 2000) with every fault.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +24,25 @@ fi
 # Build everything first so test timing is not mixed with compilation.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast "$@"
+
+# Simulator soak: many seeds with every fault kind, on the release build
+# (debug is ~10x slower). Two halves run at once to use both cores; each
+# prints only its failing seeds, and any failed seed fails the script.
+seeds=${SIM_SOAK_SEEDS:-2000}
+cargo build --release --locked -p replidb
+bin="${CARGO_TARGET_DIR:-target}/release/replidb"
+half=$((seeds / 2))
+logs=$(mktemp -d)
+"$bin" simulate --seeds "1..${half}" --faults all >"$logs/a" 2>&1 &
+pid_a=$!
+"$bin" simulate --seeds "$((half + 1))..${seeds}" --faults all >"$logs/b" 2>&1 &
+pid_b=$!
+status=0
+wait "$pid_a" || status=1
+wait "$pid_b" || status=1
+cat "$logs/a" "$logs/b"
+rm -rf "$logs"
+if ((status != 0)); then
+    echo "simulator soak: some seeds failed (each failing line shows how to replay it)" >&2
+    exit 1
+fi

@@ -33,9 +33,11 @@
 //! | sticky window (`--sticky-window`) | none (cookie or `X-Replidb-Session`) | every read of a recent writer loads the leader, for the whole window, even when followers are caught up |
 //!
 //! The **cookie** works like LiteFS's proxy: each successful write sets
-//! `replidb_lsn=<max(old cookie, write lsn)>`, and each later read carrying
-//! it is sent with `min_lsn = max(cookie, explicit token)`, so the follower
-//! serves it only once it has applied the client's last write. It gives
+//! `replidb_lsn=<max(old cookie, write lsn)>`, each served read sets it to
+//! `max(old cookie, applied lsn of the state served)`, and each later read
+//! carrying it is sent with `min_lsn = max(cookie, explicit token)`, so the
+//! follower serves it only once it has applied the client's last write and
+//! everything the client has already read. It gives
 //! read-your-writes and monotonic reads per cookie jar; it says nothing
 //! across clients. The **sticky window** guesses instead of knowing: it is
 //! right as long as replication lag stays below the window, and it moves

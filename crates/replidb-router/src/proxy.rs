@@ -407,28 +407,35 @@ fn relay(
     // leader: the client must still read it back, as `Session` does.
     let wrote =
         endpoint.is_write() && (status.is_success() || status == StatusCode::GATEWAY_TIMEOUT);
-    if wrote {
-        let lsn = headers
-            .get("x-replidb-lsn")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        if let Some(lsn) = lsn {
-            let token = cookies.lsn.unwrap_or(0).max(lsn);
-            set_cookie(&mut headers, &request::lsn_cookie(token));
-        }
-        if !sh.config.sticky_window.is_zero() {
-            let id = session.unwrap_or_else(|| {
-                let id = format!("{:032x}", rand::random::<u128>());
-                set_cookie(&mut headers, &request::session_cookie(&id));
-                id
-            });
-            sh.sessions().record_write(&id, Instant::now());
-        }
+    if let Some(token) = request::advanced_lsn_cookie(
+        endpoint.is_write(),
+        status,
+        cookies.lsn,
+        served_lsn(&headers),
+    ) {
+        set_cookie(&mut headers, &request::lsn_cookie(token));
+    }
+    if wrote && !sh.config.sticky_window.is_zero() {
+        let id = session.unwrap_or_else(|| {
+            let id = format!("{:032x}", rand::random::<u128>());
+            set_cookie(&mut headers, &request::session_cookie(&id));
+            id
+        });
+        sh.sessions().record_write(&id, Instant::now());
     }
     let mut resp = Response::new(Body::from_stream(r.resp.bytes_stream()));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
+}
+
+/// The node's `X-Replidb-Lsn`: the write's LSN, or the applied LSN of the
+/// state a read was served from.
+fn served_lsn(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("x-replidb-lsn")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
 }
 
 fn set_cookie(headers: &mut HeaderMap, value: &str) {

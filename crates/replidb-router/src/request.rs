@@ -8,11 +8,11 @@
 //! - [`merge_min_lsn`] and [`strip_min_lsn`] carry the LSN cookie into a
 //!   read's `min_lsn`.
 
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, StatusCode};
 
 use crate::error::RouterError;
 
-/// Name of the cookie carrying the highest LSN this client wrote.
+/// Name of the cookie carrying the highest LSN this client wrote or read.
 pub const LSN_COOKIE: &str = "replidb_lsn";
 /// Name of the cookie carrying the sticky-session id.
 pub const SESSION_COOKIE: &str = "replidb_session";
@@ -230,6 +230,35 @@ pub fn strip_min_lsn(query: &str) -> String {
         .join("&")
 }
 
+/// The LSN cookie's new value after a node answered, or `None` to leave it.
+///
+/// - A write (200, or 504: it happened even though its concern timed out)
+///   moves the token to the write's LSN: read-your-writes.
+/// - A read that a node served (200, or 404: "absent" is state too) moves
+///   it to the applied LSN of the state it was served from: the next read,
+///   perhaps on a follower further behind, then waits for that state, so
+///   reads through one cookie jar never go back in time (monotonic reads).
+///
+/// The token only grows, and is only re-sent when it grows.
+pub fn advanced_lsn_cookie(
+    is_write: bool,
+    status: StatusCode,
+    cookie: Option<u64>,
+    served_lsn: Option<u64>,
+) -> Option<u64> {
+    let served = if is_write {
+        status.is_success() || status == StatusCode::GATEWAY_TIMEOUT
+    } else {
+        status.is_success() || status == StatusCode::NOT_FOUND
+    };
+    let lsn = served_lsn.filter(|_| served)?;
+    match cookie {
+        Some(c) if c >= lsn && !is_write => None,
+        Some(c) => Some(c.max(lsn)),
+        None => Some(lsn),
+    }
+}
+
 /// `Set-Cookie` value for the LSN token.
 pub fn lsn_cookie(lsn: u64) -> String {
     format!("{LSN_COOKIE}={lsn}; Path=/; HttpOnly; SameSite=Lax")
@@ -244,6 +273,34 @@ pub fn session_cookie(id: &str) -> String {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn reads_and_writes_advance_the_lsn_cookie_never_back() {
+        let ok = StatusCode::OK;
+        // Writes: to the write's LSN, also after a 504; never backwards.
+        assert_eq!(advanced_lsn_cookie(true, ok, None, Some(5)), Some(5));
+        assert_eq!(advanced_lsn_cookie(true, ok, Some(9), Some(5)), Some(9));
+        let timeout = StatusCode::GATEWAY_TIMEOUT;
+        assert_eq!(
+            advanced_lsn_cookie(true, timeout, Some(1), Some(5)),
+            Some(5)
+        );
+        // Reads: to the served state's LSN, 404 included; unchanged (no
+        // Set-Cookie) when not newer.
+        assert_eq!(advanced_lsn_cookie(false, ok, Some(3), Some(7)), Some(7));
+        let absent = StatusCode::NOT_FOUND;
+        assert_eq!(advanced_lsn_cookie(false, absent, None, Some(7)), Some(7));
+        assert_eq!(advanced_lsn_cookie(false, ok, Some(7), Some(7)), None);
+        assert_eq!(advanced_lsn_cookie(false, ok, Some(9), Some(7)), None);
+        // Failed answers, or no LSN: nothing was served.
+        let busy = StatusCode::SERVICE_UNAVAILABLE;
+        assert_eq!(advanced_lsn_cookie(false, busy, Some(1), Some(7)), None);
+        assert_eq!(
+            advanced_lsn_cookie(true, StatusCode::CONFLICT, None, Some(7)),
+            None
+        );
+        assert_eq!(advanced_lsn_cookie(false, ok, Some(1), None), None);
+    }
 
     #[test]
     fn endpoints_are_classified_as_api_md_lists_them() {

@@ -9,6 +9,13 @@
 //! Data lives in a temporary directory (or `--data-dir`), removed on exit
 //! unless `--keep`. Ctrl-C or SIGTERM stops every node with SIGTERM and
 //! waits for it.
+//!
+//! A node that dies (`kill -9` is part of the tour) does not stop the
+//! playground: it says the node is down and prints the exact command that
+//! restarts it (same flags, same data directory, log appended), then notices
+//! when it answers again. A node restarted by hand is not the playground's
+//! child, so on exit the playground leaves it running and keeps the data
+//! directory it uses.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,12 +45,78 @@ pub struct PlaygroundArgs {
     /// Extra flags passed to every `replidb server` (e.g. `--default-w=majority`).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// Keep the temporary data directory on exit.
+    #[arg(long)]
+    pub keep: bool,
 }
 
+/// One child of the playground: a node or the router.
 struct NodeProc {
     id: String,
     url: String,
-    child: Child,
+    /// `None` once it exited; it may then run again, started by hand.
+    child: Option<Child>,
+    /// The full command line, to tell the user how to restart it.
+    argv: Vec<String>,
+    /// Where its stderr goes (appended to on a restart by hand).
+    log: PathBuf,
+    /// Whether it answered the last time the playground looked.
+    up: bool,
+}
+
+impl NodeProc {
+    /// Spawn `exe argv...` with stderr to `log`.
+    fn spawn(
+        id: &str,
+        url: &str,
+        exe: &Path,
+        argv: Vec<String>,
+        log: PathBuf,
+    ) -> anyhow::Result<NodeProc> {
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(exe)
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {id}"))?;
+        let mut full = vec![exe.display().to_string()];
+        full.extend(argv);
+        Ok(NodeProc {
+            id: id.to_string(),
+            url: url.to_string(),
+            child: Some(child),
+            argv: full,
+            log,
+            up: true,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).unwrap_or(0)
+    }
+
+    /// The shell command that starts it again as it was started.
+    fn restart_command(&self) -> String {
+        let words: Vec<String> = self.argv.iter().map(|a| shell_quote(a)).collect();
+        format!(
+            "{} 2>>{} &",
+            words.join(" "),
+            shell_quote(&self.log.display().to_string())
+        )
+    }
+}
+
+/// `s` as one shell word.
+fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// Run the playground until Ctrl-C or SIGTERM.
@@ -55,14 +128,14 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         .lag
         .parse()
         .map_err(|e| crate::UsageError(format!("--lag: {e}")))?;
-    let tmp;
-    let root = match &args.data_dir {
-        Some(d) => d.clone(),
+    let (tmp, root) = match &args.data_dir {
+        Some(d) => (None, d.clone()),
         None => {
-            tmp = tempfile::Builder::new()
+            let t = tempfile::Builder::new()
                 .prefix("replidb-playground-")
                 .tempdir()?;
-            tmp.path().to_path_buf()
+            let root = t.path().to_path_buf();
+            (Some(t), root)
         }
     };
     let exe = std::env::current_exe().context("cannot find the replidb binary")?;
@@ -79,10 +152,29 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     print_banner(&nodes, &root, &lag);
     tokio::select! {
         _ = crate::server_cmd::shutdown_signal() => {}
-        id = watch_children(&mut nodes) => eprintln!("node {id} exited; stopping the playground"),
+        never = watch_children(&mut nodes) => match never {},
     }
     eprintln!("stopping {} nodes...", nodes.len());
     stop_all(&mut nodes).await;
+    let by_hand: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.child.is_none() && n.up)
+        .map(|n| n.id.as_str())
+        .collect();
+    if !by_hand.is_empty() {
+        eprintln!(
+            "{} restarted by hand: still running, stop it yourself; data kept in {}",
+            by_hand.join(", "),
+            root.display()
+        );
+        if let Some(t) = tmp {
+            let _ = t.keep();
+        }
+    } else if args.keep {
+        if let Some(t) = tmp {
+            eprintln!("data kept in {}", t.keep().display());
+        }
+    }
     Ok(())
 }
 
@@ -101,33 +193,34 @@ async fn start_all(
         let url = format!("http://127.0.0.1:{port}");
         let dir = root.join(&id);
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join("server.log"))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("server")
-            .args(["--id", &id, "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&dir)
+        let mut argv: Vec<String> = vec![
+            "server".into(),
+            "--id".into(),
+            id.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            dir.display().to_string(),
             // Small backoff so a restarted leader is found quickly.
-            .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
-            .args(&args.server_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
+            "--backoff-base".into(),
+            "200ms".into(),
+            "--backoff-max".into(),
+            "2s".into(),
+        ];
+        argv.extend(args.server_args.iter().cloned());
         if i > 0 {
-            cmd.args(["--follow", &leader_url]);
+            argv.extend(["--follow".to_string(), leader_url.clone()]);
             if !lag.is_zero() {
-                cmd.args(["--replication-delay", &args.lag]);
+                argv.extend(["--replication-delay".to_string(), args.lag.clone()]);
             }
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start node {id}"))?;
-        nodes.push(NodeProc {
-            id: id.clone(),
-            url: url.clone(),
-            child,
-        });
+        nodes.push(NodeProc::spawn(
+            &id,
+            &url,
+            exe,
+            argv,
+            dir.join("server.log"),
+        )?);
         wait_ready(&http, &url, &id, &dir).await?;
     }
     Ok(())
@@ -147,24 +240,23 @@ async fn start_router(
         .filter(|p| *p > 0)
         .ok_or_else(|| crate::UsageError("--base-port must be at least 2".into()))?;
     let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
-    let log = std::fs::File::create(root.join("router.log"))?;
-    let child = Command::new(exe)
-        .arg("router")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--nodes", &urls.join(",")])
-        .args(["--health-interval", "500ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the router")?;
     let url = format!("http://127.0.0.1:{port}");
-    nodes.push(NodeProc {
-        id: "router".into(),
-        url: url.clone(),
-        child,
-    });
+    let argv: Vec<String> = vec![
+        "router".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--nodes".into(),
+        urls.join(","),
+        "--health-interval".into(),
+        "500ms".into(),
+    ];
+    nodes.push(NodeProc::spawn(
+        "router",
+        &url,
+        exe,
+        argv,
+        root.join("router.log"),
+    )?);
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -208,12 +300,55 @@ async fn wait_ready(http: &reqwest::Client, url: &str, id: &str, dir: &Path) -> 
     }
 }
 
-/// Resolves with the id of the first child that exits on its own.
-async fn watch_children(nodes: &mut [NodeProc]) -> String {
+/// How often dead nodes are probed for a restart by hand.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watch the children forever: say when one dies (and how to restart it),
+/// and when a dead one answers again.
+async fn watch_children(nodes: &mut [NodeProc]) -> std::convert::Infallible {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap_or_default();
+    let mut last_probe = tokio::time::Instant::now();
     loop {
         for n in nodes.iter_mut() {
-            if let Ok(Some(_)) = n.child.try_wait() {
-                return n.id.clone();
+            let exited = match n.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(how) = exited {
+                n.child = None;
+                n.up = false;
+                eprintln!(
+                    "\n{} DOWN ({how}); the playground keeps running. Restart it with:\n  {}\n",
+                    n.id,
+                    n.restart_command()
+                );
+            }
+        }
+        if last_probe.elapsed() >= PROBE_INTERVAL {
+            last_probe = tokio::time::Instant::now();
+            for n in nodes.iter_mut().filter(|n| n.child.is_none()) {
+                let path = if n.id == "router" { "health" } else { "status" };
+                let answers = http
+                    .get(format!("{}/{path}", n.url))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if answers != n.up {
+                    n.up = answers;
+                    if answers {
+                        eprintln!("{} is back at {} (started by hand)", n.id, n.url);
+                    } else {
+                        eprintln!(
+                            "{} DOWN again. Restart it with:\n  {}",
+                            n.id,
+                            n.restart_command()
+                        );
+                    }
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -222,7 +357,7 @@ async fn watch_children(nodes: &mut [NodeProc]) -> String {
 
 async fn stop_all(nodes: &mut [NodeProc]) {
     for n in nodes.iter() {
-        if let Some(pid) = n.child.id() {
+        if let Some(pid) = n.child.as_ref().and_then(Child::id) {
             // SAFETY: kill(2) with a pid we spawned and a valid signal has
             // no memory-safety preconditions.
             unsafe {
@@ -231,11 +366,14 @@ async fn stop_all(nodes: &mut [NodeProc]) {
         }
     }
     for n in nodes.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(5), n.child.wait())
+        let Some(child) = n.child.as_mut() else {
+            continue;
+        };
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
             .await
             .is_err()
         {
-            let _ = n.child.kill().await;
+            let _ = child.kill().await;
         }
     }
 }
@@ -251,7 +389,7 @@ fn print_banner(all: &[NodeProc], root: &Path, lag: &DurationRange) {
     println!("replidb playground is running (Ctrl-C stops it)\n");
     println!(
         "  router    reads to followers, writes to the leader  {rt}  pid {}",
-        router.child.id().unwrap_or(0)
+        router.pid()
     );
     for (i, n) in nodes.iter().enumerate() {
         let role = if i == 0 {
@@ -259,14 +397,10 @@ fn print_banner(all: &[NodeProc], root: &Path, lag: &DurationRange) {
         } else {
             format!("follower (apply lag {lag})")
         };
-        println!(
-            "  {}  {role}  {}  pid {}",
-            n.id,
-            n.url,
-            n.child.id().unwrap_or(0)
-        );
+        println!("  {}  {role}  {}  pid {}", n.id, n.url, n.pid());
     }
     println!("  data: {}\n", root.display());
+    println!("  kill -9 a node's pid: the playground keeps running and prints how to restart it\n");
     let follower = nodes.get(1).map(|n| n.url.as_str()).unwrap_or(leader);
     let last = nodes.last().map(|n| n.url.as_str()).unwrap_or(leader);
     println!("Try it (a stale follower read, then convergence):\n");

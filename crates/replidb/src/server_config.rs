@@ -274,17 +274,8 @@ impl ServerOpts {
         )?;
         set_duration(&mut c.health_max_lag, "health_max_lag", self.health_max_lag)?;
         set_duration(&mut c.lease_ttl, "lease_ttl", self.lease_ttl)?;
-        if c.lease_ttl < std::time::Duration::from_secs(1) {
-            return Err(invalid(
-                "lease_ttl",
-                "must be at least 1s (etcd leases count whole seconds)",
-            ));
-        }
         if let Some(n) = self.max_failover_lag {
             c.max_failover_lag_records = n;
-        }
-        if c.backoff_max < c.backoff_base {
-            return Err(invalid("backoff_max", "must not be below backoff_base"));
         }
         if let Some(n) = self.wal_segment_bytes {
             c.wal_segment_bytes = n;
@@ -292,14 +283,109 @@ impl ServerOpts {
         if let Some(n) = self.wal_retention_bytes {
             c.wal_retention_bytes = n;
         }
-        if let Some(n) = self.cluster_size {
-            if n == 0 {
-                return Err(invalid("cluster_size", "must be at least 1"));
-            }
-            c.cluster_size = Some(n);
-        }
+        c.cluster_size = self.cluster_size;
+        validate(&c)?;
         Ok(c)
     }
+}
+
+/// Smallest WAL segment: room for the segment header and a few records.
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 4096;
+
+/// Check every setting's range and the relations between settings, so a
+/// bad combination is refused at start-up with the field's name instead of
+/// panicking (a zero interval) or misbehaving (a heartbeat slower than the
+/// lease it must keep alive) later.
+pub fn validate(c: &NodeConfig) -> Result<(), ConfigError> {
+    let nonzero = |field: &'static str, d: Duration| {
+        if d.is_zero() {
+            Err(invalid(field, "must be greater than 0"))
+        } else {
+            Ok(())
+        }
+    };
+    nonzero("heartbeat_interval", c.heartbeat_interval)?;
+    nonzero("backoff_base", c.backoff_base)?;
+    nonzero("default_timeout", c.default_write_timeout)?;
+    nonzero("checkpoint_interval", c.checkpoint_interval)?;
+    nonzero("health_max_lag", c.health_max_lag)?;
+    if c.lease_ttl < Duration::from_secs(1) {
+        return Err(invalid(
+            "lease_ttl",
+            "must be at least 1s (etcd leases count whole seconds)",
+        ));
+    }
+    if c.backoff_max < c.backoff_base {
+        return Err(invalid(
+            "backoff_max",
+            format!(
+                "{:?} is below backoff_base ({:?})",
+                c.backoff_max, c.backoff_base
+            ),
+        ));
+    }
+    // The leader's heartbeats keep its followers' view of it fresh and, with
+    // etcd, come well inside the lease; one slower than the lease (or than
+    // the lag at which a follower counts as unhealthy) would make a healthy
+    // idle cluster look dead.
+    if c.heartbeat_interval >= c.lease_ttl {
+        return Err(invalid(
+            "heartbeat_interval",
+            format!(
+                "{:?} must be shorter than lease_ttl ({:?})",
+                c.heartbeat_interval, c.lease_ttl
+            ),
+        ));
+    }
+    if c.heartbeat_interval >= c.health_max_lag {
+        return Err(invalid(
+            "heartbeat_interval",
+            format!(
+                "{:?} must be shorter than health_max_lag ({:?})",
+                c.heartbeat_interval, c.health_max_lag
+            ),
+        ));
+    }
+    if c.max_value_bytes == 0 {
+        return Err(invalid("max_value_bytes", "must be at least 1"));
+    }
+    if c.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
+        return Err(invalid(
+            "wal_segment_bytes",
+            format!("must be at least {WAL_SEGMENT_BYTES_MIN}"),
+        ));
+    }
+    // Retention is counted in whole segments: less than one keeps nothing
+    // for a follower that blinks.
+    if c.wal_retention_bytes < c.wal_segment_bytes {
+        return Err(invalid(
+            "wal_retention_bytes",
+            format!(
+                "{} is below wal_segment_bytes ({})",
+                c.wal_retention_bytes, c.wal_segment_bytes
+            ),
+        ));
+    }
+    if let Some(n) = c.cluster_size {
+        if n == 0 {
+            return Err(invalid("cluster_size", "must be at least 1"));
+        }
+        if let WriteConcern::Nodes(k) = c.default_write_concern {
+            if k > n {
+                return Err(invalid(
+                    "default_w",
+                    format!("{k} nodes can never acknowledge in a cluster of {n}"),
+                ));
+            }
+        }
+    }
+    if c.replication_delay.lo > c.replication_delay.hi {
+        return Err(invalid(
+            "replication_delay",
+            "the range's low end is above its high end",
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -477,6 +563,80 @@ mod tests {
         .into_node_config()
         .unwrap_err();
         assert_eq!(err.field, "replication_delay");
+    }
+
+    /// The base flags every validation case starts from.
+    fn base(extra: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let mut args = vec!["--id", "a", "--listen", "127.0.0.1:1", "--data-dir", "d"];
+        args.extend_from_slice(extra);
+        flags(&args).into_node_config()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        base(&[]).unwrap();
+        base(&["--coordinator", "etcd", "--etcd", "http://e:2379"]).unwrap();
+    }
+
+    #[test]
+    fn zero_durations_and_sizes_are_refused() {
+        for (flag, value, field) in [
+            ("--heartbeat-interval", "0s", "heartbeat_interval"),
+            ("--heartbeat-interval", "0ms", "heartbeat_interval"),
+            ("--backoff-base", "0s", "backoff_base"),
+            ("--default-timeout", "0ms", "default_timeout"),
+            ("--checkpoint-interval", "0s", "checkpoint_interval"),
+            ("--health-max-lag", "0s", "health_max_lag"),
+            ("--max-value-bytes", "0", "max_value_bytes"),
+            ("--wal-segment-bytes", "0", "wal_segment_bytes"),
+            ("--wal-segment-bytes", "100", "wal_segment_bytes"),
+            ("--cluster-size", "0", "cluster_size"),
+            ("--lease-ttl", "500ms", "lease_ttl"),
+        ] {
+            let err = base(&[flag, value]).unwrap_err();
+            assert_eq!(err.field, field, "{flag} {value}: {err}");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+    }
+
+    #[test]
+    fn settings_that_contradict_each_other_are_refused() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--heartbeat-interval", "1s"], "heartbeat_interval"),
+            (
+                &[
+                    "--heartbeat-interval",
+                    "2s",
+                    "--lease-ttl",
+                    "5s",
+                    "--health-max-lag",
+                    "1s",
+                ],
+                "heartbeat_interval",
+            ),
+            (
+                &["--backoff-base", "2s", "--backoff-max", "1s"],
+                "backoff_max",
+            ),
+            (
+                &[
+                    "--wal-segment-bytes",
+                    "1048576",
+                    "--wal-retention-bytes",
+                    "4096",
+                ],
+                "wal_retention_bytes",
+            ),
+            (&["--cluster-size", "3", "--default-w", "4"], "default_w"),
+        ];
+        for (args, field) in cases {
+            let err = base(args).unwrap_err();
+            assert_eq!(err.field, *field, "{args:?}: {err}");
+        }
+        // The edges that are fine.
+        base(&["--heartbeat-interval", "999ms"]).unwrap();
+        base(&["--backoff-base", "1s", "--backoff-max", "1s"]).unwrap();
+        base(&["--cluster-size", "3", "--default-w", "3"]).unwrap();
     }
 
     #[test]

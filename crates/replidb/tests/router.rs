@@ -429,6 +429,63 @@ async fn a_session_never_reads_backwards_across_followers_with_different_lag() {
     );
 }
 
+/// A client that only reads, keeping the router's cookies like a browser:
+/// each read moves its `replidb_lsn` cookie to the state it was served, so
+/// round-robin over a fresh and a 400 ms-late follower never goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_through_the_lsn_cookie_never_go_backwards() {
+    let c = Cluster::start_with(2, &[], |i| {
+        vec!["--replication-delay".into(), ["0ms", "400ms"][i].into()]
+    })
+    .await;
+    let router = Router::start(
+        &urls(&c),
+        &[
+            "--health-interval",
+            "200ms",
+            "--read-strategy",
+            "round-robin",
+            "--sticky-window",
+            "0s",
+        ],
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_loop(c.leader.url(), "ticks", stop.clone(), 10));
+    for f in &c.followers {
+        wait_until(
+            "every follower has the key",
+            Duration::from_secs(10),
+            async || f.get_raw("ticks", "").await.0 == 200,
+        )
+        .await;
+    }
+
+    let mut jar: Option<String> = None;
+    let mut served = Vec::new();
+    let mut by_follower = 0;
+    for _ in 0..60 {
+        let hdrs = jar.as_deref().map(cookie).unwrap_or_default();
+        let r = router.get("/v1/kv/ticks", &hdrs).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        if let Some(lsn) = r.cookie("replidb_lsn") {
+            jar = Some(lsn);
+        }
+        by_follower += usize::from(r.role() == "follower");
+        let lsn: u64 = r.header("x-replidb-lsn").unwrap().parse().unwrap();
+        served.push((lsn, r.text().parse::<u64>().unwrap()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let regressions = served.windows(2).filter(|w| w[0] > w[1]).count();
+    assert_eq!(regressions, 0, "reads went backwards: {served:?}");
+    assert!(
+        by_follower > 30,
+        "followers served only {by_follower} of 60"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bounded_and_strong_reads_on_a_lagging_follower_are_never_stale() {
     let c = Cluster::start(1, &[], &["--replication-delay", "300ms"]).await;

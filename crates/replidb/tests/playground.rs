@@ -1,0 +1,165 @@
+//! `replidb playground` as a user runs it: a real process with real
+//! children. The README's tour says to `kill -9` a follower and restart it
+//! by hand; the playground must survive that and say how.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{wait_for, wait_until, BIN};
+
+/// The playground process; SIGTERM'd (then killed) on drop.
+struct Playground {
+    child: Child,
+    /// Everything it printed, stdout and stderr interleaved by line.
+    out: Arc<Mutex<Vec<String>>>,
+}
+
+impl Playground {
+    fn start(base_port: u16) -> Playground {
+        let mut child = Command::new(BIN)
+            .args(["playground", "--base-port", &base_port.to_string()])
+            .args(["--lag", "10ms..50ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn playground");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    out.lock().unwrap().push(line);
+                }
+            });
+        }
+        Playground { child, out }
+    }
+
+    fn output(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// The first printed line containing `needle`, and the line after it.
+    fn line_after(&self, needle: &str) -> Option<(String, Option<String>)> {
+        let out = self.output();
+        let i = out.iter().position(|l| l.contains(needle))?;
+        Some((out[i].clone(), out.get(i + 1).cloned()))
+    }
+}
+
+impl Drop for Playground {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own, unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Four consecutive free ports (router, leader, two followers).
+fn free_ports() -> u16 {
+    for _ in 0..200 {
+        let base = rand::random_range(20_000u16..30_000);
+        if (base - 1..base + 3).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no four consecutive free ports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_follower_leaves_the_playground_running_and_says_how_to_restart_it() {
+    let base = free_ports();
+    let mut pg = Playground::start(base);
+    let http = common::http();
+    let router = format!("http://127.0.0.1:{}", base - 1);
+    let follower = format!("http://127.0.0.1:{}", base + 1);
+
+    // The banner names each node's pid.
+    let pid: i32 = wait_for(
+        "the banner lists n2's pid",
+        Duration::from_secs(60),
+        async || {
+            let (line, _) = pg.line_after("  n2  follower")?;
+            line.rsplit("pid ").next()?.trim().parse().ok()
+        },
+    )
+    .await;
+    // SAFETY: kill(2) on a grandchild the playground started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+
+    let restart = wait_for(
+        "the playground reports n2 down with a restart command",
+        Duration::from_secs(10),
+        async || match pg.line_after("n2 DOWN") {
+            Some((_, Some(cmd))) => Some(cmd.trim().to_string()),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(
+        restart.contains(" server ") && restart.contains("--id n2"),
+        "{restart}"
+    );
+    assert!(
+        pg.child.try_wait().expect("try_wait").is_none(),
+        "the playground exited: {:#?}",
+        pg.output()
+    );
+    // The rest of the cluster still works through the router.
+    let r = http
+        .put(format!("{router}/v1/kv/after-kill"))
+        .body("still here")
+        .send()
+        .await
+        .expect("router answers");
+    assert_eq!(r.status(), 200);
+
+    // The printed command brings n2 back, with its data, and the
+    // playground notices.
+    let mut by_hand = Command::new("sh")
+        .args([
+            "-c",
+            &format!("exec {}", restart.trim_end_matches('&').trim()),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run the restart command");
+    wait_until(
+        "n2 has the write made while it was down",
+        Duration::from_secs(30),
+        async || match http
+            .get(format!("{follower}/v1/kv/after-kill?min_lsn=1"))
+            .send()
+            .await
+        {
+            Ok(r) => r.status() == 200 && r.text().await.is_ok_and(|t| t == "still here"),
+            Err(_) => false,
+        },
+    )
+    .await;
+    wait_until(
+        "the playground sees n2 back",
+        Duration::from_secs(10),
+        async || pg.line_after("n2 is back").is_some(),
+    )
+    .await;
+    assert!(pg.child.try_wait().expect("try_wait").is_none());
+    let _ = by_hand.kill();
+    let _ = by_hand.wait();
+}
