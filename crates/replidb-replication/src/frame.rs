@@ -107,7 +107,8 @@ pub enum Frame {
         flush_lsn: Lsn,
         /// Applied to the table.
         applied_lsn: Lsn,
-        /// The follower's apply-lag estimate in ms.
+        /// The follower's own apply-lag estimate in ms (informational: the
+        /// leader measures lag on its own clock).
         lag_ms: u64,
     },
     /// Leader → follower: accepted; records follow from `start_lsn`.
@@ -159,8 +160,15 @@ pub enum Frame {
         last_lsn: Lsn,
         /// Leader's commit LSN.
         commit_lsn: Lsn,
-        /// Leader's clock, ms since the Unix epoch.
-        leader_time_ms: u64,
+        /// How long ago, on the leader's monotonic clock, the first record
+        /// of the batch became durable there. An age, not a timestamp: the
+        /// follower subtracts it from its own monotonic clock, so no two
+        /// nodes' clocks are ever compared.
+        first_age_ms: u64,
+        /// When `last_lsn` is past the batch: the age of the first record
+        /// after the batch (the oldest one the follower has not received);
+        /// else 0.
+        behind_age_ms: u64,
     },
     /// Leader → follower on an idle stream.
     Heartbeat {
@@ -168,8 +176,10 @@ pub enum Frame {
         last_lsn: Lsn,
         /// Leader's commit LSN.
         commit_lsn: Lsn,
-        /// Leader's clock, ms since the Unix epoch.
-        leader_time_ms: u64,
+        /// Age, on the leader's monotonic clock, of the oldest record this
+        /// follower has not acknowledged as applied (0 when it has them
+        /// all): the follower's apply lag as the leader sees it.
+        lacking_age_ms: u64,
         /// Leader's epoch.
         epoch: Epoch,
         /// URLs of the cluster's nodes as the leader knows them (itself and
@@ -291,7 +301,8 @@ mod tests {
                 .collect(),
             last_lsn: Lsn(n),
             commit_lsn: Lsn(n / 2),
-            leader_time_ms: 7,
+            first_age_ms: 7,
+            behind_age_ms: 0,
         }
     }
 
