@@ -16,7 +16,8 @@
 //! etcd's JSON gateway, and `replidb-sim` implements it with a simulated
 //! etcd on a simulated network, so elections, leases and fencing run in the
 //! deterministic simulation unchanged. The loop reads time only through
-//! [`Member::now_ms`] and waits only with `tokio::time`.
+//! [`Member::mono_ms`], the node's monotonic clock, and waits only with
+//! `tokio::time`: a wall clock stepped back must not extend a lease.
 //!
 //! # Keys (under `/{cluster}/`)
 //! | key | lease | value |
@@ -110,11 +111,13 @@ pub trait Member: Send + Sync + 'static {
     fn promote(&self, epoch: Epoch) -> BoxFuture<'_, std::result::Result<(), String>>;
     /// Follow the leader at `url`, which leads `epoch`.
     fn follow(&self, url: String, epoch: Epoch) -> BoxFuture<'_, std::result::Result<(), String>>;
-    /// Writes are allowed until this time (ms since the Unix epoch); 0 = not
-    /// allowed.
+    /// Writes are allowed until this time on the node's monotonic clock
+    /// ([`Member::mono_ms`]); 0 = not allowed.
     fn set_write_deadline(&self, deadline_ms: u64);
     /// The coordinator's registry holds `n` members (sizes `w=majority`).
     fn set_cluster_size(&self, n: usize);
-    /// Wall clock, ms since the Unix epoch.
-    fn now_ms(&self) -> u64;
+    /// The node's monotonic clock in ms (arbitrary origin): the clock its
+    /// leader checks the write deadline against. Never a wall clock, which
+    /// an NTP step could move back past a lease's end.
+    fn mono_ms(&self) -> u64;
 }

@@ -62,7 +62,8 @@ pub struct CoordinatorStatus {
     pub leader: Option<LeaderKey>,
     /// Granted lease TTL in ms.
     pub lease_ttl_ms: u64,
-    /// Writes allowed until (ms since the Unix epoch; 0 = not leading).
+    /// Writes allowed until (ms on this node's monotonic clock, comparable
+    /// only with its own readings; 0 = not leading).
     pub write_deadline_ms: u64,
     /// Elections this node won.
     pub elections_won: u64,
@@ -184,7 +185,7 @@ impl EtcdCoordinator {
             }
             // Self-fencing holds even when etcd is unreachable: past the
             // deadline the leader refuses writes.
-            if self.member.now_ms() >= s.valid_until_ms {
+            if self.member.mono_ms() >= s.valid_until_ms {
                 self.set_deadline(0);
             }
         }
@@ -251,7 +252,7 @@ impl EtcdCoordinator {
             }
             _ => {
                 self.set_deadline(0);
-                let now = self.member.now_ms();
+                let now = self.member.mono_ms();
                 let first_tick = s.absent_since_ms.is_none();
                 let since = *s.absent_since_ms.get_or_insert(now);
                 if !first_tick && s.absent_rev.is_none() {
@@ -272,7 +273,7 @@ impl EtcdCoordinator {
 
     /// Grant or renew the session lease.
     async fn renew(&self, s: &mut Session) -> Result<()> {
-        let now = self.member.now_ms();
+        let now = self.member.mono_ms();
         // Renew well inside the TTL; the margin covers scheduling delays.
         let margin = (s.ttl_ms / 10).max(100);
         match s.lease {

@@ -1,8 +1,11 @@
 //! The follower's side: connect, say where our log ends, then append, fsync,
 //! acknowledge and (after an optional artificial delay) apply what the leader
 //! pushes. Reconnects with exponential backoff.
+//!
+//! Lag is measured on this node's monotonic clock from *ages* the leader
+//! sends (see [`crate::lag`]): never by subtracting the leader's wall clock
+//! from ours, which may be off by any amount.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::frame::{Frame, FrameCodec};
+use crate::lag::{LeaderAges, LEADER_AGES_ENTRIES_MAX};
 use crate::rollback;
 use crate::transport::{BoxIo, Transport};
 use crate::{ReplicationError, Result};
@@ -71,8 +75,13 @@ pub struct FollowerStatus {
     pub leader_last_lsn: Lsn,
     /// The leader's commit LSN, as of its last frame.
     pub commit_lsn: Lsn,
-    /// When we last heard from the leader (ms since the Unix epoch; 0 = never).
+    /// When we last heard from the leader (ms since the Unix epoch, for
+    /// display only; since start when never).
     pub last_sync_ms: u64,
+    /// The same moment on our monotonic clock: what silence is measured
+    /// from.
+    #[serde(skip)]
+    pub last_sync_mono_ms: u64,
     /// Stream failures so far.
     pub error_count: u64,
     /// The most recent failure.
@@ -87,9 +96,6 @@ pub struct FollowerStatus {
     pub lag_ms: u64,
     /// Cluster nodes as the leader last listed them.
     pub peers: Vec<String>,
-    /// Since when (ms) the leader has had records we have not received.
-    #[serde(skip)]
-    pub behind_since_ms: Option<u64>,
 }
 
 /// A follower: owns the stream from its leader and the delayed applier.
@@ -99,9 +105,9 @@ pub struct Follower {
     clock: Arc<dyn Clock>,
     opts: FollowerOptions,
     status: Mutex<FollowerStatus>,
-    /// `(last lsn of a received batch, leader wall ms of its first record)`
-    /// for batches not yet applied: the oldest gives the apply lag.
-    unapplied: Mutex<VecDeque<(Lsn, u64)>>,
+    /// How old, on our monotonic clock, the records we have not applied
+    /// were when the leader made them durable: gives the apply lag.
+    ages: Mutex<LeaderAges>,
     rng: Mutex<rand::rngs::StdRng>,
     /// Due time of the last scheduled apply: applies stay in LSN order even
     /// when random delays would reorder them.
@@ -122,6 +128,7 @@ impl Follower {
         let status = FollowerStatus {
             leader_url: leader_url.into(),
             last_sync_ms: clock.now_ms(),
+            last_sync_mono_ms: clock.mono_ms(),
             ..Default::default()
         };
         Arc::new(Follower {
@@ -131,7 +138,7 @@ impl Follower {
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(opts.seed)),
             opts,
             status: Mutex::new(status),
-            unapplied: Mutex::new(VecDeque::new()),
+            ages: Mutex::new(LeaderAges::new(LEADER_AGES_ENTRIES_MAX)),
             last_due: Mutex::new(Instant::now()),
         })
     }
@@ -147,48 +154,49 @@ impl Follower {
         s
     }
 
-    /// Estimated apply lag: how long the oldest received-but-unapplied
-    /// record has waited; while disconnected, at least the time since we
-    /// last heard from the leader.
+    /// Estimated apply lag: the age of the oldest record the leader had
+    /// made durable that we have not applied (received or not), on our
+    /// monotonic clock; while disconnected, at least the time since we last
+    /// heard from the leader.
     pub fn lag_ms(&self) -> u64 {
         let s = self.st().clone();
         self.lag_ms_with(&s)
     }
 
+    /// How long since we last heard from the leader, on our monotonic
+    /// clock.
+    pub fn silent_ms(&self) -> u64 {
+        let since = self.st().last_sync_mono_ms;
+        self.clock.mono_ms().saturating_sub(since)
+    }
+
     fn lag_ms_with(&self, s: &FollowerStatus) -> u64 {
-        let now = self.clock.now_ms();
+        let now = self.clock.mono_ms();
         let applied = self.engine.positions().applied_lsn;
-        let mut q = self.unapplied.lock().unwrap_or_else(|e| e.into_inner());
-        while q.front().is_some_and(|(last, _)| *last <= applied) {
-            q.pop_front();
-        }
-        let mut lag = q
-            .front()
-            .map(|(_, ts)| now.saturating_sub(*ts))
-            .unwrap_or(0);
+        let mut lag = self
+            .ages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lag_ms(applied, now);
         if !s.connected {
-            lag = lag.max(now.saturating_sub(s.last_sync_ms));
-        }
-        // Records the leader has and we have not even received count too:
-        // behind since the first frame that told us so.
-        if let Some(since) = s.behind_since_ms {
-            if applied < s.leader_last_lsn {
-                lag = lag.max(now.saturating_sub(since));
-            }
+            lag = lag.max(now.saturating_sub(s.last_sync_mono_ms));
         }
         lag
     }
 
-    /// Note the leader's last LSN from a frame: start or stop the "behind
-    /// since" clock.
-    fn note_leader_last(&self, s: &mut FollowerStatus, last_lsn: Lsn, now: u64) {
-        s.leader_last_lsn = last_lsn;
-        let flush = self.engine.positions().flush_lsn;
-        if last_lsn <= flush {
-            s.behind_since_ms = None;
-        } else if s.behind_since_ms.is_none() {
-            s.behind_since_ms = Some(now);
-        }
+    /// Note that records up to `until` include one `age_ms` old on the
+    /// leader, as of a frame received at `received_mono_ms`.
+    fn note_age(&self, until: Lsn, age_ms: u64, received_mono_ms: u64) {
+        self.ages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(until, age_ms, received_mono_ms);
+    }
+
+    /// We heard from the leader: reset the silence clocks.
+    fn note_sync(&self, s: &mut FollowerStatus) {
+        s.last_sync_ms = self.clock.now_ms();
+        s.last_sync_mono_ms = self.clock.mono_ms();
     }
 
     /// The leader this follower streams from.
@@ -358,7 +366,7 @@ impl Follower {
                 s.leader_id = Some(leader_id);
                 s.leader_epoch = epoch;
                 s.connected = true;
-                s.last_sync_ms = self.clock.now_ms();
+                self.note_sync(&mut s);
                 history
             }
             Frame::Diverged { common_lsn, epoch } => {
@@ -382,9 +390,18 @@ impl Follower {
                     let frame = frame?;
                     // A Records batch is timed from receipt to its ack (append + fsync + ack).
                     let started = matches!(frame, Frame::Records { .. }).then(Instant::now);
+                    // Every heartbeat is answered, changed positions or not:
+                    // the leader tells a live follower from a stopped one by
+                    // these answers.
+                    let answer = matches!(frame, Frame::Heartbeat { .. });
                     self.handle(frame, &history, apply_tx, &mut framed).await?;
                     backoff.reset();
                     sync_started = started;
+                    if answer {
+                        let p = self.engine.positions();
+                        acked = (p.flush_lsn, p.applied_lsn);
+                        self.send_ack(&mut framed).await?;
+                    }
                 }
                 changed = positions.changed() => {
                     if changed.is_err() {
@@ -455,28 +472,34 @@ impl Follower {
         apply_tx: &mpsc::Sender<(Instant, Lsn)>,
         framed: &mut Framed<BoxIo, FrameCodec>,
     ) -> Result<()> {
+        // Ages in frames are translated from the moment of receipt.
+        let received_mono_ms = self.clock.mono_ms();
         let now = self.clock.now_ms();
         match frame {
             Frame::Records {
                 records,
                 last_lsn,
                 commit_lsn,
-                ..
+                first_age_ms,
+                behind_age_ms,
             } => {
-                let (Some(first), Some(last)) = (records.first(), records.last()) else {
+                let Some(last) = records.last().map(|r| r.lsn) else {
                     return Ok(());
                 };
-                let (last, ts) = (last.lsn, first.hlc.wall_ms);
                 self.engine.append_replicated(records).await?;
-                self.unapplied
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back((last, ts));
+                // Until the whole batch is applied, its first record's age
+                // bounds the lag from below.
+                self.note_age(last, first_age_ms, received_mono_ms);
+                if last_lsn > last {
+                    // Records we have not even received: the oldest of them
+                    // is this old.
+                    self.note_age(last_lsn, behind_age_ms, received_mono_ms);
+                }
                 {
                     let mut s = self.st();
-                    self.note_leader_last(&mut s, last_lsn, now);
+                    s.leader_last_lsn = last_lsn;
                     s.commit_lsn = commit_lsn;
-                    s.last_sync_ms = now;
+                    self.note_sync(&mut s);
                 }
                 metrics::gauge!("replidb_replication_last_sync_timestamp_seconds", "node_id" => self.opts.node_id.clone()).set(now as f64 / 1000.0);
                 let due = self.schedule_due();
@@ -488,34 +511,33 @@ impl Follower {
             Frame::Heartbeat {
                 last_lsn,
                 commit_lsn,
+                lacking_age_ms,
                 epoch,
                 peers,
-                ..
             } => {
-                {
-                    let mut s = self.st();
-                    if epoch < s.leader_epoch {
-                        return Err(ReplicationError::Fenced(
-                            "heartbeat from an older epoch".into(),
-                        ));
-                    }
-                    s.peers = peers;
-                    self.note_leader_last(&mut s, last_lsn, now);
-                    s.commit_lsn = commit_lsn;
-                    s.last_sync_ms = now;
+                let mut s = self.st();
+                if epoch < s.leader_epoch {
+                    return Err(ReplicationError::Fenced(
+                        "heartbeat from an older epoch".into(),
+                    ));
+                }
+                s.peers = peers;
+                s.leader_last_lsn = last_lsn;
+                s.commit_lsn = commit_lsn;
+                self.note_sync(&mut s);
+                drop(s);
+                // The leader's view of our lag covers records we lost track
+                // of (a restart, a reconnect); if we have applied everything
+                // it knows of, it is out of date and ignored.
+                if self.engine.positions().applied_lsn < last_lsn {
+                    self.note_age(last_lsn, lacking_age_ms, received_mono_ms);
                 }
                 metrics::gauge!("replidb_replication_last_sync_timestamp_seconds", "node_id" => self.opts.node_id.clone()).set(now as f64 / 1000.0);
-                // Answer every heartbeat: the leader's check-quorum and its
-                // leadership confirmation for strong reads count these.
-                self.send_ack(framed).await?;
             }
             Frame::SnapshotBegin { lsn } => {
                 tracing::info!(%lsn, "receiving snapshot");
                 self.engine.restore_begin().await?;
-                self.unapplied
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
+                self.ages.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
             Frame::SnapshotChunk { entries } => self.engine.restore_chunk(entries).await?,
             Frame::SnapshotEnd { lsn } => {
@@ -541,21 +563,17 @@ impl Follower {
     async fn rewind(&self, common_lsn: Lsn, leader_epoch: Epoch) -> Result<()> {
         // Trace first, cut second: the records go to a durable rollback file
         // before the WAL loses them, so a crash in between can duplicate a
-        // rollback entry on the retry but never lose one.
-        let removed = match self
-            .engine
-            .wal_reader()
-            .read_range(common_lsn.next(), usize::MAX)
-        {
-            Ok(records) => records,
-            // A previous attempt already cut (and recorded) them.
-            Err(replidb_wal::WalError::Compacted { .. }) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let n = removed.len() as u64;
-        if n > 0 {
-            let dir = self.engine.options().dir.clone();
-            let file = rollback::write(&dir, leader_epoch, &removed, self.clock.now_ms())?;
+        // rollback entry on the retry but never lose one. The tail is
+        // streamed in bounded chunks, off the async runtime: a long
+        // divergent tail costs time, not memory.
+        let reader = self.engine.wal_reader();
+        let dir = self.engine.options().dir.clone();
+        let now_ms = self.clock.now_ms();
+        let traced = crate::run_blocking(self.engine.options().inline_io, move || {
+            save_divergent_tail(&reader, &dir, common_lsn, leader_epoch, now_ms)
+        })
+        .await??;
+        if let Some((file, n)) = traced {
             self.st().rollback_records += n;
             metrics::counter!("replidb_rollback_records_total", "node_id" => self.opts.node_id.clone())
                 .increment(n);
@@ -591,5 +609,50 @@ impl Follower {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Records per chunk a rewind reads and writes to its rollback file.
+const REWIND_CHUNK_RECORDS_MAX: usize = 256;
+/// Bytes (of WAL frames) per chunk a rewind reads, beyond which a chunk
+/// takes no further record.
+const REWIND_CHUNK_BYTES_MAX: usize = 1 << 20;
+
+/// Copy every record after `common_lsn` to a new rollback file, a chunk at
+/// a time. Returns the file and how many records it took, or `None` when
+/// there was nothing after `common_lsn` (or a previous attempt already cut
+/// it). Blocking.
+fn save_divergent_tail(
+    reader: &replidb_wal::WalReader,
+    dir: &std::path::Path,
+    common_lsn: Lsn,
+    leader_epoch: Epoch,
+    now_ms: u64,
+) -> Result<Option<(std::path::PathBuf, u64)>> {
+    let mut cursor = match reader.cursor(common_lsn.next()) {
+        Ok(c) => c,
+        // A previous attempt already cut (and recorded) them.
+        Err(replidb_wal::WalError::Compacted { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file: Option<rollback::RollbackFile> = None;
+    loop {
+        let chunk = cursor.next_batch(REWIND_CHUNK_RECORDS_MAX, REWIND_CHUNK_BYTES_MAX)?;
+        if chunk.is_empty() {
+            break;
+        }
+        if file.is_none() {
+            file = Some(rollback::RollbackFile::create(dir, leader_epoch, now_ms)?);
+        }
+        if let Some(f) = file.as_mut() {
+            f.append(&chunk)?;
+        }
+    }
+    match file {
+        Some(f) => {
+            let n = f.records();
+            Ok(Some((f.finish()?, n)))
+        }
+        None => Ok(None),
     }
 }

@@ -8,7 +8,7 @@
 //! +-------------+--------------+-----------------------------+
 //! ```
 //! `len` is handled by `tokio_util`'s length-delimited codec (big-endian,
-//! capped at [`MAX_FRAME_BYTES`]); the checksum guards against a peer or a
+//! capped at [`FRAME_BYTES_MAX`]); the checksum guards against a peer or a
 //! middlebox handing us damaged bytes, which TCP's 16-bit checksum misses
 //! often enough at volume. A bad checksum or an undecodable body closes the
 //! stream; the follower reconnects and resumes from its flush LSN, so a
@@ -19,8 +19,67 @@ use replidb_core::{Epoch, EpochHistory, Lsn, Record, Versioned};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-/// Largest frame accepted: a record batch or snapshot chunk must fit.
-pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Largest frame sent or accepted, in bytes (checksum and body). Every
+/// record batch and snapshot chunk fits: see the assertions below.
+pub const FRAME_BYTES_MAX: usize = 96 * 1024 * 1024;
+
+/// Most records in one `Records` frame (`LeaderOptions::batch_max_records`
+/// is capped here).
+pub const BATCH_RECORDS_MAX: usize = 4096;
+
+/// Most bytes of records (counted as WAL frames) after which a `Records`
+/// batch takes no further record (`LeaderOptions::batch_max_bytes` is
+/// capped here). A batch is therefore at most this plus one record.
+pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Most bytes of entries (counted by `replidb_storage::entry_bytes`) in one
+/// snapshot chunk (`LeaderOptions::snapshot_chunk_bytes_max` is capped
+/// here). A chunk is at most this, or one entry alone.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes the stream encoding of one record may take beyond its WAL frame:
+/// postcard writes the LSN, epoch and HLC as varints (up to 10 + 10 + 10 + 5
+/// bytes where the WAL has 8 + 8 + 8 + 4 fixed, and no 8-byte frame header).
+pub const RECORD_STREAM_EXCESS_BYTES: usize = 8;
+
+/// Bytes of a frame beyond its records or entries: checksum, variant tag,
+/// vector length and the fixed fields.
+pub const FRAME_OVERHEAD_BYTES: usize = 1024;
+
+/// The most bytes one snapshot entry can count: the longest key and a value
+/// as large as a whole record (values only ever come from records).
+pub const SNAPSHOT_ENTRY_BYTES_MAX: usize = replidb_core::MAX_KEY_BYTES
+    + replidb_wal::codec::RECORD_BYTES_MAX as usize
+    + replidb_storage::ENTRY_OVERHEAD_BYTES;
+
+/// The most bytes one WAL record can take as a frame.
+const RECORD_FRAME_BYTES_MAX: usize =
+    replidb_wal::codec::FRAME_HEADER_LEN + replidb_wal::codec::RECORD_BYTES_MAX as usize;
+
+// Limits that must fit inside the limits around them. A failure here is a
+// build error, not a follower retrying a snapshot forever.
+// The largest value a node accepts, with its key and record overhead, fits
+// a batch: a batch never has to carry it alone because of its size.
+const _: () = assert!(
+    replidb_core::VALUE_BYTES_MAX
+        + replidb_core::MAX_KEY_BYTES
+        + replidb_wal::codec::RECORD_OVERHEAD_BYTES
+        <= BATCH_BYTES_MAX
+);
+// A full batch plus the record that crossed the byte limit (the largest
+// record the WAL holds), with every record's encoding excess, fits a frame.
+const _: () = assert!(
+    BATCH_BYTES_MAX
+        + RECORD_FRAME_BYTES_MAX
+        + (BATCH_RECORDS_MAX + 1) * RECORD_STREAM_EXCESS_BYTES
+        + FRAME_OVERHEAD_BYTES
+        <= FRAME_BYTES_MAX
+);
+// A full snapshot chunk fits a frame, and so does the largest entry alone.
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX + FRAME_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
+const _: () = assert!(SNAPSHOT_ENTRY_BYTES_MAX + FRAME_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
+// A frame length fits the u32 length prefix.
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 
 /// Every message of the replication protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +107,8 @@ pub enum Frame {
         flush_lsn: Lsn,
         /// Applied to the table.
         applied_lsn: Lsn,
-        /// The follower's apply-lag estimate in ms.
+        /// The follower's own apply-lag estimate in ms (informational: the
+        /// leader measures lag on its own clock).
         lag_ms: u64,
     },
     /// Leader → follower: accepted; records follow from `start_lsn`.
@@ -100,8 +160,15 @@ pub enum Frame {
         last_lsn: Lsn,
         /// Leader's commit LSN.
         commit_lsn: Lsn,
-        /// Leader's clock, ms since the Unix epoch.
-        leader_time_ms: u64,
+        /// How long ago, on the leader's monotonic clock, the first record
+        /// of the batch became durable there. An age, not a timestamp: the
+        /// follower subtracts it from its own monotonic clock, so no two
+        /// nodes' clocks are ever compared.
+        first_age_ms: u64,
+        /// When `last_lsn` is past the batch: the age of the first record
+        /// after the batch (the oldest one the follower has not received);
+        /// else 0.
+        behind_age_ms: u64,
     },
     /// Leader → follower on an idle stream.
     Heartbeat {
@@ -109,8 +176,10 @@ pub enum Frame {
         last_lsn: Lsn,
         /// Leader's commit LSN.
         commit_lsn: Lsn,
-        /// Leader's clock, ms since the Unix epoch.
-        leader_time_ms: u64,
+        /// Age, on the leader's monotonic clock, of the oldest record this
+        /// follower has not acknowledged as applied (0 when it has them
+        /// all): the follower's apply lag as the leader sees it.
+        lacking_age_ms: u64,
         /// Leader's epoch.
         epoch: Epoch,
         /// URLs of the cluster's nodes as the leader knows them (itself and
@@ -161,7 +230,7 @@ impl Default for FrameCodec {
     fn default() -> Self {
         FrameCodec {
             inner: LengthDelimitedCodec::builder()
-                .max_frame_length(MAX_FRAME_BYTES)
+                .max_frame_length(FRAME_BYTES_MAX)
                 .new_codec(),
         }
     }
@@ -232,7 +301,8 @@ mod tests {
                 .collect(),
             last_lsn: Lsn(n),
             commit_lsn: Lsn(n / 2),
-            leader_time_ms: 7,
+            first_age_ms: 7,
+            behind_age_ms: 0,
         }
     }
 

@@ -1,6 +1,11 @@
 //! The leader's side: one streaming session per follower, the registry of
 //! followers (the equivalent of `pg_stat_replication`), commit tracking and
 //! write-concern waits.
+//!
+//! Time: every deadline, timeout and lag here is on the leader's monotonic
+//! clock ([`Clock::mono_ms`]); see [`crate::lag`]. A follower that neither
+//! acknowledges nor answers heartbeats for [`LeaderOptions::ack_timeout`]
+//! is `disconnected` and its session is closed, whatever TCP thinks.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +21,8 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::decide::{decide_start, LogPosition, StartDecision};
-use crate::frame::{Frame, FrameCodec};
+use crate::frame::{Frame, FrameCodec, FrameError, BATCH_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use crate::lag::{DurableTimes, DURABLE_TIMES_ENTRIES_MAX};
 use crate::transport::BoxIo;
 use crate::{ReplicationError, Result};
 
@@ -27,12 +33,22 @@ pub struct LeaderOptions {
     pub heartbeat_interval: Duration,
     /// Voting members for `w=majority`; `None` = leader + followers seen.
     pub cluster_size: Option<usize>,
-    /// Most records per `Records` frame.
+    /// Most records per `Records` frame (capped at
+    /// [`crate::frame::BATCH_RECORDS_MAX`]).
     pub batch_max_records: usize,
-    /// Approximate most bytes per `Records` frame.
+    /// Most bytes of records per `Records` frame, beyond which a batch takes
+    /// no further record (capped at [`BATCH_BYTES_MAX`]; one record larger
+    /// than this still travels alone).
     pub batch_max_bytes: usize,
-    /// Entries per snapshot chunk.
+    /// Most entries per snapshot chunk.
     pub snapshot_chunk_entries: usize,
+    /// Most bytes of entries per snapshot chunk (capped at
+    /// [`SNAPSHOT_CHUNK_BYTES_MAX`]; one larger entry still travels alone).
+    pub snapshot_chunk_bytes_max: usize,
+    /// A follower that neither acknowledges nor answers a heartbeat for
+    /// this long is disconnected (and a frame it does not take within this
+    /// long ends the session).
+    pub ack_timeout: Duration,
     /// How long a new stream may take to say `Hello`.
     pub hello_timeout: Duration,
     /// This leader's own URL, shared with followers in heartbeats.
@@ -53,6 +69,8 @@ impl Default for LeaderOptions {
             batch_max_records: 1024,
             batch_max_bytes: 1 << 20,
             snapshot_chunk_entries: 1000,
+            snapshot_chunk_bytes_max: 1 << 20,
+            ack_timeout: Duration::from_secs(3),
             hello_timeout: Duration::from_secs(5),
             advertise_url: String::new(),
             check_quorum: Duration::from_millis(1500),
@@ -91,13 +109,14 @@ pub struct ReplicaInfo {
     pub applied_lsn: Lsn,
     /// Records the follower has not applied.
     pub lag_records: u64,
-    /// Follower's own estimate of its apply lag.
+    /// Age of the oldest record the follower has not acknowledged as
+    /// applied, on the leader's monotonic clock (0 when it has them all).
     pub lag_ms: u64,
     /// `sync`, `quorum` or `async`, from the default write concern.
     pub sync: &'static str,
-    /// Last time we heard from it (ms since the Unix epoch).
+    /// Last time we heard from it (leader's monotonic clock, ms).
     #[serde(skip)]
-    pub last_seen_ms: u64,
+    pub last_seen_mono_ms: u64,
     /// Session counter, so an old session's exit does not mark a newer one
     /// disconnected.
     #[serde(skip)]
@@ -122,15 +141,18 @@ pub struct Leader {
     opts: LeaderOptions,
     default_wc: WriteConcern,
     replicas: Mutex<BTreeMap<String, ReplicaInfo>>,
+    /// When each LSN became durable here, for lag in time.
+    durable: Mutex<DurableTimes>,
     /// Bumped on every acknowledgement, to wake write-concern waiters.
     acks: watch::Sender<u64>,
     next_session: std::sync::atomic::AtomicU64,
     /// Cancelled when this node stops leading: every session ends.
     cancel: CancellationToken,
     epoch: Epoch,
-    /// Writes are allowed until this time (ms since the Unix epoch):
-    /// `u64::MAX` without a lease (static coordinator), else the lease
-    /// deadline the coordinator computed; 0 once fenced.
+    /// Writes are allowed until this time (ms on the monotonic clock, so a
+    /// wall clock stepped back cannot extend it): `u64::MAX` without a
+    /// lease (static coordinator), else the lease deadline the coordinator
+    /// computed; 0 once fenced.
     write_deadline_ms: std::sync::atomic::AtomicU64,
     /// Set during a planned switchover: writes pause.
     paused: std::sync::atomic::AtomicBool,
@@ -173,14 +195,18 @@ impl Leader {
         default_wc: WriteConcern,
     ) -> Arc<Leader> {
         let epoch = engine.meta().epoch;
+        let mut durable = DurableTimes::new(DURABLE_TIMES_ENTRIES_MAX);
+        // What is durable already was durable by now (at least).
+        durable.note(engine.positions().flush_lsn, clock.mono_ms());
         let started_mono_ms = clock.mono_ms();
-        Arc::new(Leader {
+        let leader = Arc::new(Leader {
             node_id: node_id.into(),
             engine,
             clock,
             opts,
             default_wc,
             replicas: Mutex::new(BTreeMap::new()),
+            durable: Mutex::new(durable),
             acks: watch::channel(0).0,
             next_session: Default::default(),
             cancel: CancellationToken::new(),
@@ -191,11 +217,60 @@ impl Leader {
             known_members: Default::default(),
             started_mono_ms,
             probe: watch::channel(0).0,
-        })
+        });
+        leader.spawn_durability_clock();
+        leader
     }
 
-    /// Allow writes until `deadline_ms` (0 = fence now, `u64::MAX` = no
-    /// lease needed).
+    /// Note the time of every new flush position, so lag can be measured
+    /// even when no session is awake to see it. Holds only a weak
+    /// reference: it ends with the leader, or when it stops leading.
+    fn spawn_durability_clock(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Built outside a runtime (some tests): sessions and status
+            // reads note positions as they see them.
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let mut rx = self.engine.subscribe();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = cancel.cancelled() => return,
+                }
+                let Some(leader) = weak.upgrade() else {
+                    return;
+                };
+                leader.note_durable();
+            }
+        });
+    }
+
+    /// Record the current flush position as durable now.
+    fn note_durable(&self) {
+        let flush = self.engine.positions().flush_lsn;
+        let now = self.clock.mono_ms();
+        self.durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(flush, now);
+    }
+
+    /// Age of the oldest record after `applied`, on our monotonic clock: a
+    /// follower's lag in time. 0 when nothing after `applied` is durable.
+    fn lag_after_ms(&self, applied: Lsn) -> u64 {
+        self.note_durable();
+        let now = self.clock.mono_ms();
+        self.durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .age_ms(applied.next(), now)
+    }
+
+    /// Allow writes until `deadline_ms` on the monotonic clock (0 = fence
+    /// now, `u64::MAX` = no lease needed).
     pub fn set_write_deadline(&self, deadline_ms: u64) {
         self.write_deadline_ms
             .store(deadline_ms, std::sync::atomic::Ordering::SeqCst);
@@ -227,7 +302,7 @@ impl Leader {
         if self.paused.load(SeqCst) {
             return Err(NotWritable::Paused);
         }
-        if self.clock.now_ms() >= self.write_deadline_ms.load(SeqCst) {
+        if self.clock.mono_ms() >= self.write_deadline_ms.load(SeqCst) {
             return Err(NotWritable::Fenced);
         }
         if !self.has_quorum_contact() {
@@ -307,25 +382,44 @@ impl Leader {
         self.replicas.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Followers, in id order, with lag computed against our last LSN.
+    /// Followers, in id order, with lag computed now: in records against
+    /// our last LSN, in time as the age of the oldest record each has not
+    /// applied, and `disconnected` for one silent past the ack timeout.
     pub fn replicas(&self) -> Vec<ReplicaInfo> {
         let last = self.engine.positions().flush_lsn;
-        let now = self.clock.mono_ms();
         let sync = match self.default_wc {
             WriteConcern::One => "async",
             WriteConcern::All => "sync",
             _ => "quorum",
         };
-        self.lock()
-            .values()
-            .map(|r| {
-                let mut r = r.clone();
-                r.last_ack_age_ms = r.last_ack_mono_ms.map(|t| now.saturating_sub(t));
-                r.lag_records = last.0.saturating_sub(r.applied_lsn.0);
-                r.sync = sync;
-                r
-            })
-            .collect()
+        let now = self.clock.mono_ms();
+        let mut out: Vec<ReplicaInfo> = self.lock().values().cloned().collect();
+        for r in &mut out {
+            r.last_ack_age_ms = r.last_ack_mono_ms.map(|t| now.saturating_sub(t));
+            r.lag_records = last.0.saturating_sub(r.applied_lsn.0);
+            r.lag_ms = self.lag_after_ms(r.applied_lsn);
+            r.sync = sync;
+            if self.silent_too_long(r, now) {
+                r.state = ReplicaState::Disconnected;
+            }
+        }
+        out
+    }
+
+    /// How long a follower may stay silent: the configured bound, but never
+    /// less than ten heartbeats (each heartbeat is answered).
+    fn ack_timeout(&self) -> Duration {
+        self.opts
+            .ack_timeout
+            .max(self.opts.heartbeat_interval.saturating_mul(10))
+    }
+
+    /// A follower we have not heard from within the ack timeout. During a
+    /// snapshot it cannot answer; the send timeout covers it then.
+    fn silent_too_long(&self, r: &ReplicaInfo, now_mono_ms: u64) -> bool {
+        !matches!(r.state, ReplicaState::Snapshot | ReplicaState::Disconnected)
+            && now_mono_ms.saturating_sub(r.last_seen_mono_ms)
+                > self.ack_timeout().as_millis() as u64
     }
 
     /// This leader's URL and its followers' URLs.
@@ -404,7 +498,7 @@ impl Leader {
     /// lease).
     fn holds_lease(&self) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
-        !self.stale.load(SeqCst) && self.clock.now_ms() < self.write_deadline_ms.load(SeqCst)
+        !self.stale.load(SeqCst) && self.clock.mono_ms() < self.write_deadline_ms.load(SeqCst)
     }
 
     /// Wait until `commit_lsn >= lsn` or `timeout`; whether it was reached.
@@ -517,7 +611,7 @@ impl Leader {
         let session = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let now = self.clock.now_ms();
+        let now = self.clock.mono_ms();
         self.lock().insert(
             node_id.clone(),
             ReplicaInfo {
@@ -530,7 +624,7 @@ impl Leader {
                 lag_records: 0,
                 lag_ms: 0,
                 sync: "async",
-                last_seen_ms: now,
+                last_seen_mono_ms: now,
                 session,
                 last_ack_mono_ms: Some(self.clock.mono_ms()),
                 last_ack_age_ms: None,
@@ -553,61 +647,44 @@ impl Leader {
         decision: StartDecision,
         history: replidb_core::EpochHistory,
     ) -> Result<()> {
+        let send_timeout = self.ack_timeout();
         // After a snapshot the real start is only known once it is taken.
         let start = match decision {
             StartDecision::Stream(l) => l,
             _ => Lsn::ZERO,
         };
-        framed
-            .send(Frame::Welcome {
+        send_within(
+            &mut framed,
+            Frame::Welcome {
                 leader_id: self.node_id.clone(),
                 epoch: self.epoch,
                 history,
                 start_lsn: start,
-            })
-            .await?;
+            },
+            send_timeout,
+        )
+        .await?;
         let start = if decision == StartDecision::Snapshot {
             self.update(node_id, session, |r| r.state = ReplicaState::Snapshot);
-            self.send_snapshot(&mut framed).await?
+            let lsn = self.send_snapshot(&mut framed, node_id, session).await?;
+            let now = self.clock.mono_ms();
+            // The follower could not answer while it installed: its silence
+            // is counted from the end of the snapshot.
+            self.update(node_id, session, |r| {
+                r.state = ReplicaState::CatchingUp;
+                r.last_seen_mono_ms = now;
+            });
+            lsn.next()
         } else {
             start
         };
-        let (mut sink, mut acks_in) = framed.split();
+        let (mut sink, acks_in) = framed.split();
         // Acknowledgements arrive on the same stream; read them on a task of
         // their own so a slow send never delays commit tracking.
-        let me = self.clone();
-        let id = node_id.to_string();
-        let ack_task = tokio::spawn(async move {
-            while let Some(frame) = acks_in.next().await {
-                match frame {
-                    Ok(Frame::Ack {
-                        flush_lsn,
-                        applied_lsn,
-                        lag_ms,
-                    }) => {
-                        let now = me.clock.now_ms();
-                        let at = me.clock.mono_ms();
-                        me.update(&id, session, |r| {
-                            r.last_ack_mono_ms = Some(at);
-                            r.lag_ms = lag_ms;
-                            r.flush_lsn = r.flush_lsn.max(flush_lsn);
-                            r.applied_lsn = r.applied_lsn.max(applied_lsn);
-                            r.last_seen_ms = now;
-                        });
-                        me.acks.send_modify(|v| *v += 1);
-                    }
-                    Ok(Frame::Heartbeat { .. }) => {}
-                    Ok(other) => {
-                        tracing::warn!(frame = other.kind(), "unexpected frame from follower");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::info!(error = %e, "follower stream read failed");
-                        return;
-                    }
-                }
-            }
-        });
+        let ack_task = tokio::spawn(
+            self.clone()
+                .read_acks(acks_in, node_id.to_string(), session),
+        );
         // The reader must not outlive the session: when the session ends
         // (stepping down, shutdown) it would keep the leader, and through
         // it the engine, alive until the follower hangs up.
@@ -621,20 +698,40 @@ impl Leader {
             }
             Err(e) => return Err(e.into()),
         };
+        let batch_records_max = self
+            .opts
+            .batch_max_records
+            .clamp(1, crate::frame::BATCH_RECORDS_MAX);
+        let batch_bytes_max = self.opts.batch_max_bytes.min(BATCH_BYTES_MAX);
         let mut positions = self.engine.subscribe();
         let mut heartbeat = tokio::time::interval(self.opts.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe = self.probe.subscribe();
         loop {
             positions.borrow_and_update();
-            let batch =
-                cursor.next_batch(self.opts.batch_max_records, self.opts.batch_max_bytes)?;
-            if let Some(last) = batch.last().map(|r| r.lsn) {
+            self.note_durable();
+            if self.is_silent(node_id, session) {
+                return Err(ReplicationError::Protocol(format!(
+                    "follower {node_id} silent for more than {:?}",
+                    self.ack_timeout()
+                )));
+            }
+            // Reading segment files blocks: off the async runtime.
+            let (back, batch) = crate::run_blocking(self.engine.options().inline_io, move || {
+                let batch = cursor.next_batch(batch_records_max, batch_bytes_max);
+                (cursor, batch)
+            })
+            .await?;
+            cursor = back;
+            let batch = batch?;
+            if let (Some(first), Some(last)) =
+                (batch.first().map(|r| r.lsn), batch.last().map(|r| r.lsn))
+            {
                 // The WAL's flush point is published to positions a moment
                 // after readers can see it: never report a head behind
                 // what we send.
                 let head = self.engine.positions().flush_lsn.max(last);
-                let state = if head.0 - last.0 <= self.opts.batch_max_records as u64 {
+                let state = if head.0 - last.0 <= batch_records_max as u64 {
                     ReplicaState::Streaming
                 } else {
                     ReplicaState::CatchingUp
@@ -645,13 +742,20 @@ impl Leader {
                 });
                 metrics::histogram!("replidb_replication_batch_size", "node_id" => self.node_id.clone())
                     .record(batch.len() as f64);
-                sink.send(Frame::Records {
+                let first_age_ms = self.lag_after_ms(first.prev());
+                let behind_age_ms = if head > last {
+                    self.lag_after_ms(last)
+                } else {
+                    0
+                };
+                let frame = Frame::Records {
                     records: batch,
                     last_lsn: head,
                     commit_lsn: self.commit_lsn(),
-                    leader_time_ms: self.clock.now_ms(),
-                })
-                .await?;
+                    first_age_ms,
+                    behind_age_ms,
+                };
+                send_within(&mut sink, frame, send_timeout).await?;
                 continue;
             }
             self.update(node_id, session, |r| r.state = ReplicaState::Streaming);
@@ -661,38 +765,157 @@ impl Leader {
                     heartbeat.reset_immediately();
                 }
                 _ = heartbeat.tick() => {
-                    sink.send(Frame::Heartbeat {
+                    let applied = self
+                        .lock()
+                        .get(node_id)
+                        .map_or(Lsn::ZERO, |r| r.applied_lsn);
+                    let frame = Frame::Heartbeat {
                         last_lsn: self.engine.positions().flush_lsn,
                         commit_lsn: self.commit_lsn(),
-                        leader_time_ms: self.clock.now_ms(),
+                        lacking_age_ms: self.lag_after_ms(applied),
                         epoch: self.epoch,
                         peers: self.peers(),
-                    }).await?;
+                    };
+                    send_within(&mut sink, frame, send_timeout).await?;
                 }
-                _ = &mut ack_task.0 => {
-                    return Err(ReplicationError::Protocol("follower closed the stream".into()));
+                ended = &mut ack_task.0 => {
+                    return match ended {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err(ReplicationError::Protocol("follower closed the stream".into())),
+                    };
                 }
             }
         }
     }
 
-    /// Send a consistent table snapshot; returns the LSN streaming resumes at.
-    async fn send_snapshot(&self, framed: &mut Framed<BoxIo, FrameCodec>) -> Result<Lsn> {
-        let snap = self.engine.table().snapshot()?;
+    /// Whether this session's follower has been silent past the ack
+    /// timeout.
+    fn is_silent(&self, node_id: &str, session: u64) -> bool {
+        let now = self.clock.mono_ms();
+        self.lock()
+            .get(node_id)
+            .is_some_and(|r| r.session == session && self.silent_too_long(r, now))
+    }
+
+    /// Read the follower's acknowledgements until the stream ends or the
+    /// follower breaks the protocol.
+    ///
+    /// Invariant: a follower never acknowledges past what it was sent. An
+    /// ack beyond `sent_lsn` is not trusted (it would count toward write
+    /// concerns and `commit_lsn` for records the follower cannot have):
+    /// positions are not moved, and the session ends with a protocol error.
+    async fn read_acks(
+        self: Arc<Self>,
+        mut acks_in: futures::stream::SplitStream<Framed<BoxIo, FrameCodec>>,
+        id: String,
+        session: u64,
+    ) -> Result<()> {
+        while let Some(frame) = acks_in.next().await {
+            match frame {
+                Ok(Frame::Ack {
+                    flush_lsn,
+                    applied_lsn,
+                    ..
+                }) => {
+                    let now = self.clock.mono_ms();
+                    let mut bad = None;
+                    self.update(&id, session, |r| {
+                        r.last_seen_mono_ms = now;
+                        let applied_max = r.sent_lsn.max(r.applied_lsn);
+                        if flush_lsn > r.sent_lsn || applied_lsn > applied_max {
+                            bad = Some(r.sent_lsn);
+                            return;
+                        }
+                        r.flush_lsn = r.flush_lsn.max(flush_lsn);
+                        r.applied_lsn = r.applied_lsn.max(applied_lsn);
+                        // Only a follower's own ack proves it still
+                        // follows us (check-quorum, ReadIndex).
+                        r.last_ack_mono_ms = Some(now);
+                    });
+                    if let Some(sent) = bad {
+                        tracing::warn!(follower = %id, %flush_lsn, %applied_lsn, %sent, "follower acknowledged records it was not sent; closing its stream");
+                        return Err(ReplicationError::Protocol(format!(
+                            "follower {id} acknowledged flush {flush_lsn} / applied {applied_lsn} but was sent only up to {sent}"
+                        )));
+                    }
+                    self.acks.send_modify(|v| *v += 1);
+                }
+                Ok(Frame::Heartbeat { .. }) => {
+                    let now = self.clock.mono_ms();
+                    self.update(&id, session, |r| r.last_seen_mono_ms = now);
+                }
+                Ok(other) => {
+                    return Err(ReplicationError::Protocol(format!(
+                        "unexpected frame from follower: {}",
+                        other.kind()
+                    )));
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "follower stream read failed");
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a consistent table snapshot; returns its LSN (streaming resumes
+    /// after it). Chunks are bounded in entries and in bytes, and read off
+    /// the async runtime, one at a time: memory stays at one chunk whatever
+    /// the table's size.
+    async fn send_snapshot(
+        &self,
+        framed: &mut Framed<BoxIo, FrameCodec>,
+        node_id: &str,
+        session: u64,
+    ) -> Result<Lsn> {
+        let inline = self.engine.options().inline_io;
+        let table = self.engine.table().clone();
+        let snap = crate::run_blocking(inline, move || table.snapshot()).await??;
+        let snap: Arc<dyn replidb_storage::TableSnapshot> = Arc::from(snap);
         let lsn = snap.lsn();
+        let send_timeout = self.ack_timeout();
+        let entries_max = self.opts.snapshot_chunk_entries.max(1);
+        let bytes_max = self
+            .opts
+            .snapshot_chunk_bytes_max
+            .clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
         tracing::info!(%lsn, "sending snapshot");
-        framed.send(Frame::SnapshotBegin { lsn }).await?;
+        send_within(framed, Frame::SnapshotBegin { lsn }, send_timeout).await?;
         let mut after: Option<String> = None;
         loop {
-            let entries = snap.read_chunk(after.as_deref(), self.opts.snapshot_chunk_entries)?;
+            let view = snap.clone();
+            let from = after.take();
+            let entries = crate::run_blocking(inline, move || {
+                view.read_chunk_bounded(from.as_deref(), entries_max, bytes_max)
+            })
+            .await??;
             let Some((last, _)) = entries.last() else {
                 break;
             };
             after = Some(last.clone());
-            framed.send(Frame::SnapshotChunk { entries }).await?;
+            send_within(framed, Frame::SnapshotChunk { entries }, send_timeout).await?;
         }
-        framed.send(Frame::SnapshotEnd { lsn }).await?;
-        Ok(lsn.next())
+        // The follower will acknowledge the snapshot's LSN: that much it
+        // was sent.
+        self.update(node_id, session, |r| r.sent_lsn = r.sent_lsn.max(lsn));
+        send_within(framed, Frame::SnapshotEnd { lsn }, send_timeout).await?;
+        Ok(lsn)
+    }
+}
+
+/// Send one frame, or fail if the peer does not take it within `timeout`
+/// (a stopped follower stops reading; TCP would wait forever).
+async fn send_within<S>(sink: &mut S, frame: Frame, timeout: Duration) -> Result<()>
+where
+    S: futures::Sink<Frame, Error = FrameError> + Unpin,
+{
+    let kind = frame.kind();
+    match tokio::time::timeout(timeout, sink.send(frame)).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(ReplicationError::Protocol(format!(
+            "follower did not take a {kind} frame within {timeout:?}"
+        ))),
     }
 }
 

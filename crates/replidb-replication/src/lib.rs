@@ -38,6 +38,9 @@ pub mod backoff;
 pub mod decide;
 pub mod follower;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
+pub mod lag;
 pub mod leader;
 pub mod rollback;
 pub mod transport;
@@ -82,3 +85,18 @@ pub enum ReplicationError {
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, ReplicationError>;
+
+/// Run blocking file IO off the async runtime (tokio's blocking pool), or
+/// inline when the engine runs its IO inline (the deterministic simulation,
+/// where another thread would make runs irreproducible).
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    inline: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    if inline {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ReplicationError::Io(format!("blocking file task failed: {e}")))
+}

@@ -470,7 +470,11 @@ impl Member for NodeMember {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        SystemClock.now_ms()
+    fn mono_ms(&self) -> u64 {
+        // The leader checks its deadline against the node's clock: feed it
+        // from the same one.
+        self.node()
+            .map(|n| n.clock.mono_ms())
+            .unwrap_or_else(|_| SystemClock.mono_ms())
     }
 }

@@ -288,7 +288,8 @@ mod tests {
             records: Vec::new(),
             last_lsn: Lsn(n),
             commit_lsn: Lsn(n),
-            leader_time_ms: n,
+            first_age_ms: n,
+            behind_age_ms: 0,
         }
     }
 

@@ -23,7 +23,6 @@ use replidb_engine::Engine;
 use replidb_replication::{Follower, FollowerOptions, Leader, LeaderOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::EPOCH_MS;
 use crate::cluster::{
     checkpoints, open_engine, watch_applies, EventKind, HostResult, NodeHandle, Shared,
 };
@@ -211,7 +210,9 @@ impl SimNode {
         if deadline_ms == 0 && before != 0 {
             self.fenced.store(true, Ordering::SeqCst);
             // Fenced when the old deadline passed, or now if it had not.
-            let at = before.saturating_sub(EPOCH_MS).min(self.shared.now());
+            // Deadlines are on the monotonic clock: simulated time since
+            // the start of the run.
+            let at = before.min(self.shared.now());
             self.shared.event_at(
                 at,
                 EventKind::Fenced {
@@ -278,8 +279,8 @@ impl Member for SimMember {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.0.clock.now_ms()
+    fn mono_ms(&self) -> u64 {
+        self.0.clock.mono_ms()
     }
 }
 

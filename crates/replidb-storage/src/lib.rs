@@ -223,7 +223,36 @@ pub trait TableSnapshot: Send + Sync {
         &self,
         start_after: Option<&str>,
         max_entries: usize,
+    ) -> Result<Vec<(String, Versioned)>> {
+        self.read_chunk_bounded(start_after, max_entries, usize::MAX)
+    }
+
+    /// Like [`TableSnapshot::read_chunk`], and also stop before the entries'
+    /// [`entry_bytes`] would exceed `bytes_max`; the first entry is always
+    /// returned, whatever its size, so a chunk is at most
+    /// `max(bytes_max, one entry)`.
+    fn read_chunk_bounded(
+        &self,
+        start_after: Option<&str>,
+        entries_max: usize,
+        bytes_max: usize,
     ) -> Result<Vec<(String, Versioned)>>;
+}
+
+/// Bytes an entry's encoding may take beyond its key and value (length
+/// prefixes and the varint LSN and epoch of postcard), an upper bound.
+pub const ENTRY_OVERHEAD_BYTES: usize = 32;
+
+/// The size [`TableSnapshot::read_chunk_bounded`] counts for one entry: an
+/// upper bound on its encoded size.
+pub fn entry_bytes(key: &str, value: &Versioned) -> usize {
+    key.len() + value.value.len() + ENTRY_OVERHEAD_BYTES
+}
+
+/// Whether a chunk of `used` bytes that already holds an entry can take
+/// another of `next` bytes within `bytes_max`.
+fn fits(chunk_len: usize, used: usize, next: usize, bytes_max: usize) -> bool {
+    chunk_len == 0 || used.saturating_add(next) <= bytes_max
 }
 
 /// Which table implementation a node uses.

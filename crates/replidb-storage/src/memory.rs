@@ -428,18 +428,28 @@ impl TableSnapshot for MemorySnapshot {
         self.lsn
     }
 
-    fn read_chunk(
+    fn read_chunk_bounded(
         &self,
         start_after: Option<&str>,
-        max_entries: usize,
+        entries_max: usize,
+        bytes_max: usize,
     ) -> Result<Vec<(String, Versioned)>> {
         let lower = start_after.map_or(Bound::Unbounded, Bound::Excluded);
-        Ok(self
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for (k, v) in self
             .map
             .range::<str, _>((lower, Bound::Unbounded))
-            .take(max_entries)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .take(entries_max)
+        {
+            let n = crate::entry_bytes(k, v);
+            if !crate::fits(out.len(), used, n, bytes_max) {
+                break;
+            }
+            used += n;
+            out.push((k.clone(), v.clone()));
+        }
+        Ok(out)
     }
 }
 

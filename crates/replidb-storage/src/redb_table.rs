@@ -532,19 +532,21 @@ impl TableSnapshot for RedbSnapshot {
         self.lsn
     }
 
-    fn read_chunk(
+    fn read_chunk_bounded(
         &self,
         start_after: Option<&str>,
-        max_entries: usize,
+        entries_max: usize,
+        bytes_max: usize,
     ) -> Result<Vec<(String, Versioned)>> {
         let ctx = Ctx {
             path: &self.path,
             what: "reading snapshot",
         };
         let mut out = Vec::new();
-        if max_entries == 0 {
+        if entries_max == 0 {
             return Ok(out);
         }
+        let mut used = 0usize;
         let lower = start_after.map_or(Bound::Unbounded, Bound::Excluded);
         let range = self
             .data
@@ -553,8 +555,16 @@ impl TableSnapshot for RedbSnapshot {
         for item in range {
             let (k, v) = item.map_err(|e| ctx.map(e))?;
             let key = k.value();
-            out.push((key.to_string(), decode_value(key, v.value())?));
-            if out.len() >= max_entries {
+            let raw = v.value();
+            // The stored encoding holds the value and more: an upper bound,
+            // known before decoding (and copying) a large value.
+            let n = key.len() + raw.len() + crate::ENTRY_OVERHEAD_BYTES;
+            if !crate::fits(out.len(), used, n, bytes_max) {
+                break;
+            }
+            used += n;
+            out.push((key.to_string(), decode_value(key, raw)?));
+            if out.len() >= entries_max {
                 break;
             }
         }

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     4  len      u32 LE: payload length in bytes (28 ..= MAX_RECORD_BYTES)
+//!      0     4  len      u32 LE: payload length in bytes (28 ..= RECORD_BYTES_MAX)
 //!      4     4  crc      u32 LE: CRC-32C of the payload bytes
 //!      8     8  lsn      u64 LE  ┐
 //!     16     8  epoch    u64 LE  │
@@ -31,7 +31,21 @@ pub const FIXED_PAYLOAD_LEN: usize = 28;
 
 /// Largest payload accepted, in bytes. A corrupt length field can therefore
 /// never make a reader allocate more than this.
-pub const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
+pub const RECORD_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// Bytes a record's payload may need beyond its keys and values: the fixed
+/// fields, postcard's enum tags and length prefixes, per key-value pair
+/// (an upper bound).
+pub const RECORD_OVERHEAD_BYTES: usize = FIXED_PAYLOAD_LEN + 64;
+
+// Limits that must fit inside each other: the largest transaction a node
+// can be configured to accept (TXN_VALUES_MAX values of VALUE_BYTES_MAX,
+// each with a key of MAX_KEY_BYTES) is one record and must fit one record.
+const _: () = assert!(
+    replidb_core::TXN_VALUES_MAX
+        * (replidb_core::VALUE_BYTES_MAX + replidb_core::MAX_KEY_BYTES + RECORD_OVERHEAD_BYTES)
+        <= RECORD_BYTES_MAX as usize
+);
 
 /// Why a byte buffer does not hold a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +54,7 @@ pub enum DecodeError {
     #[error("record checksum mismatch")]
     BadChecksum,
     /// The length field is shorter than the fixed fields or above
-    /// [`MAX_RECORD_BYTES`] (zero-filled tails land here with length 0).
+    /// [`RECORD_BYTES_MAX`] (zero-filled tails land here with length 0).
     #[error("implausible record length {0}")]
     BadLength(u32),
     /// The checksum matched but the payload is not a record. This was written
@@ -52,7 +66,7 @@ pub enum DecodeError {
 /// Append one framed record to `out`.
 ///
 /// On error `out` is left as it was. Fails only if the payload would exceed
-/// [`MAX_RECORD_BYTES`] (or postcard refuses the `Op`).
+/// [`RECORD_BYTES_MAX`] (or postcard refuses the `Op`).
 pub fn encode_record(rec: &Record, out: &mut Vec<u8>) -> Result<()> {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
@@ -66,11 +80,11 @@ pub fn encode_record(rec: &Record, out: &mut Vec<u8>) -> Result<()> {
     }
     let payload_len = out.len() - start - FRAME_HEADER_LEN;
     let len = match u32::try_from(payload_len) {
-        Ok(len) if len <= MAX_RECORD_BYTES => len,
+        Ok(len) if len <= RECORD_BYTES_MAX => len,
         _ => {
             out.truncate(start);
             return Err(WalError::Encode(format!(
-                "record at LSN {} is {payload_len} bytes; the limit is {MAX_RECORD_BYTES}",
+                "record at LSN {} is {payload_len} bytes; the limit is {RECORD_BYTES_MAX}",
                 rec.lsn
             )));
         }
@@ -125,7 +139,7 @@ pub(crate) fn frame_payload_len(buf: &[u8]) -> std::result::Result<Option<u32>, 
         return Ok(None);
     };
     let len = le_u32(&header[0..4]);
-    if len > MAX_RECORD_BYTES || (len as usize) < FIXED_PAYLOAD_LEN {
+    if len > RECORD_BYTES_MAX || (len as usize) < FIXED_PAYLOAD_LEN {
         return Err(DecodeError::BadLength(len));
     }
     Ok(Some(len))
@@ -206,7 +220,7 @@ mod tests {
             1,
             Op::Put {
                 key: "k".into(),
-                value: vec![0; MAX_RECORD_BYTES as usize],
+                value: vec![0; RECORD_BYTES_MAX as usize],
             },
         );
         let mut out = vec![1, 2, 3];

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! all little-endian; see [`codec`] for the byte layout. Payloads are capped at
-//! [`codec::MAX_RECORD_BYTES`] (64 MiB) so that a damaged length never makes
+//! [`codec::RECORD_BYTES_MAX`] (64 MiB) so that a damaged length never makes
 //! a reader allocate gigabytes.
 //!
 //! # Invariants

@@ -244,6 +244,15 @@ impl ServerOpts {
             c.backend = parse_as::<Backend>("storage", &s)?;
         }
         if let Some(n) = self.max_value_bytes {
+            // Record, frame and snapshot limits are sized for values up to
+            // this ceiling; a larger value could be written but never
+            // replicated.
+            if n > replidb_core::VALUE_BYTES_MAX {
+                return Err(invalid(
+                    "max_value_bytes",
+                    format!("{n} exceeds the limit of {}", replidb_core::VALUE_BYTES_MAX),
+                ));
+            }
             c.max_value_bytes = n;
         }
         if let Some(w) = self.default_w {

@@ -43,7 +43,9 @@ pub fn health_of(node: &Node, want_role: Option<&str>, max_lag_ms: Option<u64>) 
         Role::Follower(f) => {
             let s = f.status();
             let limit = node.config.health_max_lag.as_millis() as u64;
-            let silent_ms = now.saturating_sub(s.last_sync_ms);
+            // Silence on the monotonic clock: a stepped wall clock must
+            // not make a live stream look dead (or a dead one live).
+            let silent_ms = f.silent_ms();
             let mut why = None;
             if !s.connected && s.leader_url.is_empty() && silent_ms > limit {
                 why = Some(format!("no leader known for {silent_ms} ms"));
