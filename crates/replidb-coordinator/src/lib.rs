@@ -120,4 +120,13 @@ pub trait Member: Send + Sync + 'static {
     /// leader checks the write deadline against. Never a wall clock, which
     /// an NTP step could move back past a lease's end.
     fn mono_ms(&self) -> u64;
+    /// Check-quorum: `false` when this node leads but has not heard from a
+    /// majority of voters recently. The coordinator then gives up the
+    /// leader key and calls [`Member::step_down`].
+    fn has_quorum(&self) -> bool {
+        true
+    }
+    /// Stop leading (check-quorum failed) and stay out of elections for a
+    /// cool-down.
+    fn step_down(&self) {}
 }

@@ -218,7 +218,31 @@ impl EtcdCoordinator {
             (Some(l), Some(kv)) => {
                 s.absent_since_ms = None;
                 s.absent_rev = None;
-                if l.id == info.id && kv.lease == lease && self.member.is_leader() {
+                if l.id == info.id
+                    && kv.lease == lease
+                    && self.member.is_leader()
+                    && !self.member.has_quorum()
+                {
+                    // Check-quorum (Raft §6.2): cut off from a majority of
+                    // voters but not from etcd, this leader would keep the
+                    // key and nothing could commit anywhere. Give the key
+                    // up, and the session lease with it (so a failed
+                    // delete cannot keep the key alive), then step down.
+                    self.set_deadline(0);
+                    let leader_key = self.key("leader");
+                    let _ = self
+                        .client
+                        .txn(
+                            &[Compare::ModRevision(leader_key.clone(), kv.mod_revision)],
+                            &[TxnOp::Delete(leader_key)],
+                        )
+                        .await;
+                    let _ = self.client.revoke(lease).await;
+                    s.lease = None;
+                    s.valid_until_ms = 0;
+                    s.ticks_as_leader = 0;
+                    self.member.step_down();
+                } else if l.id == info.id && kv.lease == lease && self.member.is_leader() {
                     s.ticks_as_leader += 1;
                     if s.ticks_as_leader % 20 == 1 {
                         let n = self.client.get_prefix(&self.key("nodes/")).await?.len();

@@ -4,11 +4,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use replidb_coordinator::{
-    BoxFuture, Coordinator, EtcdCoordinator, EtcdOptions, Member, MemberInfo,
-};
+use replidb_coordinator::{Coordinator, EtcdCoordinator, EtcdOptions};
 use replidb_core::{Clock, Epoch, Lsn, SystemClock};
 use replidb_engine::{Engine, EngineOptions};
+use replidb_node::{CoreMember, CoreOptions, NodeCore, RoleEvents};
 use replidb_replication::{
     Follower, FollowerOptions, Leader, LeaderOptions, TcpTransport, Transport,
 };
@@ -19,49 +18,36 @@ use crate::config::{CoordinatorKind, NodeConfig};
 use crate::static_coord::StaticCoordinator;
 use crate::ServerError;
 
-/// What this node is doing right now.
-#[derive(Clone)]
-pub enum Role {
-    /// Accepting writes and streaming them.
-    Leader(Arc<Leader>),
-    /// Streaming from a leader.
-    Follower(Arc<Follower>),
-}
+pub use replidb_node::Role;
 
-impl Role {
-    /// `leader` or `follower`, as the API spells it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Role::Leader(_) => "leader",
-            Role::Follower(_) => "follower",
-        }
-    }
-}
-
-/// A running node.
+/// A running node: the shared role machine ([`NodeCore`], the code the
+/// simulator runs too) plus what only a server has — its configuration,
+/// an HTTP client for peers, and its coordinator.
 pub struct Node {
     /// Settings.
     pub config: NodeConfig,
     /// Storage.
     pub engine: Arc<Engine>,
-    /// Wall clock.
+    /// Wall and monotonic clocks.
     pub clock: Arc<dyn Clock>,
     /// Transport for replication streams.
     pub transport: Arc<dyn Transport>,
     /// HTTP client for forwarding and fan-out reads.
     pub http: reqwest::Client,
-    role: RwLock<Role>,
-    /// Cluster members known from the coordinator or a previous leader's
-    /// peer list; handed to every new leader so `w=majority` counts them.
-    cluster_members: std::sync::atomic::AtomicUsize,
+    /// The role machine: leader or follower, promote, follow, step down.
+    pub core: Arc<NodeCore>,
     /// Who decides leadership (`--coordinator static|etcd`); set once at
     /// start.
     coordinator: RwLock<Option<Arc<dyn Coordinator>>>,
-    /// Cancels the current role's tasks.
-    role_cancel: RwLock<CancellationToken>,
     /// Cancels everything (shutdown).
     pub shutdown: CancellationToken,
 }
+
+/// What the server does on role events: count failovers in metrics (the
+/// core logs the rest).
+struct ServerEvents;
+
+impl RoleEvents for ServerEvents {}
 
 impl Node {
     /// Open storage and start in the configured role.
@@ -89,23 +75,23 @@ impl Node {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ServerError::Startup(format!("http client: {e}")))?;
-        let placeholder = Role::Leader(Leader::new(
-            config.id.clone(),
+        let shutdown = CancellationToken::new();
+        let core = NodeCore::new(
+            core_options(&config),
             engine.clone(),
             clock.clone(),
-            LeaderOptions::default(),
-            config.default_write_concern,
-        ));
+            transport.clone(),
+            Arc::new(ServerEvents),
+            shutdown.clone(),
+        );
         let node = Arc::new(Node {
             engine,
             clock,
             transport,
             http,
-            role: RwLock::new(placeholder),
+            core,
             coordinator: RwLock::new(None),
-            cluster_members: Default::default(),
-            role_cancel: RwLock::new(CancellationToken::new()),
-            shutdown: CancellationToken::new(),
+            shutdown,
             config,
         });
         match (&node.config.coordinator, node.config.follow.clone()) {
@@ -119,7 +105,7 @@ impl Node {
                 );
                 opts.lease_ttl = node.config.lease_ttl;
                 opts.max_lag_records = node.config.max_failover_lag_records;
-                let member = Arc::new(NodeMember(Arc::downgrade(&node)));
+                let member = Arc::new(CoreMember(Arc::downgrade(&node.core)));
                 let coordinator = EtcdCoordinator::new(opts, member)
                     .map_err(|e| ServerError::Startup(e.to_string()))?;
                 node.set_coordinator(coordinator.clone());
@@ -152,143 +138,53 @@ impl Node {
 
     /// Become the leader of `epoch` (an election or an operator's promote).
     pub async fn promote(&self, epoch: Epoch) -> Result<(), ServerError> {
-        if let Some(f) = self.follower() {
-            // The old leader's peer list is the cluster as it last knew it.
-            let peers = f.status().peers.len();
-            self.cluster_members
-                .fetch_max(peers, std::sync::atomic::Ordering::SeqCst);
-        }
-        let fail = |e: replidb_engine::EngineError| ServerError::Startup(e.to_string());
-        if self.engine.meta().epoch >= epoch && self.leader().is_some() {
-            return Ok(());
-        }
-        self.engine.begin_epoch(epoch).await.map_err(fail)?;
-        self.become_leader().await?;
-        metrics::counter!("replidb_failovers_total", "node_id" => self.config.id.clone())
-            .increment(1);
-        Ok(())
+        self.core
+            .promote(epoch)
+            .await
+            .map_err(|e| ServerError::Startup(e.to_string()))
     }
 
     /// Follow `url`, which leads `epoch`: remember the epoch first, so a
     /// stream from an older leader is refused from now on.
     pub async fn follow(&self, url: String, epoch: Epoch) -> Result<(), ServerError> {
-        let meta = self.engine.meta();
-        if epoch > meta.epoch {
-            self.engine
-                .adopt_history(epoch, meta.history)
-                .await
-                .map_err(|e| ServerError::Startup(e.to_string()))?;
-        }
-        if let Some(l) = self.leader() {
-            l.mark_stale();
-        }
-        match self.follower() {
-            Some(f) if f.leader_url() == url => {}
-            _ => self.become_follower(url),
-        }
-        Ok(())
+        self.core
+            .follow(url, epoch)
+            .await
+            .map_err(|e| ServerError::Startup(e.to_string()))
     }
 
     /// The current role.
     pub fn role(&self) -> Role {
-        self.role.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.core.role()
     }
 
     /// The leader state, if leading.
     pub fn leader(&self) -> Option<Arc<Leader>> {
-        match self.role() {
-            Role::Leader(l) => Some(l),
-            Role::Follower(_) => None,
-        }
+        self.core.leader()
     }
 
     /// The follower state, if following.
     pub fn follower(&self) -> Option<Arc<Follower>> {
-        match self.role() {
-            Role::Follower(f) => Some(f),
-            Role::Leader(_) => None,
-        }
-    }
-
-    fn set_role(&self, role: Role) -> CancellationToken {
-        if let Role::Leader(old) = self.role() {
-            old.stop();
-        }
-        let token = self.shutdown.child_token();
-        let old = std::mem::replace(
-            &mut *self.role_cancel.write().unwrap_or_else(|e| e.into_inner()),
-            token.clone(),
-        );
-        old.cancel();
-        *self.role.write().unwrap_or_else(|e| e.into_inner()) = role;
-        token
+        self.core.follower()
     }
 
     /// Lead: apply everything durable, open a new epoch if needed, accept
     /// writes.
     pub async fn become_leader(&self) -> Result<(), ServerError> {
-        let fail = |e: replidb_engine::EngineError| ServerError::Startup(e.to_string());
-        let flush = self.engine.positions().flush_lsn;
-        self.engine.apply_up_to(flush).await.map_err(fail)?;
-        let meta = self.engine.meta();
-        if meta.history.entries.is_empty() || meta.epoch == replidb_core::Epoch(0) {
-            // A brand-new cluster starts in epoch 1.
-            self.engine
-                .begin_epoch(meta.epoch.next())
-                .await
-                .map_err(fail)?;
-        }
-        let leader = Leader::new(
-            self.config.id.clone(),
-            self.engine.clone(),
-            self.clock.clone(),
-            LeaderOptions {
-                heartbeat_interval: self.config.heartbeat_interval,
-                cluster_size: self.config.cluster_size,
-                advertise_url: self.config.advertise(),
-                ..LeaderOptions::default()
-            },
-            self.config.default_write_concern,
-        );
-        if self.config.coordinator == CoordinatorKind::Etcd {
-            // Writes wait for the coordinator to confirm the lease.
-            leader.set_write_deadline(0);
-        }
-        leader.set_known_members(
-            self.cluster_members
-                .load(std::sync::atomic::Ordering::SeqCst),
-        );
-        self.set_role(Role::Leader(leader));
-        tracing::info!(node_id = %self.config.id, epoch = %self.engine.meta().epoch, "leading");
-        Ok(())
+        self.core
+            .become_leader()
+            .await
+            .map_err(|e| ServerError::Startup(e.to_string()))
     }
 
     /// Follow the leader at `url`.
     pub fn become_follower(&self, url: String) {
-        let mut opts = FollowerOptions::new(self.config.id.clone(), self.config.advertise());
-        opts.delay = self.config.replication_delay;
-        opts.backoff_base = self.config.backoff_base;
-        opts.backoff_max = self.config.backoff_max;
-        opts.idle_timeout = (self.config.heartbeat_interval * 20).max(Duration::from_secs(1));
-        opts.seed = seed_of(&self.config.id);
-        let follower = Follower::new(
-            self.engine.clone(),
-            self.transport.clone(),
-            self.clock.clone(),
-            opts,
-            url.clone(),
-        );
-        let token = self.set_role(Role::Follower(follower.clone()));
-        tokio::spawn(follower.run(token));
-        tracing::info!(node_id = %self.config.id, leader = %url, "following");
+        self.core.become_follower(url);
     }
 
     /// The leader's URL as far as this node knows (its own when leading).
     pub fn leader_url(&self) -> String {
-        match self.role() {
-            Role::Leader(_) => self.config.advertise(),
-            Role::Follower(f) => f.leader_url(),
-        }
+        self.core.leader_url()
     }
 
     /// Periodic upkeep until shutdown: checkpoints and gauges.
@@ -367,10 +263,7 @@ impl Node {
 
     /// Stop every task and flush storage.
     pub async fn stop(&self) {
-        self.shutdown.cancel();
-        if let Role::Leader(l) = self.role() {
-            l.stop();
-        }
+        self.core.stop();
         self.engine.shutdown().await;
     }
 }
@@ -382,99 +275,28 @@ fn seed_of(id: &str) -> u64 {
     })
 }
 
-/// The node as the coordinator sees it. Weak, so the coordinator's loop does
-/// not keep a stopped node alive.
-struct NodeMember(std::sync::Weak<Node>);
-
-impl NodeMember {
-    fn node(&self) -> Result<Arc<Node>, String> {
-        self.0.upgrade().ok_or_else(|| "node stopped".to_string())
-    }
-}
-
-impl Member for NodeMember {
-    fn info(&self) -> MemberInfo {
-        let Ok(node) = self.node() else {
-            return MemberInfo {
-                id: String::new(),
-                url: String::new(),
-                role: "stopped".into(),
-                epoch: 0,
-                flush_lsn: 0,
-                last_epoch: 0,
-                applied_lsn: 0,
-                commit_lsn: 0,
-                healthy: false,
-            };
-        };
-        let pos = node.engine.positions();
-        let role = node.role();
-        let commit = match &role {
-            Role::Leader(l) => l.commit_lsn(),
-            Role::Follower(f) => f.status().commit_lsn,
-        };
-        let meta = node.engine.meta();
-        MemberInfo {
-            id: node.config.id.clone(),
-            url: node.config.advertise(),
-            role: role.name().to_string(),
-            epoch: meta.epoch.0,
-            flush_lsn: pos.flush_lsn.0,
-            last_epoch: meta.history.position_of(pos.flush_lsn).epoch.0,
-            applied_lsn: pos.applied_lsn.0,
-            commit_lsn: commit.0,
-            healthy: !node.shutdown.is_cancelled(),
-        }
-    }
-
-    fn is_leader(&self) -> bool {
-        self.node().is_ok_and(|n| n.leader().is_some())
-    }
-
-    fn following(&self) -> Option<String> {
-        let node = self.node().ok()?;
-        node.follower()
-            .map(|f| f.leader_url())
-            .filter(|u| !u.is_empty())
-    }
-
-    fn promote(&self, epoch: Epoch) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let node = self.node()?;
-            node.promote(epoch).await.map_err(|e| e.to_string())
-        })
-    }
-
-    fn follow(&self, url: String, epoch: Epoch) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let node = self.node()?;
-            node.follow(url, epoch).await.map_err(|e| e.to_string())
-        })
-    }
-
-    fn set_write_deadline(&self, deadline_ms: u64) {
-        if let Ok(node) = self.node() {
-            if let Some(l) = node.leader() {
-                l.set_write_deadline(deadline_ms);
-            }
-        }
-    }
-
-    fn set_cluster_size(&self, n: usize) {
-        if let Ok(node) = self.node() {
-            node.cluster_members
-                .fetch_max(n, std::sync::atomic::Ordering::SeqCst);
-            if let Some(l) = node.leader() {
-                l.set_known_members(n);
-            }
-        }
-    }
-
-    fn mono_ms(&self) -> u64 {
-        // The leader checks its deadline against the node's clock: feed it
-        // from the same one.
-        self.node()
-            .map(|n| n.clock.mono_ms())
-            .unwrap_or_else(|_| SystemClock.mono_ms())
+/// The role machine's settings from the server's configuration.
+fn core_options(config: &NodeConfig) -> CoreOptions {
+    let mut follower = FollowerOptions::new(config.id.clone(), config.advertise());
+    follower.delay = config.replication_delay;
+    follower.backoff_base = config.backoff_base;
+    follower.backoff_max = config.backoff_max;
+    follower.idle_timeout = (config.heartbeat_interval * 20).max(Duration::from_secs(1));
+    follower.seed = seed_of(&config.id);
+    CoreOptions {
+        id: config.id.clone(),
+        advertise_url: config.advertise(),
+        leader: LeaderOptions {
+            heartbeat_interval: config.heartbeat_interval,
+            cluster_size: config.cluster_size,
+            advertise_url: config.advertise(),
+            ..LeaderOptions::default()
+        },
+        follower,
+        default_write_concern: config.default_write_concern,
+        lease_required: config.coordinator == CoordinatorKind::Etcd,
+        // Out of elections for a few lease periods: long enough for the
+        // side with a majority to elect without us.
+        step_down_cooldown: config.lease_ttl * 3,
     }
 }

@@ -1,26 +1,23 @@
-//! A node of an elected cluster (`--faults failover|all`): the real
-//! engine and replication code plus the real coordinator loop
-//! (`replidb_coordinator::EtcdCoordinator`) talking to the simulated etcd.
+//! A node of an elected cluster (`--faults failover|all`): the server's
+//! own role machine ([`replidb_node::NodeCore`]: promote, follow, step
+//! down, lease) over the real engine and replication code, driven by the
+//! real coordinator loop (`replidb_coordinator::EtcdCoordinator`) talking
+//! to the simulated etcd. Nothing here decides anything: [`SimEvents`] only
+//! tells the story and registers each role with the checker.
 //!
 //! Every node starts as a follower of nobody. Its coordinator keeps a
 //! session lease, publishes its position, and runs the election when the
-//! leader key is free; [`SimMember`] is what the coordinator drives, and
-//! does what the server's `Node` does: `promote(epoch)` applies everything
-//! flushed, calls `begin_epoch(epoch)` and starts a `Leader` (that accepts
-//! writes only once the coordinator sets its write deadline);
-//! `follow(url, epoch)` fences a leader it was (`mark_stale`, `stop`),
-//! adopts the higher epoch, and runs a `Follower` to the named host, whose
-//! handshake rewinds divergent records to `rollback/`.
+//! leader key is free.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use replidb_coordinator::{BoxFuture, EtcdCoordinator, EtcdOptions, Member, MemberInfo};
-use replidb_core::{Clock, Epoch, WriteConcern};
+use replidb_coordinator::{EtcdCoordinator, EtcdOptions};
+use replidb_core::{Clock, Epoch, Lsn, WriteConcern};
 use replidb_engine::Engine;
-use replidb_replication::{Follower, FollowerOptions, Leader, LeaderOptions};
+use replidb_node::{CoreMember, CoreOptions, NodeCore, Role, RoleEvents};
+use replidb_replication::{Follower, FollowerOptions, LeaderOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{
@@ -49,60 +46,19 @@ fn host_of(url: &str) -> String {
         .to_string()
 }
 
-/// What a node is doing.
-#[derive(Clone)]
-enum Role {
-    Leader(Arc<Leader>),
-    Follower(Arc<Follower>, CancellationToken),
-}
-
-/// One node's state: engine, role, and what the coordinator told it.
-pub struct SimNode {
+/// Tells the story of one node's role changes and registers each role
+/// with the checker.
+pub struct SimEvents {
     name: String,
     shared: Arc<Shared>,
     engine: Arc<Engine>,
-    clock: Arc<dyn Clock>,
-    transport: Arc<SimTransport>,
-    fopts: FollowerOptions,
-    role: Mutex<Role>,
-    /// Members the coordinator's registry holds (sizes `w=majority`).
-    cluster_members: AtomicUsize,
-    /// A leader that was fenced and may get its lease back.
-    fenced: AtomicBool,
 }
 
-impl SimNode {
-    fn role(&self) -> Role {
-        self.role.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn leader(&self) -> Option<Arc<Leader>> {
-        match self.role() {
-            Role::Leader(l) => Some(l),
-            Role::Follower(..) => None,
-        }
-    }
-
-    fn follower(&self) -> Option<Arc<Follower>> {
-        match self.role() {
-            Role::Follower(f, _) => Some(f),
-            Role::Leader(_) => None,
-        }
-    }
-
-    /// Switch roles: end the old one's tasks, publish the new one.
-    fn set_role(&self, role: Role) {
-        let old = std::mem::replace(
-            &mut *self.role.lock().unwrap_or_else(|e| e.into_inner()),
-            role.clone(),
-        );
-        match old {
-            Role::Leader(l) => l.stop(),
-            Role::Follower(_, token) => token.cancel(),
-        }
+impl RoleEvents for SimEvents {
+    fn role_changed(&self, role: &Role) {
         let (leader, follower) = match role {
-            Role::Leader(l) => (Some(l), None),
-            Role::Follower(f, _) => (None, Some(f)),
+            Role::Leader(l) => (Some(l.clone()), None),
+            Role::Follower(f) => (None, Some(f.clone())),
         };
         self.shared.register(
             &self.name,
@@ -114,173 +70,52 @@ impl SimNode {
         );
     }
 
-    fn become_follower(&self, url: String) {
-        let follower = Follower::new(
-            self.engine.clone(),
-            self.transport.clone(),
-            self.clock.clone(),
-            self.fopts.clone(),
-            url,
-        );
-        let token = CancellationToken::new();
-        self.set_role(Role::Follower(follower.clone(), token.clone()));
-        tokio::spawn(follower.run(token));
-    }
-
-    async fn promote(&self, epoch: Epoch) -> Result<(), String> {
-        if self.engine.meta().epoch >= epoch && self.leader().is_some() {
-            return Ok(());
-        }
-        if let Some(f) = self.follower() {
-            // The old leader's peer list is the cluster as it last knew it.
-            self.cluster_members
-                .fetch_max(f.status().peers.len(), Ordering::SeqCst);
-        }
-        let fail = |e: replidb_engine::EngineError| e.to_string();
-        let flush = self.engine.positions().flush_lsn;
-        self.engine.apply_up_to(flush).await.map_err(fail)?;
-        self.engine.begin_epoch(epoch).await.map_err(fail)?;
-        let opts = LeaderOptions {
-            advertise_url: url_of(&self.name),
-            ..LeaderOptions::default()
-        };
-        let leader = Leader::new(
-            self.name.clone(),
-            self.engine.clone(),
-            self.clock.clone(),
-            opts,
-            WriteConcern::One,
-        );
-        // Writes wait for the coordinator to confirm the lease.
-        leader.set_write_deadline(0);
-        self.fenced.store(false, Ordering::SeqCst);
-        leader.set_known_members(self.cluster_members.load(Ordering::SeqCst));
-        self.set_role(Role::Leader(leader));
+    fn elected(&self, epoch: Epoch, flush: Lsn) {
         self.shared.record_promotion(&self.name, epoch.0);
         self.shared.event(EventKind::Elected {
             node: self.name.clone(),
             epoch: epoch.0,
             flush: flush.0,
         });
-        Ok(())
     }
 
-    async fn follow(&self, url: String, epoch: Epoch) -> Result<(), String> {
-        let meta = self.engine.meta();
-        if epoch > meta.epoch {
-            // Remember the epoch first: a stream from an older leader is
-            // refused from now on.
-            self.engine
-                .adopt_history(epoch, meta.history)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let stepped_down = match self.leader() {
-            Some(l) => {
-                l.mark_stale();
-                true
-            }
-            None => false,
-        };
-        match self.follower() {
-            Some(f) if f.leader_url() == url => return Ok(()),
-            _ => self.become_follower(url.clone()),
-        }
+    fn following(&self, url: &str, epoch: Epoch, stepped_down: bool) {
         self.shared.event(EventKind::Following {
             node: self.name.clone(),
-            leader: host_of(&url),
+            leader: host_of(url),
             epoch: epoch.0,
             stepped_down,
         });
-        Ok(())
     }
 
-    fn set_write_deadline(&self, deadline_ms: u64) {
-        let Some(l) = self.leader() else {
-            return;
-        };
-        let before = l.write_deadline();
-        l.set_write_deadline(deadline_ms);
-        if deadline_ms != 0 && self.fenced.swap(false, Ordering::SeqCst) {
-            self.shared.event(EventKind::Unfenced {
+    fn fenced(&self, epoch: Epoch, deadline_before_mono_ms: u64) {
+        // Fenced when the old deadline passed, or now if it had not.
+        // Deadlines are on the monotonic clock: simulated time since the
+        // start of the run.
+        let at = deadline_before_mono_ms.min(self.shared.now());
+        self.shared.event_at(
+            at,
+            EventKind::Fenced {
                 node: self.name.clone(),
-                epoch: l.epoch().0,
-            });
-        }
-        if deadline_ms == 0 && before != 0 {
-            self.fenced.store(true, Ordering::SeqCst);
-            // Fenced when the old deadline passed, or now if it had not.
-            // Deadlines are on the monotonic clock: simulated time since
-            // the start of the run.
-            let at = before.min(self.shared.now());
-            self.shared.event_at(
-                at,
-                EventKind::Fenced {
-                    node: self.name.clone(),
-                    epoch: l.epoch().0,
-                },
-            );
-        }
-    }
-}
-
-/// The node as its coordinator sees it.
-pub struct SimMember(Arc<SimNode>);
-
-impl Member for SimMember {
-    fn info(&self) -> MemberInfo {
-        let n = &self.0;
-        let pos = n.engine.positions();
-        let (role, commit) = match n.role() {
-            Role::Leader(l) => ("leader", l.commit_lsn()),
-            Role::Follower(f, _) => ("follower", f.status().commit_lsn),
-        };
-        let meta = n.engine.meta();
-        MemberInfo {
-            id: n.name.clone(),
-            url: url_of(&n.name),
-            role: role.to_string(),
-            epoch: meta.epoch.0,
-            flush_lsn: pos.flush_lsn.0,
-            last_epoch: meta.history.position_of(pos.flush_lsn).epoch.0,
-            applied_lsn: pos.applied_lsn.0,
-            commit_lsn: commit.0,
-            healthy: n.engine.failure().is_none(),
-        }
+                epoch: epoch.0,
+            },
+        );
     }
 
-    fn is_leader(&self) -> bool {
-        self.0.leader().is_some()
+    fn unfenced(&self, epoch: Epoch) {
+        self.shared.event(EventKind::Unfenced {
+            node: self.name.clone(),
+            epoch: epoch.0,
+        });
     }
 
-    fn following(&self) -> Option<String> {
-        self.0
-            .follower()
-            .map(|f| f.leader_url())
-            .filter(|u| !u.is_empty())
-    }
-
-    fn promote(&self, epoch: Epoch) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(self.0.promote(epoch))
-    }
-
-    fn follow(&self, url: String, epoch: Epoch) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(self.0.follow(url, epoch))
-    }
-
-    fn set_write_deadline(&self, deadline_ms: u64) {
-        self.0.set_write_deadline(deadline_ms);
-    }
-
-    fn set_cluster_size(&self, n: usize) {
-        self.0.cluster_members.fetch_max(n, Ordering::SeqCst);
-        if let Some(l) = self.0.leader() {
-            l.set_known_members(n);
-        }
-    }
-
-    fn mono_ms(&self) -> u64 {
-        self.0.clock.mono_ms()
+    fn stepped_down(&self, epoch: Epoch) {
+        self.shared.event(EventKind::Following {
+            node: self.name.clone(),
+            leader: String::new(),
+            epoch: epoch.0,
+            stepped_down: true,
+        });
     }
 }
 
@@ -310,41 +145,45 @@ pub(crate) async fn node_host(
     fopts.seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(index);
     let link = shared.links.get(&name).cloned().unwrap_or_default();
     let transport = Arc::new(SimTransport::new(link, fopts.seed ^ 0x5eed));
-    let placeholder = Follower::new(
-        engine.clone(),
-        transport.clone(),
-        clock.clone(),
-        fopts.clone(),
-        String::new(),
-    );
-    let node = Arc::new(SimNode {
+    let opts = CoreOptions {
+        id: name.clone(),
+        advertise_url: url_of(&name),
+        leader: LeaderOptions::default(),
+        follower: fopts,
+        default_write_concern: WriteConcern::One,
+        lease_required: true,
+        step_down_cooldown: coordinator_options().lease_ttl * 3,
+    };
+    let events = Arc::new(SimEvents {
         name: name.clone(),
         shared: shared.clone(),
         engine: engine.clone(),
+    });
+    let core = NodeCore::new(
+        opts,
+        engine.clone(),
         clock,
         transport,
-        fopts,
-        role: Mutex::new(Role::Follower(placeholder, CancellationToken::new())),
-        cluster_members: AtomicUsize::new(0),
-        fenced: AtomicBool::new(false),
-    });
+        events,
+        CancellationToken::new(),
+    );
     // Follow nobody until the coordinator names a leader (or us).
-    node.become_follower(String::new());
+    core.become_follower(String::new());
     tokio::spawn(watch_applies(shared.clone(), engine.clone(), name.clone()));
     tokio::spawn(checkpoints(engine));
-    tokio::spawn(watch_rewinds(node.clone()));
+    tokio::spawn(watch_rewinds(core.clone(), shared.clone(), name));
     let coordinator = EtcdCoordinator::with_store(
         coordinator_options(),
         Arc::new(SimEtcdClient::new()),
-        Arc::new(SimMember(node.clone())),
+        Arc::new(CoreMember(Arc::downgrade(&core))),
     );
     tokio::spawn(coordinator.run(CancellationToken::new()));
-    serve_replication(move || node.leader()).await?;
+    serve_replication(move || core.leader()).await?;
     Ok(())
 }
 
 /// Tell each rewind: the follower counts the records it rolled back.
-async fn watch_rewinds(node: Arc<SimNode>) {
+async fn watch_rewinds(node: Arc<NodeCore>, shared: Arc<Shared>, name: String) {
     // (follower, records it had rolled back when last looked at)
     let mut seen: Option<(Arc<Follower>, u64)> = None;
     loop {
@@ -359,8 +198,8 @@ async fn watch_rewinds(node: Arc<SimNode>) {
             _ => 0,
         };
         if now > before {
-            node.shared.event(EventKind::Rewound {
-                node: node.name.clone(),
+            shared.event(EventKind::Rewound {
+                node: name.clone(),
                 records: now - before,
             });
         }
