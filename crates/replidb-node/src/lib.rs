@@ -34,6 +34,9 @@
 //! The HTTP API, the coordinator loop and the replication listener: those
 //! are IO at the edge, in `replidb-server` (and `replidb-sim`'s drivers).
 
+pub mod voters;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -43,6 +46,8 @@ use replidb_core::{Clock, Epoch, Lsn, WriteConcern};
 use replidb_engine::{Engine, EngineError};
 use replidb_replication::{Follower, FollowerOptions, Leader, LeaderOptions, Transport};
 use tokio_util::sync::CancellationToken;
+
+pub use voters::{VotingSet, VOTERS_MAX};
 
 /// What a node is doing right now.
 #[derive(Clone)]
@@ -83,6 +88,9 @@ pub struct CoreOptions {
     /// After a check-quorum step-down, how long this node reports itself
     /// unhealthy (not a candidate), so another node wins the election.
     pub step_down_cooldown: Duration,
+    /// Where the durable voting set lives (`members.json`); `None` keeps it
+    /// in memory.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Hooks for what the role machine does, for a driver that reports it
@@ -130,6 +138,8 @@ pub struct NodeCore {
     fenced: AtomicBool,
     /// When this node last stepped down (monotonic ms).
     stepped_down_mono_ms: Mutex<Option<u64>>,
+    /// The durable voting set (member URLs).
+    voters: VotingSet,
 }
 
 impl NodeCore {
@@ -151,7 +161,9 @@ impl NodeCore {
             opts.follower.clone(),
             String::new(),
         );
+        let voters = VotingSet::load(opts.data_dir.as_deref());
         Arc::new(NodeCore {
+            voters,
             opts,
             engine,
             clock,
@@ -201,9 +213,60 @@ impl NodeCore {
         }
     }
 
-    /// Voting members known from outside this node's own sessions.
+    /// Voting members known from outside this node's own sessions: the
+    /// coordinator's registry, and the durable voting set.
     pub fn cluster_members(&self) -> usize {
-        self.cluster_members.load(Ordering::SeqCst)
+        self.cluster_members
+            .load(Ordering::SeqCst)
+            .max(self.voters.len())
+    }
+
+    /// The durable voting set.
+    pub fn voting_set(&self) -> &VotingSet {
+        &self.voters
+    }
+
+    /// Learn members from the current role (a leader's sessions, or the
+    /// peer list in a follower's heartbeats), keep them durably, and size
+    /// a leader's majority from them. Called on every coordinator tick and
+    /// by the server's housekeeping.
+    pub fn refresh_members(&self) {
+        let mut urls = vec![self.opts.advertise_url.clone()];
+        match self.role() {
+            Role::Leader(l) => urls.extend(l.peers()),
+            Role::Follower(f) => urls.extend(f.status().peers),
+        }
+        self.voters.learn(urls);
+        if let Some(l) = self.leader() {
+            l.set_known_members(self.cluster_members());
+        }
+    }
+
+    /// Remove a member from the voting set (an operator's decision: the
+    /// node is gone for good), so it no longer raises the majority.
+    /// `member` is its URL or, for a follower of this leader, its id.
+    /// Returns the URL removed.
+    pub fn forget(&self, member: &str) -> Option<String> {
+        let mut url = member.to_string();
+        if let Some(l) = self.leader() {
+            if let Some(r) = l
+                .replicas()
+                .into_iter()
+                .find(|r| r.id == member || r.addr == member)
+            {
+                url = r.addr.clone();
+                l.forget(&r.id);
+            }
+        }
+        if !self.voters.forget(&url) {
+            return None;
+        }
+        // The registry's count no longer holds either.
+        self.cluster_members.store(0, Ordering::SeqCst);
+        if let Some(l) = self.leader() {
+            l.reset_known_members(self.cluster_members());
+        }
+        Some(url)
     }
 
     /// Install `role`: stop the old leader's sessions, cancel the old
@@ -277,11 +340,8 @@ impl NodeCore {
         if self.engine.meta().epoch >= epoch && self.leader().is_some() {
             return Ok(());
         }
-        if let Some(f) = self.follower() {
-            // The old leader's peer list is the cluster as it last knew it.
-            self.cluster_members
-                .fetch_max(f.status().peers.len(), Ordering::SeqCst);
-        }
+        // The old leader's peer list is the cluster as it last knew it.
+        self.refresh_members();
         let flush = self.engine.positions().flush_lsn;
         self.engine.apply_up_to(flush).await?;
         self.engine.begin_epoch(epoch).await?;
@@ -368,6 +428,7 @@ impl NodeCore {
     /// What this node publishes to the coordinator: its position as
     /// `(last_epoch, flush_lsn)`, and whether it may be elected.
     pub fn member_info(&self) -> MemberInfo {
+        self.refresh_members();
         let pos = self.engine.positions();
         let meta = self.engine.meta();
         let role = self.role();

@@ -436,6 +436,12 @@ impl Leader {
             .fetch_max(n, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Replace the known member count (an operator forgot a member).
+    pub fn reset_known_members(&self, n: usize) {
+        self.known_members
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Voting members: configured, or the most of (leader + followers seen)
     /// and the members known from the coordinator or the previous leader.
     pub fn voters(&self) -> usize {

@@ -195,7 +195,10 @@ impl Node {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = gauges.tick() => crate::metrics::refresh_gauges(&self),
+                _ = gauges.tick() => {
+                    self.core.refresh_members();
+                    crate::metrics::refresh_gauges(&self);
+                }
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.checkpoint().await {
                         tracing::error!(error = %e, "checkpoint failed");
@@ -298,5 +301,6 @@ fn core_options(config: &NodeConfig) -> CoreOptions {
         // Out of elections for a few lease periods: long enough for the
         // side with a majority to elect without us.
         step_down_cooldown: config.lease_ttl * 3,
+        data_dir: Some(config.data_dir.clone()),
     }
 }

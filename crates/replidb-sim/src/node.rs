@@ -136,7 +136,7 @@ pub(crate) async fn node_host(
     index: u64,
 ) -> HostResult {
     let clock: Arc<dyn Clock> = shared.clock.clone();
-    let engine = open_engine(&shared, dir, &name).await?;
+    let engine = open_engine(&shared, dir.clone(), &name).await?;
     let mut fopts = FollowerOptions::new(name.clone(), url_of(&name));
     fopts.delay = cfg.lag;
     fopts.backoff_base = Duration::from_millis(200);
@@ -153,6 +153,7 @@ pub(crate) async fn node_host(
         default_write_concern: WriteConcern::One,
         lease_required: true,
         step_down_cooldown: coordinator_options().lease_ttl * 3,
+        data_dir: Some(dir.clone()),
     };
     let events = Arc::new(SimEvents {
         name: name.clone(),

@@ -10,11 +10,11 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use replidb_core::Epoch;
+use replidb_core::{Epoch, Position};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -41,27 +41,144 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, shape: &str) -> Api
         .map_err(|e| ApiError::bad_request(format!("expected {shape}: {e}")))
 }
 
-/// `POST /admin/promote`: this follower leads a new epoch and tells its peers.
-pub async fn promote(State(node): State<AppState>) -> ApiResult<Response> {
+/// `POST /admin/promote[?force=true]`: this follower leads a new epoch and
+/// tells its peers.
+///
+/// Before it leads, it asks every member of its voting set for its log
+/// position (`GET /status`): a majority of the set (itself included) must
+/// answer — the same majority a write needs, so this node's view includes
+/// every acknowledged write — and none may hold a better position
+/// `(last epoch, lsn)` than this node (409 `not_most_up_to_date` names
+/// it: promote that one instead, or wait for this one to catch up). The new
+/// epoch is above every epoch any answering member has seen. `force=true`
+/// skips both checks, for disaster recovery when a majority is gone for
+/// good (acknowledged writes may then be lost; the answer says so).
+pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     etcd_managed(&node, "manual promote")?;
+    let p = super::params::Params::parse(q.as_deref(), &["force"])?;
+    let force = p
+        .parse_as::<bool>("force", "true or false")?
+        .unwrap_or(false);
     if node.leader().is_some() {
         return Ok(Json(json!({"promoted": false, "message": "already the leader", "epoch": node.engine.meta().epoch.0})).into_response());
     }
-    let mut peers = Vec::new();
+    node.core.refresh_members();
+    let me = node.config.advertise();
+    let mut peers: Vec<String> = node
+        .core
+        .voting_set()
+        .urls()
+        .into_iter()
+        .filter(|u| *u != me)
+        .collect();
     if let Some(f) = node.follower() {
-        peers = f.status().peers;
         let old = f.leader_url();
-        if !old.is_empty() && !peers.contains(&old) {
+        if !old.is_empty() && old != me && !peers.contains(&old) {
             peers.push(old);
         }
     }
-    let epoch = node.engine.meta().epoch.next();
+    let meta = node.engine.meta();
+    let flush = node.engine.positions().flush_lsn;
+    let mine = meta.history.position_of(flush);
+    let answers = peer_positions(&node, &peers).await;
+    let voters = (peers.len() + 1).max(node.core.cluster_members());
+    let needed = voters / 2 + 1;
+    let heard = answers.len() + 1;
+    let mut epoch = meta.epoch;
+    if !force {
+        if heard < needed {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_quorum",
+                format!("only {heard} of {voters} voting members answered (a majority, {needed}, must, so that no acknowledged write is missed); retry, or promote with force=true if the others are gone for good"),
+            ));
+        }
+        if let Some((url, better)) = answers.iter().find(|(_, p)| p.position > mine) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_most_up_to_date",
+                format!(
+                    "{url} holds a later log position {} than this node's {mine}; promote it instead",
+                    better.position
+                ),
+            ));
+        }
+    }
+    for (_, a) in &answers {
+        epoch = epoch.max(a.epoch);
+    }
+    let epoch = epoch.next();
     node.promote(epoch)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     node.announce_leadership(epoch, peers.clone());
-    tracing::warn!(epoch = %epoch, "promoted by operator");
-    Ok(Json(json!({"promoted": true, "epoch": epoch.0, "announcing_to": peers})).into_response())
+    tracing::warn!(epoch = %epoch, %force, "promoted by operator");
+    Ok(Json(json!({
+        "promoted": true,
+        "epoch": epoch.0,
+        "position": [mine.epoch.0, mine.lsn.0],
+        "members_answered": heard,
+        "voters": voters,
+        "forced": force,
+        "announcing_to": peers,
+    }))
+    .into_response())
+}
+
+/// What a peer said about its log.
+struct PeerPosition {
+    position: Position,
+    epoch: Epoch,
+}
+
+/// Ask each peer's `/status` for its position, concurrently, 1 s each;
+/// peers that do not answer are left out.
+async fn peer_positions(node: &Node, peers: &[String]) -> Vec<(String, PeerPosition)> {
+    let asks = peers.iter().map(|url| async move {
+        let status = node
+            .http
+            .get(format!("{}/status", url.trim_end_matches('/')))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?
+            .json::<serde_json::Value>()
+            .await
+            .ok()?;
+        let pos = status.get("position")?.as_array()?;
+        let position = Position::new(
+            Epoch(pos.first()?.as_u64()?),
+            replidb_core::Lsn(pos.get(1)?.as_u64()?),
+        );
+        let epoch = Epoch(status.get("epoch")?.as_u64()?);
+        Some((url.clone(), PeerPosition { position, epoch }))
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ForgetBody {
+    member: String,
+}
+
+/// `POST /admin/forget {"member": URL or id}`: remove a member that is gone
+/// for good from the voting set, so it no longer counts toward majorities.
+pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
+    let b: ForgetBody = json_body(body, "{\"member\": URL or id}").await?;
+    match node.core.forget(&b.member) {
+        Some(url) => Ok(Json(
+            json!({"forgotten": url, "voting_set": node.core.voting_set().urls()}),
+        )
+        .into_response()),
+        None => Err(ApiError::not_found(format!(
+            "{:?} is not in the voting set",
+            b.member
+        ))),
+    }
 }
 
 #[derive(Deserialize)]

@@ -56,6 +56,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/status", get(ops::status))
         .route("/metrics", get(ops::metrics))
         .route("/admin/promote", post(admin::promote))
+        .route("/admin/forget", post(admin::forget))
         .route("/admin/follow", post(admin::follow))
         .route("/admin/fence", post(admin::fence))
         .route("/admin/switchover", post(admin::switchover))

@@ -139,6 +139,12 @@ pub fn status_of(node: &Node) -> Value {
         "storage": node.engine.table().backend_name(),
     });
     doc["storage_error"] = json!(node.engine.failure());
+    // The log's position as elections compare it: (last epoch, lsn).
+    doc["position"] = json!([
+        meta.history.position_of(pos.flush_lsn).epoch.0,
+        pos.flush_lsn.0
+    ]);
+    doc["voting_set"] = json!(node.core.voting_set().urls());
     doc["coordinator"] = node.coordinator().status();
     match role {
         Role::Leader(l) => {
