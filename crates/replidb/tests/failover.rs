@@ -341,6 +341,67 @@ async fn w1_writes_lost_in_failover_land_in_the_rollback_file() {
     }
 }
 
+/// The reliability issue's election example, with real processes and etcd:
+/// the old leader's log ends at a higher LSN (unacknowledged `w=1` writes of
+/// epoch 1) than the `w=majority` writes of epoch 2 that its successor got
+/// acknowledged. When it returns and the epoch-2 leader dies, the election
+/// must pick the member holding epoch 2 — compared by LSN alone, the old
+/// leader won and the acknowledged writes ended in rollback files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_longer_log_of_an_older_epoch_never_wins_an_election() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start().await;
+    let mut nodes = start_etcd_cluster(&etcd, "upto", 3).await;
+    let old = wait_leader(&nodes, Duration::from_secs(1)).await;
+    for i in 0..5 {
+        nodes[old].put_q(&format!("base-{i}"), "w=all", "x").await;
+    }
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    for &f in &others {
+        nodes[f].kill9();
+    }
+    // Inside the check-quorum window the old leader still takes w=1 writes.
+    let mut tail = 0;
+    for i in 0..10 {
+        let r = nodes[old]
+            .http()
+            .put(nodes[old].at(&format!("/v1/kv/tail-{i}?w=1")))
+            .body("unacked")
+            .send()
+            .await
+            .expect("PUT reaches the old leader");
+        if r.status() == 200 {
+            tail += 1;
+        }
+    }
+    assert!(tail > 0, "the old leader took no w=1 write at all");
+    nodes[old].kill9();
+    for &f in &others {
+        nodes[f].restart().await;
+    }
+    let second = wait_leader_among(&nodes, &others, Duration::from_secs(15)).await;
+    let mut acked = BTreeMap::new();
+    for i in 0..3 {
+        let key = format!("acked-{i}");
+        let v = put_to_leader(&nodes, &key, "w=majority", "kept").await;
+        assert_eq!(v["committed"], true, "{v}");
+        acked.insert(key, "kept".to_string());
+    }
+    nodes[second].kill9();
+    nodes[old].restart().await;
+    let third = others.iter().copied().find(|i| *i != second).unwrap();
+    let winner = wait_leader(&nodes, Duration::from_secs(20)).await;
+    assert_eq!(
+        winner, third,
+        "the member holding epoch 2 must win, not the longer epoch-1 log"
+    );
+    nodes[second].restart().await;
+    wait_all_converged(&nodes).await;
+    for n in &nodes {
+        assert_has_all(n, &acked).await;
+    }
+}
+
 fn signal(node: &Node, sig: libc::c_int) {
     let pid = node.pid().expect("running");
     // SAFETY: kill(2) on our own, unreaped child.
