@@ -93,15 +93,15 @@ fn raw_get(node: &Node, key: &str, query: &str) -> String {
 /// ever be appended or visible anywhere, and the strong read must not
 /// return the value n2 has since replaced while claiming to lead.
 ///
-/// Ignored until two faults it finds are fixed (run it with `--ignored`):
+/// Ignored until a fault it finds is fixed (run it with `--ignored`):
 /// check-quorum credits acknowledgements at the time they are read, so
 /// acks that followers sent just before the freeze, buffered by the kernel,
 /// make the woken leader look in contact and it accepts a `w=1` write in
-/// epoch 1 (about half the runs); and the `/admin/fence` that arrives at
-/// wake-up sometimes leaves the node at meta epoch 2 but still in the
-/// leader role, refusing writes and never re-pointing to n2.
+/// epoch 1 (about half the runs; the write is later rewound into
+/// `rollback/`). It also found a fence cut off half-way leaving the woken
+/// node in the leader role at epoch 2 forever (fixed: `/admin/fence`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds two open faults in check-quorum and fencing; see the doc comment"]
+#[ignore = "finds an open fault in check-quorum; see the doc comment"]
 async fn a_woken_fenced_leader_refuses_queued_writes_and_strong_reads() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(

@@ -81,10 +81,22 @@ pub async fn follow(State(node): State<AppState>, body: Body) -> ApiResult<Respo
         return Err(ApiError::bad_request("a node cannot follow itself"));
     }
     let epoch = node.engine.meta().epoch;
-    node.follow(b.leader.clone(), epoch)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    follow_to_the_end(&node, b.leader.clone(), epoch).await?;
     Ok(Json(json!({"following": b.leader})).into_response())
+}
+
+/// Re-point this node at `leader` in `epoch`, in a task of its own: the
+/// server drops a handler's future when its client disconnects, and a
+/// re-pointing cut off between recording the new epoch and stepping down
+/// left a leader that refused every write (its epoch was no longer the
+/// node's) yet never followed anyone. Seen when a frozen old leader woke
+/// up to fence requests whose senders had already given up on them.
+async fn follow_to_the_end(node: &AppState, leader: String, epoch: Epoch) -> ApiResult<()> {
+    let node = node.clone();
+    tokio::spawn(async move { node.follow(leader, epoch).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("re-pointing task failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -105,17 +117,20 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
     }
     let mine = node.engine.meta().epoch;
     let theirs = Epoch(b.epoch);
-    if theirs < mine || (theirs == mine && node.leader().is_some()) {
+    // Compare a leader with the epoch it leads, not with its metadata: a
+    // fence cut off half-way may have recorded the new epoch without the
+    // node stepping down, and a retry of that same announcement must then
+    // finish the job rather than be refused as "not newer".
+    let leading = node.leader().map(|l| l.epoch());
+    if theirs < mine || leading.is_some_and(|led| theirs <= led) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "stale_epoch",
             format!("announced epoch {theirs} is not newer than this node's epoch {mine}"),
         ));
     }
-    let was_leader = node.leader().is_some();
-    node.follow(b.leader.clone(), theirs)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let was_leader = leading.is_some();
+    follow_to_the_end(&node, b.leader.clone(), theirs).await?;
     if was_leader {
         tracing::warn!(new_leader = %b.leader, epoch = %theirs, "fenced: stepped down");
     }
