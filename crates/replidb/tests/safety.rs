@@ -369,16 +369,6 @@ async fn a_dropped_switchover_request_does_not_leave_writes_paused() {
         n1.put_q(&format!("k{i}"), "w=majority", "v").await;
     }
 
-    let too_long = http
-        .post(n1.at("/admin/switchover"))
-        .json(&json!({"to": "n2", "timeout_ms": 60_001}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(too_long.status(), 400);
-    let body = too_long.text().await.unwrap();
-    assert!(body.contains("60000"), "the 400 names the limit: {body}");
-
     // A client that gives up after 1 s on a switchover allowed 30 s.
     let impatient = reqwest::Client::builder()
         .no_proxy()
@@ -431,6 +421,16 @@ async fn a_dropped_switchover_request_does_not_leave_writes_paused() {
         "writes resumed {:?} after the switchover's client left ({resumed:?} polling)",
         gone.elapsed()
     );
+
+    let too_long = http
+        .post(n1.at("/admin/switchover"))
+        .json(&json!({"to": "n2", "timeout_ms": 60_001}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_long.status(), 400);
+    let body = too_long.text().await.unwrap();
+    assert!(body.contains("60000"), "the 400 names the limit: {body}");
 
     // A switchover that times out answers 504 and resumes writes.
     let started = Instant::now();
