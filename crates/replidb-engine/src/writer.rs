@@ -92,12 +92,20 @@ pub(crate) struct WriterCore {
 }
 
 /// Run the writer until the channel closes or a `Stop` arrives.
+///
+/// A panic in a round stops the writer for good (its state may be half
+/// updated). It is recorded as the engine's failure, like a failed fsync,
+/// so `/health` turns red and names it instead of the node looking healthy
+/// while every write answers "writer is not running".
 pub(crate) async fn run(
     mut core: WriterCore,
     mut rx: mpsc::Receiver<Command>,
     inline_io: bool,
     max_group: usize,
 ) {
+    // `core` moves onto the blocking pool each round and is lost if the
+    // round panics: keep our own handle on the shared failure slot.
+    let failure = core.failure.clone();
     while let Some(first) = rx.recv().await {
         let mut cmds = vec![first];
         // Group commit: everything that queued while the last round ran
@@ -109,7 +117,13 @@ pub(crate) async fn run(
             }
         }
         if inline_io {
-            core.round(cmds);
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                core.round(cmds);
+            }));
+            if let Err(payload) = round {
+                record_panic(&failure, &panic_message(payload.as_ref()));
+                return;
+            }
         } else {
             let joined = tokio::task::spawn_blocking(move || {
                 core.round(cmds);
@@ -119,7 +133,12 @@ pub(crate) async fn run(
             match joined {
                 Ok(c) => core = c,
                 Err(e) => {
-                    tracing::error!(error = %e, "writer round panicked; engine stopped");
+                    let why = if e.is_panic() {
+                        panic_message(e.into_panic().as_ref())
+                    } else {
+                        e.to_string()
+                    };
+                    record_panic(&failure, &why);
                     return;
                 }
             }
@@ -127,6 +146,27 @@ pub(crate) async fn run(
         if core.stopped {
             return;
         }
+    }
+}
+
+/// Record a writer panic as the engine's failure (keeping an earlier,
+/// more specific reason if there was one).
+fn record_panic(failure: &std::sync::Mutex<Option<String>>, why: &str) {
+    tracing::error!(error = %why, "writer round panicked; engine stopped");
+    let mut slot = failure.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        *slot = Some(format!("writer panicked: {why}"));
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
     }
 }
 

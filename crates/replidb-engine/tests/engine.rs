@@ -276,3 +276,58 @@ async fn proposals_of_an_old_epoch_are_refused_after_adopting_a_newer_one() {
     assert!(matches!(err, EngineError::NotLeaderOfEpoch { .. }), "{err}");
     assert_eq!(e.positions().flush_lsn, Lsn(1));
 }
+
+/// A clock that panics once armed: a stand-in for any bug that panics
+/// inside a writer round (the writer reads the clock to stamp a write).
+struct PanickingClock(std::sync::atomic::AtomicBool);
+
+impl replidb_core::Clock for PanickingClock {
+    fn now_ms(&self) -> u64 {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected clock panic");
+        }
+        replidb_core::Clock::now_ms(&SystemClock)
+    }
+    fn mono_ms(&self) -> u64 {
+        replidb_core::Clock::mono_ms(&SystemClock)
+    }
+}
+
+#[tokio::test]
+async fn a_panicked_writer_is_recorded_as_the_engine_failure() {
+    for inline_io in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(PanickingClock(Default::default()));
+        let mut o = EngineOptions::new(dir.path(), "t");
+        o.inline_io = inline_io;
+        let e = Engine::open(o, clock.clone()).await.unwrap();
+        e.begin_epoch(Epoch(1)).await.unwrap();
+        e.propose(Proposal::new(put("a", "1"))).await.unwrap();
+        assert_eq!(e.failure(), None);
+        clock.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = e.propose(Proposal::new(put("b", "2"))).await;
+        assert!(
+            matches!(r, Err(EngineError::Stopped(_))),
+            "inline_io={inline_io}: {r:?}"
+        );
+        // The round's replies are dropped while it unwinds, a moment before
+        // the writer task records the panic: wait for it, with a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let why = loop {
+            if let Some(why) = e.failure() {
+                break why;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "inline_io={inline_io}: the panic was not recorded as the engine failure"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(
+            why.contains("panicked") && why.contains("injected clock panic"),
+            "inline_io={inline_io}: {why}"
+        );
+        // Later writes keep failing, with the same recorded reason.
+        assert!(e.propose(Proposal::new(put("c", "3"))).await.is_err());
+    }
+}

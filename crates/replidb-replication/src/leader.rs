@@ -288,6 +288,13 @@ impl Leader {
             .store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// A receiver that changes on every acknowledgement from any follower,
+    /// for callers that wait on a follower's position (a switchover waiting
+    /// for its target to catch up) without polling.
+    pub fn ack_changes(&self) -> watch::Receiver<u64> {
+        self.acks.subscribe()
+    }
+
     /// Mark this leader stale: someone has seen a higher epoch.
     pub fn mark_stale(&self) {
         self.stale.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -7,6 +7,7 @@
 //! With etcd, leadership is the coordinator's: promote and follow are
 //! refused, and switchover goes through etcd.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -14,7 +15,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use replidb_core::{Epoch, Position};
+use replidb_core::{Epoch, Lsn, Position};
+use replidb_replication::Leader;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -146,10 +148,7 @@ async fn peer_positions(node: &Node, peers: &[String]) -> Vec<(String, PeerPosit
             .await
             .ok()?;
         let pos = status.get("position")?.as_array()?;
-        let position = Position::new(
-            Epoch(pos.first()?.as_u64()?),
-            replidb_core::Lsn(pos.get(1)?.as_u64()?),
-        );
+        let position = Position::new(Epoch(pos.first()?.as_u64()?), Lsn(pos.get(1)?.as_u64()?));
         let epoch = Epoch(status.get("epoch")?.as_u64()?);
         Some((url.clone(), PeerPosition { position, epoch }))
     });
@@ -196,10 +195,22 @@ pub async fn follow(State(node): State<AppState>, body: Body) -> ApiResult<Respo
         return Err(ApiError::bad_request("a node cannot follow itself"));
     }
     let epoch = node.engine.meta().epoch;
-    node.follow(b.leader.clone(), epoch)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    follow_to_the_end(&node, b.leader.clone(), epoch).await?;
     Ok(Json(json!({"following": b.leader})).into_response())
+}
+
+/// Re-point this node at `leader` in `epoch`, in a task of its own: the
+/// server drops a handler's future when its client disconnects, and a
+/// re-pointing cut off between recording the new epoch and stepping down
+/// left a leader that refused every write (its epoch was no longer the
+/// node's) yet never followed anyone. Seen when a frozen old leader woke
+/// up to fence requests whose senders had already given up on them.
+async fn follow_to_the_end(node: &AppState, leader: String, epoch: Epoch) -> ApiResult<()> {
+    let node = node.clone();
+    tokio::spawn(async move { node.follow(leader, epoch).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("re-pointing task failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -220,17 +231,20 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
     }
     let mine = node.engine.meta().epoch;
     let theirs = Epoch(b.epoch);
-    if theirs < mine || (theirs == mine && node.leader().is_some()) {
+    // Compare a leader with the epoch it leads, not with its metadata: a
+    // fence cut off half-way may have recorded the new epoch without the
+    // node stepping down, and a retry of that same announcement must then
+    // finish the job rather than be refused as "not newer".
+    let leading = node.leader().map(|l| l.epoch());
+    if theirs < mine || leading.is_some_and(|led| theirs <= led) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "stale_epoch",
             format!("announced epoch {theirs} is not newer than this node's epoch {mine}"),
         ));
     }
-    let was_leader = node.leader().is_some();
-    node.follow(b.leader.clone(), theirs)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let was_leader = leading.is_some();
+    follow_to_the_end(&node, b.leader.clone(), theirs).await?;
     if was_leader {
         tracing::warn!(new_leader = %b.leader, epoch = %theirs, "fenced: stepped down");
     }
@@ -247,13 +261,102 @@ struct SwitchoverBody {
     timeout_ms: Option<u64>,
 }
 
-/// `POST /admin/switchover {"to": ID}`: hand leadership to a follower
-/// without losing an acknowledged write. Writes pause (503, Retry-After)
-/// until the target holds every record; then the target takes over and
-/// this node follows it. If the target does not catch up in `timeout_ms`
-/// (default 5000), writes resume here and the answer is 504.
+/// How long a switchover waits for its target by default.
+pub const SWITCHOVER_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Longest `timeout_ms` a switchover may ask for. Writes are paused for up
+/// to that long, so the bound is the longest write outage an operator can
+/// cause with one request; larger values are a 400.
+pub const SWITCHOVER_TIMEOUT_MS_MAX: u64 = 60_000;
+
+/// Pauses the leader's writes for as long as it lives, and resumes them
+/// when dropped unless the hand-over succeeded ([`Pause::keep`]).
+///
+/// The guard, not the handler's code paths, ends the pause: when a client
+/// disconnects, the server drops the handler's future at whatever `.await`
+/// it was in, and no line after it runs. Without the guard such a dropped
+/// request left the leader refusing every write (`switchover_in_progress`)
+/// until it was restarted.
+struct Pause {
+    leader: Arc<Leader>,
+    armed: bool,
+}
+
+impl Pause {
+    fn start(leader: Arc<Leader>) -> Pause {
+        leader.set_paused(true);
+        Pause {
+            leader,
+            armed: true,
+        }
+    }
+
+    /// The hand-over succeeded: this leader is done, leave it paused (it
+    /// steps down; resuming would let it write in its old epoch meanwhile).
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        if self.armed {
+            self.leader.set_paused(false);
+            tracing::info!("switchover ended without a hand-over; writes resume");
+        }
+    }
+}
+
+/// Wait until the follower `to` has durably written everything this
+/// leader has, woken by each acknowledgement; the LSN it reached, or
+/// `None` at `deadline` (or if this leader stops).
+async fn wait_caught_up(
+    node: &Node,
+    leader: &Leader,
+    to: &str,
+    deadline: tokio::time::Instant,
+) -> Option<Lsn> {
+    let mut acks = leader.ack_changes();
+    loop {
+        // Mark the current value seen before reading positions, so an ack
+        // that lands between the check and the wait still wakes us.
+        acks.borrow_and_update();
+        let head = node.engine.positions().flush_lsn;
+        let flush = leader
+            .replicas()
+            .into_iter()
+            .find(|r| r.id == to)
+            .map(|r| r.flush_lsn)
+            .unwrap_or_default();
+        if flush >= head {
+            return Some(head);
+        }
+        match tokio::time::timeout_at(deadline, acks.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out, or the leader state is gone (stepped down).
+            _ => return None,
+        }
+    }
+}
+
+/// `POST /admin/switchover {"to": ID, "timeout_ms"}`: hand leadership to
+/// a follower without losing an acknowledged write. Writes pause (503
+/// `switchover_in_progress`, Retry-After) until the target holds every
+/// record; then the target takes over and this node follows it. If the
+/// target does not catch up in `timeout_ms` (default 5000, at most
+/// [`SWITCHOVER_TIMEOUT_MS_MAX`]), writes resume here and the answer is
+/// 504. The pause never outlives the request: a client that disconnects
+/// ends it too. Once the hand-over itself has started it runs to its end
+/// even if the client leaves, so it is never cut off half-way.
 pub async fn switchover(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
     let b: SwitchoverBody = json_body(body, "{\"to\": ID}").await?;
+    let timeout_ms = b.timeout_ms.unwrap_or(SWITCHOVER_TIMEOUT_MS_DEFAULT);
+    if timeout_ms > SWITCHOVER_TIMEOUT_MS_MAX {
+        return Err(ApiError::invalid_param(
+            "timeout_ms",
+            &timeout_ms.to_string(),
+            &format!("milliseconds, at most {SWITCHOVER_TIMEOUT_MS_MAX} (writes pause meanwhile)"),
+        ));
+    }
     let Some(leader) = node.leader() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -270,27 +373,21 @@ pub async fn switchover(State(node): State<AppState>, body: Body) -> ApiResult<R
             b.to
         )));
     };
+    // One switchover at a time: a second one's guard would resume writes
+    // under the first.
+    if leader.writable() == Err(replidb_replication::NotWritable::Paused) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "switchover_in_progress",
+            "another switchover is in progress",
+        ));
+    }
     let started = Instant::now();
-    let timeout = Duration::from_millis(b.timeout_ms.unwrap_or(5000));
-    leader.set_paused(true);
-    let caught_up = loop {
-        let head = node.engine.positions().flush_lsn;
-        let flush = leader
-            .replicas()
-            .into_iter()
-            .find(|r| r.id == b.to)
-            .map(|r| r.flush_lsn)
-            .unwrap_or_default();
-        if flush >= head {
-            break Some(head);
-        }
-        if started.elapsed() > timeout {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let Some(lsn) = caught_up else {
-        leader.set_paused(false);
+    let timeout = Duration::from_millis(timeout_ms);
+    let pause = Pause::start(leader.clone());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let Some(lsn) = wait_caught_up(&node, &leader, &b.to, deadline).await else {
+        drop(pause);
         return Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "switchover_timeout",
@@ -301,13 +398,24 @@ pub async fn switchover(State(node): State<AppState>, body: Body) -> ApiResult<R
             ),
         ));
     };
-    let handed = node
-        .coordinator()
-        .hand_over(&b.to, &target.addr)
-        .await
-        .map_err(|e| e.to_string());
+    // The hand-over runs in its own task, holding the pause: cancelling it
+    // half-way (the client gone) could leave the target promoted while
+    // this node resumed writing.
+    let handing = node.clone();
+    let (to, addr) = (b.to.clone(), target.addr.clone());
+    let handed = tokio::spawn(async move {
+        match handing.coordinator().hand_over(&to, &addr).await {
+            Ok(()) => {
+                pause.keep();
+                Ok(())
+            }
+            // Dropping the pause here resumes writes.
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("switchover task failed: {e}")))?;
     if let Err(e) = handed {
-        leader.set_paused(false);
         return Err(ApiError::new(StatusCode::CONFLICT, "switchover_failed", e));
     }
     // Wait (bounded) until we follow the new leader, so the answer means

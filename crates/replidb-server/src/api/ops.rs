@@ -68,7 +68,7 @@ pub fn health_of(node: &Node, want_role: Option<&str>, max_lag_ms: Option<u64>) 
     };
     if let Some(why) = node.engine.failure() {
         healthy = false;
-        error = Some(format!("storage failed, restart required: {why}"));
+        error = Some(format!("engine failed, restart required: {why}"));
     }
     if let Some(want) = want_role {
         if want != role.name() {

@@ -137,6 +137,46 @@ fn fallback(opts: &ReadOpts, why: String) -> ApiResult<Plan> {
     }
 }
 
+/// The header that counts how many nodes a request has already been
+/// relayed through (node-to-node proxying and write forwarding).
+pub const HOPS_HEADER: &str = "x-replidb-hops";
+
+/// Most relays a request may take. One is the normal case (follower to
+/// leader); two covers a follower that still points at a node that has
+/// just stepped down. More means nodes point at each other (each thinks
+/// the other leads, e.g. in the middle of a failover): without a limit such
+/// a request would bounce between them until a timeout, tying up a
+/// connection on each node per hop.
+pub const MAX_HOPS: u32 = 2;
+
+/// The hop count a request arrived with (0 from a client). A malformed
+/// value is a 400: it can only come from a broken peer or client.
+fn hops_of(headers: &HeaderMap) -> ApiResult<u32> {
+    let Some(v) = headers.get(HOPS_HEADER) else {
+        return Ok(0);
+    };
+    let s = v.to_str().unwrap_or("");
+    s.trim()
+        .parse()
+        .map_err(|_| ApiError::invalid_param("X-Replidb-Hops", s, "a small unsigned integer"))
+}
+
+/// The hop count to send with a relayed request, or a `proxy_loop` error
+/// (508) when the request has already been relayed [`MAX_HOPS`] times.
+pub fn next_hop(headers: &HeaderMap, target: &str) -> ApiResult<u32> {
+    let hops = hops_of(headers)?;
+    if hops >= MAX_HOPS {
+        return Err(ApiError::new(
+            StatusCode::LOOP_DETECTED,
+            "proxy_loop",
+            format!(
+                "request already relayed {hops} times (limit {MAX_HOPS}); not relaying it again to {target}: the nodes disagree on who leads, retry shortly"
+            ),
+        ));
+    }
+    Ok(hops + 1)
+}
+
 /// Send a request to the leader and relay its answer (status, body,
 /// content type and its `X-Replidb-*` headers, so the client sees who
 /// really served it).
@@ -147,12 +187,19 @@ pub async fn proxy_to_leader(
     headers: &HeaderMap,
     body: bytes::Bytes,
 ) -> ApiResult<Response> {
-    let url = format!(
-        "{}{}",
-        node.leader_url().trim_end_matches('/'),
-        path_and_query
-    );
-    let mut req = node.http.request(method, &url).body(body);
+    let leader = node.leader_url();
+    if leader.is_empty() {
+        let mut e = ApiError::unavailable("no leader is known to relay this request to");
+        e.code = "no_leader";
+        return Err(e);
+    }
+    let hops = next_hop(headers, &leader)?;
+    let url = format!("{}{}", leader.trim_end_matches('/'), path_and_query);
+    let mut req = node
+        .http
+        .request(method, &url)
+        .header(HOPS_HEADER, hops.to_string())
+        .body(body);
     for name in ["content-type", "x-replidb-min-lsn", "x-replidb-session"] {
         if let Some(v) = headers.get(name) {
             req = req.header(name, v.clone());
@@ -181,4 +228,25 @@ pub async fn proxy_to_leader(
     out.body(Body::from(bytes))
         .map_err(|e| ApiError::internal(e.to_string()))
         .map(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_hops(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(HOPS_HEADER, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn hops_count_up_to_the_limit_then_refuse() {
+        assert_eq!(next_hop(&HeaderMap::new(), "x").unwrap(), 1);
+        assert_eq!(next_hop(&with_hops("1"), "x").unwrap(), 2);
+        let e = next_hop(&with_hops("2"), "x").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (508, "proxy_loop"));
+        let e = next_hop(&with_hops("many"), "x").unwrap_err();
+        assert_eq!(e.status.as_u16(), 400);
+    }
 }

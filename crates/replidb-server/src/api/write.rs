@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use replidb_core::{Lsn, Op};
+use replidb_core::{Lsn, Op, WriteConcern};
 use replidb_engine::{EngineError, Proposal};
 use serde_json::{json, Value};
 
@@ -82,6 +82,7 @@ pub async fn propose(
         return Err(ApiError::unavailable("not the leader"));
     };
     writable(&leader)?;
+    check_concern(&leader, opts.w)?;
     let key_for_log = match &op {
         Op::Put { key, .. } | Op::Delete { key } => key.clone(),
         Op::Batch(ops) => format!("<batch of {}>", ops.len()),
@@ -142,6 +143,26 @@ async fn condition_failed(
     );
     e.retry_after_s = Some(1);
     e
+}
+
+/// Refuse, before writing anything, a numeric write concern that this
+/// cluster cannot meet: `w=5` with three voters would otherwise append the
+/// record and then wait out the whole timeout for acknowledgements that
+/// cannot exist. (`majority` and `all` adapt to the voters, so they pass.)
+pub fn check_concern(leader: &replidb_replication::Leader, w: WriteConcern) -> ApiResult<()> {
+    if let WriteConcern::Nodes(k) = w {
+        let voters = leader.voters();
+        if k > voters {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "w_exceeds_voters",
+                format!(
+                    "w={k} asks for more nodes than the {voters} voting member(s) this leader knows; use w <= {voters}, \"majority\" or \"all\""
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuse a write the leader may not accept now (invariant 3: a leader
