@@ -112,6 +112,9 @@ pub struct Follower {
     /// Due time of the last scheduled apply: applies stay in LSN order even
     /// when random delays would reorder them.
     last_due: Mutex<Instant>,
+    /// `sent_mono_ms` of the newest frame received from the current
+    /// leader (0 at the start of each session), echoed in every ack.
+    leader_sent_mono_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Follower {
@@ -140,6 +143,7 @@ impl Follower {
             status: Mutex::new(status),
             ages: Mutex::new(LeaderAges::new(LEADER_AGES_ENTRIES_MAX)),
             last_due: Mutex::new(Instant::now()),
+            leader_sent_mono_ms: Default::default(),
         })
     }
 
@@ -323,6 +327,9 @@ impl Follower {
         // vanished (crashed, cut off) may never be answered, and a follower
         // waiting on it forever never finds the current leader
         // (`replidb simulate --seed 487 --faults all`).
+        // A new leader's clock has nothing to do with the last one's.
+        self.leader_sent_mono_ms
+            .store(0, std::sync::atomic::Ordering::SeqCst);
         let io = tokio::time::timeout(self.opts.idle_timeout, self.transport.connect(url))
             .await
             .map_err(|_| {
@@ -420,6 +427,12 @@ impl Follower {
         }
     }
 
+    /// Remember the leader's send time of a frame, to echo in acks.
+    fn note_leader_sent(&self, sent_mono_ms: u64) {
+        self.leader_sent_mono_ms
+            .fetch_max(sent_mono_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Tell the leader where our log and table are.
     async fn send_ack(&self, framed: &mut Framed<BoxIo, FrameCodec>) -> Result<()> {
         let p = self.engine.positions();
@@ -427,6 +440,9 @@ impl Follower {
             flush_lsn: p.flush_lsn,
             applied_lsn: p.applied_lsn,
             lag_ms: self.lag_ms(),
+            echo_mono_ms: self
+                .leader_sent_mono_ms
+                .load(std::sync::atomic::Ordering::SeqCst),
         };
         self.send_bounded(framed, ack).await
     }
@@ -482,7 +498,9 @@ impl Follower {
                 commit_lsn,
                 first_age_ms,
                 behind_age_ms,
+                sent_mono_ms,
             } => {
+                self.note_leader_sent(sent_mono_ms);
                 let Some(last) = records.last().map(|r| r.lsn) else {
                     return Ok(());
                 };
@@ -514,7 +532,9 @@ impl Follower {
                 lacking_age_ms,
                 epoch,
                 peers,
+                sent_mono_ms,
             } => {
+                self.note_leader_sent(sent_mono_ms);
                 let mut s = self.st();
                 if epoch < s.leader_epoch {
                     return Err(ReplicationError::Fenced(

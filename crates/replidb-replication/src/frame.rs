@@ -110,6 +110,12 @@ pub enum Frame {
         /// The follower's own apply-lag estimate in ms (informational: the
         /// leader measures lag on its own clock).
         lag_ms: u64,
+        /// The `sent_mono_ms` of the newest leader frame the follower had
+        /// received when it sent this ack (0: none yet). The leader credits
+        /// the follower's contact at *that* time, on its own clock, never
+        /// at the time it reads the ack: acks that sat in a socket while
+        /// the leader was paused prove nothing about now.
+        echo_mono_ms: u64,
     },
     /// Leader → follower: accepted; records follow from `start_lsn`.
     Welcome {
@@ -169,6 +175,9 @@ pub enum Frame {
         /// after the batch (the oldest one the follower has not received);
         /// else 0.
         behind_age_ms: u64,
+        /// The leader's monotonic clock when it sent this frame, echoed
+        /// back in acks (check-quorum, leadership confirmation).
+        sent_mono_ms: u64,
     },
     /// Leader → follower on an idle stream.
     Heartbeat {
@@ -185,6 +194,9 @@ pub enum Frame {
         /// URLs of the cluster's nodes as the leader knows them (itself and
         /// its followers), so a follower promoted later can tell them.
         peers: Vec<String>,
+        /// The leader's monotonic clock when it sent this frame, echoed
+        /// back in acks (check-quorum, leadership confirmation).
+        sent_mono_ms: u64,
     },
 }
 
@@ -303,6 +315,7 @@ mod tests {
             commit_lsn: Lsn(n / 2),
             first_age_ms: 7,
             behind_age_ms: 0,
+            sent_mono_ms: 9,
         }
     }
 

@@ -86,6 +86,7 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
             flush_lsn: Lsn(rng.random()),
             applied_lsn: Lsn(rng.random()),
             lag_ms: rng.random(),
+            echo_mono_ms: rng.random(),
         },
         2 => Frame::Welcome {
             leader_id: word(rng),
@@ -127,6 +128,7 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
             commit_lsn: Lsn(rng.random()),
             first_age_ms: rng.random(),
             behind_age_ms: rng.random(),
+            sent_mono_ms: rng.random(),
         },
         _ => Frame::Heartbeat {
             last_lsn: Lsn(rng.random()),
@@ -134,6 +136,7 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
             lacking_age_ms: rng.random(),
             epoch: Epoch(rng.random()),
             peers: (0..rng.random_range(0..3)).map(|_| word(rng)).collect(),
+            sent_mono_ms: rng.random(),
         },
     }
 }

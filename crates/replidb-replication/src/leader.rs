@@ -639,7 +639,7 @@ impl Leader {
                 sync: "async",
                 last_seen_mono_ms: now,
                 session,
-                last_ack_mono_ms: Some(self.clock.mono_ms()),
+                last_ack_mono_ms: None,
                 last_ack_age_ms: None,
             },
         );
@@ -767,6 +767,7 @@ impl Leader {
                     commit_lsn: self.commit_lsn(),
                     first_age_ms,
                     behind_age_ms,
+                    sent_mono_ms: self.clock.mono_ms(),
                 };
                 send_within(&mut sink, frame, send_timeout).await?;
                 continue;
@@ -788,6 +789,7 @@ impl Leader {
                         lacking_age_ms: self.lag_after_ms(applied),
                         epoch: self.epoch,
                         peers: self.peers(),
+                        sent_mono_ms: self.clock.mono_ms(),
                     };
                     send_within(&mut sink, frame, send_timeout).await?;
                 }
@@ -828,9 +830,13 @@ impl Leader {
                 Ok(Frame::Ack {
                     flush_lsn,
                     applied_lsn,
+                    echo_mono_ms,
                     ..
                 }) => {
                     let now = self.clock.mono_ms();
+                    // A follower cannot have seen a frame from our future;
+                    // clamp rather than trust it.
+                    let echo = (echo_mono_ms != 0).then_some(echo_mono_ms.min(now));
                     let mut bad = None;
                     self.update(&id, session, |r| {
                         r.last_seen_mono_ms = now;
@@ -842,8 +848,11 @@ impl Leader {
                         r.flush_lsn = r.flush_lsn.max(flush_lsn);
                         r.applied_lsn = r.applied_lsn.max(applied_lsn);
                         // Only a follower's own ack proves it still
-                        // follows us (check-quorum, ReadIndex).
-                        r.last_ack_mono_ms = Some(now);
+                        // follows us (check-quorum, ReadIndex), and only as
+                        // of the newest frame of ours it had seen.
+                        if let Some(e) = echo {
+                            r.last_ack_mono_ms = r.last_ack_mono_ms.max(Some(e));
+                        }
                     });
                     if let Some(sent) = bad {
                         tracing::warn!(follower = %id, %flush_lsn, %applied_lsn, %sent, "follower acknowledged records it was not sent; closing its stream");

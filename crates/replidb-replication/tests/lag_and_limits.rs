@@ -382,6 +382,7 @@ async fn an_ack_beyond_what_was_sent_is_refused_and_ends_the_session() {
         flush_lsn: Lsn(1_000),
         applied_lsn: Lsn(1_000),
         lag_ms: 0,
+        echo_mono_ms: 0,
     })
     .await
     .unwrap();

@@ -290,6 +290,7 @@ mod tests {
             commit_lsn: Lsn(n),
             first_age_ms: n,
             behind_age_ms: 0,
+            sent_mono_ms: n,
         }
     }
 

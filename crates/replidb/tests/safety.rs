@@ -93,15 +93,14 @@ fn raw_get(node: &Node, key: &str, query: &str) -> String {
 /// ever be appended or visible anywhere, and the strong read must not
 /// return the value n2 has since replaced while claiming to lead.
 ///
-/// Ignored until a fault it finds is fixed (run it with `--ignored`):
-/// check-quorum credits acknowledgements at the time they are read, so
-/// acks that followers sent just before the freeze, buffered by the kernel,
-/// make the woken leader look in contact and it accepts a `w=1` write in
-/// epoch 1 (about half the runs; the write is later rewound into
-/// `rollback/`). It also found a fence cut off half-way leaving the woken
-/// node in the leader role at epoch 2 forever (fixed: `/admin/fence`).
+/// It found two faults, both fixed: check-quorum credited acknowledgements
+/// at the time they were read, so acks that followers sent just before the
+/// freeze, buffered by the kernel, made the woken leader look in contact
+/// and it accepted a `w=1` write in epoch 1 (now acks echo the send time
+/// of the newest leader frame they answer, and only that counts); and a
+/// fence cut off half-way left the woken node in the leader role at epoch
+/// 2 forever (`/admin/fence` now finishes on its own task).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds an open fault in check-quorum; see the doc comment"]
 async fn a_woken_fenced_leader_refuses_queued_writes_and_strong_reads() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(
