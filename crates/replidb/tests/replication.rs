@@ -508,8 +508,10 @@ async fn follower_never_serves_a_half_installed_snapshot() {
         "--checkpoint-interval",
         "100ms",
     ];
+    // Two followers: with one stopped the leader still hears from a
+    // majority, so check-quorum lets it take the load.
     let mut cluster = Cluster::start(
-        1,
+        2,
         &leader_args,
         &["--backoff-base", "50ms", "--backoff-max", "500ms"],
     )
