@@ -558,3 +558,71 @@ async fn nodes_pointing_at_each_other_stop_relaying() {
         assert!(took < Duration::from_secs(2), "{what} took {took:?}");
     }
 }
+
+/// Item 10 of the reliability issue: the voting set is durable, so a node
+/// promoted before its peers reconnect never counts a majority of one.
+/// n2 learns the three members from heartbeats, restarts (forgetting
+/// everything in memory), the leader is gone and n3 is frozen; a forced
+/// promote of n2 must still need two acknowledgements for `w=majority`:
+/// with only itself it answers 504 with `acks: 1`, never 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_node_counts_its_majority_over_the_durable_voting_set() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(
+        2,
+        &[],
+        &["--backoff-base", "50ms", "--backoff-max", "500ms"],
+    )
+    .await;
+    cluster.leader.put_q("before", "w=all", "x").await;
+    let leader_url = cluster.leader.url();
+    wait_until(
+        "n2 knows all three members",
+        Duration::from_secs(10),
+        async || {
+            let s = cluster.followers[0].status().await;
+            s["voting_set"].as_array().is_some_and(|v| v.len() == 3)
+        },
+    )
+    .await;
+    cluster.leader.kill9();
+    cluster.followers[0].kill9();
+    cluster.followers[0].restart().await;
+    signal(&cluster.followers[1], libc::SIGSTOP);
+    let n2 = &cluster.followers[0];
+    let http = reqwest::Client::new();
+    // Without force, a majority must answer: only n2 can.
+    let r = http
+        .post(format!("{}/admin/promote", n2.url()))
+        .send()
+        .await
+        .expect("promote");
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
+    let r = http
+        .post(format!("{}/admin/promote?force=true", n2.url()))
+        .send()
+        .await
+        .expect("forced promote");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let r = http
+        .put(format!(
+            "{}/v1/kv/lonely?w=majority&timeout_ms=500",
+            n2.url()
+        ))
+        .body("x")
+        .send()
+        .await
+        .expect("put");
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        status == 504 && body["acks"] == 1 && body["committed"] == false,
+        "a majority of one acknowledged a w=majority write: {status} {body}"
+    );
+    let s = n2.status().await;
+    assert_eq!(s["voters"], 3, "{s}");
+    assert!(s["voting_set"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|u| *u == json!(leader_url))));
+    signal(&cluster.followers[1], libc::SIGCONT);
+}
