@@ -17,10 +17,11 @@
 use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use replidb_core::{Epoch, EpochHistory, Hlc, Lsn, Op, Record, Versioned};
+use replidb_core::{Epoch, EpochHistory, Lsn, Versioned};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::frame::{Frame, FrameCodec};
+use replidb_wal::fuzz::{mutate, sample_record as record};
 
 /// Inputs of the long run, unless `REPLIDB_FUZZ_ITERATIONS` says otherwise.
 const LONG_RUN_ITERATIONS: u64 = 1_000_000;
@@ -43,30 +44,6 @@ fn history(rng: &mut StdRng) -> EpochHistory {
         entries: (0..rng.random_range(0..4))
             .map(|_| (Epoch(rng.random()), Lsn(rng.random())))
             .collect(),
-    }
-}
-
-fn record(rng: &mut StdRng) -> Record {
-    let op = match rng.random_range(0..3) {
-        0 => Op::Put {
-            key: word(rng),
-            value: bytes(rng),
-        },
-        1 => Op::Delete { key: word(rng) },
-        _ => Op::Batch(
-            (0..rng.random_range(0..4))
-                .map(|_| Op::Delete { key: word(rng) })
-                .collect(),
-        ),
-    };
-    Record {
-        lsn: Lsn(rng.random()),
-        epoch: Epoch(rng.random()),
-        hlc: Hlc {
-            wall_ms: rng.random(),
-            logical: rng.random(),
-        },
-        op,
     }
 }
 
@@ -138,44 +115,6 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
             peers: (0..rng.random_range(0..3)).map(|_| word(rng)).collect(),
             sent_mono_ms: rng.random(),
         },
-    }
-}
-
-/// Apply one to a few random mutations to `buf`.
-fn mutate(rng: &mut StdRng, buf: &mut Vec<u8>) {
-    for _ in 0..rng.random_range(1..4) {
-        match rng.random_range(0..7) {
-            0 if !buf.is_empty() => {
-                let i = rng.random_range(0..buf.len());
-                buf[i] ^= 1 << rng.random_range(0..8);
-            }
-            1 if !buf.is_empty() => {
-                let i = rng.random_range(0..buf.len());
-                buf[i] = rng.random();
-            }
-            2 => {
-                let i = rng.random_range(0..=buf.len());
-                buf.insert(i, rng.random());
-            }
-            3 if !buf.is_empty() => {
-                let i = rng.random_range(0..buf.len());
-                buf.remove(i);
-            }
-            4 => {
-                let n = rng.random_range(0..=buf.len());
-                buf.truncate(n);
-            }
-            5 => {
-                let i = rng.random_range(0..=buf.len());
-                let v = [0u8, 1, 2, 0x7f, 0x80, 0xff][rng.random_range(0..6)];
-                buf.insert(i, v);
-            }
-            _ => {
-                let mut extra = vec![0u8; rng.random_range(0..16)];
-                rng.fill_bytes(&mut extra);
-                buf.extend_from_slice(&extra);
-            }
-        }
     }
 }
 

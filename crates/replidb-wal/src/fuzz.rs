@@ -24,7 +24,8 @@ use crate::segment::SegmentHeader;
 /// Inputs of the long run, unless `REPLIDB_FUZZ_ITERATIONS` says otherwise.
 const LONG_RUN_ITERATIONS: u64 = 1_000_000;
 
-fn sample_record(rng: &mut StdRng) -> Record {
+/// A valid record with random fields and a random put, delete or batch.
+pub fn sample_record(rng: &mut StdRng) -> Record {
     let key = |rng: &mut StdRng| {
         let n = rng.random_range(1..40);
         (0..n)
@@ -62,8 +63,10 @@ fn sample_record(rng: &mut StdRng) -> Record {
     }
 }
 
-/// Apply one to a few random mutations to `buf`.
-pub(crate) fn mutate(rng: &mut StdRng, buf: &mut Vec<u8>) {
+/// Apply one to a few random mutations to `buf`: bit flips, overwritten,
+/// inserted and removed bytes, truncation, interesting small integers,
+/// random tails. Shared by every decoder's fuzz run.
+pub fn mutate(rng: &mut StdRng, buf: &mut Vec<u8>) {
     for _ in 0..rng.random_range(1..4) {
         match rng.random_range(0..7) {
             0 if !buf.is_empty() => {

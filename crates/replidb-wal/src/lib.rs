@@ -66,8 +66,9 @@
 #![warn(missing_docs)]
 
 pub mod codec;
-#[cfg(test)]
-mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code))]
+pub mod fuzz;
 mod reader;
 mod recovery;
 mod segment;
