@@ -451,10 +451,13 @@ impl NodeCore {
         }
     }
 
-    /// Check-quorum: true unless this node leads and has not heard from a
-    /// majority of voters within the window.
+    /// Check-quorum for stepping down: true unless this node leads and has
+    /// not heard from a majority of voters within twice the write window.
+    /// Writes stop at one window; giving up leadership waits for a second,
+    /// so a follower busy with a large batch does not cause an election.
     pub fn has_quorum(&self) -> bool {
-        self.leader().is_none_or(|l| l.has_quorum_contact())
+        self.leader()
+            .is_none_or(|l| l.has_quorum_contact_within(self.opts.leader.check_quorum * 2))
     }
 
     /// Stop: cancel the role's tasks and stop a leader's sessions.

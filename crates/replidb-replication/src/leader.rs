@@ -322,8 +322,14 @@ impl Leader {
     /// acknowledgement within the last [`LeaderOptions::check_quorum`], or
     /// this leader started less than that long ago.
     pub fn has_quorum_contact(&self) -> bool {
+        self.has_quorum_contact_within(self.opts.check_quorum)
+    }
+
+    /// Check-quorum over `window`: a majority of voters acknowledged within
+    /// it, or this leader started less than that long ago.
+    pub fn has_quorum_contact_within(&self, window: Duration) -> bool {
         let now = self.clock.mono_ms();
-        let window_ms = self.opts.check_quorum.as_millis() as u64;
+        let window_ms = window.as_millis() as u64;
         if now.saturating_sub(self.started_mono_ms) < window_ms {
             return true;
         }

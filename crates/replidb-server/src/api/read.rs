@@ -38,7 +38,7 @@ pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
             if opts.consistency == Some(Consistency::Strong) {
                 // Only a leader that still holds its lease may claim to be
                 // the latest state (checked again after the read).
-                super::write::writable(&leader)?;
+                super::write::ensure_writable(node, &leader, opts.wait).await?;
                 return Ok(Plan::Strong(leader, node.clock.mono_ms()));
             }
             Ok(Plan::Local)

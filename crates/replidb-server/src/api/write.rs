@@ -81,7 +81,7 @@ pub async fn propose(
     let Some(leader) = node.leader() else {
         return Err(ApiError::unavailable("not the leader"));
     };
-    writable(&leader)?;
+    ensure_writable(node, &leader, opts.timeout).await?;
     check_concern(&leader, opts.w)?;
     let key_for_log = match &op {
         Op::Put { key, .. } | Op::Delete { key } => key.clone(),
@@ -163,6 +163,28 @@ pub fn check_concern(leader: &replidb_replication::Leader, w: WriteConcern) -> A
         }
     }
     Ok(())
+}
+
+/// Longest a request waits to re-establish check-quorum contact before it
+/// is refused: a follower busy with a large batch may answer late, while a
+/// deposed or cut-off leader cannot get a majority at all.
+pub const QUORUM_CONFIRM_MS_MAX: u64 = 1000;
+
+/// [`writable`], except that lapsed check-quorum contact is first
+/// re-confirmed with a heartbeat round (at most `budget`, capped at
+/// [`QUORUM_CONFIRM_MS_MAX`]) instead of refused at once.
+pub async fn ensure_writable(
+    node: &Node,
+    leader: &replidb_replication::Leader,
+    budget: std::time::Duration,
+) -> ApiResult<()> {
+    if leader.writable() == Err(replidb_replication::NotWritable::NoQuorum) {
+        let budget = budget.min(std::time::Duration::from_millis(QUORUM_CONFIRM_MS_MAX));
+        leader
+            .confirm_leadership(node.clock.mono_ms(), budget)
+            .await;
+    }
+    writable(leader)
 }
 
 /// Refuse a write the leader may not accept now (invariant 3: a leader
