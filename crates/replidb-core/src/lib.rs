@@ -26,5 +26,6 @@ pub use hlc::{
 };
 pub use types::{
     validate_key, Epoch, EpochHistory, KeyError, Lsn, NodeId, Op, Position, Record, Versioned,
-    WriteConcern, WriteConcernError, MAX_KEY_BYTES, TXN_VALUES_MAX, VALUE_BYTES_MAX,
+    WriteConcern, WriteConcernError, EPOCH_JUMP_MAX, MAX_KEY_BYTES, TXN_VALUES_MAX,
+    VALUE_BYTES_MAX,
 };

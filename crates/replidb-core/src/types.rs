@@ -47,6 +47,12 @@ impl Epoch {
     }
 }
 
+/// How far above a node's own epoch an announced epoch may be. A real
+/// leader is at most a few elections ahead; an epoch near `u64::MAX` can
+/// only come from a broken or hostile peer, and would leave no room for
+/// the next election (`Epoch::next` would overflow).
+pub const EPOCH_JUMP_MAX: u64 = 1_000_000;
+
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -190,15 +190,20 @@ impl Node {
     /// Periodic upkeep until shutdown: checkpoints and gauges.
     async fn housekeeping(self: Arc<Self>) {
         let mut gauges = tokio::time::interval(Duration::from_millis(500));
+        // As often as heartbeats bring the member list: a promote soon
+        // after start must already know every member.
+        let mut members = tokio::time::interval(
+            self.config
+                .heartbeat_interval
+                .max(Duration::from_millis(10)),
+        );
         let mut checkpoint = tokio::time::interval(self.config.checkpoint_interval);
         checkpoint.tick().await;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = gauges.tick() => {
-                    self.core.refresh_members();
-                    crate::metrics::refresh_gauges(&self);
-                }
+                _ = members.tick() => self.core.refresh_members(),
+                _ = gauges.tick() => crate::metrics::refresh_gauges(&self),
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.checkpoint().await {
                         tracing::error!(error = %e, "checkpoint failed");

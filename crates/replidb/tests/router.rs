@@ -570,6 +570,18 @@ async fn writes_follow_a_failover_and_errors_are_json() {
         (413, Some("body_too_large"))
     );
 
+    // n2 must know all three members before the leader dies: its promote
+    // needs a majority of them to answer.
+    wait_until(
+        "n2 knows the voting set",
+        Duration::from_secs(10),
+        async || {
+            c.followers[0].status().await["voting_set"]
+                .as_array()
+                .is_some_and(|v| v.len() == 3)
+        },
+    )
+    .await;
     c.leader.kill9();
     wait_until(
         "the router has no leader",

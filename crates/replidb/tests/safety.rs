@@ -626,3 +626,51 @@ async fn a_promoted_node_counts_its_majority_over_the_durable_voting_set() {
         .is_some_and(|v| v.iter().any(|u| *u == json!(leader_url))));
     signal(&cluster.followers[1], libc::SIGCONT);
 }
+
+/// Found by trying it as a new user: a follower that knows no leader (an
+/// etcd member before any election) answered writes with a 307 to a
+/// relative URL — itself — so clients looped; it must be a 503 with
+/// `Retry-After`. And an announced epoch near `u64::MAX` was accepted by
+/// `/admin/fence`, after which the next promote's `epoch + 1` wrapped and
+/// two nodes led at once: an epoch too far ahead is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_leader_is_a_503_and_absurd_epochs_are_refused() {
+    let _serial = SERIAL.lock().await;
+    // An etcd nobody answers: the node waits as a follower of nobody.
+    let lonely = Node::start(
+        "lonely",
+        &[
+            "--coordinator",
+            "etcd",
+            "--etcd",
+            "http://127.0.0.1:9",
+            "--cluster",
+            "none",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .put(lonely.at("/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "no_leader", "{body}");
+
+    let cluster = Cluster::start(1, &[], &[]).await;
+    let r = http
+        .post(cluster.leader.at("/admin/fence"))
+        .json(&json!({"epoch": u64::MAX, "leader": cluster.followers[0].url()}))
+        .send()
+        .await
+        .expect("fence");
+    assert_eq!(r.status(), 400, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(cluster.leader.status().await["role"], "leader");
+}

@@ -89,11 +89,13 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     let mut epoch = meta.epoch;
     if !force {
         if heard < needed {
-            return Err(ApiError::new(
+            let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_quorum",
                 format!("only {heard} of {voters} voting members answered (a majority, {needed}, must, so that no acknowledged write is missed); retry, or promote with force=true if the others are gone for good"),
-            ));
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
         }
         if let Some((url, better)) = answers.iter().find(|(_, p)| p.position > mine) {
             return Err(ApiError::new(
@@ -107,7 +109,10 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
         }
     }
     for (_, a) in &answers {
-        epoch = epoch.max(a.epoch);
+        // A peer's epoch counts only within the same bound a fence has.
+        if a.epoch.0 <= meta.epoch.0.saturating_add(replidb_core::EPOCH_JUMP_MAX) {
+            epoch = epoch.max(a.epoch);
+        }
     }
     let epoch = epoch.next();
     node.promote(epoch)
@@ -168,6 +173,19 @@ struct ForgetBody {
 /// for good from the voting set, so it no longer counts toward majorities.
 pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
     let b: ForgetBody = json_body(body, "{\"member\": URL or id}").await?;
+    if node.leader().is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_leader",
+            format!(
+                "forget must be asked of the leader ({}): a follower's voting set follows its leader's",
+                node.leader_url()
+            ),
+        ));
+    }
+    if b.member == node.config.advertise() || b.member == node.config.id {
+        return Err(ApiError::bad_request("a leader cannot forget itself"));
+    }
     match node.core.forget(&b.member) {
         Some(url) => Ok(Json(
             json!({"forgotten": url, "voting_set": node.core.voting_set().urls()}),
@@ -231,6 +249,12 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
     }
     let mine = node.engine.meta().epoch;
     let theirs = Epoch(b.epoch);
+    if b.epoch > mine.0.saturating_add(replidb_core::EPOCH_JUMP_MAX) {
+        return Err(ApiError::bad_request(format!(
+            "announced epoch {theirs} is more than {} above this node's epoch {mine}",
+            replidb_core::EPOCH_JUMP_MAX
+        )));
+    }
     // Compare a leader with the epoch it leads, not with its metadata: a
     // fence cut off half-way may have recorded the new epoch without the
     // node stepping down, and a retry of that same announcement must then

@@ -58,6 +58,16 @@ pub async fn not_leader_response(node: &Node, origin: &Origin<'_>) -> ApiResult<
         .await?;
         return Ok(Some(resp));
     }
+    if node.leader_url().is_empty() {
+        // A redirect to nowhere would send the client in a loop.
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "this node is a follower and knows no leader yet (an election may be under way); retry shortly",
+        );
+        e.retry_after_s = Some(1);
+        return Err(e);
+    }
     let location = format!(
         "{}{}",
         node.leader_url().trim_end_matches('/'),
