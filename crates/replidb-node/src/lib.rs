@@ -452,12 +452,9 @@ impl NodeCore {
     }
 
     /// Check-quorum for stepping down: true unless this node leads and has
-    /// not heard from a majority of voters within twice the write window.
-    /// Writes stop at one window; giving up leadership waits for a second,
-    /// so a follower busy with a large batch does not cause an election.
+    /// not heard from a majority of voters within the window.
     pub fn has_quorum(&self) -> bool {
-        self.leader()
-            .is_none_or(|l| l.has_quorum_contact_within(self.opts.leader.check_quorum * 2))
+        self.leader().is_none_or(|l| l.has_quorum_contact())
     }
 
     /// Stop: cancel the role's tasks and stop a leader's sessions.

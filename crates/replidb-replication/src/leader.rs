@@ -73,7 +73,7 @@ impl Default for LeaderOptions {
             ack_timeout: Duration::from_secs(3),
             hello_timeout: Duration::from_secs(5),
             advertise_url: String::new(),
-            check_quorum: Duration::from_millis(1500),
+            check_quorum: Duration::from_millis(3000),
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The leader's check-quorum window (`LeaderOptions::check_quorum`).
-const CHECK_QUORUM: Duration = Duration::from_millis(1500);
+const CHECK_QUORUM: Duration = Duration::from_millis(3000);
 
 fn signal(node: &Node, sig: libc::c_int) {
     let pid = node.pid().expect("running");
