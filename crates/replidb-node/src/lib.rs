@@ -355,10 +355,7 @@ impl NodeCore {
     /// Follow `url`, which leads `epoch`: remember the epoch first, so a
     /// stream from an older leader is refused from now on.
     pub async fn follow(&self, url: String, epoch: Epoch) -> Result<(), EngineError> {
-        let meta = self.engine.meta();
-        if epoch > meta.epoch {
-            self.engine.adopt_history(epoch, meta.history).await?;
-        }
+        // Stop writing first, then remember the epoch.
         let stepped_down = match self.leader() {
             Some(l) => {
                 l.mark_stale();
@@ -366,6 +363,10 @@ impl NodeCore {
             }
             None => false,
         };
+        let meta = self.engine.meta();
+        if epoch > meta.epoch {
+            self.engine.adopt_history(epoch, meta.history).await?;
+        }
         match self.follower() {
             Some(f) if f.leader_url() == url => return Ok(()),
             _ => self.become_follower(url.clone()),

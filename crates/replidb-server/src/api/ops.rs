@@ -148,6 +148,11 @@ pub fn status_of(node: &Node) -> Value {
     doc["coordinator"] = node.coordinator().status();
     match role {
         Role::Leader(l) => {
+            // The epoch this node leads, not the highest it has seen: a
+            // leader that has just adopted a successor's epoch (and is
+            // about to step down) must not look like a second leader of it.
+            doc["epoch"] = json!(l.epoch().0);
+            doc["highest_epoch_seen"] = json!(meta.epoch.0);
             doc["writable"] = json!(l.writable().is_ok());
             doc["leader"] = json!(node.config.advertise());
             doc["commit_lsn"] = json!(l.commit_lsn().0);
