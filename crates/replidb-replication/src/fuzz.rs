@@ -23,9 +23,6 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::frame::{Frame, FrameCodec};
 use replidb_wal::fuzz::{mutate, sample_record as record};
 
-/// Inputs of the long run, unless `REPLIDB_FUZZ_ITERATIONS` says otherwise.
-const LONG_RUN_ITERATIONS: u64 = 1_000_000;
-
 fn word(rng: &mut StdRng) -> String {
     let n = rng.random_range(0..24);
     (0..n)
@@ -195,18 +192,5 @@ fn fuzz_short() {
 #[test]
 #[ignore = "long: run with --ignored (REPLIDB_FUZZ_ITERATIONS, default 1,000,000)"]
 fn fuzz_long() {
-    let iterations = std::env::var("REPLIDB_FUZZ_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(LONG_RUN_ITERATIONS);
-    let seed = std::env::var("REPLIDB_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let started = std::time::Instant::now();
-    run(seed, iterations);
-    println!(
-        "frame decoder: {iterations} inputs, seed {seed}, in {:?}",
-        started.elapsed()
-    );
+    replidb_wal::fuzz::long_run("frame decoder", run);
 }

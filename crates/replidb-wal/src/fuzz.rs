@@ -186,24 +186,26 @@ fn fuzz_short() {
     run(0x5EED, 20_000);
 }
 
+/// A long fuzz run of `run(seed, iterations)`: `REPLIDB_FUZZ_ITERATIONS`
+/// inputs (default 1,000,000) from `REPLIDB_FUZZ_SEED` (default 1), timed
+/// and reported under `what`. Shared by every decoder's `fuzz_long`.
+pub fn long_run(what: &str, run: impl FnOnce(u64, u64)) {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    let iterations = env("REPLIDB_FUZZ_ITERATIONS").unwrap_or(LONG_RUN_ITERATIONS);
+    let seed = env("REPLIDB_FUZZ_SEED").unwrap_or(1);
+    let started = std::time::Instant::now();
+    run(seed, iterations);
+    println!(
+        "{what}: {iterations} inputs, seed {seed}, in {:?}",
+        started.elapsed()
+    );
+}
+
 /// The long run; see the module documentation.
 #[test]
 #[ignore = "long: run with --ignored (REPLIDB_FUZZ_ITERATIONS, default 1,000,000)"]
 fn fuzz_long() {
-    let iterations = std::env::var("REPLIDB_FUZZ_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(LONG_RUN_ITERATIONS);
-    let seed = std::env::var("REPLIDB_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let started = std::time::Instant::now();
-    run(seed, iterations);
-    println!(
-        "wal decoders: {iterations} inputs (x2 decoders), seed {seed}, in {:?}",
-        started.elapsed()
-    );
+    long_run("wal decoders (record and segment header)", run);
 }
 
 #[test]
