@@ -1,0 +1,295 @@
+//! Property: nodes that write concurrently and deliver each other's writes
+//! in any interleaving (each origin's writes in its order, with duplicates)
+//! end with equal states, counters add up exactly, and every lww loser is
+//! in some node's conflict log or causally superseded.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use replidb_causal::{merge, prepare, CausalWrite, KeyState, Operand, Policy, WriteStamp};
+use replidb_core::Hlc;
+
+const NODES: [&str; 3] = ["a", "b", "c"];
+const KEYS: [&str; 3] = ["k1", "k2", "k3"];
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Node writes key: 0 put, 1 delete, 2 counter, 3 set add, 4 set rm, 5 map.
+    Write {
+        node: usize,
+        key: usize,
+        what: u8,
+        arg: u8,
+    },
+    /// Node applies the next undelivered write of origin.
+    Deliver { node: usize, origin: usize },
+    /// Node re-applies an already delivered write of origin (duplicate).
+    Duplicate { node: usize, origin: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..3usize, 0..3usize, 0..6u8, any::<u8>()).prop_map(|(node, key, what, arg)| {
+            Step::Write {
+                node,
+                key,
+                what,
+                arg,
+            }
+        }),
+        (0..3usize, 0..3usize).prop_map(|(node, origin)| Step::Deliver { node, origin }),
+        (0..3usize, 0..3usize).prop_map(|(node, origin)| Step::Duplicate { node, origin }),
+    ]
+}
+
+struct Node {
+    data: BTreeMap<(usize, String), KeyState>,
+    /// Next write to apply per origin.
+    next: [usize; 3],
+    hlc: Hlc,
+    lsn: u64,
+}
+
+/// Keys are written as one kind per key slot so kinds do not clash: slot =
+/// (kind group, key).
+fn kind_group(what: u8) -> usize {
+    match what {
+        0 | 1 => 0,
+        2 => 1,
+        3 | 4 => 2,
+        _ => 3,
+    }
+}
+
+fn run(steps: Vec<Step>, policy: Policy, skew: [u64; 3]) {
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|_| Node {
+            data: BTreeMap::new(),
+            next: [0; 3],
+            hlc: Hlc::default(),
+            lsn: 0,
+        })
+        .collect();
+    let mut logs: Vec<Vec<((usize, String), Operand)>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut expected_counter: BTreeMap<String, i64> = BTreeMap::new();
+    let mut conflicts = 0usize;
+    let apply = |node: &mut Node, slot: (usize, String), op: Operand, conflicts: &mut usize| {
+        if let Operand::Register { version, .. } = &op {
+            // Receiving advances the HLC (Kulkarni et al.).
+            node.hlc = node.hlc.max(version.hlc);
+        }
+        let existing = node.data.remove(&slot);
+        let m = merge(&slot.1, existing, op);
+        *conflicts += m.conflicts.len();
+        node.data.insert(slot, m.state);
+    };
+    for (t, s) in steps.into_iter().enumerate() {
+        match s {
+            Step::Write {
+                node,
+                key,
+                what,
+                arg,
+            } => {
+                let n = &mut nodes[node];
+                n.lsn += 1;
+                let wall = t as u64 * 3 + skew[node];
+                n.hlc = if wall > n.hlc.wall_ms {
+                    Hlc {
+                        wall_ms: wall,
+                        logical: 0,
+                    }
+                } else {
+                    Hlc {
+                        wall_ms: n.hlc.wall_ms,
+                        logical: n.hlc.logical + 1,
+                    }
+                };
+                let stamp = WriteStamp {
+                    origin: NODES[node].to_string(),
+                    lsn: n.lsn,
+                    hlc: n.hlc,
+                };
+                let slot = (kind_group(what), KEYS[key].to_string());
+                let write = match what {
+                    0 => CausalWrite::Put {
+                        value: vec![arg],
+                        context: None,
+                    },
+                    1 => CausalWrite::Delete { context: None },
+                    2 => {
+                        let delta = arg as i64 - 128;
+                        *expected_counter.entry(slot.1.clone()).or_default() += delta;
+                        CausalWrite::Counter { delta }
+                    }
+                    3 => CausalWrite::Set {
+                        add: vec![format!("m{}", arg % 4)],
+                        remove: vec![],
+                    },
+                    4 => CausalWrite::Set {
+                        add: vec![],
+                        remove: vec![format!("m{}", arg % 4)],
+                    },
+                    _ => CausalWrite::Map {
+                        fields: [(
+                            format!("f{}", arg % 3),
+                            if arg % 5 == 0 {
+                                None
+                            } else {
+                                Some(serde_json::json!(arg))
+                            },
+                        )]
+                        .into_iter()
+                        .collect(),
+                    },
+                };
+                let op = match prepare(&slot.1, n.data.get(&slot), write, policy, &stamp) {
+                    Ok(op) => op,
+                    Err(_) => {
+                        // Too many siblings: refused, nothing logged.
+                        n.lsn -= 1;
+                        if what == 2 {
+                            *expected_counter.entry(slot.1.clone()).or_default() -=
+                                arg as i64 - 128;
+                        }
+                        continue;
+                    }
+                };
+                logs[node].push((slot.clone(), op.clone()));
+                n.next[node] += 1;
+                apply(n, slot, op, &mut conflicts);
+            }
+            Step::Deliver { node, origin } => {
+                let n = &mut nodes[node];
+                if let Some((slot, op)) = logs[origin].get(n.next[origin]).cloned() {
+                    n.next[origin] += 1;
+                    apply(n, slot, op, &mut conflicts);
+                }
+            }
+            Step::Duplicate { node, origin } => {
+                let n = &mut nodes[node];
+                if n.next[origin] > 0 {
+                    let (slot, op) = logs[origin][n.next[origin] - 1].clone();
+                    apply(n, slot, op, &mut conflicts);
+                }
+            }
+        }
+    }
+    // Finish delivery, each node in its own origin order.
+    for (i, n) in nodes.iter_mut().enumerate() {
+        for k in 0..3 {
+            let origin = (i + k) % 3;
+            while let Some((slot, op)) = logs[origin].get(n.next[origin]).cloned() {
+                n.next[origin] += 1;
+                apply(n, slot, op, &mut conflicts);
+            }
+        }
+    }
+    let canon = |n: &Node| -> Vec<(String, Vec<u8>)> {
+        n.data
+            .iter()
+            .map(|((g, k), s)| (format!("{g}/{k}"), s.canonical_bytes()))
+            .collect()
+    };
+    assert_eq!(canon(&nodes[0]), canon(&nodes[1]));
+    assert_eq!(canon(&nodes[0]), canon(&nodes[2]));
+    for (key, want) in expected_counter {
+        let got = nodes[0]
+            .data
+            .get(&(1, key))
+            .and_then(KeyState::counter_value)
+            .unwrap_or(0);
+        assert_eq!(got, want);
+    }
+    if policy == Policy::Lww {
+        for s in nodes[0].data.values() {
+            if let KeyState::Register(r) = s {
+                assert!(r.versions.len() <= 1);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn lww_replicas_converge(steps in prop::collection::vec(step(), 1..120), skew in prop::array::uniform3(0u64..50)) {
+        run(steps, Policy::Lww, skew);
+    }
+
+    #[test]
+    fn sibling_replicas_converge(steps in prop::collection::vec(step(), 1..120), skew in prop::array::uniform3(0u64..50)) {
+        run(steps, Policy::Siblings, skew);
+    }
+}
+
+#[test]
+fn seed_003_alice_and_alicia() {
+    // Written on two nodes at once: lww keeps one everywhere and logs the
+    // other; siblings keeps both.
+    for policy in [Policy::Lww, Policy::Siblings] {
+        let a = prepare(
+            "user:1:name",
+            None,
+            CausalWrite::Put {
+                value: b"Alice".to_vec(),
+                context: None,
+            },
+            policy,
+            &WriteStamp {
+                origin: "n1".into(),
+                lsn: 1,
+                hlc: Hlc {
+                    wall_ms: 1000,
+                    logical: 0,
+                },
+            },
+        )
+        .unwrap();
+        let b = prepare(
+            "user:1:name",
+            None,
+            CausalWrite::Put {
+                value: b"Alicia".to_vec(),
+                context: None,
+            },
+            policy,
+            &WriteStamp {
+                origin: "n2".into(),
+                lsn: 1,
+                hlc: Hlc {
+                    wall_ms: 1001,
+                    logical: 0,
+                },
+            },
+        )
+        .unwrap();
+        let on_n1 = merge(
+            "user:1:name",
+            Some(merge("user:1:name", None, a.clone()).state),
+            b.clone(),
+        );
+        let on_n2 = merge("user:1:name", Some(merge("user:1:name", None, b).state), a);
+        assert_eq!(on_n1.state.canonical_bytes(), on_n2.state.canonical_bytes());
+        let KeyState::Register(r) = &on_n1.state else {
+            panic!("register")
+        };
+        match policy {
+            Policy::Lww => {
+                assert_eq!(r.versions.len(), 1);
+                assert_eq!(r.versions[0].value.as_deref(), Some(&b"Alicia"[..]));
+                assert_eq!(on_n1.conflicts.len(), 1);
+                assert_eq!(on_n2.conflicts.len(), 1);
+                assert_eq!(
+                    on_n1.conflicts[0].versions[1].value.as_deref(),
+                    Some(&b"Alice"[..])
+                );
+            }
+            Policy::Siblings => {
+                assert_eq!(r.versions.len(), 2);
+                assert!(on_n1.conflicts.is_empty());
+            }
+        }
+    }
+}
