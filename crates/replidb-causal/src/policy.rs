@@ -76,6 +76,13 @@ impl Default for PolicySet {
     }
 }
 
+impl std::str::FromStr for PolicySet {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PolicySet::parse(s)
+    }
+}
+
 impl PolicySet {
     /// Parse `PREFIX=POLICY,...` (`*` is the empty prefix).
     pub fn parse(spec: &str) -> Result<PolicySet, PolicyError> {

@@ -189,6 +189,20 @@ impl<C: Clock> HlcClock<C> {
         Ok(())
     }
 
+    /// Absorb a timestamp unconditionally, however far ahead.
+    ///
+    /// For the causal topologies: a version a node has applied must order
+    /// before every version it writes afterwards, or last-writer-wins could
+    /// let an older write beat a causally later one; so a peer's stamp is
+    /// absorbed even when its clock runs ahead (our timestamps then run
+    /// ahead with it — the price HLC pays for a bad clock elsewhere).
+    pub fn absorb(&self, seen: Hlc) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if seen > *last {
+            *last = seen;
+        }
+    }
+
     /// The underlying physical clock.
     pub fn clock(&self) -> &C {
         &self.clock

@@ -143,6 +143,16 @@ pub enum Op {
     },
     /// Several puts and deletes applied as one.
     Batch(Vec<Op>),
+    /// Merge a causal write into `key`'s state (multi-leader and leaderless
+    /// keys, and the counter/set/map types in any topology). `operand` is an
+    /// encoded `replidb_causal::Operand`; the table applies it with
+    /// `replidb_causal::merge`.
+    Merge {
+        /// The key.
+        key: String,
+        /// The encoded operand.
+        operand: Vec<u8>,
+    },
 }
 
 /// The wire form of [`Op`] for decoding: the same variants in the same
@@ -153,15 +163,27 @@ enum OpWire {
     Put { key: String, value: Vec<u8> },
     Delete { key: String },
     Batch(Vec<LeafWire>),
+    Merge { key: String, operand: Vec<u8> },
 }
 
-/// A batch member on the wire: `Put` or `Delete`; a third variant (a nested
-/// `Batch`) is an unknown variant and fails to decode.
+/// A batch member on the wire: `Put`, `Delete` or `Merge`; a nested
+/// `Batch` (the third variant) fails to decode.
 #[derive(Deserialize)]
 #[serde(rename = "Op")]
 enum LeafWire {
     Put { key: String, value: Vec<u8> },
     Delete { key: String },
+    Batch(NoBatch),
+    Merge { key: String, operand: Vec<u8> },
+}
+
+/// Decodes from nothing: a nested batch is always an error.
+enum NoBatch {}
+
+impl<'de> Deserialize<'de> for NoBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<NoBatch, D::Error> {
+        Err(serde::de::Error::custom("a batch inside a batch"))
+    }
 }
 
 impl From<LeafWire> for Op {
@@ -169,6 +191,8 @@ impl From<LeafWire> for Op {
         match w {
             LeafWire::Put { key, value } => Op::Put { key, value },
             LeafWire::Delete { key } => Op::Delete { key },
+            LeafWire::Batch(never) => match never {},
+            LeafWire::Merge { key, operand } => Op::Merge { key, operand },
         }
     }
 }
@@ -179,6 +203,7 @@ impl<'de> Deserialize<'de> for Op {
             OpWire::Put { key, value } => Op::Put { key, value },
             OpWire::Delete { key } => Op::Delete { key },
             OpWire::Batch(leaves) => Op::Batch(leaves.into_iter().map(Op::from).collect()),
+            OpWire::Merge { key, operand } => Op::Merge { key, operand },
         })
     }
 }
@@ -198,6 +223,15 @@ impl Op {
             Op::Put { key, value } => key.len() + value.len(),
             Op::Delete { key } => key.len(),
             Op::Batch(ops) => ops.iter().map(Op::size_bytes).sum(),
+            Op::Merge { key, operand } => key.len() + operand.len(),
+        }
+    }
+
+    /// The key a leaf writes (`None` for a batch).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } | Op::Merge { key, .. } => Some(key),
+            Op::Batch(_) => None,
         }
     }
 }
@@ -224,6 +258,11 @@ pub struct Versioned {
     pub lsn: Lsn,
     /// Epoch of that record.
     pub epoch: Epoch,
+    /// Whether `value` is an encoded causal state (`replidb_causal::KeyState`:
+    /// a multi-leader or leaderless key, or a counter/set/map) rather than
+    /// the raw bytes a client wrote.
+    #[serde(default)]
+    pub causal: bool,
 }
 
 /// A point in a log: the epoch of the record at `lsn` and `lsn` itself.

@@ -46,8 +46,20 @@ impl EngineOptions {
     }
 }
 
+/// A causal write for the writer to turn into an [`Op::Merge`] against the
+/// key's state at the moment it is sequenced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CausalProposal {
+    /// The key.
+    pub key: String,
+    /// What the client asked for.
+    pub write: replidb_causal::CausalWrite,
+    /// The key's conflict policy.
+    pub policy: replidb_causal::Policy,
+}
+
 /// A leader's write request: one operation and the conditions it needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Proposal {
     /// What to write.
     pub op: Op,
@@ -61,6 +73,9 @@ pub struct Proposal {
     /// between the check and the append (invariant 3: a node writes only
     /// in an epoch it leads). `None` only for single-node tools and tests.
     pub epoch: Option<Epoch>,
+    /// A causal write: `op` is ignored and the writer builds the record's
+    /// [`Op::Merge`] from this (origin = this node, dot = the record's LSN).
+    pub causal: Option<CausalProposal>,
 }
 
 impl Proposal {
@@ -70,6 +85,23 @@ impl Proposal {
             op,
             conditions: Vec::new(),
             epoch: None,
+            causal: None,
+        }
+    }
+
+    /// A causal write (multi-leader keys, counters, sets, maps), by the
+    /// leader of `epoch` if given.
+    pub fn causal(
+        key: String,
+        write: replidb_causal::CausalWrite,
+        policy: replidb_causal::Policy,
+        epoch: Option<Epoch>,
+    ) -> Self {
+        Proposal {
+            op: Op::Batch(Vec::new()),
+            conditions: Vec::new(),
+            epoch,
+            causal: Some(CausalProposal { key, write, policy }),
         }
     }
 
@@ -79,12 +111,13 @@ impl Proposal {
             op,
             conditions,
             epoch: Some(epoch),
+            causal: None,
         }
     }
 }
 
 /// A proposal that is durable (fsynced) and applied on the leader.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Committed {
     /// Its LSN.
     pub lsn: Lsn,
@@ -92,6 +125,10 @@ pub struct Committed {
     pub epoch: Epoch,
     /// For a single delete: whether the key existed.
     pub existed: Option<bool>,
+    /// For a causal write: the key's state right after it, on this node.
+    pub state: Option<replidb_causal::KeyState>,
+    /// For a causal write to a plain key: the new version's vector.
+    pub version: Option<replidb_causal::VersionVector>,
 }
 
 /// A node's log positions, published after every change.
@@ -211,6 +248,44 @@ impl Engine {
     /// new applied LSN.
     pub async fn apply_up_to(&self, up_to: Lsn) -> Result<Lsn> {
         self.call(|reply| Command::Apply { up_to, reply }).await
+    }
+
+    /// Apply records of another node's log (multi-leader), in that origin's
+    /// order, durably with the origin's new position; returns the
+    /// position. The records' HLC stamps are absorbed, however far ahead.
+    pub async fn apply_origin(&self, origin: String, records: Vec<Record>) -> Result<Lsn> {
+        self.call(|reply| Command::ApplyOrigin {
+            origin,
+            records,
+            reply,
+        })
+        .await
+    }
+
+    /// Join a peer's snapshot entries into the table (multi-leader catch-up
+    /// after the peer dropped log we had not applied) and raise `origin`'s
+    /// position to `lsn`.
+    pub async fn merge_states(
+        &self,
+        origin: String,
+        entries: Vec<(String, Versioned)>,
+        lsn: Lsn,
+    ) -> Result<()> {
+        self.call(|reply| Command::MergeStates {
+            origin,
+            entries,
+            lsn,
+            reply,
+        })
+        .await
+    }
+
+    /// Per origin, the last LSN of its log applied here; this node's own
+    /// entry is its applied LSN.
+    pub fn origin_positions(&self) -> std::collections::BTreeMap<String, Lsn> {
+        let mut m = self.table.origin_positions();
+        m.insert(self.options().node_id.clone(), self.positions().applied_lsn);
+        m
     }
 
     /// Remove every record after `lsn` from the WAL (rewind) and return them.

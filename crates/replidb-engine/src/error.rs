@@ -45,6 +45,18 @@ pub enum EngineError {
         /// this LSN is committed as strongly as its request asked.
         as_of: Lsn,
     },
+    /// A causal write the key's state refuses (another kind of key, too
+    /// many siblings); nothing was written. A 409.
+    #[error("{0}")]
+    Causal(#[from] replidb_causal::PrepareError),
+    /// A plain write to a key that holds a counter, set or map. A 409.
+    #[error("key {key:?} is a {kind}; write it through /v1/{kind}")]
+    TypedKey {
+        /// The key.
+        key: String,
+        /// Its kind.
+        kind: replidb_causal::KeyKind,
+    },
     /// The table and the WAL do not line up (the WAL lost records the
     /// table never saw): refuse rather than serve a hole.
     #[error("recovery gap: table is at lsn {table}, but the wal starts at {wal_first}")]

@@ -39,6 +39,8 @@ mod error;
 mod meta;
 mod writer;
 
-pub use engine::{Committed, Engine, EngineOptions, Positions, Proposal, RestoreSink};
+pub use engine::{
+    CausalProposal, Committed, Engine, EngineOptions, Positions, Proposal, RestoreSink,
+};
 pub use error::{EngineError, Result};
 pub use meta::NodeMeta;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use replidb_causal::{CausalWrite, KeyKind, KeyState, Operand, WriteStamp};
 use replidb_core::{Clock, Epoch, EpochHistory, HlcClock, Lsn, Op, Record, Versioned};
 use replidb_storage::Table;
 use replidb_wal::{Wal, WalCursor};
@@ -28,6 +29,17 @@ pub(crate) enum Command {
     Apply {
         up_to: Lsn,
         reply: Reply<Lsn>,
+    },
+    ApplyOrigin {
+        origin: String,
+        records: Vec<Record>,
+        reply: Reply<Lsn>,
+    },
+    MergeStates {
+        origin: String,
+        entries: Vec<(String, Versioned)>,
+        lsn: Lsn,
+        reply: Reply<()>,
     },
     Truncate {
         after: Lsn,
@@ -170,6 +182,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What this round has sequenced but the table does not show yet.
+#[derive(Default)]
+struct Overlay {
+    /// Key → LSN of its newest write in the round (0: deleted).
+    lsn: HashMap<String, Lsn>,
+    /// Causal key → its state after the round's writes so far.
+    state: HashMap<String, KeyState>,
+}
+
 /// A write accepted into this round, waiting for the round's fsync.
 enum Pending {
     Proposed(Reply<Committed>, Committed),
@@ -231,8 +252,9 @@ impl WriterCore {
         let mut pending = Vec::with_capacity(group.len());
         let mut proposed: Vec<Record> = Vec::new();
         // Key versions written earlier in this same group, so a later
-        // condition sees them although the table does not yet.
-        let mut overlay: HashMap<String, Lsn> = HashMap::new();
+        // condition (or causal write) sees them although the table does not
+        // yet.
+        let mut overlay = Overlay::default();
         for cmd in group {
             match cmd {
                 Command::Propose { proposal, reply } => {
@@ -310,12 +332,89 @@ impl WriterCore {
         }
     }
 
-    /// Assign LSN, epoch and timestamp, after checking the conditions.
-    fn sequence(
+    /// The causal state of `key` as of everything sequenced so far; `Err`
+    /// carries a plain value's presence (`true`) when the key is not causal.
+    fn causal_state(
         &self,
-        proposal: Proposal,
-        overlay: &mut HashMap<String, Lsn>,
+        key: &str,
+        overlay: &Overlay,
+    ) -> Result<std::result::Result<Option<KeyState>, bool>> {
+        if let Some(s) = overlay.state.get(key) {
+            return Ok(Ok(Some(s.clone())));
+        }
+        if let Some(l) = overlay.lsn.get(key) {
+            // Written plainly earlier in this group.
+            return Ok(Err(*l != Lsn::ZERO));
+        }
+        Ok(match self.table.get(key)? {
+            None => Ok(None),
+            Some(v) if v.causal => Ok(KeyState::decode(&v.value).ok()),
+            Some(_) => Err(true),
+        })
+    }
+
+    /// Sequence a causal write: build its operand against the key's state.
+    fn sequence_causal(
+        &self,
+        cp: crate::engine::CausalProposal,
+        epoch: Epoch,
+        overlay: &mut Overlay,
     ) -> Result<(Record, Committed)> {
+        let existing = match self.causal_state(&cp.key, overlay)? {
+            Ok(s) => s,
+            // A plain value (written in single-leader mode) under a plain
+            // key's causal write: the causal version replaces it.
+            Err(_) if cp.write.kind() == KeyKind::Register => None,
+            Err(_) => {
+                return Err(replidb_causal::PrepareError::WrongType {
+                    key: cp.key,
+                    existing: KeyKind::Register,
+                    requested: cp.write.kind(),
+                }
+                .into())
+            }
+        };
+        let lsn = self.wal.last_lsn().next();
+        let hlc = self.hlc.now();
+        let stamp = WriteStamp {
+            origin: self.opts.node_id.clone(),
+            lsn: lsn.0,
+            hlc,
+        };
+        let existed = matches!(cp.write, CausalWrite::Delete { .. })
+            .then(|| existing.as_ref().is_some_and(|s| !s.is_absent()));
+        let operand =
+            replidb_causal::prepare(&cp.key, existing.as_ref(), cp.write, cp.policy, &stamp)?;
+        let version = match &operand {
+            Operand::Register { version, .. } => Some(version.vector()),
+            _ => None,
+        };
+        let merged = replidb_causal::merge(&cp.key, existing, operand.clone());
+        overlay.state.insert(cp.key.clone(), merged.state.clone());
+        overlay.lsn.insert(cp.key.clone(), lsn);
+        let rec = Record {
+            lsn,
+            epoch,
+            hlc,
+            op: Op::Merge {
+                key: cp.key,
+                operand: operand.encode(),
+            },
+        };
+        Ok((
+            rec,
+            Committed {
+                lsn,
+                epoch,
+                existed,
+                state: Some(merged.state),
+                version,
+            },
+        ))
+    }
+
+    /// Assign LSN, epoch and timestamp, after checking the conditions.
+    fn sequence(&self, proposal: Proposal, overlay: &mut Overlay) -> Result<(Record, Committed)> {
         let (epoch, history_last) = {
             let m = self.meta.read().unwrap_or_else(|e| e.into_inner());
             (m.epoch, m.history.last_epoch())
@@ -329,12 +428,42 @@ impl WriterCore {
                 });
             }
         }
+        if let Some(cp) = proposal.causal {
+            return self.sequence_causal(cp, epoch, overlay);
+        }
         let current = |key: &str| -> Result<Lsn> {
-            if let Some(l) = overlay.get(key) {
+            if let Some(l) = overlay.lsn.get(key) {
                 return Ok(*l);
             }
             Ok(self.table.get(key)?.map(|v| v.lsn).unwrap_or(Lsn::ZERO))
         };
+        // A plain write must not clobber a counter, set or map.
+        let mut typed: Option<(String, KeyKind)> = None;
+        let mut check = |key: &str| -> Result<()> {
+            if typed.is_some() {
+                return Ok(());
+            }
+            if let Ok(Some(s)) = self.causal_state(key, overlay)? {
+                if s.kind() != KeyKind::Register {
+                    typed = Some((key.to_string(), s.kind()));
+                }
+            }
+            Ok(())
+        };
+        let mut failed = None;
+        proposal.op.for_each_leaf(&mut |leaf| {
+            if let (Op::Put { key, .. } | Op::Delete { key }, None) = (leaf, &failed) {
+                if let Err(e) = check(key) {
+                    failed = Some(e);
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some((key, kind)) = typed {
+            return Err(EngineError::TypedKey { key, kind });
+        }
         for (key, expected) in &proposal.conditions {
             let actual = current(key)?;
             if actual != *expected {
@@ -353,12 +482,14 @@ impl WriterCore {
         let lsn = self.wal.last_lsn().next();
         proposal.op.for_each_leaf(&mut |leaf| match leaf {
             Op::Put { key, .. } => {
-                overlay.insert(key.clone(), lsn);
+                overlay.lsn.insert(key.clone(), lsn);
+                overlay.state.remove(key);
             }
             Op::Delete { key } => {
-                overlay.insert(key.clone(), Lsn::ZERO);
+                overlay.lsn.insert(key.clone(), Lsn::ZERO);
+                overlay.state.remove(key);
             }
-            Op::Batch(_) => {}
+            Op::Merge { .. } | Op::Batch(_) => {}
         });
         let rec = Record {
             lsn,
@@ -372,6 +503,8 @@ impl WriterCore {
                 lsn,
                 epoch,
                 existed,
+                state: None,
+                version: None,
             },
         ))
     }
@@ -452,6 +585,41 @@ impl WriterCore {
                 if let Err(e) = &r {
                     self.fatal(format!("apply failed: {e}"));
                 }
+                self.publish();
+                let _ = reply.send(r);
+            }
+            Command::ApplyOrigin {
+                origin,
+                records,
+                reply,
+            } => {
+                for rec in &records {
+                    self.hlc.absorb(rec.hlc);
+                }
+                let r = self
+                    .table
+                    .apply_origin(&origin, &records)
+                    .map_err(EngineError::from)
+                    .map(|()| {
+                        self.table
+                            .origin_positions()
+                            .get(&origin)
+                            .copied()
+                            .unwrap_or_default()
+                    });
+                self.publish();
+                let _ = reply.send(r);
+            }
+            Command::MergeStates {
+                origin,
+                entries,
+                lsn,
+                reply,
+            } => {
+                let r = self
+                    .table
+                    .merge_states(&origin, &entries, lsn)
+                    .map_err(Into::into);
                 self.publish();
                 let _ = reply.send(r);
             }
@@ -576,6 +744,8 @@ fn fail(cmd: Command, why: &str) {
         Command::Propose { reply, .. } => fail_reply(reply, why),
         Command::Append { reply, .. } => fail_reply(reply, why),
         Command::Apply { reply, .. } => fail_reply(reply, why),
+        Command::ApplyOrigin { reply, .. } => fail_reply(reply, why),
+        Command::MergeStates { reply, .. } => fail_reply(reply, why),
         Command::Truncate { reply, .. } => fail_reply(reply, why),
         Command::Checkpoint { reply, .. } => fail_reply(reply, why),
         Command::BeginEpoch { reply, .. } => fail_reply(reply, why),

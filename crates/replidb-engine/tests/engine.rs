@@ -157,6 +157,7 @@ fn staged(key: &str, lsn: u64) -> (String, replidb_core::Versioned) {
             value: b"snap".to_vec(),
             lsn: Lsn(lsn),
             epoch: Epoch(2),
+            causal: false,
         },
     )
 }

@@ -351,6 +351,7 @@ impl Follower {
                 applied_lsn: pos.applied_lsn,
                 last_epoch: meta.history.epoch_at(pos.flush_lsn).unwrap_or_default(),
                 history: meta.history.clone(),
+                topology: String::new(),
             },
         )
         .await?;

@@ -100,6 +100,11 @@ pub enum Frame {
         last_epoch: Epoch,
         /// The follower's epoch history.
         history: EpochHistory,
+        /// The topology and conflict policies the sender runs with
+        /// (empty for single-leader; `multi-leader;*=lww,...` otherwise).
+        /// The leader refuses a peer whose fingerprint differs from its own:
+        /// nodes that resolve conflicts differently would never converge.
+        topology: String,
     },
     /// Follower → leader: positions after an fsync or an apply.
     Ack {

@@ -55,6 +55,7 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
             applied_lsn: Lsn(rng.random()),
             last_epoch: Epoch(rng.random()),
             history: history(rng),
+            topology: word(rng),
         },
         1 => Frame::Ack {
             flush_lsn: Lsn(rng.random()),
@@ -88,6 +89,7 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
                             value: bytes(rng),
                             lsn: Lsn(rng.random()),
                             epoch: Epoch(rng.random()),
+                            causal: false,
                         },
                     )
                 })

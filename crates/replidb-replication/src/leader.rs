@@ -59,6 +59,9 @@ pub struct LeaderOptions {
     /// (and, with etcd, steps down), so an isolated leader cannot keep the
     /// cluster unavailable or serve stale "latest" state.
     pub check_quorum: Duration,
+    /// This node's topology fingerprint (see `Frame::Hello::topology`); a
+    /// connecting node with another one is refused.
+    pub topology: String,
 }
 
 impl Default for LeaderOptions {
@@ -74,6 +77,7 @@ impl Default for LeaderOptions {
             hello_timeout: Duration::from_secs(5),
             advertise_url: String::new(),
             check_quorum: Duration::from_millis(3000),
+            topology: String::new(),
         }
     }
 }
@@ -322,6 +326,11 @@ impl Leader {
     /// acknowledgement within the last [`LeaderOptions::check_quorum`], or
     /// this leader started less than that long ago.
     pub fn has_quorum_contact(&self) -> bool {
+        // Zero turns check-quorum off (multi-leader: every node writes
+        // alone; there is no majority to lose).
+        if self.opts.check_quorum.is_zero() {
+            return true;
+        }
         self.has_quorum_contact_within(self.opts.check_quorum)
     }
 
@@ -583,11 +592,26 @@ impl Leader {
             flush_lsn,
             applied_lsn,
             history,
+            topology,
             ..
         })) = hello
         else {
             return Err(ReplicationError::Protocol("expected hello".into()));
         };
+        if topology != self.opts.topology {
+            let reason = format!(
+                "node {node_id} runs with topology and conflict policies {topology:?}, this node ({}) with {:?}; every node must be started with the same --topology and --conflict-policy",
+                self.node_id, self.opts.topology
+            );
+            tracing::warn!(peer = %node_id, %reason, "refused a peer");
+            let _ = framed
+                .send(Frame::Refused {
+                    reason: reason.clone(),
+                    epoch: self.epoch,
+                })
+                .await;
+            return Err(ReplicationError::Refused(reason));
+        }
         let meta = self.engine.meta();
         if epoch > self.epoch || meta.epoch > self.epoch {
             // Invariant 3: a node that has seen a newer epoch does not take

@@ -42,6 +42,7 @@ pub mod frame;
 mod fuzz;
 pub mod lag;
 pub mod leader;
+pub mod peer;
 pub mod rollback;
 pub mod transport;
 
@@ -49,6 +50,7 @@ pub use decide::{decide_start, LogPosition, StartDecision};
 pub use follower::{Follower, FollowerOptions, FollowerStatus};
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use leader::{Leader, LeaderOptions, NotWritable, ReplicaInfo, ReplicaState};
+pub use peer::{PeerOptions, PeerStatus, PeerStream, PEER_PENDING_BATCHES_MAX};
 pub use transport::{BoxIo, TcpTransport, Transport};
 
 /// Replication failures.

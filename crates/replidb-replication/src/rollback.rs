@@ -103,6 +103,8 @@ fn encode_lines(records: &[Record]) -> Vec<u8> {
             let (op, key, (value, encoding)) = match leaf {
                 Op::Put { key, value } => ("put", key.as_str(), value_field(value)),
                 Op::Delete { key } => ("delete", key.as_str(), (None, None)),
+                // A causal write's operand, base64 like any binary value.
+                Op::Merge { key, operand } => ("merge", key.as_str(), value_field(operand)),
                 Op::Batch(_) => return,
             };
             let line = Line {

@@ -362,6 +362,7 @@ async fn an_ack_beyond_what_was_sent_is_refused_and_ends_the_session() {
         applied_lsn: Lsn::ZERO,
         last_epoch: Epoch(0),
         history: EpochHistory::default(),
+        topology: String::new(),
     })
     .await
     .unwrap();

@@ -19,6 +19,44 @@ pub enum CoordinatorKind {
 }
 
 /// Everything a node needs to run.
+/// How the nodes of a cluster share writes (`--topology`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// One leader takes writes; followers replicate its log.
+    #[default]
+    SingleLeader,
+    /// Every node takes writes into its own log and applies every peer's;
+    /// version vectors detect conflicts, policies resolve them.
+    MultiLeader,
+}
+
+impl Topology {
+    /// `single-leader` or `multi-leader`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topology::SingleLeader => "single-leader",
+            Topology::MultiLeader => "multi-leader",
+        }
+    }
+}
+
+impl std::str::FromStr for Topology {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "single-leader" => Ok(Topology::SingleLeader),
+            "multi-leader" => Ok(Topology::MultiLeader),
+            "leaderless" => Err(
+                "the leaderless topology is not built yet; use single-leader or multi-leader"
+                    .into(),
+            ),
+            other => Err(format!(
+                "unknown topology {other:?}: expected single-leader or multi-leader"
+            )),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     /// Node name, unique in the cluster (`--id`).
@@ -78,6 +116,15 @@ pub struct NodeConfig {
     /// Candidates further behind the longest log cannot be elected
     /// (`--max-failover-lag`, in records).
     pub max_failover_lag_records: u64,
+    /// `--topology`.
+    pub topology: Topology,
+    /// `--peers`: every other member's URL (multi-leader).
+    pub peers: Vec<String>,
+    /// `--conflict-policy`: policies per key prefix (the same on every node).
+    pub conflict_policy: replidb_causal::PolicySet,
+    /// `--link-delay`: artificial delay before applying a peer's writes
+    /// (multi-leader; regions far apart).
+    pub link_delay: DurationRange,
 }
 
 impl NodeConfig {
@@ -109,6 +156,10 @@ impl NodeConfig {
             health_max_lag: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(1),
             max_failover_lag_records: 1_000_000,
+            topology: Topology::SingleLeader,
+            peers: Vec::new(),
+            conflict_policy: replidb_causal::PolicySet::default(),
+            link_delay: DurationRange::default(),
         }
     }
 
@@ -117,5 +168,17 @@ impl NodeConfig {
         self.advertise_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+impl NodeConfig {
+    /// What this node tells peers it runs with: empty for single-leader,
+    /// else the topology and the canonical conflict policies. Peers with
+    /// another fingerprint are refused at the handshake.
+    pub fn topology_fingerprint(&self) -> String {
+        match self.topology {
+            Topology::SingleLeader => String::new(),
+            Topology::MultiLeader => format!("multi-leader;{}", self.conflict_policy.fingerprint()),
+        }
     }
 }

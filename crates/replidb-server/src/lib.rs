@@ -19,7 +19,7 @@ pub mod metrics;
 pub mod node;
 pub mod static_coord;
 
-pub use config::{CoordinatorKind, NodeConfig};
+pub use config::{CoordinatorKind, NodeConfig, Topology};
 pub use embed::{
     Database, EmbedError, Health, ReplicaNode, ReplicationConfig, ReplicationManager,
     ReplicationState, ReplicationTiming,

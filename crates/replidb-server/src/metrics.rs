@@ -105,6 +105,22 @@ fn describe() {
 /// Update the gauges that describe state rather than events.
 pub fn refresh_gauges(node: &Node) {
     let id = node.config.id.clone();
+    // Causal keys: conflicts by policy (kept by the table) and, in
+    // multi-leader, the lag of every origin.
+    let stats = node.engine.table().causal_stats();
+    for (policy, n) in &stats.conflicts {
+        metrics::counter!("replidb_conflicts_total", "node_id" => id.clone(), "policy" => policy.clone())
+            .absolute(*n);
+    }
+    metrics::gauge!("replidb_siblings_max", "node_id" => id.clone()).set(stats.siblings_max as f64);
+    for p in node.peer_streams() {
+        let s = p.status();
+        if let Some(origin) = s.origin {
+            let labels = [("node_id", id.clone()), ("origin", origin)];
+            metrics::gauge!("replidb_replication_lag_seconds", &labels)
+                .set(s.lag_ms as f64 / 1000.0);
+        }
+    }
     match node.role() {
         Role::Leader(leader) => {
             let replicas = leader.replicas();

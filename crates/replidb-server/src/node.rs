@@ -9,12 +9,13 @@ use replidb_core::{Clock, Epoch, Lsn, SystemClock};
 use replidb_engine::{Engine, EngineOptions};
 use replidb_node::{CoreMember, CoreOptions, NodeCore, RoleEvents};
 use replidb_replication::{
-    Follower, FollowerOptions, Leader, LeaderOptions, TcpTransport, Transport,
+    Follower, FollowerOptions, Leader, LeaderOptions, PeerOptions, PeerStream, TcpTransport,
+    Transport,
 };
 use replidb_wal::WalOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CoordinatorKind, NodeConfig};
+use crate::config::{CoordinatorKind, NodeConfig, Topology};
 use crate::static_coord::StaticCoordinator;
 use crate::ServerError;
 
@@ -41,6 +42,8 @@ pub struct Node {
     coordinator: RwLock<Option<Arc<dyn Coordinator>>>,
     /// Cancels everything (shutdown).
     pub shutdown: CancellationToken,
+    /// Multi-leader: this node's subscription to each peer's log.
+    pub peers: std::sync::OnceLock<Vec<Arc<PeerStream>>>,
 }
 
 /// What the server does on role events: count failovers in metrics (the
@@ -93,7 +96,13 @@ impl Node {
             coordinator: RwLock::new(None),
             shutdown,
             config,
+            peers: std::sync::OnceLock::new(),
         });
+        if node.config.topology == Topology::MultiLeader {
+            node.start_multi_leader().await?;
+            tokio::spawn(node.clone().housekeeping());
+            return Ok(node);
+        }
         match (&node.config.coordinator, node.config.follow.clone()) {
             (CoordinatorKind::Etcd, _) => {
                 // etcd decides who leads: wait as a follower of nobody
@@ -121,6 +130,50 @@ impl Node {
         }
         tokio::spawn(node.clone().housekeeping());
         Ok(node)
+    }
+
+    /// Multi-leader: lead our own log (epoch 1, for good) and subscribe to
+    /// every peer's.
+    async fn start_multi_leader(self: &Arc<Self>) -> Result<(), ServerError> {
+        self.set_coordinator(Arc::new(StaticCoordinator::new(Arc::downgrade(self))));
+        self.become_leader().await?;
+        let mut opts = PeerOptions::new(self.config.id.clone(), self.config.advertise());
+        opts.topology = self.config.topology_fingerprint();
+        opts.delay = self.config.link_delay;
+        opts.idle_timeout = (self.config.heartbeat_interval * 20).max(Duration::from_secs(1));
+        opts.seed = seed_of(&self.config.id);
+        let me = self.config.advertise();
+        let peers: Vec<Arc<PeerStream>> = self
+            .config
+            .peers
+            .iter()
+            .filter(|p| p.trim_end_matches('/') != me.trim_end_matches('/'))
+            .map(|url| {
+                PeerStream::new(
+                    self.engine.clone(),
+                    self.transport.clone(),
+                    self.clock.clone(),
+                    opts.clone(),
+                    url.clone(),
+                )
+            })
+            .collect();
+        for p in &peers {
+            tokio::spawn(p.clone().run(self.shutdown.child_token()));
+        }
+        tracing::info!(node_id = %self.config.id, peers = peers.len(), "multi-leader: writing locally, streaming from every peer");
+        let _ = self.peers.set(peers);
+        Ok(())
+    }
+
+    /// The multi-leader peers (empty in single-leader mode).
+    pub fn peer_streams(&self) -> &[Arc<PeerStream>] {
+        self.peers.get().map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether this node runs the multi-leader topology.
+    pub fn is_multi_leader(&self) -> bool {
+        self.config.topology == Topology::MultiLeader
     }
 
     fn set_coordinator(&self, c: Arc<dyn Coordinator>) {
@@ -296,8 +349,18 @@ fn core_options(config: &NodeConfig) -> CoreOptions {
         advertise_url: config.advertise(),
         leader: LeaderOptions {
             heartbeat_interval: config.heartbeat_interval,
-            cluster_size: config.cluster_size,
+            cluster_size: match config.topology {
+                // Write concerns count this node and its peers.
+                Topology::MultiLeader => Some(config.peers.len() + 1),
+                Topology::SingleLeader => config.cluster_size,
+            },
             advertise_url: config.advertise(),
+            topology: config.topology_fingerprint(),
+            // Multi-leader: every node writes alone; nothing to lose.
+            check_quorum: match config.topology {
+                Topology::MultiLeader => Duration::ZERO,
+                Topology::SingleLeader => LeaderOptions::default().check_quorum,
+            },
             ..LeaderOptions::default()
         },
         follower,

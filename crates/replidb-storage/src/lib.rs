@@ -84,10 +84,12 @@ use std::sync::Arc;
 
 use replidb_core::{Lsn, Record, Versioned};
 
+mod causal;
 mod digest;
 mod memory;
 mod redb_table;
 
+pub use causal::{CausalStats, CONFLICT_LOG_ENTRIES_MAX};
 pub use memory::MemoryTable;
 pub use redb_table::RedbTable;
 
@@ -114,6 +116,16 @@ pub enum StorageError {
     #[error("corruption: {0}")]
     Corruption(String),
     /// `apply` was given a record that does not follow `applied_lsn`.
+    /// Records of another origin that do not continue its applied position.
+    #[error("records of origin {origin} not contiguous: expected lsn {expected}, got {got}")]
+    OriginNotContiguous {
+        /// The origin.
+        origin: String,
+        /// Its applied position plus one.
+        expected: Lsn,
+        /// The first LSN offered.
+        got: Lsn,
+    },
     #[error("records not contiguous: expected lsn {expected}, got {got}")]
     NotContiguous {
         /// The LSN that had to come next.
@@ -210,6 +222,29 @@ pub trait Table: Send + Sync + 'static {
 
     /// Backend name for /status: "memory" or "redb".
     fn backend_name(&self) -> &'static str;
+
+    /// Apply records of another node's log (multi-leader): `records[0].lsn`
+    /// must be `origin_positions()[origin] + 1` and the slice contiguous
+    /// (else `OriginNotContiguous`). The data and the origin's new position
+    /// commit in one durable transaction (PostgreSQL's replication
+    /// origins), so after a crash the peer resends exactly what is missing.
+    /// `applied_lsn` (this node's own log) is untouched.
+    fn apply_origin(&self, origin: &str, records: &[Record]) -> Result<()>;
+
+    /// Join whole causal states into the table (a peer's snapshot in
+    /// multi-leader) and raise `origin`'s position to `lsn`, durably.
+    fn merge_states(&self, origin: &str, entries: &[(String, Versioned)], lsn: Lsn) -> Result<()>;
+
+    /// Per origin, the last LSN of its log applied here (own log excluded:
+    /// that is `applied_lsn`).
+    fn origin_positions(&self) -> std::collections::BTreeMap<String, Lsn>;
+
+    /// The newest resolved conflicts whose key starts with `prefix`, newest
+    /// first, at most `limit`.
+    fn conflicts(&self, prefix: &str, limit: usize) -> Result<Vec<replidb_causal::Conflict>>;
+
+    /// Conflict counters since this process started.
+    fn causal_stats(&self) -> CausalStats;
 }
 
 /// A frozen view of a table, read in key-ordered chunks.

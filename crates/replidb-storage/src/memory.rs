@@ -67,6 +67,12 @@ pub struct MemoryTable {
     persist: Mutex<()>,
     /// Data directory; `None` for a purely in-memory table.
     dir: Option<PathBuf>,
+    /// Per-origin applied positions (multi-leader). Kept in memory only: after
+    /// a restart they start at zero and peers resend their logs, which the
+    /// merge absorbs (it is idempotent); redb keeps them in the file.
+    origins: Mutex<BTreeMap<String, Lsn>>,
+    conflict_log: crate::causal::ConflictLog,
+    counters: crate::causal::CausalCounters,
 }
 
 /// Borrowed form of the snapshot payload, so writing needs no copy.
@@ -135,6 +141,9 @@ impl MemoryTable {
             writer: Mutex::new(None),
             persist: Mutex::new(()),
             dir,
+            origins: Mutex::new(BTreeMap::new()),
+            conflict_log: Default::default(),
+            counters: Default::default(),
         }
     }
 
@@ -228,8 +237,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
     replidb_core::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
-/// Apply the leaves of `records` to `map`.
-fn apply_to(map: &mut Map, records: &[Record]) {
+/// Apply the leaves of `records` to `map`; the outcomes of causal writes
+/// go to `outcomes`.
+fn apply_to(map: &mut Map, records: &[Record], outcomes: &mut Vec<crate::causal::LeafOutcome>) {
     for rec in records {
         rec.op.for_each_leaf(&mut |leaf| match leaf {
             Op::Put { key, value } => {
@@ -239,15 +249,57 @@ fn apply_to(map: &mut Map, records: &[Record]) {
                         value: value.clone(),
                         lsn: rec.lsn,
                         epoch: rec.epoch,
+                        causal: false,
                     },
                 );
             }
             Op::Delete { key } => {
                 map.remove(key);
             }
+            Op::Merge { key, operand } => {
+                let existing = map.get(key).cloned();
+                if let Some(out) =
+                    crate::causal::merge_leaf(key, existing, operand, rec.lsn, rec.epoch)
+                {
+                    map.insert(key.clone(), out.value.clone());
+                    outcomes.push(out);
+                }
+            }
             // for_each_leaf never yields a batch.
             Op::Batch(_) => {}
         });
+    }
+}
+
+impl MemoryTable {
+    /// Apply with copy-on-write when a snapshot shares the map; `after` runs
+    /// under the map's write lock (positions that must change with it).
+    fn apply_map(&self, f: impl FnOnce(&mut Map), after: impl FnOnce()) {
+        let current = Arc::clone(&self.read_map());
+        // Ours plus the table's: anything more is a snapshot sharing the map.
+        if Arc::strong_count(&current) > 2 {
+            // Copy outside the lock so readers keep going; only we (holding
+            // `writer`) could change the map meanwhile, and we don't.
+            let mut fresh = Map::clone(&current);
+            drop(current);
+            f(&mut fresh);
+            let mut guard = self.write_map();
+            *guard = Arc::new(fresh);
+            after();
+        } else {
+            drop(current);
+            let mut guard = self.write_map();
+            // Copies only if a snapshot was taken since the check above.
+            f(Arc::make_mut(&mut guard));
+            after();
+        }
+    }
+
+    fn note_outcomes(&self, outcomes: Vec<crate::causal::LeafOutcome>) {
+        for out in outcomes {
+            self.counters.note(&out);
+            self.conflict_log.push(out.conflicts);
+        }
     }
 }
 
@@ -258,25 +310,81 @@ impl Table for MemoryTable {
             return Ok(());
         };
         check_contiguous(self.applied_lsn(), records)?;
-        let current = Arc::clone(&self.read_map());
-        // Ours plus the table's: anything more is a snapshot sharing the map.
-        if Arc::strong_count(&current) > 2 {
-            // Copy outside the lock so readers keep going; only we (holding
-            // `writer`) could change the map meanwhile, and we don't.
-            let mut fresh = Map::clone(&current);
-            drop(current);
-            apply_to(&mut fresh, records);
-            let mut guard = self.write_map();
-            *guard = Arc::new(fresh);
-            self.applied.store(last.lsn.0, Ordering::Release);
-        } else {
-            drop(current);
-            let mut guard = self.write_map();
-            // Copies only if a snapshot was taken since the check above.
-            apply_to(Arc::make_mut(&mut guard), records);
-            self.applied.store(last.lsn.0, Ordering::Release);
-        }
+        let mut outcomes = Vec::new();
+        self.apply_map(
+            |map| apply_to(map, records, &mut outcomes),
+            || self.applied.store(last.lsn.0, Ordering::Release),
+        );
+        self.note_outcomes(outcomes);
         Ok(())
+    }
+
+    fn apply_origin(&self, origin: &str, records: &[Record]) -> Result<()> {
+        let _w = self.lock_writer();
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let applied = self
+            .origin_positions()
+            .get(origin)
+            .copied()
+            .unwrap_or_default();
+        crate::causal::check_origin_contiguous(origin, applied, records)?;
+        let mut outcomes = Vec::new();
+        self.apply_map(
+            |map| apply_to(map, records, &mut outcomes),
+            || {
+                self.origins
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(origin.to_string(), last.lsn);
+            },
+        );
+        self.note_outcomes(outcomes);
+        Ok(())
+    }
+
+    fn merge_states(&self, origin: &str, entries: &[(String, Versioned)], lsn: Lsn) -> Result<()> {
+        let _w = self.lock_writer();
+        let mut outcomes = Vec::new();
+        self.apply_map(
+            |map| {
+                for (key, v) in entries.iter().filter(|(_, v)| v.causal) {
+                    let Ok(state) = replidb_causal::KeyState::decode(&v.value) else {
+                        continue;
+                    };
+                    let op = replidb_causal::Operand::State(state).encode();
+                    let existing = map.get(key).cloned();
+                    if let Some(out) = crate::causal::merge_leaf(key, existing, &op, v.lsn, v.epoch)
+                    {
+                        map.insert(key.clone(), out.value.clone());
+                        outcomes.push(out);
+                    }
+                }
+            },
+            || {
+                let mut o = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+                let e = o.entry(origin.to_string()).or_default();
+                *e = (*e).max(lsn);
+            },
+        );
+        self.note_outcomes(outcomes);
+        Ok(())
+    }
+
+    fn origin_positions(&self) -> BTreeMap<String, Lsn> {
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn conflicts(&self, prefix: &str, limit: usize) -> Result<Vec<replidb_causal::Conflict>> {
+        Ok(self.conflict_log.newest(prefix, limit))
+    }
+
+    fn causal_stats(&self) -> crate::CausalStats {
+        self.counters.read()
     }
 
     fn get(&self, key: &str) -> Result<Option<Versioned>> {
@@ -403,7 +511,9 @@ impl Table for MemoryTable {
         let (map, _) = self.current();
         let mut d = TableDigest::new();
         for (k, v) in map.iter() {
-            d.entry(k, &v.value, v.lsn, v.epoch);
+            let (bytes, lsn, epoch) =
+                crate::causal::digest_parts(&v.value, v.lsn, v.epoch, v.causal);
+            d.entry(k, &bytes, lsn, epoch);
         }
         Ok(d.finish())
     }
@@ -501,6 +611,7 @@ mod tests {
             value: b"new".to_vec(),
             lsn: Lsn(7),
             epoch: replidb_core::Epoch(2),
+            causal: false,
         };
         t.restore_chunk(&[("k".to_string(), v.clone())]).unwrap();
         t.finish_restore(Lsn(7)).unwrap();

@@ -5,6 +5,13 @@
 //!   `lsn u64 LE | epoch u64 LE | value bytes`.
 //! - table `meta`: `&str -> u64` with `applied_lsn`, `restoring` (0/1),
 //!   `checkpoint_lsn` and `format_version`.
+//!   The top bit of the epoch field marks a causal state
+//!   (`Versioned::causal`); epochs never reach it (`EPOCH_JUMP_MAX`).
+//! - table `origins`: `&str -> u64`, per origin the last LSN of its log
+//!   applied here (multi-leader), committed with the data it covers.
+//! - table `conflicts`: `u64 -> &[u8]`, the conflict log (sequence number →
+//!   encoded `replidb_causal::Conflict`), at most
+//!   [`CONFLICT_LOG_ENTRIES_MAX`](crate::CONFLICT_LOG_ENTRIES_MAX) newest.
 //! - table `restore_staging` (same layout as `data`), only while `restoring`
 //!   is 1: the snapshot being installed.
 //!
@@ -49,6 +56,11 @@ const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Where a restore is staged until `finish_restore` renames it to `data`.
 const STAGING: TableDefinition<&str, &[u8]> = TableDefinition::new("restore_staging");
+const ORIGINS: TableDefinition<&str, u64> = TableDefinition::new("origins");
+const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
+/// Marks a causal state in the stored epoch field.
+const CAUSAL_BIT: u64 = 1 << 63;
+const _: () = assert!(replidb_core::EPOCH_JUMP_MAX < CAUSAL_BIT / 2);
 const META_APPLIED: &str = "applied_lsn";
 const META_RESTORING: &str = "restoring";
 const META_CHECKPOINT: &str = "checkpoint_lsn";
@@ -69,6 +81,9 @@ pub struct RedbTable {
     /// Serializes write transactions with their contiguity check and the
     /// update of the atomics, so those always match the last commit.
     writer: Mutex<()>,
+    /// Mirrors the `origins` table of the latest commit.
+    origins: Mutex<std::collections::BTreeMap<String, Lsn>>,
+    counters: crate::causal::CausalCounters,
 }
 
 /// Where a redb error came from, for its message.
@@ -94,15 +109,20 @@ impl Ctx<'_> {
     }
 }
 
-fn encode_value(buf: &mut Vec<u8>, value: &[u8], lsn: Lsn, epoch: Epoch) {
+fn encode_value(buf: &mut Vec<u8>, value: &[u8], lsn: Lsn, epoch: Epoch, causal: bool) {
     buf.clear();
     buf.extend_from_slice(&lsn.0.to_le_bytes());
-    buf.extend_from_slice(&epoch.0.to_le_bytes());
+    let epoch = if causal {
+        epoch.0 | CAUSAL_BIT
+    } else {
+        epoch.0
+    };
+    buf.extend_from_slice(&epoch.to_le_bytes());
     buf.extend_from_slice(value);
 }
 
-/// Split a stored value into `(value, lsn, epoch)` without copying.
-fn decode_parts<'a>(key: &str, bytes: &'a [u8]) -> Result<(&'a [u8], Lsn, Epoch)> {
+/// Split a stored value into `(value, lsn, epoch, causal)` without copying.
+fn decode_parts<'a>(key: &str, bytes: &'a [u8]) -> Result<(&'a [u8], Lsn, Epoch, bool)> {
     if bytes.len() < VALUE_HEADER {
         return Err(StorageError::Corruption(format!(
             "stored value of key {key:?} is {} bytes, shorter than its {VALUE_HEADER}-byte header",
@@ -113,19 +133,22 @@ fn decode_parts<'a>(key: &str, bytes: &'a [u8]) -> Result<(&'a [u8], Lsn, Epoch)
     lsn.copy_from_slice(&bytes[..8]);
     let mut epoch = [0u8; 8];
     epoch.copy_from_slice(&bytes[8..16]);
+    let epoch = u64::from_le_bytes(epoch);
     Ok((
         &bytes[VALUE_HEADER..],
         Lsn(u64::from_le_bytes(lsn)),
-        Epoch(u64::from_le_bytes(epoch)),
+        Epoch(epoch & !CAUSAL_BIT),
+        epoch & CAUSAL_BIT != 0,
     ))
 }
 
 fn decode_value(key: &str, bytes: &[u8]) -> Result<Versioned> {
-    let (value, lsn, epoch) = decode_parts(key, bytes)?;
+    let (value, lsn, epoch, causal) = decode_parts(key, bytes)?;
     Ok(Versioned {
         value: value.to_vec(),
         lsn,
         epoch,
+        causal,
     })
 }
 
@@ -201,6 +224,18 @@ impl RedbTable {
             txn.open_table(DATA)
                 .map_err(|e| ctx("opening data table").map(e))?;
         }
+        let mut origins = std::collections::BTreeMap::new();
+        {
+            let t = txn
+                .open_table(ORIGINS)
+                .map_err(|e| ctx("opening origins table").map(e))?;
+            for item in t.iter().map_err(|e| ctx("reading origins").map(e))? {
+                let (k, v) = item.map_err(|e| ctx("reading origins").map(e))?;
+                origins.insert(k.value().to_string(), Lsn(v.value()));
+            }
+            txn.open_table(CONFLICTS)
+                .map_err(|e| ctx("opening conflicts table").map(e))?;
+        }
         txn.commit()
             .map_err(|e| ctx("committing open transaction").map(e))?;
         Ok(RedbTable {
@@ -210,7 +245,126 @@ impl RedbTable {
             durable: AtomicU64::new(applied),
             restoring: AtomicBool::new(false),
             writer: Mutex::new(()),
+            origins: Mutex::new(origins),
+            counters: Default::default(),
         })
+    }
+
+    /// Apply the leaves of `records` inside `txn`, logging conflicts there.
+    fn apply_in(&self, txn: &WriteTransaction, records: &[Record]) -> Result<()> {
+        let mut outcomes = Vec::new();
+        {
+            let mut data = txn
+                .open_table(DATA)
+                .map_err(|e| self.ctx("opening data table").map(e))?;
+            let mut buf = Vec::new();
+            let mut failed: Option<StorageError> = None;
+            for rec in records {
+                rec.op.for_each_leaf(&mut |leaf| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    let res = match leaf {
+                        Op::Put { key, value } => {
+                            encode_value(&mut buf, value, rec.lsn, rec.epoch, false);
+                            data.insert(key.as_str(), buf.as_slice()).map(drop)
+                        }
+                        Op::Delete { key } => data.remove(key.as_str()).map(drop),
+                        Op::Merge { key, operand } => {
+                            let existing = match data.get(key.as_str()) {
+                                Ok(g) => {
+                                    match g.map(|g| decode_value(key, g.value())).transpose() {
+                                        Ok(v) => v,
+                                        Err(e) => {
+                                            failed = Some(e);
+                                            return;
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    failed = Some(self.ctx("reading key").map(e));
+                                    return;
+                                }
+                            };
+                            match crate::causal::merge_leaf(
+                                key, existing, operand, rec.lsn, rec.epoch,
+                            ) {
+                                Some(out) => {
+                                    encode_value(
+                                        &mut buf,
+                                        &out.value.value,
+                                        rec.lsn,
+                                        rec.epoch,
+                                        true,
+                                    );
+                                    let r = data.insert(key.as_str(), buf.as_slice()).map(drop);
+                                    outcomes.push(out);
+                                    r
+                                }
+                                None => Ok(()),
+                            }
+                        }
+                        // for_each_leaf never yields a batch.
+                        Op::Batch(_) => Ok(()),
+                    };
+                    if let Err(e) = res {
+                        failed = Some(self.ctx("applying records").map(e));
+                    }
+                });
+                if let Some(e) = failed.take() {
+                    // Dropping the uncommitted transaction aborts it.
+                    return Err(e);
+                }
+            }
+        }
+        self.log_conflicts(txn, &outcomes)?;
+        for out in &outcomes {
+            self.counters.note(out);
+        }
+        Ok(())
+    }
+
+    /// Append the conflicts of `outcomes` to the conflict log in `txn`.
+    fn log_conflicts(
+        &self,
+        txn: &WriteTransaction,
+        outcomes: &[crate::causal::LeafOutcome],
+    ) -> Result<()> {
+        if outcomes.iter().all(|o| o.conflicts.is_empty()) {
+            return Ok(());
+        }
+        let mut log = txn
+            .open_table(CONFLICTS)
+            .map_err(|e| self.ctx("opening conflicts table").map(e))?;
+        let mut next = log
+            .last()
+            .map_err(|e| self.ctx("reading conflicts").map(e))?
+            .map(|(k, _)| k.value() + 1)
+            .unwrap_or(1);
+        for c in outcomes.iter().flat_map(|o| &o.conflicts) {
+            log.insert(next, c.encode().as_slice())
+                .map_err(|e| self.ctx("logging conflict").map(e))?;
+            next += 1;
+        }
+        let len = log
+            .len()
+            .map_err(|e| self.ctx("counting conflicts").map(e))?;
+        let excess = len.saturating_sub(crate::CONFLICT_LOG_ENTRIES_MAX as u64);
+        for _ in 0..excess {
+            log.pop_first()
+                .map_err(|e| self.ctx("trimming conflicts").map(e))?;
+        }
+        Ok(())
+    }
+
+    /// Raise `origin`'s position to `lsn` inside `txn`.
+    fn set_origin(&self, txn: &WriteTransaction, origin: &str, lsn: Lsn) -> Result<()> {
+        let mut t = txn
+            .open_table(ORIGINS)
+            .map_err(|e| self.ctx("opening origins table").map(e))?;
+        t.insert(origin, lsn.0)
+            .map_err(|e| self.ctx("writing origins").map(e))?;
+        Ok(())
     }
 
     fn ctx(&self, what: &'static str) -> Ctx<'_> {
@@ -294,40 +448,109 @@ impl Table for RedbTable {
         // The WAL is the durable copy, so no fsync here; a crash rolls the
         // file back to the last checkpoint and the WAL tail is replayed.
         let txn = self.begin_write(Durability::None)?;
-        {
-            let mut data = txn
-                .open_table(DATA)
-                .map_err(|e| self.ctx("opening data table").map(e))?;
-            let mut buf = Vec::new();
-            let mut failed = None;
-            for rec in records {
-                rec.op.for_each_leaf(&mut |leaf| {
-                    if failed.is_some() {
-                        return;
-                    }
-                    let res = match leaf {
-                        Op::Put { key, value } => {
-                            encode_value(&mut buf, value, rec.lsn, rec.epoch);
-                            data.insert(key.as_str(), buf.as_slice()).map(drop)
-                        }
-                        Op::Delete { key } => data.remove(key.as_str()).map(drop),
-                        // for_each_leaf never yields a batch.
-                        Op::Batch(_) => Ok(()),
-                    };
-                    if let Err(e) = res {
-                        failed = Some(e);
-                    }
-                });
-                if let Some(e) = failed.take() {
-                    // Dropping the uncommitted transaction aborts it.
-                    return Err(self.ctx("applying records").map(e));
-                }
-            }
-        }
+        self.apply_in(&txn, records)?;
         self.set_meta(&txn, &[(META_APPLIED, last.lsn.0)])?;
         self.commit(txn)?;
         self.applied.store(last.lsn.0, Ordering::Release);
         Ok(())
+    }
+
+    fn apply_origin(&self, origin: &str, records: &[Record]) -> Result<()> {
+        let _w = self.lock_writer();
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let applied = self
+            .origin_positions()
+            .get(origin)
+            .copied()
+            .unwrap_or_default();
+        crate::causal::check_origin_contiguous(origin, applied, records)?;
+        // These records are in no local WAL: this commit is their only
+        // durable copy here, so it is fsynced (and makes every earlier
+        // commit durable with it).
+        let txn = self.begin_write(Durability::Immediate)?;
+        self.apply_in(&txn, records)?;
+        self.set_origin(&txn, origin, last.lsn)?;
+        self.commit(txn)?;
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(origin.to_string(), last.lsn);
+        Ok(())
+    }
+
+    fn merge_states(&self, origin: &str, entries: &[(String, Versioned)], lsn: Lsn) -> Result<()> {
+        let _w = self.lock_writer();
+        let records: Vec<Record> = entries
+            .iter()
+            .filter(|(_, v)| v.causal)
+            .filter_map(|(key, v)| {
+                let state = replidb_causal::KeyState::decode(&v.value).ok()?;
+                Some(Record {
+                    lsn: v.lsn,
+                    epoch: v.epoch,
+                    hlc: Default::default(),
+                    op: Op::Merge {
+                        key: key.clone(),
+                        operand: replidb_causal::Operand::State(state).encode(),
+                    },
+                })
+            })
+            .collect();
+        let txn = self.begin_write(Durability::Immediate)?;
+        self.apply_in(&txn, &records)?;
+        let current = self
+            .origin_positions()
+            .get(origin)
+            .copied()
+            .unwrap_or_default();
+        let lsn = current.max(lsn);
+        self.set_origin(&txn, origin, lsn)?;
+        self.commit(txn)?;
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(origin.to_string(), lsn);
+        Ok(())
+    }
+
+    fn origin_positions(&self) -> std::collections::BTreeMap<String, Lsn> {
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn conflicts(&self, prefix: &str, limit: usize) -> Result<Vec<replidb_causal::Conflict>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.ctx("starting read transaction").map(e))?;
+        let log = txn
+            .open_table(CONFLICTS)
+            .map_err(|e| self.ctx("opening conflicts table").map(e))?;
+        let mut out = Vec::new();
+        for item in log
+            .iter()
+            .map_err(|e| self.ctx("reading conflicts").map(e))?
+            .rev()
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item.map_err(|e| self.ctx("reading conflicts").map(e))?;
+            match replidb_causal::Conflict::decode(v.value()) {
+                Ok(c) if c.key.starts_with(prefix) => out.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(StorageError::Corruption(format!("conflict log: {e}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn causal_stats(&self) -> crate::CausalStats {
+        self.counters.read()
     }
 
     fn get(&self, key: &str) -> Result<Option<Versioned>> {
@@ -437,7 +660,7 @@ impl Table for RedbTable {
             check_restore_order(last.as_deref(), entries)?;
             let mut buf = Vec::new();
             for (key, v) in entries {
-                encode_value(&mut buf, &v.value, v.lsn, v.epoch);
+                encode_value(&mut buf, &v.value, v.lsn, v.epoch, v.causal);
                 staging
                     .insert(key.as_str(), buf.as_slice())
                     .map_err(|e| self.ctx("staging restore entries").map(e))?;
@@ -500,8 +723,9 @@ impl Table for RedbTable {
         for item in range {
             let (k, v) = item.map_err(|e| self.ctx("digesting").map(e))?;
             let key = k.value();
-            let (value, lsn, epoch) = decode_parts(key, v.value())?;
-            d.entry(key, value, lsn, epoch);
+            let (value, lsn, epoch, causal) = decode_parts(key, v.value())?;
+            let (bytes, lsn, epoch) = crate::causal::digest_parts(value, lsn, epoch, causal);
+            d.entry(key, &bytes, lsn, epoch);
         }
         Ok(d.finish())
     }
@@ -606,7 +830,7 @@ mod tests {
                 meta.insert(META_RESTORING, 1).unwrap();
                 let mut data = txn.open_table(DATA).unwrap();
                 let mut buf = Vec::new();
-                encode_value(&mut buf, b"half", Lsn(9), Epoch(1));
+                encode_value(&mut buf, b"half", Lsn(9), Epoch(1), false);
                 data.insert("a", buf.as_slice()).unwrap();
             }
             txn.commit().unwrap();

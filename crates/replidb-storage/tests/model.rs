@@ -50,6 +50,7 @@ fn model_apply(model: &mut BTreeMap<String, Versioned>, r: &Record) {
                         value,
                         lsn: r.lsn,
                         epoch: r.epoch,
+                        causal: false,
                     },
                 );
             }
@@ -57,6 +58,7 @@ fn model_apply(model: &mut BTreeMap<String, Versioned>, r: &Record) {
                 model.remove(&key);
             }
             Op::Batch(_) => unreachable!("no nested batches"),
+            Op::Merge { .. } => unreachable!("the model writes no causal keys"),
         }
     }
 }

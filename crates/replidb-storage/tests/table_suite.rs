@@ -13,6 +13,7 @@ fn v(value: &str, lsn: u64, epoch: u64) -> Versioned {
         value: value.as_bytes().to_vec(),
         lsn: Lsn(lsn),
         epoch: Epoch(epoch),
+        causal: false,
     }
 }
 

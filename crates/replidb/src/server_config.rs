@@ -12,7 +12,7 @@
 
 use clap::Args;
 use replidb_core::{parse_duration, DurationRange, WriteConcern};
-use replidb_server::{CoordinatorKind, NodeConfig};
+use replidb_server::{CoordinatorKind, NodeConfig, Topology};
 use replidb_storage::Backend;
 use replidb_wal::FsyncPolicy;
 use serde::{Deserialize, Deserializer};
@@ -59,6 +59,20 @@ pub struct ServerOpts {
     /// On a follower, delay applying by DUR or a random DUR..DUR.
     #[arg(long)]
     pub replication_delay: Option<String>,
+    /// How nodes share writes: single-leader (default) or multi-leader.
+    #[arg(long)]
+    pub topology: Option<String>,
+    /// Multi-leader: every other member's URL, comma-separated.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Conflict policies per key prefix: 'PREFIX=lww|siblings,...' (`*` is
+    /// every key; default `*=lww`). Every node must use the same.
+    #[arg(long)]
+    pub conflict_policy: Option<String>,
+    /// Multi-leader: delay applying a peer's writes by DUR or DUR..DUR
+    /// (regions far apart; demonstrations and tests).
+    #[arg(long)]
+    pub link_delay: Option<String>,
     /// Table backend: memory or redb.
     #[arg(long)]
     pub storage: Option<String>,
@@ -176,7 +190,8 @@ impl ServerOpts {
         let flags = &mut self;
         fill_from!(flags, file;
             id, listen, data_dir, follow, coordinator, etcd, cluster, fsync,
-            replication_delay, storage, max_value_bytes, default_w, default_timeout,
+            replication_delay, topology, peers, conflict_policy, link_delay,
+            storage, max_value_bytes, default_w, default_timeout,
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
             health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
@@ -263,6 +278,34 @@ impl ServerOpts {
         }
         if let Some(r) = self.replication_delay {
             c.replication_delay = parse_as::<DurationRange>("replication_delay", &r)?;
+        }
+        if let Some(t) = self.topology {
+            c.topology = parse_as::<Topology>("topology", &t)?;
+        }
+        if let Some(list) = self.peers {
+            c.peers = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(spec) = self.conflict_policy {
+            c.conflict_policy = parse_as::<replidb_causal::PolicySet>("conflict_policy", &spec)?;
+        }
+        if let Some(r) = self.link_delay {
+            c.link_delay = parse_as::<DurationRange>("link_delay", &r)?;
+        }
+        if c.topology == Topology::MultiLeader {
+            if c.follow.is_some() {
+                return Err(invalid(
+                    "follow",
+                    "a multi-leader node follows nobody: give its peers with --peers",
+                ));
+            }
+            if c.coordinator == CoordinatorKind::Etcd {
+                return Err(invalid("coordinator", "multi-leader nodes find each other through --peers (etcd discovery is not built yet)"));
+            }
         }
         set_duration(
             &mut c.default_write_timeout,

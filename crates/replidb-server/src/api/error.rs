@@ -78,6 +78,12 @@ impl From<replidb_engine::EngineError> for ApiError {
     fn from(e: replidb_engine::EngineError) -> Self {
         use replidb_engine::EngineError as E;
         match e {
+            E::Causal(replidb_causal::PrepareError::TooManySiblings { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_siblings", e.to_string())
+            }
+            E::Causal(replidb_causal::PrepareError::WrongType { .. }) | E::TypedKey { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_type", e.to_string())
+            }
             E::ConditionFailed { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "condition_failed", e.to_string())
             }

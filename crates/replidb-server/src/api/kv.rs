@@ -19,7 +19,7 @@ use crate::node::Node;
 /// Most items a scan returns, whatever `limit` asks.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
 
-fn check_key(key: &str) -> ApiResult<()> {
+pub(crate) fn check_key(key: &str) -> ApiResult<()> {
     validate_key(key)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()))
 }
@@ -43,6 +43,11 @@ pub fn put_value(obj: &mut Map<String, Value>, value: &[u8]) {
 
 /// `{"key","value","lsn","epoch"}` for a stored value.
 pub fn versioned_json(key: &str, v: &Versioned) -> Value {
+    if v.causal {
+        if let Ok(state) = replidb_causal::KeyState::decode(&v.value) {
+            return super::causal::causal_json(key, &state);
+        }
+    }
     let mut obj = Map::new();
     obj.insert("key".into(), Value::String(key.to_string()));
     put_value(&mut obj, &v.value);
@@ -51,7 +56,7 @@ pub fn versioned_json(key: &str, v: &Versioned) -> Value {
     Value::Object(obj)
 }
 
-fn path_and_query(uri: &OriginalUri) -> String {
+pub(crate) fn path_and_query(uri: &OriginalUri) -> String {
     uri.0
         .path_and_query()
         .map(|p| p.as_str().to_string())
@@ -68,6 +73,9 @@ pub async fn get_key(
 ) -> ApiResult<Response> {
     check_key(&key)?;
     let p = Params::parse(q.as_deref(), READ_PARAMS)?;
+    if node.is_multi_leader() {
+        return super::causal::kv_get(&node, &key, &p, &headers).await;
+    }
     let opts = ReadOpts::from_params(&p, &headers)?;
     serve_read(&node, &opts, &uri, &headers, |n| {
         read_local(n, &key, opts.json)
@@ -78,7 +86,7 @@ pub async fn get_key(
 /// Plan a read and serve it: relay it to the leader, or answer from the
 /// local table with `local` — for a strong read, only after confirming
 /// that what was read is committed and that this node still leads.
-async fn serve_read(
+pub(crate) async fn serve_read(
     node: &Node,
     opts: &ReadOpts,
     uri: &OriginalUri,
@@ -110,6 +118,16 @@ pub fn read_local(node: &Node, key: &str, as_json: bool) -> ApiResult<Response> 
     let Some(v) = node.engine.table().get(key)? else {
         return Err(ApiError::not_found(format!("key not found: {key}")));
     };
+    if v.causal {
+        let kind = replidb_causal::KeyState::decode(&v.value)
+            .map(|s| s.kind())
+            .unwrap_or(replidb_causal::KeyKind::Register);
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_type",
+            format!("key {key:?} is a {kind}; read it with GET /v1/{kind}/{key}"),
+        ));
+    }
     if as_json {
         return Ok(Json(versioned_json(key, &v)).into_response());
     }
@@ -131,6 +149,11 @@ pub async fn put_key(
     body: Body,
 ) -> ApiResult<Response> {
     let value = read_body(body, node.config.max_value_bytes).await?;
+    if node.is_multi_leader() {
+        check_key(&key)?;
+        let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
+        return super::causal::kv_write(&node, &key, Some(value.to_vec()), &p, &headers).await;
+    }
     let op = Op::Put {
         key: key.clone(),
         value: value.to_vec(),
@@ -146,6 +169,11 @@ pub async fn delete_key(
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    if node.is_multi_leader() {
+        check_key(&key)?;
+        let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
+        return super::causal::kv_write(&node, &key, None, &p, &headers).await;
+    }
     let op = Op::Delete { key: key.clone() };
     write_key(
         &node,
@@ -190,7 +218,7 @@ async fn write_key(
     Ok(write_response(Some(&key), opts, &out))
 }
 
-fn write_opts(node: &Node, p: &Params) -> ApiResult<WriteOpts> {
+pub(crate) fn write_opts(node: &Node, p: &Params) -> ApiResult<WriteOpts> {
     WriteOpts::from_params(
         p,
         node.config.default_write_concern,
@@ -269,6 +297,13 @@ pub async fn txn(
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
     let opts = write_opts(&node, &p)?;
+    if node.is_multi_leader() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_supported",
+            "transactions need one leader to order them; in the multi-leader topology write keys one by one (or use the counter, set and map types)",
+        ));
+    }
     let limit = node.config.max_value_bytes.saturating_mul(4).max(1 << 20);
     let raw = read_body(body, limit).await?;
     let pq = path_and_query(&uri);

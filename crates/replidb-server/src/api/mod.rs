@@ -7,6 +7,7 @@
 //! a proxied answer already set them), one records request metrics.
 
 mod admin;
+mod causal;
 mod error;
 mod kv;
 mod ops;
@@ -46,6 +47,19 @@ pub fn router(node: Arc<Node>) -> Router {
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
         .route("/v1/kv", get(kv::scan))
+        .route(
+            "/v1/counter/{*key}",
+            get(causal::counter_get).post(causal::counter_post),
+        )
+        .route(
+            "/v1/set/{*key}",
+            get(causal::set_get).post(causal::set_post),
+        )
+        .route(
+            "/v1/map/{*key}",
+            get(causal::map_get).patch(causal::map_patch),
+        )
+        .route("/v1/conflicts", get(causal::conflicts))
         .route("/v1/txn", post(kv::txn))
         .route("/write", post(seed::write))
         .route("/read", get(seed::read))

@@ -145,6 +145,23 @@ pub fn status_of(node: &Node) -> Value {
         pos.flush_lsn.0
     ]);
     doc["voting_set"] = json!(node.core.voting_set().urls());
+    doc["topology"] = json!(node.config.topology.as_str());
+    if node.is_multi_leader() {
+        let origins: serde_json::Map<String, Value> = node
+            .engine
+            .origin_positions()
+            .into_iter()
+            .map(|(o, l)| (o, json!(l.0)))
+            .collect();
+        doc["origins"] = Value::Object(origins);
+        doc["peers"] = json!(node
+            .peer_streams()
+            .iter()
+            .map(|p| p.status())
+            .collect::<Vec<_>>());
+        doc["conflict_policy"] = json!(node.config.conflict_policy.fingerprint());
+        doc["conflicts"] = json!(node.engine.table().causal_stats().conflicts);
+    }
     doc["coordinator"] = node.coordinator().status();
     match role {
         Role::Leader(l) => {

@@ -57,6 +57,7 @@ pub const READ_PARAMS: &[&str] = &[
     "consistency",
     "max_staleness_ms",
     "min_lsn",
+    "min_version",
     "wait_ms",
     "fallback",
     "format",

@@ -88,16 +88,35 @@ pub async fn propose(
     conditions: Vec<(String, Lsn)>,
     opts: WriteOpts,
 ) -> ApiResult<WriteOutcome> {
+    let key_for_log = match &op {
+        Op::Batch(ops) => format!("<batch of {}>", ops.len()),
+        leaf => leaf.key().unwrap_or_default().to_string(),
+    };
+    propose_with(
+        node,
+        |epoch| Proposal::in_epoch(op, conditions, epoch),
+        key_for_log,
+        opts,
+    )
+    .await
+    .map(|(out, _)| out)
+}
+
+/// Sequence the proposal `build` makes for the leader's epoch, and wait
+/// for the write concern; also returns what the engine committed (a causal
+/// write's new state and version).
+pub async fn propose_with(
+    node: &Node,
+    build: impl FnOnce(replidb_core::Epoch) -> Proposal,
+    key_for_log: String,
+    opts: WriteOpts,
+) -> ApiResult<(WriteOutcome, replidb_engine::Committed)> {
     let Some(leader) = node.leader() else {
         return Err(ApiError::unavailable("not the leader"));
     };
     ensure_writable(node, &leader, opts.timeout).await?;
     check_concern(&leader, opts.w)?;
-    let key_for_log = match &op {
-        Op::Put { key, .. } | Op::Delete { key } => key.clone(),
-        Op::Batch(ops) => format!("<batch of {}>", ops.len()),
-    };
-    let proposal = Proposal::in_epoch(op, conditions, leader.epoch());
+    let proposal = build(leader.epoch());
     let committed = match node.engine.propose(proposal).await {
         Ok(c) => c,
         Err(EngineError::ConditionFailed {
@@ -110,13 +129,16 @@ pub async fn propose(
     };
     tracing::debug!(node_id = %node.config.id, key = %key_for_log, lsn = %committed.lsn, "write persisted");
     let (acks, met) = leader.wait_for(committed.lsn, opts.w, opts.timeout).await;
-    Ok(WriteOutcome {
-        lsn: committed.lsn,
-        epoch: committed.epoch.0,
-        acks,
-        committed: met,
-        existed: committed.existed,
-    })
+    Ok((
+        WriteOutcome {
+            lsn: committed.lsn,
+            epoch: committed.epoch.0,
+            acks,
+            committed: met,
+            existed: committed.existed,
+        },
+        committed,
+    ))
 }
 
 /// The answer to a transaction whose condition failed: a 409 that names

@@ -1,0 +1,580 @@
+//! Causal keys: `/v1/kv` in the multi-leader topology, the counter, set
+//! and map types (every topology), and the conflict log.
+//!
+//! Reads answer with `X-Replidb-Context` (the causal context a later write
+//! sends back to say what it has seen) and `X-Replidb-Min-Version` (what
+//! this node has applied of every origin: a read-your-writes token for any
+//! other node). Writes answer with the token of their own record.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use replidb_causal::vector::{decode_context, encode_context, vector_json};
+use replidb_causal::{CausalWrite, KeyKind, KeyState, MinVersion, VersionVector};
+use replidb_engine::Proposal;
+use serde_json::{json, Map, Value};
+
+use super::kv::{check_key, path_and_query, put_value, serve_read, write_opts};
+use super::params::{Params, ReadOpts, WriteOpts, READ_PARAMS, WRITE_PARAMS};
+use super::write::{not_leader_response, propose_with, read_body, Origin, WriteOutcome};
+use super::{ApiError, ApiResult, AppState};
+use crate::node::Node;
+
+/// The causal context header.
+pub const CONTEXT_HEADER: &str = "x-replidb-context";
+/// The read-your-writes token header across origins.
+pub const MIN_VERSION_HEADER: &str = "x-replidb-min-version";
+/// Most set members or map fields one request may change.
+pub const CHANGES_PER_REQUEST_MAX: usize = 1000;
+/// Most conflicts one `/v1/conflicts` answer lists.
+pub const CONFLICTS_LIMIT_MAX: usize = 1000;
+
+/// The key's causal state here (`None`: absent). A plain value (single-
+/// leader `/v1/kv`) is refused for a typed endpoint.
+fn read_state(node: &Node, key: &str, want: KeyKind) -> ApiResult<Option<KeyState>> {
+    match node.engine.table().get(key)? {
+        None => Ok(None),
+        Some(v) if v.causal => {
+            let state = KeyState::decode(&v.value)
+                .map_err(|e| ApiError::internal(format!("stored state of {key:?}: {e}")))?;
+            if state.kind() != want {
+                return Err(wrong_type(key, state.kind(), want));
+            }
+            Ok(Some(state))
+        }
+        Some(_) if want == KeyKind::Register => Ok(None),
+        Some(_) => Err(wrong_type(key, KeyKind::Register, want)),
+    }
+}
+
+fn wrong_type(key: &str, is: KeyKind, want: KeyKind) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "wrong_type",
+        format!("key {key:?} is a {is}; this endpoint reads a {want} (use /v1/{is}/{key})"),
+    )
+}
+
+/// This node's applied position of every origin, as a token.
+fn node_token(node: &Node) -> MinVersion {
+    MinVersion(
+        node.engine
+            .origin_positions()
+            .into_iter()
+            .map(|(o, l)| (o, l.0))
+            .collect(),
+    )
+}
+
+fn set_header(resp: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+/// The `min_version` a read asks for (query or header; the higher wins).
+fn requested_min_version(p: &Params, headers: &HeaderMap) -> ApiResult<MinVersion> {
+    let bad = |e: replidb_causal::TokenError| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_min_version",
+            e.to_string(),
+        )
+    };
+    let mut want = MinVersion::parse(p.str("min_version").unwrap_or("")).map_err(bad)?;
+    if let Some(h) = headers.get(MIN_VERSION_HEADER) {
+        let s = h
+            .to_str()
+            .map_err(|_| ApiError::bad_request("X-Replidb-Min-Version is not visible ASCII"))?;
+        want.merge(&MinVersion::parse(s).map_err(bad)?);
+    }
+    Ok(want)
+}
+
+/// Wait (up to `wait`) until this node has applied what `want` names from
+/// every origin; else 503 with `Retry-After`.
+async fn wait_min_version(node: &Node, want: &MinVersion, wait: Duration) -> ApiResult<()> {
+    if want.is_empty() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let have: BTreeMap<String, u64> = node_token(node).0;
+        let Some((origin, asked, applied)) = want.unmet(&have) else {
+            return Ok(());
+        };
+        if tokio::time::Instant::now() >= deadline {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "min_version_not_reached",
+                format!(
+                    "this node has applied {origin}'s log up to lsn {applied}, below the {asked} min_version asks, after {} ms; retry, or read from {origin}",
+                    wait.as_millis()
+                ),
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The causal context of a write: the `X-Replidb-Context` header, if sent.
+fn write_context(headers: &HeaderMap) -> ApiResult<Option<VersionVector>> {
+    let Some(h) = headers.get(CONTEXT_HEADER) else {
+        return Ok(None);
+    };
+    let s = h
+        .to_str()
+        .map_err(|_| ApiError::bad_request("X-Replidb-Context is not visible ASCII"))?;
+    decode_context(s)
+        .map(Some)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_context", e.to_string()))
+}
+
+/// Multi-leader `GET /v1/kv/{key}`: the value, or 300 with siblings.
+pub async fn kv_get(
+    node: &Node,
+    key: &str,
+    p: &Params,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let opts = ReadOpts::from_params(p, headers)?;
+    wait_min_version(node, &requested_min_version(p, headers)?, opts.wait).await?;
+    let token = node_token(node).to_string();
+    let state = read_state(node, key, KeyKind::Register)?;
+    let context = state.as_ref().map(KeyState::context).unwrap_or_default();
+    let mut resp = match &state {
+        Some(KeyState::Register(r)) if r.versions.len() > 1 => {
+            let siblings: Vec<Value> = r
+                .versions
+                .iter()
+                .map(|v| {
+                    let mut o = Map::new();
+                    match &v.value {
+                        Some(b) => put_value(&mut o, b),
+                        None => {
+                            o.insert("value".into(), Value::Null);
+                            o.insert("deleted".into(), Value::Bool(true));
+                        }
+                    }
+                    o.insert("origin".into(), json!(v.dot.origin));
+                    o.insert("hlc".into(), json!(v.hlc));
+                    o.insert("version".into(), vector_json(&v.vector()));
+                    Value::Object(o)
+                })
+                .collect();
+            let body =
+                json!({"key": key, "siblings": siblings, "context": encode_context(&context)});
+            (StatusCode::MULTIPLE_CHOICES, Json(body)).into_response()
+        }
+        Some(KeyState::Register(r)) if !state.as_ref().is_some_and(KeyState::is_absent) => {
+            let v = &r.versions[0];
+            let value = v.value.clone().unwrap_or_default();
+            if opts.json {
+                let mut o = Map::new();
+                o.insert("key".into(), json!(key));
+                put_value(&mut o, &value);
+                o.insert("origin".into(), json!(v.dot.origin));
+                o.insert("lsn".into(), json!(v.dot.counter));
+                o.insert("hlc".into(), json!(v.hlc));
+                o.insert("version".into(), vector_json(&v.vector()));
+                o.insert("context".into(), json!(encode_context(&context)));
+                Json(Value::Object(o)).into_response()
+            } else {
+                let mut r = Response::new(Body::from(value));
+                set_header(&mut r, "content-type", "application/octet-stream");
+                r
+            }
+        }
+        _ => ApiError::not_found(format!("key not found: {key}")).into_response(),
+    };
+    if !context.is_empty() {
+        set_header(&mut resp, CONTEXT_HEADER, &encode_context(&context));
+    }
+    set_header(&mut resp, MIN_VERSION_HEADER, &token);
+    Ok(resp)
+}
+
+/// A causal write on this node: sequence it, wait for the write concern,
+/// answer with origin, version and token.
+async fn causal_write(
+    node: &Node,
+    key: &str,
+    write: CausalWrite,
+    opts: WriteOpts,
+) -> ApiResult<(WriteOutcome, replidb_engine::Committed, Response)> {
+    let policy = node.config.conflict_policy.policy_for(key);
+    let k = key.to_string();
+    let (out, committed) = propose_with(
+        node,
+        move |epoch| Proposal::causal(k, write, policy, Some(epoch)),
+        key.to_string(),
+        opts,
+    )
+    .await?;
+    let resp = super::write::write_response(Some(key), opts, &out);
+    Ok((out, committed, resp))
+}
+
+/// Add origin, version, context and token to a write's answer.
+async fn finish_write(
+    node: &Node,
+    mut resp: Response,
+    lsn: u64,
+    committed: &replidb_engine::Committed,
+    extra: impl FnOnce(&mut Map<String, Value>),
+) -> ApiResult<Response> {
+    let status = resp.status();
+    let body = axum::body::to_bytes(std::mem::take(resp.body_mut()), 1 << 20)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut obj: Map<String, Value> = serde_json::from_slice(&body).unwrap_or_default();
+    obj.insert("origin".into(), json!(node.config.id));
+    if let Some(v) = &committed.version {
+        obj.insert("version".into(), vector_json(v));
+    }
+    extra(&mut obj);
+    let mut out = (status, Json(Value::Object(obj))).into_response();
+    for (k, v) in resp.headers() {
+        if k != "content-length" && k != "content-type" {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    set_header(
+        &mut out,
+        MIN_VERSION_HEADER,
+        &format!("{}:{lsn}", node.config.id),
+    );
+    if let Some(state) = &committed.state {
+        let ctx = state.context();
+        if !ctx.is_empty() {
+            set_header(&mut out, CONTEXT_HEADER, &encode_context(&ctx));
+        }
+    }
+    Ok(out)
+}
+
+/// Multi-leader `PUT`/`DELETE /v1/kv/{key}`.
+pub async fn kv_write(
+    node: &Node,
+    key: &str,
+    value: Option<Vec<u8>>,
+    p: &Params,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let opts = write_opts(node, p)?;
+    let context = write_context(headers)?;
+    let write = match value {
+        Some(value) => CausalWrite::Put { value, context },
+        None => CausalWrite::Delete { context },
+    };
+    let (out, committed, resp) = causal_write(node, key, write, opts).await?;
+    finish_write(node, resp, out.lsn.0, &committed, |_| {}).await
+}
+
+/// Common front of a typed write: parameters, key, leader check (single-
+/// leader 307), body.
+struct TypedWrite {
+    opts: WriteOpts,
+    body: bytes::Bytes,
+}
+
+async fn typed_front(
+    node: &Node,
+    key: &str,
+    q: Option<String>,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+    method: Method,
+    body: Body,
+) -> ApiResult<Result<TypedWrite, Response>> {
+    let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
+    let opts = write_opts(node, &p)?;
+    check_key(key)?;
+    let body = read_body(body, node.config.max_value_bytes).await?;
+    let pq = path_and_query(uri);
+    let origin = Origin {
+        method,
+        path_and_query: &pq,
+        headers,
+        body: body.clone(),
+    };
+    if let Some(resp) = not_leader_response(node, &origin).await? {
+        return Ok(Err(resp));
+    }
+    Ok(Ok(TypedWrite { opts, body }))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed {what} body: {e}")))
+}
+
+/// Serve a typed read: single-leader through the read path (consistency
+/// options apply), multi-leader locally after `min_version`.
+async fn typed_read(
+    node: &Node,
+    key: &str,
+    q: Option<String>,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+    kind: KeyKind,
+    render: fn(&str, Option<&KeyState>) -> Value,
+) -> ApiResult<Response> {
+    check_key(key)?;
+    let p = Params::parse(q.as_deref(), READ_PARAMS)?;
+    let opts = ReadOpts::from_params(&p, headers)?;
+    let local = |n: &Node| -> ApiResult<Response> {
+        let state = read_state(n, key, kind)?;
+        let mut resp = Json(render(key, state.as_ref())).into_response();
+        set_header(&mut resp, MIN_VERSION_HEADER, &node_token(n).to_string());
+        Ok(resp)
+    };
+    if node.is_multi_leader() {
+        wait_min_version(node, &requested_min_version(&p, headers)?, opts.wait).await?;
+        return local(node);
+    }
+    serve_read(node, &opts, uri, headers, local).await
+}
+
+fn counter_json(key: &str, s: Option<&KeyState>) -> Value {
+    json!({"key": key, "value": s.and_then(KeyState::counter_value).unwrap_or(0)})
+}
+
+fn set_json(key: &str, s: Option<&KeyState>) -> Value {
+    json!({"key": key, "members": s.and_then(KeyState::set_members).unwrap_or_default()})
+}
+
+fn map_json(_key: &str, s: Option<&KeyState>) -> Value {
+    Value::Object(s.and_then(KeyState::map_object).unwrap_or_default())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterBody {
+    delta: i64,
+}
+
+/// `POST /v1/counter/{key}` `{"delta": N}`.
+pub async fn counter_post(
+    State(node): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let tw = match typed_front(&node, &key, q, &uri, &headers, Method::POST, body).await? {
+        Ok(tw) => tw,
+        Err(resp) => return Ok(resp),
+    };
+    let b: CounterBody = parse_json(&tw.body, "counter")?;
+    let (out, committed, resp) = causal_write(
+        &node,
+        &key,
+        CausalWrite::Counter { delta: b.delta },
+        tw.opts,
+    )
+    .await?;
+    let value = committed.state.as_ref().and_then(KeyState::counter_value);
+    finish_write(&node, resp, out.lsn.0, &committed, |o| {
+        o.insert("value".into(), json!(value));
+    })
+    .await
+}
+
+/// `GET /v1/counter/{key}` → `{"value": N}` (0 when absent).
+pub async fn counter_get(
+    State(node): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    typed_read(
+        &node,
+        &key,
+        q,
+        &uri,
+        &headers,
+        KeyKind::Counter,
+        counter_json,
+    )
+    .await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// `POST /v1/set/{key}` `{"add": [..], "remove": [..]}`.
+pub async fn set_post(
+    State(node): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let tw = match typed_front(&node, &key, q, &uri, &headers, Method::POST, body).await? {
+        Ok(tw) => tw,
+        Err(resp) => return Ok(resp),
+    };
+    let b: SetBody = parse_json(&tw.body, "set")?;
+    if b.add.len() + b.remove.len() > CHANGES_PER_REQUEST_MAX {
+        return Err(ApiError::bad_request(format!(
+            "at most {CHANGES_PER_REQUEST_MAX} members may change in one request"
+        )));
+    }
+    if b.add.is_empty() && b.remove.is_empty() {
+        return Err(ApiError::bad_request("nothing to add or remove"));
+    }
+    let write = CausalWrite::Set {
+        add: b.add,
+        remove: b.remove,
+    };
+    let (out, committed, resp) = causal_write(&node, &key, write, tw.opts).await?;
+    let members = committed.state.as_ref().and_then(KeyState::set_members);
+    finish_write(&node, resp, out.lsn.0, &committed, |o| {
+        o.insert("members".into(), json!(members));
+    })
+    .await
+}
+
+/// `GET /v1/set/{key}` → `{"members": [..]}` (sorted; empty when absent).
+pub async fn set_get(
+    State(node): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    typed_read(&node, &key, q, &uri, &headers, KeyKind::Set, set_json).await
+}
+
+/// `PATCH /v1/map/{key}`: a JSON object of fields; `null` removes one.
+pub async fn map_patch(
+    State(node): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let tw = match typed_front(&node, &key, q, &uri, &headers, Method::PATCH, body).await? {
+        Ok(tw) => tw,
+        Err(resp) => return Ok(resp),
+    };
+    let b: Map<String, Value> = parse_json(&tw.body, "map (a JSON object)")?;
+    if b.is_empty() || b.len() > CHANGES_PER_REQUEST_MAX {
+        return Err(ApiError::bad_request(format!(
+            "a map patch sets 1..={CHANGES_PER_REQUEST_MAX} fields"
+        )));
+    }
+    let fields = b
+        .into_iter()
+        .map(|(k, v)| (k, (!v.is_null()).then_some(v)))
+        .collect();
+    let (out, committed, resp) =
+        causal_write(&node, &key, CausalWrite::Map { fields }, tw.opts).await?;
+    let object = committed.state.as_ref().and_then(KeyState::map_object);
+    finish_write(&node, resp, out.lsn.0, &committed, |o| {
+        o.insert("map".into(), json!(object));
+    })
+    .await
+}
+
+/// `GET /v1/map/{key}` → the merged object (`{}` when absent).
+pub async fn map_get(
+    State(node): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    typed_read(&node, &key, q, &uri, &headers, KeyKind::Map, map_json).await
+}
+
+/// `GET /v1/conflicts?limit=N&prefix=P`: newest resolved conflicts here.
+pub async fn conflicts(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref(), &["limit", "prefix"])?;
+    let limit = p
+        .parse_as::<usize>("limit", "a positive integer")?
+        .unwrap_or(100);
+    if limit == 0 || limit > CONFLICTS_LIMIT_MAX {
+        return Err(ApiError::invalid_param(
+            "limit",
+            &limit.to_string(),
+            &format!("1..={CONFLICTS_LIMIT_MAX}"),
+        ));
+    }
+    let list = node
+        .engine
+        .table()
+        .conflicts(p.str("prefix").unwrap_or(""), limit)?;
+    let out: Vec<Value> = list
+        .iter()
+        .map(|c| {
+            let versions: Vec<Value> = c
+                .versions
+                .iter()
+                .map(|v| {
+                    let mut o = Map::new();
+                    match &v.value {
+                        Some(b) => put_value(&mut o, b),
+                        None => {
+                            o.insert("value".into(), Value::Null);
+                        }
+                    }
+                    o.insert("origin".into(), json!(v.origin));
+                    o.insert("hlc".into(), json!(v.hlc));
+                    o.insert("version".into(), vector_json(&v.version));
+                    Value::Object(o)
+                })
+                .collect();
+            json!({
+                "key": c.key,
+                "policy": c.policy,
+                "at": c.at,
+                "versions": versions,
+                "kept": c.kept.as_ref().map(|d| d.to_string()),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(out)).into_response())
+}
+
+/// A stored value as scan output: a causal key's live value (one version),
+/// its siblings, or its type's rendering.
+pub fn causal_json(key: &str, state: &KeyState) -> Value {
+    match state {
+        KeyState::Register(r) => {
+            let live: Vec<&replidb_causal::Version> = r.live().collect();
+            let mut o = Map::new();
+            o.insert("key".into(), json!(key));
+            if live.len() == 1 && r.versions.len() == 1 {
+                if let Some(b) = &live[0].value {
+                    put_value(&mut o, b);
+                }
+                o.insert("origin".into(), json!(live[0].dot.origin));
+                o.insert("version".into(), vector_json(&live[0].vector()));
+            } else {
+                o.insert("siblings".into(), json!(r.versions.len()));
+                o.insert("context".into(), json!(encode_context(&r.context())));
+            }
+            Value::Object(o)
+        }
+        other => json!({"key": key, "type": other.kind().as_str(), "value": other.render()}),
+    }
+}
