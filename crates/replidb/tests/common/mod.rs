@@ -143,6 +143,18 @@ impl Node {
         node
     }
 
+    /// Start node `id` on `port` (chosen beforehand, e.g. so that peers can
+    /// name each other in `args`).
+    pub async fn start_on(id: &str, port: u16, args: &[&str]) -> Node {
+        let mut node = Node::new(id, args);
+        node.port = port;
+        match node.spawn_and_wait().await {
+            Ok(()) => node,
+            Err(StartError::PortInUse) => node.fail("chosen port is in use"),
+            Err(StartError::Other(msg)) => node.fail(&msg),
+        }
+    }
+
     /// A node that is not running yet; see [`Node::launch`].
     pub fn new(id: &str, args: &[&str]) -> Node {
         let dir = tempfile::Builder::new()
