@@ -48,7 +48,19 @@ pub struct PlaygroundArgs {
     /// Keep the temporary data directory on exit.
     #[arg(long)]
     pub keep: bool,
+    /// single-leader (a leader, followers and a router) or multi-leader
+    /// (every node writes; keys under `cart:` keep siblings).
+    #[arg(long, default_value = "single-leader")]
+    pub topology: String,
+    /// Multi-leader: artificial delay between every pair of nodes
+    /// (`DUR` or `DUR..DUR`), as if they were regions apart.
+    #[arg(long, default_value = "0ms")]
+    pub link_delay: String,
 }
+
+/// The policies the multi-leader playground runs with: `cart:` keys keep
+/// siblings, every other key is last-writer-wins.
+const PLAYGROUND_POLICIES: &str = "*=lww,cart:=siblings";
 
 /// One child of the playground: a node or the router.
 struct NodeProc {
@@ -138,8 +150,42 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             (Some(t), root)
         }
     };
+    let multi = match args.topology.as_str() {
+        "single-leader" => false,
+        "multi-leader" => true,
+        other => {
+            return Err(crate::UsageError(format!(
+                "--topology {other:?}: the playground runs single-leader or multi-leader"
+            ))
+            .into())
+        }
+    };
+    let link: DurationRange = args
+        .link_delay
+        .parse()
+        .map_err(|e| crate::UsageError(format!("--link-delay: {e}")))?;
     let exe = std::env::current_exe().context("cannot find the replidb binary")?;
     let mut nodes: Vec<NodeProc> = Vec::new();
+    if multi {
+        let started = start_all(&exe, &root, &args, &lag, &mut nodes).await;
+        if let Err(e) = started {
+            stop_all(&mut nodes).await;
+            return Err(e);
+        }
+        print_multi_banner(&nodes, &root, &link);
+        tokio::select! {
+            _ = crate::server_cmd::shutdown_signal() => {}
+            never = watch_children(&mut nodes) => match never {},
+        }
+        eprintln!("stopping {} nodes...", nodes.len());
+        stop_all(&mut nodes).await;
+        if args.keep {
+            if let Some(t) = tmp {
+                eprintln!("data kept in {}", t.keep().display());
+            }
+        }
+        return Ok(());
+    }
     let started = start_all(&exe, &root, &args, &lag, &mut nodes).await;
     if let Err(e) = started {
         stop_all(&mut nodes).await;
@@ -208,7 +254,21 @@ async fn start_all(
             "2s".into(),
         ];
         argv.extend(args.server_args.iter().cloned());
-        if i > 0 {
+        if args.topology == "multi-leader" {
+            let peers: Vec<String> = (0..args.nodes)
+                .map(|j| format!("http://127.0.0.1:{}", args.base_port.saturating_add(j)))
+                .collect();
+            argv.extend([
+                "--topology".to_string(),
+                "multi-leader".to_string(),
+                "--peers".to_string(),
+                peers.join(","),
+                "--conflict-policy".to_string(),
+                PLAYGROUND_POLICIES.to_string(),
+                "--link-delay".to_string(),
+                args.link_delay.clone(),
+            ]);
+        } else if i > 0 {
             argv.extend(["--follow".to_string(), leader_url.clone()]);
             if !lag.is_zero() {
                 argv.extend(["--replication-delay".to_string(), args.lag.clone()]);
@@ -426,5 +486,51 @@ fn print_banner(all: &[NodeProc], root: &Path, lag: &DurationRange) {
     println!("  curl -s {rt}/status; curl -s {leader}/status; curl -s {follower}/health");
     println!("  # write and wait for a majority to have it durably");
     println!("  curl -s -XPUT '{rt}/v1/kv/greeting?w=majority' -d durable");
+    println!();
+}
+
+/// The multi-leader banner: every node writes; curl lines that make a
+/// conflict and show each policy and type resolve it.
+fn print_multi_banner(nodes: &[NodeProc], root: &Path, link: &DurationRange) {
+    let (Some(a), Some(b)) = (nodes.first(), nodes.get(1)) else {
+        println!("the multi-leader playground needs at least 2 nodes (--nodes)");
+        return;
+    };
+    let c = nodes.last().map(|n| n.url.as_str()).unwrap_or(&a.url);
+    let (a, b) = (&a.url, &b.url);
+    println!("replidb multi-leader playground is running (Ctrl-C stops it)\n");
+    for n in nodes {
+        println!("  {}  writes and reads  {}  pid {}", n.id, n.url, n.pid());
+    }
+    println!("  link delay between nodes: {link}; policies: {PLAYGROUND_POLICIES}");
+    println!("  data: {}\n", root.display());
+    println!("Try it (seed 003's conflicts):\n");
+    println!("  # 1. Alice and Alicia written on two nodes at once: lww keeps one everywhere");
+    println!("  curl -s -XPUT {a}/v1/kv/user:1:name -d Alice & curl -s -XPUT {b}/v1/kv/user:1:name -d Alicia; wait");
+    println!("  sleep 1; curl -s {c}/v1/kv/user:1:name");
+    println!("  # ...and the loser is in the conflict log of the node that saw the conflict");
+    println!("  curl -s {a}/v1/conflicts; curl -s {b}/v1/conflicts");
+    println!("  # 2. two carts on two nodes under the siblings policy: 300 with both");
+    println!(
+        "  curl -s -XPUT {a}/v1/kv/cart:1 -d Book & curl -s -XPUT {b}/v1/kv/cart:1 -d Pen; wait"
+    );
+    println!("  sleep 1; curl -si {c}/v1/kv/cart:1");
+    println!("  # resolve: write back with the X-Replidb-Context header the read returned");
+    println!("  curl -s -XPUT {c}/v1/kv/cart:1 -H \"X-Replidb-Context: $(curl -s -o /dev/null -D - {c}/v1/kv/cart:1 | tr -d '\\r' | sed -n 's/^x-replidb-context: //p')\" -d Book,Pen");
+    println!("  # 3. a cart as a set: both items everywhere, no conflict at all");
+    println!("  curl -s -XPOST {a}/v1/set/cart:2 -d '{{\"add\":[\"Book\"]}}' & curl -s -XPOST {b}/v1/set/cart:2 -d '{{\"add\":[\"Pen\"]}}'; wait");
+    println!("  sleep 1; curl -s {c}/v1/set/cart:2");
+    println!("  # 4. likes at 100, +5 on one node and +3 on another: 108 everywhere");
+    println!("  curl -s -XPOST {a}/v1/counter/likes -d '{{\"delta\":100}}'; sleep 1");
+    println!("  curl -s -XPOST {a}/v1/counter/likes -d '{{\"delta\":5}}' & curl -s -XPOST {b}/v1/counter/likes -d '{{\"delta\":3}}'; wait");
+    println!("  sleep 1; curl -s {c}/v1/counter/likes");
+    println!("  # 5. a profile: name changed on one node, email on another: both kept");
+    println!("  curl -s -XPATCH {a}/v1/map/profile:1 -d '{{\"name\":\"Alice\"}}' & curl -s -XPATCH {b}/v1/map/profile:1 -d '{{\"email\":\"alice@new\"}}'; wait");
+    println!("  sleep 1; curl -s {c}/v1/map/profile:1");
+    println!("  # 6. read your write on another node: send the token the write returned");
+    println!("  curl -si -XPUT {a}/v1/kv/k -d v | grep -i x-replidb-min-version");
+    println!("  curl -s {b}/v1/kv/k -H 'X-Replidb-Min-Version: <token>'");
+    println!("  # per-origin positions, peers and their lag, conflict counts");
+    println!("  curl -s {a}/status");
     println!();
 }
