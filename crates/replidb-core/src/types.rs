@@ -393,11 +393,29 @@ mod tests {
         ]);
         let mut keys = vec![];
         op.for_each_leaf(&mut |leaf| match leaf {
-            Op::Put { key, .. } | Op::Delete { key } => keys.push(key.clone()),
+            Op::Put { key, .. } | Op::Delete { key } | Op::Merge { key, .. } => {
+                keys.push(key.clone())
+            }
             Op::Batch(_) => unreachable!("flattened"),
         });
         assert_eq!(keys, vec!["a", "b"]);
         assert_eq!(op.size_bytes(), 3);
+    }
+
+    #[test]
+    fn merge_ops_round_trip_alone_and_in_batches_but_batches_never_nest() {
+        let merge = Op::Merge {
+            key: "k".into(),
+            operand: vec![1, 2, 3],
+        };
+        let batch = Op::Batch(vec![merge.clone(), Op::Delete { key: "d".into() }]);
+        for op in [merge, batch] {
+            let bytes = postcard::to_stdvec(&op).unwrap();
+            assert_eq!(postcard::from_bytes::<Op>(&bytes).unwrap(), op);
+        }
+        let nested = Op::Batch(vec![Op::Batch(vec![])]);
+        let bytes = postcard::to_stdvec(&nested).unwrap();
+        assert!(postcard::from_bytes::<Op>(&bytes).is_err());
     }
 }
 

@@ -336,15 +336,14 @@ impl RedbTable {
         let mut log = txn
             .open_table(CONFLICTS)
             .map_err(|e| self.ctx("opening conflicts table").map(e))?;
-        let mut next = log
+        let first = log
             .last()
             .map_err(|e| self.ctx("reading conflicts").map(e))?
             .map(|(k, _)| k.value() + 1)
             .unwrap_or(1);
-        for c in outcomes.iter().flat_map(|o| &o.conflicts) {
-            log.insert(next, c.encode().as_slice())
+        for (seq, c) in (first..).zip(outcomes.iter().flat_map(|o| &o.conflicts)) {
+            log.insert(seq, c.encode().as_slice())
                 .map_err(|e| self.ctx("logging conflict").map(e))?;
-            next += 1;
         }
         let len = log
             .len()
