@@ -28,6 +28,9 @@ pub enum Topology {
     /// Every node takes writes into its own log and applies every peer's;
     /// version vectors detect conflicts, policies resolve them.
     MultiLeader,
+    /// Dynamo-style: any node coordinates; each key lives on N nodes of a
+    /// consistent-hash ring, written to W and read from R of them.
+    Leaderless,
 }
 
 impl Topology {
@@ -36,6 +39,7 @@ impl Topology {
         match self {
             Topology::SingleLeader => "single-leader",
             Topology::MultiLeader => "multi-leader",
+            Topology::Leaderless => "leaderless",
         }
     }
 }
@@ -46,12 +50,9 @@ impl std::str::FromStr for Topology {
         match s {
             "single-leader" => Ok(Topology::SingleLeader),
             "multi-leader" => Ok(Topology::MultiLeader),
-            "leaderless" => Err(
-                "the leaderless topology is not built yet; use single-leader or multi-leader"
-                    .into(),
-            ),
+            "leaderless" => Ok(Topology::Leaderless),
             other => Err(format!(
-                "unknown topology {other:?}: expected single-leader or multi-leader"
+                "unknown topology {other:?}: expected single-leader, multi-leader or leaderless"
             )),
         }
     }
@@ -125,6 +126,15 @@ pub struct NodeConfig {
     /// `--link-delay`: artificial delay before applying a peer's writes
     /// (multi-leader; regions far apart).
     pub link_delay: DurationRange,
+    /// Leaderless: `--replicas N`, how many nodes hold each key (capped at
+    /// the cluster size).
+    pub replicas: usize,
+    /// Leaderless: `--strict-quorum`, no hinted handoff (a write counts
+    /// only the key's own replicas).
+    pub strict_quorum: bool,
+    /// Leaderless: `--anti-entropy-interval`, how often replicas compare
+    /// hash trees.
+    pub anti_entropy_interval: Duration,
 }
 
 impl NodeConfig {
@@ -160,6 +170,9 @@ impl NodeConfig {
             peers: Vec::new(),
             conflict_policy: replidb_causal::PolicySet::default(),
             link_delay: DurationRange::default(),
+            replicas: 3,
+            strict_quorum: false,
+            anti_entropy_interval: Duration::from_secs(10),
         }
     }
 
@@ -179,6 +192,7 @@ impl NodeConfig {
         match self.topology {
             Topology::SingleLeader => String::new(),
             Topology::MultiLeader => format!("multi-leader;{}", self.conflict_policy.fingerprint()),
+            Topology::Leaderless => format!("leaderless;{}", self.conflict_policy.fingerprint()),
         }
     }
 }

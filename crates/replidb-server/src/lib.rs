@@ -15,6 +15,7 @@
 pub mod api;
 mod config;
 pub mod embed;
+pub mod leaderless;
 pub mod metrics;
 pub mod node;
 pub mod static_coord;

@@ -44,6 +44,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Multi-leader: this node's subscription to each peer's log.
     pub peers: std::sync::OnceLock<Vec<Arc<PeerStream>>>,
+    /// Leaderless: the ring, hints and repair state.
+    pub leaderless: std::sync::OnceLock<Arc<crate::leaderless::Leaderless>>,
 }
 
 /// What the server does on role events: count failovers in metrics (the
@@ -97,11 +99,20 @@ impl Node {
             shutdown,
             config,
             peers: std::sync::OnceLock::new(),
+            leaderless: std::sync::OnceLock::new(),
         });
-        if node.config.topology == Topology::MultiLeader {
-            node.start_multi_leader().await?;
-            tokio::spawn(node.clone().housekeeping());
-            return Ok(node);
+        match node.config.topology {
+            Topology::MultiLeader => {
+                node.start_multi_leader().await?;
+                tokio::spawn(node.clone().housekeeping());
+                return Ok(node);
+            }
+            Topology::Leaderless => {
+                node.start_leaderless().await?;
+                tokio::spawn(node.clone().housekeeping());
+                return Ok(node);
+            }
+            Topology::SingleLeader => {}
         }
         match (&node.config.coordinator, node.config.follow.clone()) {
             (CoordinatorKind::Etcd, _) => {
@@ -164,6 +175,29 @@ impl Node {
         tracing::info!(node_id = %self.config.id, peers = peers.len(), "multi-leader: writing locally, streaming from every peer");
         let _ = self.peers.set(peers);
         Ok(())
+    }
+
+    /// Leaderless: write into our own log (every version we coordinate gets
+    /// a dot of it), and run hint delivery and anti-entropy.
+    async fn start_leaderless(self: &Arc<Self>) -> Result<(), ServerError> {
+        self.set_coordinator(Arc::new(StaticCoordinator::new(Arc::downgrade(self))));
+        self.become_leader().await?;
+        let lz = Arc::new(crate::leaderless::Leaderless::open(self)?);
+        tokio::spawn(crate::leaderless::deliver_hints(self.clone(), lz.clone()));
+        tokio::spawn(crate::leaderless::anti_entropy(self.clone(), lz.clone()));
+        tracing::info!(
+            node_id = %self.config.id,
+            members = lz.ring.members().len(),
+            replicas = lz.ring.replicas(),
+            "leaderless: coordinating requests on the ring"
+        );
+        let _ = self.leaderless.set(lz);
+        Ok(())
+    }
+
+    /// Whether this node runs the leaderless topology.
+    pub fn is_leaderless(&self) -> bool {
+        self.config.topology == Topology::Leaderless
     }
 
     /// The multi-leader peers (empty in single-leader mode).
@@ -352,13 +386,15 @@ fn core_options(config: &NodeConfig) -> CoreOptions {
             cluster_size: match config.topology {
                 // Write concerns count this node and its peers.
                 Topology::MultiLeader => Some(config.peers.len() + 1),
+                // Nobody streams a leaderless node's log: it writes alone.
+                Topology::Leaderless => Some(1),
                 Topology::SingleLeader => config.cluster_size,
             },
             advertise_url: config.advertise(),
             topology: config.topology_fingerprint(),
             // Multi-leader: every node writes alone; nothing to lose.
             check_quorum: match config.topology {
-                Topology::MultiLeader => Duration::ZERO,
+                Topology::MultiLeader | Topology::Leaderless => Duration::ZERO,
                 Topology::SingleLeader => LeaderOptions::default().check_quorum,
             },
             ..LeaderOptions::default()

@@ -152,11 +152,11 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     };
     let multi = match args.topology.as_str() {
         "single-leader" => false,
-        "multi-leader" => true,
+        "multi-leader" | "leaderless" => true,
         other => {
             return Err(crate::UsageError(format!(
-                "--topology {other:?}: the playground runs single-leader or multi-leader"
-            ))
+            "--topology {other:?}: the playground runs single-leader, multi-leader or leaderless"
+        ))
             .into())
         }
     };
@@ -172,7 +172,11 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             stop_all(&mut nodes).await;
             return Err(e);
         }
-        print_multi_banner(&nodes, &root, &link);
+        if args.topology == "leaderless" {
+            print_leaderless_banner(&nodes, &root, &link);
+        } else {
+            print_multi_banner(&nodes, &root, &link);
+        }
         tokio::select! {
             _ = crate::server_cmd::shutdown_signal() => {}
             never = watch_children(&mut nodes) => match never {},
@@ -254,13 +258,16 @@ async fn start_all(
             "2s".into(),
         ];
         argv.extend(args.server_args.iter().cloned());
-        if args.topology == "multi-leader" {
+        if args.topology == "multi-leader" || args.topology == "leaderless" {
             let peers: Vec<String> = (0..args.nodes)
                 .map(|j| format!("http://127.0.0.1:{}", args.base_port.saturating_add(j)))
                 .collect();
+            if args.topology == "leaderless" {
+                argv.extend(["--replicas".to_string(), "3".to_string()]);
+            }
             argv.extend([
                 "--topology".to_string(),
-                "multi-leader".to_string(),
+                args.topology.clone(),
                 "--peers".to_string(),
                 peers.join(","),
                 "--conflict-policy".to_string(),
@@ -532,5 +539,43 @@ fn print_multi_banner(nodes: &[NodeProc], root: &Path, link: &DurationRange) {
     println!("  curl -s {b}/v1/kv/k -H 'X-Replidb-Min-Version: <token>'");
     println!("  # per-origin positions, peers and their lag, conflict counts");
     println!("  curl -s {a}/status");
+    println!();
+}
+
+/// The leaderless banner: curl lines that show a stale R=1 read, a fresh
+/// quorum read and a hint delivered after a node returns.
+fn print_leaderless_banner(nodes: &[NodeProc], root: &Path, link: &DurationRange) {
+    let Some(a) = nodes.first() else { return };
+    let a = &a.url;
+    let b = nodes.get(1).map(|n| n.url.as_str()).unwrap_or(a);
+    println!("replidb leaderless playground is running (Ctrl-C stops it)\n");
+    for n in nodes {
+        println!(
+            "  {}  coordinates any request  {}  pid {}",
+            n.id,
+            n.url,
+            n.pid()
+        );
+    }
+    println!("  N=3 replicas per key on a consistent-hash ring; link delay {link}");
+    println!("  data: {}\n", root.display());
+    println!("Try it (W + R > N gives fresh reads):\n");
+    println!("  # which nodes hold a key: the write answers its replicas");
+    println!("  curl -s -XPUT '{a}/v1/kv/greeting?w=1' -d hello");
+    println!(
+        "  # 1. w=1 then r=1 at once: a replica the write has not reached yet answers (often 404)"
+    );
+    println!("  curl -s -XPUT '{a}/v1/kv/news?w=1' -d v1; curl -s '{b}/v1/kv/news?r=1'");
+    println!("  # 2. w=quorum then r=quorum (2 + 2 > 3): the read always meets the write");
+    println!("  curl -s -XPUT '{a}/v1/kv/news?w=quorum' -d v2; curl -s '{b}/v1/kv/news?r=quorum'");
+    println!("  # 3. hinted handoff: kill -9 one replica of the key (see the write's \"replicas\"), write");
+    println!("  #    again with w=all: another node takes a hint for it; restart the replica (the");
+    println!("  #    playground prints how) and the hint is delivered");
+    println!("  curl -s -XPUT '{a}/v1/kv/greeting?w=all' -d again");
+    println!("  curl -s {a}/status   # ring: hints_pending, hints_delivered, read_repairs, last_anti_entropy");
+    println!("  # 4. counters and sets merge on every replica");
+    println!(
+        "  curl -s -XPOST {a}/v1/counter/likes -d '{{\"delta\":5}}'; curl -s {b}/v1/counter/likes"
+    );
     println!();
 }

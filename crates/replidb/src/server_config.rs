@@ -73,6 +73,17 @@ pub struct ServerOpts {
     /// (regions far apart; demonstrations and tests).
     #[arg(long)]
     pub link_delay: Option<String>,
+    /// Leaderless: how many nodes hold each key (default 3, capped at the
+    /// cluster size).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Leaderless: no hinted handoff; a write counts only the key's own
+    /// replicas.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub strict_quorum: Option<bool>,
+    /// Leaderless: how often replicas compare hash trees (default 10s).
+    #[arg(long)]
+    pub anti_entropy_interval: Option<String>,
     /// Table backend: memory or redb.
     #[arg(long)]
     pub storage: Option<String>,
@@ -191,6 +202,7 @@ impl ServerOpts {
         fill_from!(flags, file;
             id, listen, data_dir, follow, coordinator, etcd, cluster, fsync,
             replication_delay, topology, peers, conflict_policy, link_delay,
+            replicas, strict_quorum, anti_entropy_interval,
             storage, max_value_bytes, default_w, default_timeout,
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
@@ -296,7 +308,21 @@ impl ServerOpts {
         if let Some(r) = self.link_delay {
             c.link_delay = parse_as::<DurationRange>("link_delay", &r)?;
         }
-        if c.topology == Topology::MultiLeader {
+        if let Some(n) = self.replicas {
+            if n == 0 {
+                return Err(invalid("replicas", "must be at least 1"));
+            }
+            c.replicas = n;
+        }
+        if let Some(b) = self.strict_quorum {
+            c.strict_quorum = b;
+        }
+        set_duration(
+            &mut c.anti_entropy_interval,
+            "anti_entropy_interval",
+            self.anti_entropy_interval,
+        )?;
+        if c.topology != Topology::SingleLeader {
             if c.follow.is_some() {
                 return Err(invalid(
                     "follow",
@@ -304,7 +330,7 @@ impl ServerOpts {
                 ));
             }
             if c.coordinator == CoordinatorKind::Etcd {
-                return Err(invalid("coordinator", "multi-leader nodes find each other through --peers (etcd discovery is not built yet)"));
+                return Err(invalid("coordinator", "multi-leader and leaderless nodes find each other through --peers (etcd discovery is not built yet)"));
             }
         }
         set_duration(

@@ -125,7 +125,7 @@ async fn wait_min_version(node: &Node, want: &MinVersion, wait: Duration) -> Api
 }
 
 /// The causal context of a write: the `X-Replidb-Context` header, if sent.
-fn write_context(headers: &HeaderMap) -> ApiResult<Option<VersionVector>> {
+pub(crate) fn write_context(headers: &HeaderMap) -> ApiResult<Option<VersionVector>> {
     let Some(h) = headers.get(CONTEXT_HEADER) else {
         return Ok(None);
     };
@@ -148,8 +148,16 @@ pub async fn kv_get(
     wait_min_version(node, &requested_min_version(p, headers)?, opts.wait).await?;
     let token = node_token(node).to_string();
     let state = read_state(node, key, KeyKind::Register)?;
-    let context = state.as_ref().map(KeyState::context).unwrap_or_default();
-    let mut resp = match &state {
+    let mut resp = render_register(key, state.as_ref(), opts.json);
+    set_header(&mut resp, MIN_VERSION_HEADER, &token);
+    Ok(resp)
+}
+
+/// A plain causal key as a read answers it: the value (raw, or JSON with
+/// `format=json`), 300 with the siblings, or 404; with its context.
+pub fn render_register(key: &str, state: Option<&KeyState>, as_json: bool) -> Response {
+    let context = state.map(KeyState::context).unwrap_or_default();
+    let mut resp = match state {
         Some(KeyState::Register(r)) if r.versions.len() > 1 => {
             let siblings: Vec<Value> = r
                 .versions
@@ -173,10 +181,10 @@ pub async fn kv_get(
                 json!({"key": key, "siblings": siblings, "context": encode_context(&context)});
             (StatusCode::MULTIPLE_CHOICES, Json(body)).into_response()
         }
-        Some(KeyState::Register(r)) if !state.as_ref().is_some_and(KeyState::is_absent) => {
+        Some(s @ KeyState::Register(r)) if !s.is_absent() => {
             let v = &r.versions[0];
             let value = v.value.clone().unwrap_or_default();
-            if opts.json {
+            if as_json {
                 let mut o = Map::new();
                 o.insert("key".into(), json!(key));
                 put_value(&mut o, &value);
@@ -192,13 +200,15 @@ pub async fn kv_get(
                 r
             }
         }
+        Some(s) if s.kind() != KeyKind::Register => {
+            wrong_type(key, s.kind(), KeyKind::Register).into_response()
+        }
         _ => ApiError::not_found(format!("key not found: {key}")).into_response(),
     };
     if !context.is_empty() {
         set_header(&mut resp, CONTEXT_HEADER, &encode_context(&context));
     }
-    set_header(&mut resp, MIN_VERSION_HEADER, &token);
-    Ok(resp)
+    resp
 }
 
 /// A causal write on this node: sequence it, wait for the write concern,
@@ -281,7 +291,11 @@ pub async fn kv_write(
 /// Common front of a typed write: parameters, key, leader check (single-
 /// leader 307), body.
 struct TypedWrite {
-    opts: WriteOpts,
+    /// Write options (not leaderless: there `w` counts replicas).
+    opts: Option<WriteOpts>,
+    params: Params,
+    path_and_query: String,
+    method: Method,
     body: bytes::Bytes,
 }
 
@@ -295,12 +309,16 @@ async fn typed_front(
     body: Body,
 ) -> ApiResult<Result<TypedWrite, Response>> {
     let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
-    let opts = write_opts(node, &p)?;
+    let opts = if node.is_leaderless() {
+        None
+    } else {
+        Some(write_opts(node, &p)?)
+    };
     check_key(key)?;
     let body = read_body(body, node.config.max_value_bytes).await?;
     let pq = path_and_query(uri);
     let origin = Origin {
-        method,
+        method: method.clone(),
         path_and_query: &pq,
         headers,
         body: body.clone(),
@@ -308,7 +326,69 @@ async fn typed_front(
     if let Some(resp) = not_leader_response(node, &origin).await? {
         return Ok(Err(resp));
     }
-    Ok(Ok(TypedWrite { opts, body }))
+    Ok(Ok(TypedWrite {
+        opts,
+        params: p,
+        path_and_query: pq,
+        method,
+        body,
+    }))
+}
+
+/// Run a typed write: leaderless through the replicas, else on this node.
+/// Returns the answer and the key's state after the write (when known
+/// here), for the caller to add its rendering.
+async fn typed_write(
+    node: &std::sync::Arc<Node>,
+    key: &str,
+    write: CausalWrite,
+    tw: TypedWrite,
+    headers: &HeaderMap,
+    extra: impl FnOnce(&mut Map<String, Value>, Option<&KeyState>),
+) -> ApiResult<Response> {
+    if node.is_leaderless() {
+        let (resp, state) = super::leaderless::write(
+            node,
+            key,
+            write,
+            &tw.params,
+            headers,
+            (tw.method, &tw.path_and_query, tw.body),
+        )
+        .await?;
+        if state.is_none() {
+            return Ok(resp); // handed to a replica, answered by it
+        }
+        return add_fields(resp, |o| extra(o, state.as_ref())).await;
+    }
+    let opts = tw
+        .opts
+        .ok_or_else(|| ApiError::internal("write options missing"))?;
+    let (out, committed, resp) = causal_write(node, key, write, opts).await?;
+    finish_write(node, resp, out.lsn.0, &committed, |o| {
+        extra(o, committed.state.as_ref())
+    })
+    .await
+}
+
+/// Add fields to a JSON answer, keeping its status and headers.
+async fn add_fields(
+    mut resp: Response,
+    f: impl FnOnce(&mut Map<String, Value>),
+) -> ApiResult<Response> {
+    let status = resp.status();
+    let body = axum::body::to_bytes(std::mem::take(resp.body_mut()), 1 << 20)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut obj: Map<String, Value> = serde_json::from_slice(&body).unwrap_or_default();
+    f(&mut obj);
+    let mut out = (status, Json(Value::Object(obj))).into_response();
+    for (k, v) in resp.headers() {
+        if k != "content-length" && k != "content-type" {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> ApiResult<T> {
@@ -319,7 +399,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> ApiRes
 /// Serve a typed read: single-leader through the read path (consistency
 /// options apply), multi-leader locally after `min_version`.
 async fn typed_read(
-    node: &Node,
+    node: &std::sync::Arc<Node>,
     key: &str,
     q: Option<String>,
     uri: &OriginalUri,
@@ -336,6 +416,21 @@ async fn typed_read(
         set_header(&mut resp, MIN_VERSION_HEADER, &node_token(n).to_string());
         Ok(resp)
     };
+    if node.is_leaderless() {
+        let (state, answered) = super::leaderless::read(node, key, &p).await?;
+        if let Some(s) = &state {
+            if s.kind() != kind {
+                return Err(wrong_type(key, s.kind(), kind));
+            }
+        }
+        let mut resp = Json(render(key, state.as_ref())).into_response();
+        set_header(
+            &mut resp,
+            super::leaderless::REPLICAS_HEADER,
+            &answered.join(", "),
+        );
+        return Ok(resp);
+    }
     if node.is_multi_leader() {
         wait_min_version(node, &requested_min_version(&p, headers)?, opts.wait).await?;
         return local(node);
@@ -375,17 +470,16 @@ pub async fn counter_post(
         Err(resp) => return Ok(resp),
     };
     let b: CounterBody = parse_json(&tw.body, "counter")?;
-    let (out, committed, resp) = causal_write(
+    typed_write(
         &node,
         &key,
         CausalWrite::Counter { delta: b.delta },
-        tw.opts,
+        tw,
+        &headers,
+        |o, s| {
+            o.insert("value".into(), json!(s.and_then(KeyState::counter_value)));
+        },
     )
-    .await?;
-    let value = committed.state.as_ref().and_then(KeyState::counter_value);
-    finish_write(&node, resp, out.lsn.0, &committed, |o| {
-        o.insert("value".into(), json!(value));
-    })
     .await
 }
 
@@ -444,10 +538,8 @@ pub async fn set_post(
         add: b.add,
         remove: b.remove,
     };
-    let (out, committed, resp) = causal_write(&node, &key, write, tw.opts).await?;
-    let members = committed.state.as_ref().and_then(KeyState::set_members);
-    finish_write(&node, resp, out.lsn.0, &committed, |o| {
-        o.insert("members".into(), json!(members));
+    typed_write(&node, &key, write, tw, &headers, |o, s| {
+        o.insert("members".into(), json!(s.and_then(KeyState::set_members)));
     })
     .await
 }
@@ -486,12 +578,16 @@ pub async fn map_patch(
         .into_iter()
         .map(|(k, v)| (k, (!v.is_null()).then_some(v)))
         .collect();
-    let (out, committed, resp) =
-        causal_write(&node, &key, CausalWrite::Map { fields }, tw.opts).await?;
-    let object = committed.state.as_ref().and_then(KeyState::map_object);
-    finish_write(&node, resp, out.lsn.0, &committed, |o| {
-        o.insert("map".into(), json!(object));
-    })
+    typed_write(
+        &node,
+        &key,
+        CausalWrite::Map { fields },
+        tw,
+        &headers,
+        |o, s| {
+            o.insert("map".into(), json!(s.and_then(KeyState::map_object)));
+        },
+    )
     .await
 }
 

@@ -73,6 +73,16 @@ pub async fn get_key(
 ) -> ApiResult<Response> {
     check_key(&key)?;
     let p = Params::parse(q.as_deref(), READ_PARAMS)?;
+    if node.is_leaderless() {
+        let (state, answered) = super::leaderless::read(&node, &key, &p).await?;
+        let json = p.str("format") == Some("json");
+        let mut resp = super::causal::render_register(&key, state.as_ref(), json);
+        if let Ok(v) = HeaderValue::from_str(&answered.join(", ")) {
+            resp.headers_mut()
+                .insert(super::leaderless::REPLICAS_HEADER, v);
+        }
+        return Ok(resp);
+    }
     if node.is_multi_leader() {
         return super::causal::kv_get(&node, &key, &p, &headers).await;
     }
@@ -149,6 +159,20 @@ pub async fn put_key(
     body: Body,
 ) -> ApiResult<Response> {
     let value = read_body(body, node.config.max_value_bytes).await?;
+    if node.is_leaderless() {
+        check_key(&key)?;
+        let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
+        let context = super::causal::write_context(&headers)?;
+        let pq = path_and_query(&uri);
+        let write = replidb_causal::CausalWrite::Put {
+            value: value.to_vec(),
+            context,
+        };
+        let (resp, _) =
+            super::leaderless::write(&node, &key, write, &p, &headers, (Method::PUT, &pq, value))
+                .await?;
+        return Ok(resp);
+    }
     if node.is_multi_leader() {
         check_key(&key)?;
         let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
@@ -169,6 +193,23 @@ pub async fn delete_key(
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    if node.is_leaderless() {
+        check_key(&key)?;
+        let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
+        let context = super::causal::write_context(&headers)?;
+        let pq = path_and_query(&uri);
+        let write = replidb_causal::CausalWrite::Delete { context };
+        let (resp, _) = super::leaderless::write(
+            &node,
+            &key,
+            write,
+            &p,
+            &headers,
+            (Method::DELETE, &pq, Default::default()),
+        )
+        .await?;
+        return Ok(resp);
+    }
     if node.is_multi_leader() {
         check_key(&key)?;
         let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
@@ -252,7 +293,15 @@ pub async fn scan(
             n.engine
                 .table()
                 .scan(p.str("prefix").unwrap_or(""), p.str("start_after"), limit)?;
-        let list: Vec<Value> = items.iter().map(|(k, v)| versioned_json(k, v)).collect();
+        // A causal key holding only a tombstone is absent, as for a read.
+        let list: Vec<Value> = items
+            .iter()
+            .filter(|(_, v)| {
+                !(v.causal
+                    && replidb_causal::KeyState::decode(&v.value).is_ok_and(|s| s.is_absent()))
+            })
+            .map(|(k, v)| versioned_json(k, v))
+            .collect();
         Ok(Json(Value::Array(list)).into_response())
     })
     .await
@@ -297,7 +346,7 @@ pub async fn txn(
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
     let opts = write_opts(&node, &p)?;
-    if node.is_multi_leader() {
+    if node.is_multi_leader() || node.is_leaderless() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "not_supported",

@@ -10,6 +10,7 @@ mod admin;
 mod causal;
 mod error;
 mod kv;
+mod leaderless;
 mod ops;
 mod params;
 mod read;
@@ -76,6 +77,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/switchover", post(admin::switchover))
         .route("/internal/catch-up", post(ops::catch_up))
         .route("/internal/digest", get(ops::digest))
+        .route(
+            "/internal/replica",
+            get(leaderless::replica_get).post(leaderless::replica_put),
+        )
+        .route("/internal/hint", post(leaderless::hint_put))
+        .route("/internal/ae/leaves", get(leaderless::ae_leaves))
+        .route("/internal/ae/bucket", get(leaderless::ae_bucket))
         .route(
             replidb_replication::transport::REPLICATION_PATH,
             get(repl::upgrade),

@@ -146,6 +146,9 @@ pub fn status_of(node: &Node) -> Value {
     ]);
     doc["voting_set"] = json!(node.core.voting_set().urls());
     doc["topology"] = json!(node.config.topology.as_str());
+    if node.is_leaderless() {
+        doc["ring"] = super::leaderless::status(node);
+    }
     if node.is_multi_leader() {
         let origins: serde_json::Map<String, Value> = node
             .engine

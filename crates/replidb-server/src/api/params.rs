@@ -58,6 +58,7 @@ pub const READ_PARAMS: &[&str] = &[
     "max_staleness_ms",
     "min_lsn",
     "min_version",
+    "r",
     "wait_ms",
     "fallback",
     "format",

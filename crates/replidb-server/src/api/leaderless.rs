@@ -1,0 +1,540 @@
+//! Coordinating requests in the leaderless topology: any node takes a
+//! request; the key's replicas (its preference list on the ring) hold it.
+//!
+//! - **Writes** are coordinated by a replica of the key (a node that is
+//!   not one hands the request to the first replica that answers, as
+//!   Dynamo and Riak do): it makes the new version in its own log — so its
+//!   dot is unique and it has seen its own earlier versions — then sends
+//!   the key's whole new state to the other replicas and answers once W of
+//!   them (itself included) hold it durably. A replica that does not answer
+//!   gets a **hint** on the next node of the ring (sloppy quorum, counted
+//!   toward W) unless `--strict-quorum`.
+//! - **Reads** ask every replica, merge the first R answers, answer, and
+//!   push the merged state to the replicas that were behind (**read
+//!   repair**).
+//!
+//! States travel whole (never single versions): a replica that missed a
+//! version gets it with the next state it receives, so a causal context
+//! read from one replica never names a version another replica lacks.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use replidb_causal::{CausalWrite, KeyState, Operand};
+use replidb_engine::Proposal;
+use replidb_leaderless::Hint;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::params::{Params, WriteOpts};
+use super::write::{propose_with, read_body};
+use super::{ApiError, ApiResult, AppState};
+use crate::leaderless::{fetch_state, local_state, merge_locally, push_state, Leaderless};
+use crate::node::Node;
+
+/// Header naming the replicas that answered (or hold a write).
+pub const REPLICAS_HEADER: &str = "x-replidb-replicas";
+/// Set on a request a node hands to a replica-coordinator, so it is never
+/// handed on again.
+pub const COORDINATED_HEADER: &str = "x-replidb-coordinator-hop";
+
+fn lz(node: &Node) -> ApiResult<Arc<Leaderless>> {
+    node.leaderless
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("leaderless state missing"))
+}
+
+/// How many of `n` replicas `w=`/`r=` asks for: `1`, `k`, `quorum`
+/// (default; `majority` too) or `all`.
+pub fn quorum_param(p: &Params, name: &str, n: usize) -> ApiResult<usize> {
+    match p.str(name) {
+        None | Some("quorum") | Some("majority") => Ok(n / 2 + 1),
+        Some("all") => Ok(n),
+        Some(v) => match v.parse::<usize>() {
+            Ok(k) if (1..=n).contains(&k) => Ok(k),
+            _ => Err(ApiError::invalid_param(
+                name,
+                v,
+                &format!("1..={n}, quorum or all (this key has {n} replicas)"),
+            )),
+        },
+    }
+}
+
+fn set_header(resp: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+/// What one replica did with a write.
+enum Delivery {
+    /// It holds the state durably.
+    Stored(String),
+    /// It did not answer; a hint for it is on this node.
+    Hinted { owner: String, holder: String },
+    /// Neither it nor a fallback took it.
+    Failed(String),
+}
+
+/// Coordinate a write of `key`. `forward` describes the request, for
+/// handing it to a replica when this node is not one.
+pub async fn write(
+    node: &Arc<Node>,
+    key: &str,
+    write: CausalWrite,
+    p: &Params,
+    headers: &HeaderMap,
+    forward: (Method, &str, bytes::Bytes),
+) -> ApiResult<(Response, Option<KeyState>)> {
+    let lz = lz(node)?;
+    let pref = lz.preference_list(key);
+    if !pref.contains(&lz.me) {
+        return Ok((hand_to_replica(node, &pref, headers, forward).await?, None));
+    }
+    let n = pref.len();
+    let w = quorum_param(p, "w", n)?;
+    let timeout = p
+        .parse_as::<u64>("timeout_ms", "milliseconds")?
+        .map(Duration::from_millis)
+        .unwrap_or(node.config.default_write_timeout)
+        .min(Duration::from_millis(super::params::TIMEOUT_MS_MAX));
+    let policy = node.config.conflict_policy.policy_for(key);
+    let k = key.to_string();
+    let local_opts = WriteOpts {
+        w: replidb_core::WriteConcern::One,
+        timeout,
+    };
+    let (out, committed) = propose_with(
+        node,
+        move |epoch| Proposal::causal(k, write, policy, Some(epoch)),
+        key.to_string(),
+        local_opts,
+    )
+    .await?;
+    let state = committed
+        .state
+        .clone()
+        .ok_or_else(|| ApiError::internal("causal write without a state"))?;
+    let operand = Operand::State(state.clone()).encode();
+    // Fallbacks for hints: ring order after the preference list.
+    let fallbacks: Vec<String> = lz
+        .ring
+        .walk(key)
+        .into_iter()
+        .skip(n)
+        .map(String::from)
+        .collect();
+    let (tx, mut rx) = mpsc::channel::<Delivery>(n.max(1));
+    for (i, owner) in pref.iter().filter(|u| **u != lz.me).enumerate() {
+        let tx = tx.clone();
+        let http_node = node_handle(node);
+        let owner = owner.clone();
+        let key = key.to_string();
+        let operand = operand.clone();
+        // Each unreachable replica tries a different fallback first.
+        let mut order = fallbacks.clone();
+        let len = order.len();
+        if len > 0 {
+            order.rotate_left(i % len);
+        }
+        let sloppy = !node.config.strict_quorum;
+        // `--link-delay`: replicas far apart (demonstrations and tests).
+        let delay = if node.config.link_delay.is_zero() {
+            Duration::ZERO
+        } else {
+            node.config.link_delay.pick(rand::random::<f64>())
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let d = deliver(
+                &http_node,
+                &owner,
+                &key,
+                operand,
+                if sloppy { order } else { Vec::new() },
+            )
+            .await;
+            let _ = tx.send(d).await;
+        });
+    }
+    drop(tx);
+    let mut replicas = vec![lz.me.clone()];
+    let mut failed = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while replicas.len() < w {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Delivery::Stored(u))) => replicas.push(u),
+            Ok(Some(Delivery::Hinted { owner, holder })) => {
+                replicas.push(format!("{holder} (hint for {owner})"))
+            }
+            Ok(Some(Delivery::Failed(u))) => failed.push(u),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let met = replicas.len() >= w;
+    let mut body = json!({
+        "key": key,
+        "lsn": out.lsn.0,
+        "epoch": out.epoch,
+        "origin": node.config.id,
+        "acks": replicas.len(),
+        "w": w,
+        "committed": met,
+        "replicas": replicas,
+    });
+    if let Some(v) = &committed.version {
+        body["version"] = replidb_causal::vector::vector_json(v);
+    }
+    if let Some(e) = committed.existed {
+        body["existed"] = json!(e);
+    }
+    if !met {
+        body["error"] = json!({"code": "write_concern_timeout", "message": format!(
+            "{} of the key's {n} replicas hold the write, fewer than w={w}; it was not undone and will spread by hints, read repair and anti-entropy{}",
+            replicas.len(),
+            if failed.is_empty() { String::new() } else { format!(" (unreachable: {})", failed.join(", ")) })});
+    }
+    let status = if met {
+        StatusCode::OK
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    };
+    let mut resp = (status, Json(body)).into_response();
+    set_header(&mut resp, REPLICAS_HEADER, &replicas.join(", "));
+    let ctx = state.context();
+    if !ctx.is_empty() {
+        set_header(
+            &mut resp,
+            super::causal::CONTEXT_HEADER,
+            &replidb_causal::vector::encode_context(&ctx),
+        );
+    }
+    Ok((resp, Some(state)))
+}
+
+/// What the spawned deliveries need of the node.
+#[derive(Clone)]
+struct NodeHandle(Arc<Node>);
+
+fn node_handle(node: &Arc<Node>) -> NodeHandle {
+    NodeHandle(node.clone())
+}
+
+async fn deliver(
+    node: &NodeHandle,
+    owner: &str,
+    key: &str,
+    operand: Vec<u8>,
+    fallbacks: Vec<String>,
+) -> Delivery {
+    if push_state(&node.0, owner, key, operand.clone()).await {
+        return Delivery::Stored(owner.to_string());
+    }
+    for holder in fallbacks {
+        let r = node
+            .0
+            .http
+            .post(format!("{holder}/internal/hint"))
+            .query(&[("owner", owner), ("key", key)])
+            .body(operand.clone())
+            .timeout(crate::leaderless::INTERNAL_TIMEOUT)
+            .send()
+            .await;
+        if matches!(r, Ok(r) if r.status().is_success()) {
+            return Delivery::Hinted {
+                owner: owner.to_string(),
+                holder,
+            };
+        }
+    }
+    Delivery::Failed(owner.to_string())
+}
+
+/// Hand a write to the first replica of the key that answers.
+async fn hand_to_replica(
+    node: &Node,
+    pref: &[String],
+    headers: &HeaderMap,
+    (method, path_and_query, body): (Method, &str, bytes::Bytes),
+) -> ApiResult<Response> {
+    if headers.contains_key(COORDINATED_HEADER) {
+        return Err(ApiError::new(
+            StatusCode::LOOP_DETECTED,
+            "proxy_loop",
+            "a replica handed this write on again: the nodes' --peers or --replicas differ",
+        ));
+    }
+    for replica in pref {
+        let mut req = node
+            .http
+            .request(method.clone(), format!("{replica}{path_and_query}"))
+            .header(COORDINATED_HEADER, "1")
+            .body(body.clone());
+        for name in ["content-type", super::causal::CONTEXT_HEADER] {
+            if let Some(v) = headers.get(name) {
+                req = req.header(name, v.clone());
+            }
+        }
+        let Ok(r) = req.send().await else { continue };
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut out = Response::builder().status(status);
+        for (k, v) in r.headers() {
+            if k != "content-length" && k != "transfer-encoding" {
+                out = out.header(k, v);
+            }
+        }
+        let bytes = r.bytes().await.unwrap_or_default();
+        return out
+            .body(Body::from(bytes))
+            .map_err(|e| ApiError::internal(e.to_string()));
+    }
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_replica",
+        format!("none of the key's replicas answered: {}", pref.join(", ")),
+    );
+    e.retry_after_s = Some(1);
+    Err(e)
+}
+
+/// Read `key` from R replicas and merge; read-repair the ones behind.
+/// Returns the merged state and who answered.
+pub async fn read(
+    node: &Arc<Node>,
+    key: &str,
+    p: &Params,
+) -> ApiResult<(Option<KeyState>, Vec<String>)> {
+    let lz = lz(node)?;
+    let pref = lz.preference_list(key);
+    let r = quorum_param(p, "r", pref.len())?;
+    let wait = p
+        .parse_as::<u64>("wait_ms", "milliseconds")?
+        .map(Duration::from_millis)
+        .unwrap_or(crate::leaderless::INTERNAL_TIMEOUT)
+        .min(Duration::from_millis(super::params::WAIT_MS_MAX));
+    let (tx, mut rx) =
+        mpsc::channel::<(String, Result<Option<KeyState>, String>)>(pref.len().max(1));
+    for url in &pref {
+        let tx = tx.clone();
+        let url = url.clone();
+        let key = key.to_string();
+        if url == lz.me {
+            let _ = tx.send((url, Ok(local_state(node, &key)))).await;
+            continue;
+        }
+        let h = node_handle(node);
+        tokio::spawn(async move {
+            let got = fetch_state(&h.0, &url, &key).await;
+            let _ = tx.send((url, got)).await;
+        });
+    }
+    drop(tx);
+    let mut answers: Vec<(String, Option<KeyState>)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while answers.len() < r {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((u, Ok(s)))) => answers.push((u, s)),
+            Ok(Some((_, Err(_)))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if answers.len() < r {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_enough_replicas",
+            format!(
+                "{} of the key's {} replicas answered, fewer than r={r}",
+                answers.len(),
+                pref.len()
+            ),
+        );
+        e.retry_after_s = Some(1);
+        return Err(e);
+    }
+    let mut merged: Option<KeyState> = None;
+    for (_, s) in &answers {
+        if let Some(s) = s {
+            merged = Some(match merged {
+                None => s.clone(),
+                Some(m) => replidb_causal::merge(key, Some(m), Operand::State(s.clone())).state,
+            });
+        }
+    }
+    let answered: Vec<String> = answers.iter().map(|(u, _)| u.clone()).collect();
+    if let Some(m) = &merged {
+        // Read repair, in the background: the answers that were behind now,
+        // and the replicas that answer later.
+        let canon = m.canonical_bytes();
+        let behind: Vec<String> = answers
+            .iter()
+            .filter(|(_, s)| s.as_ref().map(KeyState::canonical_bytes) != Some(canon.clone()))
+            .map(|(u, _)| u.clone())
+            .collect();
+        let h = node_handle(node);
+        let key = key.to_string();
+        let operand = Operand::State(m.clone()).encode();
+        let lz = lz.clone();
+        tokio::spawn(async move {
+            let mut behind = behind;
+            while let Some((u, s)) = rx.recv().await {
+                if let Ok(s) = s {
+                    if s.as_ref().map(KeyState::canonical_bytes) != Some(canon.clone()) {
+                        behind.push(u);
+                    }
+                }
+            }
+            for u in behind {
+                let ok = if u == lz.me {
+                    merge_locally(&h.0, &key, operand.clone()).await.is_ok()
+                } else {
+                    push_state(&h.0, &u, &key, operand.clone()).await
+                };
+                if ok {
+                    lz.read_repairs.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("replidb_read_repairs_total", "node_id" => h.0.config.id.clone()).increment(1);
+                    tracing::debug!(replica = %u, %key, "read repair");
+                }
+            }
+        });
+    }
+    Ok((merged, answered))
+}
+
+/// `POST /internal/replica?key=K`: join a state from another replica.
+pub async fn replica_put(
+    State(node): State<AppState>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref(), &["key"])?;
+    let key = p
+        .str("key")
+        .ok_or_else(|| ApiError::bad_request("key is required"))?
+        .to_string();
+    super::kv::check_key(&key)?;
+    let limit = node
+        .config
+        .max_value_bytes
+        .saturating_mul(replidb_core::TXN_VALUES_MAX)
+        .max(1 << 20)
+        * (replidb_causal::SIBLINGS_MAX + 1);
+    let operand = read_body(body, limit).await?;
+    merge_locally(&node, &key, operand.to_vec())
+        .await
+        .map_err(|e| ApiError::bad_request(format!("state not merged: {e}")))?;
+    Ok(Json(json!({"key": key, "merged": true})).into_response())
+}
+
+/// `GET /internal/replica?key=K`: this node's state of `key` (encoded), or 404.
+pub async fn replica_get(
+    State(node): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref(), &["key"])?;
+    let key = p
+        .str("key")
+        .ok_or_else(|| ApiError::bad_request("key is required"))?;
+    match node.engine.table().get(key)? {
+        Some(v) if v.causal => Ok(Response::new(Body::from(v.value))),
+        _ => Err(ApiError::not_found(format!("no state for {key:?}"))),
+    }
+}
+
+/// `POST /internal/hint?owner=URL&key=K`: keep a state for a replica that
+/// did not answer (507 when the hint store is full).
+pub async fn hint_put(
+    State(node): State<AppState>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let lz = lz(&node)?;
+    let p = Params::parse(q.as_deref(), &["owner", "key"])?;
+    let (Some(owner), Some(key)) = (p.str("owner"), p.str("key")) else {
+        return Err(ApiError::bad_request("owner and key are required"));
+    };
+    super::kv::check_key(key)?;
+    let limit = node
+        .config
+        .max_value_bytes
+        .saturating_mul(replidb_core::TXN_VALUES_MAX)
+        .max(1 << 20)
+        * (replidb_causal::SIBLINGS_MAX + 1);
+    let operand = read_body(body, limit).await?;
+    Operand::decode(&operand).map_err(|e| ApiError::bad_request(format!("bad state: {e}")))?;
+    lz.hints.put(Hint::new(owner, key, &operand)).map_err(|e| {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "hints_full",
+            e.to_string(),
+        )
+    })?;
+    metrics::gauge!("replidb_hints_pending", "node_id" => node.config.id.clone())
+        .set(lz.hints.pending() as f64);
+    Ok(Json(json!({"hinted": true})).into_response())
+}
+
+/// `GET /internal/ae/leaves?peer=URL`: the hash-tree leaves of the keys
+/// this node and `peer` both replicate.
+pub async fn ae_leaves(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let lz = lz(&node)?;
+    let p = Params::parse(q.as_deref(), &["peer"])?;
+    let peer = p.str("peer").unwrap_or_default().to_string();
+    let node2 = node.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        crate::leaderless::shared_entries(&node2, &lz, &peer, None)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let leaves =
+        replidb_leaderless::antientropy::leaves(entries.iter().map(|(k, h)| (k.as_str(), *h)));
+    Ok(Json(leaves).into_response())
+}
+
+/// `GET /internal/ae/bucket?peer=URL&bucket=B`: key → entry hash of one leaf.
+pub async fn ae_bucket(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let lz = lz(&node)?;
+    let p = Params::parse(q.as_deref(), &["peer", "bucket"])?;
+    let peer = p.str("peer").unwrap_or_default().to_string();
+    let bucket = p
+        .parse_as::<usize>("bucket", "a leaf number")?
+        .filter(|b| *b < replidb_leaderless::antientropy::BUCKETS)
+        .ok_or_else(|| ApiError::bad_request("bucket is required and below the leaf count"))?;
+    let node2 = node.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        crate::leaderless::shared_entries(&node2, &lz, &peer, Some(bucket))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(entries).into_response())
+}
+
+/// What `/status` shows of the leaderless state.
+pub fn status(node: &Node) -> Value {
+    let Some(lz) = node.leaderless.get() else {
+        return Value::Null;
+    };
+    let (held, arcs) = lz.ring.arcs_held(&lz.me);
+    let last = *lz.last_round.lock().unwrap_or_else(|e| e.into_inner());
+    json!({
+        "members": lz.ring.members(),
+        "replicas": lz.ring.replicas(),
+        "vnodes_per_member": replidb_leaderless::VNODES_PER_MEMBER,
+        "arcs_held": held,
+        "arcs": arcs,
+        "share_held": held as f64 / arcs.max(1) as f64,
+        "strict_quorum": node.config.strict_quorum,
+        "hints_pending": lz.hints.pending(),
+        "hints_delivered": lz.hints_delivered.load(Ordering::Relaxed),
+        "read_repairs": lz.read_repairs.load(Ordering::Relaxed),
+        "antientropy_keys_repaired": lz.ae_keys_repaired.load(Ordering::Relaxed),
+        "last_anti_entropy": last.map(|(at, keys, peers)| json!({"at_ms": at, "keys_repaired": keys, "peers_compared": peers})),
+    })
+}

@@ -1,0 +1,302 @@
+//! The leaderless topology's node state: the ring, the hint store, repair
+//! counters, and the background loops that deliver hints and run
+//! anti-entropy. Coordination of requests is in `api::leaderless`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use replidb_causal::{KeyState, Operand};
+use replidb_core::Op;
+use replidb_engine::Proposal;
+use replidb_leaderless::{antientropy, HintStore, Ring};
+
+use crate::node::Node;
+use crate::ServerError;
+
+/// How often hints are offered to their owners.
+pub const HINT_DELIVERY_INTERVAL: Duration = Duration::from_millis(500);
+/// Keys read per page when a node walks its table (anti-entropy).
+pub const SCAN_PAGE_KEYS: usize = 1000;
+/// Longest an internal request between nodes may take.
+pub const INTERNAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Leaderless state of one node.
+pub struct Leaderless {
+    /// The ring over every member (this node included), by URL.
+    pub ring: Ring,
+    /// This node's URL as the ring knows it.
+    pub me: String,
+    /// Hints held for other nodes.
+    pub hints: HintStore,
+    /// Read repairs pushed since start.
+    pub read_repairs: AtomicU64,
+    /// Hints delivered since start.
+    pub hints_delivered: AtomicU64,
+    /// Keys anti-entropy repaired since start.
+    pub ae_keys_repaired: AtomicU64,
+    /// The last anti-entropy round: (wall ms at its end, keys repaired,
+    /// peers compared).
+    pub last_round: Mutex<Option<(u64, u64, usize)>>,
+}
+
+impl Leaderless {
+    /// State for `node`'s configuration.
+    pub fn open(node: &Node) -> Result<Leaderless, ServerError> {
+        let me = node.config.advertise().trim_end_matches('/').to_string();
+        let mut members: Vec<String> = node.config.peers.clone();
+        members.push(me.clone());
+        let ring = Ring::new(&members, node.config.replicas)
+            .map_err(|e| ServerError::Startup(format!("--peers: {e}")))?;
+        let hints = HintStore::open(&node.config.data_dir.join("hints"))
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        Ok(Leaderless {
+            ring,
+            me,
+            hints,
+            read_repairs: AtomicU64::new(0),
+            hints_delivered: AtomicU64::new(0),
+            ae_keys_repaired: AtomicU64::new(0),
+            last_round: Mutex::new(None),
+        })
+    }
+
+    /// The key's replicas, owned.
+    pub fn preference_list(&self, key: &str) -> Vec<String> {
+        self.ring
+            .preference_list(key)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// Join `operand` (a state from another replica) into the local table,
+/// durably: an `Op::Merge` record in this node's own log.
+pub async fn merge_locally(node: &Node, key: &str, operand: Vec<u8>) -> Result<(), String> {
+    Operand::decode(&operand).map_err(|e| e.to_string())?;
+    node.engine
+        .propose(Proposal::new(Op::Merge {
+            key: key.to_string(),
+            operand,
+        }))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// The causal state of `key` here.
+pub fn local_state(node: &Node, key: &str) -> Option<KeyState> {
+    node.engine
+        .table()
+        .get(key)
+        .ok()
+        .flatten()
+        .filter(|v| v.causal)
+        .and_then(|v| KeyState::decode(&v.value).ok())
+}
+
+/// Send `operand` for `key` to replica `url`; true when it made it durable.
+pub async fn push_state(node: &Node, url: &str, key: &str, operand: Vec<u8>) -> bool {
+    let r = node
+        .http
+        .post(format!("{url}/internal/replica"))
+        .query(&[("key", key)])
+        .body(operand)
+        .timeout(INTERNAL_TIMEOUT)
+        .send()
+        .await;
+    matches!(r, Ok(r) if r.status().is_success())
+}
+
+/// Fetch `key`'s state from replica `url`: `Ok(None)` when it has none,
+/// `Err` when it did not answer.
+pub async fn fetch_state(node: &Node, url: &str, key: &str) -> Result<Option<KeyState>, String> {
+    let r = node
+        .http
+        .get(format!("{url}/internal/replica"))
+        .query(&[("key", key)])
+        .timeout(INTERNAL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    match r.status().as_u16() {
+        404 => Ok(None),
+        200 => {
+            let b = r.bytes().await.map_err(|e| e.to_string())?;
+            KeyState::decode(&b).map(Some).map_err(|e| e.to_string())
+        }
+        s => Err(format!("{url} answered {s}")),
+    }
+}
+
+/// Deliver hints to their owners until shutdown.
+pub async fn deliver_hints(node: Arc<Node>, lz: Arc<Leaderless>) {
+    let mut tick = tokio::time::interval(HINT_DELIVERY_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (id, hint) in lz.hints.list() {
+            if push_state(&node, &hint.owner, &hint.key, hint.operand()).await {
+                if let Err(e) = lz.hints.remove(id) {
+                    tracing::warn!(error = %e, "delivered hint not removed");
+                    continue;
+                }
+                lz.hints_delivered.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("replidb_hints_delivered_total", "node_id" => node.config.id.clone()).increment(1);
+                tracing::debug!(owner = %hint.owner, key = %hint.key, "hint delivered");
+            }
+        }
+        metrics::gauge!("replidb_hints_pending", "node_id" => node.config.id.clone())
+            .set(lz.hints.pending() as f64);
+    }
+}
+
+/// Entry hashes of the keys this node holds that `peer` replicates too,
+/// in leaf `bucket` only if given.
+pub fn shared_entries(
+    node: &Node,
+    lz: &Leaderless,
+    peer: &str,
+    bucket: Option<usize>,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = match node
+            .engine
+            .table()
+            .scan("", after.as_deref(), SCAN_PAGE_KEYS)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "anti-entropy scan failed");
+                return out;
+            }
+        };
+        let Some(last) = page.last().map(|(k, _)| k.clone()) else {
+            return out;
+        };
+        for (k, v) in &page {
+            if !v.causal || !lz.ring.holds(peer, k) || !lz.ring.holds(&lz.me, k) {
+                continue;
+            }
+            if bucket.is_some_and(|b| antientropy::bucket_of(k) != b) {
+                continue;
+            }
+            if let Ok(state) = KeyState::decode(&v.value) {
+                out.insert(
+                    k.clone(),
+                    antientropy::entry_hash(k, &state.canonical_bytes()),
+                );
+            }
+        }
+        if page.len() < SCAN_PAGE_KEYS {
+            return out;
+        }
+        after = Some(last);
+    }
+}
+
+/// Run anti-entropy rounds every `--anti-entropy-interval` until shutdown.
+pub async fn anti_entropy(node: Arc<Node>, lz: Arc<Leaderless>) {
+    let mut tick = tokio::time::interval(node.config.anti_entropy_interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (repaired, peers) = anti_entropy_round(&node, &lz).await;
+        *lz.last_round.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((node.clock.now_ms(), repaired, peers));
+    }
+}
+
+/// One round against every other member: compare leaves, then the keys of
+/// differing leaves, and join the states of keys that differ on both sides.
+/// Returns (keys repaired, peers compared).
+pub async fn anti_entropy_round(node: &Node, lz: &Leaderless) -> (u64, usize) {
+    let mut repaired = 0;
+    let mut compared = 0;
+    for peer in lz.ring.members().iter().filter(|m| **m != lz.me) {
+        let mine = shared_entries(node, lz, peer, None);
+        let my_leaves = antientropy::leaves(mine.iter().map(|(k, h)| (k.as_str(), *h)));
+        let theirs: Vec<u64> = match node
+            .http
+            .get(format!("{peer}/internal/ae/leaves"))
+            .query(&[("peer", lz.me.as_str())])
+            .timeout(INTERNAL_TIMEOUT)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+            _ => continue,
+        };
+        compared += 1;
+        for b in antientropy::differing(&my_leaves, &theirs) {
+            let their_keys: BTreeMap<String, u64> = match node
+                .http
+                .get(format!("{peer}/internal/ae/bucket"))
+                .query(&[("peer", lz.me.as_str()), ("bucket", &b.to_string())])
+                .timeout(INTERNAL_TIMEOUT)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+                _ => continue,
+            };
+            let my_keys: BTreeMap<String, u64> = mine
+                .iter()
+                .filter(|(k, _)| antientropy::bucket_of(k) == b)
+                .map(|(k, h)| (k.clone(), *h))
+                .collect();
+            for key in antientropy::differing_keys(&my_keys, &their_keys) {
+                if repair_key(node, peer, &key).await {
+                    repaired += 1;
+                    lz.ae_keys_repaired.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("replidb_antientropy_keys_repaired_total", "node_id" => node.config.id.clone())
+                        .increment(1);
+                }
+            }
+        }
+    }
+    if repaired > 0 {
+        tracing::info!(keys = repaired, "anti-entropy repaired keys");
+    }
+    (repaired, compared)
+}
+
+/// Join `key`'s states here and on `peer`, and give each side what it
+/// lacks. True when either side changed.
+async fn repair_key(node: &Node, peer: &str, key: &str) -> bool {
+    let Ok(theirs) = fetch_state(node, peer, key).await else {
+        return false;
+    };
+    let mine = local_state(node, key);
+    let merged = match (&mine, &theirs) {
+        (None, None) => return false,
+        (Some(m), None) => m.clone(),
+        (None, Some(t)) => t.clone(),
+        (Some(m), Some(t)) => {
+            replidb_causal::merge(key, Some(m.clone()), Operand::State(t.clone())).state
+        }
+    };
+    let canon = merged.canonical_bytes();
+    let operand = Operand::State(merged).encode();
+    let mut changed = false;
+    if mine.as_ref().map(KeyState::canonical_bytes) != Some(canon.clone())
+        && merge_locally(node, key, operand.clone()).await.is_ok()
+    {
+        changed = true;
+    }
+    if theirs.as_ref().map(KeyState::canonical_bytes) != Some(canon)
+        && push_state(node, peer, key, operand).await
+    {
+        changed = true;
+    }
+    changed
+}

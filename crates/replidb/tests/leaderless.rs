@@ -1,0 +1,297 @@
+//! Leaderless with real processes on 127.0.0.1: quorum writes and reads on
+//! the ring, hinted handoff, read repair and anti-entropy each bringing a
+//! replica that missed writes up to date, siblings and counters.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, wait_until, Node};
+use serde_json::{json, Value};
+
+/// `n` leaderless nodes with `extra` arguments, N=3.
+async fn cluster(n: usize, extra: &[&str]) -> Vec<Node> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let mut args = vec![
+            "--topology",
+            "leaderless",
+            "--peers",
+            &peers,
+            "--replicas",
+            "3",
+            "--conflict-policy",
+            "cart:=siblings",
+        ];
+        args.extend_from_slice(extra);
+        nodes.push(Node::start_on(&format!("n{}", i + 1), *port, &args).await);
+    }
+    nodes
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap_or_default();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Whether the node at `url` holds a state for `key` (no read repair: the
+/// internal endpoint reads only that node).
+async fn holds(n: &Node, key: &str) -> bool {
+    let r = n
+        .http()
+        .get(n.at("/internal/replica"))
+        .query(&[("key", key)])
+        .send()
+        .await
+        .expect("replica get");
+    r.status().as_u16() == 200
+}
+
+/// The key's replicas, from an all-up write's answer.
+fn replicas_of(write: &Value) -> Vec<String> {
+    write["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn index_of(nodes: &[Node], url: &str) -> usize {
+    nodes.iter().position(|n| n.url() == url).expect("a member")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_writes_and_reads_on_any_node() {
+    let nodes = cluster(5, &[]).await;
+    for i in 0..20 {
+        let coord = &nodes[i % 5];
+        let (s, h, body) = send(
+            coord
+                .http()
+                .put(coord.at(&format!("/v1/kv/k{i}")))
+                .body(format!("v{i}")),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(
+            replicas_of(&body).len(),
+            2,
+            "w=quorum of 3 answers at 2: {body}"
+        );
+        assert!(h.contains_key("x-replidb-replicas"));
+        // Any node reads it at r=quorum (W + R > N).
+        let reader = &nodes[(i + 2) % 5];
+        let r = reader
+            .http()
+            .get(reader.at(&format!("/v1/kv/k{i}")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.headers().contains_key("x-replidb-replicas"));
+        assert_eq!(r.text().await.unwrap_or_default(), format!("v{i}"));
+    }
+    // w=all reaches every replica; w=4 is more than N.
+    let (s, _, body) = send(
+        nodes[0]
+            .http()
+            .put(nodes[0].at("/v1/kv/all?w=all"))
+            .body("x"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(replicas_of(&body).len(), 3);
+    let (s, _, _) = send(nodes[0].http().put(nodes[0].at("/v1/kv/all?w=4")).body("x")).await;
+    assert_eq!(s, 400);
+    // Counters add up exactly, whichever node coordinates.
+    for (i, n) in nodes.iter().enumerate() {
+        let (s, _, _) = send(
+            n.http()
+                .post(n.at("/v1/counter/likes"))
+                .json(&json!({"delta": i as i64 + 1})),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    for n in &nodes {
+        assert_eq!(n.get_json("/v1/counter/likes").await["value"], json!(15));
+    }
+    let s = nodes[0].status().await;
+    assert_eq!(s["topology"], "leaderless");
+    assert_eq!(s["ring"]["replicas"], 3);
+    assert_eq!(s["ring"]["members"].as_array().map(Vec::len), Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_to_a_siblings_key_come_back_together() {
+    let nodes = cluster(3, &[]).await;
+    let (a, b) = tokio::join!(
+        send(
+            nodes[0]
+                .http()
+                .put(nodes[0].at("/v1/kv/cart:1?w=all"))
+                .body("Book")
+        ),
+        send(
+            nodes[1]
+                .http()
+                .put(nodes[1].at("/v1/kv/cart:1?w=all"))
+                .body("Pen")
+        ),
+    );
+    assert_eq!((a.0, b.0), (200, 200));
+    let (s, h, body) = send(nodes[2].http().get(nodes[2].at("/v1/kv/cart:1?r=all"))).await;
+    assert_eq!(s, 300, "{body}");
+    let ctx = h["x-replidb-context"]
+        .to_str()
+        .expect("context")
+        .to_string();
+    let (s, _, _) = send(
+        nodes[2]
+            .http()
+            .put(nodes[2].at("/v1/kv/cart:1?w=all"))
+            .header("X-Replidb-Context", ctx)
+            .body("Book,Pen"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for n in &nodes {
+        let r = n
+            .http()
+            .get(n.at("/v1/kv/cart:1"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.unwrap_or_default(), "Book,Pen");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hint_is_delivered_when_the_replica_returns() {
+    let mut nodes = cluster(5, &[]).await;
+    let (_, _, first) = send(nodes[0].http().put(nodes[0].at("/v1/kv/h?w=all")).body("1")).await;
+    let reps = replicas_of(&first);
+    let down = index_of(&nodes, &reps[2]);
+    nodes[down].kill9();
+    let coord = index_of(&nodes, &reps[0]);
+    let (s, _, body) = send(
+        nodes[coord]
+            .http()
+            .put(nodes[coord].at("/v1/kv/h?w=all"))
+            .body("2"),
+    )
+    .await;
+    assert_eq!(
+        s, 200,
+        "a sloppy quorum takes a hint for the missing replica: {body}"
+    );
+    assert!(body["replicas"].to_string().contains("hint for"), "{body}");
+    nodes[down].restart().await;
+    wait_until(
+        "the hint reaches the returning replica",
+        Duration::from_secs(20),
+        || async {
+            let mut delivered = 0;
+            for n in nodes.iter().filter(|n| n.url() != nodes[down].url()) {
+                delivered += n.status().await["ring"]["hints_delivered"]
+                    .as_u64()
+                    .unwrap_or(0);
+            }
+            delivered >= 1
+        },
+    )
+    .await;
+    wait_until("no hints pending", Duration::from_secs(10), || async {
+        let mut pending = 0;
+        for n in nodes.iter() {
+            pending += n.status().await["ring"]["hints_pending"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        pending == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anti_entropy_repairs_a_replica_nobody_reads() {
+    let mut nodes = cluster(3, &["--strict-quorum", "--anti-entropy-interval", "300ms"]).await;
+    nodes[2].kill9();
+    for i in 0..10 {
+        let (s, _, body) = send(
+            nodes[0]
+                .http()
+                .put(nodes[0].at(&format!("/v1/kv/ae{i}?w=2")))
+                .body("x"),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    nodes[2].restart().await;
+    wait_until(
+        "anti-entropy brings every key to the returning replica",
+        Duration::from_secs(30),
+        || async {
+            for i in 0..10 {
+                if !holds(&nodes[2], &format!("ae{i}")).await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let mut repaired = 0;
+    for n in nodes.iter() {
+        repaired += n.status().await["ring"]["antientropy_keys_repaired"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    assert!(repaired >= 10, "{repaired}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_repairs_the_replica_that_was_behind() {
+    let mut nodes = cluster(3, &["--strict-quorum", "--anti-entropy-interval", "1h"]).await;
+    nodes[2].kill9();
+    let (s, _, body) = send(nodes[0].http().put(nodes[0].at("/v1/kv/rr?w=2")).body("x")).await;
+    assert_eq!(s, 200, "{body}");
+    nodes[2].restart().await;
+    assert!(!holds(&nodes[2], "rr").await);
+    // A read that asks every replica repairs the one that was behind.
+    let r = nodes[0]
+        .http()
+        .get(nodes[0].at("/v1/kv/rr?r=all"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    wait_until(
+        "read repair reaches the replica",
+        Duration::from_secs(10),
+        || async { holds(&nodes[2], "rr").await },
+    )
+    .await;
+    let mut repairs = 0;
+    for n in nodes.iter() {
+        repairs += n.status().await["ring"]["read_repairs"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    assert!(repairs >= 1);
+}
