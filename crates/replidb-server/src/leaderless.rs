@@ -39,6 +39,9 @@ pub struct Leaderless {
     /// The last anti-entropy round: (wall ms at its end, keys repaired,
     /// peers compared).
     pub last_round: Mutex<Option<(u64, u64, usize)>>,
+    /// Tombstones collected since start (by this node, as the first
+    /// replica of their keys).
+    pub tombstones_collected: AtomicU64,
 }
 
 impl Leaderless {
@@ -59,6 +62,7 @@ impl Leaderless {
             hints_delivered: AtomicU64::new(0),
             ae_keys_repaired: AtomicU64::new(0),
             last_round: Mutex::new(None),
+            tombstones_collected: AtomicU64::new(0),
         })
     }
 
@@ -211,6 +215,7 @@ pub async fn anti_entropy(node: Arc<Node>, lz: Arc<Leaderless>) {
             _ = tick.tick() => {}
         }
         let (repaired, peers) = anti_entropy_round(&node, &lz).await;
+        collect_tombstones(&node, &lz).await;
         *lz.last_round.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((node.clock.now_ms(), repaired, peers));
     }
@@ -299,4 +304,119 @@ async fn repair_key(node: &Node, peer: &str, key: &str) -> bool {
         changed = true;
     }
     changed
+}
+
+/// How long after its write a tombstone may be collected: long enough for
+/// anti-entropy to have carried it everywhere twice (Cassandra's
+/// `gc_grace_seconds` plays this part).
+pub fn tombstone_grace_ms(node: &Node) -> u64 {
+    (node.config.anti_entropy_interval.as_millis() as u64 * 2).max(1000)
+}
+
+/// Collect tombstones this node is the first replica of: a key whose every
+/// version is a delete older than the grace period is removed from every
+/// replica, but only when every replica holds exactly the same state and
+/// no node holds a hint for the key (a hint could bring back a version the
+/// tombstone superseded). A replica whose state changed in between refuses
+/// (`/internal/collect` checks the state's hash), and keeps the newer state.
+pub async fn collect_tombstones(node: &Node, lz: &Leaderless) {
+    let now = node.clock.now_ms();
+    let grace = tombstone_grace_ms(node);
+    let mut candidates = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let Ok(page) = node
+            .engine
+            .table()
+            .scan("", after.as_deref(), SCAN_PAGE_KEYS)
+        else {
+            return;
+        };
+        let Some(last) = page.last().map(|(k, _)| k.clone()) else {
+            break;
+        };
+        for (k, v) in &page {
+            if !v.causal || lz.ring.preference_list(k).first() != Some(&lz.me.as_str()) {
+                continue;
+            }
+            let Ok(KeyState::Register(r)) = KeyState::decode(&v.value) else {
+                continue;
+            };
+            let old = r
+                .versions
+                .iter()
+                .all(|v| v.is_tombstone() && v.hlc.wall_ms.saturating_add(grace) < now);
+            if old && !r.versions.is_empty() {
+                candidates.push((k.clone(), KeyState::Register(r).canonical_bytes()));
+            }
+        }
+        if page.len() < SCAN_PAGE_KEYS {
+            break;
+        }
+        after = Some(last);
+    }
+    for (key, canon) in candidates {
+        let pref = lz.preference_list(&key);
+        let mut agreed = true;
+        for u in pref.iter().filter(|u| **u != lz.me) {
+            match fetch_state(node, u, &key).await {
+                Ok(Some(s)) if s.canonical_bytes() == canon => {}
+                _ => {
+                    agreed = false;
+                    break;
+                }
+            }
+        }
+        if !agreed || hints_anywhere(node, lz, &key).await {
+            continue;
+        }
+        let hash = antientropy::entry_hash(&key, &canon).to_string();
+        let mut all = true;
+        for u in &pref {
+            let r = node
+                .http
+                .post(format!("{u}/internal/collect"))
+                .query(&[("key", key.as_str()), ("hash", hash.as_str())])
+                .timeout(INTERNAL_TIMEOUT)
+                .send()
+                .await;
+            all &= matches!(r, Ok(r) if r.status().is_success());
+        }
+        if all {
+            lz.tombstones_collected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%key, "tombstone collected on every replica");
+        }
+    }
+}
+
+/// Whether any member (this one included) holds a hint for `key`, or did
+/// not answer (then it might).
+async fn hints_anywhere(node: &Node, lz: &Leaderless, key: &str) -> bool {
+    for m in lz.ring.members() {
+        if *m == lz.me {
+            if lz.hints.list().iter().any(|(_, h)| h.key == key) {
+                return true;
+            }
+            continue;
+        }
+        let r = node
+            .http
+            .get(format!("{m}/internal/hints"))
+            .query(&[("key", key)])
+            .timeout(INTERNAL_TIMEOUT)
+            .send()
+            .await;
+        let pending = match r {
+            Ok(r) if r.status().is_success() => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["pending"].as_u64()),
+            _ => None,
+        };
+        if pending != Some(0) {
+            return true;
+        }
+    }
+    false
 }

@@ -535,6 +535,43 @@ pub fn status(node: &Node) -> Value {
         "hints_delivered": lz.hints_delivered.load(Ordering::Relaxed),
         "read_repairs": lz.read_repairs.load(Ordering::Relaxed),
         "antientropy_keys_repaired": lz.ae_keys_repaired.load(Ordering::Relaxed),
+        "tombstones_collected": lz.tombstones_collected.load(Ordering::Relaxed),
+        "tombstone_grace_ms": crate::leaderless::tombstone_grace_ms(node),
         "last_anti_entropy": last.map(|(at, keys, peers)| json!({"at_ms": at, "keys_repaired": keys, "peers_compared": peers})),
     })
+}
+
+/// `GET /internal/hints?key=K`: how many hints this node holds for `key`.
+pub async fn hints_for(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let lz = lz(&node)?;
+    let p = Params::parse(q.as_deref(), &["key"])?;
+    let key = p.str("key").unwrap_or_default();
+    let n = lz.hints.list().iter().filter(|(_, h)| h.key == key).count();
+    Ok(Json(json!({"key": key, "pending": n})).into_response())
+}
+
+/// `POST /internal/collect?key=K&hash=H`: remove `key` if its state here
+/// still hashes to `H` (a tombstone every replica holds); 409 otherwise.
+pub async fn collect(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref(), &["key", "hash"])?;
+    let (Some(key), Some(hash)) = (p.str("key"), p.parse_as::<u64>("hash", "an entry hash")?) else {
+        return Err(ApiError::bad_request("key and hash are required"));
+    };
+    let Some(state) = local_state(&node, key) else {
+        return Ok(Json(json!({"collected": true, "absent": true})).into_response());
+    };
+    let here = replidb_leaderless::antientropy::entry_hash(key, &state.canonical_bytes());
+    if here != hash || !state.is_absent() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "state_changed",
+            format!("{key:?} changed here since the tombstone was checked; kept"),
+        ));
+    }
+    node.engine
+        .propose(Proposal::new(replidb_core::Op::Delete {
+            key: key.to_string(),
+        }))
+        .await?;
+    Ok(Json(json!({"collected": true})).into_response())
 }

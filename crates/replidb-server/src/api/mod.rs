@@ -82,6 +82,8 @@ pub fn router(node: Arc<Node>) -> Router {
             get(leaderless::replica_get).post(leaderless::replica_put),
         )
         .route("/internal/hint", post(leaderless::hint_put))
+        .route("/internal/hints", get(leaderless::hints_for))
+        .route("/internal/collect", post(leaderless::collect))
         .route("/internal/ae/leaves", get(leaderless::ae_leaves))
         .route("/internal/ae/bucket", get(leaderless::ae_bucket))
         .route(
