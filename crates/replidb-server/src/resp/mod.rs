@@ -112,6 +112,8 @@ const _: () = assert!(
         <= replidb_wal::codec::RECORD_BYTES_MAX as usize
 );
 const _: () = assert!(RESP_INLINE_BYTES_MAX <= RESP_FRAME_SLACK_BYTES);
+// Shutdown takes every connection slot at once (`acquire_many` counts in u32).
+const _: () = assert!(RESP_CONNECTIONS_MAX <= u32::MAX as usize);
 
 /// Largest request in bytes for a node accepting values of
 /// `max_value_bytes`: as many values as an HTTP transaction may carry,
@@ -212,7 +214,8 @@ impl RespHandle {
     /// engine is not shut down under a command still writing.
     pub async fn stop(self) {
         self.stop.cancel();
-        let all = u32::try_from(RESP_CONNECTIONS_MAX).unwrap_or(u32::MAX);
+        // Every slot back means every connection has ended.
+        let all = RESP_CONNECTIONS_MAX as u32;
         let drained = tokio::time::timeout(RESP_SHUTDOWN_WAIT, self.slots.acquire_many(all)).await;
         if drained.is_err() {
             tracing::warn!("redis protocol connections still busy at shutdown");
