@@ -18,16 +18,20 @@ fn blob() -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
 }
 
-/// Values RESP2 can carry unchanged.
-fn resp2_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
+/// Scalars RESP2 can carry unchanged.
+fn resp2_leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
         line_text().prop_map(Value::Simple),
         line_text().prop_map(Value::Error),
         any::<i64>().prop_map(Value::Integer),
         blob().prop_map(Value::Bulk),
         Just(Value::Null),
-    ];
-    leaf.prop_recursive(4, 64, 8, |inner| {
+    ]
+}
+
+/// Values RESP2 can carry unchanged.
+fn resp2_value() -> impl Strategy<Value = Value> {
+    resp2_leaf().prop_recursive(4, 64, 8, |inner| {
         prop::collection::vec(inner, 0..8).prop_map(Value::Array)
     })
 }
@@ -40,11 +44,7 @@ fn resp3_value() -> impl Strategy<Value = Value> {
         Just(f64::NEG_INFINITY),
     ];
     let leaf = prop_oneof![
-        line_text().prop_map(Value::Simple),
-        line_text().prop_map(Value::Error),
-        any::<i64>().prop_map(Value::Integer),
-        blob().prop_map(Value::Bulk),
-        Just(Value::Null),
+        resp2_leaf(),
         any::<bool>().prop_map(Value::Boolean),
         double.prop_map(Value::Double),
         "-?[0-9]{1,60}".prop_map(Value::BigNumber),
