@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests need, installed only when missing. Installing
 # `prometheus` may start its service; the tests only use its `promtool`.
-packages=(etcd-server prometheus)
+# `redis-tools` brings redis-cli and redis-benchmark for the Redis protocol
+# tests.
+packages=(etcd-server prometheus redis-tools)
 if ((${#packages[@]})); then
     missing=()
     for p in "${packages[@]}"; do

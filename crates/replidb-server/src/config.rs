@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub id: String,
     /// Address the HTTP server binds (`--listen`).
     pub listen: SocketAddr,
+    /// Address the Redis protocol listener binds (`--resp-listen`); none
+    /// by default.
+    pub resp_listen: Option<SocketAddr>,
     /// URL other nodes and clients use to reach this node; defaults to
     /// `http://{listen}`.
     pub advertise_url: Option<String>,
@@ -143,6 +146,7 @@ impl NodeConfig {
         NodeConfig {
             id: id.into(),
             listen,
+            resp_listen: None,
             advertise_url: None,
             data_dir: data_dir.into(),
             follow: None,

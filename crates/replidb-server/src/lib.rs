@@ -7,6 +7,8 @@
 //! - [`metrics`]: the Prometheus recorder and state gauges.
 //! - [`embed`]: the embedding API ([`ReplicationManager`]) that the
 //!   `replidb server` command is built on.
+//! - [`resp`]: the Redis protocol listener (`--resp-listen`), another
+//!   driver of the same read and write paths.
 //!
 //! [`Server::bind`] binds the port and starts the node; [`Server::run`]
 //! serves until a shutdown future resolves, then stops cleanly (replication
@@ -18,6 +20,7 @@ pub mod embed;
 pub mod leaderless;
 pub mod metrics;
 pub mod node;
+pub mod resp;
 pub mod static_coord;
 
 pub use config::{CoordinatorKind, NodeConfig, Topology};
@@ -51,6 +54,8 @@ pub enum ServerError {
 pub struct Server {
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    /// The Redis protocol listener, when `resp_listen` is set.
+    resp: Option<resp::RespListener>,
 }
 
 impl Server {
@@ -68,14 +73,29 @@ impl Server {
             .local_addr()
             .map_err(|e| ServerError::Startup(e.to_string()))?;
         config.listen = local;
+        // Bound before the node starts, so a taken port fails start-up.
+        let resp = match config.resp_listen {
+            Some(addr) => Some(resp::RespListener::bind(addr).await?),
+            None => None,
+        };
+        config.resp_listen = resp.as_ref().map(resp::RespListener::local_addr);
         metrics::register_node_metrics(&config.id);
         let node = Node::start(config).await?;
-        Ok(Server { listener, node })
+        Ok(Server {
+            listener,
+            node,
+            resp,
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.node.config.listen
+    }
+
+    /// The address the Redis protocol listener bound, if any.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.node.config.resp_listen
     }
 
     /// The node.
@@ -90,6 +110,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         let node = self.node.clone();
         let app = api::router(node.clone());
+        let resp = self.resp.map(|r| r.serve(node.clone()));
         tracing::info!(node_id = %node.config.id, addr = %node.config.listen, role = node.role().name(), "serving");
         let stop = node.shutdown.clone();
         let stopping = node.clone();
@@ -107,6 +128,9 @@ impl Server {
                 }
             })
             .await;
+        if let Some(r) = resp {
+            r.stop().await;
+        }
         node.stop().await;
         tracing::info!(node_id = %node.config.id, "stopped");
         served.map_err(|e| ServerError::Startup(format!("server failed: {e}")))

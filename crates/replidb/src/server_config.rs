@@ -33,6 +33,9 @@ pub struct ServerOpts {
     /// Address to serve HTTP on, HOST:PORT.
     #[arg(long)]
     pub listen: Option<String>,
+    /// Address to serve the Redis protocol on, HOST:PORT (off by default).
+    #[arg(long)]
+    pub resp_listen: Option<String>,
     /// Directory for the WAL, the table and metadata.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -207,6 +210,7 @@ impl ServerOpts {
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
             health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
+            resp_listen,
         );
         self
     }
@@ -233,6 +237,10 @@ impl ServerOpts {
         let data_dir = required("data_dir", self.data_dir)?;
         let mut c = NodeConfig::new(id, listen, data_dir);
 
+        if let Some(addr) = self.resp_listen {
+            c.resp_listen =
+                Some(parse_listen(&addr).map_err(|e| invalid("resp_listen", e.message))?);
+        }
         c.follow = self.follow;
         c.advertise_url = self.advertise_url;
         if let Some(k) = self.coordinator {
@@ -715,6 +723,21 @@ mod tests {
         base(&["--heartbeat-interval", "999ms"]).unwrap();
         base(&["--backoff-base", "1s", "--backoff-max", "1s"]).unwrap();
         base(&["--cluster-size", "3", "--default-w", "3"]).unwrap();
+    }
+
+    #[test]
+    fn resp_listen_from_flag_or_file() {
+        assert_eq!(base(&[]).unwrap().resp_listen, None);
+        let c = base(&["--resp-listen", "127.0.0.1:6379"]).unwrap();
+        assert_eq!(c.resp_listen, Some("127.0.0.1:6379".parse().unwrap()));
+        let file = ServerOpts::from_toml("resp_listen = \"127.0.0.1:6380\"").unwrap();
+        let c = flags(&["--id", "a", "--listen", "127.0.0.1:1", "--data-dir", "d"])
+            .or_file(file)
+            .into_node_config()
+            .unwrap();
+        assert_eq!(c.resp_listen, Some("127.0.0.1:6380".parse().unwrap()));
+        let err = base(&["--resp-listen", "nowhere"]).unwrap_err();
+        assert_eq!(err.field, "resp_listen");
     }
 
     #[test]

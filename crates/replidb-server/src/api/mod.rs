@@ -24,6 +24,11 @@ pub use error::{ApiError, ApiResult};
 pub use ops::{health_of, status_of};
 pub use params::WriteOpts;
 pub use write::{propose, WriteOutcome};
+// The Redis protocol listener (`crate::resp`) drives the same read and
+// write paths.
+pub use kv::TXN_OPS_MAX;
+pub use params::{Params, ReadOpts, READ_PARAMS, TIMEOUT_MS_MAX};
+pub use read::{confirm_strong, plan, Plan};
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -124,7 +124,16 @@ pub async fn propose_with(
             expected,
             actual,
             as_of,
-        }) => return Err(condition_failed(&leader, key, expected, actual, as_of, opts).await),
+        }) => {
+            // The state the condition was checked against may still be in
+            // the group being fsynced. The leader's own copy counts for the
+            // write concern only once durable, and its fsync wakes no
+            // waiter of follower acks: without this wait a single node (or
+            // one whose followers are quiet) sat out the whole timeout
+            // before answering 409. Applied, so a retry reads that state.
+            node.engine.wait_applied(as_of, opts.timeout).await;
+            return Err(condition_failed(&leader, key, expected, actual, as_of, opts).await);
+        }
         Err(e) => return Err(e.into()),
     };
     tracing::debug!(node_id = %node.config.id, key = %key_for_log, lsn = %committed.lsn, "write persisted");

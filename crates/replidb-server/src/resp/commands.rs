@@ -1,0 +1,317 @@
+//! The command table and dispatch. One table serves the dispatcher (name
+//! and arity), `COMMAND` (Redis' command info: arity, flags, key
+//! positions) and `COMMAND DOCS` (summary, group), so what the node says
+//! it supports is what it executes.
+
+use bytes::Bytes;
+use replidb_resp::Value;
+
+use super::conn::Session;
+use super::error::{RespError, RespResult};
+use super::{keys, replication, scan, session, Shared};
+
+/// What a command does; the dispatcher's `match` arm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Ping,
+    Echo,
+    Hello,
+    Auth,
+    Select,
+    Quit,
+    Command,
+    Client,
+    Config,
+    Info,
+    Role,
+    Wait,
+    Get,
+    Set,
+    Del,
+    Exists,
+    Type,
+    Mget,
+    Mset,
+    Incr,
+    IncrBy,
+    Decr,
+    DecrBy,
+    Scan,
+    DbSize,
+}
+
+/// One supported command, as Redis describes commands.
+pub(crate) struct Spec {
+    /// Lowercase name.
+    pub name: &'static str,
+    /// Argument count with the name; negative: at least that many.
+    pub arity: i64,
+    /// Redis' command flags (`write`, `readonly`, `fast`...).
+    pub flags: &'static [&'static str],
+    /// Position of the first key argument (0: none).
+    pub first_key: i64,
+    /// Position of the last key (-1: the last argument).
+    pub last_key: i64,
+    /// Step between keys (2 for `MSET`'s key/value pairs).
+    pub step: i64,
+    /// Redis' command group (`string`, `generic`, `connection`, `server`).
+    pub group: &'static str,
+    /// Redis version that introduced it.
+    pub since: &'static str,
+    /// One line, including how replidb maps it.
+    pub summary: &'static str,
+    /// Handler.
+    pub kind: Kind,
+}
+
+const WRITE: &[&str] = &["write", "denyoom"];
+const WRITE_FAST: &[&str] = &["write", "denyoom", "fast"];
+const READ: &[&str] = &["readonly"];
+const READ_FAST: &[&str] = &["readonly", "fast"];
+const CONN: &[&str] = &["noscript", "loading", "stale", "fast"];
+
+/// Every command the listener executes.
+// One command per line reads as a table; rustfmt would spread each over
+// eleven lines.
+#[rustfmt::skip]
+pub(crate) static COMMANDS: &[Spec] = &[
+    spec("ping", -1, CONN, 0, 0, 0, "connection", "1.0.0", "Returns PONG, or the argument.", Kind::Ping),
+    spec("echo", 2, CONN, 0, 0, 0, "connection", "1.0.0", "Returns the argument.", Kind::Echo),
+    spec("hello", -1, CONN, 0, 0, 0, "connection", "6.0.0", "Switches protocol (2 or 3) and describes the server.", Kind::Hello),
+    spec("auth", -2, CONN, 0, 0, 0, "connection", "1.0.0", "Authenticates; the node has no password, as Redis without requirepass.", Kind::Auth),
+    spec("select", 2, CONN, 0, 0, 0, "connection", "1.0.0", "Selects database 0, the only one.", Kind::Select),
+    spec("quit", -1, CONN, 0, 0, 0, "connection", "1.0.0", "Closes the connection.", Kind::Quit),
+    spec("command", -1, &["loading", "stale"], 0, 0, 0, "server", "2.8.13", "Describes the commands (COMMAND, COUNT, DOCS, INFO, LIST).", Kind::Command),
+    spec("client", -2, &["loading", "stale"], 0, 0, 0, "connection", "2.4.0", "SETNAME, GETNAME, SETINFO, ID, INFO of this connection.", Kind::Client),
+    spec("config", -2, &["loading", "stale"], 0, 0, 0, "server", "2.0.0", "CONFIG GET answers an empty list: configure replidb with flags or its file.", Kind::Config),
+    spec("info", -1, &["loading", "stale"], 0, 0, 0, "server", "1.0.0", "Server, clients, persistence, replication (offsets are LSNs), keyspace.", Kind::Info),
+    spec("role", 1, &["noscript", "loading", "stale", "fast"], 0, 0, 0, "server", "2.8.12", "master or slave, with LSNs as offsets.", Kind::Role),
+    spec("wait", 3, &["noscript"], 0, 0, 0, "generic", "3.0.0", "Waits until N followers hold this connection's last write durably.", Kind::Wait),
+    spec("get", 2, READ_FAST, 1, 1, 1, "string", "1.0.0", "Reads a key at the node's default consistency.", Kind::Get),
+    spec("set", -3, WRITE, 1, 1, 1, "string", "1.0.0", "Writes a key (NX, XX, GET; no expiry) through the leader's write path.", Kind::Set),
+    spec("del", -2, &["write"], 1, -1, 1, "generic", "1.0.0", "Deletes keys in one atomic batch; answers how many existed.", Kind::Del),
+    spec("exists", -2, READ_FAST, 1, -1, 1, "generic", "3.0.3", "Counts the given keys that exist.", Kind::Exists),
+    spec("type", 2, READ_FAST, 1, 1, 1, "generic", "1.0.0", "string, or none.", Kind::Type),
+    spec("mget", -2, READ_FAST, 1, -1, 1, "string", "1.0.0", "Reads several keys.", Kind::Mget),
+    spec("mset", -3, WRITE, 1, -1, 2, "string", "1.0.1", "Writes several keys in one atomic batch.", Kind::Mset),
+    spec("incr", 2, WRITE_FAST, 1, 1, 1, "string", "1.0.0", "Adds 1, atomically (compare-and-set on the key's LSN).", Kind::Incr),
+    spec("incrby", 3, WRITE_FAST, 1, 1, 1, "string", "1.0.0", "Adds N, atomically (compare-and-set on the key's LSN).", Kind::IncrBy),
+    spec("decr", 2, WRITE_FAST, 1, 1, 1, "string", "1.0.0", "Subtracts 1, atomically (compare-and-set on the key's LSN).", Kind::Decr),
+    spec("decrby", 3, WRITE_FAST, 1, 1, 1, "string", "1.0.0", "Subtracts N, atomically (compare-and-set on the key's LSN).", Kind::DecrBy),
+    spec("scan", -2, READ, 0, 0, 0, "generic", "2.8.0", "Iterates keys in key order (MATCH, COUNT, TYPE).", Kind::Scan),
+    spec("dbsize", 1, READ_FAST, 0, 0, 0, "server", "1.0.0", "Counts the keys.", Kind::DbSize),
+];
+
+#[allow(clippy::too_many_arguments)]
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    first_key: i64,
+    last_key: i64,
+    step: i64,
+    group: &'static str,
+    since: &'static str,
+    summary: &'static str,
+    kind: Kind,
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        flags,
+        first_key,
+        last_key,
+        step,
+        group,
+        since,
+        summary,
+        kind,
+    }
+}
+
+/// The command named `name`, case-insensitively.
+pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    COMMANDS
+        .iter()
+        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Execute one request and return its answer (an error value on failure).
+pub(crate) async fn execute(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Value {
+    match dispatch(shared, session, args).await {
+        Ok(v) => v,
+        Err(e) => e.to_value(),
+    }
+}
+
+async fn dispatch(shared: &Shared, session: &mut Session, args: &[Bytes]) -> RespResult<Value> {
+    let Some(name) = args.first() else {
+        return Err(RespError::Syntax);
+    };
+    let Some(spec) = lookup(name) else {
+        return Err(unknown_command(args));
+    };
+    let arity_ok = if spec.arity >= 0 {
+        args.len() as i64 == spec.arity
+    } else {
+        args.len() as i64 >= -spec.arity
+    };
+    if !arity_ok {
+        return Err(RespError::WrongArity(spec.name.to_string()));
+    }
+    // Handlers index `args` up to the arity checked here, so a short
+    // request can never reach one.
+    match spec.kind {
+        Kind::Ping => session::ping(args),
+        Kind::Echo => Ok(Value::Bulk(args[1].clone())),
+        Kind::Hello => session::hello(shared, session, args),
+        Kind::Auth => session::auth(args),
+        Kind::Select => session::select(args),
+        Kind::Quit => {
+            session.closing = true;
+            Ok(Value::ok())
+        }
+        Kind::Command => command(args),
+        Kind::Client => session::client(session, args),
+        Kind::Config => session::config(args),
+        Kind::Info => replication::info(shared, args),
+        Kind::Role => replication::role(shared),
+        Kind::Wait => replication::wait(shared, session, args).await,
+        Kind::Get => keys::get(shared, args).await,
+        Kind::Set => keys::set(shared, session, args).await,
+        Kind::Del => keys::del(shared, session, args).await,
+        Kind::Exists => keys::exists(shared, args).await,
+        Kind::Type => keys::key_type(shared, args).await,
+        Kind::Mget => keys::mget(shared, args).await,
+        Kind::Mset => keys::mset(shared, session, args).await,
+        Kind::Incr => keys::incr_by(shared, session, &args[1], 1).await,
+        Kind::Decr => keys::incr_by(shared, session, &args[1], -1).await,
+        Kind::IncrBy => {
+            let by = keys::parse_int(&args[2]).ok_or(RespError::NotInteger)?;
+            keys::incr_by(shared, session, &args[1], by).await
+        }
+        Kind::DecrBy => {
+            let by = keys::parse_int(&args[2]).ok_or(RespError::NotInteger)?;
+            // -i64::MIN does not exist; Redis refuses it the same way.
+            let by = by.checked_neg().ok_or(RespError::Overflow)?;
+            keys::incr_by(shared, session, &args[1], by).await
+        }
+        Kind::Scan => scan::scan(shared, args).await,
+        Kind::DbSize => scan::dbsize(shared).await,
+    }
+}
+
+/// Longest piece of client input quoted back in an error.
+const QUOTED_BYTES_MAX: usize = 128;
+
+/// `s` as text for an error message, shortened.
+pub(crate) fn quoted(s: &[u8]) -> String {
+    let s = &s[..s.len().min(QUOTED_BYTES_MAX)];
+    String::from_utf8_lossy(s).into_owned()
+}
+
+fn unknown_command(args: &[Bytes]) -> RespError {
+    let name = args.first().map(|a| quoted(a)).unwrap_or_default();
+    let args = args
+        .iter()
+        .skip(1)
+        .take(3)
+        .map(|a| format!("'{}' ", quoted(a)))
+        .collect::<String>();
+    RespError::UnknownCommand { name, args }
+}
+
+/// `COMMAND`, `COMMAND COUNT|LIST|INFO [name...]|DOCS [name...]`.
+fn command(args: &[Bytes]) -> RespResult<Value> {
+    let Some(sub) = args.get(1) else {
+        return Ok(Value::Array(COMMANDS.iter().map(info_of).collect()));
+    };
+    let sub_upper = sub.to_ascii_uppercase();
+    let names = &args[2..];
+    match sub_upper.as_slice() {
+        b"COUNT" if names.is_empty() => Ok(Value::Integer(COMMANDS.len() as i64)),
+        b"LIST" => Ok(Value::Array(
+            COMMANDS.iter().map(|s| Value::bulk_str(s.name)).collect(),
+        )),
+        b"INFO" => Ok(Value::Array(if names.is_empty() {
+            COMMANDS.iter().map(info_of).collect()
+        } else {
+            names
+                .iter()
+                .map(|n| lookup(n).map(info_of).unwrap_or(Value::Null))
+                .collect()
+        })),
+        b"DOCS" => {
+            let chosen: Vec<&Spec> = if names.is_empty() {
+                COMMANDS.iter().collect()
+            } else {
+                names.iter().filter_map(|n| lookup(n)).collect()
+            };
+            Ok(Value::Map(
+                chosen
+                    .into_iter()
+                    .map(|s| (Value::bulk_str(s.name), docs_of(s)))
+                    .collect(),
+            ))
+        }
+        _ => Err(RespError::UnknownSubcommand {
+            command: "COMMAND",
+            sub: quoted(sub),
+        }),
+    }
+}
+
+/// Redis 7's command info: name, arity, flags, first key, last key, step,
+/// ACL categories, tips, key specs, subcommands.
+fn info_of(s: &Spec) -> Value {
+    Value::Array(vec![
+        Value::bulk_str(s.name),
+        Value::Integer(s.arity),
+        Value::Set(s.flags.iter().map(|f| Value::simple(*f)).collect()),
+        Value::Integer(s.first_key),
+        Value::Integer(s.last_key),
+        Value::Integer(s.step),
+        Value::Set(Vec::new()),
+        Value::Set(Vec::new()),
+        Value::Array(Vec::new()),
+        Value::Array(Vec::new()),
+    ])
+}
+
+/// `COMMAND DOCS` for one command: every key and value a bulk string
+/// (`redis-cli` asserts that when it builds its help from the answer).
+fn docs_of(s: &Spec) -> Value {
+    Value::Map(vec![
+        (Value::bulk_str("summary"), Value::bulk_str(s.summary)),
+        (Value::bulk_str("since"), Value::bulk_str(s.since)),
+        (Value::bulk_str("group"), Value::bulk_str(s.group)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_lowercase_and_found_in_any_case() {
+        for (i, s) in COMMANDS.iter().enumerate() {
+            assert_eq!(s.name, s.name.to_ascii_lowercase());
+            assert!(COMMANDS[..i].iter().all(|o| o.name != s.name), "{}", s.name);
+            assert!(std::ptr::eq(
+                lookup(s.name.to_uppercase().as_bytes()).unwrap(),
+                s
+            ));
+            assert!(s.arity != 0);
+        }
+        assert!(lookup(b"nosuch").is_none());
+    }
+
+    #[test]
+    fn unknown_commands_quote_a_bounded_prefix() {
+        let long = Bytes::from(vec![b'x'; 1000]);
+        let e = unknown_command(&[Bytes::from_static(b"FOO"), long.clone(), long]);
+        let text = e.to_string();
+        assert!(text.starts_with("ERR unknown command 'FOO', with args beginning with: 'xxx"));
+        assert!(text.len() < 400, "{}", text.len());
+    }
+}

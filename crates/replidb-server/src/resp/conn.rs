@@ -1,0 +1,113 @@
+//! One client connection: read what arrives, decode every complete
+//! request in it, execute them in order, and write the answers back
+//! together — which is all pipelining needs.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use replidb_core::Lsn;
+use replidb_resp::{encode, CommandDecoder, Protocol, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{commands, Shared, RESP_FLUSH_BYTES, RESP_READ_CHUNK_BYTES};
+
+/// What the server remembers about one connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Connection id (`CLIENT ID`, `HELLO`).
+    pub id: u64,
+    /// The peer's address (`CLIENT INFO`).
+    pub peer: SocketAddr,
+    /// RESP2 until `HELLO 3`.
+    pub proto: Protocol,
+    /// `CLIENT SETNAME`.
+    pub name: Option<String>,
+    /// LSN of this connection's last write: what `WAIT` waits for.
+    pub last_write: Lsn,
+    /// Set by `QUIT`: answer, then close.
+    pub closing: bool,
+}
+
+/// Serve one connection until the client leaves, a protocol error, or
+/// `stop` (the current command finishes first).
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    // Answers are batched per read already; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let mut session = Session {
+        id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+        peer,
+        proto: Protocol::Resp2,
+        name: None,
+        last_write: Lsn::ZERO,
+        closing: false,
+    };
+    if let Err(e) = run(&shared, &mut stream, &mut session, &stop).await {
+        tracing::debug!(peer = %peer, error = %e, "redis protocol connection ended");
+    }
+    shared.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    session: &mut Session,
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut decoder = CommandDecoder::new(shared.limits);
+    let mut input = BytesMut::with_capacity(RESP_READ_CHUNK_BYTES);
+    let mut output = BytesMut::with_capacity(RESP_READ_CHUNK_BYTES);
+    loop {
+        // Everything complete in the buffer, in order.
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(args)) => {
+                    let reply = commands::execute(shared, session, &args).await;
+                    encode(&reply, session.proto, &mut output);
+                    if session.closing {
+                        return stream.write_all(&output).await;
+                    }
+                    if output.len() >= RESP_FLUSH_BYTES {
+                        stream.write_all(&output).await?;
+                        output.clear();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let reply = Value::Error(format!("ERR Protocol error: {e}"));
+                    encode(&reply, session.proto, &mut output);
+                    return stream.write_all(&output).await;
+                }
+            }
+        }
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            output.clear();
+        }
+        input.reserve(RESP_READ_CHUNK_BYTES);
+        let read = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = stream.read_buf(&mut input) => r?,
+        };
+        if read == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Answer a connection over [`super::RESP_CONNECTIONS_MAX`] the way Redis
+/// does, and close it.
+pub(crate) async fn refuse(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+}

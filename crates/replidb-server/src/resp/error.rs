@@ -1,0 +1,140 @@
+//! Errors a command answers with. Each renders as a Redis error line: the
+//! first word is the code clients match on (`ERR`, `READONLY`, `NOPROTO`,
+//! `WRONGPASS`), the rest says what happened.
+
+use replidb_resp::Value;
+
+use crate::api::ApiError;
+
+/// Why a command was refused or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RespError {
+    /// No such command.
+    #[error("ERR unknown command '{name}', with args beginning with: {args}")]
+    UnknownCommand {
+        /// The name as sent (shortened).
+        name: String,
+        /// The first arguments, quoted (shortened).
+        args: String,
+    },
+    /// No such subcommand of a container command (`CLIENT`, `COMMAND`,
+    /// `CONFIG`).
+    #[error("ERR unknown subcommand '{sub}'. Try {command} HELP.")]
+    UnknownSubcommand {
+        /// `CLIENT`, `COMMAND`...
+        command: &'static str,
+        /// The subcommand as sent (shortened).
+        sub: String,
+    },
+    /// The argument count does not fit the command.
+    #[error("ERR wrong number of arguments for '{0}' command")]
+    WrongArity(String),
+    /// Options that do not parse or contradict each other.
+    #[error("ERR syntax error")]
+    Syntax,
+    /// An argument or a stored value that should be an integer is not.
+    #[error("ERR value is not an integer or out of range")]
+    NotInteger,
+    /// An increment past `i64`.
+    #[error("ERR increment or decrement would overflow")]
+    Overflow,
+    /// A key the node cannot store (empty, too long, not UTF-8).
+    #[error("ERR invalid key: {0}")]
+    InvalidKey(String),
+    /// A write sent to a follower.
+    #[error("READONLY You can't write against a read only replica. leader: {leader}")]
+    ReadOnly {
+        /// The leader's URL, or why none is known.
+        leader: String,
+    },
+    /// A feature replidb does not have (expiry, other databases...).
+    #[error("ERR {0}")]
+    Unsupported(String),
+    /// A request past one of the listener's limits.
+    #[error("ERR {0}")]
+    Limit(String),
+    /// `HELLO` with a protocol version other than 2 or 3.
+    #[error("NOPROTO unsupported protocol version")]
+    NoProto,
+    /// `AUTH password` while the node requires none.
+    #[error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")]
+    NoPassword,
+    /// `AUTH user password` for a user other than `default`.
+    #[error("WRONGPASS invalid username-password pair or user is disabled.")]
+    WrongPass,
+    /// `SELECT` of a database other than 0.
+    #[error("ERR DB index is out of range")]
+    DbIndex,
+    /// A `SCAN` cursor this node did not hand out (or has forgotten).
+    #[error("ERR invalid cursor")]
+    InvalidCursor,
+    /// `CLIENT SETNAME` with spaces or control characters.
+    #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
+    BadClientName,
+    /// `WAIT` on a follower.
+    #[error("ERR WAIT cannot be used with replica instances.")]
+    WaitOnReplica,
+    /// `WAIT` with a negative timeout.
+    #[error("ERR timeout is negative")]
+    NegativeTimeout,
+    /// A compare-and-set write whose condition failed: retried inside the
+    /// command, never sent to a client as is.
+    #[error("ERR condition failed")]
+    ConditionFailed,
+    /// A compare-and-set write that kept losing its race.
+    #[error(
+        "ERR key '{key}' changed under {attempts} attempts in a row; nothing was written, retry"
+    )]
+    Contention {
+        /// The key (one of them).
+        key: String,
+        /// Attempts made.
+        attempts: usize,
+    },
+    /// The write is durable on the leader but the node's default write
+    /// concern was not met in time.
+    #[error("ERR write_concern_timeout: the write is durable on the leader and {acks} node(s) in all, fewer than w={w} asks; it was not undone and may still replicate, or be rolled back by a failover")]
+    NotCommitted {
+        /// Nodes holding it.
+        acks: usize,
+        /// The concern.
+        w: String,
+    },
+    /// The node refused or failed (not leading any more, no quorum, fenced,
+    /// storage failure...): its API error code and message.
+    #[error("ERR {code}: {message}")]
+    Node {
+        /// The HTTP API's error code (`no_quorum`, `fenced`, ...).
+        code: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl RespError {
+    /// The error as a protocol value.
+    pub fn to_value(&self) -> Value {
+        Value::Error(self.to_string())
+    }
+}
+
+impl From<ApiError> for RespError {
+    fn from(e: ApiError) -> Self {
+        if e.code == "condition_failed" {
+            return RespError::ConditionFailed;
+        }
+        RespError::Node {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+impl From<replidb_storage::StorageError> for RespError {
+    fn from(e: replidb_storage::StorageError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+/// Result of a command.
+pub type RespResult<T> = Result<T, RespError>;

@@ -1,0 +1,211 @@
+//! Connection-level commands: `PING`, `HELLO`, `AUTH`, `SELECT`,
+//! `CLIENT`, `CONFIG`. None of them touches the data.
+
+use bytes::Bytes;
+use replidb_resp::{Protocol, Value};
+
+use super::commands::quoted;
+use super::conn::Session;
+use super::error::{RespError, RespResult};
+use super::keys::parse_int;
+use super::Shared;
+use crate::node::Role;
+
+/// The Redis version the listener presents itself as: the command set and
+/// replies follow Redis 7.2, and clients pick features by this number.
+pub(crate) const REDIS_VERSION: &str = "7.2.0";
+
+/// `PING [message]`.
+pub(crate) fn ping(args: &[Bytes]) -> RespResult<Value> {
+    match args {
+        [_] => Ok(Value::simple("PONG")),
+        [_, message] => Ok(Value::Bulk(message.clone())),
+        _ => Err(RespError::WrongArity("ping".into())),
+    }
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`:
+/// switch protocol, answer in the new one with what the server is.
+pub(crate) fn hello(shared: &Shared, session: &mut Session, args: &[Bytes]) -> RespResult<Value> {
+    let mut proto = session.proto;
+    let mut name = None;
+    if let Some(v) = args.get(1) {
+        proto = match parse_int(v) {
+            Some(2) => Protocol::Resp2,
+            Some(3) => Protocol::Resp3,
+            Some(_) => return Err(RespError::NoProto),
+            None => {
+                return Err(RespError::Unsupported(
+                    "Protocol version is not an integer or out of range".into(),
+                ))
+            }
+        };
+        let mut i = 2;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            match (opt.as_slice(), args.get(i + 1), args.get(i + 2)) {
+                (b"AUTH", Some(user), Some(pass)) => {
+                    check_user(user, pass)?;
+                    i += 3;
+                }
+                (b"SETNAME", Some(n), _) => {
+                    name = Some(client_name(n)?);
+                    i += 2;
+                }
+                _ => return Err(RespError::Syntax),
+            }
+        }
+    }
+    // Only now, with every option valid: a refused HELLO changes nothing.
+    session.proto = proto;
+    if name.is_some() {
+        session.name = name;
+    }
+    let role = match shared.node.role() {
+        Role::Leader(_) => "master",
+        Role::Follower(_) => "replica",
+    };
+    Ok(Value::Map(vec![
+        (Value::bulk_str("server"), Value::bulk_str("redis")),
+        (Value::bulk_str("version"), Value::bulk_str(REDIS_VERSION)),
+        (Value::bulk_str("proto"), Value::Integer(proto.version())),
+        (Value::bulk_str("id"), Value::Integer(session.id as i64)),
+        (Value::bulk_str("mode"), Value::bulk_str("standalone")),
+        (Value::bulk_str("role"), Value::bulk_str(role)),
+        (Value::bulk_str("modules"), Value::Array(Vec::new())),
+    ]))
+}
+
+/// `AUTH [username] password`. The node has no password yet, so it
+/// behaves as Redis does without `requirepass`: a bare password is an
+/// error (the client is misconfigured), the `default` user is accepted.
+pub(crate) fn auth(args: &[Bytes]) -> RespResult<Value> {
+    match args {
+        [_, _password] => Err(RespError::NoPassword),
+        [_, user, pass] => check_user(user, pass).map(|()| Value::ok()),
+        _ => Err(RespError::Syntax),
+    }
+}
+
+fn check_user(user: &[u8], _password: &[u8]) -> RespResult<()> {
+    if user == b"default" {
+        Ok(())
+    } else {
+        Err(RespError::WrongPass)
+    }
+}
+
+/// `SELECT 0`: replidb has one keyspace.
+pub(crate) fn select(args: &[Bytes]) -> RespResult<Value> {
+    match parse_int(&args[1]) {
+        Some(0) => Ok(Value::ok()),
+        Some(_) => Err(RespError::DbIndex),
+        None => Err(RespError::NotInteger),
+    }
+}
+
+/// Longest client name kept.
+const CLIENT_NAME_BYTES_MAX: usize = 256;
+
+/// A client name: printable ASCII without spaces, as Redis requires.
+fn client_name(raw: &[u8]) -> RespResult<String> {
+    if raw.len() > CLIENT_NAME_BYTES_MAX || !raw.iter().all(|b| (b'!'..=b'~').contains(b)) {
+        return Err(RespError::BadClientName);
+    }
+    Ok(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// `CLIENT SETNAME|GETNAME|SETINFO|ID|INFO`.
+pub(crate) fn client(session: &mut Session, args: &[Bytes]) -> RespResult<Value> {
+    let sub = args[1].to_ascii_uppercase();
+    match (sub.as_slice(), args.len()) {
+        (b"SETNAME", 3) => {
+            let name = client_name(&args[2])?;
+            // An empty name clears it, as in Redis.
+            session.name = (!name.is_empty()).then_some(name);
+            Ok(Value::ok())
+        }
+        (b"GETNAME", 2) => Ok(match &session.name {
+            Some(n) => Value::bulk_str(n),
+            None => Value::Null,
+        }),
+        // Library name and version: accepted, nothing to do with them.
+        (b"SETINFO", 4) => Ok(Value::ok()),
+        (b"ID", 2) => Ok(Value::Integer(session.id as i64)),
+        (b"INFO", 2) => Ok(Value::Verbatim {
+            format: *b"txt",
+            text: Bytes::from(format!(
+                "id={} addr={} name={} db=0 resp={}\n",
+                session.id,
+                session.peer,
+                session.name.as_deref().unwrap_or(""),
+                session.proto.version()
+            )),
+        }),
+        _ => Err(RespError::UnknownSubcommand {
+            command: "CLIENT",
+            sub: quoted(&args[1]),
+        }),
+    }
+}
+
+/// `CONFIG GET pattern...` answers an empty list (the node is configured
+/// by flags and its file, not at run time); other subcommands are refused.
+pub(crate) fn config(args: &[Bytes]) -> RespResult<Value> {
+    if args[1].eq_ignore_ascii_case(b"GET") && args.len() >= 3 {
+        return Ok(Value::Map(Vec::new()));
+    }
+    if args[1].eq_ignore_ascii_case(b"SET") {
+        return Err(RespError::Unsupported(
+            "CONFIG SET is not supported: configure replidb with flags or its config file".into(),
+        ));
+    }
+    Err(RespError::UnknownSubcommand {
+        command: "CONFIG",
+        sub: quoted(&args[1]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<Bytes> {
+        a.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn auth_behaves_like_redis_without_a_password() {
+        assert!(matches!(
+            auth(&args(&["AUTH", "x"])),
+            Err(RespError::NoPassword)
+        ));
+        assert_eq!(auth(&args(&["AUTH", "default", "x"])).unwrap(), Value::ok());
+        assert!(matches!(
+            auth(&args(&["AUTH", "bob", "x"])),
+            Err(RespError::WrongPass)
+        ));
+    }
+
+    #[test]
+    fn select_only_zero() {
+        assert_eq!(select(&args(&["SELECT", "0"])).unwrap(), Value::ok());
+        assert!(matches!(
+            select(&args(&["SELECT", "1"])),
+            Err(RespError::DbIndex)
+        ));
+        assert!(matches!(
+            select(&args(&["SELECT", "x"])),
+            Err(RespError::NotInteger)
+        ));
+    }
+
+    #[test]
+    fn client_names_are_printable_without_spaces() {
+        assert!(client_name(b"app-1").is_ok());
+        assert!(client_name(b"a b").is_err());
+        assert!(client_name(b"a\nb").is_err());
+    }
+}

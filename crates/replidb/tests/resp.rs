@@ -1,0 +1,584 @@
+//! The Redis protocol listener (`--resp-listen`) end to end: real
+//! `replidb server` processes, the `redis` crate as the client (and raw
+//! sockets where the test must control the bytes), `redis-cli` and
+//! `redis-benchmark` when they are installed.
+//!
+//! Each node listens on `127.0.0.1:0` for the Redis protocol and the test
+//! reads the port it bound from the node's log line
+//! `msg="serving redis protocol" ... addr=HOST:PORT`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::{wait_for, wait_until, Cluster, Node};
+use redis::{Connection, RedisResult, Value};
+use replidb_resp::{encode_command, Limits, ValueDecoder};
+
+/// How long a client waits for an answer before the test fails.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Every node serves the Redis protocol on a port of its choosing.
+const RESP_ARGS: &[&str] = &["--resp-listen", "127.0.0.1:0"];
+
+/// The port `node` bound for the Redis protocol, from its log.
+async fn resp_port(node: &Node) -> u16 {
+    let log = node.log_path();
+    wait_for(
+        &format!("{} logs its redis protocol address", node.id),
+        Duration::from_secs(10),
+        async || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let line = text
+                .lines()
+                .rev()
+                .find(|l| l.contains("serving redis protocol"))?;
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))?;
+            addr.rsplit(':').next()?.parse().ok()
+        },
+    )
+    .await
+}
+
+/// A node serving the Redis protocol, and its port.
+async fn start(id: &str, extra: &[&str]) -> (Node, u16) {
+    let mut args = RESP_ARGS.to_vec();
+    args.extend_from_slice(extra);
+    let node = Node::start(id, &args).await;
+    let port = resp_port(&node).await;
+    (node, port)
+}
+
+/// A `redis` crate connection (RESP2, or RESP3 with `resp3`).
+fn connect(port: u16, resp3: bool) -> Connection {
+    let proto = if resp3 { "?protocol=resp3" } else { "" };
+    let client =
+        redis::Client::open(format!("redis://127.0.0.1:{port}/{proto}")).expect("redis url");
+    let con = client
+        .get_connection_with_timeout(REPLY_TIMEOUT)
+        .expect("connect to the redis protocol port");
+    con.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
+    con
+}
+
+fn cmd<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> RedisResult<T> {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(con)
+}
+
+/// Run a command that must succeed.
+fn ok<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
+    cmd(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Run a command that must fail; returns the error's text.
+fn err(con: &mut Connection, args: &[&str]) -> String {
+    match cmd::<Value>(con, args) {
+        Ok(v) => panic!("{args:?} should fail, answered {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Send `bytes` on a raw socket and decode `n` answers.
+fn raw(port: u16, bytes: &[u8], n: usize) -> (TcpStream, Vec<replidb_resp::Value>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
+    s.write_all(bytes).expect("send");
+    let mut dec = ValueDecoder::new(Limits::default());
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while out.len() < n {
+        while let Some(v) = dec.decode(&mut buf).expect("valid RESP from the node") {
+            out.push(v);
+        }
+        if out.len() >= n {
+            break;
+        }
+        let got = s.read(&mut chunk).expect("read answers");
+        assert!(
+            got > 0,
+            "connection closed after {} of {n} answers",
+            out.len()
+        );
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    (s, out)
+}
+
+fn bulk(s: &str) -> replidb_resp::Value {
+    replidb_resp::Value::bulk_str(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strings_keys_and_errors_on_one_node() {
+    let (node, port) = start("n1", &[]).await;
+    let mut c = connect(port, false);
+
+    assert_eq!(ok::<String>(&mut c, &["PING"]), "PONG");
+    assert_eq!(ok::<String>(&mut c, &["ECHO", "hi"]), "hi");
+    assert_eq!(ok::<String>(&mut c, &["SET", "greeting", "hello"]), "OK");
+    assert_eq!(ok::<String>(&mut c, &["GET", "greeting"]), "hello");
+    assert_eq!(ok::<Option<String>>(&mut c, &["GET", "missing"]), None);
+    // The same core as the HTTP API: what one writes the other reads.
+    let (status, body) = node.get_raw("greeting", "").await;
+    assert_eq!((status, body.as_slice()), (200, &b"hello"[..]));
+    node.put("from-http", "h").await;
+    assert_eq!(ok::<String>(&mut c, &["GET", "from-http"]), "h");
+
+    // Binary-safe values.
+    let binary: Vec<u8> = (0..=255).collect();
+    redis::cmd("SET")
+        .arg("bin")
+        .arg(&binary)
+        .query::<()>(&mut c)
+        .unwrap();
+    let back: Vec<u8> = redis::cmd("GET").arg("bin").query(&mut c).unwrap();
+    assert_eq!(back, binary);
+
+    // MSET is one batch; MGET, EXISTS, DEL count as Redis does.
+    assert_eq!(
+        ok::<String>(&mut c, &["MSET", "a", "1", "b", "2", "c", "3"]),
+        "OK"
+    );
+    let got: Vec<Option<String>> = ok(&mut c, &["MGET", "a", "nope", "c"]);
+    assert_eq!(got, vec![Some("1".into()), None, Some("3".into())]);
+    assert_eq!(ok::<i64>(&mut c, &["EXISTS", "a", "b", "b", "nope"]), 3);
+    assert_eq!(ok::<i64>(&mut c, &["DEL", "a", "b", "a", "nope"]), 2);
+    assert_eq!(ok::<i64>(&mut c, &["EXISTS", "a", "b"]), 0);
+    assert_eq!(ok::<String>(&mut c, &["TYPE", "c"]), "string");
+    assert_eq!(ok::<String>(&mut c, &["TYPE", "a"]), "none");
+    // greeting, from-http, bin, c.
+    assert_eq!(ok::<i64>(&mut c, &["DBSIZE"]), 4);
+
+    // SET options.
+    assert_eq!(ok::<Option<String>>(&mut c, &["SET", "c", "x", "NX"]), None);
+    assert_eq!(
+        ok::<Option<String>>(&mut c, &["SET", "new", "x", "XX"]),
+        None
+    );
+    assert_eq!(
+        ok::<Option<String>>(&mut c, &["SET", "new", "n1", "NX"]),
+        Some("OK".into())
+    );
+    assert_eq!(
+        ok::<Option<String>>(&mut c, &["SET", "new", "n2", "XX", "GET"]),
+        Some("n1".into())
+    );
+    assert_eq!(
+        ok::<Option<String>>(&mut c, &["SET", "fresh", "f", "GET"]),
+        None
+    );
+    assert_eq!(ok::<String>(&mut c, &["GET", "new"]), "n2");
+    let e = err(&mut c, &["SET", "k", "v", "EX", "10"]);
+    assert!(e.contains("do not expire"), "{e}");
+    let e = err(&mut c, &["SET", "k", "v", "NX", "XX"]);
+    assert!(e.contains("syntax error"), "{e}");
+
+    // Counters.
+    assert_eq!(ok::<i64>(&mut c, &["INCR", "n"]), 1);
+    assert_eq!(ok::<i64>(&mut c, &["INCRBY", "n", "41"]), 42);
+    assert_eq!(ok::<i64>(&mut c, &["DECR", "n"]), 41);
+    assert_eq!(ok::<i64>(&mut c, &["DECRBY", "n", "-9"]), 50);
+    assert_eq!(ok::<String>(&mut c, &["GET", "n"]), "50");
+    let e = err(&mut c, &["INCR", "greeting"]);
+    assert!(e.contains("value is not an integer or out of range"), "{e}");
+    let e = err(&mut c, &["INCRBY", "n", "1.5"]);
+    assert!(e.contains("not an integer"), "{e}");
+    ok::<String>(&mut c, &["SET", "big", &i64::MAX.to_string()]);
+    let e = err(&mut c, &["INCR", "big"]);
+    assert!(e.contains("overflow"), "{e}");
+
+    // Errors, Redis style, and the connection stays usable after each.
+    let e = err(&mut c, &["NOSUCH", "x"]);
+    assert!(e.contains("unknown command 'NOSUCH'"), "{e}");
+    let e = err(&mut c, &["GET"]);
+    assert!(e.contains("wrong number of arguments for 'get'"), "{e}");
+    let e = err(&mut c, &["SELECT", "1"]);
+    assert!(e.contains("DB index is out of range"), "{e}");
+    assert_eq!(ok::<String>(&mut c, &["SELECT", "0"]), "OK");
+    let e = err(&mut c, &["SET", "", "v"]);
+    assert!(e.contains("invalid key"), "{e}");
+    let e = err(&mut c, &["AUTH", "secret"]);
+    assert!(e.contains("without any password configured"), "{e}");
+    assert_eq!(ok::<String>(&mut c, &["PING"]), "PONG");
+
+    // Connection commands and introspection.
+    assert_eq!(ok::<String>(&mut c, &["CLIENT", "SETNAME", "tester"]), "OK");
+    assert_eq!(ok::<String>(&mut c, &["CLIENT", "GETNAME"]), "tester");
+    let n: i64 = ok(&mut c, &["COMMAND", "COUNT"]);
+    let listed: Vec<Value> = ok(&mut c, &["COMMAND"]);
+    assert_eq!(listed.len() as i64, n);
+    let config: Vec<String> = ok(&mut c, &["CONFIG", "GET", "save"]);
+    assert!(config.is_empty());
+    let info: String = ok(&mut c, &["INFO"]);
+    for want in [
+        "redis_version:",
+        "role:master",
+        "connected_slaves:0",
+        "db0:keys=",
+    ] {
+        assert!(info.contains(want), "INFO lacks {want}: {info}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_incr_from_many_connections_sums_exactly() {
+    const CONNECTIONS: usize = 8;
+    const INCRS: usize = 60;
+    let (_node, port) = start("n1", &[]).await;
+    let barrier = Arc::new(Barrier::new(CONNECTIONS));
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(port, i % 2 == 1);
+                barrier.wait();
+                for _ in 0..INCRS {
+                    // Half INCR, half INCRBY 2 then DECR: both are
+                    // read-modify-writes that must not lose an update.
+                    if i % 2 == 0 {
+                        ok::<i64>(&mut c, &["INCR", "counter"]);
+                    } else {
+                        ok::<i64>(&mut c, &["INCRBY", "counter", "2"]);
+                        ok::<i64>(&mut c, &["DECR", "counter"]);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let mut c = connect(port, false);
+    assert_eq!(
+        ok::<i64>(&mut c, &["GET", "counter"]),
+        (CONNECTIONS * INCRS) as i64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_walks_every_key_once_in_key_order() {
+    let (_node, port) = start("n1", &[]).await;
+    let mut c = connect(port, false);
+    let mut want = Vec::new();
+    for batch in 0..5 {
+        let mut mset = redis::cmd("MSET");
+        for i in 0..50 {
+            let k = format!("user:{:04}", batch * 50 + i);
+            mset.arg(&k).arg(i);
+            want.push(k);
+        }
+        mset.arg(format!("other:{batch}")).arg("x");
+        mset.query::<()>(&mut c).unwrap();
+    }
+
+    // Small COUNTs force many cursors; MATCH filters; every key once.
+    let mut cursor = "0".to_string();
+    let mut seen: Vec<String> = Vec::new();
+    let mut calls = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) =
+            ok(&mut c, &["SCAN", &cursor, "MATCH", "user:*", "COUNT", "17"]);
+        seen.extend(keys);
+        calls += 1;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+        assert!(calls < 100, "SCAN never ends");
+    }
+    assert_eq!(seen, want, "every user key once, in key order");
+    assert!(calls > 10, "COUNT 17 over 250 keys took {calls} calls");
+
+    // Without MATCH: all 255 keys; a pattern with a class.
+    let all: Vec<String> = scan_all(&mut c, &[]);
+    assert_eq!(all.len(), 255);
+    let some: Vec<String> = scan_all(&mut c, &["MATCH", "other:[13]"]);
+    assert_eq!(some, vec!["other:1", "other:3"]);
+    assert_eq!(scan_all(&mut c, &["TYPE", "hash"]), Vec::<String>::new());
+
+    let e = err(&mut c, &["SCAN", "12345"]);
+    assert!(e.contains("invalid cursor"), "{e}");
+    let e = err(&mut c, &["SCAN", "0", "COUNT", "0"]);
+    assert!(e.contains("syntax error"), "{e}");
+}
+
+fn scan_all(c: &mut Connection, opts: &[&str]) -> Vec<String> {
+    let mut cursor = "0".to_string();
+    let mut out = Vec::new();
+    loop {
+        let mut args = vec!["SCAN", cursor.as_str()];
+        args.extend_from_slice(opts);
+        let (next, keys): (String, Vec<String>) = ok(c, &args);
+        out.extend(keys);
+        if next == "0" {
+            return out;
+        }
+        cursor = next;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_3_switches_the_connection_to_resp3() {
+    let (_node, port) = start("n1", &[]).await;
+    // The client sends HELLO 3 itself when asked for RESP3.
+    let mut c = connect(port, true);
+    let hello: Value = ok(&mut c, &["HELLO", "3"]);
+    let Value::Map(fields) = hello else {
+        panic!("HELLO 3 answers a map, got {hello:?}");
+    };
+    let proto = fields
+        .iter()
+        .find(|(k, _)| *k == Value::BulkString(b"proto".to_vec()))
+        .map(|(_, v)| v.clone());
+    assert_eq!(proto, Some(Value::Int(3)));
+    assert_eq!(ok::<Value>(&mut c, &["GET", "missing"]), Value::Nil);
+    assert!(matches!(
+        ok::<Value>(&mut c, &["INFO"]),
+        Value::VerbatimString { .. }
+    ));
+    assert!(matches!(ok::<Value>(&mut c, &["CONFIG", "GET", "*"]), Value::Map(m) if m.is_empty()));
+
+    // On the wire: RESP2 until HELLO 3, RESP3 after, and HELLO's own
+    // answer already in RESP3; an unknown version changes nothing.
+    let mut req = BytesMut::new();
+    for args in [
+        &["GET", "missing"][..],
+        &["HELLO", "4"],
+        &["GET", "missing"],
+        &["HELLO", "3"],
+        &["GET", "missing"],
+    ] {
+        encode_command(args, &mut req);
+    }
+    let (_s, answers) = raw(port, &req, 5);
+    use replidb_resp::Value as V;
+    assert_eq!(answers[0], V::Null, "RESP2 null");
+    assert_eq!(answers[1], V::error("NOPROTO unsupported protocol version"));
+    assert!(matches!(&answers[3], V::Map(_)), "{:?}", answers[3]);
+    assert_eq!(answers[4], V::Null, "RESP3 null");
+    // Tell the two nulls apart: decode the bytes themselves.
+    let mut req = BytesMut::new();
+    encode_command(&["GET", "missing"], &mut req);
+    encode_command(&["HELLO", "3"], &mut req);
+    encode_command(&["GET", "missing"], &mut req);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    s.write_all(&req).unwrap();
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !text.ends_with(b"_\r\n") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&text));
+        text.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        text.starts_with(b"$-1\r\n%7\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&text)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_are_answered_in_order_and_limits_close_the_connection() {
+    let (_node, port) = start("n1", &["--max-value-bytes", "1024"]).await;
+    let mut c = connect(port, false);
+
+    // The redis crate writes the whole pipeline at once.
+    let mut p = redis::pipe();
+    for i in 0..200 {
+        p.cmd("SET").arg(format!("p{i}")).arg(i);
+        p.cmd("INCR").arg(format!("p{i}"));
+        p.cmd("GET").arg(format!("p{i}"));
+    }
+    let answers: Vec<Value> = p.query(&mut c).unwrap();
+    assert_eq!(answers.len(), 600);
+    for i in 0..200 {
+        assert_eq!(answers[3 * i], Value::Okay);
+        assert_eq!(answers[3 * i + 1], Value::Int(i as i64 + 1));
+        assert_eq!(
+            answers[3 * i + 2],
+            Value::BulkString((i + 1).to_string().into_bytes())
+        );
+    }
+
+    // Many requests in one packet, inline ones among them, in order.
+    let mut req = BytesMut::new();
+    encode_command(&["SET", "x", "1"], &mut req);
+    req.extend_from_slice(b"INCR x\r\nGET x\r\n");
+    encode_command(&["ECHO", "done"], &mut req);
+    let (_s, got) = raw(port, &req, 4);
+    assert_eq!(
+        got,
+        vec![
+            replidb_resp::Value::ok(),
+            replidb_resp::Value::Integer(2),
+            bulk("2"),
+            bulk("done")
+        ]
+    );
+
+    // A value over --max-value-bytes: a protocol error, then the node
+    // closes the connection (it cannot know where the next request is).
+    let mut req = BytesMut::new();
+    encode_command(&["PING"], &mut req);
+    encode_command(&[&b"SET"[..], b"k", &[b'v'; 2000]], &mut req);
+    let (mut s, got) = raw(port, &req, 2);
+    assert_eq!(got[0], replidb_resp::Value::simple("PONG"));
+    let replidb_resp::Value::Error(e) = &got[1] else {
+        panic!("{:?}", got[1]);
+    };
+    assert!(
+        e.starts_with("ERR Protocol error") && e.contains("1024"),
+        "{e}"
+    );
+    let mut rest = [0u8; 64];
+    assert_eq!(s.read(&mut rest).unwrap_or(0), 0, "connection closed");
+
+    // A declared argument count past the limit, before any argument.
+    let (_s, got) = raw(port, b"*100000\r\n", 1);
+    assert!(
+        matches!(&got[0], replidb_resp::Value::Error(e) if e.contains("too many")),
+        "{got:?}"
+    );
+    // Garbage.
+    let (_s, got) = raw(port, b"*1\r\n:5\r\n", 1);
+    assert!(matches!(&got[0], replidb_resp::Value::Error(e) if e.contains("Protocol error")));
+
+    // MSET of more keys than a transaction may hold is refused whole.
+    let mut mset = redis::cmd("MSET");
+    for i in 0..1001 {
+        mset.arg(format!("m{i}")).arg("v");
+    }
+    let e = mset.query::<()>(&mut c).unwrap_err().to_string();
+    assert!(e.contains("limit is 1000"), "{e}");
+    assert_eq!(ok::<i64>(&mut c, &["EXISTS", "m0"]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_counts_followers_and_a_follower_is_read_only() {
+    let cluster = Cluster::start(1, RESP_ARGS, RESP_ARGS).await;
+    let leader_port = resp_port(&cluster.leader).await;
+    let follower_port = resp_port(&cluster.followers[0]).await;
+    let mut l = connect(leader_port, false);
+    let mut f = connect(follower_port, false);
+
+    // WAIT with nothing written yet: the follower holds "everything".
+    assert_eq!(ok::<i64>(&mut l, &["WAIT", "1", "5000"]), 1);
+    ok::<String>(&mut l, &["SET", "k", "v1"]);
+    assert_eq!(ok::<i64>(&mut l, &["WAIT", "1", "10000"]), 1);
+    // More replicas than exist: the timeout, then the count reached.
+    let started = Instant::now();
+    assert_eq!(ok::<i64>(&mut l, &["WAIT", "2", "300"]), 1);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let e = err(&mut l, &["WAIT", "1", "-1"]);
+    assert!(e.contains("timeout is negative"), "{e}");
+
+    // The follower serves reads; after WAIT it has the write durably, and
+    // applies it promptly.
+    wait_until(
+        "the follower applied k",
+        Duration::from_secs(10),
+        async || cmd::<Option<String>>(&mut f, &["GET", "k"]).ok().flatten() == Some("v1".into()),
+    )
+    .await;
+    // Writes there are refused, naming the leader.
+    for write in [
+        &["SET", "k", "v2"][..],
+        &["INCR", "n"],
+        &["DEL", "k"],
+        &["MSET", "a", "1"],
+        &["SET", "k", "v2", "NX"],
+    ] {
+        let e = err(&mut f, write);
+        assert!(e.contains("read only replica"), "{write:?}: {e}");
+        assert!(e.contains(&cluster.leader.url()), "{write:?}: {e}");
+    }
+    let e = err(&mut f, &["WAIT", "0", "0"]);
+    assert!(e.contains("replica"), "{e}");
+    assert_eq!(ok::<String>(&mut f, &["GET", "k"]), "v1");
+
+    // Replication in Redis' words, offsets being LSNs.
+    let info: String = ok(&mut l, &["INFO", "replication"]);
+    assert!(info.contains("role:master"), "{info}");
+    assert!(info.contains("connected_slaves:1"), "{info}");
+    assert!(info.contains("state=online"), "{info}");
+    let info: String = ok(&mut f, &["INFO", "replication"]);
+    assert!(info.contains("role:slave"), "{info}");
+    assert!(info.contains("master_link_status:up"), "{info}");
+    let role: Vec<Value> = ok(&mut f, &["ROLE"]);
+    assert_eq!(role[0], Value::BulkString(b"slave".to_vec()));
+    let role: Vec<Value> = ok(&mut l, &["ROLE"]);
+    assert_eq!(role[0], Value::BulkString(b"master".to_vec()));
+    let Value::Array(replicas) = &role[2] else {
+        panic!("{role:?}")
+    };
+    assert_eq!(replicas.len(), 1);
+}
+
+/// Whether `tool` runs (it is on PATH).
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+fn run(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_redis_benchmark_work_against_a_node() {
+    if !have("redis-cli") {
+        println!("SKIPPED: redis-cli is not on PATH (Debian package redis-tools)");
+        return;
+    }
+    let (_node, port) = start("n1", &[]).await;
+    let p = port.to_string();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-p", p.as_str()];
+        all.extend_from_slice(args);
+        run("redis-cli", &all)
+    };
+    assert_eq!(cli(&["PING"]).trim(), "PONG");
+    assert_eq!(cli(&["SET", "greeting", "hello"]).trim(), "OK");
+    assert_eq!(cli(&["GET", "greeting"]).trim(), "hello");
+    assert_eq!(cli(&["INCR", "visits"]).trim(), "1");
+    assert_eq!(cli(&["MSET", "a", "1", "b", "2"]).trim(), "OK");
+    let mut keys: Vec<String> = cli(&["--scan"]).lines().map(String::from).collect();
+    keys.sort();
+    assert_eq!(keys, vec!["a", "b", "greeting", "visits"]);
+    assert!(cli(&["INFO", "replication"]).contains("role:master"));
+    assert!(cli(&["-3", "HELLO", "3"]).contains("proto"));
+    // redis-cli prints server errors on stdout with an "(error)" prefix
+    // only on a terminal; piped, it prints the message.
+    assert!(cli(&["NOSUCH"]).contains("unknown command"));
+
+    if !have("redis-benchmark") {
+        println!("SKIPPED: redis-benchmark is not on PATH (Debian package redis-tools)");
+        return;
+    }
+    let out = run(
+        "redis-benchmark",
+        &["-p", &p, "-t", "set,get", "-n", "500", "-c", "5", "-q"],
+    );
+    assert!(out.contains("SET:") && out.contains("GET:"), "{out}");
+    assert_eq!(
+        cli(&["DBSIZE"]).trim(),
+        "5",
+        "benchmark writes key:__rand_int__"
+    );
+}
