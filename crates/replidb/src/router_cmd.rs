@@ -47,6 +47,10 @@ pub struct RouterArgs {
     /// The nodes' --max-value-bytes; request bodies are limited from it.
     #[arg(long, default_value_t = replidb_router::config::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
+    /// Multi-leader: home node (id or URL) of a session that names none
+    /// (X-Replidb-Home) and has none yet; default: the least-loaded node.
+    #[arg(long)]
+    pub home: Option<String>,
 }
 
 fn parse_strategy(s: &str) -> Result<ReadStrategy, String> {
@@ -65,6 +69,7 @@ impl RouterArgs {
             max_sessions: self.max_sessions,
             request_timeout: self.request_timeout,
             max_value_bytes: self.max_value_bytes,
+            home: self.home,
             ..RouterConfig::new(self.listen, self.nodes)
         }
     }
