@@ -171,7 +171,7 @@ impl Client {
         match resp.status {
             s if s.is_success() => decode(),
             StatusCode::GATEWAY_TIMEOUT => match decode() {
-                Ok(d) => Err(ClientError::NotCommitted(d.write)),
+                Ok(d) => Err(ClientError::NotCommitted(Box::new(d.write))),
                 Err(_) => Err(resp.api_error()),
             },
             _ => Err(resp.api_error()),
@@ -730,7 +730,7 @@ fn write_answer(resp: &Response) -> Result<WriteResult> {
     match resp.status {
         s if s.is_success() => decode(),
         StatusCode::GATEWAY_TIMEOUT => match decode() {
-            Ok(w) => Err(ClientError::NotCommitted(w)),
+            Ok(w) => Err(ClientError::NotCommitted(Box::new(w))),
             // A 504 from a proxy in front of the node carries no write body.
             Err(_) => Err(resp.api_error()),
         },

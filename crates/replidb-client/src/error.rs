@@ -69,7 +69,9 @@ pub enum ClientError {
         "write not committed: lsn {} reached {} node(s), write concern {} not met in time",
         .0.lsn, .0.acks, .0.w
     )]
-    NotCommitted(WriteResult),
+    // Boxed: a write result is large, and every `Result` of the crate
+    // carries this enum.
+    NotCommitted(Box<WriteResult>),
     /// The key holds concurrent versions (HTTP 300, multi-leader with the
     /// `siblings` policy): no single value to return. Merge the siblings
     /// the way the application understands them and write the result with

@@ -369,7 +369,7 @@ mod tests {
             committed: false,
             ..w
         };
-        let e = s.observe_error(ClientError::NotCommitted(late));
+        let e = s.observe_error(ClientError::NotCommitted(Box::new(late)));
         assert!(matches!(e, ClientError::NotCommitted(_)));
         assert_eq!((s.token(), s.min_version().as_str()), (9, "n1:9,n2:7"));
     }
