@@ -121,6 +121,13 @@ mod tests {
         assert_eq!(r.max_lag, std::time::Duration::from_secs(5));
         assert_eq!(r.failure_threshold, 3);
         assert_eq!(r.sticky_window, std::time::Duration::from_secs(5));
+        assert_eq!(r.home, None);
+        let cli =
+            Cli::try_parse_from(["replidb", "router", "--nodes", "a:1", "--home", "n2"]).unwrap();
+        let Command::Router(r) = cli.command else {
+            panic!("not router")
+        };
+        assert_eq!(r.into_config().home.as_deref(), Some("n2"));
         let bad = Cli::try_parse_from([
             "replidb",
             "router",
