@@ -3,8 +3,8 @@
 use crate::error::{ClientError, Result};
 use crate::transport::{self, Request, Response};
 use crate::types::{
-    ClientOptions, DeleteResult, ReadOptions, ReadResult, ScanItem, Txn, WireValue, WriteOptions,
-    WriteResult,
+    ClientOptions, DeleteResult, ReadOptions, ReadResult, ScanItem, SiblingsWire, Txn, WireValue,
+    WriteOptions, WriteResult, CONTEXT_HEADER, MIN_VERSION_HEADER,
 };
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
@@ -52,6 +52,10 @@ pub(crate) struct NodeMeta {
     pub epoch: Option<u64>,
     pub applied_lsn: Option<u64>,
     pub lag_ms: Option<u64>,
+    /// `X-Replidb-Context`: the causal context of what was read or written.
+    pub context: Option<String>,
+    /// `X-Replidb-Min-Version`: a read-your-writes token across origins.
+    pub min_version: Option<String>,
 }
 
 impl NodeMeta {
@@ -72,6 +76,8 @@ impl NodeMeta {
                 .and_then(|s| s.parse::<f64>().ok())
                 .filter(|v| v.is_finite() && *v >= 0.0)
                 .map(|v| v.round() as u64),
+            context: text(CONTEXT_HEADER).filter(|s| !s.is_empty()),
+            min_version: text(MIN_VERSION_HEADER).filter(|s| !s.is_empty()),
         }
     }
 }
@@ -133,6 +139,7 @@ impl Client {
         let body = Bytes::from(value.into());
         let resp = self
             .send(Method::PUT, url, Some((body, "application/octet-stream")))
+            .with_headers(opts.headers())?
             .with_wait(opts.timeout_ms)
             .await?;
         write_answer(&resp)
@@ -151,12 +158,20 @@ impl Client {
         let url = self.url_for(&["v1", "kv", checked_key(key)?], &opts.query())?;
         let resp = self
             .send(Method::DELETE, url, None)
+            .with_headers(opts.headers())?
             .with_wait(opts.timeout_ms)
             .await?;
+        let token = NodeMeta::from_headers(&resp.headers).min_version;
+        let decode = || {
+            resp.json::<DeleteResult>("delete response").map(|mut d| {
+                d.write.min_version = token.clone();
+                d
+            })
+        };
         match resp.status {
-            s if s.is_success() => resp.json("delete response"),
-            StatusCode::GATEWAY_TIMEOUT => match resp.json::<DeleteResult>("delete response") {
-                Ok(d) => Err(ClientError::NotCommitted(d.write)),
+            s if s.is_success() => decode(),
+            StatusCode::GATEWAY_TIMEOUT => match decode() {
+                Ok(d) => Err(ClientError::NotCommitted(Box::new(d.write))),
                 Err(_) => Err(resp.api_error()),
             },
             _ => Err(resp.api_error()),
@@ -175,20 +190,31 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn get(&self, key: &str, opts: &ReadOptions) -> Result<Option<ReadResult>> {
+        Ok(self.get_with_meta(key, opts).await?.0)
+    }
+
+    /// [`Client::get`], plus the serving node's headers also when the key
+    /// is absent (a 404 carries a token too).
+    pub(crate) async fn get_with_meta(
+        &self,
+        key: &str,
+        opts: &ReadOptions,
+    ) -> Result<(Option<ReadResult>, NodeMeta)> {
         let mut query = opts.query();
         query.push(("format", "json".to_string()));
         let url = self.url_for(&["v1", "kv", checked_key(key)?], &query)?;
         let resp = self
             .send(Method::GET, url, None)
+            .with_headers(opts.headers())?
             .with_wait(opts.wait_ms)
             .await?;
-        if resp.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !resp.status.is_success() {
-            return Err(resp.api_error());
-        }
         let meta = NodeMeta::from_headers(&resp.headers);
+        match resp.status {
+            StatusCode::NOT_FOUND => return Ok((None, meta)),
+            StatusCode::MULTIPLE_CHOICES => return Err(siblings_error(&resp, key)),
+            s if !s.is_success() => return Err(resp.api_error()),
+            _ => {}
+        }
         // A server that ignores `format=json` sends the raw value: accept it
         // rather than mis-decode it, just without the value's LSN.
         let (value, lsn, value_epoch) = if resp.is_json() {
@@ -201,16 +227,19 @@ impl Client {
         } else {
             (resp.body.to_vec(), None, None)
         };
-        Ok(Some(ReadResult {
+        let result = ReadResult {
             value,
             lsn,
             value_epoch,
-            node: meta.node,
-            role: meta.role,
+            node: meta.node.clone(),
+            role: meta.role.clone(),
             epoch: meta.epoch,
             applied_lsn: meta.applied_lsn,
             lag_ms: meta.lag_ms,
-        }))
+            context: meta.context.clone(),
+            min_version: meta.min_version.clone(),
+        };
+        Ok((Some(result), meta))
     }
 
     /// List keys starting with `prefix`, in key order (`GET /v1/kv`).
@@ -246,6 +275,7 @@ impl Client {
         let url = self.url_for(&["v1", "kv"], &query)?;
         let resp = self
             .send(Method::GET, url, None)
+            .with_headers(opts.headers())?
             .with_wait(opts.wait_ms)
             .await?;
         if !resp.status.is_success() {
@@ -298,6 +328,206 @@ impl Client {
             return Err(ClientError::ConditionFailed { message });
         }
         write_answer(&resp)
+    }
+
+    /// Add `delta` (may be negative) to the counter `key`
+    /// (`POST /v1/counter/{key}`); returns the counter's value on the node
+    /// that took the write, right after it. Increments made concurrently on
+    /// other nodes are all counted once they have replicated.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: replidb_client::Client) -> replidb_client::Result<()> {
+    /// let now = client.counter_add("visits", 1, &Default::default()).await?;
+    /// println!("{now} visits");
+    /// # Ok(()) }
+    /// ```
+    pub async fn counter_add(&self, key: &str, delta: i64, opts: &WriteOptions) -> Result<i64> {
+        Ok(self.counter_add_with(key, delta, opts).await?.0)
+    }
+
+    pub(crate) async fn counter_add_with(
+        &self,
+        key: &str,
+        delta: i64,
+        opts: &WriteOptions,
+    ) -> Result<(i64, WriteResult)> {
+        let body = serde_json::json!({ "delta": delta });
+        let (w, v) = self
+            .typed_write("counter", key, Method::POST, body, opts)
+            .await?;
+        Ok((counter_of(&v)?, w))
+    }
+
+    /// The counter `key` (`GET /v1/counter/{key}`); 0 when absent.
+    pub async fn counter(&self, key: &str, opts: &ReadOptions) -> Result<i64> {
+        Ok(self.counter_with(key, opts).await?.0)
+    }
+
+    pub(crate) async fn counter_with(
+        &self,
+        key: &str,
+        opts: &ReadOptions,
+    ) -> Result<(i64, NodeMeta)> {
+        let (v, meta) = self.typed_read("counter", key, opts).await?;
+        Ok((counter_of(&v)?, meta))
+    }
+
+    /// Add and remove members of the set `key` (`POST /v1/set/{key}`);
+    /// returns the members (sorted) on the node that took the write. A
+    /// remove only removes the adds it has seen: a concurrent add wins.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: replidb_client::Client) -> replidb_client::Result<()> {
+    /// let tags = client.set_update("tags", &["red"], &[], &Default::default()).await?;
+    /// assert!(tags.contains(&"red".to_string()));
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_update(
+        &self,
+        key: &str,
+        add: &[&str],
+        remove: &[&str],
+        opts: &WriteOptions,
+    ) -> Result<Vec<String>> {
+        Ok(self.set_update_with(key, add, remove, opts).await?.0)
+    }
+
+    pub(crate) async fn set_update_with(
+        &self,
+        key: &str,
+        add: &[&str],
+        remove: &[&str],
+        opts: &WriteOptions,
+    ) -> Result<(Vec<String>, WriteResult)> {
+        let body = serde_json::json!({ "add": add, "remove": remove });
+        let (w, v) = self
+            .typed_write("set", key, Method::POST, body, opts)
+            .await?;
+        Ok((members_of(&v)?, w))
+    }
+
+    /// The members of the set `key`, sorted (`GET /v1/set/{key}`); empty
+    /// when absent.
+    pub async fn set_members(&self, key: &str, opts: &ReadOptions) -> Result<Vec<String>> {
+        Ok(self.set_members_with(key, opts).await?.0)
+    }
+
+    pub(crate) async fn set_members_with(
+        &self,
+        key: &str,
+        opts: &ReadOptions,
+    ) -> Result<(Vec<String>, NodeMeta)> {
+        let (v, meta) = self.typed_read("set", key, opts).await?;
+        Ok((members_of(&v)?, meta))
+    }
+
+    /// Set fields of the map `key` (`PATCH /v1/map/{key}`); a `null` field
+    /// removes it. Returns the whole map on the node that took the write.
+    /// Fields edited concurrently on different nodes are all kept; the same
+    /// field edited twice keeps the later one (hybrid logical clock).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: replidb_client::Client) -> replidb_client::Result<()> {
+    /// let mut patch = serde_json::Map::new();
+    /// patch.insert("name".into(), "Ada".into());
+    /// patch.insert("nickname".into(), serde_json::Value::Null);
+    /// let profile = client.map_patch("user:1", patch, &Default::default()).await?;
+    /// assert_eq!(profile["name"], "Ada");
+    /// # Ok(()) }
+    /// ```
+    pub async fn map_patch(
+        &self,
+        key: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+        opts: &WriteOptions,
+    ) -> Result<serde_json::Map<String, serde_json::Value>> {
+        Ok(self.map_patch_with(key, fields, opts).await?.0)
+    }
+
+    pub(crate) async fn map_patch_with(
+        &self,
+        key: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+        opts: &WriteOptions,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, WriteResult)> {
+        if fields.is_empty() {
+            return Err(ClientError::InvalidInput(
+                "a map patch needs at least one field".into(),
+            ));
+        }
+        let body = serde_json::Value::Object(fields);
+        let (w, v) = self
+            .typed_write("map", key, Method::PATCH, body, opts)
+            .await?;
+        match v.get("map") {
+            Some(serde_json::Value::Object(m)) => Ok((m.clone(), w)),
+            _ => Err(ClientError::Decode(format!(
+                "map write response without a \"map\" object: {v}"
+            ))),
+        }
+    }
+
+    /// The map `key` (`GET /v1/map/{key}`); empty when absent.
+    pub async fn map(
+        &self,
+        key: &str,
+        opts: &ReadOptions,
+    ) -> Result<serde_json::Map<String, serde_json::Value>> {
+        Ok(self.map_with(key, opts).await?.0)
+    }
+
+    pub(crate) async fn map_with(
+        &self,
+        key: &str,
+        opts: &ReadOptions,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, NodeMeta)> {
+        let (v, meta) = self.typed_read("map", key, opts).await?;
+        match v {
+            serde_json::Value::Object(m) => Ok((m, meta)),
+            other => Err(ClientError::Decode(format!(
+                "map read response is not an object: {other}"
+            ))),
+        }
+    }
+
+    /// `method /v1/{kind}/{key}` with a JSON body: the write result (with
+    /// its token) and the whole JSON answer.
+    async fn typed_write(
+        &self,
+        kind: &str,
+        key: &str,
+        method: Method,
+        body: serde_json::Value,
+        opts: &WriteOptions,
+    ) -> Result<(WriteResult, serde_json::Value)> {
+        let url = self.url_for(&["v1", kind, checked_key(key)?], &opts.query())?;
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| ClientError::InvalidInput(format!("cannot encode {kind} body: {e}")))?;
+        let resp = self
+            .send(method, url, Some((Bytes::from(body), "application/json")))
+            .with_headers(opts.headers())?
+            .with_wait(opts.timeout_ms)
+            .await?;
+        let w = write_answer(&resp)?;
+        Ok((w, resp.json(&format!("{kind} write response"))?))
+    }
+
+    /// `GET /v1/{kind}/{key}`: the JSON answer and the serving node's
+    /// headers.
+    async fn typed_read(
+        &self,
+        kind: &str,
+        key: &str,
+        opts: &ReadOptions,
+    ) -> Result<(serde_json::Value, NodeMeta)> {
+        let url = self.url_for(&["v1", kind, checked_key(key)?], &opts.query())?;
+        let resp = self
+            .send(Method::GET, url, None)
+            .with_headers(opts.headers())?
+            .with_wait(opts.wait_ms)
+            .await?;
+        let v = json_answer(&resp, &format!("{kind} read response"))?;
+        Ok((v, NodeMeta::from_headers(&resp.headers)))
     }
 
     /// The node's `/status` document.
@@ -419,6 +649,7 @@ impl Client {
                 method,
                 url,
                 body,
+                headers: Vec::new(),
                 timeout: self.inner.opts.timeout,
                 retry_503: true,
             },
@@ -440,6 +671,20 @@ impl<'a> Pending<'a> {
             self.req.timeout = self.req.timeout.max(needed);
         }
         self
+    }
+
+    /// Send these extra headers; a value that cannot be a header (a control
+    /// character, non-ASCII) is refused before anything is sent.
+    fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Result<Self> {
+        for (name, value) in &headers {
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return Err(ClientError::InvalidInput(format!(
+                    "{name} {value:?} is not a valid header value"
+                )));
+            }
+        }
+        self.req.headers.extend(headers);
+        Ok(self)
     }
 
     fn no_retry_503(mut self) -> Self {
@@ -474,15 +719,63 @@ fn checked_key(key: &str) -> Result<&str> {
 }
 
 /// 2xx ⇒ the result; 504 with a write body ⇒ [`ClientError::NotCommitted`].
+/// Either way the result carries the response's `X-Replidb-Min-Version`.
 fn write_answer(resp: &Response) -> Result<WriteResult> {
+    let decode = || {
+        resp.json::<WriteResult>("write response").map(|mut w| {
+            w.min_version = NodeMeta::from_headers(&resp.headers).min_version;
+            w
+        })
+    };
     match resp.status {
-        s if s.is_success() => resp.json("write response"),
-        StatusCode::GATEWAY_TIMEOUT => match resp.json::<WriteResult>("write response") {
-            Ok(w) => Err(ClientError::NotCommitted(w)),
+        s if s.is_success() => decode(),
+        StatusCode::GATEWAY_TIMEOUT => match decode() {
+            Ok(w) => Err(ClientError::NotCommitted(Box::new(w))),
             // A 504 from a proxy in front of the node carries no write body.
             Err(_) => Err(resp.api_error()),
         },
         _ => Err(resp.api_error()),
+    }
+}
+
+/// `"value"` of a counter answer.
+fn counter_of(v: &serde_json::Value) -> Result<i64> {
+    v.get("value")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or_else(|| ClientError::Decode(format!("counter answer without an integer value: {v}")))
+}
+
+/// `"members"` of a set answer.
+fn members_of(v: &serde_json::Value) -> Result<Vec<String>> {
+    v.get("members")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .ok_or_else(|| ClientError::Decode(format!("set answer without a members list: {v}")))
+}
+
+/// A `300` answer as [`ClientError::Siblings`]; a body that does not
+/// list siblings is a decode error (never a panic).
+fn siblings_error(resp: &Response, key: &str) -> ClientError {
+    let wire: SiblingsWire = match resp.json("siblings (300) response") {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    let siblings = match wire
+        .siblings
+        .into_iter()
+        .map(|s| s.decode())
+        .collect::<std::result::Result<Vec<_>, _>>()
+    {
+        Ok(s) => s,
+        Err(e) => return ClientError::Decode(e),
+    };
+    ClientError::Siblings {
+        key: if wire.key.is_empty() {
+            key.to_string()
+        } else {
+            wire.key
+        },
+        siblings,
+        context: wire.context,
     }
 }
 
@@ -532,5 +825,107 @@ mod tests {
         assert_eq!(m.applied_lsn, Some(17));
         assert_eq!(m.lag_ms, Some(13));
         assert_eq!(m.epoch, None);
+        assert_eq!((m.context, m.min_version), (None, None));
+        h.insert("x-replidb-context", "abc=".parse().unwrap());
+        h.insert("x-replidb-min-version", "n1:4,n2:0".parse().unwrap());
+        let m = NodeMeta::from_headers(&h);
+        assert_eq!(m.context.as_deref(), Some("abc="));
+        assert_eq!(m.min_version.as_deref(), Some("n1:4,n2:0"));
+    }
+
+    fn answer(status: u16, headers: &[(&'static str, &str)], body: &str) -> Response {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        for (k, v) in headers {
+            h.insert(*k, v.parse().unwrap());
+        }
+        Response {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: h,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_multi_leader_write_answer_carries_origin_and_token() {
+        let body = r#"{"key":"k","lsn":42,"epoch":0,"acks":1,"w":"1","committed":true,"origin":"n1","version":{"n1":42}}"#;
+        let w = write_answer(&answer(200, &[("x-replidb-min-version", "n1:42")], body)).unwrap();
+        assert_eq!(w.origin.as_deref(), Some("n1"));
+        assert_eq!(w.min_version.as_deref(), Some("n1:42"));
+        // A single-leader answer has neither.
+        let w = write_answer(&answer(200, &[], r#"{"key":"k","lsn":3}"#)).unwrap();
+        assert_eq!((w.origin, w.min_version), (None, None));
+        // A 504 keeps the token: the write happened.
+        let e = write_answer(&answer(
+            504,
+            &[("x-replidb-min-version", "n2:9")],
+            r#"{"key":"k","lsn":9,"committed":false,"origin":"n2"}"#,
+        ))
+        .unwrap_err();
+        match e {
+            ClientError::NotCommitted(w) => assert_eq!(w.min_version.as_deref(), Some("n2:9")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_300_becomes_siblings_with_their_context() {
+        let body = r#"{"key":"cart:1","context":"ctx1","siblings":[
+            {"value":"Book","origin":"n1","hlc":{"wall_ms":5,"logical":0},"version":{"n1":3}},
+            {"value":"/w==","encoding":"base64","origin":"n2","hlc":{"wall_ms":6,"logical":1},"version":{"n2":4}},
+            {"value":null,"deleted":true,"origin":"n3","hlc":{"wall_ms":7,"logical":0},"version":{"n3":1}}]}"#;
+        let e = siblings_error(&answer(300, &[], body), "cart:1");
+        assert_eq!(e.status(), Some(300));
+        let ClientError::Siblings {
+            key,
+            siblings,
+            context,
+        } = e
+        else {
+            panic!("not siblings: {e:?}");
+        };
+        assert_eq!((key.as_str(), context.as_str()), ("cart:1", "ctx1"));
+        assert_eq!(siblings.len(), 3);
+        assert_eq!(siblings[0].as_str(), Some("Book"));
+        assert_eq!(siblings[0].version.get("n1"), Some(&3));
+        assert_eq!(siblings[1].value.as_deref(), Some(&[0xff][..]));
+        assert_eq!(siblings[1].origin, "n2");
+        assert_eq!(siblings[2].value, None, "a concurrent delete");
+        // A 300 that is not a siblings document is a decode error.
+        let e = siblings_error(&answer(300, &[], "<html>"), "k");
+        assert!(matches!(e, ClientError::Decode(_)), "{e:?}");
+    }
+
+    #[test]
+    fn typed_answers_are_decoded() {
+        assert_eq!(
+            counter_of(&serde_json::json!({"key":"c","value":-3})).unwrap(),
+            -3
+        );
+        assert!(counter_of(&serde_json::json!({"value":null})).is_err());
+        assert_eq!(
+            members_of(&serde_json::json!({"members":["a","b"]})).unwrap(),
+            vec!["a", "b"]
+        );
+        assert!(members_of(&serde_json::json!({"members":[1]})).is_err());
+    }
+
+    #[test]
+    fn options_become_headers() {
+        let w = WriteOptions {
+            context: Some("ctx".into()),
+            ..Default::default()
+        };
+        assert_eq!(w.headers(), vec![("x-replidb-context", "ctx".to_string())]);
+        assert!(WriteOptions::default().headers().is_empty());
+        let r = ReadOptions {
+            min_version: Some("n1:1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.headers(),
+            vec![("x-replidb-min-version", "n1:1".to_string())]
+        );
+        assert!(ReadOptions::default().headers().is_empty());
     }
 }

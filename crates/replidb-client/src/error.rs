@@ -1,6 +1,6 @@
 //! The client's one error type, grouped by how a caller reacts to it.
 
-use crate::types::WriteResult;
+use crate::types::{Sibling, WriteResult};
 
 /// Result alias for every client call.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -11,6 +11,7 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 /// - fix the input: [`ClientError::InvalidUrl`], [`ClientError::InvalidInput`];
 /// - look at what the server said: [`ClientError::Api`],
 ///   [`ClientError::ConditionFailed`], [`ClientError::NotCommitted`];
+/// - merge and write back: [`ClientError::Siblings`];
 /// - retry later or elsewhere: [`ClientError::Connect`],
 ///   [`ClientError::Timeout`], [`ClientError::TooManyRedirects`];
 /// - report a bug or a wrong URL: [`ClientError::Decode`],
@@ -68,7 +69,37 @@ pub enum ClientError {
         "write not committed: lsn {} reached {} node(s), write concern {} not met in time",
         .0.lsn, .0.acks, .0.w
     )]
-    NotCommitted(WriteResult),
+    // Boxed: a write result is large, and every `Result` of the crate
+    // carries this enum.
+    NotCommitted(Box<WriteResult>),
+    /// The key holds concurrent versions (HTTP 300, multi-leader with the
+    /// `siblings` policy): no single value to return. Merge the siblings
+    /// the way the application understands them and write the result with
+    /// [`WriteOptions::context`](crate::WriteOptions) set to `context`; that
+    /// write replaces exactly these versions.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: replidb_client::Client) -> replidb_client::Result<()> {
+    /// use replidb_client::{ClientError, WriteOptions};
+    /// match client.get("cart:1", &Default::default()).await {
+    ///     Err(ClientError::Siblings { siblings, context, .. }) => {
+    ///         let merged: Vec<&str> = siblings.iter().filter_map(|s| s.as_str()).collect();
+    ///         let opts = WriteOptions { context: Some(context), ..Default::default() };
+    ///         client.put("cart:1", merged.join(","), &opts).await?;
+    ///     }
+    ///     other => println!("{:?}", other?),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[error("key {key:?} has {} concurrent versions (siblings); merge them and write back with their context", .siblings.len())]
+    Siblings {
+        /// The key read.
+        key: String,
+        /// Every concurrent version.
+        siblings: Vec<Sibling>,
+        /// The causal context covering them all (`X-Replidb-Context`).
+        context: String,
+    },
     /// No connection could be made, even after retries.
     // The cause is left to `source()` (not repeated here), so that error
     // reporters walking the chain print it once.
@@ -107,6 +138,7 @@ impl ClientError {
             ClientError::Api { status, .. } => Some(*status),
             ClientError::ConditionFailed { .. } => Some(409),
             ClientError::NotCommitted(_) => Some(504),
+            ClientError::Siblings { .. } => Some(300),
             _ => None,
         }
     }

@@ -22,7 +22,26 @@
 //! - **Staleness is visible.** Every [`ReadResult`] says which node served
 //!   it, its role, epoch, `applied_lsn` and lag, and the value's own LSN.
 //! - **Sessions.** [`Session`] gives read-your-writes and monotonic reads by
-//!   carrying the highest LSN seen as `min_lsn` on every read.
+//!   carrying the highest LSN seen as `min_lsn` on every read, and in the
+//!   multi-leader topology the highest LSN seen of every origin as
+//!   `X-Replidb-Min-Version`.
+//!
+//! # Multi-leader
+//!
+//! Every node takes writes, so there is no redirect. What changes:
+//! - a write answers its `origin` and a token `origin:lsn`
+//!   ([`WriteResult::min_version`]); a read answers the serving node's
+//!   position of every origin ([`ReadResult::min_version`]) and the value's
+//!   causal context ([`ReadResult::context`]). [`ReadOptions::min_version`]
+//!   makes a node wait until it has applied what a token names.
+//! - under the `siblings` policy a key may hold concurrent versions: `get`
+//!   then returns [`ClientError::Siblings`] with every version and their
+//!   common context (not a value, not a generic error); writing the merged
+//!   value with [`WriteOptions::context`] set to it replaces them.
+//! - the typed keys merge by themselves: [`Client::counter_add`] /
+//!   [`Client::counter`], [`Client::set_update`] / [`Client::set_members`],
+//!   [`Client::map_patch`] / [`Client::map`] (they work in single-leader
+//!   clusters too).
 //!
 //! # Example
 //!
@@ -47,7 +66,9 @@
 //! Node-to-node traffic does not use this crate (it must run over a simulated
 //! network); there is no TLS (the workspace builds reqwest without it); the
 //! router's cookie-based sessions are not used, a [`Session`] carries its
-//! token itself.
+//! token itself. In the multi-leader topology a scan does not wait for
+//! `X-Replidb-Min-Version` (only single-key and typed reads do), and
+//! `/v1/conflicts` has no method yet.
 
 mod client;
 mod error;
@@ -60,6 +81,6 @@ pub use error::{ClientError, Result};
 pub use replidb_core::WriteConcern;
 pub use session::Session;
 pub use types::{
-    ClientOptions, Consistency, DeleteResult, Fallback, ReadOptions, ReadResult, ScanItem, Txn,
-    TxnCondition, TxnOp, WriteOptions, WriteResult,
+    ClientOptions, Consistency, DeleteResult, Fallback, ReadOptions, ReadResult, ScanItem, Sibling,
+    Txn, TxnCondition, TxnOp, WriteOptions, WriteResult,
 };

@@ -102,6 +102,9 @@ pub(crate) struct Request {
     pub method: Method,
     pub url: Url,
     pub body: Option<(Bytes, &'static str)>,
+    /// Extra request headers (tokens, causal context), resent on every
+    /// retry and redirect.
+    pub headers: Vec<(&'static str, String)>,
     pub timeout: Duration,
     /// Retry a 503? False where 503 is itself an answer (`/health`) or where
     /// the operation is not safe to repeat (admin actions).
@@ -223,6 +226,9 @@ async fn send_once(http: &reqwest::Client, req: &Request, url: &Url) -> Result<R
     let mut builder = http
         .request(req.method.clone(), url.clone())
         .timeout(req.timeout);
+    for (name, value) in &req.headers {
+        builder = builder.header(*name, value.as_str());
+    }
     if let Some((body, content_type)) = &req.body {
         // Bytes clones share the buffer: resending after a redirect or a
         // retry costs no copy.

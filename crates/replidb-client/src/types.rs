@@ -3,6 +3,7 @@
 use base64::Engine as _;
 use replidb_core::WriteConcern;
 use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Settings of a [`Client`](crate::Client).
@@ -50,11 +51,11 @@ impl Default for ClientOptions {
     }
 }
 
-/// Options of a write (`PUT`, `DELETE`, transaction).
+/// Options of a write (`PUT`, `DELETE`, transaction, typed writes).
 ///
 /// ```
 /// use replidb_client::{WriteOptions, WriteConcern};
-/// let opts = WriteOptions { w: Some(WriteConcern::Majority), timeout_ms: Some(2000) };
+/// let opts = WriteOptions { w: Some(WriteConcern::Majority), timeout_ms: Some(2000), ..Default::default() };
 /// assert_eq!(WriteOptions::majority().w, opts.w);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,6 +64,12 @@ pub struct WriteOptions {
     pub w: Option<WriteConcern>,
     /// How long the server waits for the write concern (server default 5000).
     pub timeout_ms: Option<u64>,
+    /// Causal context (`X-Replidb-Context`) from an earlier read, in the
+    /// multi-leader topology: the write replaces exactly the versions that
+    /// context names (resolving siblings, see
+    /// [`ClientError::Siblings`](crate::ClientError::Siblings)); versions it
+    /// has not seen are kept as siblings.
+    pub context: Option<String>,
 }
 
 impl WriteOptions {
@@ -70,7 +77,7 @@ impl WriteOptions {
     pub fn majority() -> Self {
         WriteOptions {
             w: Some(WriteConcern::Majority),
-            timeout_ms: None,
+            ..Default::default()
         }
     }
 
@@ -84,7 +91,20 @@ impl WriteOptions {
         }
         q
     }
+
+    /// The request headers these options add.
+    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
+        self.context
+            .iter()
+            .map(|c| (CONTEXT_HEADER, c.clone()))
+            .collect()
+    }
 }
+
+/// Header carrying a causal context (multi-leader).
+pub(crate) const CONTEXT_HEADER: &str = "x-replidb-context";
+/// Header carrying a per-origin read-your-writes token (multi-leader).
+pub(crate) const MIN_VERSION_HEADER: &str = "x-replidb-min-version";
 
 /// How fresh a read must be (API.md, `consistency=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +195,13 @@ pub struct ReadOptions {
     pub wait_ms: Option<u64>,
     /// `fallback=`: what happens when the wait runs out.
     pub fallback: Option<Fallback>,
+    /// Multi-leader token `n1:42,n2:17`, sent as `X-Replidb-Min-Version`:
+    /// the serving node waits (up to `wait_ms`) until it has applied that
+    /// much of every origin named, else answers 503
+    /// `min_version_not_reached`. Take it from
+    /// [`WriteResult::min_version`] or [`ReadResult::min_version`]; a
+    /// [`Session`](crate::Session) sends its own.
+    pub min_version: Option<String>,
 }
 
 impl ReadOptions {
@@ -205,6 +232,15 @@ impl ReadOptions {
         }
         q
     }
+
+    /// The request headers these options add.
+    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
+        self.min_version
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| (MIN_VERSION_HEADER, t.clone()))
+            .collect()
+    }
 }
 
 /// A write's answer: `{"key","lsn","epoch","acks","w","committed"}`.
@@ -227,6 +263,16 @@ pub struct WriteResult {
     /// Whether the write concern was met.
     #[serde(default = "yes")]
     pub committed: bool,
+    /// The node that wrote the record (its *origin*), in the multi-leader
+    /// topology (and for typed writes); `None` from a single-leader `PUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The record's read-your-writes token `origin:lsn`, from the
+    /// `X-Replidb-Min-Version` response header (multi-leader and typed
+    /// writes). Pass it as [`ReadOptions::min_version`] to read this write
+    /// back from any node.
+    #[serde(skip)]
+    pub min_version: Option<String>,
 }
 
 fn yes() -> bool {
@@ -263,6 +309,12 @@ pub struct ReadResult {
     pub applied_lsn: Option<u64>,
     /// The serving node's lag estimate in ms (`X-Replidb-Lag-Ms`).
     pub lag_ms: Option<u64>,
+    /// The value's causal context (`X-Replidb-Context`, multi-leader): send
+    /// it back as [`WriteOptions::context`] to overwrite what was read.
+    pub context: Option<String>,
+    /// The serving node's applied position of every origin
+    /// (`X-Replidb-Min-Version`, multi-leader), e.g. `n1:42,n2:17`.
+    pub min_version: Option<String>,
 }
 
 impl ReadResult {
@@ -283,6 +335,80 @@ pub struct ScanItem {
     pub lsn: u64,
     /// Epoch of that write.
     pub epoch: u64,
+}
+
+/// One of a key's concurrent versions, as a `300 Multiple Choices` lists
+/// them (multi-leader, `siblings` policy). See
+/// [`ClientError::Siblings`](crate::ClientError::Siblings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sibling {
+    /// The version's bytes; `None` for a concurrent delete (a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// The node that wrote it.
+    pub origin: String,
+    /// Its hybrid logical clock time, as the server renders it.
+    pub hlc: serde_json::Value,
+    /// Its version vector: origin → highest LSN of that origin it has seen.
+    pub version: BTreeMap<String, u64>,
+}
+
+impl Sibling {
+    /// The value as UTF-8 text, if present and valid UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        self.value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// The body of a `300`: `{"key","siblings":[..],"context"}`.
+#[derive(Deserialize)]
+pub(crate) struct SiblingsWire {
+    #[serde(default)]
+    pub key: String,
+    pub siblings: Vec<SiblingWire>,
+    pub context: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SiblingWire {
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub encoding: Option<String>,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(default)]
+    pub origin: String,
+    #[serde(default)]
+    pub hlc: serde_json::Value,
+    #[serde(default)]
+    pub version: BTreeMap<String, u64>,
+}
+
+impl SiblingWire {
+    /// The sibling, decoding base64 when the server said so.
+    pub fn decode(self) -> Result<Sibling, String> {
+        let value = match (self.deleted, self.value) {
+            (true, _) | (false, None) => None,
+            (false, Some(v)) => Some(
+                WireValue {
+                    key: String::new(),
+                    value: v,
+                    encoding: self.encoding,
+                    lsn: None,
+                    epoch: None,
+                }
+                .bytes()?,
+            ),
+        };
+        Ok(Sibling {
+            value,
+            origin: self.origin,
+            hlc: self.hlc,
+            version: self.version,
+        })
+    }
 }
 
 /// The wire form of a value: a UTF-8 string, or base64 when flagged.

@@ -288,6 +288,7 @@ async fn unmet_write_concern_is_an_error_carrying_the_result() {
     let opts = WriteOptions {
         w: Some(WriteConcern::All),
         timeout_ms: Some(10),
+        ..Default::default()
     };
     match client.put("k", "v", &opts).await {
         Err(ClientError::NotCommitted(w)) => {

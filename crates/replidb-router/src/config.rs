@@ -37,6 +37,10 @@ pub struct RouterConfig {
     pub request_timeout: Duration,
     /// The nodes' `--max-value-bytes`; request bodies are limited from it.
     pub max_value_bytes: usize,
+    /// Multi-leader: the home (node id or URL) of a session that has none
+    /// yet and names none (`X-Replidb-Home`); `None` picks the node with
+    /// the fewest requests in flight.
+    pub home: Option<String>,
 }
 
 impl RouterConfig {
@@ -54,6 +58,7 @@ impl RouterConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             request_timeout: Duration::from_secs(10),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            home: None,
         }
     }
 

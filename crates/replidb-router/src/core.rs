@@ -8,6 +8,19 @@
 //!   [`RouterState::record_failure`]) and by hints from proxied answers
 //!   ([`RouterState::hint_leader`]); it recomputes the leader after each.
 //! - [`choose`] maps a [`RequestKind`] to a [`Target`].
+//!
+//! # Two topologies
+//!
+//! - **Single-leader**: writes go to the leader (the healthy node claiming
+//!   leadership in the highest epoch); reads to an eligible follower.
+//! - **Multi-leader** (any node's `/status` says `"topology":
+//!   "multi-leader"`): every node is a writer, so there is no leader to
+//!   find. A write goes to its session's *home* node when that is healthy,
+//!   else to the healthy node with the fewest requests in flight (which the
+//!   proxy then remembers as the session's new home); a read goes to any
+//!   eligible node (healthy, lag within `max_lag`) by the read strategy.
+//!   `consistency=strong|leader` and the sticky window mean nothing there
+//!   and are ignored.
 
 use std::time::{Duration, Instant};
 
@@ -89,8 +102,11 @@ pub struct Observation {
     pub epoch: u64,
     /// Its applied LSN.
     pub applied_lsn: u64,
-    /// Its own lag estimate (0 on a leader).
+    /// Its own lag estimate (0 on a single-leader leader; on a multi-leader
+    /// node the largest lag behind any peer).
     pub lag_ms: u64,
+    /// Whether it runs the multi-leader topology (every node a writer).
+    pub multi_leader: bool,
 }
 
 /// What the router knows about one node.
@@ -106,6 +122,9 @@ pub struct NodeState {
     pub last_ok: Option<Instant>,
     /// Why the last check failed, if it did.
     pub last_error: Option<String>,
+    /// Requests sent to it and not answered yet (multi-leader writes
+    /// without a home go to the node with the fewest).
+    pub in_flight: u32,
 }
 
 impl NodeState {
@@ -126,8 +145,12 @@ pub struct RouterState {
 /// A request as the routing decision sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestKind {
-    /// Must reach the leader.
-    Write,
+    /// Must reach the leader (single-leader), or the session's home node
+    /// (multi-leader; `home` is ignored in single-leader).
+    Write {
+        /// The session's home node, if it has one.
+        home: Option<usize>,
+    },
     /// A read.
     Read {
         /// The node API serves it only from the leader (`strong`, `leader`,
@@ -151,6 +174,13 @@ pub enum Reason {
     Sticky,
     /// No follower is eligible.
     NoEligibleFollower,
+    /// Multi-leader: a write to the session's home node.
+    Home,
+    /// Multi-leader: a write with no (healthy) home, to the least-loaded
+    /// node, which becomes the session's home.
+    NewHome,
+    /// Multi-leader: a read, to a node picked by the read strategy.
+    AnyNode,
 }
 
 /// Where a request goes.
@@ -163,7 +193,8 @@ pub enum Target {
         /// Why.
         reason: Reason,
     },
-    /// No leader is known and no follower may serve: answer 503.
+    /// No leader is known and no follower may serve (multi-leader: no
+    /// node is healthy): answer 503.
     NoLeader,
 }
 
@@ -178,6 +209,7 @@ impl RouterState {
                 consecutive_failures: 0,
                 last_ok: None,
                 last_error: None,
+                in_flight: 0,
             })
             .collect();
         RouterState {
@@ -206,6 +238,50 @@ impl RouterState {
     pub fn index_of_url(&self, url: &str) -> Option<usize> {
         let url = url.trim_end_matches('/');
         self.nodes.iter().position(|n| n.url == url)
+    }
+
+    /// The index of the node named `name`: its `--id` as its `/status`
+    /// reports it, or its base URL (`http://` may be left out).
+    pub fn index_of_name(&self, name: &str) -> Option<usize> {
+        let name = name.trim();
+        self.nodes
+            .iter()
+            .position(|n| n.seen.as_ref().is_some_and(|o| o.id == name))
+            .or_else(|| self.index_of_url(name))
+            .or_else(|| self.index_of_url(&format!("http://{name}")))
+    }
+
+    /// Whether the cluster runs the multi-leader topology, as the last
+    /// observation of any node says.
+    pub fn multi_leader(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.seen.as_ref().is_some_and(|o| o.multi_leader))
+    }
+
+    /// A request to node `i` was sent.
+    pub fn begin_request(&mut self, i: usize) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.in_flight = n.in_flight.saturating_add(1);
+        }
+    }
+
+    /// A request to node `i` was answered (or failed).
+    pub fn end_request(&mut self, i: usize) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.in_flight = n.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// This state with node `i` counted as down: for choosing where a
+    /// request goes after `i` failed it.
+    pub fn without(&self, i: usize) -> RouterState {
+        let mut s = self.clone();
+        if let Some(n) = s.nodes.get_mut(i) {
+            n.consecutive_failures = n.consecutive_failures.max(s.policy.failure_threshold);
+        }
+        s.recompute_leader();
+        s
     }
 
     /// A `/status` call to node `i` succeeded.
@@ -246,14 +322,14 @@ impl RouterState {
         })
     }
 
-    /// May serve reads chosen by the strategy: a healthy follower whose lag
-    /// is within `max_lag`.
+    /// May serve reads chosen by the strategy: a healthy follower (or any
+    /// healthy multi-leader node) whose lag is within `max_lag`.
     pub fn is_eligible(&self, i: usize) -> bool {
         self.is_healthy(i)
-            && self.nodes[i]
-                .seen
-                .as_ref()
-                .is_some_and(|o| o.role == NodeRole::Follower && o.lag_ms <= self.policy.max_lag_ms)
+            && self.nodes[i].seen.as_ref().is_some_and(|o| {
+                (o.role == NodeRole::Follower || o.multi_leader)
+                    && o.lag_ms <= self.policy.max_lag_ms
+            })
     }
 
     /// The leader is the healthy node claiming leadership in the highest
@@ -279,12 +355,15 @@ impl RouterState {
 /// counter) or random (a random number) choice; `now` measures the sticky
 /// window.
 pub fn choose(state: &RouterState, req: &RequestKind, now: Instant, spin: u64) -> Target {
+    if state.multi_leader() {
+        return choose_multi_leader(state, req, spin);
+    }
     let to_leader = |reason| match state.leader {
         Some(index) => Target::Node { index, reason },
         None => Target::NoLeader,
     };
     let (leader_only, wrote_at) = match *req {
-        RequestKind::Write => return to_leader(Reason::Write),
+        RequestKind::Write { .. } => return to_leader(Reason::Write),
         RequestKind::Read {
             leader_only,
             session_wrote_at,
@@ -304,6 +383,38 @@ pub fn choose(state: &RouterState, req: &RequestKind, now: Instant, spin: u64) -
             reason: Reason::Follower,
         },
         None => to_leader(Reason::NoEligibleFollower),
+    }
+}
+
+/// Multi-leader: writes to the home (else the least-loaded healthy
+/// node), reads to any eligible node (else any healthy one).
+fn choose_multi_leader(state: &RouterState, req: &RequestKind, spin: u64) -> Target {
+    let least_loaded = |reason| {
+        (0..state.nodes.len())
+            .filter(|&i| state.is_healthy(i))
+            // Fewest in flight; ties in turn, from `spin`.
+            .min_by_key(|&i| {
+                let n = state.nodes.len() as u64;
+                let turn = (i as u64 + n - spin % n) % n;
+                (state.nodes[i].in_flight, turn)
+            })
+            .map_or(Target::NoLeader, |index| Target::Node { index, reason })
+    };
+    match *req {
+        RequestKind::Write {
+            home: Some(index), ..
+        } if state.is_healthy(index) => Target::Node {
+            index,
+            reason: Reason::Home,
+        },
+        RequestKind::Write { .. } => least_loaded(Reason::NewHome),
+        RequestKind::Read { .. } => match pick_follower(state, spin) {
+            Some(index) => Target::Node {
+                index,
+                reason: Reason::AnyNode,
+            },
+            None => least_loaded(Reason::AnyNode),
+        },
     }
 }
 
@@ -344,8 +455,11 @@ mod tests {
             epoch,
             applied_lsn: 0,
             lag_ms,
+            multi_leader: false,
         }
     }
+
+    const WRITE: RequestKind = RequestKind::Write { home: None };
 
     /// n1 leader (epoch 1), n2 and n3 followers with the given lags.
     fn cluster(strategy: ReadStrategy, lag2: u64, lag3: u64) -> (RouterState, Instant) {
@@ -376,17 +490,14 @@ mod tests {
     fn writes_go_to_the_leader_and_fail_without_one() {
         let (s, now) = cluster(ReadStrategy::LeastLag, 0, 0);
         assert_eq!(
-            choose(&s, &RequestKind::Write, now, 7),
+            choose(&s, &RequestKind::Write { home: Some(2) }, now, 7),
             Target::Node {
                 index: 0,
                 reason: Reason::Write
             }
         );
         let empty = RouterState::new(&["http://a:1".into()], policy(ReadStrategy::LeastLag));
-        assert_eq!(
-            choose(&empty, &RequestKind::Write, now, 0),
-            Target::NoLeader
-        );
+        assert_eq!(choose(&empty, &WRITE, now, 0), Target::NoLeader);
         assert_eq!(choose(&empty, &READ, now, 0), Target::NoLeader);
     }
 
@@ -510,6 +621,91 @@ mod tests {
         assert_eq!(s.leader(), Some(1));
         s.record_success(0, obs("n1", NodeRole::Follower, 2, 0), now);
         assert_eq!(s.leader(), Some(1));
+    }
+
+    /// Three multi-leader nodes (all report `leader`), lags as given.
+    fn multi(lags: [u64; 3]) -> (RouterState, Instant) {
+        let urls: Vec<String> = (1..=3).map(|i| format!("http://n{i}:7000")).collect();
+        let mut s = RouterState::new(&urls, policy(ReadStrategy::RoundRobin));
+        let now = Instant::now();
+        for (i, lag) in lags.into_iter().enumerate() {
+            let mut o = obs(&format!("n{}", i + 1), NodeRole::Leader, 0, lag);
+            o.multi_leader = true;
+            s.record_success(i, o, now);
+        }
+        (s, now)
+    }
+
+    fn at(t: Target) -> (usize, Reason) {
+        match t {
+            Target::Node { index, reason } => (index, reason),
+            Target::NoLeader => panic!("no target"),
+        }
+    }
+
+    #[test]
+    fn multi_leader_writes_go_home_else_to_the_least_loaded_node() {
+        let (mut s, now) = multi([0, 0, 0]);
+        assert!(s.multi_leader());
+        let home = |h| RequestKind::Write { home: Some(h) };
+        assert_eq!(at(choose(&s, &home(1), now, 0)), (1, Reason::Home));
+        assert_eq!(at(choose(&s, &home(2), now, 5)), (2, Reason::Home));
+        // No home: the fewest requests in flight.
+        s.begin_request(0);
+        s.begin_request(0);
+        s.begin_request(2);
+        assert_eq!(at(choose(&s, &WRITE, now, 0)), (1, Reason::NewHome));
+        s.end_request(0);
+        s.end_request(0);
+        s.end_request(0);
+        assert_eq!(s.nodes()[0].in_flight, 0, "never below zero");
+        // Ties go in turn.
+        s.end_request(2);
+        let picked: Vec<usize> = (0..3).map(|k| at(choose(&s, &WRITE, now, k)).0).collect();
+        assert_eq!(picked, vec![0, 1, 2]);
+        // A home that is down: the least-loaded other node.
+        for _ in 0..3 {
+            s.record_failure(1, "down".into());
+        }
+        assert_eq!(at(choose(&s, &home(1), now, 1)), (2, Reason::NewHome));
+        assert_eq!(
+            at(choose(&s.without(2), &home(1), now, 1)),
+            (0, Reason::NewHome)
+        );
+        let none = s.without(0).without(2);
+        assert_eq!(choose(&none, &WRITE, now, 0), Target::NoLeader);
+    }
+
+    #[test]
+    fn multi_leader_reads_go_to_any_node_by_strategy() {
+        let (s, now) = multi([0, 9000, 0]);
+        // n2 lags beyond max_lag; leader-only and sticky mean nothing here.
+        let req = RequestKind::Read {
+            leader_only: true,
+            session_wrote_at: Some(now),
+        };
+        let picked: Vec<(usize, Reason)> = (0..4).map(|k| at(choose(&s, &req, now, k))).collect();
+        assert_eq!(
+            picked,
+            vec![
+                (0, Reason::AnyNode),
+                (2, Reason::AnyNode),
+                (0, Reason::AnyNode),
+                (2, Reason::AnyNode)
+            ]
+        );
+        // Every node lagging: still served, by a healthy node.
+        let (s, now) = multi([9000, 9000, 9000]);
+        assert!(matches!(choose(&s, &READ, now, 0), Target::Node { .. }));
+    }
+
+    #[test]
+    fn nodes_are_named_by_id_or_url() {
+        let (s, _) = multi([0, 0, 0]);
+        assert_eq!(s.index_of_name("n2"), Some(1));
+        assert_eq!(s.index_of_name("http://n3:7000/"), Some(2));
+        assert_eq!(s.index_of_name("n1:7000"), Some(0));
+        assert_eq!(s.index_of_name("n4"), None);
     }
 
     #[test]

@@ -51,6 +51,14 @@ pub enum RouterError {
         /// The path.
         path: String,
     },
+    /// Bad input: `X-Replidb-Home` names no node of the router's list.
+    #[error("X-Replidb-Home {name:?} is none of the nodes (by id or URL): {nodes}")]
+    UnknownHome {
+        /// The name given.
+        name: String,
+        /// The configured nodes, for the message.
+        nodes: String,
+    },
     /// Bad input: known path, wrong method.
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed {
@@ -74,6 +82,7 @@ impl RouterError {
             RouterError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "node_timeout"),
             RouterError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             RouterError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            RouterError::UnknownHome { .. } => (StatusCode::BAD_REQUEST, "unknown_home"),
             RouterError::NotRouted { .. } => (StatusCode::NOT_FOUND, "not_found"),
             RouterError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")

@@ -110,16 +110,27 @@ pub(crate) fn parse_status(v: &Value) -> Result<Observation, String> {
     };
     let id = v["id"].as_str().ok_or("/status has no id")?.to_string();
     let num = |name: &str| v[name].as_u64();
+    let multi_leader = v["topology"].as_str() == Some("multi-leader");
+    let lag_ms = if multi_leader {
+        // Every node leads its own log; how far behind it is, is how far
+        // behind its slowest peer it has applied.
+        v["peers"]
+            .as_array()
+            .map(|ps| ps.iter().filter_map(|p| p["lag_ms"].as_u64()).max())
+            .unwrap_or_default()
+            .unwrap_or(0)
+    } else if role == NodeRole::Leader {
+        0
+    } else {
+        num("lag_ms").ok_or("/status of a follower has no lag_ms")?
+    };
     Ok(Observation {
         id,
         role,
         epoch: num("epoch").ok_or("/status has no epoch")?,
         applied_lsn: num("applied_lsn").unwrap_or(0),
-        lag_ms: if role == NodeRole::Leader {
-            0
-        } else {
-            num("lag_ms").ok_or("/status of a follower has no lag_ms")?
-        },
+        lag_ms,
+        multi_leader,
     })
 }
 
@@ -138,9 +149,15 @@ mod tests {
                 role: NodeRole::Follower,
                 epoch: 3,
                 applied_lsn: 17,
-                lag_ms: 250
+                lag_ms: 250,
+                multi_leader: false,
             }
         );
+        let m = json!({"id":"n3","role":"leader","epoch":0,"applied_lsn":4,"topology":"multi-leader",
+            "peers":[{"lag_ms":20},{"lag_ms":310}]});
+        let o = parse_status(&m).unwrap();
+        assert!(o.multi_leader);
+        assert_eq!(o.lag_ms, 310, "behind its slowest peer");
         let l = json!({"id":"n1","role":"leader","epoch":3,"applied_lsn":17});
         assert_eq!(parse_status(&l).unwrap().lag_ms, 0);
         assert!(parse_status(&json!({"id":"x","role":"router","epoch":1})).is_err());

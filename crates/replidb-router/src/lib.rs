@@ -24,6 +24,24 @@
 //! - The router's own `/status` (nodes, leader, counters), `/health` (200
 //!   while a leader is known) and `/metrics` (`replidb_router_*`).
 //!
+//! # Multi-leader
+//!
+//! When the nodes' `/status` say `"topology": "multi-leader"`, every node is
+//! a writer and the router looks for no leader:
+//!
+//! - a **write** (also `POST /v1/counter|set/{key}`, `PATCH /v1/map/{key}`)
+//!   goes to the session's *home*: the node named by `X-Replidb-Home` (id
+//!   or URL; pinned), else the one remembered for the session
+//!   (`X-Replidb-Session` or the `replidb_session` cookie), else
+//!   `--home`, else the healthy node with the fewest requests in flight.
+//!   The node that took it becomes the session's home (`homes.rs`);
+//! - a **read** goes to any eligible node by the read strategy, with
+//!   `X-Replidb-Min-Version` raised to the session's token: the merge, per
+//!   origin, of what its writes answered in `X-Replidb-Min-Version`, kept
+//!   per session and in the `replidb_min_version` cookie. The node waits
+//!   until it has applied the session's writes: read-your-writes from any
+//!   node.
+//!
 //! # Read-your-writes, three ways
 //!
 //! | how | client change | cost |
@@ -78,6 +96,7 @@ pub mod config;
 pub mod core;
 mod error;
 mod health;
+pub mod homes;
 mod proxy;
 pub mod request;
 mod server;

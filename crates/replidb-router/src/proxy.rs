@@ -11,6 +11,16 @@
 //!   once on the leader; a write is not (it may have been applied);
 //! - a **307** from a node that is no longer the leader is followed once to
 //!   its `Location`, and a health round is started in the background.
+//!
+//! Multi-leader (see `core`): a write goes to its session's home node
+//! (`X-Replidb-Home`, else the one remembered for the session, else
+//! `--home`, else the least-loaded node); the node that answered becomes
+//! the session's home and its `X-Replidb-Min-Version` is merged into the
+//! session's token (kept per session and in the `replidb_min_version`
+//! cookie). A read carries that token as `X-Replidb-Min-Version`, so the
+//! node serving it waits until it has applied the session's writes. A
+//! connection failure retries on another node, except for a write pinned
+//! by `X-Replidb-Home`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +33,7 @@ use bytes::Bytes;
 
 use crate::core::{Reason, RequestKind, Target};
 use crate::error::RouterError;
-use crate::request::{self, Cookies, Endpoint, ReadQuery, MIN_LSN_HEADER};
+use crate::request::{self, Cookies, Endpoint, ReadQuery, MIN_LSN_HEADER, MIN_VERSION_HEADER};
 use crate::shared::{Counters, Shared};
 
 /// Slack added to a request's own server-side wait (`wait_ms`,
@@ -49,6 +59,8 @@ struct Routed {
     resp: reqwest::Response,
     /// Node id (or URL) the answer came from.
     node: String,
+    /// Its index in the router's list, when it is in it.
+    index: Option<usize>,
     reason: Reason,
     /// Whether the request was retried on the leader after a follower
     /// failed.
@@ -102,10 +114,21 @@ async fn route(sh: &Shared, req: Request) -> Result<Response, RouterError> {
             Duration::from_millis(query.server_wait_ms.unwrap_or(0)).saturating_add(WAIT_SLACK),
         ),
     };
+    let multi = sh.state().multi_leader();
+    let mut pinned = None;
     let kind = if endpoint.is_write() {
-        RequestKind::Write
+        let home = if multi {
+            let (home, pin) = home_of(sh, &parts.headers, session.as_deref())?;
+            pinned = pin;
+            home
+        } else {
+            None
+        };
+        RequestKind::Write { home }
     } else {
-        if endpoint == Endpoint::KvRead {
+        if endpoint.is_token_read() && multi {
+            apply_min_version_token(sh, &mut out, &cookies, session.as_deref());
+        } else if endpoint.is_token_read() {
             apply_cookie_token(
                 sh,
                 &mut out,
@@ -123,9 +146,66 @@ async fn route(sh: &Shared, req: Request) -> Result<Response, RouterError> {
             session_wrote_at: wrote_at,
         }
     };
-    let routed = dispatch(sh, &kind, &out).await?;
+    let routed = dispatch(sh, &kind, &out, pinned).await?;
     count(sh, endpoint, &routed);
-    Ok(relay(sh, endpoint, routed, &cookies, session))
+    Ok(relay(sh, endpoint, routed, &cookies, session, multi))
+}
+
+/// Multi-leader: where a write goes, as `(home, pinned)`. `X-Replidb-Home`
+/// pins it (no other node will do; an unknown name is a 400); else the
+/// session's remembered home, else `--home`, is preferred while healthy.
+fn home_of(
+    sh: &Shared,
+    headers: &HeaderMap,
+    session: Option<&str>,
+) -> Result<(Option<usize>, Option<usize>), RouterError> {
+    if let Some(name) = request::home_header(headers) {
+        let index = sh.state().index_of_name(&name);
+        return match index {
+            Some(i) => Ok((Some(i), Some(i))),
+            None => Err(RouterError::UnknownHome {
+                name,
+                nodes: sh.config.nodes.join(","),
+            }),
+        };
+    }
+    let remembered = session.and_then(|s| sh.homes().get(s)).and_then(|h| h.node);
+    let default = || {
+        let name = sh.config.home.as_deref()?;
+        sh.state().index_of_name(name)
+    };
+    Ok((remembered.or_else(default), None))
+}
+
+/// Multi-leader: raise the read's `X-Replidb-Min-Version` to the session's
+/// token (remembered per session, and the `replidb_min_version` cookie), so
+/// the serving node waits until it has applied the session's writes. A
+/// token in the query is merged by the node itself.
+fn apply_min_version_token(
+    sh: &Shared,
+    out: &mut Outgoing,
+    cookies: &Cookies,
+    session: Option<&str>,
+) {
+    let explicit = request::header_min_version(&out.headers);
+    if explicit.is_none() && out.headers.contains_key(MIN_VERSION_HEADER) {
+        // Malformed: leave it for the node to refuse.
+        return;
+    }
+    let mut token = explicit.clone().unwrap_or_default();
+    if let Some(c) = &cookies.min_version {
+        token.merge(c);
+    }
+    if let Some(h) = session.and_then(|s| sh.homes().get(s)) {
+        token.merge(&h.token);
+    }
+    if token.is_empty() || Some(&token) == explicit.as_ref() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&token.to_string()) {
+        Counters::bump(&sh.counters.min_version_reads);
+        out.headers.insert(MIN_VERSION_HEADER, v);
+    }
 }
 
 /// Raise the read's token to the LSN cookie: the follower then waits for
@@ -155,28 +235,45 @@ fn apply_cookie_token(
     out.headers.insert(MIN_LSN_HEADER, HeaderValue::from(token));
 }
 
-/// Pick the target, send, and apply the retry rules of the module docs.
-async fn dispatch(sh: &Shared, kind: &RequestKind, out: &Outgoing) -> Result<Routed, RouterError> {
-    let (index, reason) = match sh.choose(kind) {
-        Target::Node { index, reason } => (index, reason),
-        Target::NoLeader => {
-            // Perhaps a failover just happened: look once more.
-            sh.refresh_now().await;
-            match sh.choose(kind) {
-                Target::Node { index, reason } => (index, reason),
-                Target::NoLeader => return Err(no_leader(sh)),
+/// Pick the target (or take the pinned one), send, and apply the retry
+/// rules of the module docs.
+async fn dispatch(
+    sh: &Shared,
+    kind: &RequestKind,
+    out: &Outgoing,
+    pinned: Option<usize>,
+) -> Result<Routed, RouterError> {
+    let (index, reason) = match pinned {
+        Some(i) => (i, Reason::Home),
+        None => match sh.choose(kind) {
+            Target::Node { index, reason } => (index, reason),
+            Target::NoLeader => {
+                // Perhaps a failover just happened: look once more.
+                sh.refresh_now().await;
+                match sh.choose(kind) {
+                    Target::Node { index, reason } => (index, reason),
+                    Target::NoLeader => return Err(no_leader(sh)),
+                }
             }
-        }
+        },
     };
     let (name, url) = sh.node(index).ok_or_else(|| no_leader(sh))?;
-    let err = match send(sh, &format!("{url}{}", out.path_and_query), out).await {
-        Ok(resp) => return follow_redirect(sh, resp, name, reason, out).await,
+    let err = match send_to(sh, index, &url, out).await {
+        Ok(resp) => return follow_redirect(sh, resp, name, index, reason, out).await,
         Err(e) => e,
     };
     let is_read = matches!(kind, RequestKind::Read { .. });
     let why = match err {
-        SendError::Connect(why) => why,
+        SendError::Connect(why) if pinned.is_none() => why,
         SendError::Other(why) if is_read => why,
+        SendError::Connect(why) => {
+            // Pinned by X-Replidb-Home: no other node will do.
+            sh.state().record_failure(index, why.clone());
+            return Err(RouterError::Unreachable {
+                node: name,
+                reason: why,
+            });
+        }
         SendError::Other(why) => {
             return Err(RouterError::Unreachable {
                 node: name,
@@ -191,30 +288,49 @@ async fn dispatch(sh: &Shared, kind: &RequestKind, out: &Outgoing) -> Result<Rou
         }
     };
     tracing::debug!(node = %name, error = %why, "request failed; retrying once");
-    let was_leader = {
+    let (was_leader, multi) = {
         let mut st = sh.state();
         st.record_failure(index, why.clone());
-        st.leader() == Some(index) || reason != Reason::Follower
+        (
+            st.leader() == Some(index) || reason != Reason::Follower,
+            st.multi_leader(),
+        )
     };
-    if was_leader {
+    if was_leader && !multi {
         sh.refresh_now().await;
     }
     Counters::bump(&sh.counters.retries);
-    // Retry on the leader: it can serve every read, and writes need it.
-    let retry_kind = match kind {
-        RequestKind::Write => RequestKind::Write,
-        RequestKind::Read { .. } => RequestKind::Read {
-            leader_only: true,
-            session_wrote_at: None,
-        },
+    let target = if multi {
+        // Every node writes and serves reads: any other one will do, and a
+        // write there makes it the session's new home.
+        let retry_kind = match kind {
+            RequestKind::Write { .. } => RequestKind::Write { home: None },
+            read => *read,
+        };
+        sh.choose_avoiding(&retry_kind, index)
+    } else {
+        // Retry on the leader: it can serve every read, and writes need it.
+        let retry_kind = match kind {
+            RequestKind::Write { home } => RequestKind::Write { home: *home },
+            RequestKind::Read { .. } => RequestKind::Read {
+                leader_only: true,
+                session_wrote_at: None,
+            },
+        };
+        sh.choose(&retry_kind)
     };
-    let Target::Node { index: leader, .. } = sh.choose(&retry_kind) else {
+    let Target::Node {
+        index: next,
+        reason: next_reason,
+    } = target
+    else {
         return Err(no_leader(sh));
     };
-    let (lname, lurl) = sh.node(leader).ok_or_else(|| no_leader(sh))?;
-    match send(sh, &format!("{lurl}{}", out.path_and_query), out).await {
+    let reason = if multi { next_reason } else { reason };
+    let (lname, lurl) = sh.node(next).ok_or_else(|| no_leader(sh))?;
+    match send_to(sh, next, &lurl, out).await {
         Ok(resp) => {
-            let mut r = follow_redirect(sh, resp, lname, reason, out).await?;
+            let mut r = follow_redirect(sh, resp, lname, next, reason, out).await?;
             r.retried_on_leader = reason == Reason::Follower;
             Ok(r)
         }
@@ -223,7 +339,7 @@ async fn dispatch(sh: &Shared, kind: &RequestKind, out: &Outgoing) -> Result<Rou
             timeout_ms: out.timeout.as_millis() as u64,
         }),
         Err(SendError::Connect(e) | SendError::Other(e)) => {
-            sh.state().record_failure(leader, e.clone());
+            sh.state().record_failure(next, e.clone());
             Err(RouterError::Unreachable {
                 node: lname,
                 reason: format!("{e} (after {name}: {why})"),
@@ -232,23 +348,56 @@ async fn dispatch(sh: &Shared, kind: &RequestKind, out: &Outgoing) -> Result<Rou
     }
 }
 
+/// Counts a request in flight to node `index` while alive (also when the
+/// request is dropped half-way because the client went away).
+struct InFlight<'a> {
+    sh: &'a Shared,
+    index: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn begin(sh: &'a Shared, index: usize) -> Self {
+        sh.state().begin_request(index);
+        InFlight { sh, index }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.sh.state().end_request(self.index);
+    }
+}
+
+/// [`send`] to node `index` at base `url`, counted in flight.
+async fn send_to(
+    sh: &Shared,
+    index: usize,
+    url: &str,
+    out: &Outgoing,
+) -> Result<reqwest::Response, SendError> {
+    let _in_flight = InFlight::begin(sh, index);
+    send(sh, &format!("{url}{}", out.path_and_query), out).await
+}
+
 /// A 307 means the node we took for the leader is not (any more): follow
 /// it once, believe it, and refresh in the background.
 async fn follow_redirect(
     sh: &Shared,
     resp: reqwest::Response,
     name: String,
+    sent_to: usize,
     reason: Reason,
     out: &Outgoing,
 ) -> Result<Routed, RouterError> {
-    let routed = |resp, node| Routed {
+    let routed = |resp, node, index| Routed {
         resp,
         node,
+        index,
         reason,
         retried_on_leader: false,
     };
     if resp.status() != StatusCode::TEMPORARY_REDIRECT {
-        return Ok(routed(resp, name));
+        return Ok(routed(resp, name, Some(sent_to)));
     }
     let Some(mut next) = resp
         .headers()
@@ -257,7 +406,7 @@ async fn follow_redirect(
         .and_then(|loc| resp.url().join(loc).ok())
         .filter(|u| u.scheme() == "http")
     else {
-        return Ok(routed(resp, name));
+        return Ok(routed(resp, name, Some(sent_to)));
     };
     if next.query().is_none() {
         next.set_query(resp.url().query());
@@ -286,7 +435,7 @@ async fn follow_redirect(
             return Err(RouterError::Unreachable { node, reason: e })
         }
     };
-    Ok(routed(resp, node))
+    Ok(routed(resp, node, index))
 }
 
 async fn send(sh: &Shared, url: &str, out: &Outgoing) -> Result<reqwest::Response, SendError> {
@@ -368,6 +517,19 @@ fn count(sh: &Shared, endpoint: Endpoint, r: &Routed) {
             }
             "follower"
         }
+        Reason::Home | Reason::NewHome => {
+            Counters::bump(&c.writes);
+            if r.reason == Reason::Home {
+                Counters::bump(&c.home_writes);
+            } else {
+                Counters::bump(&c.new_homes);
+            }
+            "home"
+        }
+        Reason::AnyNode => {
+            Counters::bump(&c.reads_any_node);
+            "any"
+        }
         Reason::Sticky | Reason::LeaderRequested | Reason::NoEligibleFollower => {
             Counters::bump(&c.reads_to_leader);
             if r.reason == Reason::Sticky {
@@ -385,13 +547,14 @@ fn count(sh: &Shared, endpoint: Endpoint, r: &Routed) {
 }
 
 /// The node's answer, streamed through, plus `X-Replidb-Routed-To` and,
-/// after a write, the LSN and session cookies.
+/// after a write, the token and session cookies.
 fn relay(
     sh: &Shared,
     endpoint: Endpoint,
     r: Routed,
     cookies: &Cookies,
     session: Option<String>,
+    multi: bool,
 ) -> Response {
     let status = r.resp.status();
     let mut headers = HeaderMap::new();
@@ -407,6 +570,12 @@ fn relay(
     // leader: the client must still read it back, as `Session` does.
     let wrote =
         endpoint.is_write() && (status.is_success() || status == StatusCode::GATEWAY_TIMEOUT);
+    if multi {
+        if wrote {
+            remember_write(sh, &r, &mut headers, cookies, session);
+        }
+        return streamed(r.resp, status, headers);
+    }
     if let Some(token) = request::advanced_lsn_cookie(
         endpoint.is_write(),
         status,
@@ -423,10 +592,42 @@ fn relay(
         });
         sh.sessions().record_write(&id, Instant::now());
     }
-    let mut resp = Response::new(Body::from_stream(r.resp.bytes_stream()));
+    streamed(r.resp, status, headers)
+}
+
+fn streamed(from: reqwest::Response, status: StatusCode, headers: HeaderMap) -> Response {
+    let mut resp = Response::new(Body::from_stream(from.bytes_stream()));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
+}
+
+/// Multi-leader: after a write (200, or 504: it happened), the node that
+/// took it becomes the session's home and its `X-Replidb-Min-Version` joins
+/// the session's token, remembered per session and sent back in the
+/// `replidb_min_version` cookie. A request without a session gets one
+/// (`replidb_session` cookie).
+fn remember_write(
+    sh: &Shared,
+    r: &Routed,
+    headers: &mut HeaderMap,
+    cookies: &Cookies,
+    session: Option<String>,
+) {
+    let written = request::header_min_version(headers).unwrap_or_default();
+    let id = session.unwrap_or_else(|| {
+        let id = format!("{:032x}", rand::random::<u128>());
+        set_cookie(headers, &request::session_cookie(&id));
+        id
+    });
+    let mut token = cookies.min_version.clone().unwrap_or_default();
+    match r.index {
+        Some(i) => token.merge(&sh.homes().record_write(&id, i, &written)),
+        None => token.merge(&written),
+    }
+    if !token.is_empty() {
+        set_cookie(headers, &request::min_version_cookie(&token));
+    }
 }
 
 /// The node's `X-Replidb-Lsn`: the write's LSN, or the applied LSN of the

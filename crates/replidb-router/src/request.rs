@@ -7,8 +7,11 @@
 //!   [`session_cookie`] write them.
 //! - [`merge_min_lsn`] and [`strip_min_lsn`] carry the LSN cookie into a
 //!   read's `min_lsn`.
+//! - [`min_version_cookie`] and [`header_min_version`] carry the
+//!   multi-leader per-origin token.
 
 use axum::http::{HeaderMap, Method, StatusCode};
+use replidb_causal::MinVersion;
 
 use crate::error::RouterError;
 
@@ -20,6 +23,13 @@ pub const SESSION_COOKIE: &str = "replidb_session";
 pub const SESSION_HEADER: &str = "x-replidb-session";
 /// Header carrying a read token (API.md).
 pub const MIN_LSN_HEADER: &str = "x-replidb-min-lsn";
+/// Name of the cookie carrying the per-origin token of a session's writes
+/// (multi-leader), form-encoded (a token's commas are not cookie octets).
+pub const MIN_VERSION_COOKIE: &str = "replidb_min_version";
+/// Header carrying a per-origin read token (multi-leader, API.md).
+pub const MIN_VERSION_HEADER: &str = "x-replidb-min-version";
+/// Header naming the node a multi-leader write goes to (a node id or URL).
+pub const HOME_HEADER: &str = "x-replidb-home";
 /// Longest session id accepted; longer ones are ignored (not stored).
 pub const SESSION_ID_MAX_BYTES: usize = 128;
 
@@ -37,6 +47,10 @@ pub enum Endpoint {
     /// `GET /read`, `/follower-read`, `/read-with-repair`: a node serves
     /// these only from the leader (a follower proxies them there).
     SeedRead,
+    /// `POST /v1/counter/{key}`, `POST /v1/set/{key}`, `PATCH /v1/map/{key}`.
+    TypedWrite,
+    /// `GET /v1/counter|set|map/{key}`.
+    TypedRead,
 }
 
 impl Endpoint {
@@ -44,8 +58,14 @@ impl Endpoint {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Endpoint::KvWrite | Endpoint::Txn | Endpoint::SeedWrite
+            Endpoint::KvWrite | Endpoint::Txn | Endpoint::SeedWrite | Endpoint::TypedWrite
         )
+    }
+
+    /// Whether the endpoint reads one of the API's keys or key ranges
+    /// (the reads a token applies to).
+    pub fn is_token_read(self) -> bool {
+        matches!(self, Endpoint::KvRead | Endpoint::TypedRead)
     }
 
     /// Label for metrics (`route`).
@@ -56,6 +76,8 @@ impl Endpoint {
             Endpoint::SeedWrite => "seed_write",
             Endpoint::KvRead => "kv_read",
             Endpoint::SeedRead => "seed_read",
+            Endpoint::TypedWrite => "typed_write",
+            Endpoint::TypedRead => "typed_read",
         }
     }
 
@@ -65,9 +87,11 @@ impl Endpoint {
     pub fn body_limit(self, max_value_bytes: usize) -> usize {
         const SLACK: usize = 64 * 1024;
         match self {
-            Endpoint::KvWrite | Endpoint::SeedWrite => max_value_bytes + SLACK,
+            Endpoint::KvWrite | Endpoint::SeedWrite | Endpoint::TypedWrite => {
+                max_value_bytes + SLACK
+            }
             Endpoint::Txn => max_value_bytes.saturating_mul(4).max(1 << 20) + SLACK,
-            Endpoint::KvRead | Endpoint::SeedRead => 0,
+            Endpoint::KvRead | Endpoint::SeedRead | Endpoint::TypedRead => 0,
         }
     }
 }
@@ -81,6 +105,24 @@ pub fn classify(method: &Method, path: &str) -> Result<Endpoint, RouterError> {
         path: path.to_string(),
     };
     let kv_key = path.strip_prefix("/v1/kv/").is_some_and(|k| !k.is_empty());
+    let typed = ["counter", "set", "map"].into_iter().find(|t| {
+        path.strip_prefix("/v1/")
+            .and_then(|rest| rest.strip_prefix(t))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|k| !k.is_empty())
+    });
+    if let Some(t) = typed {
+        let write = if t == "map" {
+            Method::PATCH
+        } else {
+            Method::POST
+        };
+        return match method {
+            m if *m == Method::GET => Ok(Endpoint::TypedRead),
+            m if *m == write => Ok(Endpoint::TypedWrite),
+            _ => Err(wrong()),
+        };
+    }
     match path {
         _ if kv_key => match *method {
             Method::GET | Method::HEAD => Ok(Endpoint::KvRead),
@@ -145,6 +187,8 @@ pub struct Cookies {
     pub lsn: Option<u64>,
     /// `replidb_session`, if present and well-formed.
     pub session: Option<String>,
+    /// `replidb_min_version`, if present and a valid token.
+    pub min_version: Option<MinVersion>,
 }
 
 impl Cookies {
@@ -168,6 +212,13 @@ impl Cookies {
                     }
                 }
                 SESSION_COOKIE if valid_session_id(value) => c.session = Some(value.to_string()),
+                MIN_VERSION_COOKIE => {
+                    if let Some(t) = decode_min_version_cookie(value) {
+                        c.min_version
+                            .get_or_insert_with(MinVersion::default)
+                            .merge(&t);
+                    }
+                }
                 _ => {}
             }
         }
@@ -264,6 +315,38 @@ pub fn lsn_cookie(lsn: u64) -> String {
     format!("{LSN_COOKIE}={lsn}; Path=/; HttpOnly; SameSite=Lax")
 }
 
+/// `Set-Cookie` value for the per-origin token.
+pub fn min_version_cookie(token: &MinVersion) -> String {
+    let encoded = serde_urlencoded::to_string([("v", token.to_string())]).unwrap_or_default();
+    let value = encoded.strip_prefix("v=").unwrap_or("");
+    format!("{MIN_VERSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax")
+}
+
+fn decode_min_version_cookie(value: &str) -> Option<MinVersion> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&format!("v={value}")).ok()?;
+    let (_, token) = pairs.into_iter().next()?;
+    MinVersion::parse(&token).ok()
+}
+
+/// The request's `X-Replidb-Min-Version`, if present and valid (an invalid
+/// one is left for the node to refuse with its own 400).
+pub fn header_min_version(headers: &HeaderMap) -> Option<MinVersion> {
+    headers
+        .get(MIN_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| MinVersion::parse(s).ok())
+}
+
+/// The request's `X-Replidb-Home`, trimmed, if present and not empty.
+pub fn home_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(HOME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 /// `Set-Cookie` value for a session id.
 pub fn session_cookie(id: &str) -> String {
     format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax")
@@ -317,7 +400,23 @@ mod tests {
             classify(&Method::POST, "/v1/kv/a"),
             Err(RouterError::MethodNotAllowed { .. })
         ));
-        for p in ["/admin/promote", "/internal/digest", "/v1/kv/", "/nope"] {
+        assert_eq!(ok(Method::POST, "/v1/counter/c"), Endpoint::TypedWrite);
+        assert_eq!(ok(Method::GET, "/v1/counter/c"), Endpoint::TypedRead);
+        assert_eq!(ok(Method::POST, "/v1/set/s/x"), Endpoint::TypedWrite);
+        assert_eq!(ok(Method::PATCH, "/v1/map/m"), Endpoint::TypedWrite);
+        assert_eq!(ok(Method::GET, "/v1/map/m"), Endpoint::TypedRead);
+        assert!(matches!(
+            classify(&Method::POST, "/v1/map/m"),
+            Err(RouterError::MethodNotAllowed { .. })
+        ));
+        for p in [
+            "/admin/promote",
+            "/internal/digest",
+            "/v1/kv/",
+            "/nope",
+            "/v1/counter/",
+            "/v1/counters/x",
+        ] {
             assert!(matches!(
                 classify(&Method::POST, p),
                 Err(RouterError::NotRouted { .. })
@@ -365,8 +464,8 @@ mod tests {
     fn the_session_header_wins_over_the_cookie() {
         let mut h = HeaderMap::new();
         let cookies = Cookies {
-            lsn: None,
             session: Some("from-cookie".into()),
+            ..Default::default()
         };
         assert_eq!(session_of(&h, &cookies).as_deref(), Some("from-cookie"));
         h.insert(SESSION_HEADER, HeaderValue::from_static("from-header"));
@@ -393,6 +492,40 @@ mod tests {
         );
         assert_eq!(strip_min_lsn("min_lsn=3"), "");
         assert_eq!(strip_min_lsn("min_lsnx=1&&a"), "min_lsnx=1&a");
+    }
+
+    #[test]
+    fn the_min_version_cookie_round_trips_and_merges() {
+        let t = MinVersion::parse("n1:42,n2:17").unwrap();
+        let set = min_version_cookie(&t);
+        assert!(
+            set.starts_with("replidb_min_version=n1%3A42%2Cn2%3A17;"),
+            "{set}"
+        );
+        let value = set.split(';').next().unwrap();
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_str(value).unwrap());
+        h.append(
+            "cookie",
+            HeaderValue::from_static("replidb_min_version=n1%3A50%2Cn3%3A1"),
+        );
+        assert_eq!(
+            Cookies::parse(&h).min_version.unwrap().to_string(),
+            "n1:50,n2:17,n3:1"
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert("cookie", HeaderValue::from_static("replidb_min_version=n1"));
+        assert_eq!(Cookies::parse(&bad).min_version, None);
+    }
+
+    #[test]
+    fn min_version_and_home_headers_are_read() {
+        let mut h = HeaderMap::new();
+        assert_eq!((header_min_version(&h), home_header(&h)), (None, None));
+        h.insert(MIN_VERSION_HEADER, HeaderValue::from_static("n2:3"));
+        h.insert(HOME_HEADER, HeaderValue::from_static(" n2 "));
+        assert_eq!(header_min_version(&h).unwrap().to_string(), "n2:3");
+        assert_eq!(home_header(&h).as_deref(), Some("n2"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::config::RouterConfig;
 use crate::core::{choose, ReadStrategy, RequestKind, RouterState, Target};
+use crate::homes::HomeMap;
 use crate::sessions::SessionMap;
 
 /// Routing counters, as `/status` reports them.
@@ -36,6 +37,15 @@ pub(crate) struct Counters {
     pub redirects_followed: AtomicU64,
     /// Requests answered 503 `no_leader`.
     pub no_leader: AtomicU64,
+    /// Multi-leader writes sent to the session's home node.
+    pub home_writes: AtomicU64,
+    /// Multi-leader writes that chose a (new) home: the session had none,
+    /// or it was down.
+    pub new_homes: AtomicU64,
+    /// Multi-leader reads.
+    pub reads_any_node: AtomicU64,
+    /// Multi-leader reads sent with the session's per-origin token.
+    pub min_version_reads: AtomicU64,
 }
 
 impl Counters {
@@ -56,6 +66,10 @@ impl Counters {
             "retries": g(&self.retries),
             "redirects_followed": g(&self.redirects_followed),
             "no_leader": g(&self.no_leader),
+            "home_writes": g(&self.home_writes),
+            "new_homes": g(&self.new_homes),
+            "reads_any_node": g(&self.reads_any_node),
+            "min_version_reads": g(&self.min_version_reads),
         })
     }
 }
@@ -65,6 +79,8 @@ pub(crate) struct Shared {
     pub config: RouterConfig,
     state: Mutex<RouterState>,
     sessions: Mutex<SessionMap>,
+    /// Multi-leader sessions: home node and write token.
+    homes: Mutex<HomeMap>,
     pub counters: Counters,
     /// Round-robin position (also the tie-breaker of least-lag).
     spin: AtomicU64,
@@ -102,6 +118,7 @@ impl Shared {
         Ok(Shared {
             state: Mutex::new(RouterState::new(&config.nodes, config.policy())),
             sessions: Mutex::new(SessionMap::new(config.sticky_window, config.max_sessions)),
+            homes: Mutex::new(HomeMap::new(config.max_sessions)),
             counters: Counters::default(),
             spin: AtomicU64::new(0),
             http,
@@ -121,6 +138,16 @@ impl Shared {
 
     pub fn sessions(&self) -> MutexGuard<'_, SessionMap> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn homes(&self) -> MutexGuard<'_, HomeMap> {
+        self.homes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`choose`] as if node `avoid` were down (it just failed a request).
+    pub fn choose_avoiding(&self, kind: &RequestKind, avoid: usize) -> Target {
+        let spin = self.spin.fetch_add(1, Ordering::Relaxed);
+        choose(&self.state().without(avoid), kind, Instant::now(), spin)
     }
 
     /// [`choose`] with this router's strategy input.
@@ -160,6 +187,7 @@ impl Shared {
                     "applied_lsn": o.map(|o| o.applied_lsn),
                     "lag_ms": o.map(|o| o.lag_ms),
                     "healthy": st.is_healthy(i),
+                    "in_flight": n.in_flight,
                     "eligible_for_reads": st.is_eligible(i),
                     "consecutive_failures": n.consecutive_failures,
                     "last_ok_ms_ago": n.last_ok.map(|t| now.saturating_duration_since(t).as_millis() as u64),
@@ -173,10 +201,12 @@ impl Shared {
         let c = &self.config;
         json!({
             "role": "router",
+            "topology": if st.multi_leader() { "multi-leader" } else { "single-leader" },
             "leader": leader,
             "nodes": nodes,
             "counters": self.counters.to_json(),
             "sessions": self.sessions().len(),
+            "homes": self.homes().len(),
             "health_rounds": self.rounds.load(Ordering::Relaxed),
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "config": {
@@ -187,6 +217,7 @@ impl Shared {
                 "sticky_window_ms": c.sticky_window.as_millis() as u64,
                 "max_sessions": c.max_sessions,
                 "request_timeout_ms": c.request_timeout.as_millis() as u64,
+                "home": c.home,
             },
         })
     }

@@ -77,6 +77,7 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
     let write_opts = WriteOptions {
         w: Some(args.w),
         timeout_ms: None,
+        ..Default::default()
     };
 
     let follower = match (args.mode, &args.follower) {

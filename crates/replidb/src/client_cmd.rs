@@ -33,6 +33,7 @@ fn write_opts(a: &WriteArgs) -> WriteOptions {
     WriteOptions {
         w: a.w,
         timeout_ms: a.timeout_ms,
+        ..Default::default()
     }
 }
 
@@ -43,6 +44,7 @@ fn read_opts(a: &ReadArgs) -> ReadOptions {
         min_lsn: a.min_lsn,
         wait_ms: a.wait_ms,
         fallback: a.fallback,
+        ..Default::default()
     }
 }
 

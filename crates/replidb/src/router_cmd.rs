@@ -47,6 +47,10 @@ pub struct RouterArgs {
     /// The nodes' --max-value-bytes; request bodies are limited from it.
     #[arg(long, default_value_t = replidb_router::config::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
+    /// Multi-leader: home node (id or URL) of a session that names none
+    /// (X-Replidb-Home) and has none yet; default: the least-loaded node.
+    #[arg(long)]
+    pub home: Option<String>,
 }
 
 fn parse_strategy(s: &str) -> Result<ReadStrategy, String> {
@@ -65,6 +69,7 @@ impl RouterArgs {
             max_sessions: self.max_sessions,
             request_timeout: self.request_timeout,
             max_value_bytes: self.max_value_bytes,
+            home: self.home,
             ..RouterConfig::new(self.listen, self.nodes)
         }
     }
@@ -116,6 +121,13 @@ mod tests {
         assert_eq!(r.max_lag, std::time::Duration::from_secs(5));
         assert_eq!(r.failure_threshold, 3);
         assert_eq!(r.sticky_window, std::time::Duration::from_secs(5));
+        assert_eq!(r.home, None);
+        let cli =
+            Cli::try_parse_from(["replidb", "router", "--nodes", "a:1", "--home", "n2"]).unwrap();
+        let Command::Router(r) = cli.command else {
+            panic!("not router")
+        };
+        assert_eq!(r.into_config().home.as_deref(), Some("n2"));
         let bad = Cli::try_parse_from([
             "replidb",
             "router",
