@@ -149,6 +149,7 @@ pub mod coordinator;
 pub mod etcd;
 mod events;
 pub mod faults;
+pub mod multi;
 pub mod net;
 pub mod node;
 mod report;
