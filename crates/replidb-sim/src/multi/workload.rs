@@ -14,7 +14,7 @@ use replidb_engine::{Committed, Proposal};
 use super::{policies, MultiConfig, MultiNode, MultiShared, CONVERGE_DEADLINE_MS};
 
 /// Salt of the workload's random stream.
-const WORKLOAD_SALT: u64 = 0x6d75_6c74_69;
+const WORKLOAD_SALT: u64 = 0x006d_756c_7469;
 /// Longest a write may take before its outcome counts as unknown.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the client looks for convergence.
