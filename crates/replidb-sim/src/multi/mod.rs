@@ -30,7 +30,7 @@
 //! [`CONVERGE_DEADLINE_MS`]) until every node has applied every origin's
 //! last LSN.
 //!
-//! # Invariants (see [`check`])
+//! # Invariants (see the `check` module)
 //! Convergence (equal table digests), counters exact (the sum of every
 //! acknowledged delta), sets exact (the OR-set model on the dots each
 //! write reported), nothing lost without a trace (every acknowledged put
