@@ -2,7 +2,8 @@
 # Run replidb's whole test suite on a fresh Debian machine: install what the
 # tests need (etcd for the failover tests, promtool from `prometheus` for
 # the deploy/ checks), build once, run every test, then soak the simulator
-# (release build) over SIM_SOAK_SEEDS seeds (default 2000) with every fault.
+# (release build) over SIM_SOAK_SEEDS seeds (default 2000) with every fault,
+# and its multi-leader mode over ML_SOAK_SEEDS seeds (default 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,23 +28,32 @@ fi
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast "$@"
 
-# Simulator soak: many seeds with every fault kind, on the release build
-# (debug is ~10x slower). Two halves run at once to use both cores; each
-# prints only its failing seeds, and any failed seed fails the script.
-seeds=${SIM_SOAK_SEEDS:-2000}
+# Simulator soaks on the release build (debug is ~10x slower): many seeds
+# of the single-leader run with every fault (SIM_SOAK_SEEDS, default
+# 2000), then of the multi-leader run with every fault under clock skew
+# (ML_SOAK_SEEDS, default 1000). Each soak runs in two halves at once to
+# use both cores; each half prints only its failing seeds, and any failed
+# seed fails the script.
 cargo build --release --locked -p replidb
 bin="${CARGO_TARGET_DIR:-target}/release/replidb"
-half=$((seeds / 2))
-logs=$(mktemp -d)
-"$bin" simulate --seeds "1..${half}" --faults all >"$logs/a" 2>&1 &
-pid_a=$!
-"$bin" simulate --seeds "$((half + 1))..${seeds}" --faults all >"$logs/b" 2>&1 &
-pid_b=$!
 status=0
-wait "$pid_a" || status=1
-wait "$pid_b" || status=1
-cat "$logs/a" "$logs/b"
-rm -rf "$logs"
+soak() {
+    local seeds=$1
+    shift
+    local half=$((seeds / 2))
+    local logs
+    logs=$(mktemp -d)
+    "$bin" simulate --seeds "1..${half}" "$@" >"$logs/a" 2>&1 &
+    local pid_a=$!
+    "$bin" simulate --seeds "$((half + 1))..${seeds}" "$@" >"$logs/b" 2>&1 &
+    local pid_b=$!
+    wait "$pid_a" || status=1
+    wait "$pid_b" || status=1
+    cat "$logs/a" "$logs/b"
+    rm -rf "$logs"
+}
+soak "${SIM_SOAK_SEEDS:-2000}" --faults all
+soak "${ML_SOAK_SEEDS:-1000}" --topology multi-leader --faults all
 if ((status != 0)); then
     echo "simulator soak: some seeds failed (each failing line shows how to replay it)" >&2
     exit 1

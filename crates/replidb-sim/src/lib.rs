@@ -98,6 +98,15 @@
 //! invariant prints `result: FAIL, reproduce with: replidb simulate --seed
 //! S ...` and the command exits non-zero.
 //!
+//! # Multi-leader (`--topology multi-leader`)
+//! [`multi`] runs N nodes that each lead their own log and apply every
+//! peer's (`NodeCore` + `PeerStream` + the causal merge, as the server's
+//! multi-leader mode wires them), each on its own skewed wall clock, under
+//! concurrent causal writes (puts under `lww` and `siblings`, counters,
+//! sets), partitions between pairs, crashes and slow links, and checks
+//! convergence, exact counters and sets, that no acknowledged put is lost
+//! without a trace, and that HLC orders causally later writes later.
+//!
 //! # Reproducing a seed
 //! The output names the full command line. Run it again, e.g.
 //! `replidb simulate --seed 4242 --faults all`, to get the same bytes;
@@ -137,7 +146,8 @@
 //! the HTTP layer and the router; machine crashes that
 //! lose the OS page cache (the WAL writes real files; a crash here is a
 //! process crash); clock skew between hosts; snapshots sent to lagging
-//! followers (the leader keeps its whole WAL).
+//! followers (the leader keeps its whole WAL). Clock skew is simulated
+//! only in the multi-leader run.
 
 #![warn(missing_docs)]
 
@@ -149,6 +159,7 @@ pub mod coordinator;
 pub mod etcd;
 mod events;
 pub mod faults;
+pub mod multi;
 pub mod net;
 pub mod node;
 mod report;

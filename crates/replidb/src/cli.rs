@@ -50,7 +50,7 @@ pub enum Command {
     Bench(BenchArgs),
     /// Start a local cluster (leader + followers with artificial lag).
     Playground(crate::playground::PlaygroundArgs),
-    /// Deterministic simulation of a leader and followers (stale reads, lag, faults).
+    /// Deterministic simulation of a leader and followers (stale reads, lag, faults), or of multi-leader nodes under clock skew.
     #[cfg(feature = "simulate")]
     Simulate(crate::simulate_cmd::SimulateArgs),
     /// Read/write-splitting proxy in front of the nodes.

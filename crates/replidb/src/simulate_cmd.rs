@@ -1,5 +1,7 @@
 //! `replidb simulate`: the deterministic simulation of a leader and N
-//! followers (crate `replidb-sim`), printed as a story and a summary.
+//! followers (crate `replidb-sim`), printed as a story and a summary;
+//! with `--topology multi-leader`, of N nodes that each lead their own log
+//! under clock skew (`replidb_sim::multi`).
 //!
 //! One seed prints the same bytes on every run; a failed invariant prints
 //! the command line that reproduces it and exits 1. `--seeds A..B` runs a
@@ -9,7 +11,10 @@ use std::ops::RangeInclusive;
 
 use anyhow::Context as _;
 use clap::Args;
+use std::time::Duration;
+
 use replidb_core::DurationRange;
+use replidb_sim::multi::MultiConfig;
 use replidb_sim::{FaultMode, SimConfig};
 
 use crate::UsageError;
@@ -17,22 +22,33 @@ use crate::UsageError;
 /// `replidb simulate`.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
+    /// single-leader (a leader and followers) or multi-leader (every node
+    /// leads its own log and applies every peer's).
+    #[arg(long, default_value = "single-leader", value_parser = ["single-leader", "multi-leader"])]
+    pub topology: String,
+    /// Multi-leader: number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Multi-leader: largest wall-clock skew of a node, either direction.
+    #[arg(long, default_value = "5s", value_parser = parse_skew)]
+    pub skew: Duration,
     /// Number of followers.
     #[arg(long, default_value_t = 3)]
     pub followers: usize,
     /// Artificial apply lag of each follower: DUR or DUR..DUR.
     #[arg(long, default_value = "100ms..500ms")]
     pub lag: DurationRange,
-    /// Writes the client makes.
-    #[arg(long, default_value_t = 20)]
-    pub writes: usize,
+    /// Writes the client makes (default 20; multi-leader 80).
+    #[arg(long)]
+    pub writes: Option<usize>,
     /// Follower reads per write, on average.
     #[arg(long, default_value_t = 3.0)]
     pub read_ratio: f64,
     /// Seed of the run: the same seed prints the same output.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Faults to inject: none, partition, crash, delay or all.
+    /// Faults to inject: none, partition, crash, delay, failover or all
+    /// (multi-leader: all but failover).
     #[arg(long, default_value = "none")]
     pub faults: FaultMode,
     /// Run every seed in A..B (inclusive) and report only failures (soak).
@@ -60,13 +76,34 @@ fn parse_seed_range(s: &str) -> Result<RangeInclusive<u64>, String> {
     Ok(a..=b)
 }
 
+/// `--skew DUR`.
+fn parse_skew(s: &str) -> Result<Duration, String> {
+    replidb_core::parse_duration(s).map_err(|e| e.to_string())
+}
+
 /// Run the command.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.topology == "multi-leader" {
+        let cfg = MultiConfig {
+            seed: args.seed,
+            nodes: args.nodes,
+            writes: args.writes.unwrap_or(80),
+            skew: args.skew,
+            faults: args.faults,
+            story_lines: args.story_lines,
+        };
+        cfg.validate()
+            .map_err(|e| anyhow::Error::new(UsageError(e.to_string())))?;
+        let seeds = args.seeds;
+        return tokio::task::spawn_blocking(move || quiet(|| simulate_multi(cfg, seeds)))
+            .await
+            .context("the simulation thread failed")?;
+    }
     let cfg = SimConfig {
         seed: args.seed,
         followers: args.followers,
         lag: args.lag,
-        writes: args.writes,
+        writes: args.writes.unwrap_or(20),
         read_ratio: args.read_ratio,
         faults: args.faults,
         story_lines: args.story_lines,
@@ -111,6 +148,40 @@ fn simulate(cfg: SimConfig, seeds: Option<RangeInclusive<u64>>) -> anyhow::Resul
     })?;
     println!(
         "seeds {first}..{last} (faults {}): {} runs, {} failed",
+        cfg.faults,
+        soak.runs,
+        soak.failed.len()
+    );
+    if soak.failed.is_empty() {
+        return Ok(());
+    }
+    for (_, _, cmd) in &soak.failed {
+        println!("reproduce with: {cmd}");
+    }
+    anyhow::bail!("{} of {} seeds failed", soak.failed.len(), soak.runs)
+}
+
+fn simulate_multi(cfg: MultiConfig, seeds: Option<RangeInclusive<u64>>) -> anyhow::Result<()> {
+    let Some(seeds) = seeds else {
+        let report = replidb_sim::multi::run(&cfg)?;
+        print!("{}", report.output);
+        if report.passed() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "invariant violated with seed {}; reproduce with: {}",
+            cfg.seed,
+            cfg.command_line()
+        );
+    };
+    let (first, last) = (*seeds.start(), *seeds.end());
+    let soak = replidb_sim::multi::run_seeds(&cfg, seeds, |r| {
+        if !r.passed() {
+            println!("seed {}: FAIL: {}", r.seed, r.failures.join("; "));
+        }
+    })?;
+    println!(
+        "seeds {first}..{last} (topology multi-leader, faults {}): {} runs, {} failed",
         cfg.faults,
         soak.runs,
         soak.failed.len()
