@@ -159,6 +159,9 @@ pub struct Engine {
     opts: EngineOptions,
     syncs: Arc<std::sync::atomic::AtomicU64>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// The node's HLC, shared with the writer: peers' records are absorbed
+    /// here before they become visible (see [`Engine::apply_origin`]).
+    hlc: Arc<HlcClock<Arc<dyn Clock>>>,
 }
 
 impl Engine {
@@ -198,11 +201,12 @@ impl Engine {
         let (tx, rx) = mpsc::channel(opts.max_group * 4);
         let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let failure = Arc::new(std::sync::Mutex::new(None));
+        let hlc = Arc::new(HlcClock::new(clock));
         let core = WriterCore::new(
             wal,
             table.clone(),
             meta.clone(),
-            HlcClock::new(clock),
+            hlc.clone(),
             pos_tx,
             opts.clone(),
             syncs.clone(),
@@ -218,6 +222,7 @@ impl Engine {
             opts,
             syncs,
             failure,
+            hlc,
         }))
     }
 
@@ -253,13 +258,32 @@ impl Engine {
     /// Apply records of another node's log (multi-leader), in that origin's
     /// order, durably with the origin's new position; returns the
     /// position. The records' HLC stamps are absorbed, however far ahead.
+    ///
+    /// Runs beside the writer, not through it: the table serializes its
+    /// write transactions itself, and a peer's batch (fsynced on its own,
+    /// since it is in no local WAL) must not hold up this node's group
+    /// commits. The HLC stamps are absorbed *before* the records become
+    /// visible, so a local write that supersedes one of them is stamped
+    /// after it.
     pub async fn apply_origin(&self, origin: String, records: Vec<Record>) -> Result<Lsn> {
-        self.call(|reply| Command::ApplyOrigin {
-            origin,
-            records,
-            reply,
-        })
-        .await
+        for rec in &records {
+            self.hlc.absorb(rec.hlc);
+        }
+        let table = self.table.clone();
+        let work = move || -> Result<Lsn> {
+            table.apply_origin(&origin, &records)?;
+            Ok(table
+                .origin_positions()
+                .get(&origin)
+                .copied()
+                .unwrap_or_default())
+        };
+        if self.opts.inline_io {
+            return work();
+        }
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| EngineError::Stopped(format!("peer apply task failed: {e}")))?
     }
 
     /// Join a peer's snapshot entries into the table (multi-leader catch-up

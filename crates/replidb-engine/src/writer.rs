@@ -30,11 +30,6 @@ pub(crate) enum Command {
         up_to: Lsn,
         reply: Reply<Lsn>,
     },
-    ApplyOrigin {
-        origin: String,
-        records: Vec<Record>,
-        reply: Reply<Lsn>,
-    },
     MergeStates {
         origin: String,
         entries: Vec<(String, Versioned)>,
@@ -90,7 +85,7 @@ pub(crate) struct WriterCore {
     wal: Wal,
     table: Arc<dyn Table>,
     meta: Arc<RwLock<NodeMeta>>,
-    hlc: HlcClock<Arc<dyn Clock>>,
+    hlc: Arc<HlcClock<Arc<dyn Clock>>>,
     positions: watch::Sender<Positions>,
     opts: EngineOptions,
     /// Kept between rounds so a follower's apply reads sequentially.
@@ -205,7 +200,7 @@ impl WriterCore {
         wal: Wal,
         table: Arc<dyn Table>,
         meta: Arc<RwLock<NodeMeta>>,
-        hlc: HlcClock<Arc<dyn Clock>>,
+        hlc: Arc<HlcClock<Arc<dyn Clock>>>,
         positions: watch::Sender<Positions>,
         opts: EngineOptions,
         syncs: Arc<std::sync::atomic::AtomicU64>,
@@ -595,28 +590,6 @@ impl WriterCore {
                 self.publish();
                 let _ = reply.send(r);
             }
-            Command::ApplyOrigin {
-                origin,
-                records,
-                reply,
-            } => {
-                for rec in &records {
-                    self.hlc.absorb(rec.hlc);
-                }
-                let r = self
-                    .table
-                    .apply_origin(&origin, &records)
-                    .map_err(EngineError::from)
-                    .map(|()| {
-                        self.table
-                            .origin_positions()
-                            .get(&origin)
-                            .copied()
-                            .unwrap_or_default()
-                    });
-                self.publish();
-                let _ = reply.send(r);
-            }
             Command::MergeStates {
                 origin,
                 entries,
@@ -751,7 +724,6 @@ fn fail(cmd: Command, why: &str) {
         Command::Propose { reply, .. } => fail_reply(reply, why),
         Command::Append { reply, .. } => fail_reply(reply, why),
         Command::Apply { reply, .. } => fail_reply(reply, why),
-        Command::ApplyOrigin { reply, .. } => fail_reply(reply, why),
         Command::MergeStates { reply, .. } => fail_reply(reply, why),
         Command::Truncate { reply, .. } => fail_reply(reply, why),
         Command::Checkpoint { reply, .. } => fail_reply(reply, why),

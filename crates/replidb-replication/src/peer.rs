@@ -34,6 +34,12 @@ use crate::{ReplicationError, Result};
 /// are applied; the stream stops reading when it is full.
 pub const PEER_PENDING_BATCHES_MAX: usize = 1024;
 
+/// Most records one apply transaction takes from coalesced batches.
+pub const PEER_APPLY_RECORDS_MAX: usize = 4096;
+/// Most payload bytes one apply transaction takes from coalesced batches
+/// (a single batch may exceed it; it is never split).
+pub const PEER_APPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// How to subscribe to a peer.
 #[derive(Clone, Debug)]
 pub struct PeerOptions {
@@ -215,8 +221,32 @@ impl PeerStream {
     }
 
     async fn applier(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
-        while let Some((due, records)) = rx.recv().await {
+        let mut held: Option<Pending> = None;
+        loop {
+            let (due, mut records) = match held.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
             tokio::time::sleep_until(due).await;
+            // Batches that are due by now go in the same transaction: one
+            // fsync for all of them instead of one each.
+            let mut bytes: usize = records.iter().map(|r| r.op.size_bytes()).sum();
+            while records.len() < PEER_APPLY_RECORDS_MAX && bytes < PEER_APPLY_BYTES_MAX {
+                match rx.try_recv() {
+                    Ok((d, more)) if d <= Instant::now() => {
+                        bytes += more.iter().map(|r| r.op.size_bytes()).sum::<usize>();
+                        records.extend(more);
+                    }
+                    Ok(later) => {
+                        held = Some(later);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
             let Some(origin) = self.origin() else {
                 continue;
             };
