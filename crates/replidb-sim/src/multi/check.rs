@@ -556,12 +556,12 @@ fn summary(out: &mut String, cfg: &MultiConfig, shared: &MultiShared, driver: &D
     let type_entries = f.conflict_entries.get("type").copied().unwrap_or(0);
     let _ = writeln!(
         out,
-        "  conflicts         lww: {lww_distinct} writes discarded ({lww_entries} conflict-log entries over all nodes) | siblings: {sib_keys} keys hold {sib_extra} concurrent versions beyond the first | type clashes: {type_entries}"
+        "  conflicts         lww: {lww_distinct} versions discarded ({lww_entries} conflict-log entries over all nodes) | siblings: {sib_keys} keys hold {sib_extra} concurrent versions beyond the first | type clashes: {type_entries}"
     );
     let fates = put_fates(&f, &writes);
     let _ = writeln!(
         out,
-        "  acknowledged puts {} surviving, {} siblings, {} causally superseded, {} discarded by lww (each in a conflict log), {} lost",
+        "  acknowledged puts {} surviving, {} siblings, {} causally superseded, {} discarded by lww and not superseded (each in a conflict log), {} lost",
         fates.survived,
         fates.siblings,
         fates.superseded,

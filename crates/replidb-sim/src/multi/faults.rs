@@ -74,25 +74,33 @@ pub fn schedule(cfg: &MultiConfig) -> Vec<Action> {
     // The client spends about 67 ms per write; faults begin while it
     // writes, so writes land on both sides of partitions and on nodes
     // that just restarted.
-    let horizon = 300 + 50 * cfg.writes as u64;
+    let horizon = 300 + 60 * cfg.writes as u64;
     let count = kinds.len() * (1 + cfg.writes / 40);
     let mut busy_until = vec![0u64; names.len()];
     let mut out = Vec::new();
     for i in 0..count {
         let kind = kinds[i % kinds.len()];
-        let start = rng.random_range(200..=horizon);
-        let duration_ms = rng.random_range(300..=2500);
-        // Nodes free at `start`, from a random one on.
+        let drawn = rng.random_range(200..=horizon);
+        let duration_ms = rng.random_range(300..=2000);
+        let needed = if kind == 0 { 2 } else { 1 };
+        // The nodes free at `drawn`, from a random one on; if too few are,
+        // the ones free soonest, and the fault waits for them.
         let first = rng.random_range(0..names.len());
-        let free: Vec<usize> = (0..names.len())
+        let mut order: Vec<usize> = (0..names.len())
             .map(|k| (first + k) % names.len())
-            .filter(|k| busy_until[*k] + 100 <= start)
             .collect();
-        let fault = match (kind, free.as_slice()) {
-            (0, [a, b, ..]) => Fault::Partition(names[*a.min(b)].clone(), names[*a.max(b)].clone()),
-            (1, [a, ..]) => Fault::Crash(names[*a].clone()),
-            (2, [a, ..]) => Fault::Slow(names[*a].clone()),
-            _ => continue, // every node it needs is under another fault
+        let free_at = |k: usize| (busy_until[k] + 100).max(drawn);
+        order.sort_by_key(|k| free_at(*k));
+        let chosen = &order[..needed.min(order.len())];
+        let start = chosen.iter().map(|k| free_at(*k)).max().unwrap_or(drawn);
+        if chosen.len() < needed || start > horizon + 1500 {
+            continue;
+        }
+        let fault = match (kind, chosen) {
+            (0, [a, b]) => Fault::Partition(names[*a.min(b)].clone(), names[*a.max(b)].clone()),
+            (1, [a]) => Fault::Crash(names[*a].clone()),
+            (_, [a]) => Fault::Slow(names[*a].clone()),
+            _ => continue,
         };
         for n in fault.nodes() {
             if let Some(k) = names.iter().position(|x| x == n) {

@@ -101,13 +101,22 @@ pub(crate) async fn client(shared: Arc<MultiShared>, cfg: MultiConfig) -> turmoi
         .min(names.len());
         let first = rng.random_range(0..names.len());
         let mut shape = draw(&mut rng);
+        // Distinct running nodes, from a random one on.
         let running = shared.nodes();
+        let targets: Vec<String> = (0..names.len())
+            .map(|k| names[(first + k) % names.len()].clone())
+            .filter(|n| running.contains_key(n))
+            .take(size)
+            .collect();
+        if targets.is_empty() {
+            shared.event(false, format!("client   write #{seq}: no node is running"));
+            continue;
+        }
         let mut batch = Vec::new();
-        for k in 0..size {
+        for (k, node) in targets.into_iter().enumerate() {
             if k > 0 && rng.random_bool(0.3) {
                 shape = draw(&mut rng);
             }
-            let node = names[(first + k) % names.len()].clone();
             let (key, op) = shape.clone();
             let op = match op {
                 WOp::Put {
@@ -119,12 +128,8 @@ pub(crate) async fn client(shared: Arc<MultiShared>, cfg: MultiConfig) -> turmoi
                 },
                 other => other,
             };
-            match running.get(&node).cloned() {
-                Some(h) => batch.push(write(&shared, seq, node, h, key, op)),
-                None => shared.event(
-                    false,
-                    format!("client   write #{seq}: {node} is down, not written"),
-                ),
+            if let Some(h) = running.get(&node).cloned() {
+                batch.push(write(&shared, seq, node, h, key, op));
             }
             seq += 1;
         }
