@@ -9,7 +9,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use replidb_core::{Clock, DurationRange, Epoch, Lsn};
 use replidb_engine::Engine;
@@ -456,30 +455,11 @@ impl Follower {
         framed: &mut Framed<BoxIo, FrameCodec>,
         frame: Frame,
     ) -> Result<()> {
-        let kind = frame.kind();
-        tokio::time::timeout(self.opts.idle_timeout, framed.send(frame))
-            .await
-            .map_err(|_| {
-                ReplicationError::Protocol(format!(
-                    "sending {kind} took longer than {:?}",
-                    self.opts.idle_timeout
-                ))
-            })??;
-        Ok(())
+        crate::bounded::send_within(framed, frame, self.opts.idle_timeout, "leader").await
     }
 
     async fn next_frame(&self, framed: &mut Framed<BoxIo, FrameCodec>) -> Result<Frame> {
-        match tokio::time::timeout(self.opts.idle_timeout, framed.next()).await {
-            Err(_) => Err(ReplicationError::Protocol(format!(
-                "no frame from leader in {:?}",
-                self.opts.idle_timeout
-            ))),
-            Ok(None) => Err(ReplicationError::Protocol(
-                "leader closed the stream".into(),
-            )),
-            Ok(Some(Err(e))) => Err(e.into()),
-            Ok(Some(Ok(f))) => Ok(f),
-        }
+        crate::bounded::recv_within(framed, self.opts.idle_timeout, "leader").await
     }
 
     async fn handle(

@@ -21,7 +21,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::decide::{decide_start, LogPosition, StartDecision};
-use crate::frame::{Frame, FrameCodec, FrameError, BATCH_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use crate::frame::{Frame, FrameCodec, BATCH_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
 use crate::lag::{DurableTimes, DURABLE_TIMES_ENTRIES_MAX};
 use crate::transport::BoxIo;
 use crate::{ReplicationError, Result};
@@ -696,7 +696,7 @@ impl Leader {
             StartDecision::Stream(l) => l,
             _ => Lsn::ZERO,
         };
-        send_within(
+        crate::bounded::send_within_follower(
             &mut framed,
             Frame::Welcome {
                 leader_id: self.node_id.clone(),
@@ -799,7 +799,7 @@ impl Leader {
                     behind_age_ms,
                     sent_mono_ms: self.clock.mono_ms(),
                 };
-                send_within(&mut sink, frame, send_timeout).await?;
+                crate::bounded::send_within_follower(&mut sink, frame, send_timeout).await?;
                 continue;
             }
             self.update(node_id, session, |r| r.state = ReplicaState::Streaming);
@@ -821,7 +821,7 @@ impl Leader {
                         peers: self.peers(),
                         sent_mono_ms: self.clock.mono_ms(),
                     };
-                    send_within(&mut sink, frame, send_timeout).await?;
+                    crate::bounded::send_within_follower(&mut sink, frame, send_timeout).await?;
                 }
                 ended = &mut ack_task.0 => {
                     return match ended {
@@ -933,7 +933,8 @@ impl Leader {
             .snapshot_chunk_bytes_max
             .clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
         tracing::info!(%lsn, "sending snapshot");
-        send_within(framed, Frame::SnapshotBegin { lsn }, send_timeout).await?;
+        crate::bounded::send_within_follower(framed, Frame::SnapshotBegin { lsn }, send_timeout)
+            .await?;
         let mut after: Option<String> = None;
         loop {
             let view = snap.clone();
@@ -946,28 +947,19 @@ impl Leader {
                 break;
             };
             after = Some(last.clone());
-            send_within(framed, Frame::SnapshotChunk { entries }, send_timeout).await?;
+            crate::bounded::send_within_follower(
+                framed,
+                Frame::SnapshotChunk { entries },
+                send_timeout,
+            )
+            .await?;
         }
         // The follower will acknowledge the snapshot's LSN: that much it
         // was sent.
         self.update(node_id, session, |r| r.sent_lsn = r.sent_lsn.max(lsn));
-        send_within(framed, Frame::SnapshotEnd { lsn }, send_timeout).await?;
+        crate::bounded::send_within_follower(framed, Frame::SnapshotEnd { lsn }, send_timeout)
+            .await?;
         Ok(lsn)
-    }
-}
-
-/// Send one frame, or fail if the peer does not take it within `timeout`
-/// (a stopped follower stops reading; TCP would wait forever).
-async fn send_within<S>(sink: &mut S, frame: Frame, timeout: Duration) -> Result<()>
-where
-    S: futures::Sink<Frame, Error = FrameError> + Unpin,
-{
-    let kind = frame.kind();
-    match tokio::time::timeout(timeout, sink.send(frame)).await {
-        Ok(sent) => Ok(sent?),
-        Err(_) => Err(ReplicationError::Protocol(format!(
-            "follower did not take a {kind} frame within {timeout:?}"
-        ))),
     }
 }
 

@@ -35,6 +35,7 @@
 //! slows only its own session).
 
 pub mod backoff;
+mod bounded;
 pub mod decide;
 pub mod follower;
 pub mod frame;

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use replidb_core::{Clock, DurationRange, Epoch, EpochHistory, Lsn, Record};
 use replidb_engine::Engine;
@@ -468,27 +467,10 @@ impl PeerStream {
     }
 
     async fn send(&self, framed: &mut Framed<BoxIo, FrameCodec>, frame: Frame) -> Result<()> {
-        let kind = frame.kind();
-        tokio::time::timeout(self.opts.idle_timeout, framed.send(frame))
-            .await
-            .map_err(|_| {
-                ReplicationError::Protocol(format!(
-                    "sending {kind} took longer than {:?}",
-                    self.opts.idle_timeout
-                ))
-            })??;
-        Ok(())
+        crate::bounded::send_within(framed, frame, self.opts.idle_timeout, "peer").await
     }
 
     async fn next_frame(&self, framed: &mut Framed<BoxIo, FrameCodec>) -> Result<Frame> {
-        match tokio::time::timeout(self.opts.idle_timeout, framed.next()).await {
-            Err(_) => Err(ReplicationError::Protocol(format!(
-                "no frame from peer in {:?}",
-                self.opts.idle_timeout
-            ))),
-            Ok(None) => Err(ReplicationError::Protocol("peer closed the stream".into())),
-            Ok(Some(Err(e))) => Err(e.into()),
-            Ok(Some(Ok(f))) => Ok(f),
-        }
+        crate::bounded::recv_within(framed, self.opts.idle_timeout, "peer").await
     }
 }
