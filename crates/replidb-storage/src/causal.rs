@@ -71,7 +71,7 @@ pub struct CausalCounters {
     siblings_max: AtomicU64,
 }
 
-/// A reading of [`CausalCounters`].
+/// A reading of the table's conflict counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CausalStats {
     /// Conflicts resolved per policy (`lww`, `siblings`, `type`) since start.

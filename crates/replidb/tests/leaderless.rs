@@ -299,26 +299,41 @@ async fn a_read_repairs_the_replica_that_was_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tombstone_is_collected_once_every_replica_has_it() {
     let nodes = cluster(3, &["--anti-entropy-interval", "300ms"]).await;
-    let (s, _, _) = send(nodes[0].http().put(nodes[0].at("/v1/kv/gone?w=all")).body("x")).await;
+    let (s, _, _) = send(
+        nodes[0]
+            .http()
+            .put(nodes[0].at("/v1/kv/gone?w=all"))
+            .body("x"),
+    )
+    .await;
     assert_eq!(s, 200);
     let (s, _, body) = send(nodes[1].http().delete(nodes[1].at("/v1/kv/gone?w=all"))).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["existed"], json!(true));
     // A delete is a tombstone version: the key reads as absent at once...
-    let r = nodes[2].http().get(nodes[2].at("/v1/kv/gone")).send().await.expect("get");
+    let r = nodes[2]
+        .http()
+        .get(nodes[2].at("/v1/kv/gone"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status().as_u16(), 404);
     for n in &nodes {
         assert!(holds(n, "gone").await, "the tombstone is stored");
     }
     // ...and once every replica has it and the grace period passed, no
     // replica keeps anything.
-    wait_until("the tombstone is collected everywhere", Duration::from_secs(30), || async {
-        for n in &nodes {
-            if holds(n, "gone").await {
-                return false;
+    wait_until(
+        "the tombstone is collected everywhere",
+        Duration::from_secs(30),
+        || async {
+            for n in &nodes {
+                if holds(n, "gone").await {
+                    return false;
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await;
 }

@@ -554,7 +554,8 @@ pub async fn hints_for(State(node): State<AppState>, RawQuery(q): RawQuery) -> A
 /// still hashes to `H` (a tombstone every replica holds); 409 otherwise.
 pub async fn collect(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), &["key", "hash"])?;
-    let (Some(key), Some(hash)) = (p.str("key"), p.parse_as::<u64>("hash", "an entry hash")?) else {
+    let (Some(key), Some(hash)) = (p.str("key"), p.parse_as::<u64>("hash", "an entry hash")?)
+    else {
         return Err(ApiError::bad_request("key and hash are required"));
     };
     let Some(state) = local_state(&node, key) else {
