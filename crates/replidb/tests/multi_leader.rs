@@ -382,6 +382,47 @@ async fn read_your_writes_across_nodes_with_min_version() {
         .expect("get");
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().contains_key("retry-after"));
+
+    // A write carrying the token waits for it too: an increment on n2 builds
+    // on the one just made on n1 (300 ms link delay notwithstanding).
+    let (s, h, _) = send(
+        nodes[0]
+            .http()
+            .post(nodes[0].at("/v1/counter/visits"))
+            .json(&json!({"delta": 1})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let token = h["x-replidb-min-version"]
+        .to_str()
+        .expect("token")
+        .to_string();
+    let (s, _, body) = send(
+        nodes[1]
+            .http()
+            .post(nodes[1].at("/v1/counter/visits"))
+            .header("X-Replidb-Min-Version", &token)
+            .json(&json!({"delta": 1})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["value"], json!(2), "{body}");
+    // And a scan.
+    let (s, h, _) = send(nodes[0].http().put(nodes[0].at("/v1/kv/scanned")).body("x")).await;
+    assert_eq!(s, 200);
+    let token = h["x-replidb-min-version"]
+        .to_str()
+        .expect("token")
+        .to_string();
+    let (s, _, body) = send(
+        nodes[2]
+            .http()
+            .get(nodes[2].at("/v1/kv?prefix=scanned"))
+            .header("X-Replidb-Min-Version", &token),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(body.as_array().map(Vec::len), Some(1), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

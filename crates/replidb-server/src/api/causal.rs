@@ -31,6 +31,9 @@ pub const CONTEXT_HEADER: &str = "x-replidb-context";
 pub const MIN_VERSION_HEADER: &str = "x-replidb-min-version";
 /// Most set members or map fields one request may change.
 pub const CHANGES_PER_REQUEST_MAX: usize = 1000;
+/// How long a multi-leader write waits for the `X-Replidb-Min-Version` it
+/// carries before it is refused (503).
+pub const TOKEN_WAIT_WRITE: Duration = Duration::from_millis(1000);
 /// Most conflicts one `/v1/conflicts` answer lists.
 pub const CONFLICTS_LIMIT_MAX: usize = 1000;
 
@@ -94,6 +97,23 @@ fn requested_min_version(p: &Params, headers: &HeaderMap) -> ApiResult<MinVersio
         want.merge(&MinVersion::parse(s).map_err(bad)?);
     }
     Ok(want)
+}
+
+/// Multi-leader read-your-writes for scans and writes: wait (up to `wait`)
+/// for the `min_version` the request carries (query, if `p` allows it, or
+/// header). A write waits too, so that a session's write on this node is
+/// made against state that includes its earlier writes elsewhere (an
+/// increment or a remove builds on what it saw).
+pub(crate) async fn wait_for_token(
+    node: &Node,
+    p: &Params,
+    headers: &HeaderMap,
+    wait: Duration,
+) -> ApiResult<()> {
+    if !node.is_multi_leader() {
+        return Ok(());
+    }
+    wait_min_version(node, &requested_min_version(p, headers)?, wait).await
 }
 
 /// Wait (up to `wait`) until this node has applied what `want` names from
@@ -280,6 +300,7 @@ pub async fn kv_write(
 ) -> ApiResult<Response> {
     let opts = write_opts(node, p)?;
     let context = write_context(headers)?;
+    wait_for_token(node, p, headers, TOKEN_WAIT_WRITE).await?;
     let write = match value {
         Some(value) => CausalWrite::Put { value, context },
         None => CausalWrite::Delete { context },
@@ -364,6 +385,7 @@ async fn typed_write(
     let opts = tw
         .opts
         .ok_or_else(|| ApiError::internal("write options missing"))?;
+    wait_for_token(node, &tw.params, headers, TOKEN_WAIT_WRITE).await?;
     let (out, committed, resp) = causal_write(node, key, write, opts).await?;
     finish_write(node, resp, out.lsn.0, &committed, |o| {
         extra(o, committed.state.as_ref())

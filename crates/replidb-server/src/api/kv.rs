@@ -288,6 +288,7 @@ pub async fn scan(
             &format!("1..={SCAN_LIMIT_MAX}"),
         ));
     }
+    super::causal::wait_for_token(&node, &p, &headers, opts.wait).await?;
     serve_read(&node, &opts, &uri, &headers, |n| {
         let items =
             n.engine
