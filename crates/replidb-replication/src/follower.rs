@@ -9,7 +9,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
 use replidb_core::{Clock, DurationRange, Epoch, Lsn};
 use replidb_engine::Engine;
 use serde::Serialize;
@@ -107,10 +106,7 @@ pub struct Follower {
     /// How old, on our monotonic clock, the records we have not applied
     /// were when the leader made them durable: gives the apply lag.
     ages: Mutex<LeaderAges>,
-    rng: Mutex<rand::rngs::StdRng>,
-    /// Due time of the last scheduled apply: applies stay in LSN order even
-    /// when random delays would reorder them.
-    last_due: Mutex<Instant>,
+    schedule: crate::delay::ApplySchedule,
     /// `sent_mono_ms` of the newest frame received from the current
     /// leader (0 at the start of each session), echoed in every ack.
     leader_sent_mono_ms: std::sync::atomic::AtomicU64,
@@ -137,11 +133,10 @@ impl Follower {
             engine,
             transport,
             clock,
-            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(opts.seed)),
+            schedule: crate::delay::ApplySchedule::new(opts.delay, opts.seed),
             opts,
             status: Mutex::new(status),
             ages: Mutex::new(LeaderAges::new(LEADER_AGES_ENTRIES_MAX)),
-            last_due: Mutex::new(Instant::now()),
             leader_sent_mono_ms: Default::default(),
         })
     }
@@ -287,17 +282,7 @@ impl Follower {
     }
 
     fn schedule_due(&self) -> Instant {
-        let now = Instant::now();
-        let delay = if self.opts.delay.is_zero() {
-            Duration::ZERO
-        } else {
-            let u: f64 = self.rng.lock().unwrap_or_else(|e| e.into_inner()).random();
-            self.opts.delay.pick(u)
-        };
-        let mut last = self.last_due.lock().unwrap_or_else(|e| e.into_inner());
-        let due = (now + delay).max(*last);
-        *last = due;
-        due
+        self.schedule.next_due()
     }
 
     async fn session(

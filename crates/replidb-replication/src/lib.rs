@@ -37,6 +37,7 @@
 pub mod backoff;
 mod bounded;
 pub mod decide;
+mod delay;
 pub mod follower;
 pub mod frame;
 #[cfg(test)]

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
 use replidb_core::{Clock, DurationRange, Epoch, EpochHistory, Lsn, Record};
 use replidb_engine::Engine;
 use serde::Serialize;
@@ -116,8 +115,7 @@ pub struct PeerStream {
     /// `(last LSN of a received batch, monotonic ms its first record was
     /// written at the origin)`, oldest first, for the lag.
     unapplied: Mutex<VecDeque<(Lsn, u64)>>,
-    rng: Mutex<rand::rngs::StdRng>,
-    last_due: Mutex<Instant>,
+    schedule: crate::delay::ApplySchedule,
     leader_sent_mono_ms: AtomicU64,
     applied_tx: watch::Sender<Lsn>,
 }
@@ -132,7 +130,7 @@ impl PeerStream {
         url: impl Into<String>,
     ) -> Arc<PeerStream> {
         let (applied_tx, _) = watch::channel(Lsn::ZERO);
-        let seed = opts.seed;
+        let schedule = crate::delay::ApplySchedule::new(opts.delay, opts.seed);
         Arc::new(PeerStream {
             engine,
             transport,
@@ -143,8 +141,7 @@ impl PeerStream {
                 ..Default::default()
             }),
             unapplied: Mutex::new(VecDeque::new()),
-            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
-            last_due: Mutex::new(Instant::now()),
+            schedule,
             leader_sent_mono_ms: AtomicU64::new(0),
             applied_tx,
         })
@@ -274,18 +271,7 @@ impl PeerStream {
     }
 
     fn schedule_due(&self) -> Instant {
-        let now = Instant::now();
-        let delay = if self.opts.delay.is_zero() {
-            Duration::ZERO
-        } else {
-            let u: f64 = self.rng.lock().unwrap_or_else(|e| e.into_inner()).random();
-            self.opts.delay.pick(u)
-        };
-        let mut last = self.last_due.lock().unwrap_or_else(|e| e.into_inner());
-        // Keep the origin's order: never due before an earlier batch.
-        let due = (now + delay).max(*last);
-        *last = due;
-        due
+        self.schedule.next_due()
     }
 
     async fn session(&self, apply_tx: &mpsc::Sender<Pending>, backoff: &mut Backoff) -> Result<()> {
