@@ -6,33 +6,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, wait_until, Node};
+use common::{start_peered, wait_until, Node};
 use serde_json::{json, Value};
 
 /// `n` leaderless nodes with `extra` arguments, N=3.
 async fn cluster(n: usize, extra: &[&str]) -> Vec<Node> {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let mut args = vec![
-            "--topology",
-            "leaderless",
-            "--peers",
-            &peers,
-            "--replicas",
-            "3",
-            "--conflict-policy",
-            "cart:=siblings",
-        ];
-        args.extend_from_slice(extra);
-        nodes.push(Node::start_on(&format!("n{}", i + 1), *port, &args).await);
-    }
-    nodes
+    let mut args = vec![
+        "--topology",
+        "leaderless",
+        "--replicas",
+        "3",
+        "--conflict-policy",
+        "cart:=siblings",
+    ];
+    args.extend_from_slice(extra);
+    start_peered(n, &args).await
 }
 
 async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {

@@ -6,50 +6,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, wait_until, Node};
+use common::{free_port, start_peered, wait_peers_connected, wait_until, Node};
 use serde_json::{json, Value};
 
-/// Three multi-leader nodes (ports chosen first so each can name the
-/// others), with `extra` arguments on each.
+/// Three multi-leader nodes (`cart:` keys under `siblings`) with `extra`
+/// arguments; returns once all are connected.
 async fn cluster(extra: &[&str]) -> Vec<Node> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let mut args = vec![
-            "--topology",
-            "multi-leader",
-            "--peers",
-            &peers,
-            "--conflict-policy",
-            "cart:=siblings",
-        ];
-        args.extend_from_slice(extra);
-        nodes.push(Node::start_on(&format!("n{}", i + 1), *port, &args).await);
-    }
-    wait_connected(&nodes).await;
+    let mut args = vec![
+        "--topology",
+        "multi-leader",
+        "--conflict-policy",
+        "cart:=siblings",
+    ];
+    args.extend_from_slice(extra);
+    let nodes = start_peered(3, &args).await;
+    wait_peers_connected(&nodes).await;
     nodes
-}
-
-/// Until every node streams from both peers.
-async fn wait_connected(nodes: &[Node]) {
-    for n in nodes {
-        wait_until(
-            &format!("{} connected to its peers", n.id),
-            Duration::from_secs(20),
-            || async {
-                let s = n.status().await;
-                s["peers"].as_array().is_some_and(|p| {
-                    p.len() == nodes.len() - 1 && p.iter().all(|p| p["connected"] == json!(true))
-                })
-            },
-        )
-        .await;
-    }
 }
 
 /// Until every node has the same digest; returns it.

@@ -8,44 +8,14 @@ mod router_common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{free_port, wait_until, Node};
+use common::{start_peered, wait_peers_connected, wait_until, Node};
 use reqwest::Method;
 use router_common::Router;
-use serde_json::json;
 
 /// Three multi-leader nodes with `--link-delay 300ms`, all connected.
 async fn cluster() -> Vec<Node> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let args = [
-            "--topology",
-            "multi-leader",
-            "--peers",
-            &peers,
-            "--link-delay",
-            "300ms",
-        ];
-        nodes.push(Node::start_on(&format!("n{}", i + 1), *port, &args).await);
-    }
-    for n in &nodes {
-        wait_until(
-            &format!("{} connected to its peers", n.id),
-            Duration::from_secs(20),
-            || async {
-                let s = n.status().await;
-                s["peers"].as_array().is_some_and(|p| {
-                    p.len() == 2 && p.iter().all(|p| p["connected"] == json!(true))
-                })
-            },
-        )
-        .await;
-    }
+    let nodes = start_peered(3, &["--topology", "multi-leader", "--link-delay", "300ms"]).await;
+    wait_peers_connected(&nodes).await;
     nodes
 }
 

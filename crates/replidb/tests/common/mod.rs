@@ -598,3 +598,39 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `n` nodes named `n1..` that each know all the others through `--peers`
+/// (ports chosen first), started with `args` (the topology and the rest).
+pub async fn start_peered(n: usize, args: &[&str]) -> Vec<Node> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::with_capacity(n);
+    for (i, port) in ports.iter().enumerate() {
+        let mut all = vec!["--peers", peers.as_str()];
+        all.extend_from_slice(args);
+        nodes.push(Node::start_on(&format!("n{}", i + 1), *port, &all).await);
+    }
+    nodes
+}
+
+/// Until every multi-leader node streams from all the others.
+pub async fn wait_peers_connected(nodes: &[Node]) {
+    for n in nodes {
+        wait_until(
+            &format!("{} connected to its peers", n.id),
+            Duration::from_secs(20),
+            || async {
+                let s = n.status().await;
+                s["peers"].as_array().is_some_and(|p| {
+                    p.len() == nodes.len() - 1
+                        && p.iter().all(|p| p["connected"] == serde_json::json!(true))
+                })
+            },
+        )
+        .await;
+    }
+}
