@@ -138,6 +138,15 @@ pub struct NodeConfig {
     /// Leaderless: `--anti-entropy-interval`, how often replicas compare
     /// hash trees.
     pub anti_entropy_interval: Duration,
+    /// `--auth-file`: the token file (see [`crate::auth`]); `None` serves
+    /// everyone, as before.
+    pub auth_file: Option<PathBuf>,
+    /// The secret this node presents to other nodes
+    /// (`--peer-token-file`): on replication streams, `/internal/*`,
+    /// forwarded writes and admin calls. Never logged.
+    pub peer_token: Option<crate::auth::Secret>,
+    /// `--metrics-open`: `/metrics` needs no token even with auth on.
+    pub metrics_open: bool,
 }
 
 impl NodeConfig {
@@ -173,6 +182,9 @@ impl NodeConfig {
             topology: Topology::SingleLeader,
             peers: Vec::new(),
             conflict_policy: replidb_causal::PolicySet::default(),
+            auth_file: None,
+            peer_token: None,
+            metrics_open: false,
             link_delay: DurationRange::default(),
             replicas: 3,
             strict_quorum: false,

@@ -4,6 +4,8 @@
 //! - `config`: [`NodeConfig`], every setting of a node.
 //! - [`node`]: [`Node`], the running state (engine + leader or follower).
 //! - [`api`]: the HTTP routes of API.md, including the replication upgrade.
+//! - [`auth`]: bearer tokens with roles (`--auth-file`) and which role
+//!   each endpoint needs.
 //! - [`metrics`]: the Prometheus recorder and state gauges.
 //! - [`embed`]: the embedding API ([`ReplicationManager`]) that the
 //!   `replidb server` command is built on.
@@ -15,6 +17,7 @@
 //! sessions end, the engine checkpoints).
 
 pub mod api;
+pub mod auth;
 mod config;
 pub mod embed;
 pub mod leaderless;

@@ -87,6 +87,18 @@ pub struct ServerOpts {
     /// Leaderless: how often replicas compare hash trees (default 10s).
     #[arg(long)]
     pub anti_entropy_interval: Option<String>,
+    /// Token file (TOML: [[token]] name, sha256, roles); with it every
+    /// endpoint but /health needs `Authorization: Bearer SECRET`. SIGHUP
+    /// reloads it.
+    #[arg(long)]
+    pub auth_file: Option<PathBuf>,
+    /// File whose first line is the secret this node presents to other
+    /// nodes (replication, /internal, admin calls, forwarded writes).
+    #[arg(long)]
+    pub peer_token_file: Option<PathBuf>,
+    /// Serve /metrics without a token even when --auth-file is set.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_open: Option<bool>,
     /// Table backend: memory or redb.
     #[arg(long)]
     pub storage: Option<String>,
@@ -210,7 +222,7 @@ impl ServerOpts {
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
             health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
-            resp_listen,
+            resp_listen, auth_file, peer_token_file, metrics_open,
         );
         self
     }
@@ -340,6 +352,22 @@ impl ServerOpts {
             if c.coordinator == CoordinatorKind::Etcd {
                 return Err(invalid("coordinator", "multi-leader and leaderless nodes find each other through --peers (etcd discovery is not built yet)"));
             }
+        }
+        if let Some(path) = self.auth_file {
+            // Checked here so a bad file stops the start with the field's
+            // name; the node loads it again (and on SIGHUP).
+            replidb_server::auth::Authenticator::load(&path)
+                .map_err(|e| invalid("auth_file", e.to_string()))?;
+            c.auth_file = Some(path);
+        }
+        if let Some(path) = self.peer_token_file {
+            c.peer_token = Some(
+                replidb_server::auth::Secret::read_file(&path)
+                    .map_err(|e| invalid("peer_token_file", e))?,
+            );
+        }
+        if let Some(b) = self.metrics_open {
+            c.metrics_open = b;
         }
         set_duration(
             &mut c.default_write_timeout,
