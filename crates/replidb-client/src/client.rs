@@ -115,6 +115,10 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .default_headers(headers)
+            // Under the nodes' default --http-header-timeout (60 s), which
+            // also closes idle keep-alive connections: a pooled connection
+            // is dropped here before the node closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
             // Redirects are followed by hand (see transport.rs).
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(opts.timeout)

@@ -105,6 +105,7 @@ impl Shared {
         let base = || {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(replidb_server::serve::CLIENT_POOL_IDLE_TIMEOUT)
                 .no_proxy()
                 .tcp_nodelay(true)
                 .connect_timeout(CONNECT_TIMEOUT.min(config.request_timeout))

@@ -147,6 +147,9 @@ pub struct NodeConfig {
     pub peer_token: Option<crate::auth::Secret>,
     /// `--metrics-open`: `/metrics` needs no token even with auth on.
     pub metrics_open: bool,
+    /// Limits of the HTTP listener (`--max-connections`,
+    /// `--http-header-timeout`, `--max-header-bytes`).
+    pub http_limits: crate::serve::HttpLimits,
 }
 
 impl NodeConfig {
@@ -185,6 +188,7 @@ impl NodeConfig {
             auth_file: None,
             peer_token: None,
             metrics_open: false,
+            http_limits: crate::serve::HttpLimits::default(),
             link_delay: DurationRange::default(),
             replicas: 3,
             strict_quorum: false,

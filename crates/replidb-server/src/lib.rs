@@ -9,6 +9,8 @@
 //! - [`metrics`]: the Prometheus recorder and state gauges.
 //! - [`embed`]: the embedding API ([`ReplicationManager`]) that the
 //!   `replidb server` command is built on.
+//! - [`serve`]: the HTTP listener and its limits (connections, header
+//!   size and time).
 //! - [`resp`]: the Redis protocol listener (`--resp-listen`), another
 //!   driver of the same read and write paths.
 //!
@@ -24,6 +26,7 @@ pub mod leaderless;
 pub mod metrics;
 pub mod node;
 pub mod resp;
+pub mod serve;
 pub mod static_coord;
 
 pub use config::{CoordinatorKind, NodeConfig, Topology};
@@ -117,20 +120,19 @@ impl Server {
         tracing::info!(node_id = %node.config.id, addr = %node.config.listen, role = node.role().name(), "serving");
         let stop = node.shutdown.clone();
         let stopping = node.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = stop.cancelled() => {}
-                }
-                // End replication streams first: graceful shutdown waits
-                // for open connections.
-                stopping.shutdown.cancel();
-                if let Some(l) = stopping.leader() {
-                    l.stop();
-                }
-            })
-            .await;
+        let served = serve::serve(self.listener, app, node.config.http_limits, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop.cancelled() => {}
+            }
+            // End replication streams first: graceful shutdown waits
+            // for open connections.
+            stopping.shutdown.cancel();
+            if let Some(l) = stopping.leader() {
+                l.stop();
+            }
+        })
+        .await;
         if let Some(r) = resp {
             r.stop().await;
         }

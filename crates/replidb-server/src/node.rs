@@ -124,6 +124,7 @@ impl Node {
         }
         let http = reqwest::Client::builder()
             .default_headers(headers)
+            .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
             .build()

@@ -99,6 +99,18 @@ pub struct ServerOpts {
     /// Serve /metrics without a token even when --auth-file is set.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub metrics_open: Option<bool>,
+    /// Most HTTP connections served at once; one more is answered 503
+    /// and closed (default 4096).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Time for a request's headers to arrive, and for an idle keep-alive
+    /// connection to stay open (default 60s).
+    #[arg(long)]
+    pub http_header_timeout: Option<String>,
+    /// Largest request line plus headers, in bytes (default 65536, at
+    /// least 8192); larger is answered 431.
+    #[arg(long)]
+    pub max_header_bytes: Option<usize>,
     /// Table backend: memory or redb.
     #[arg(long)]
     pub storage: Option<String>,
@@ -223,6 +235,7 @@ impl ServerOpts {
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
             health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
             resp_listen, auth_file, peer_token_file, metrics_open,
+            max_connections, http_header_timeout, max_header_bytes,
         );
         self
     }
@@ -368,6 +381,32 @@ impl ServerOpts {
         }
         if let Some(b) = self.metrics_open {
             c.metrics_open = b;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                return Err(invalid("max_connections", "must be at least 1"));
+            }
+            c.http_limits.connections_max = n;
+        }
+        set_duration(
+            &mut c.http_limits.header_timeout,
+            "http_header_timeout",
+            self.http_header_timeout,
+        )?;
+        if c.http_limits.header_timeout.is_zero() {
+            return Err(invalid("http_header_timeout", "must be longer than 0"));
+        }
+        if let Some(n) = self.max_header_bytes {
+            if n < replidb_server::serve::HEADER_BYTES_MIN {
+                return Err(invalid(
+                    "max_header_bytes",
+                    format!(
+                        "must be at least {}",
+                        replidb_server::serve::HEADER_BYTES_MIN
+                    ),
+                ));
+            }
+            c.http_limits.header_bytes_max = n;
         }
         set_duration(
             &mut c.default_write_timeout,
