@@ -113,7 +113,10 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
+        let tls = replidb_tls::client_config_for(opts.ca_file.as_deref(), None)
+            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured((*tls).clone())
             .default_headers(headers)
             // Under the nodes' default --http-header-timeout (60 s), which
             // also closes idle keep-alive connections: a pooled connection

@@ -42,6 +42,10 @@ pub struct ClientOptions {
     /// [`ClientError::Api`](crate::ClientError) with code
     /// `unauthenticated` or `forbidden`.
     pub token: Option<BearerToken>,
+    /// PEM file of the CA that signs the nodes' certificates, for
+    /// `https://` URLs (the CLI's `--cacert` or `REPLIDB_CACERT`). Without
+    /// it an `https://` URL fails: nothing is trusted by default.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A bearer token's secret. `Debug` never shows it.
@@ -64,6 +68,7 @@ impl Default for ClientOptions {
             max_redirects: 5,
             failover_urls: Vec::new(),
             token: None,
+            ca_file: None,
         }
     }
 }

@@ -82,12 +82,20 @@ fn int(v: &Value) -> i64 {
 }
 
 impl EtcdClient {
-    /// A client for `endpoints` (e.g. `http://127.0.0.1:2379`).
-    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Result<Self> {
+    /// A client for `endpoints` (e.g. `http://127.0.0.1:2379`, or
+    /// `https://…` verified with the PEM CA file `ca`).
+    pub fn new(
+        endpoints: Vec<String>,
+        timeout: Duration,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self> {
         if endpoints.is_empty() {
             return Err(CoordinatorError::Config("no etcd endpoints given".into()));
         }
+        let tls = replidb_tls::client_config_for(ca, None)
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured((*tls).clone())
             .timeout(timeout)
             .build()
             .map_err(|e| CoordinatorError::Config(format!("http client: {e}")))?;

@@ -28,6 +28,9 @@ pub struct EtcdOptions {
     pub settle: Duration,
     /// Candidates further behind the longest log are not eligible.
     pub max_lag_records: u64,
+    /// PEM CA file that signs etcd's certificate, for `https://`
+    /// endpoints (`--tls-ca`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl EtcdOptions {
@@ -40,6 +43,7 @@ impl EtcdOptions {
             tick: Duration::from_millis(100),
             settle: Duration::from_millis(200),
             max_lag_records: 1_000_000,
+            ca_file: None,
         }
     }
 }
@@ -97,7 +101,11 @@ impl EtcdCoordinator {
     /// A coordinator for `member`, talking to the etcd cluster at
     /// `opts.endpoints`.
     pub fn new(opts: EtcdOptions, member: Arc<dyn Member>) -> Result<Arc<Self>> {
-        let client = EtcdClient::new(opts.endpoints.clone(), Duration::from_millis(500))?;
+        let client = EtcdClient::new(
+            opts.endpoints.clone(),
+            Duration::from_millis(500),
+            opts.ca_file.as_deref(),
+        )?;
         Ok(Self::with_store(opts, Arc::new(client), member))
     }
 

@@ -40,13 +40,17 @@ pub trait Transport: Send + Sync + 'static {
     fn connect<'a>(&'a self, url: &'a str) -> BoxFuture<'a, io::Result<BoxIo>>;
 }
 
-/// `host:port` of an `http://host:port[/...]` URL.
+/// `host:port` of an `http://host:port[/...]` or `https://…` URL.
 pub fn host_port(url: &str) -> io::Result<String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        invalid(format!(
-            "unsupported url {url:?}: expected http://host:port"
-        ))
-    })?;
+    let (rest, default_port) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, 443)
+    } else {
+        return Err(invalid(format!(
+            "unsupported url {url:?}: expected http://host:port or https://host:port"
+        )));
+    };
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
         return Err(invalid(format!("url {url:?} has no host")));
@@ -54,7 +58,7 @@ pub fn host_port(url: &str) -> io::Result<String> {
     Ok(if authority.contains(':') {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
     })
 }
 
@@ -62,12 +66,15 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// Real TCP.
+/// Real TCP, with TLS for `https://` URLs.
 #[derive(Clone, Default)]
 pub struct TcpTransport {
     /// Secret sent as `Authorization: Bearer …` in the upgrade request, when
     /// the cluster runs with tokens (a node's `--peer-token-file`).
     bearer: Option<std::sync::Arc<str>>,
+    /// TLS for `https://` URLs (the CA of `--tls-ca`, and this node's
+    /// certificate for mutual TLS); `None` refuses `https://` URLs.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl TcpTransport {
@@ -75,7 +82,14 @@ impl TcpTransport {
     pub fn with_bearer(secret: Option<String>) -> TcpTransport {
         TcpTransport {
             bearer: secret.map(std::sync::Arc::from),
+            tls: None,
         }
+    }
+
+    /// This transport, reaching `https://` URLs with `config`.
+    pub fn with_tls(mut self, config: Option<std::sync::Arc<rustls::ClientConfig>>) -> Self {
+        self.tls = config;
+        self
     }
 }
 
@@ -95,8 +109,24 @@ impl Transport for TcpTransport {
             let mut stream = tokio::net::TcpStream::connect(&addr).await?;
             // Records are small and latency matters more than packet count.
             stream.set_nodelay(true)?;
-            client_handshake(&mut stream, &addr, self.bearer.as_deref()).await?;
-            Ok(Box::new(stream) as BoxIo)
+            if !url.starts_with("https://") {
+                client_handshake(&mut stream, &addr, self.bearer.as_deref()).await?;
+                return Ok(Box::new(stream) as BoxIo);
+            }
+            let config = self.tls.clone().ok_or_else(|| {
+                invalid(format!(
+                    "{url} is https but this node has no --tls-ca to verify it with"
+                ))
+            })?;
+            let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| invalid(format!("{url}: {e}")))?;
+            let mut tls = replidb_tls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS to {url}: {e}")))?;
+            client_handshake(&mut tls, &addr, self.bearer.as_deref()).await?;
+            Ok(Box::new(tls) as BoxIo)
         })
     }
 }
@@ -160,7 +190,9 @@ mod tests {
         );
         assert_eq!(host_port("http://h:1/x/y").unwrap(), "h:1");
         assert_eq!(host_port("http://h").unwrap(), "h:80");
-        assert!(host_port("https://h:1").is_err());
+        assert_eq!(host_port("https://h:1").unwrap(), "h:1");
+        assert_eq!(host_port("https://h").unwrap(), "h:443");
+        assert!(host_port("ftp://h:1").is_err());
         assert!(host_port("http://").is_err());
     }
 

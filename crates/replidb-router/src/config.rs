@@ -46,6 +46,13 @@ pub struct RouterConfig {
     /// needs the `read` role). Clients' requests carry their own
     /// `Authorization` header, passed through unchanged.
     pub token: Option<replidb_server::auth::Secret>,
+    /// Serve HTTPS with these files (`--tls-cert`, `--tls-key`; with
+    /// `client_auth`, clients must present a certificate signed by `ca`).
+    pub tls: Option<replidb_tls::TlsFiles>,
+    /// The CA that signs the nodes' certificates, for `https://` node URLs
+    /// (`--tls-ca`); the router presents `tls`'s certificate to nodes that
+    /// ask for one.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl RouterConfig {
@@ -65,6 +72,8 @@ impl RouterConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             home: None,
             token: None,
+            tls: None,
+            tls_ca: None,
         }
     }
 
@@ -116,8 +125,10 @@ fn normalise_url(raw: &str) -> Result<String, String> {
     };
     let url =
         reqwest::Url::parse(&with_scheme).map_err(|e| format!("bad node URL {raw:?}: {e}"))?;
-    if url.scheme() != "http" || url.host_str().is_none() {
-        return Err(format!("bad node URL {raw:?}: expected http://host:port"));
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "bad node URL {raw:?}: expected http://host:port or https://host:port"
+        ));
     }
     if url.path() != "/" || url.query().is_some() {
         return Err(format!(

@@ -73,10 +73,21 @@ impl Router {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let checks = tokio::spawn(crate::health::run(self.shared.clone()));
+        let tls = match &self.shared.config.tls {
+            Some(files) => Some(replidb_tls::TlsAcceptor::from(
+                replidb_tls::server_config(files).map_err(|e| StartError::Config(e.to_string()))?,
+            )),
+            None => None,
+        };
         let app = app(self.shared);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = replidb_server::serve::serve(
+            self.listener,
+            app,
+            replidb_server::serve::HttpLimits::default(),
+            tls,
+            shutdown,
+        )
+        .await;
         checks.abort();
         served.map_err(StartError::Serve)
     }

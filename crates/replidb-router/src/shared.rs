@@ -102,8 +102,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Shared {
     pub fn new(config: RouterConfig) -> Result<Self, String> {
+        let identity = config
+            .tls
+            .as_ref()
+            .map(|t| (t.cert.as_path(), t.key.as_path()));
+        let tls = replidb_tls::client_config_for(config.tls_ca.as_deref(), identity)
+            .map_err(|e| e.to_string())?;
         let base = || {
             reqwest::Client::builder()
+                .tls_backend_preconfigured((*tls).clone())
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_idle_timeout(replidb_server::serve::CLIENT_POOL_IDLE_TIMEOUT)
                 .no_proxy()

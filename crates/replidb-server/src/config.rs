@@ -150,6 +150,11 @@ pub struct NodeConfig {
     /// Limits of the HTTP listener (`--max-connections`,
     /// `--http-header-timeout`, `--max-header-bytes`).
     pub http_limits: crate::serve::HttpLimits,
+    /// `--tls-cert`, `--tls-key` (and `--tls-ca`, `--tls-client-auth`):
+    /// serve HTTPS, and present this certificate to peers that ask for one.
+    pub tls: Option<replidb_tls::TlsFiles>,
+    /// `--tls-ca`: the CA trusted for `https://` peers and etcd.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -189,6 +194,8 @@ impl NodeConfig {
             peer_token: None,
             metrics_open: false,
             http_limits: crate::serve::HttpLimits::default(),
+            tls: None,
+            tls_ca: None,
             link_delay: DurationRange::default(),
             replicas: 3,
             strict_quorum: false,
@@ -198,9 +205,10 @@ impl NodeConfig {
 
     /// The URL others reach this node at.
     pub fn advertise(&self) -> String {
-        self.advertise_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+        self.advertise_url.clone().unwrap_or_else(|| {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", self.listen)
+        })
     }
 }
 

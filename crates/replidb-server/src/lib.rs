@@ -120,18 +120,31 @@ impl Server {
         tracing::info!(node_id = %node.config.id, addr = %node.config.listen, role = node.role().name(), "serving");
         let stop = node.shutdown.clone();
         let stopping = node.clone();
-        let served = serve::serve(self.listener, app, node.config.http_limits, async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stop.cancelled() => {}
-            }
-            // End replication streams first: graceful shutdown waits
-            // for open connections.
-            stopping.shutdown.cancel();
-            if let Some(l) = stopping.leader() {
-                l.stop();
-            }
-        })
+        let tls = match &node.config.tls {
+            Some(files) => Some(replidb_tls::TlsAcceptor::from(
+                replidb_tls::server_config(files)
+                    .map_err(|e| ServerError::Startup(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let served = serve::serve(
+            self.listener,
+            app,
+            node.config.http_limits,
+            tls,
+            async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = stop.cancelled() => {}
+                }
+                // End replication streams first: graceful shutdown waits
+                // for open connections.
+                stopping.shutdown.cancel();
+                if let Some(l) = stopping.leader() {
+                    l.stop();
+                }
+            },
+        )
         .await;
         if let Some(r) = resp {
             r.stop().await;

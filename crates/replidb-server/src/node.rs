@@ -50,6 +50,18 @@ pub struct Node {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
+/// The TLS client configuration for what this node asks of others:
+/// trust `--tls-ca`, present this node's own certificate (mutual TLS).
+/// Without `--tls-ca`, `https://` peers are refused with a clear error.
+fn outbound_tls(config: &NodeConfig) -> Result<Arc<rustls::ClientConfig>, ServerError> {
+    let identity = config
+        .tls
+        .as_ref()
+        .map(|t| (t.cert.as_path(), t.key.as_path()));
+    replidb_tls::client_config_for(config.tls_ca.as_deref(), identity)
+        .map_err(|e| ServerError::Startup(e.to_string()))
+}
+
 /// Reload the token file on every `SIGHUP` until shutdown. A file that no
 /// longer parses is logged and the loaded tokens stay.
 async fn reload_on_sighup(auth: Arc<crate::auth::Authenticator>, shutdown: CancellationToken) {
@@ -84,7 +96,8 @@ impl Node {
     /// Open storage and start in the configured role.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, ServerError> {
         let transport =
-            TcpTransport::with_bearer(config.peer_token.as_ref().map(|s| s.expose().to_string()));
+            TcpTransport::with_bearer(config.peer_token.as_ref().map(|s| s.expose().to_string()))
+                .with_tls(Some(outbound_tls(&config)?));
         Self::start_with(config, Arc::new(SystemClock), Arc::new(transport)).await
     }
 
@@ -123,6 +136,7 @@ impl Node {
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured((*outbound_tls(&config)?).clone())
             .default_headers(headers)
             .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
@@ -178,6 +192,7 @@ impl Node {
                 );
                 opts.lease_ttl = node.config.lease_ttl;
                 opts.max_lag_records = node.config.max_failover_lag_records;
+                opts.ca_file = node.config.tls_ca.clone();
                 let member = Arc::new(CoreMember(Arc::downgrade(&node.core)));
                 let coordinator = EtcdCoordinator::new(opts, member)
                     .map_err(|e| ServerError::Startup(e.to_string()))?;

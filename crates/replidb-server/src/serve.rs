@@ -86,11 +86,14 @@ fn too_many_connections() -> Vec<u8> {
 
 /// Serve `app` on `listener` under `limits` until `shutdown` resolves;
 /// then stop accepting and give open connections [`SHUTDOWN_GRACE`] to
-/// finish.
+/// finish. With `tls`, every connection must complete a TLS handshake
+/// within the header timeout; one that speaks plain HTTP instead is
+/// answered `400 tls_required` in clear text and closed.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: HttpLimits,
+    tls: Option<replidb_tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let refusal: Arc<[u8]> = too_many_connections().into();
@@ -138,13 +141,57 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let Some(acceptor) = tls.clone() else {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "http connection ended");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        let builder = builder.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "http connection ended");
+            let handshake = async {
+                let mut first = [0u8; 1];
+                let n = stream.peek(&mut first).await?;
+                if n == 0 || !replidb_tls::looks_like_tls(first[0]) {
+                    let _ = stream
+                        .write_all(replidb_tls::PLAIN_HTTP_TO_TLS_ANSWER)
+                        .await;
+                    let _ = stream.shutdown().await;
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "plain HTTP on a TLS listener",
+                    ));
+                }
+                acceptor.accept(stream).await
+            };
+            let tls_stream = match tokio::time::timeout(header_timeout, handshake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    metrics::counter!("replidb_tls_handshake_failures_total").increment(1);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    metrics::counter!("replidb_tls_handshake_failures_total").increment(1);
+                    return;
+                }
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "https connection ended");
             }
             drop(permit);
         });

@@ -44,6 +44,7 @@ async fn example_cluster_replicates_ten_orders_to_both_followers() {
 
     // The printed metrics URL serves the follower's series, including the
     // sync-duration histogram (one sample per Records batch).
+    replidb_tls::install_default_provider();
     let metrics = reqwest::get(&reports[1].metrics_url)
         .await
         .expect("GET /metrics")

@@ -43,7 +43,10 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> b
 async fn write_reaches_follower_and_majority_commits() {
     let leader = start("n1", None, |_| {}).await;
     let f1 = start("n2", Some(&leader.url), |_| {}).await;
-    let http = reqwest::Client::new();
+    let http = {
+        replidb_tls::install_default_provider();
+        reqwest::Client::new()
+    };
     wait_until("follower connects", Duration::from_secs(5), async || {
         leader.node.leader().unwrap().replicas().len() == 1
             && f1.node.follower().unwrap().status().connected
@@ -69,6 +72,7 @@ async fn write_reaches_follower_and_majority_commits() {
     assert_eq!(r.headers()["x-replidb-role"], "follower");
     assert_eq!(r.text().await.unwrap(), "world");
     // Writes to a follower are redirected.
+    replidb_tls::install_default_provider();
     let r = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -215,6 +215,8 @@ async fn user(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // reqwest needs a TLS crypto provider even for http:// URLs.
+    replidb_tls::install_default_provider();
     let users: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())

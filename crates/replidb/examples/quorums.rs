@@ -279,6 +279,8 @@ fn pct(num: u64, den: u64) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // reqwest needs a TLS crypto provider even for http:// URLs.
+    replidb_tls::install_default_provider();
     let mut args = std::env::args().skip(1);
     let secs_up: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(6.0);
     let secs_down: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3.0);

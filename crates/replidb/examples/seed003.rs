@@ -82,6 +82,8 @@ async fn converge(http: &reqwest::Client, urls: &[String]) -> anyhow::Result<()>
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // reqwest needs a TLS crypto provider even for http:// URLs.
+    replidb_tls::install_default_provider();
     let c = start_cluster().await?;
     let http = reqwest::Client::new();
     let (a, b, n3) = (&c.urls[0], &c.urls[1], &c.urls[2]);

@@ -99,6 +99,20 @@ pub struct ServerOpts {
     /// Serve /metrics without a token even when --auth-file is set.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub metrics_open: Option<bool>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: verify https:// peers and etcd with them (and
+    /// client certificates with --tls-client-auth).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Require clients (other nodes) to present a certificate signed by
+    /// --tls-ca (mutual TLS).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub tls_client_auth: Option<bool>,
     /// Most HTTP connections served at once; one more is answered 503
     /// and closed (default 4096).
     #[arg(long)]
@@ -236,6 +250,7 @@ impl ServerOpts {
             health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
             resp_listen, auth_file, peer_token_file, metrics_open,
             max_connections, http_header_timeout, max_header_bytes,
+            tls_cert, tls_key, tls_ca, tls_client_auth,
         );
         self
     }
@@ -381,6 +396,31 @@ impl ServerOpts {
         }
         if let Some(b) = self.metrics_open {
             c.metrics_open = b;
+        }
+        c.tls_ca = self.tls_ca.clone();
+        let client_auth = self.tls_client_auth.unwrap_or(false);
+        match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = replidb_tls::TlsFiles {
+                    cert,
+                    key,
+                    ca: self.tls_ca,
+                    client_auth,
+                };
+                // Built here so a bad file stops the start with its name.
+                replidb_tls::server_config(&files)
+                    .map_err(|e| invalid("tls_cert", e.to_string()))?;
+                c.tls = Some(files);
+            }
+            (None, None) if client_auth => {
+                return Err(invalid(
+                    "tls_client_auth",
+                    "needs --tls-cert and --tls-key (and --tls-ca)",
+                ))
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(invalid("tls_key", "--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(invalid("tls_cert", "--tls-key needs --tls-cert")),
         }
         if let Some(n) = self.max_connections {
             if n == 0 {

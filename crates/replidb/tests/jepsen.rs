@@ -591,6 +591,7 @@ async fn nemesis(
 }
 
 fn quick_http() -> reqwest::Client {
+    replidb_tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(500))

@@ -40,6 +40,10 @@ const PORT_ATTEMPTS: usize = 8;
 /// contract), no proxies from the environment, a generous timeout so a
 /// hung server fails the test instead of hanging it.
 pub fn http() -> reqwest::Client {
+    // reqwest panics when it builds a client with no TLS configuration
+    // and no process-wide crypto provider; the binary installs ring at
+    // start, test processes do it here (every test makes a client first).
+    replidb_tls::install_default_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -132,6 +136,8 @@ pub struct Node {
     child: Option<Child>,
     http: reqwest::Client,
     starts: u32,
+    /// `https` once [`Node::use_tls`] was called.
+    scheme: &'static str,
 }
 
 impl Node {
@@ -169,6 +175,7 @@ impl Node {
             child: None,
             http: http(),
             starts: 0,
+            scheme: "http",
         }
     }
 
@@ -184,6 +191,14 @@ impl Node {
             }
         }
         self.fail("no free port after several attempts");
+    }
+
+    /// Start on a free port without waiting for `/status` (a node the
+    /// harness cannot reach, e.g. one serving an expired certificate).
+    pub fn launch_unchecked(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.id);
+        self.port = free_port();
+        self.spawn();
     }
 
     /// Start again on the same port and data directory (after `kill9` or
@@ -369,7 +384,26 @@ impl Node {
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// Speak https to this node from now on, trusting `ca` and presenting
+    /// `identity` (certificate, key) when the node asks for one. Call
+    /// before `launch` for a node started with `--tls-cert`.
+    pub fn use_tls(
+        &mut self,
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) {
+        let config = replidb_tls::client_config(ca, identity).expect("TLS client config");
+        self.http = reqwest::Client::builder()
+            .tls_backend_preconfigured((*config).clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("https client");
+        self.scheme = "https";
     }
 
     /// `url` + `path`.
