@@ -416,7 +416,7 @@ impl PeerStream {
                 self.st().origin_last_lsn = last_lsn;
             }
             Frame::SnapshotBegin { lsn } => {
-                tracing::info!(%origin, %lsn, "joining a peer's snapshot");
+                tracing::info!(%origin, lsn = lsn.0, "joining a peer's snapshot");
             }
             Frame::SnapshotChunk { entries } => {
                 self.engine
