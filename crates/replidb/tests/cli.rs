@@ -268,3 +268,81 @@ async fn the_node_log_records_its_configuration_with_typed_fields() {
         }
     }
 }
+
+/// `RUST_LOG=debug replidb simulate` stamps each log line with the
+/// simulated time (the story's clock) and the node, coordinator lines
+/// included, so a failing seed's log can be read beside its story.
+#[test]
+fn simulate_logs_carry_simulated_time_and_the_node() {
+    let (code, _, err) = cli_env(
+        &[
+            "simulate", "--faults", "failover", "--writes", "3", "--seed", "3",
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let coordinator: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("target=replidb_coordinator"))
+        .collect();
+    assert!(!coordinator.is_empty(), "no coordinator lines: {err}");
+    for line in &coordinator {
+        assert!(line.starts_with("sim_ms="), "not on simulated time: {line}");
+        assert!(line.contains(" node=n"), "no node: {line}");
+    }
+    assert!(
+        !err.lines().any(|l| l.starts_with("ts=")),
+        "a wall-clock line: {err}"
+    );
+}
+
+/// Counts in the simulator's output agree with their number.
+#[test]
+fn simulate_output_pluralises_counts() {
+    let (code, out, err) = common::cli(&[
+        "simulate",
+        "--followers",
+        "1",
+        "--writes",
+        "1",
+        "--faults",
+        "failover",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for word in [
+        "elections",
+        "leaders",
+        "records",
+        "rewinds",
+        "writes",
+        "times",
+        "digests",
+        "epochs",
+        "followers",
+        "nodes",
+        "runs",
+        "seeds",
+    ] {
+        for line in out.lines() {
+            let bad = line
+                .match_indices(&format!(" 1 {word}"))
+                .any(|(i, _)| !line[..i].ends_with(|c: char| c.is_ascii_digit() || c == '.'));
+            assert!(!bad, "\"1 {word}\" in: {line}");
+        }
+    }
+    assert!(out.contains("1 write"), "{out}");
+}
+
+/// Range mistakes say what is wrong, not that a number is expected.
+#[test]
+fn reversed_ranges_are_named() {
+    let (code, _, err) = common::cli(&["simulate", "--lag", "2s..1s"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("reversed") && err.contains("1s..2s"), "{err}");
+    let (code, _, err) = common::cli(&["simulate", "--seeds", "5..1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("reversed") && err.contains("1..5"), "{err}");
+    assert!(!err.contains("1 < 5"), "{err}");
+}
