@@ -270,7 +270,7 @@ impl Follower {
                     if n > 0 {
                         self.st().changes_applied += n;
                         metrics::counter!("replidb_replication_changes_applied_total", "node_id" => self.opts.node_id.clone()).increment(n);
-                        tracing::debug!(node_id = %self.opts.node_id, from = %before.next(), to = %after, lag_ms = self.lag_ms(), "applied batch");
+                        tracing::debug!(node_id = %self.opts.node_id, from = before.next().0, to = after.0, lag_ms = self.lag_ms(), "applied batch");
                     }
                 }
                 Err(e) => {

@@ -345,7 +345,7 @@ impl PeerStream {
             let mut s = self.st();
             s.connected = true;
         }
-        tracing::info!(peer = %url, %origin, from = %applied.next(), "streaming from peer");
+        tracing::info!(peer = %url, %origin, from = applied.next().0, "streaming from peer");
         let mut applied_rx = self.applied_tx.subscribe();
         let mut queued_through = applied;
         loop {
