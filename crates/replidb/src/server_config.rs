@@ -467,7 +467,10 @@ pub fn validate(c: &NodeConfig) -> Result<(), ConfigError> {
             if k > n {
                 return Err(invalid(
                     "default_w",
-                    format!("{k} nodes can never acknowledge in a cluster of {n}"),
+                    format!(
+                        "{} can never acknowledge in a cluster of {n}",
+                        replidb_core::text::count_s(k as u64, "node")
+                    ),
                 ));
             }
         }
