@@ -102,7 +102,23 @@ impl Client {
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(invalid("expected an http:// URL"));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &opts.token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.0))
+                .map_err(|_| {
+                    ClientError::InvalidInput(
+                        "the token has characters an HTTP header cannot carry".into(),
+                    )
+                })?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
+            // Under the nodes' default --http-header-timeout (60 s), which
+            // also closes idle keep-alive connections: a pooled connection
+            // is dropped here before the node closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
             // Redirects are followed by hand (see transport.rs).
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(opts.timeout)

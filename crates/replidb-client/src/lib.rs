@@ -81,6 +81,6 @@ pub use error::{ClientError, Result};
 pub use replidb_core::WriteConcern;
 pub use session::Session;
 pub use types::{
-    ClientOptions, Consistency, DeleteResult, Fallback, ReadOptions, ReadResult, ScanItem, Sibling,
-    Txn, TxnCondition, TxnOp, WriteOptions, WriteResult,
+    BearerToken, ClientOptions, Consistency, DeleteResult, Fallback, ReadOptions, ReadResult,
+    ScanItem, Sibling, Txn, TxnCondition, TxnOp, WriteOptions, WriteResult,
 };

@@ -36,6 +36,22 @@ pub struct ClientOptions {
     /// given every node finds the new leader after a failover on its own
     /// (a follower redirects writes to whoever leads).
     pub failover_urls: Vec<String>,
+    /// The secret sent as `Authorization: Bearer …` on every request, for
+    /// nodes started with `--auth-file` (the CLI's `--token` or
+    /// `REPLIDB_TOKEN`). A 401 or 403 comes back as
+    /// [`ClientError::Api`](crate::ClientError) with code
+    /// `unauthenticated` or `forbidden`.
+    pub token: Option<BearerToken>,
+}
+
+/// A bearer token's secret. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(pub String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
 }
 
 impl Default for ClientOptions {
@@ -47,6 +63,7 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(2),
             max_redirects: 5,
             failover_urls: Vec::new(),
+            token: None,
         }
     }
 }

@@ -63,8 +63,30 @@ fn invalid(msg: String) -> io::Error {
 }
 
 /// Real TCP.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TcpTransport;
+#[derive(Clone, Default)]
+pub struct TcpTransport {
+    /// Secret sent as `Authorization: Bearer …` in the upgrade request, when
+    /// the cluster runs with tokens (a node's `--peer-token-file`).
+    bearer: Option<std::sync::Arc<str>>,
+}
+
+impl TcpTransport {
+    /// A transport that presents `secret` to the nodes it connects to.
+    pub fn with_bearer(secret: Option<String>) -> TcpTransport {
+        TcpTransport {
+            bearer: secret.map(std::sync::Arc::from),
+        }
+    }
+}
+
+impl std::fmt::Debug for TcpTransport {
+    // Never print the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
 
 impl Transport for TcpTransport {
     fn connect<'a>(&'a self, url: &'a str) -> BoxFuture<'a, io::Result<BoxIo>> {
@@ -73,19 +95,25 @@ impl Transport for TcpTransport {
             let mut stream = tokio::net::TcpStream::connect(&addr).await?;
             // Records are small and latency matters more than packet count.
             stream.set_nodelay(true)?;
-            client_handshake(&mut stream, &addr).await?;
+            client_handshake(&mut stream, &addr, self.bearer.as_deref()).await?;
             Ok(Box::new(stream) as BoxIo)
         })
     }
 }
 
-/// Send the upgrade request and read the `101` answer.
+/// Send the upgrade request (with `Authorization: Bearer {bearer}` when
+/// given) and read the `101` answer. Any other answer is an error carrying
+/// its status line, e.g. `HTTP/1.1 401 Unauthorized`.
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     host: &str,
+    bearer: Option<&str>,
 ) -> io::Result<()> {
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "GET {REPLICATION_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n\r\n"
+        "GET {REPLICATION_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n{auth}\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
     stream.flush().await?;
@@ -142,13 +170,17 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut buf = vec![0u8; 1024];
             let n = b.read(&mut buf).await.unwrap();
-            assert!(String::from_utf8_lossy(&buf[..n]).contains("Upgrade: replidb-repl/1"));
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(head.contains("Upgrade: replidb-repl/1"));
+            assert!(head.contains("Authorization: Bearer s3cret\r\n"));
             b.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: replidb-repl/1\r\n\r\nX")
                 .await
                 .unwrap();
             b
         });
-        client_handshake(&mut a, "h:1").await.unwrap();
+        client_handshake(&mut a, "h:1", Some("s3cret"))
+            .await
+            .unwrap();
         // The byte after the head is left for the protocol.
         let mut x = [0u8; 1];
         a.read_exact(&mut x).await.unwrap();
@@ -161,7 +193,7 @@ mod tests {
             let _ = b.read(&mut buf).await;
             let _ = b.write_all(b"HTTP/1.1 404 Not Found\r\n\r\n").await;
         });
-        let err = client_handshake(&mut a, "h:1").await.unwrap_err();
+        let err = client_handshake(&mut a, "h:1", None).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
     }
 }

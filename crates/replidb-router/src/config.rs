@@ -41,6 +41,11 @@ pub struct RouterConfig {
     /// yet and names none (`X-Replidb-Home`); `None` picks the node with
     /// the fewest requests in flight.
     pub home: Option<String>,
+    /// The secret the router presents on its own requests (health checks)
+    /// to nodes started with `--auth-file` (`--token` / `REPLIDB_TOKEN`;
+    /// needs the `read` role). Clients' requests carry their own
+    /// `Authorization` header, passed through unchanged.
+    pub token: Option<replidb_server::auth::Secret>,
 }
 
 impl RouterConfig {
@@ -59,6 +64,7 @@ impl RouterConfig {
             request_timeout: Duration::from_secs(10),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             home: None,
+            token: None,
         }
     }
 

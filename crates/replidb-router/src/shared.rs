@@ -105,12 +105,22 @@ impl Shared {
         let base = || {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(replidb_server::serve::CLIENT_POOL_IDLE_TIMEOUT)
                 .no_proxy()
                 .tcp_nodelay(true)
                 .connect_timeout(CONNECT_TIMEOUT.min(config.request_timeout))
         };
         let http = base().build().map_err(|e| e.to_string())?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &config.token {
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| "the router's token has characters a header cannot carry")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let health_http = base()
+            .default_headers(headers)
             .connect_timeout(config.health_timeout)
             .timeout(config.health_timeout)
             .build()

@@ -138,6 +138,18 @@ pub struct NodeConfig {
     /// Leaderless: `--anti-entropy-interval`, how often replicas compare
     /// hash trees.
     pub anti_entropy_interval: Duration,
+    /// `--auth-file`: the token file (see [`crate::auth`]); `None` serves
+    /// everyone, as before.
+    pub auth_file: Option<PathBuf>,
+    /// The secret this node presents to other nodes
+    /// (`--peer-token-file`): on replication streams, `/internal/*`,
+    /// forwarded writes and admin calls. Never logged.
+    pub peer_token: Option<crate::auth::Secret>,
+    /// `--metrics-open`: `/metrics` needs no token even with auth on.
+    pub metrics_open: bool,
+    /// Limits of the HTTP listener (`--max-connections`,
+    /// `--http-header-timeout`, `--max-header-bytes`).
+    pub http_limits: crate::serve::HttpLimits,
 }
 
 impl NodeConfig {
@@ -173,6 +185,10 @@ impl NodeConfig {
             topology: Topology::SingleLeader,
             peers: Vec::new(),
             conflict_policy: replidb_causal::PolicySet::default(),
+            auth_file: None,
+            peer_token: None,
+            metrics_open: false,
+            http_limits: crate::serve::HttpLimits::default(),
             link_delay: DurationRange::default(),
             replicas: 3,
             strict_quorum: false,

@@ -4,9 +4,13 @@
 //! - `config`: [`NodeConfig`], every setting of a node.
 //! - [`node`]: [`Node`], the running state (engine + leader or follower).
 //! - [`api`]: the HTTP routes of API.md, including the replication upgrade.
+//! - [`auth`]: bearer tokens with roles (`--auth-file`) and which role
+//!   each endpoint needs.
 //! - [`metrics`]: the Prometheus recorder and state gauges.
 //! - [`embed`]: the embedding API ([`ReplicationManager`]) that the
 //!   `replidb server` command is built on.
+//! - [`serve`]: the HTTP listener and its limits (connections, header
+//!   size and time).
 //! - [`resp`]: the Redis protocol listener (`--resp-listen`), another
 //!   driver of the same read and write paths.
 //!
@@ -15,12 +19,14 @@
 //! sessions end, the engine checkpoints).
 
 pub mod api;
+pub mod auth;
 mod config;
 pub mod embed;
 pub mod leaderless;
 pub mod metrics;
 pub mod node;
 pub mod resp;
+pub mod serve;
 pub mod static_coord;
 
 pub use config::{CoordinatorKind, NodeConfig, Topology};
@@ -114,20 +120,19 @@ impl Server {
         tracing::info!(node_id = %node.config.id, addr = %node.config.listen, role = node.role().name(), "serving");
         let stop = node.shutdown.clone();
         let stopping = node.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = stop.cancelled() => {}
-                }
-                // End replication streams first: graceful shutdown waits
-                // for open connections.
-                stopping.shutdown.cancel();
-                if let Some(l) = stopping.leader() {
-                    l.stop();
-                }
-            })
-            .await;
+        let served = serve::serve(self.listener, app, node.config.http_limits, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop.cancelled() => {}
+            }
+            // End replication streams first: graceful shutdown waits
+            // for open connections.
+            stopping.shutdown.cancel();
+            if let Some(l) = stopping.leader() {
+                l.stop();
+            }
+        })
+        .await;
         if let Some(r) = resp {
             r.stop().await;
         }

@@ -46,6 +46,32 @@ pub struct Node {
     pub peers: std::sync::OnceLock<Vec<Arc<PeerStream>>>,
     /// Leaderless: the ring, hints and repair state.
     pub leaderless: std::sync::OnceLock<Arc<crate::leaderless::Leaderless>>,
+    /// `--auth-file`'s tokens; `None` when auth is off.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+}
+
+/// Reload the token file on every `SIGHUP` until shutdown. A file that no
+/// longer parses is logged and the loaded tokens stay.
+async fn reload_on_sighup(auth: Arc<crate::auth::Authenticator>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the auth file will not be reloaded");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        match auth.reload() {
+            Ok(n) => {
+                tracing::info!(tokens = n, file = %auth.path().display(), "auth file reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "auth file not reloaded; the previous tokens stay in force")
+            }
+        }
+    }
 }
 
 /// What the server does on role events: count failovers in metrics (the
@@ -57,7 +83,9 @@ impl RoleEvents for ServerEvents {}
 impl Node {
     /// Open storage and start in the configured role.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, ServerError> {
-        Self::start_with(config, Arc::new(SystemClock), Arc::new(TcpTransport)).await
+        let transport =
+            TcpTransport::with_bearer(config.peer_token.as_ref().map(|s| s.expose().to_string()));
+        Self::start_with(config, Arc::new(SystemClock), Arc::new(transport)).await
     }
 
     /// [`Node::start`] with an explicit clock and transport (simulation).
@@ -75,7 +103,28 @@ impl Node {
         let engine = Engine::open(eopts, clock.clone())
             .await
             .map_err(|e| ServerError::Startup(format!("cannot open storage: {e}")))?;
+        let auth = match &config.auth_file {
+            Some(path) => Some(Arc::new(
+                crate::auth::Authenticator::load(path)
+                    .map_err(|e| ServerError::Startup(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(secret) = &config.peer_token {
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
+                    .map_err(|_| {
+                        ServerError::Startup(
+                            "the peer token has characters a header cannot carry".into(),
+                        )
+                    })?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
             .build()
@@ -100,7 +149,11 @@ impl Node {
             config,
             peers: std::sync::OnceLock::new(),
             leaderless: std::sync::OnceLock::new(),
+            auth,
         });
+        if let Some(auth) = &node.auth {
+            tokio::spawn(reload_on_sighup(auth.clone(), node.shutdown.clone()));
+        }
         match node.config.topology {
             Topology::MultiLeader => {
                 node.start_multi_leader().await?;

@@ -69,7 +69,7 @@ impl Transport for SimTransport {
         Box::pin(async move {
             let addr = host_port(url)?;
             let mut stream = turmoil::net::TcpStream::connect(addr.as_str()).await?;
-            client_handshake(&mut stream, &addr).await?;
+            client_handshake(&mut stream, &addr, None).await?;
             let seed = self
                 .rng
                 .lock()

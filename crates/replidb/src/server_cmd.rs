@@ -91,6 +91,17 @@ fn log_start(c: &replidb_server::NodeConfig) {
         anti_entropy_interval_ms = c.anti_entropy_interval.as_millis() as u64,
         "configuration (replication)"
     );
+    tracing::info!(
+        node_id = %c.id,
+        auth_file = %c.auth_file.as_ref().map_or_else(|| "-".to_string(), |p| p.display().to_string()),
+        // Whether a peer token is set, never the secret.
+        peer_token = c.peer_token.is_some(),
+        metrics_open = c.metrics_open,
+        max_connections = c.http_limits.connections_max as u64,
+        http_header_timeout_ms = c.http_limits.header_timeout.as_millis() as u64,
+        max_header_bytes = c.http_limits.header_bytes_max as u64,
+        "configuration (access and limits)"
+    );
 }
 
 /// `s` as one shell word (quoted only when it needs to be).

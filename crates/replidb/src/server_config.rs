@@ -90,6 +90,32 @@ pub struct ServerOpts {
     /// Leaderless: how often replicas compare hash trees [default: 10s]
     #[arg(long)]
     pub anti_entropy_interval: Option<String>,
+    /// Token file (TOML: [[token]] name, sha256, roles); with it every
+    /// endpoint but /health needs `Authorization: Bearer SECRET`. SIGHUP
+    /// reloads it [default: none: no authentication]
+    #[arg(long)]
+    pub auth_file: Option<PathBuf>,
+    /// File whose first line is the secret this node presents to other
+    /// nodes (replication, /internal, admin calls, forwarded writes)
+    /// [default: none]
+    #[arg(long)]
+    pub peer_token_file: Option<PathBuf>,
+    /// Serve /metrics without a token even when --auth-file is set
+    /// [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_open: Option<bool>,
+    /// Most HTTP connections served at once; one more is answered 503
+    /// and closed [default: 4096]
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Time for a request's headers to arrive, and for an idle keep-alive
+    /// connection to stay open [default: 60s]
+    #[arg(long)]
+    pub http_header_timeout: Option<String>,
+    /// Largest request line plus headers, in bytes (at least 8192); larger
+    /// is answered 431 [default: 65536]
+    #[arg(long)]
+    pub max_header_bytes: Option<usize>,
     /// Table backend: memory or redb [default: redb]
     #[arg(long)]
     pub storage: Option<String>,
@@ -217,7 +243,8 @@ impl ServerOpts {
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
             health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
-            resp_listen,
+            resp_listen, auth_file, peer_token_file, metrics_open,
+            max_connections, http_header_timeout, max_header_bytes,
         );
         self
     }
@@ -347,6 +374,48 @@ impl ServerOpts {
             if c.coordinator == CoordinatorKind::Etcd {
                 return Err(invalid("coordinator", "multi-leader and leaderless nodes find each other through --peers (etcd discovery is not built yet)"));
             }
+        }
+        if let Some(path) = self.auth_file {
+            // Checked here so a bad file stops the start with the field's
+            // name; the node loads it again (and on SIGHUP).
+            replidb_server::auth::Authenticator::load(&path)
+                .map_err(|e| invalid("auth_file", e.to_string()))?;
+            c.auth_file = Some(path);
+        }
+        if let Some(path) = self.peer_token_file {
+            c.peer_token = Some(
+                replidb_server::auth::Secret::read_file(&path)
+                    .map_err(|e| invalid("peer_token_file", e))?,
+            );
+        }
+        if let Some(b) = self.metrics_open {
+            c.metrics_open = b;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                return Err(invalid("max_connections", "must be at least 1"));
+            }
+            c.http_limits.connections_max = n;
+        }
+        set_duration(
+            &mut c.http_limits.header_timeout,
+            "http_header_timeout",
+            self.http_header_timeout,
+        )?;
+        if c.http_limits.header_timeout.is_zero() {
+            return Err(invalid("http_header_timeout", "must be longer than 0"));
+        }
+        if let Some(n) = self.max_header_bytes {
+            if n < replidb_server::serve::HEADER_BYTES_MIN {
+                return Err(invalid(
+                    "max_header_bytes",
+                    format!(
+                        "must be at least {}",
+                        replidb_server::serve::HEADER_BYTES_MIN
+                    ),
+                ));
+            }
+            c.http_limits.header_bytes_max = n;
         }
         set_duration(
             &mut c.default_write_timeout,

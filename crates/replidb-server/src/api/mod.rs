@@ -23,7 +23,7 @@ pub use error::{ApiError, ApiResult};
 // and writes have one implementation whether asked over HTTP or in-process.
 pub use ops::{health_of, status_of};
 pub use params::WriteOpts;
-pub use write::{propose, WriteOutcome};
+pub use write::{propose, WriteOutcome, BODY_READ_TIMEOUT};
 // The Redis protocol listener (`crate::resp`) drives the same read and
 // write paths.
 pub use kv::TXN_OPS_MAX;
@@ -36,7 +36,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -97,11 +97,38 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .fallback(ops::not_found)
         .layer(middleware::from_fn_with_state(node.clone(), node_headers))
+        // Outside `node_headers`: a refused request learns nothing of the
+        // node's positions.
+        .layer(middleware::from_fn_with_state(node.clone(), require_token))
         .layer(middleware::from_fn_with_state(
             node.clone(),
             request_metrics,
         ))
         .with_state(node)
+}
+
+/// With `--auth-file`, refuse a request without a token that has the role
+/// its endpoint needs ([`crate::auth::access`]): 401 `unauthenticated`,
+/// 403 `forbidden`.
+async fn require_token(State(node): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(auth) = &node.auth else {
+        return next.run(req).await;
+    };
+    let role = match crate::auth::access(req.method(), req.uri().path(), node.config.metrics_open) {
+        crate::auth::Access::Open => return next.run(req).await,
+        crate::auth::Access::Needs(role) => role,
+    };
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match auth.authorize(header, role) {
+        Ok(_) => next.run(req).await,
+        Err(e) => {
+            tracing::debug!(path = %req.uri().path(), error = %e, "request refused");
+            error::ApiError::from(e).into_response()
+        }
+    }
 }
 
 /// Add the `X-Replidb-*` headers a handler did not set.

@@ -284,11 +284,24 @@ pub fn write_response(key: Option<&str>, opts: WriteOpts, out: &WriteOutcome) ->
 
 /// Read a request body, refusing more than `limit` bytes with a 413.
 pub async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "value_too_large",
             format!("request body exceeds the limit of {limit} bytes"),
-        )
-    })
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+    }
 }
+
+/// How long a request body may take to arrive: a client that sends its
+/// headers and then trickles the body cannot hold a connection longer.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

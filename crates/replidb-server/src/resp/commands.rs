@@ -78,7 +78,7 @@ pub(crate) static COMMANDS: &[Spec] = &[
     spec("ping", -1, CONN, 0, 0, 0, "connection", "1.0.0", "Returns PONG, or the argument.", Kind::Ping),
     spec("echo", 2, CONN, 0, 0, 0, "connection", "1.0.0", "Returns the argument.", Kind::Echo),
     spec("hello", -1, CONN, 0, 0, 0, "connection", "6.0.0", "Switches protocol (2 or 3) and describes the server.", Kind::Hello),
-    spec("auth", -2, CONN, 0, 0, 0, "connection", "1.0.0", "Authenticates; the node has no password, as Redis without requirepass.", Kind::Auth),
+    spec("auth", -2, CONN, 0, 0, 0, "connection", "1.0.0", "Authenticates with a token's secret (--auth-file); without tokens, as Redis without requirepass.", Kind::Auth),
     spec("select", 2, CONN, 0, 0, 0, "connection", "1.0.0", "Selects database 0, the only one.", Kind::Select),
     spec("quit", -1, CONN, 0, 0, 0, "connection", "1.0.0", "Closes the connection.", Kind::Quit),
     spec("command", -1, &["loading", "stale"], 0, 0, 0, "server", "2.8.13", "Describes the commands (COMMAND, COUNT, DOCS, INFO, LIST).", Kind::Command),
@@ -136,6 +136,34 @@ pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
         .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// With `--auth-file`: only `AUTH`, `HELLO` and `QUIT` before
+/// authenticating; then write commands need the `write` role, commands
+/// that read data or server state (`GET`, `SCAN`, `INFO`, `ROLE`, `WAIT`)
+/// `read`, and connection commands only authentication.
+fn authorize(shared: &Shared, session: &Session, spec: &Spec) -> RespResult<()> {
+    use crate::auth::Role;
+    if shared.node.auth.is_none() || matches!(spec.kind, Kind::Auth | Kind::Hello | Kind::Quit) {
+        return Ok(());
+    }
+    let Some((token, roles)) = &session.token else {
+        return Err(RespError::NoAuth);
+    };
+    let need = if spec.flags.contains(&"write") {
+        Some(Role::Write)
+    } else if spec.flags == CONN {
+        None
+    } else {
+        Some(Role::Read)
+    };
+    match need {
+        Some(role) if !roles.contains(&role) => Err(RespError::NoPerm {
+            token: token.clone(),
+            command: spec.name.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Execute one request and return its answer (an error value on failure).
 pub(crate) async fn execute(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Value {
     match dispatch(shared, session, args).await {
@@ -159,13 +187,14 @@ async fn dispatch(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Res
     if !arity_ok {
         return Err(RespError::WrongArity(spec.name.to_string()));
     }
+    authorize(shared, session, spec)?;
     // Handlers index `args` up to the arity checked here, so a short
     // request can never reach one.
     match spec.kind {
         Kind::Ping => session::ping(args),
         Kind::Echo => Ok(Value::Bulk(args[1].clone())),
         Kind::Hello => session::hello(shared, session, args),
-        Kind::Auth => session::auth(args),
+        Kind::Auth => session::auth(shared, session, args),
         Kind::Select => session::select(args),
         Kind::Quit => {
             session.closing = true;

@@ -30,6 +30,10 @@ pub(crate) struct Session {
     pub last_write: Lsn,
     /// Set by `QUIT`: answer, then close.
     pub closing: bool,
+    /// The name and roles of the token this connection authenticated with
+    /// (`AUTH`, `HELLO … AUTH`); `None` until then. Ignored when the node
+    /// runs without `--auth-file`.
+    pub token: Option<(String, std::collections::BTreeSet<crate::auth::Role>)>,
 }
 
 /// Serve one connection until the client leaves, a protocol error, or
@@ -50,6 +54,7 @@ pub(crate) async fn serve(
         name: None,
         last_write: Lsn::ZERO,
         closing: false,
+        token: None,
     };
     if let Err(e) = run(&shared, &mut stream, &mut session, &stop).await {
         tracing::debug!(peer = %peer, error = %e, "redis protocol connection ended");

