@@ -79,6 +79,9 @@ pub struct CoordinatorStatus {
 pub struct EtcdCoordinator {
     client: Arc<dyn CoordStore>,
     opts: EtcdOptions,
+    /// This node's id, named on every log line (several nodes may log
+    /// into one stream, as in the simulator).
+    node_id: String,
     member: Arc<dyn Member>,
     status: Mutex<CoordinatorStatus>,
     lease: Mutex<Option<LeaseId>>,
@@ -119,6 +122,7 @@ impl EtcdCoordinator {
         Arc::new(EtcdCoordinator {
             client: store,
             opts,
+            node_id: member.info().id,
             member,
             status: Mutex::new(CoordinatorStatus::default()),
             lease: Mutex::new(None),
@@ -138,7 +142,7 @@ impl EtcdCoordinator {
     }
 
     fn note_error(&self, e: &CoordinatorError) {
-        tracing::warn!(error = %e, "coordinator");
+        tracing::warn!(node_id = %self.node_id, error = %e, "coordinator");
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -263,6 +267,7 @@ impl EtcdCoordinator {
                     // promote that failed. Finish it rather than leave the
                     // cluster without a leader until the lease lapses.
                     tracing::warn!(
+                        node_id = %self.node_id,
                         epoch = l.epoch,
                         "leader key is ours but we do not lead; promoting"
                     );
@@ -274,7 +279,7 @@ impl EtcdCoordinator {
                 } else {
                     self.set_deadline(0);
                     if l.id != info.id && self.member.following().as_deref() != Some(&l.url) {
-                        tracing::info!(leader = %l.id, epoch = l.epoch, "following the elected leader");
+                        tracing::info!(node_id = %self.node_id, leader = %l.id, epoch = l.epoch, "following the elected leader");
                         self.member
                             .follow(l.url.clone(), Epoch(l.epoch))
                             .await
@@ -330,7 +335,7 @@ impl EtcdCoordinator {
                         s.last_keepalive_ms = now;
                     }
                     None => {
-                        tracing::warn!("session lease expired");
+                        tracing::warn!(node_id = %self.node_id, "session lease expired");
                         s.lease = None;
                         s.valid_until_ms = 0;
                         self.set_deadline(0);
@@ -351,7 +356,10 @@ impl EtcdCoordinator {
             return Ok(());
         };
         if records.iter().any(|kv| kv.mod_revision < fresh_from) {
-            tracing::debug!("waiting for every member to publish a fresh position");
+            tracing::debug!(
+                node_id = %self.node_id,
+                "waiting for every member to publish a fresh position"
+            );
             return Ok(());
         }
         let members: Vec<MemberInfo> = records
@@ -374,7 +382,7 @@ impl EtcdCoordinator {
         ) {
             Ok(w) => w,
             Err(why) => {
-                tracing::debug!(?why, "no leader can be elected yet");
+                tracing::debug!(node_id = %self.node_id, ?why, "no leader can be elected yet");
                 return Ok(());
             }
         };
@@ -416,6 +424,7 @@ impl EtcdCoordinator {
             return Ok(());
         }
         tracing::info!(
+            node_id = %self.node_id,
             epoch,
             flush_lsn = me.flush_lsn,
             "won the election; promoting"

@@ -6,15 +6,28 @@ use std::time::Duration;
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: expected a number with a unit, like 250ms, 2s or 1m")]
-pub struct DurationError {
-    /// The refused text.
-    pub input: String,
+pub enum DurationError {
+    /// Not a number with a unit.
+    #[error("invalid duration {input:?}: expected a number with a unit, like 250ms, 2s or 1m")]
+    Invalid {
+        /// The refused text.
+        input: String,
+    },
+    /// A range `LO..HI` whose low end is above its high end.
+    #[error("invalid duration range {input:?}: the range is reversed ({lo} is more than {hi}); write the shorter one first, like {hi}..{lo}")]
+    Reversed {
+        /// The refused text.
+        input: String,
+        /// The first bound, as written.
+        lo: String,
+        /// The second bound, as written.
+        hi: String,
+    },
 }
 
 /// Parse `250ms`, `2s`, `1m`, `1h` (a bare number is milliseconds).
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError {
+    let err = || DurationError::Invalid {
         input: s.to_string(),
     };
     let t = s.trim();
@@ -71,8 +84,10 @@ impl FromStr for DurationRange {
             Some((a, b)) => {
                 let (lo, hi) = (parse_duration(a)?, parse_duration(b)?);
                 if hi < lo {
-                    return Err(DurationError {
+                    return Err(DurationError::Reversed {
                         input: s.to_string(),
+                        lo: a.trim().to_string(),
+                        hi: b.trim().to_string(),
                     });
                 }
                 Ok(DurationRange { lo, hi })
@@ -105,6 +120,15 @@ mod tests {
         assert_eq!(parse_duration("10").unwrap(), Duration::from_millis(10));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn a_reversed_range_says_so() {
+        let e = "2s..1s".parse::<DurationRange>().unwrap_err().to_string();
+        assert!(e.contains("reversed") && e.contains("1s..2s"), "{e}");
+        assert!(!e.contains("expected a number"), "{e}");
+        let e = "2s..soon".parse::<DurationRange>().unwrap_err().to_string();
+        assert!(e.contains("expected a number with a unit"), "{e}");
         assert!(parse_duration("-1s").is_err());
     }
 

@@ -14,11 +14,14 @@
 //!   can substitute its own: a wall reading (HLC stamps, display) and a
 //!   monotonic one (every deadline, timeout and lag).
 //! - [`duration`]: parsing of `250ms` / `2s` / `1m` and `DUR..DUR` ranges.
+//! - [`text`]: wording shared by every command's output (`1 leader`,
+//!   `2 leaders`).
 
 pub mod durable;
 pub mod duration;
 pub use duration::{parse_duration, DurationError, DurationRange};
 mod hlc;
+pub mod text;
 mod types;
 
 pub use hlc::{

@@ -178,10 +178,10 @@ impl Engine {
         let (mut wal, report) = Wal::open(&dir.join("wal"), opts.wal.clone())?;
         tracing::info!(
             node_id = %opts.node_id,
-            wal_first = %report.first_lsn,
-            wal_last = %report.last_lsn,
+            wal_first = report.first_lsn.0,
+            wal_last = report.last_lsn.0,
             torn_bytes = report.truncated_bytes,
-            table_lsn = %table.applied_lsn(),
+            table_lsn = table.applied_lsn().0,
             "recovering"
         );
         // An interrupted snapshot install needs nothing here: the table
@@ -450,7 +450,11 @@ fn recover(wal: &mut Wal, table: &dyn Table) -> Result<()> {
         // The table is ahead of the log: only possible after a crash
         // between switching in a restored snapshot and restarting the WAL
         // after it (or between a rewind's truncation and its rebuild).
-        tracing::warn!(table = %applied, wal = %wal.last_lsn(), "wal behind table; restarting wal");
+        tracing::warn!(
+            table = applied.0,
+            wal = wal.last_lsn().0,
+            "wal behind table; restarting wal"
+        );
         wal.reset(applied.next())?;
         return Ok(());
     }
@@ -473,6 +477,6 @@ fn recover(wal: &mut Wal, table: &dyn Table) -> Result<()> {
         replayed += batch.len();
         table.apply(&batch)?;
     }
-    tracing::info!(replayed, applied = %table.applied_lsn(), "wal replayed");
+    tracing::info!(replayed, applied = table.applied_lsn().0, "wal replayed");
     Ok(())
 }

@@ -519,7 +519,7 @@ impl WriterCore {
             // A leader's stamp too far in our future is not absorbed (its
             // clock is wrong, ours must not follow it); the record keeps it.
             if let Err(e) = self.hlc.observe(rec.hlc) {
-                tracing::warn!(lsn = %rec.lsn, error = %e, "replicated record's clock not absorbed");
+                tracing::warn!(lsn = rec.lsn.0, error = %e, "replicated record's clock not absorbed");
             }
             self.wal.append(rec)?;
         }

@@ -315,7 +315,7 @@ impl NodeCore {
         self.fenced.store(false, Ordering::SeqCst);
         leader.set_known_members(self.cluster_members());
         self.set_role(Role::Leader(leader));
-        tracing::info!(node_id = %self.opts.id, epoch = %self.engine.meta().epoch, "leading");
+        tracing::info!(node_id = %self.opts.id, epoch = self.engine.meta().epoch.0, "leading");
         Ok(())
     }
 
@@ -386,7 +386,7 @@ impl NodeCore {
             .stepped_down_mono_ms
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(self.clock.mono_ms());
-        tracing::warn!(node_id = %self.opts.id, epoch = %l.epoch(), "no acknowledgement from a majority of voters within the check-quorum window; stepping down");
+        tracing::warn!(node_id = %self.opts.id, epoch = l.epoch().0, "no acknowledgement from a majority of voters within the check-quorum window; stepping down");
         self.become_follower(String::new());
         self.events.stepped_down(l.epoch());
     }

@@ -270,7 +270,7 @@ impl Follower {
                     if n > 0 {
                         self.st().changes_applied += n;
                         metrics::counter!("replidb_replication_changes_applied_total", "node_id" => self.opts.node_id.clone()).increment(n);
-                        tracing::debug!(node_id = %self.opts.node_id, from = %before.next(), to = %after, lag_ms = self.lag_ms(), "applied batch");
+                        tracing::debug!(node_id = %self.opts.node_id, from = before.next().0, to = after.0, lag_ms = self.lag_ms(), "applied batch");
                     }
                 }
                 Err(e) => {
@@ -521,7 +521,7 @@ impl Follower {
                 metrics::gauge!("replidb_replication_last_sync_timestamp_seconds", "node_id" => self.opts.node_id.clone()).set(now as f64 / 1000.0);
             }
             Frame::SnapshotBegin { lsn } => {
-                tracing::info!(%lsn, "receiving snapshot");
+                tracing::info!(lsn = lsn.0, "receiving snapshot");
                 self.engine.restore_begin().await?;
                 self.ages.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
@@ -531,7 +531,7 @@ impl Follower {
                 let epoch = self.st().leader_epoch;
                 self.engine.adopt_history(epoch, history.clone()).await?;
                 self.st().snapshots_installed += 1;
-                tracing::info!(%lsn, "snapshot installed");
+                tracing::info!(lsn = lsn.0, "snapshot installed");
                 self.send_ack(framed).await?;
             }
             other => {
@@ -563,7 +563,7 @@ impl Follower {
             self.st().rollback_records += n;
             metrics::counter!("replidb_rollback_records_total", "node_id" => self.opts.node_id.clone())
                 .increment(n);
-            tracing::warn!(%common_lsn, records = n, file = %file.display(), "rewound divergent records");
+            tracing::warn!(common_lsn = common_lsn.0, records = n, file = %file.display(), "rewound divergent records");
         }
         let cut = self.engine.truncate_after(common_lsn).await;
         let wal_lost_prefix = matches!(

@@ -641,7 +641,18 @@ impl Leader {
             },
             pos.first_lsn,
         );
-        tracing::info!(follower = %node_id, %flush_lsn, ?decision, "follower connected");
+        let (start, start_lsn) = match decision {
+            StartDecision::Stream(l) => ("stream", Some(l.0)),
+            StartDecision::Snapshot => ("snapshot", None),
+            StartDecision::Diverged(l) => ("diverged", Some(l.0)),
+        };
+        tracing::info!(
+            follower = %node_id,
+            flush_lsn = flush_lsn.0,
+            start,
+            start_lsn,
+            "follower connected"
+        );
         if let StartDecision::Diverged(common_lsn) = decision {
             framed
                 .send(Frame::Diverged {
@@ -885,7 +896,7 @@ impl Leader {
                         }
                     });
                     if let Some(sent) = bad {
-                        tracing::warn!(follower = %id, %flush_lsn, %applied_lsn, %sent, "follower acknowledged records it was not sent; closing its stream");
+                        tracing::warn!(follower = %id, flush_lsn = flush_lsn.0, applied_lsn = applied_lsn.0, sent = sent.0, "follower acknowledged records it was not sent; closing its stream");
                         return Err(ReplicationError::Protocol(format!(
                             "follower {id} acknowledged flush {flush_lsn} / applied {applied_lsn} but was sent only up to {sent}"
                         )));
@@ -932,7 +943,7 @@ impl Leader {
             .opts
             .snapshot_chunk_bytes_max
             .clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
-        tracing::info!(%lsn, "sending snapshot");
+        tracing::info!(lsn = lsn.0, "sending snapshot");
         crate::bounded::send_within_follower(framed, Frame::SnapshotBegin { lsn }, send_timeout)
             .await?;
         let mut after: Option<String> = None;

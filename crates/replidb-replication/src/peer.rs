@@ -345,7 +345,7 @@ impl PeerStream {
             let mut s = self.st();
             s.connected = true;
         }
-        tracing::info!(peer = %url, %origin, from = %applied.next(), "streaming from peer");
+        tracing::info!(peer = %url, %origin, from = applied.next().0, "streaming from peer");
         let mut applied_rx = self.applied_tx.subscribe();
         let mut queued_through = applied;
         loop {
@@ -416,7 +416,7 @@ impl PeerStream {
                 self.st().origin_last_lsn = last_lsn;
             }
             Frame::SnapshotBegin { lsn } => {
-                tracing::info!(%origin, %lsn, "joining a peer's snapshot");
+                tracing::info!(%origin, lsn = lsn.0, "joining a peer's snapshot");
             }
             Frame::SnapshotChunk { entries } => {
                 self.engine

@@ -125,6 +125,20 @@ pub struct NodeState {
     /// Requests sent to it and not answered yet (multi-leader writes
     /// without a home go to the node with the fewest).
     pub in_flight: u32,
+    /// Whether it was in the read rotation when last reported by
+    /// [`RouterState::rotation_changes`] (logged on every change).
+    pub in_rotation: bool,
+}
+
+/// A node that left or (re)joined the read rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationChange {
+    /// Its index in [`RouterState::nodes`].
+    pub index: usize,
+    /// Whether it is in the rotation now.
+    pub joined: bool,
+    /// Why it left (failed checks, lag, now the leader), or why it is back.
+    pub reason: String,
 }
 
 impl NodeState {
@@ -210,6 +224,7 @@ impl RouterState {
                 last_ok: None,
                 last_error: None,
                 in_flight: 0,
+                in_rotation: false,
             })
             .collect();
         RouterState {
@@ -332,6 +347,61 @@ impl RouterState {
             })
     }
 
+    /// Why node `i` is not in the read rotation ([`Self::is_eligible`]),
+    /// or `None` when it is.
+    pub fn out_of_rotation_reason(&self, i: usize) -> Option<String> {
+        let n = self.nodes.get(i)?;
+        if n.consecutive_failures >= self.policy.failure_threshold {
+            let why = n.last_error.as_deref().unwrap_or("no answer");
+            return Some(format!(
+                "{} failed health {} in a row (last: {why})",
+                n.consecutive_failures,
+                plural(u64::from(n.consecutive_failures), "check", "checks"),
+            ));
+        }
+        let Some(o) = &n.seen else {
+            return Some("not checked yet".into());
+        };
+        if o.role == NodeRole::Leader && !o.multi_leader {
+            return Some("it is the leader".into());
+        }
+        if o.lag_ms > self.policy.max_lag_ms {
+            return Some(format!(
+                "lag {} ms exceeds --max-lag {} ms",
+                o.lag_ms, self.policy.max_lag_ms
+            ));
+        }
+        None
+    }
+
+    /// The nodes whose place in the read rotation changed since the last
+    /// call (a node never seen before counts as out of it). The first
+    /// report of a node that was never in it and is not now (a leader, an
+    /// unreachable node) is not a change.
+    pub fn rotation_changes(&mut self) -> Vec<RotationChange> {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            let now = self.is_eligible(i);
+            if now == self.nodes[i].in_rotation {
+                continue;
+            }
+            let reason = match self.out_of_rotation_reason(i) {
+                Some(why) => why,
+                None => {
+                    let lag = self.nodes[i].seen.as_ref().map_or(0, |o| o.lag_ms);
+                    format!("healthy, lag {lag} ms within --max-lag")
+                }
+            };
+            self.nodes[i].in_rotation = now;
+            out.push(RotationChange {
+                index: i,
+                joined: now,
+                reason,
+            });
+        }
+        out
+    }
+
     /// The leader is the healthy node claiming leadership in the highest
     /// epoch (a deposed leader that has not noticed yet claims a lower one).
     /// Among equals the current leader stays, else the first listed.
@@ -435,6 +505,15 @@ fn pick_follower(state: &RouterState, spin: u64) -> Option<usize> {
     Some(eligible[k])
 }
 
+/// `n` with the singular or plural word.
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +555,39 @@ mod tests {
         leader_only: false,
         session_wrote_at: None,
     };
+
+    /// Followers leaving and rejoining the read rotation are reported once
+    /// each, with the reason; a leader is never "in" it.
+    #[test]
+    fn rotation_changes_name_the_node_and_the_reason() {
+        let (mut s, now) = cluster(ReadStrategy::LeastLag, 10, 20);
+        let first = s.rotation_changes();
+        assert_eq!(
+            first
+                .iter()
+                .map(|c| (c.index, c.joined))
+                .collect::<Vec<_>>(),
+            vec![(1, true), (2, true)]
+        );
+        assert!(s.rotation_changes().is_empty(), "nothing changed");
+        for _ in 0..3 {
+            s.record_failure(1, "connection failed".into());
+        }
+        s.record_success(2, obs("n3", NodeRole::Follower, 1, 5000), now);
+        let changes = s.rotation_changes();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(!changes[0].joined);
+        assert_eq!(
+            changes[0].reason,
+            "3 failed health checks in a row (last: connection failed)"
+        );
+        assert_eq!(changes[1].reason, "lag 5000 ms exceeds --max-lag 1000 ms");
+        s.record_success(1, obs("n2", NodeRole::Follower, 1, 0), now);
+        let back = s.rotation_changes();
+        assert_eq!(back.len(), 1);
+        assert!(back[0].joined && back[0].index == 1, "{back:?}");
+        assert!(back[0].reason.starts_with("healthy"), "{back:?}");
+    }
 
     fn picks(s: &RouterState, now: Instant, spins: std::ops::Range<u64>) -> Vec<usize> {
         spins

@@ -42,10 +42,11 @@ pub enum RouterError {
     /// Bad input: the body could not be read.
     #[error("cannot read the request body: {0}")]
     BadBody(String),
-    /// Bad input: a path the router does not route (admin and internal
-    /// calls address one node: send them to it directly).
+    /// Bad input: a path the router does not route (admin calls other
+    /// than switchover, and internal ones, address one node: send them to
+    /// it directly).
     #[error(
-        "the router does not route {path}; admin and internal endpoints go to a node directly"
+        "the router does not route {path}; of the admin endpoints it forwards only POST /admin/switchover (to the leader): send the others, and internal ones, to a node directly"
     )]
     NotRouted {
         /// The path.
@@ -59,6 +60,28 @@ pub enum RouterError {
         /// The configured nodes, for the message.
         nodes: String,
     },
+    /// Bad input: a query parameter's value is not one the endpoint takes.
+    #[error("invalid {name}={value:?}: expected {expected}")]
+    InvalidParameter {
+        /// The parameter.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What it takes.
+        expected: &'static str,
+    },
+    /// Bad input: a query parameter the endpoint does not take (a typo is
+    /// refused rather than ignored, as nodes do).
+    #[error("unknown parameter {name:?} (this endpoint takes: {known})")]
+    UnknownParameter {
+        /// The parameter.
+        name: String,
+        /// The ones it takes.
+        known: &'static str,
+    },
+    /// Bad input: an empty key (`/v1/kv/`), as a node refuses it.
+    #[error("the key is empty: keys are 1..=1024 bytes of UTF-8 (PUT /v1/kv/{{key}})")]
+    EmptyKey,
     /// Bad input: known path, wrong method.
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed {
@@ -83,6 +106,9 @@ impl RouterError {
             RouterError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             RouterError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             RouterError::UnknownHome { .. } => (StatusCode::BAD_REQUEST, "unknown_home"),
+            RouterError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            RouterError::UnknownParameter { .. } => (StatusCode::BAD_REQUEST, "unknown_parameter"),
+            RouterError::EmptyKey => (StatusCode::BAD_REQUEST, "invalid_key"),
             RouterError::NotRouted { .. } => (StatusCode::NOT_FOUND, "not_found"),
             RouterError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")

@@ -48,6 +48,16 @@ impl Shared {
                 tracing::info!(from = %name(leader_before), to = %name(st.leader()), "leader changed");
                 metrics::counter!("replidb_router_leader_changes_total").increment(1);
             }
+            for c in st.rotation_changes() {
+                let Some(n) = st.nodes().get(c.index) else {
+                    continue;
+                };
+                if c.joined {
+                    tracing::info!(node = %n.name(), url = %n.url, reason = %c.reason, "node joined the read rotation");
+                } else {
+                    tracing::info!(node = %n.name(), url = %n.url, reason = %c.reason, "node left the read rotation");
+                }
+            }
             for (i, n) in st.nodes().iter().enumerate() {
                 let labels = [("node", n.url.clone())];
                 metrics::gauge!("replidb_router_node_healthy", &labels)

@@ -39,6 +39,10 @@ use crate::shared::{Counters, Shared};
 /// Slack added to a request's own server-side wait (`wait_ms`,
 /// `timeout_ms`) so the node's answer arrives before the router gives up.
 const WAIT_SLACK: Duration = Duration::from_secs(2);
+/// How long a forwarded `/admin/switchover` may take: the node's longest
+/// catch-up wait (`timeout_ms` at most 60 s), its 5 s hand-over wait, and
+/// slack.
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(70);
 /// Body limit of reads (they carry none; a small one is tolerated).
 const READ_BODY_LIMIT: usize = 4096;
 
@@ -114,6 +118,14 @@ async fn route(sh: &Shared, req: Request) -> Result<Response, RouterError> {
             Duration::from_millis(query.server_wait_ms.unwrap_or(0)).saturating_add(WAIT_SLACK),
         ),
     };
+    if endpoint == Endpoint::Switchover {
+        // The leader waits up to the body's timeout_ms for the target to
+        // catch up, then hands over: allow the longest it may take.
+        out.timeout = out.timeout.max(SWITCHOVER_TIMEOUT);
+        let routed = dispatch(sh, &RequestKind::Write { home: None }, &out, None).await?;
+        count(sh, endpoint, &routed);
+        return Ok(relay_plain(routed));
+    }
     let multi = sh.state().multi_leader();
     let mut pinned = None;
     let kind = if endpoint.is_write() {
@@ -591,6 +603,22 @@ fn relay(
             id
         });
         sh.sessions().record_write(&id, Instant::now());
+    }
+    streamed(r.resp, status, headers)
+}
+
+/// The node's answer with `X-Replidb-Routed-To` and nothing else added
+/// (no token or session cookies: not a key-value request).
+fn relay_plain(r: Routed) -> Response {
+    let status = r.resp.status();
+    let mut headers = HeaderMap::new();
+    for (name, value) in r.resp.headers() {
+        if !hop_by_hop(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&r.node) {
+        headers.insert(ROUTED_TO_HEADER, v);
     }
     streamed(r.resp, status, headers)
 }

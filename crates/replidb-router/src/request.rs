@@ -51,6 +51,9 @@ pub enum Endpoint {
     TypedWrite,
     /// `GET /v1/counter|set|map/{key}`.
     TypedRead,
+    /// `POST /admin/switchover`: addressed to whichever node leads, so the
+    /// router forwards it to the current leader.
+    Switchover,
 }
 
 impl Endpoint {
@@ -58,7 +61,11 @@ impl Endpoint {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Endpoint::KvWrite | Endpoint::Txn | Endpoint::SeedWrite | Endpoint::TypedWrite
+            Endpoint::KvWrite
+                | Endpoint::Txn
+                | Endpoint::SeedWrite
+                | Endpoint::TypedWrite
+                | Endpoint::Switchover
         )
     }
 
@@ -78,6 +85,7 @@ impl Endpoint {
             Endpoint::SeedRead => "seed_read",
             Endpoint::TypedWrite => "typed_write",
             Endpoint::TypedRead => "typed_read",
+            Endpoint::Switchover => "admin_switchover",
         }
     }
 
@@ -92,13 +100,16 @@ impl Endpoint {
             }
             Endpoint::Txn => max_value_bytes.saturating_mul(4).max(1 << 20) + SLACK,
             Endpoint::KvRead | Endpoint::SeedRead | Endpoint::TypedRead => 0,
+            Endpoint::Switchover => SLACK,
         }
     }
 }
 
 /// Sort a request into an endpoint: 404 for paths the router does not
-/// route (including `/admin/*` and `/internal/*`, which address one node),
-/// 405 for a known path with the wrong method.
+/// route (`/internal/*` and the `/admin/*` calls that address one node;
+/// `/admin/switchover` is the leader's, so it is routed), 400
+/// `invalid_key` for an empty key, 405 for a known path with the wrong
+/// method.
 pub fn classify(method: &Method, path: &str) -> Result<Endpoint, RouterError> {
     let wrong = || RouterError::MethodNotAllowed {
         method: method.to_string(),
@@ -123,6 +134,13 @@ pub fn classify(method: &Method, path: &str) -> Result<Endpoint, RouterError> {
             _ => Err(wrong()),
         };
     }
+    let empty_key = path == "/v1/kv/"
+        || ["counter", "set", "map"]
+            .iter()
+            .any(|t| path.strip_prefix("/v1/").and_then(|r| r.strip_prefix(t)) == Some("/"));
+    if empty_key {
+        return Err(RouterError::EmptyKey);
+    }
     match path {
         _ if kv_key => match *method {
             Method::GET | Method::HEAD => Ok(Endpoint::KvRead),
@@ -137,6 +155,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Endpoint, RouterError> {
         "/read" | "/follower-read" | "/read-with-repair" => {
             only(method, Method::GET, Endpoint::SeedRead).ok_or_else(wrong)
         }
+        "/admin/switchover" => only(method, Method::POST, Endpoint::Switchover).ok_or_else(wrong),
         _ => Err(RouterError::NotRouted {
             path: path.to_string(),
         }),
@@ -409,12 +428,17 @@ mod tests {
             classify(&Method::POST, "/v1/map/m"),
             Err(RouterError::MethodNotAllowed { .. })
         ));
+        assert_eq!(ok(Method::POST, "/admin/switchover"), Endpoint::Switchover);
+        for p in ["/v1/kv/", "/v1/counter/", "/v1/map/"] {
+            assert!(
+                matches!(classify(&Method::PUT, p), Err(RouterError::EmptyKey)),
+                "{p}"
+            );
+        }
         for p in [
             "/admin/promote",
             "/internal/digest",
-            "/v1/kv/",
             "/nope",
-            "/v1/counter/",
             "/v1/counters/x",
         ] {
             assert!(matches!(

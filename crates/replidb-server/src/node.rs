@@ -414,7 +414,7 @@ impl Node {
                         .await;
                     match sent {
                         Ok(r) if r.status().is_success() || r.status().as_u16() == 409 => {
-                            tracing::info!(peer = %peer, %epoch, "announced leadership");
+                            tracing::info!(peer = %peer, epoch = epoch.0, "announced leadership");
                             return;
                         }
                         _ => tokio::time::sleep(Duration::from_millis(500)).await,

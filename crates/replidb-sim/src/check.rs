@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 
+use replidb_core::text::count_s;
 use replidb_core::{Lsn, Op, Record, WriteConcern};
 use replidb_engine::Engine;
 
@@ -127,7 +128,7 @@ pub fn run(shared: &Shared, cfg: &SimConfig, runtime: &[String]) -> Vec<Check> {
     checks.push(verdict(
         "equal table digests at equal lsns",
         problems,
-        format!("{compared} digests compared"),
+        format!("{} compared", count_s(compared as u64, "digest")),
     ));
 
     // 3. Majority-acknowledged writes.
@@ -167,8 +168,8 @@ pub fn run(shared: &Shared, cfg: &SimConfig, runtime: &[String]) -> Vec<Check> {
         "w=majority writes present",
         problems,
         format!(
-            "{} acknowledged writes on {need} of {voters} nodes",
-            outcome.majority_acked.len()
+            "{} on {need} of {voters} nodes",
+            count_s(outcome.majority_acked.len() as u64, "acknowledged write")
         ),
     ));
 
@@ -245,11 +246,11 @@ fn one_writer_per_epoch(shared: &Shared) -> Check {
         "one writer per epoch, epochs increase",
         problems,
         format!(
-            "{} elections (epoch:winner {}), {} writes in {} epochs",
-            promotions.len(),
+            "{} (epoch:winner {}), {} in {}",
+            count_s(promotions.len() as u64, "election"),
             epochs.join(" "),
-            outcome.accepted.len(),
-            writers.len()
+            count_s(outcome.accepted.len() as u64, "write"),
+            count_s(writers.len() as u64, "epoch")
         ),
     )
 }

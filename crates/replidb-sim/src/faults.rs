@@ -360,7 +360,9 @@ impl Driver {
                     "leader"
                 };
                 format!(
-                    "link {peer} <-> {f} healthy again ({dups} frames were duplicated, {cuts} streams cut)"
+                    "link {peer} <-> {f} healthy again ({} duplicated, {} cut)",
+                    replidb_core::text::count(dups, "frame was", "frames were"),
+                    replidb_core::text::count_s(cuts, "stream"),
                 )
             }
         }

@@ -169,6 +169,13 @@ pub mod workload;
 pub use config::{fmt_duration, FaultMode, FaultModeError, SimConfig};
 pub use run::{run, run_seeds, SimReport, SoakReport};
 
+/// Simulated time since the start of the run being driven on this thread
+/// (`None` outside a run): the clock of the story's `[  1234ms]` stamps,
+/// for log lines (`RUST_LOG=debug replidb simulate`).
+pub fn sim_elapsed() -> Option<std::time::Duration> {
+    turmoil::sim_elapsed()
+}
+
 /// Why a run could not start (an invariant failure is not an error: it is
 /// a [`SimReport`] that did not pass).
 #[derive(Debug, thiserror::Error)]

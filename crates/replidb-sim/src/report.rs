@@ -9,6 +9,7 @@ use crate::config::fmt_duration;
 use crate::events::line;
 use crate::faults::{JITTER_PERIOD_MS, LINK_LATENCY_MS};
 use crate::SimConfig;
+use replidb_core::text::count_s;
 
 /// How long the token strategy waits before going to the leader
 /// (API.md's default `wait_ms`).
@@ -29,12 +30,12 @@ fn header(out: &mut String, cfg: &SimConfig) {
     if cfg.faults.elected() {
         let _ = writeln!(
             out,
-            "replidb simulate: seed {} | {} nodes, leader elected through etcd | apply lag {}..{} | {} writes | read ratio {} | faults {}",
+            "replidb simulate: seed {} | {}, leader elected through etcd | apply lag {}..{} | {} | read ratio {} | faults {}",
             cfg.seed,
-            cfg.followers + 1,
+            count_s(cfg.followers as u64 + 1, "node"),
             fmt_duration(cfg.lag.lo),
             fmt_duration(cfg.lag.hi),
-            cfg.writes,
+            count_s(cfg.writes as u64, "write"),
             cfg.read_ratio,
             cfg.faults
         );
@@ -50,12 +51,12 @@ fn header(out: &mut String, cfg: &SimConfig) {
     }
     let _ = writeln!(
         out,
-        "replidb simulate: seed {} | leader + {} followers | apply lag {}..{} | {} writes | read ratio {} | faults {}",
+        "replidb simulate: seed {} | leader + {} | apply lag {}..{} | {} | read ratio {} | faults {}",
         cfg.seed,
-        cfg.followers,
+        count_s(cfg.followers as u64, "follower"),
         fmt_duration(cfg.lag.lo),
         fmt_duration(cfg.lag.hi),
-        cfg.writes,
+        count_s(cfg.writes as u64, "write"),
         cfg.read_ratio,
         cfg.faults
     );
@@ -285,7 +286,13 @@ fn failover_summary(out: &mut String, events: &[Event]) {
     }
     let _ = writeln!(
         out,
-        "failover: {elections} elections, {fenced} leaders fenced, {rewound} records rewound in {rewinds} rewinds (never a w=majority write: see the invariants), {failed} writes retried; the client waited for a writable leader {waits} times, longest {longest}ms"
+        "failover: {}, {} fenced, {} rewound in {} (never a w=majority write: see the invariants), {} retried; the client waited for a writable leader {}, longest {longest}ms",
+        count_s(elections as u64, "election"),
+        count_s(fenced as u64, "leader"),
+        count_s(rewound, "record"),
+        count_s(rewinds as u64, "rewind"),
+        count_s(failed as u64, "write"),
+        count_s(waits as u64, "time"),
     );
 }
 

@@ -37,7 +37,7 @@ pub(crate) fn merge_leaf(
     let operand = match Operand::decode(operand) {
         Ok(op) => op,
         Err(e) => {
-            tracing::warn!(key, %lsn, error = %e, "causal write does not decode; skipped");
+            tracing::warn!(key, lsn = lsn.0, error = %e, "causal write does not decode; skipped");
             return None;
         }
     };

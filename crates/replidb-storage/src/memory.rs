@@ -124,7 +124,7 @@ impl MemoryTable {
         if marker.exists() {
             tracing::warn!(
                 dir = %dir.display(),
-                applied_lsn = %lsn,
+                applied_lsn = lsn.0,
                 "interrupted restore found; staged copy dropped, table unchanged"
             );
             remove_marker(dir)?;

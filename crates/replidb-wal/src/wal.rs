@@ -122,7 +122,15 @@ impl Wal {
             truncated_bytes: rec.truncated_bytes,
             segments: wal.segment_count(),
         };
-        tracing::info!(dir = %dir.display(), ?report, "WAL opened");
+        tracing::info!(
+            dir = %dir.display(),
+            first_lsn = report.first_lsn.0,
+            last_lsn = report.last_lsn.0,
+            last_epoch = report.last_epoch.0,
+            truncated_bytes = report.truncated_bytes,
+            segments = report.segments,
+            "WAL opened"
+        );
         Ok((wal, report))
     }
 
@@ -280,7 +288,7 @@ impl Wal {
             }
             freed += seg.bytes;
         }
-        tracing::debug!(freed, first_lsn = %first, "removed old WAL segments");
+        tracing::debug!(freed, first_lsn = first.0, "removed old WAL segments");
         Ok(freed)
     }
 
@@ -503,7 +511,7 @@ impl Wal {
         state.change_seq += 1;
         let seq = state.change_seq;
         state.rewinds.push((seq, lsn));
-        tracing::info!(after = %lsn, removed = removed.len(), "WAL truncated");
+        tracing::info!(after = lsn.0, removed = removed.len(), "WAL truncated");
         Ok(removed)
     }
 
@@ -557,7 +565,7 @@ impl Wal {
                 tracing::warn!(error = %e, "could not sync WAL directory after reset");
             }
         }
-        tracing::info!(next_lsn = %next, "WAL reset");
+        tracing::info!(next_lsn = next.0, "WAL reset");
         Ok(())
     }
 }

@@ -200,7 +200,7 @@ async fn preload(
     opts: &WriteOptions,
 ) -> anyhow::Result<u64> {
     let n = args.key_space.min(PRELOAD_KEYS_MAX);
-    eprintln!("preloading {n} keys...");
+    eprintln!("preloading {}...", replidb_core::text::count_s(n, "key"));
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..PRELOAD_TASKS.min(n) {

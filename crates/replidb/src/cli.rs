@@ -10,14 +10,11 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "replidb", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Node or router the client commands talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "REPLIDB_URL",
-        default_value = "http://127.0.0.1:7000"
-    )]
-    pub url: String,
+    /// Accepted before the command too (`replidb --url U get k`), as
+    /// earlier versions took it; hidden, since only the client commands
+    /// use it and each shows it in its own help.
+    #[arg(long, hide = true)]
+    pub url: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
@@ -38,8 +35,8 @@ pub enum Command {
     Del(DelArgs),
     /// List keys with a prefix, one `key<TAB>value` per line.
     Scan(ScanArgs),
-    /// Print the node's /status as JSON.
-    Status,
+    /// Print the node's (or router's) /status as JSON.
+    Status(StatusArgs),
     /// Operator actions.
     Admin {
         /// Which action.
@@ -55,6 +52,40 @@ pub enum Command {
     Simulate(crate::simulate_cmd::SimulateArgs),
     /// Read/write-splitting proxy in front of the nodes.
     Router(crate::router_cmd::RouterArgs),
+}
+
+/// The default of `--url`: the playground's router.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7000";
+
+/// Where a client command sends its requests: `--url` of the command, else
+/// `--url` before the command, else `REPLIDB_URL`, else [`DEFAULT_URL`].
+#[derive(Debug, Args, Default)]
+pub struct Target {
+    /// Node or router to talk to; several (URL,URL,...) are tried in turn
+    /// [env: REPLIDB_URL] [default: http://127.0.0.1:7000]
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+impl Target {
+    /// The URL to use, given the `--url` written before the command.
+    pub fn resolve(&self, before_command: Option<&str>) -> String {
+        self.url
+            .clone()
+            .or_else(|| before_command.map(str::to_string))
+            .or_else(|| std::env::var("REPLIDB_URL").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| DEFAULT_URL.to_string())
+    }
+}
+
+/// Whether `put`, `del`, `get` and `scan` carry a read-your-writes token
+/// between invocations (see `client_cmd::session_state`).
+#[derive(Debug, Args, Default)]
+pub struct SessionArgs {
+    /// Do not keep or use the session token file, so a read may miss an
+    /// earlier write of yours (also REPLIDB_NO_SESSION=1)
+    #[arg(long)]
+    pub no_session: bool,
 }
 
 /// Write options shared by `put` and `del`.
@@ -77,6 +108,10 @@ pub struct PutArgs {
     pub value: String,
     #[command(flatten)]
     pub write: WriteArgs,
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 /// `replidb del KEY`.
@@ -86,6 +121,10 @@ pub struct DelArgs {
     pub key: String,
     #[command(flatten)]
     pub write: WriteArgs,
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 /// Read options shared by `get` and `scan` (API.md's query parameters).
@@ -115,6 +154,10 @@ pub struct GetArgs {
     pub key: String,
     #[command(flatten)]
     pub read: ReadArgs,
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 /// `replidb scan [PREFIX]`.
@@ -128,25 +171,56 @@ pub struct ScanArgs {
     pub limit: Option<usize>,
     #[command(flatten)]
     pub read: ReadArgs,
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
-/// `replidb admin ...`, sent to the node given by `--url`.
+/// `replidb status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `replidb admin ...`, sent to the node (or router) given by `--url`.
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Make the node at --url the leader.
-    Promote,
-    /// Hand leadership from the leader at --url to node ID, losing nothing.
+    /// Make the node at --url the leader (a node's URL, not the router's).
+    Promote {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hand leadership from the leader to node ID, losing nothing; through
+    /// the router (the default --url) it reaches the current leader.
     Switchover {
         /// Id of the follower to promote.
         #[arg(long)]
         to: String,
+        #[command(flatten)]
+        target: Target,
     },
-    /// Re-point the node at --url to follow LEADER.
+    /// Re-point the node at --url to follow LEADER (a node's URL, not the
+    /// router's).
     Follow {
         /// URL of the leader to follow.
         #[arg(long)]
         leader: String,
+        #[command(flatten)]
+        target: Target,
     },
+}
+
+impl AdminCommand {
+    /// Where the action is sent.
+    pub fn target(&self) -> &Target {
+        match self {
+            AdminCommand::Promote { target }
+            | AdminCommand::Switchover { target, .. }
+            | AdminCommand::Follow { target, .. } => target,
+        }
+    }
 }
 
 /// What each bench client does per operation.
@@ -169,6 +243,8 @@ pub enum BenchMode {
 /// `replidb bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub target: Target,
     /// Concurrent client counts to run, one table row each.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub clients: Vec<usize>,
@@ -210,6 +286,83 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn help_of(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        let mut cur = &mut cmd;
+        for name in path {
+            cur = cur.find_subcommand_mut(name).unwrap();
+        }
+        cur.render_long_help().to_string()
+    }
+
+    /// `--url` belongs to the commands that talk to a node or router, and
+    /// is shown (with its default) only in their help.
+    #[test]
+    fn each_command_shows_only_its_own_options() {
+        for path in [&["server"][..], &["router"], &["playground"], &["simulate"]] {
+            let help = help_of(path);
+            assert!(
+                !help.contains("--url"),
+                "{path:?} help shows --url:\n{help}"
+            );
+        }
+        for path in [
+            &["put"][..],
+            &["get"],
+            &["del"],
+            &["scan"],
+            &["status"],
+            &["bench"],
+            &["admin", "switchover"],
+            &["admin", "promote"],
+            &["admin", "follow"],
+        ] {
+            let help = help_of(path);
+            assert!(
+                help.contains("--url") && help.contains("[default: http://127.0.0.1:7000]"),
+                "{path:?} help lacks --url and its default:\n{help}"
+            );
+        }
+    }
+
+    /// `simulate --help` names every fault mode the simulator has.
+    #[cfg(feature = "simulate")]
+    #[test]
+    fn simulate_help_names_every_fault_mode() {
+        let help = help_of(&["simulate"]);
+        for mode in ["none", "partition", "crash", "delay", "failover", "all"] {
+            assert!(
+                mode.parse::<replidb_sim::FaultMode>().is_ok(),
+                "{mode} is a fault mode"
+            );
+            assert!(help.contains(mode), "simulate --help omits {mode}:\n{help}");
+        }
+    }
+
+    /// `--url` before the command still works, and the command's own wins.
+    #[test]
+    fn url_before_or_after_the_command() {
+        let cli = Cli::try_parse_from(["replidb", "--url", "http://a:1", "get", "k"]).unwrap();
+        let Command::Get(g) = &cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(g.target.resolve(cli.url.as_deref()), "http://a:1");
+        let cli = Cli::try_parse_from([
+            "replidb",
+            "--url",
+            "http://a:1",
+            "get",
+            "k",
+            "--url",
+            "http://b:2",
+        ])
+        .unwrap();
+        let Command::Get(g) = &cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(g.target.resolve(cli.url.as_deref()), "http://b:2");
+    }
+
     #[test]
     fn get_takes_the_http_read_options() {
         let cli = Cli::try_parse_from([
@@ -226,7 +379,7 @@ mod tests {
             "error",
         ])
         .unwrap();
-        assert_eq!(cli.url, "http://n2:7001");
+        assert_eq!(cli.url.as_deref(), Some("http://n2:7001"));
         let Command::Get(g) = cli.command else {
             panic!("not get")
         };

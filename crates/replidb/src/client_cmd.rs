@@ -4,13 +4,22 @@
 //! Output conventions: results on stdout, errors on stderr (from `main`);
 //! `get` prints the value's raw bytes so `replidb get k > file` round-trips,
 //! adding a newline only when stdout is a terminal.
+//!
+//! Read-your-writes across invocations: `put`, `del`, `get` and `scan` run
+//! as a [`Session`] whose tokens are kept per `--url` in a state file
+//! ([`crate::session_file`]), so `replidb put k v; replidb get k` through
+//! the router reads the write even when a lagging follower serves the read.
+//! A saved token the cluster refuses as unreachable (the cluster was
+//! recreated under the same URL) is dropped and the read retried once
+//! without it.
 
 use crate::cli::{AdminCommand, DelArgs, GetArgs, PutArgs, ReadArgs, ScanArgs, WriteArgs};
+use crate::session_file::SessionFile;
 use anyhow::Context as _;
-use replidb_client::{Client, ReadOptions, WriteOptions};
+use replidb_client::{Client, ClientError, ReadOptions, Session, WriteOptions};
+use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
 
-/// A client for `url`; a malformed URL is a usage error (exit 2).
 /// A client for `--url`, which may list several nodes (`URL,URL,...`): the
 /// first is asked first, the others when it cannot be reached or no longer
 /// leads.
@@ -48,25 +57,96 @@ fn read_opts(a: &ReadArgs) -> ReadOptions {
     }
 }
 
+/// The session of one client command: its client, the tokens loaded from
+/// the state file, and the session carrying them.
+struct CmdSession {
+    client: Client,
+    file: SessionFile,
+    session: Session,
+}
+
+impl CmdSession {
+    fn open(url: &str, no_session: bool) -> anyhow::Result<CmdSession> {
+        let client = connect(url)?;
+        let file = SessionFile::open(url, no_session);
+        let session = file.session(client.clone());
+        Ok(CmdSession {
+            client,
+            file,
+            session,
+        })
+    }
+
+    /// Run a read with the saved tokens; if the cluster refuses them as
+    /// never reached (a 503 naming `min_lsn`/`min_version` while the
+    /// command gave no token of its own), drop them, say so, and run it
+    /// once more without. The tokens are saved afterwards either way.
+    async fn read<T, F, Fut>(&mut self, user_token: bool, op: F) -> anyhow::Result<T>
+    where
+        F: Fn(Session) -> Fut,
+        Fut: Future<Output = (Session, replidb_client::Result<T>)>,
+    {
+        let session = std::mem::replace(&mut self.session, Session::new(self.client.clone()));
+        let (session, r) = op(session).await;
+        if !user_token && self.file.has_token() && token_refused(&r) {
+            eprintln!(
+                "warning: the saved session token (lsn {}) is ahead of this cluster (was it recreated?); reading without it",
+                self.file.lsn()
+            );
+            let (fresh, r) = op(Session::new(self.client.clone())).await;
+            self.file.save(&fresh, true);
+            return Ok(r?);
+        }
+        self.file.save(&session, false);
+        Ok(r?)
+    }
+}
+
+/// Whether `r` is a refusal of a read token nobody could serve.
+fn token_refused<T>(r: &replidb_client::Result<T>) -> bool {
+    matches!(r, Err(ClientError::Api { status: 503, message, .. })
+        if message.contains("min_lsn") || message.contains("min_version"))
+}
+
 /// `replidb put KEY VALUE`: prints the write's JSON answer (lsn, acks, ...).
-pub async fn put(client: &Client, a: PutArgs) -> anyhow::Result<()> {
-    let r = client
+pub async fn put(before: Option<&str>, a: PutArgs) -> anyhow::Result<()> {
+    let url = a.target.resolve(before);
+    let s = CmdSession::open(&url, a.session.no_session)?;
+    let r = s
+        .session
         .put(&a.key, a.value.into_bytes(), &write_opts(&a.write))
-        .await?;
-    println!("{}", serde_json::to_string(&r)?);
+        .await;
+    s.file.save(&s.session, false);
+    println!("{}", serde_json::to_string(&r?)?);
     Ok(())
 }
 
 /// `replidb del KEY`: prints the JSON answer, including `existed`.
-pub async fn del(client: &Client, a: DelArgs) -> anyhow::Result<()> {
-    let r = client.delete(&a.key, &write_opts(&a.write)).await?;
-    println!("{}", serde_json::to_string(&r)?);
+pub async fn del(before: Option<&str>, a: DelArgs) -> anyhow::Result<()> {
+    let url = a.target.resolve(before);
+    let s = CmdSession::open(&url, a.session.no_session)?;
+    let r = s.session.delete(&a.key, &write_opts(&a.write)).await;
+    s.file.save(&s.session, false);
+    println!("{}", serde_json::to_string(&r?)?);
     Ok(())
 }
 
 /// `replidb get KEY`: the raw value; absent is an error (exit 1).
-pub async fn get(client: &Client, a: GetArgs) -> anyhow::Result<()> {
-    let Some(r) = client.get(&a.key, &read_opts(&a.read)).await? else {
+pub async fn get(before: Option<&str>, a: GetArgs) -> anyhow::Result<()> {
+    let url = a.target.resolve(before);
+    let mut s = CmdSession::open(&url, a.session.no_session)?;
+    let opts = read_opts(&a.read);
+    let key = a.key.clone();
+    let found = s
+        .read(a.read.min_lsn.is_some(), |session| {
+            let (opts, key) = (opts.clone(), key.clone());
+            async move {
+                let r = session.get(&key, &opts).await;
+                (session, r)
+            }
+        })
+        .await?;
+    let Some(r) = found else {
         anyhow::bail!("key not found: {}", a.key);
     };
     let mut out = std::io::stdout().lock();
@@ -80,8 +160,20 @@ pub async fn get(client: &Client, a: GetArgs) -> anyhow::Result<()> {
 
 /// `replidb scan [PREFIX]`: one `key<TAB>value` line per entry. Values
 /// that are not UTF-8 are shown lossily (use `get` for exact bytes).
-pub async fn scan(client: &Client, a: ScanArgs) -> anyhow::Result<()> {
-    let items = client.scan(&a.prefix, a.limit, &read_opts(&a.read)).await?;
+pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
+    let url = a.target.resolve(before);
+    let mut s = CmdSession::open(&url, a.session.no_session)?;
+    let opts = read_opts(&a.read);
+    let (prefix, limit) = (a.prefix.clone(), a.limit);
+    let items = s
+        .read(a.read.min_lsn.is_some(), |session| {
+            let (opts, prefix) = (opts.clone(), prefix.clone());
+            async move {
+                let r = session.scan(&prefix, limit, &opts).await;
+                (session, r)
+            }
+        })
+        .await?;
     let mut out = std::io::stdout().lock();
     for item in items {
         writeln!(
@@ -105,9 +197,9 @@ pub async fn status(client: &Client) -> anyhow::Result<()> {
 /// `replidb admin ...`: the node's answer, pretty-printed.
 pub async fn admin(client: &Client, action: AdminCommand) -> anyhow::Result<()> {
     let answer = match action {
-        AdminCommand::Promote => client.promote().await?,
-        AdminCommand::Switchover { to } => client.switchover(&to).await?,
-        AdminCommand::Follow { leader } => client.follow(&leader).await?,
+        AdminCommand::Promote { .. } => client.promote().await?,
+        AdminCommand::Switchover { to, .. } => client.switchover(&to).await?,
+        AdminCommand::Follow { leader, .. } => client.follow(&leader).await?,
     };
     if !answer.is_null() {
         println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -10,6 +10,15 @@
 //! - **json** (`--log-format json`): one flat JSON object per line
 //!   (`timestamp`, `level`, `target`, `message`, fields).
 //!
+//! - **simulation** (`RUST_LOG=... replidb simulate`): logfmt with the
+//!   simulated time instead of the wall clock, `sim_ms=1234`, the same
+//!   clock as the story's `[  1234ms]`, so a failing seed's log lines up
+//!   with its story; every line names its node (`node_id=n2`), including
+//!   the coordinator's.
+//!
+//! Field types are consistent (in JSON too): LSNs, epochs, ports, counts
+//! and durations are numbers; ids, URLs and addresses are strings.
+//!
 //! What is logged: at `info`, role changes, connections and failures; at
 //! `debug`, each persisted write on the leader (`msg="write persisted"
 //! node_id key lsn`) and each applied batch on a follower (`msg="applied
@@ -23,7 +32,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -36,13 +45,42 @@ pub fn init(format: LogFormat, default_level: &str) {
         .with_writer(std::io::stderr);
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Logfmt => builder.with_ansi(false).event_format(Logfmt).try_init(),
+        LogFormat::Logfmt => builder
+            .with_ansi(false)
+            .fmt_fields(LogfmtFields)
+            .event_format(Logfmt { sim_clock: None })
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
 
-/// The logfmt event formatter: `ts level msg fields... [span=...] target`.
-struct Logfmt;
+/// A reading of simulated time since the start of a run (`None` outside
+/// one).
+pub type SimClock = fn() -> Option<std::time::Duration>;
+
+/// A subscriber for a simulation run: logfmt on stderr at `RUST_LOG`'s
+/// levels, each line stamped `sim_ms=` from `clock` instead of the wall
+/// clock. Install it with `tracing::subscriber::with_default` on the
+/// thread that runs the simulation.
+pub fn sim_subscriber(clock: SimClock) -> impl Subscriber + Send + Sync {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .fmt_fields(LogfmtFields)
+        .event_format(Logfmt {
+            sim_clock: Some(clock),
+        })
+        .finish()
+}
+
+/// The logfmt event formatter: `ts level msg fields... [span=...] target`
+/// (`sim_ms` instead of `ts` in a simulation).
+struct Logfmt {
+    /// Simulated time, when logging a simulation.
+    sim_clock: Option<SimClock>,
+}
 
 impl<S, N> FormatEvent<S, N> for Logfmt
 where
@@ -56,8 +94,16 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        writer.write_str("ts=")?;
-        SystemTime.format_time(&mut writer)?;
+        match self.sim_clock {
+            Some(clock) => match clock() {
+                Some(t) => write!(writer, "sim_ms={}", t.as_millis())?,
+                None => writer.write_str("sim_ms=-")?,
+            },
+            None => {
+                writer.write_str("ts=")?;
+                SystemTime.format_time(&mut writer)?;
+            }
+        }
         write!(
             writer,
             " level={}",
@@ -71,13 +117,50 @@ where
         }
         writer.write_str(&fields.rest)?;
         if let Some(scope) = ctx.event_scope() {
-            let names: Vec<&str> = scope.from_root().map(|s| s.name()).collect();
+            let mut names: Vec<&str> = Vec::new();
+            let mut span_fields = String::new();
+            for span in scope.from_root() {
+                names.push(span.name());
+                if let Some(f) = span.extensions().get::<FormattedFields<N>>() {
+                    // A span's `name` field names the span's subject: the
+                    // simulator's `node` span (turmoil's host) becomes
+                    // `node=n1`.
+                    let fields = f.fields.as_str();
+                    match fields.strip_prefix(" name=") {
+                        Some(rest) => {
+                            let _ = write!(span_fields, " {}={rest}", span.name());
+                        }
+                        None => span_fields.push_str(fields),
+                    }
+                }
+            }
+            writer.write_str(&span_fields)?;
             if !names.is_empty() {
                 writer.write_str(" span=")?;
                 write_value(&mut writer, &names.join(":"))?;
             }
         }
         writeln!(writer, " target={}", meta.target())
+    }
+}
+
+/// Formats span fields as logfmt (` k=v`, quoted where needed), so that
+/// [`Logfmt`] can print a span's fields beside the event's.
+struct LogfmtFields;
+
+impl<'w> FormatFields<'w> for LogfmtFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut v = FieldsVisitor::default();
+        fields.record(&mut v);
+        if let Some(m) = &v.message {
+            writer.write_str(" message=")?;
+            write_value(&mut writer, m)?;
+        }
+        writer.write_str(&v.rest)
     }
 }
 

@@ -31,6 +31,7 @@ mod playground;
 mod router_cmd;
 mod server_cmd;
 mod server_config;
+mod session_file;
 #[cfg(feature = "simulate")]
 mod simulate_cmd;
 
@@ -77,18 +78,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Server(opts) => server_cmd::run(*opts).await,
-        Command::Bench(args) => bench::run(&cli.url, args).await,
+        Command::Bench(args) => {
+            let url = args.target.resolve(cli.url.as_deref());
+            bench::run(&url, args).await
+        }
         Command::Playground(args) => playground::run(args).await,
         #[cfg(feature = "simulate")]
         Command::Simulate(args) => simulate_cmd::run(args).await,
         Command::Router(args) => router_cmd::run(args).await,
-        Command::Put(a) => client_cmd::put(&client_cmd::connect(&cli.url)?, a).await,
-        Command::Get(a) => client_cmd::get(&client_cmd::connect(&cli.url)?, a).await,
-        Command::Del(a) => client_cmd::del(&client_cmd::connect(&cli.url)?, a).await,
-        Command::Scan(a) => client_cmd::scan(&client_cmd::connect(&cli.url)?, a).await,
-        Command::Status => client_cmd::status(&client_cmd::connect(&cli.url)?).await,
+        Command::Put(a) => client_cmd::put(cli.url.as_deref(), a).await,
+        Command::Get(a) => client_cmd::get(cli.url.as_deref(), a).await,
+        Command::Del(a) => client_cmd::del(cli.url.as_deref(), a).await,
+        Command::Scan(a) => client_cmd::scan(cli.url.as_deref(), a).await,
+        Command::Status(a) => {
+            let url = a.target.resolve(cli.url.as_deref());
+            client_cmd::status(&client_cmd::connect(&url)?).await
+        }
         Command::Admin { action } => {
-            client_cmd::admin(&client_cmd::connect(&cli.url)?, action).await
+            let url = action.target().resolve(cli.url.as_deref());
+            client_cmd::admin(&client_cmd::connect(&url)?, action).await
         }
     }
 }

@@ -74,6 +74,8 @@ struct NodeProc {
     log: PathBuf,
     /// Whether it answered the last time the playground looked.
     up: bool,
+    /// How it exited, if it died while the playground ran.
+    died: Option<String>,
 }
 
 impl NodeProc {
@@ -103,6 +105,7 @@ impl NodeProc {
             argv: full,
             log,
             up: true,
+            died: None,
         })
     }
 
@@ -181,14 +184,17 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             _ = crate::server_cmd::shutdown_signal() => {}
             never = watch_children(&mut nodes) => match never {},
         }
-        eprintln!("stopping {} nodes...", nodes.len());
+        eprintln!(
+            "stopping {}...",
+            replidb_core::text::count(nodes.len() as u64, "process", "processes")
+        );
         stop_all(&mut nodes).await;
         if args.keep {
             if let Some(t) = tmp {
                 eprintln!("data kept in {}", t.keep().display());
             }
         }
-        return Ok(());
+        return still_down(&nodes);
     }
     let started = start_all(&exe, &root, &args, &lag, &mut nodes).await;
     if let Err(e) = started {
@@ -204,7 +210,10 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         _ = crate::server_cmd::shutdown_signal() => {}
         never = watch_children(&mut nodes) => match never {},
     }
-    eprintln!("stopping {} nodes...", nodes.len());
+    eprintln!(
+        "stopping {}...",
+        replidb_core::text::count(nodes.len() as u64, "process", "processes")
+    );
     stop_all(&mut nodes).await;
     let by_hand: Vec<&str> = nodes
         .iter()
@@ -225,7 +234,29 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             eprintln!("data kept in {}", t.keep().display());
         }
     }
-    Ok(())
+    still_down(&nodes)
+}
+
+/// The playground's outcome: an error naming every child that died while
+/// it ran and was still down when it stopped (exit status 1), so a script
+/// running the playground sees the crash; `Ok` when all were up.
+fn still_down(nodes: &[NodeProc]) -> anyhow::Result<()> {
+    let down: Vec<String> = nodes
+        .iter()
+        .filter(|n| !n.up)
+        .filter_map(|n| Some(format!("{} ({})", n.id, n.died.as_deref()?)))
+        .collect();
+    match down.len() {
+        0 => Ok(()),
+        1 => bail!(
+            "node {} died while the playground ran and was still down when it stopped",
+            down[0]
+        ),
+        _ => bail!(
+            "nodes {} died while the playground ran and were still down when it stopped",
+            down.join(", ")
+        ),
+    }
 }
 
 async fn start_all(
@@ -281,14 +312,10 @@ async fn start_all(
                 argv.extend(["--replication-delay".to_string(), args.lag.clone()]);
             }
         }
-        nodes.push(NodeProc::spawn(
-            &id,
-            &url,
-            exe,
-            argv,
-            dir.join("server.log"),
-        )?);
-        wait_ready(&http, &url, &id, &dir).await?;
+        let mut node = NodeProc::spawn(&id, &url, exe, argv, dir.join("server.log"))?;
+        let ready = wait_ready(&http, &mut node, &dir).await;
+        nodes.push(node);
+        ready?;
     }
     Ok(())
 }
@@ -344,10 +371,22 @@ async fn start_router(
     }
 }
 
-/// Wait until the node answers `/status` (and, for a follower, is connected).
-async fn wait_ready(http: &reqwest::Client, url: &str, id: &str, dir: &Path) -> anyhow::Result<()> {
+/// Wait until the node answers `/status` (and, for a follower, is
+/// connected); an error names the node, and says so if it exited.
+async fn wait_ready(http: &reqwest::Client, node: &mut NodeProc, dir: &Path) -> anyhow::Result<()> {
+    let (id, url) = (node.id.clone(), node.url.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
+        if let Some(Ok(Some(status))) = node.child.as_mut().map(Child::try_wait) {
+            node.child = None;
+            node.up = false;
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "node {id} exited during start-up ({status}); last log lines: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
         if let Ok(r) = http.get(format!("{url}/status")).send().await {
             if let Ok(v) = r.json::<serde_json::Value>().await {
                 if v["role"] == "leader" || v["connected"] == true {
@@ -388,6 +427,7 @@ async fn watch_children(nodes: &mut [NodeProc]) -> std::convert::Infallible {
             if let Some(how) = exited {
                 n.child = None;
                 n.up = false;
+                n.died = Some(how.clone());
                 eprintln!(
                     "\n{} DOWN ({how}); the playground keeps running. Restart it with:\n  {}\n",
                     n.id,

@@ -27,76 +27,81 @@ use std::time::Duration;
 #[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerOpts {
-    /// Node name, unique in the cluster.
+    /// Node name, unique in the cluster (required)
     #[arg(long)]
     pub id: Option<String>,
-    /// Address to serve HTTP on, HOST:PORT.
+    /// Address to serve HTTP on, HOST:PORT (required)
     #[arg(long)]
     pub listen: Option<String>,
-    /// Address to serve the Redis protocol on, HOST:PORT (off by default).
+    /// Address to serve the Redis protocol on, HOST:PORT [default: none]
     #[arg(long)]
     pub resp_listen: Option<String>,
-    /// Directory for the WAL, the table and metadata.
+    /// Directory for the WAL, the table and metadata (required)
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Leader URL to follow; without it (static coordinator) this node leads.
+    /// Leader URL to follow; without it (static coordinator) this node
+    /// leads [default: none]
     #[arg(long)]
     pub follow: Option<String>,
-    /// Who decides leadership: static or etcd.
+    /// Who decides leadership: static or etcd [default: static]
     #[arg(long)]
     pub coordinator: Option<String>,
-    /// etcd endpoints, comma-separated.
+    /// etcd endpoints, comma-separated [default: none]
     #[arg(long)]
     #[serde(default, deserialize_with = "string_or_list")]
     pub etcd: Option<String>,
-    /// Cluster name (the etcd key prefix).
+    /// Cluster name (the etcd key prefix) [default: replidb]
     #[arg(long)]
     pub cluster: Option<String>,
-    /// TOML file with any of these settings, in snake_case.
+    /// TOML file with any of these settings, in snake_case [default: none]
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// WAL fsync policy: always (group commit) or never (experiments only).
+    /// WAL fsync policy: always (group commit) or never (experiments
+    /// only) [default: always]
     #[arg(long)]
     pub fsync: Option<String>,
-    /// On a follower, delay applying by DUR or a random DUR..DUR.
+    /// On a follower, delay applying by DUR or a random DUR..DUR [default: 0ms]
     #[arg(long)]
     pub replication_delay: Option<String>,
-    /// How nodes share writes: single-leader (default) or multi-leader.
+    /// How nodes share writes: single-leader, multi-leader or leaderless
+    /// [default: single-leader]
     #[arg(long)]
     pub topology: Option<String>,
-    /// Multi-leader: every other member's URL, comma-separated.
+    /// Multi-leader: every other member's URL, comma-separated [default: none]
     #[arg(long)]
     pub peers: Option<String>,
     /// Conflict policies per key prefix: 'PREFIX=lww|siblings,...' (`*` is
-    /// every key; default `*=lww`). Every node must use the same.
+    /// every key). Every node must use the same [default: *=lww]
     #[arg(long)]
     pub conflict_policy: Option<String>,
     /// Multi-leader: delay applying a peer's writes by DUR or DUR..DUR
-    /// (regions far apart; demonstrations and tests).
+    /// (regions far apart; demonstrations and tests) [default: 0ms]
     #[arg(long)]
     pub link_delay: Option<String>,
-    /// Leaderless: how many nodes hold each key (default 3, capped at the
-    /// cluster size).
+    /// Leaderless: how many nodes hold each key (capped at the cluster
+    /// size) [default: 3]
     #[arg(long)]
     pub replicas: Option<usize>,
     /// Leaderless: no hinted handoff; a write counts only the key's own
-    /// replicas.
+    /// replicas [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub strict_quorum: Option<bool>,
-    /// Leaderless: how often replicas compare hash trees (default 10s).
+    /// Leaderless: how often replicas compare hash trees [default: 10s]
     #[arg(long)]
     pub anti_entropy_interval: Option<String>,
     /// Token file (TOML: [[token]] name, sha256, roles); with it every
     /// endpoint but /health needs `Authorization: Bearer SECRET`. SIGHUP
-    /// reloads it.
+    /// reloads it [default: none: no authentication]
     #[arg(long)]
     pub auth_file: Option<PathBuf>,
     /// File whose first line is the secret this node presents to other
-    /// nodes (replication, /internal, admin calls, forwarded writes).
+    /// nodes (replication, /internal, admin calls, forwarded writes)
+    /// [default: none]
     #[arg(long)]
     pub peer_token_file: Option<PathBuf>,
-    /// Serve /metrics without a token even when --auth-file is set.
+    /// Serve /metrics without a token even when --auth-file is set
+    /// [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub metrics_open: Option<bool>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
@@ -114,66 +119,70 @@ pub struct ServerOpts {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub tls_client_auth: Option<bool>,
     /// Most HTTP connections served at once; one more is answered 503
-    /// and closed (default 4096).
+    /// and closed [default: 4096]
     #[arg(long)]
     pub max_connections: Option<usize>,
     /// Time for a request's headers to arrive, and for an idle keep-alive
-    /// connection to stay open (default 60s).
+    /// connection to stay open [default: 60s]
     #[arg(long)]
     pub http_header_timeout: Option<String>,
-    /// Largest request line plus headers, in bytes (default 65536, at
-    /// least 8192); larger is answered 431.
+    /// Largest request line plus headers, in bytes (at least 8192); larger
+    /// is answered 431 [default: 65536]
     #[arg(long)]
     pub max_header_bytes: Option<usize>,
-    /// Table backend: memory or redb.
+    /// Table backend: memory or redb [default: redb]
     #[arg(long)]
     pub storage: Option<String>,
-    /// Largest value accepted, in bytes.
+    /// Largest value accepted, in bytes [default: 1048576]
     #[arg(long)]
     pub max_value_bytes: Option<usize>,
-    /// Write concern of requests that name none.
+    /// Write concern of requests that name none [default: 1]
     #[arg(long)]
     pub default_w: Option<String>,
-    /// Write-concern timeout of requests that name none.
+    /// Write-concern timeout of requests that name none [default: 5s]
     #[arg(long)]
     pub default_timeout: Option<String>,
-    /// Forward writes reaching a follower to the leader instead of a 307.
+    /// Forward writes reaching a follower to the leader instead of a 307
+    /// [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub forward_writes: Option<bool>,
-    /// First reconnect delay of a follower's stream.
+    /// First reconnect delay of a follower's stream [default: 2s]
     #[arg(long)]
     pub backoff_base: Option<String>,
-    /// Largest reconnect delay of a follower's stream.
+    /// Largest reconnect delay of a follower's stream [default: 60s]
     #[arg(long)]
     pub backoff_max: Option<String>,
-    /// Leader heartbeat period on an idle stream.
+    /// Leader heartbeat period on an idle stream [default: 100ms]
     #[arg(long)]
     pub heartbeat_interval: Option<String>,
-    /// WAL segment size in bytes.
+    /// WAL segment size in bytes [default: 67108864]
     #[arg(long)]
     pub wal_segment_bytes: Option<u64>,
-    /// Most WAL kept for lagging followers, in bytes.
+    /// Most WAL kept for lagging followers, in bytes [default: 1073741824]
     #[arg(long)]
     pub wal_retention_bytes: Option<u64>,
-    /// How often the table is checkpointed.
+    /// How often the table is checkpointed [default: 10s]
     #[arg(long)]
     pub checkpoint_interval: Option<String>,
-    /// Voting members for w=majority (default: leader + followers seen).
+    /// Voting members for w=majority [default: none: the leader and the
+    /// followers it has seen]
     #[arg(long)]
     pub cluster_size: Option<usize>,
-    /// A follower disconnected or lagging longer than this is unhealthy.
+    /// A follower disconnected or lagging longer than this is unhealthy
+    /// [default: 10s]
     #[arg(long)]
     pub health_max_lag: Option<String>,
-    /// URL others reach this node at (default http://LISTEN).
+    /// URL others reach this node at [default: none: http://LISTEN]
     #[arg(long)]
     pub advertise_url: Option<String>,
-    /// etcd session lease TTL (default 1s; etcd may raise it to its minimum).
+    /// etcd session lease TTL (etcd may raise it to its minimum) [default: 1s]
     #[arg(long)]
     pub lease_ttl: Option<String>,
-    /// Failover candidates further behind the longest log are not eligible (records).
+    /// Failover candidates further behind the longest log than this many
+    /// records are not eligible [default: 1000000]
     #[arg(long)]
     pub max_failover_lag: Option<u64>,
-    /// Log format on stderr: logfmt or json.
+    /// Log format on stderr: logfmt or json [default: logfmt]
     #[arg(long)]
     pub log_format: Option<String>,
 }
@@ -567,7 +576,10 @@ pub fn validate(c: &NodeConfig) -> Result<(), ConfigError> {
             if k > n {
                 return Err(invalid(
                     "default_w",
-                    format!("{k} nodes can never acknowledge in a cluster of {n}"),
+                    format!(
+                        "{} can never acknowledge in a cluster of {n}",
+                        replidb_core::text::count_s(k as u64, "node")
+                    ),
                 ));
             }
         }
@@ -684,6 +696,47 @@ mod tests {
         forward_writes = true
         max_value_bytes = 4096
     "#;
+
+    /// Every option of `server --help` states its default, and each
+    /// default written there is the one the node really runs with: giving
+    /// all of them as flags yields the configuration of giving none.
+    #[test]
+    fn help_shows_the_real_defaults() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let server = cli.find_subcommand_mut("server").unwrap();
+        let required = ["id", "listen", "data-dir"];
+        let mut argv = vec![
+            "--id".to_string(),
+            "n1".into(),
+            "--listen".into(),
+            "127.0.0.1:7000".into(),
+            "--data-dir".into(),
+            "/tmp/d".into(),
+        ];
+        for arg in server.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            if required.contains(&long) {
+                assert!(help.ends_with("(required)"), "--{long}: {help}");
+                continue;
+            }
+            let (_, default) = help
+                .rsplit_once("[default: ")
+                .unwrap_or_else(|| panic!("--{long} shows no default: {help}"));
+            let default = default.trim_end_matches(']');
+            if !default.starts_with("none") {
+                argv.push(format!("--{long}={default}"));
+            }
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let given = flags(&argv).into_node_config().unwrap();
+        let base = NodeConfig::new("n1", "127.0.0.1:7000".parse().unwrap(), "/tmp/d");
+        assert_eq!(format!("{given:?}"), format!("{base:?}"), "{argv:?}");
+    }
 
     #[test]
     fn file_supplies_what_flags_omit() {

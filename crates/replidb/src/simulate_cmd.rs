@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::Args;
 use std::time::Duration;
 
+use replidb_core::text::count_s;
 use replidb_core::DurationRange;
 use replidb_sim::multi::MultiConfig;
 use replidb_sim::{FaultMode, SimConfig};
@@ -71,7 +72,9 @@ fn parse_seed_range(s: &str) -> Result<RangeInclusive<u64>, String> {
         None => (num(s)?, num(s)?),
     };
     if b < a {
-        return Err(format!("invalid seed range {s:?}: {b} < {a}"));
+        return Err(format!(
+            "invalid seed range {s:?}: the range is reversed ({a} is more than {b}); write the lower seed first, like {b}..{a}"
+        ));
     }
     Ok(a..=b)
 }
@@ -119,10 +122,12 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 /// The protocol's own log lines are not part of the story: they are
-/// dropped unless RUST_LOG asks for them (on stderr).
+/// dropped unless RUST_LOG asks for them (on stderr, stamped with the
+/// simulated time, `sim_ms=`, and the node, to be read beside the story).
 fn quiet<T>(f: impl FnOnce() -> T) -> T {
     if std::env::var_os("RUST_LOG").is_some() {
-        return f();
+        let subscriber = crate::logging::sim_subscriber(replidb_sim::sim_elapsed);
+        return tracing::subscriber::with_default(subscriber, f);
     }
     tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
 }
@@ -147,9 +152,9 @@ fn simulate(cfg: SimConfig, seeds: Option<RangeInclusive<u64>>) -> anyhow::Resul
         }
     })?;
     println!(
-        "seeds {first}..{last} (faults {}): {} runs, {} failed",
+        "seeds {first}..{last} (faults {}): {}, {} failed",
         cfg.faults,
-        soak.runs,
+        count_s(soak.runs, "run"),
         soak.failed.len()
     );
     if soak.failed.is_empty() {
@@ -158,7 +163,11 @@ fn simulate(cfg: SimConfig, seeds: Option<RangeInclusive<u64>>) -> anyhow::Resul
     for (_, _, cmd) in &soak.failed {
         println!("reproduce with: {cmd}");
     }
-    anyhow::bail!("{} of {} seeds failed", soak.failed.len(), soak.runs)
+    anyhow::bail!(
+        "{} of {} failed",
+        soak.failed.len(),
+        count_s(soak.runs, "seed")
+    )
 }
 
 fn simulate_multi(cfg: MultiConfig, seeds: Option<RangeInclusive<u64>>) -> anyhow::Result<()> {
@@ -181,9 +190,9 @@ fn simulate_multi(cfg: MultiConfig, seeds: Option<RangeInclusive<u64>>) -> anyho
         }
     })?;
     println!(
-        "seeds {first}..{last} (topology multi-leader, faults {}): {} runs, {} failed",
+        "seeds {first}..{last} (topology multi-leader, faults {}): {}, {} failed",
         cfg.faults,
-        soak.runs,
+        count_s(soak.runs, "run"),
         soak.failed.len()
     );
     if soak.failed.is_empty() {
@@ -192,7 +201,11 @@ fn simulate_multi(cfg: MultiConfig, seeds: Option<RangeInclusive<u64>>) -> anyho
     for (_, _, cmd) in &soak.failed {
         println!("reproduce with: {cmd}");
     }
-    anyhow::bail!("{} of {} seeds failed", soak.failed.len(), soak.runs)
+    anyhow::bail!(
+        "{} of {} failed",
+        soak.failed.len(),
+        count_s(soak.runs, "seed")
+    )
 }
 
 #[cfg(test)]
@@ -204,7 +217,11 @@ mod tests {
         assert_eq!(parse_seed_range("1..10000").unwrap(), 1..=10000);
         assert_eq!(parse_seed_range("3..=5").unwrap(), 3..=5);
         assert_eq!(parse_seed_range("7").unwrap(), 7..=7);
-        assert!(parse_seed_range("5..1").is_err());
+        let reversed = parse_seed_range("5..1").unwrap_err();
+        assert!(
+            reversed.contains("reversed") && reversed.contains("1..5"),
+            "{reversed}"
+        );
         assert!(parse_seed_range("a..b").is_err());
     }
 }

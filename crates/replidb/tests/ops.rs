@@ -375,6 +375,11 @@ async fn logs_are_logfmt_or_json_and_never_carry_values() {
         assert!(!batch[field].is_null(), "{field} missing: {batch}");
     }
     assert_eq!(batch["node_id"], "n2");
+    // LSNs are numbers in JSON, as in every other line.
+    assert!(
+        batch["from"].is_u64() && batch["to"].is_u64(),
+        "LSNs as numbers: {batch}"
+    );
     for line in follower_log.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
             serde_json::from_str::<Value>(line).is_ok(),

@@ -163,3 +163,46 @@ async fn killing_a_follower_leaves_the_playground_running_and_says_how_to_restar
     let _ = by_hand.kill();
     let _ = by_hand.wait();
 }
+
+/// A playground that stops while one of its nodes is dead exits non-zero
+/// and names the node, so a script sees the crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_with_a_dead_node_exits_non_zero_and_names_it() {
+    let base = free_ports();
+    let mut pg = Playground::start(base);
+    let pid: i32 = wait_for(
+        "the banner lists n3's pid",
+        Duration::from_secs(60),
+        async || {
+            let (line, _) = pg.line_after("  n3  follower")?;
+            line.rsplit("pid ").next()?.trim().parse().ok()
+        },
+    )
+    .await;
+    // SAFETY: kill(2) on a grandchild the playground started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    wait_until(
+        "the playground reports n3 down",
+        Duration::from_secs(10),
+        async || pg.line_after("n3 DOWN").is_some(),
+    )
+    .await;
+    // SAFETY: kill(2) on our own, unreaped child.
+    assert_eq!(
+        unsafe { libc::kill(pg.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = wait_for(
+        "the playground exits",
+        Duration::from_secs(30),
+        async || pg.child.try_wait().ok().flatten(),
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{:#?}", pg.output());
+    wait_until("the error names n3", Duration::from_secs(5), async || {
+        pg.output()
+            .iter()
+            .any(|l| l.starts_with("error:") && l.contains("n3") && l.contains("died"))
+    })
+    .await;
+}

@@ -119,7 +119,7 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     node.announce_leadership(epoch, peers.clone());
-    tracing::warn!(epoch = %epoch, %force, "promoted by operator");
+    tracing::warn!(epoch = epoch.0, force, "promoted by operator");
     Ok(Json(json!({
         "promoted": true,
         "epoch": epoch.0,
@@ -270,7 +270,7 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
     let was_leader = leading.is_some();
     follow_to_the_end(&node, b.leader.clone(), theirs).await?;
     if was_leader {
-        tracing::warn!(new_leader = %b.leader, epoch = %theirs, "fenced: stepped down");
+        tracing::warn!(new_leader = %b.leader, epoch = theirs.0, "fenced: stepped down");
     }
     Ok(Json(
         json!({"fenced": true, "following": b.leader, "epoch": theirs.0, "was_leader": was_leader}),

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::extract::{OriginalUri, RawQuery, State};
+
+use super::kv::KeyPath;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -481,7 +483,7 @@ struct CounterBody {
 /// `POST /v1/counter/{key}` `{"delta": N}`.
 pub async fn counter_post(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,
@@ -508,7 +510,7 @@ pub async fn counter_post(
 /// `GET /v1/counter/{key}` → `{"value": N}` (0 when absent).
 pub async fn counter_get(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,
@@ -537,7 +539,7 @@ struct SetBody {
 /// `POST /v1/set/{key}` `{"add": [..], "remove": [..]}`.
 pub async fn set_post(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,
@@ -569,7 +571,7 @@ pub async fn set_post(
 /// `GET /v1/set/{key}` → `{"members": [..]}` (sorted; empty when absent).
 pub async fn set_get(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,
@@ -580,7 +582,7 @@ pub async fn set_get(
 /// `PATCH /v1/map/{key}`: a JSON object of fields; `null` removes one.
 pub async fn map_patch(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,
@@ -616,7 +618,7 @@ pub async fn map_patch(
 /// `GET /v1/map/{key}` → the merged object (`{}` when absent).
 pub async fn map_get(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,

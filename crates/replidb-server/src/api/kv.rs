@@ -19,6 +19,29 @@ use crate::node::Node;
 /// Most items a scan returns, whatever `limit` asks.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
 
+/// The `{key}` of a `/v1/kv/{key}` (and typed-key) path, percent-decoded.
+/// A key that does not decode to UTF-8 is refused as the contract says, a
+/// 400 `invalid_key` JSON error, not axum's plain-text rejection.
+pub(crate) struct KeyPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(key)) => Ok(KeyPath(key)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+                format!("keys are 1..=1024 bytes of UTF-8; this one is not: {e}"),
+            )),
+        }
+    }
+}
+
 pub(crate) fn check_key(key: &str) -> ApiResult<()> {
     validate_key(key)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()))
@@ -66,7 +89,7 @@ pub(crate) fn path_and_query(uri: &OriginalUri) -> String {
 /// `GET /v1/kv/{key}`.
 pub async fn get_key(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,
@@ -152,7 +175,7 @@ pub fn read_local(node: &Node, key: &str, as_json: bool) -> ApiResult<Response> 
 /// `PUT /v1/kv/{key}`.
 pub async fn put_key(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,
@@ -188,7 +211,7 @@ pub async fn put_key(
 /// `DELETE /v1/kv/{key}`.
 pub async fn delete_key(
     State(node): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     RawQuery(q): RawQuery,
     uri: OriginalUri,
     headers: HeaderMap,

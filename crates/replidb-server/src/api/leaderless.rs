@@ -62,7 +62,10 @@ pub fn quorum_param(p: &Params, name: &str, n: usize) -> ApiResult<usize> {
             _ => Err(ApiError::invalid_param(
                 name,
                 v,
-                &format!("1..={n}, quorum or all (this key has {n} replicas)"),
+                &format!(
+                    "1..={n}, quorum or all (this key has {})",
+                    replidb_core::text::count(n as u64, "replica", "replicas")
+                ),
             )),
         },
     }

@@ -253,7 +253,18 @@ pub async fn digest(State(node): State<AppState>) -> ApiResult<Response> {
     Err(ApiError::unavailable("table kept changing; try again"))
 }
 
-/// Unknown routes: a JSON 404.
-pub async fn not_found() -> ApiError {
+/// Unknown routes: a JSON 404; a key path with an empty key
+/// (`/v1/kv/`, `/v1/counter/`...) is a 400 `invalid_key`, as any other bad
+/// key is.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    let path = uri.path();
+    let empty_key = ["/v1/kv/", "/v1/counter/", "/v1/set/", "/v1/map/"].contains(&path);
+    if empty_key {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            "the key is empty: keys are 1..=1024 bytes of UTF-8 (PUT /v1/kv/{key})",
+        );
+    }
     ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
 }

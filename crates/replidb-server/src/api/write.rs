@@ -136,7 +136,7 @@ pub async fn propose_with(
         }
         Err(e) => return Err(e.into()),
     };
-    tracing::debug!(node_id = %node.config.id, key = %key_for_log, lsn = %committed.lsn, "write persisted");
+    tracing::debug!(node_id = %node.config.id, key = %key_for_log, lsn = committed.lsn.0, "write persisted");
     let (acks, met) = leader.wait_for(committed.lsn, opts.w, opts.timeout).await;
     Ok((
         WriteOutcome {

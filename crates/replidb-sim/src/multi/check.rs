@@ -177,8 +177,8 @@ fn counters(f: &Facts, writes: &[Write]) -> Check {
         "counters equal the sum of acknowledged deltas",
         problems,
         format!(
-            "{} counters, {exact} with every delta acknowledged",
-            per_key.len()
+            "{}, {exact} with every delta acknowledged",
+            replidb_core::text::count_s(per_key.len() as u64, "counter")
         ),
     )
 }
@@ -422,11 +422,11 @@ pub(crate) fn render(
         .collect();
     let _ = writeln!(
         out,
-        "replidb simulate: seed {} | multi-leader, {} nodes each leading its own log | clock skew {} | {} writes | faults {}",
+        "replidb simulate: seed {} | multi-leader, {} each leading its own log | clock skew {} | {} | faults {}",
         cfg.seed,
-        cfg.nodes,
+        replidb_core::text::count_s(cfg.nodes as u64, "node"),
         skews.join(", "),
-        cfg.writes,
+        replidb_core::text::count_s(cfg.writes as u64, "write"),
         cfg.faults
     );
     let _ = writeln!(

@@ -235,7 +235,11 @@ impl Driver {
                 }
                 self.duplicated += dups;
                 self.cuts += cuts;
-                format!("links of {n} healthy again ({dups} frames duplicated, {cuts} streams cut)")
+                format!(
+                    "links of {n} healthy again ({} duplicated, {} cut)",
+                    replidb_core::text::count_s(dups, "frame"),
+                    replidb_core::text::count_s(cuts, "stream"),
+                )
             }
         }
     }

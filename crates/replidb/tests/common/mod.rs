@@ -637,11 +637,21 @@ pub async fn wait_converged<'a>(
     }
 }
 
-/// Run the CLI: `replidb ARGS` → (exit code, stdout, stderr).
+/// Run the CLI: `replidb ARGS` → (exit code, stdout, stderr). Its session
+/// token file goes to a directory of this test process, not the user's.
 pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let state = std::env::temp_dir().join(format!("replidb-e2e-state-{}", std::process::id()));
+    let state = state.to_string_lossy().into_owned();
+    cli_env(args, &[("XDG_STATE_HOME", state.as_str())])
+}
+
+/// [`cli`] with extra environment variables.
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("REPLIDB_URL")
+        .env_remove("REPLIDB_NO_SESSION")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run replidb");

@@ -152,7 +152,8 @@ impl Router {
         self.dir.as_ref().expect("dir").path().join("router.log")
     }
 
-    fn log(&self) -> String {
+    /// Everything the router logged so far.
+    pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 

@@ -1,0 +1,350 @@
+//! The rough edges a new user meets first, each end to end with real
+//! processes: the command line's read-your-writes between invocations,
+//! admin commands through the router, the router's health checks and
+//! rotation log, the JSON errors of odd keys, and what a node's log says
+//! at start.
+//!
+//! Each test also shows it could fail: the read-your-writes test reads
+//! stale without the session file, the switchover test checks the leader
+//! really moved.
+
+mod common;
+mod router_common;
+
+use std::time::Duration;
+
+use common::{cli_env, wait_until, Cluster, Node};
+use router_common::Router;
+use serde_json::Value;
+
+/// Replication delay of the follower in the read-your-writes test: long
+/// enough that the follower has certainly not applied a write when the
+/// next command runs.
+const SLOW_FOLLOWER: &str = "6s";
+
+fn urls(c: &Cluster) -> Vec<String> {
+    std::iter::once(c.leader.url())
+        .chain(c.followers.iter().map(Node::url))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_then_get_through_the_router_reads_the_write() {
+    let c = Cluster::start(1, &[], &["--replication-delay", SLOW_FOLLOWER]).await;
+    // --max-lag above the follower's delay, so reads keep going to it.
+    let router = Router::start(
+        &urls(&c),
+        &["--health-interval", "200ms", "--max-lag", "60s"],
+    )
+    .await;
+    let r = router.url();
+    let state = tempfile::tempdir().expect("state dir");
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let env = [("XDG_STATE_HOME", state_dir.as_str())];
+
+    let (code, out, err) = cli_env(&["put", "greeting", "hello", "--url", &r], &env);
+    assert_eq!(code, 0, "put: {out} {err}");
+    // The next invocation reads its own write, though a follower that has
+    // not applied it yet is the one the router picks.
+    let (code, out, err) = cli_env(&["get", "greeting", "--url", &r], &env);
+    assert_eq!((code, out.as_str()), (0, "hello"), "get: {err}");
+    assert!(err.is_empty(), "{err}");
+    // Without the session file the same read is stale: the test can fail.
+    let (code, _, err) = cli_env(&["get", "greeting", "--url", &r, "--no-session"], &env);
+    assert_eq!(code, 1, "a follower {SLOW_FOLLOWER} behind answers: {err}");
+    assert!(err.contains("key not found"), "{err}");
+    let (code, _, _) = cli_env(
+        &["get", "greeting", "--url", &r],
+        &[("XDG_STATE_HOME", &state_dir), ("REPLIDB_NO_SESSION", "1")],
+    );
+    assert_eq!(code, 1, "REPLIDB_NO_SESSION=1 disables it too");
+
+    // The token is kept per URL in $XDG_STATE_HOME/replidb/sessions.json.
+    let file = state.path().join("replidb").join("sessions.json");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&file).expect("session file"))
+        .expect("session file is JSON");
+    assert!(doc["clusters"][&r]["lsn"].as_u64() >= Some(1), "{doc}");
+
+    // A state directory that cannot be written never fails a command.
+    let blocker = state.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").expect("write");
+    let blocked = blocker.to_string_lossy().into_owned();
+    let (code, out, err) = cli_env(
+        &["put", "other", "v", "--url", &r],
+        &[("XDG_STATE_HOME", &blocked)],
+    );
+    assert_eq!(code, 0, "put with an unwritable state dir: {out} {err}");
+    assert!(err.is_empty(), "{err}");
+
+    // A saved token the cluster never reached (a cluster recreated under
+    // the same URL) is dropped with a warning, and the read goes on.
+    c.wait_converged(Duration::from_secs(30)).await;
+    std::fs::write(
+        &file,
+        serde_json::json!({"clusters": {&r: {"lsn": 1_000_000}}}).to_string(),
+    )
+    .expect("write session file");
+    let (code, out, err) = cli_env(&["get", "greeting", "--url", &r], &env);
+    assert_eq!((code, out.as_str()), (0, "hello"), "{err}");
+    assert!(err.contains("ahead of this cluster"), "{err}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&file).expect("session file"))
+        .expect("session file is JSON");
+    assert!(
+        doc["clusters"][&r]["lsn"].as_u64() < Some(1_000_000),
+        "{doc}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_switchover_goes_through_the_router_to_the_leader() {
+    let c = Cluster::start(1, &[], &[]).await;
+    let router = Router::start(&urls(&c), &["--health-interval", "200ms"]).await;
+    let r = router.url();
+    let (code, out, err) = common::cli(&["admin", "switchover", "--to", "n2", "--url", &r]);
+    assert_eq!(code, 0, "switchover through the router: {out} {err}");
+    let answer: Value = serde_json::from_str(&out).expect("JSON answer");
+    assert_eq!(answer["switched_to"], "n2", "{answer}");
+    assert_eq!(c.followers[0].status().await["role"], "leader");
+    wait_until(
+        "the router follows the new leader",
+        Duration::from_secs(10),
+        async || router.status().await["leader"]["id"] == "n2",
+    )
+    .await;
+    // Admin calls that address one node are refused with a pointer.
+    let (code, _, err) = common::cli(&["admin", "promote", "--url", &r]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/admin/switchover"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_health_role_and_rotation_log() {
+    let mut c = Cluster::start(1, &[], &[]).await;
+    let router = Router::start(
+        &urls(&c),
+        &["--health-interval", "200ms", "--failure-threshold", "2"],
+    )
+    .await;
+    let http = common::http();
+    let health = async |q: &str| {
+        http.get(router.at(&format!("/health{q}")))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    wait_until(
+        "a follower in rotation",
+        Duration::from_secs(10),
+        async || health("?role=follower").await == 200,
+    )
+    .await;
+    assert_eq!(health("?role=leader").await, 200);
+    assert_eq!(health("?role=primary").await, 400);
+    assert_eq!(health("?rol=leader").await, 400);
+
+    c.followers[0].kill9();
+    wait_until("role=follower fails", Duration::from_secs(10), async || {
+        health("?role=follower").await == 503
+    })
+    .await;
+    assert_eq!(
+        health("?role=leader").await,
+        200,
+        "the leader is still there"
+    );
+    wait_until(
+        "the router logs n2 leaving",
+        Duration::from_secs(10),
+        async || {
+            router.log().lines().any(|l| {
+                l.contains("left the read rotation")
+                    && l.contains("node=n2")
+                    && l.contains("failed health checks")
+            })
+        },
+    )
+    .await;
+
+    c.followers[0].restart().await;
+    wait_until(
+        "role=follower passes again",
+        Duration::from_secs(20),
+        async || health("?role=follower").await == 200,
+    )
+    .await;
+    wait_until(
+        "the router logs n2 rejoining",
+        Duration::from_secs(10),
+        async || {
+            router
+                .log()
+                .lines()
+                .filter(|l| l.contains("joined the read rotation") && l.contains("node=n2"))
+                .count()
+                >= 2
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_keys_get_the_contract_json_errors() {
+    let c = Cluster::start(1, &[], &[]).await;
+    let router = Router::start(&urls(&c), &["--health-interval", "200ms"]).await;
+    let http = common::http();
+    for base in [c.leader.url(), router.url()] {
+        for (method, path) in [
+            (reqwest::Method::PUT, "/v1/kv/"),
+            (reqwest::Method::GET, "/v1/kv/"),
+            (reqwest::Method::DELETE, "/v1/kv/"),
+            (reqwest::Method::PUT, "/v1/kv/%FF%FE"),
+            (reqwest::Method::GET, "/v1/kv/a%80b"),
+        ] {
+            let resp = http
+                .request(method.clone(), format!("{base}{path}"))
+                .body("v")
+                .send()
+                .await
+                .expect("answer");
+            let status = resp.status().as_u16();
+            let body = resp.text().await.expect("body");
+            let v: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{method} {base}{path}: not JSON ({e}): {body}"));
+            assert_eq!(status, 400, "{method} {base}{path}: {body}");
+            assert_eq!(
+                v["error"]["code"], "invalid_key",
+                "{method} {base}{path}: {body}"
+            );
+        }
+    }
+}
+
+/// A node's log starts with the command line and the full effective
+/// configuration, and its JSON fields have one type per kind: positions,
+/// epochs and sizes are numbers, never a Rust debug dump.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_log_records_its_configuration_with_typed_fields() {
+    let c = Cluster::start(1, &["--log-format", "json"], &["--log-format", "json"]).await;
+    c.leader.put("k", "v").await;
+    c.wait_converged(Duration::from_secs(10)).await;
+    // The follower's applied batches (debug) carry LSNs too.
+    for node in [&c.leader, &c.followers[0]] {
+        let log = std::fs::read_to_string(node.log_path()).expect("log");
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let find = |msg: &str| {
+            lines
+                .iter()
+                .find(|l| l["message"] == msg)
+                .unwrap_or_else(|| panic!("{}: no {msg:?} line in {log}", node.id))
+        };
+        let start = find("starting node");
+        let cmd = start["command"].as_str().expect("command");
+        assert!(cmd.contains(" server ") && cmd.contains("--id"), "{cmd}");
+        let cfg = find("configuration");
+        assert_eq!(cfg["fsync"], "always");
+        assert_eq!(cfg["max_value_bytes"], 1_048_576);
+        assert_eq!(cfg["default_timeout_ms"], 5000);
+        assert!(find("configuration (replication)")["heartbeat_interval_ms"].is_u64());
+        let wal = find("WAL opened");
+        assert!(wal["last_lsn"].is_u64(), "{wal}");
+        for line in &lines {
+            let text = line.to_string();
+            assert!(
+                !text.contains("Lsn(") && !text.contains("Epoch("),
+                "debug dump: {text}"
+            );
+            for (k, v) in line.as_object().expect("object") {
+                let positional = k.ends_with("lsn")
+                    || k.ends_with("_lsn")
+                    || k == "epoch"
+                    || k.ends_with("port")
+                    || k == "wal_first"
+                    || k == "wal_last"
+                    || (line["message"] == "applied batch" && (k == "from" || k == "to"));
+                assert!(!positional || v.is_u64(), "{k} is not a number in {text}");
+            }
+        }
+    }
+}
+
+/// `RUST_LOG=debug replidb simulate` stamps each log line with the
+/// simulated time (the story's clock) and the node, coordinator lines
+/// included, so a failing seed's log can be read beside its story.
+#[test]
+fn simulate_logs_carry_simulated_time_and_the_node() {
+    let (code, _, err) = cli_env(
+        &[
+            "simulate", "--faults", "failover", "--writes", "3", "--seed", "3",
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let coordinator: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("target=replidb_coordinator"))
+        .collect();
+    assert!(!coordinator.is_empty(), "no coordinator lines: {err}");
+    for line in &coordinator {
+        assert!(line.starts_with("sim_ms="), "not on simulated time: {line}");
+        assert!(line.contains(" node=n"), "no node: {line}");
+    }
+    assert!(
+        !err.lines().any(|l| l.starts_with("ts=")),
+        "a wall-clock line: {err}"
+    );
+}
+
+/// Counts in the simulator's output agree with their number.
+#[test]
+fn simulate_output_pluralises_counts() {
+    let (code, out, err) = common::cli(&[
+        "simulate",
+        "--followers",
+        "1",
+        "--writes",
+        "1",
+        "--faults",
+        "failover",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for word in [
+        "elections",
+        "leaders",
+        "records",
+        "rewinds",
+        "writes",
+        "times",
+        "digests",
+        "epochs",
+        "followers",
+        "nodes",
+        "runs",
+        "seeds",
+    ] {
+        for line in out.lines() {
+            let bad = line
+                .match_indices(&format!(" 1 {word}"))
+                .any(|(i, _)| !line[..i].ends_with(|c: char| c.is_ascii_digit() || c == '.'));
+            assert!(!bad, "\"1 {word}\" in: {line}");
+        }
+    }
+    assert!(out.contains("1 write"), "{out}");
+}
+
+/// Range mistakes say what is wrong, not that a number is expected.
+#[test]
+fn reversed_ranges_are_named() {
+    let (code, _, err) = common::cli(&["simulate", "--lag", "2s..1s"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("reversed") && err.contains("1s..2s"), "{err}");
+    let (code, _, err) = common::cli(&["simulate", "--seeds", "5..1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("reversed") && err.contains("1..5"), "{err}");
+    assert!(!err.contains("1 < 5"), "{err}");
+}
