@@ -44,6 +44,13 @@
 //! acknowledged without a hint holder in its quorum sees it (or something
 //! that supersedes it).
 //!
+//! # Left out
+//! The HTTP layer and the WAL (the table is written directly, as the
+//! engine's writer would after its fsync); the client's hop to its node
+//! and a non-replica's hand-off hop (latencies are measured at the
+//! coordinator); tombstone collection; membership changes; map keys;
+//! hint-store limits; clock skew (every node reads the simulated clock).
+//!
 //! # Reproducing a seed
 //! A failure prints `reproduce with: replidb simulate --topology
 //! leaderless --seed S ...`; the same seed prints the same bytes.
