@@ -3,7 +3,8 @@
 # tests need (etcd for the failover tests, promtool from `prometheus` for
 # the deploy/ checks), build once, run every test, then soak the simulator
 # (release build) over SIM_SOAK_SEEDS seeds (default 2000) with every fault,
-# and its multi-leader mode over ML_SOAK_SEEDS seeds (default 1000).
+# its multi-leader mode over ML_SOAK_SEEDS seeds (default 1000) and its
+# leaderless mode over LL_SOAK_SEEDS seeds (default 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,9 +32,10 @@ cargo test --workspace --locked --no-fail-fast "$@"
 # Simulator soaks on the release build (debug is ~10x slower): many seeds
 # of the single-leader run with every fault (SIM_SOAK_SEEDS, default
 # 2000), then of the multi-leader run with every fault under clock skew
-# (ML_SOAK_SEEDS, default 1000). Each soak runs in two halves at once to
-# use both cores; each half prints only its failing seeds, and any failed
-# seed fails the script.
+# (ML_SOAK_SEEDS, default 1000), then of the leaderless run — four (R, W)
+# settings per seed, every fault (LL_SOAK_SEEDS, default 1000). Each soak
+# runs in two halves at once to use both cores; each half prints only its
+# failing seeds, and any failed seed fails the script.
 cargo build --release --locked -p replidb
 bin="${CARGO_TARGET_DIR:-target}/release/replidb"
 status=0
@@ -54,6 +56,7 @@ soak() {
 }
 soak "${SIM_SOAK_SEEDS:-2000}" --faults all
 soak "${ML_SOAK_SEEDS:-1000}" --topology multi-leader --faults all
+soak "${LL_SOAK_SEEDS:-1000}" --topology leaderless --faults all
 if ((status != 0)); then
     echo "simulator soak: some seeds failed (each failing line shows how to replay it)" >&2
     exit 1

@@ -239,6 +239,17 @@ impl KeyState {
         }
     }
 
+    /// The latest HLC stamp in the state (versions of a plain key, a map's
+    /// field markers); counters and sets carry none. A node absorbs it
+    /// before writing the key, so its write orders after what it saw.
+    pub fn latest_stamp(&self) -> Option<Hlc> {
+        match self {
+            KeyState::Register(r) => r.versions.iter().map(|v| v.hlc).max(),
+            KeyState::Map(fields) => fields.values().map(|f| f.marker.0).max(),
+            KeyState::Counter(_) | KeyState::Set(_) => None,
+        }
+    }
+
     /// A JSON rendering of any kind (conflict log entries of a type clash).
     pub fn render(&self) -> serde_json::Value {
         match self {

@@ -374,7 +374,7 @@ impl WriterCore {
         // later than all of it, even when this node's clock runs behind
         // and restarted since (recovery does not restore the HLC): else
         // `lww` could order a causally later write first.
-        if let Some(seen) = existing.as_ref().and_then(latest_stamp) {
+        if let Some(seen) = existing.as_ref().and_then(KeyState::latest_stamp) {
             self.hlc.absorb(seen);
         }
         let hlc = self.hlc.now();
@@ -734,15 +734,5 @@ fn fail(cmd: Command, why: &str) {
         Command::RestoreFinish { reply, .. } => fail_reply(reply, why),
         Command::RestoreAbort { reply } => fail_reply(reply, why),
         Command::Stop { reply } => fail_reply(reply, why),
-    }
-}
-
-/// The latest HLC stamp in a causal key's state (versions of a plain key,
-/// a map's field markers); counters and sets carry none.
-fn latest_stamp(state: &KeyState) -> Option<replidb_core::Hlc> {
-    match state {
-        KeyState::Register(r) => r.versions.iter().map(|v| v.hlc).max(),
-        KeyState::Map(fields) => fields.values().map(|f| f.marker.0).max(),
-        KeyState::Counter(_) | KeyState::Set(_) => None,
     }
 }

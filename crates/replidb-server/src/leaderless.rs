@@ -1,6 +1,7 @@
 //! The leaderless topology's node state: the ring, the hint store, repair
 //! counters, and the background loops that deliver hints and run
-//! anti-entropy. Coordination of requests is in `api::leaderless`.
+//! anti-entropy. Coordination of requests is in `api::leaderless`, which
+//! drives `replidb_leaderless::coordinator`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -282,25 +283,15 @@ async fn repair_key(node: &Node, peer: &str, key: &str) -> bool {
         return false;
     };
     let mine = local_state(node, key);
-    let merged = match (&mine, &theirs) {
-        (None, None) => return false,
-        (Some(m), None) => m.clone(),
-        (None, Some(t)) => t.clone(),
-        (Some(m), Some(t)) => {
-            replidb_causal::merge(key, Some(m.clone()), Operand::State(t.clone())).state
-        }
+    let Some(rec) = replidb_leaderless::reconcile(key, mine.as_ref(), theirs.as_ref()) else {
+        return false;
     };
-    let canon = merged.canonical_bytes();
-    let operand = Operand::State(merged).encode();
+    let operand = Operand::State(rec.merged).encode();
     let mut changed = false;
-    if mine.as_ref().map(KeyState::canonical_bytes) != Some(canon.clone())
-        && merge_locally(node, key, operand.clone()).await.is_ok()
-    {
+    if rec.to_mine && merge_locally(node, key, operand.clone()).await.is_ok() {
         changed = true;
     }
-    if theirs.as_ref().map(KeyState::canonical_bytes) != Some(canon)
-        && push_state(node, peer, key, operand).await
-    {
+    if rec.to_theirs && push_state(node, peer, key, operand).await {
         changed = true;
     }
     changed

@@ -107,6 +107,15 @@
 //! convergence, exact counters and sets, that no acknowledged put is lost
 //! without a trace, and that HLC orders causally later writes later.
 //!
+//! # Leaderless (`--topology leaderless`)
+//! [`leaderless`] runs N = 3 replicas per key on a ring at four (R, W)
+//! settings under artificial lag and a failing node, with the coordinator
+//! core the server's HTTP handlers run (`replidb_leaderless::coordinator`)
+//! driven by a discrete-event loop, and prints per setting the stale-read
+//! rate, write and read latency percentiles and availability; it checks
+//! convergence, nothing acknowledged lost, exact counters and sets, and
+//! that `W + R > N` reads see every write acknowledged before they began.
+//!
 //! # Reproducing a seed
 //! The output names the full command line. Run it again, e.g.
 //! `replidb simulate --seed 4242 --faults all`, to get the same bytes;
@@ -159,6 +168,7 @@ pub mod coordinator;
 pub mod etcd;
 mod events;
 pub mod faults;
+pub mod leaderless;
 pub mod multi;
 pub mod net;
 pub mod node;

@@ -1,7 +1,9 @@
 //! `replidb simulate`: the deterministic simulation of a leader and N
 //! followers (crate `replidb-sim`), printed as a story and a summary;
 //! with `--topology multi-leader`, of N nodes that each lead their own log
-//! under clock skew (`replidb_sim::multi`).
+//! under clock skew (`replidb_sim::multi`); with `--topology leaderless`,
+//! of quorum reads and writes at four (R, W) settings under lag and a
+//! failing node (`replidb_sim::leaderless`).
 //!
 //! One seed prints the same bytes on every run; a failed invariant prints
 //! the command line that reproduces it and exits 1. `--seeds A..B` runs a
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use replidb_core::text::count_s;
 use replidb_core::DurationRange;
+use replidb_sim::leaderless::LeaderlessConfig;
 use replidb_sim::multi::MultiConfig;
 use replidb_sim::{FaultMode, SimConfig};
 
@@ -23,13 +26,21 @@ use crate::UsageError;
 /// `replidb simulate`.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// single-leader (a leader and followers) or multi-leader (every node
-    /// leads its own log and applies every peer's).
-    #[arg(long, default_value = "single-leader", value_parser = ["single-leader", "multi-leader"])]
+    /// single-leader (a leader and followers), multi-leader (every node
+    /// leads its own log and applies every peer's) or leaderless (quorums
+    /// on a ring, compared at (R,W) = (1,1), (1,2), (2,2), (1,3)).
+    #[arg(long, default_value = "single-leader", value_parser = ["single-leader", "multi-leader", "leaderless"])]
     pub topology: String,
-    /// Multi-leader: number of nodes.
+    /// Multi-leader and leaderless: number of nodes (leaderless: N = 3
+    /// replicas per key whatever the count).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+    /// Leaderless: client requests per (R, W) setting (half reads).
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Leaderless: no hinted handoff (no sloppy quorum).
+    #[arg(long)]
+    pub strict_quorum: bool,
     /// Multi-leader: largest wall-clock skew of a node, either direction.
     #[arg(long, default_value = "5s", value_parser = parse_skew)]
     pub skew: Duration,
@@ -49,9 +60,10 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Faults to inject: none, partition, crash, delay, failover or all
-    /// (multi-leader: all but failover).
-    #[arg(long, default_value = "none")]
-    pub faults: FaultMode,
+    /// (multi-leader and leaderless: all but failover). Default none;
+    /// leaderless: crash (a failing node).
+    #[arg(long)]
+    pub faults: Option<FaultMode>,
     /// Run every seed in A..B (inclusive) and report only failures (soak).
     #[arg(long, value_parser = parse_seed_range, conflicts_with = "seed")]
     pub seeds: Option<RangeInclusive<u64>>,
@@ -86,13 +98,30 @@ fn parse_skew(s: &str) -> Result<Duration, String> {
 
 /// Run the command.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.topology == "leaderless" {
+        let cfg = LeaderlessConfig {
+            seed: args.seed,
+            nodes: args.nodes,
+            replicas: 3,
+            ops: args.requests,
+            faults: args.faults.unwrap_or(FaultMode::Crash),
+            strict: args.strict_quorum,
+            story_lines: args.story_lines,
+        };
+        cfg.validate()
+            .map_err(|e| anyhow::Error::new(UsageError(e.to_string())))?;
+        let seeds = args.seeds;
+        return tokio::task::spawn_blocking(move || quiet(|| simulate_leaderless(cfg, seeds)))
+            .await
+            .context("the simulation thread failed")?;
+    }
     if args.topology == "multi-leader" {
         let cfg = MultiConfig {
             seed: args.seed,
             nodes: args.nodes,
             writes: args.writes.unwrap_or(80),
             skew: args.skew,
-            faults: args.faults,
+            faults: args.faults.unwrap_or_default(),
             story_lines: args.story_lines,
         };
         cfg.validate()
@@ -108,7 +137,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         lag: args.lag,
         writes: args.writes.unwrap_or(20),
         read_ratio: args.read_ratio,
-        faults: args.faults,
+        faults: args.faults.unwrap_or_default(),
         story_lines: args.story_lines,
     };
     cfg.validate()
@@ -206,6 +235,43 @@ fn simulate_multi(cfg: MultiConfig, seeds: Option<RangeInclusive<u64>>) -> anyho
         soak.failed.len(),
         count_s(soak.runs, "seed")
     )
+}
+
+fn simulate_leaderless(
+    cfg: LeaderlessConfig,
+    seeds: Option<RangeInclusive<u64>>,
+) -> anyhow::Result<()> {
+    let Some(seeds) = seeds else {
+        let report = replidb_sim::leaderless::run(&cfg)?;
+        print!("{}", report.output);
+        if report.passed() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "invariant violated with seed {}; reproduce with: {}",
+            cfg.seed,
+            cfg.command_line()
+        );
+    };
+    let (first, last) = (*seeds.start(), *seeds.end());
+    let soak = replidb_sim::leaderless::run_seeds(&cfg, seeds, |r| {
+        if !r.passed() {
+            println!("seed {}: FAIL: {}", r.seed, r.failures.join("; "));
+        }
+    })?;
+    println!(
+        "seeds {first}..{last} (topology leaderless, faults {}): {} runs, {} failed",
+        cfg.faults,
+        soak.runs,
+        soak.failed.len()
+    );
+    if soak.failed.is_empty() {
+        return Ok(());
+    }
+    for (_, _, cmd) in &soak.failed {
+        println!("reproduce with: {cmd}");
+    }
+    anyhow::bail!("{} of {} seeds failed", soak.failed.len(), soak.runs)
 }
 
 #[cfg(test)]

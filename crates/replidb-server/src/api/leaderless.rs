@@ -16,6 +16,12 @@
 //! States travel whole (never single versions): a replica that missed a
 //! version gets it with the next state it receives, so a causal context
 //! read from one replica never names a version another replica lacks.
+//!
+//! Every decision above — routing, W and R, the next send of a delivery,
+//! when a round is met or failed, the merge of answers, who needs read
+//! repair — is `replidb_leaderless::coordinator`'s; this module is its IO
+//! (HTTP between nodes, deadlines, the local engine), as the simulator's
+//! leaderless mode is on a simulated network.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +34,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use replidb_causal::{CausalWrite, KeyState, Operand};
 use replidb_engine::Proposal;
-use replidb_leaderless::Hint;
+use replidb_leaderless::{
+    quorum_count, route, Delivery, Hint, Placement, ReadRound, ReadStatus, Route, WriteRound,
+    WriteStatus,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -52,39 +61,24 @@ fn lz(node: &Node) -> ApiResult<Arc<Leaderless>> {
 }
 
 /// How many of `n` replicas `w=`/`r=` asks for: `1`, `k`, `quorum`
-/// (default; `majority` too) or `all`.
+/// (default; `majority` too) or `all` (`replidb_leaderless::quorum_count`).
 pub fn quorum_param(p: &Params, name: &str, n: usize) -> ApiResult<usize> {
-    match p.str(name) {
-        None | Some("quorum") | Some("majority") => Ok(n / 2 + 1),
-        Some("all") => Ok(n),
-        Some(v) => match v.parse::<usize>() {
-            Ok(k) if (1..=n).contains(&k) => Ok(k),
-            _ => Err(ApiError::invalid_param(
-                name,
-                v,
-                &format!(
-                    "1..={n}, quorum or all (this key has {})",
-                    replidb_core::text::count(n as u64, "replica", "replicas")
-                ),
-            )),
-        },
-    }
+    quorum_count(p.str(name), n).map_err(|e| {
+        ApiError::invalid_param(
+            name,
+            &e.given,
+            &format!(
+                "1..={n}, quorum or all (this key has {})",
+                replidb_core::text::count(n as u64, "replica", "replicas")
+            ),
+        )
+    })
 }
 
 fn set_header(resp: &mut Response, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         resp.headers_mut().insert(name, v);
     }
-}
-
-/// What one replica did with a write.
-enum Delivery {
-    /// It holds the state durably.
-    Stored(String),
-    /// It did not answer; a hint for it is on this node.
-    Hinted { owner: String, holder: String },
-    /// Neither it nor a fallback took it.
-    Failed(String),
 }
 
 /// Coordinate a write of `key`. `forward` describes the request, for
@@ -99,8 +93,11 @@ pub async fn write(
 ) -> ApiResult<(Response, Option<KeyState>)> {
     let lz = lz(node)?;
     let pref = lz.preference_list(key);
-    if !pref.contains(&lz.me) {
-        return Ok((hand_to_replica(node, &pref, headers, forward).await?, None));
+    if let Route::HandTo(replicas) = route(&pref, &lz.me) {
+        return Ok((
+            hand_to_replica(node, &replicas, headers, forward).await?,
+            None,
+        ));
     }
     let n = pref.len();
     let w = quorum_param(p, "w", n)?;
@@ -127,28 +124,15 @@ pub async fn write(
         .clone()
         .ok_or_else(|| ApiError::internal("causal write without a state"))?;
     let operand = Operand::State(state.clone()).encode();
-    // Fallbacks for hints: ring order after the preference list.
-    let fallbacks: Vec<String> = lz
-        .ring
-        .walk(key)
-        .into_iter()
-        .skip(n)
-        .map(String::from)
-        .collect();
-    let (tx, mut rx) = mpsc::channel::<Delivery>(n.max(1));
-    for (i, owner) in pref.iter().filter(|u| **u != lz.me).enumerate() {
+    let walk: Vec<String> = lz.ring.walk(key).into_iter().map(String::from).collect();
+    let (mut round, deliveries) =
+        WriteRound::new(&pref, &walk, &lz.me, w, !node.config.strict_quorum);
+    let (tx, mut rx) = mpsc::channel::<Placement>(deliveries.len().max(1));
+    for delivery in deliveries {
         let tx = tx.clone();
         let http_node = node_handle(node);
-        let owner = owner.clone();
         let key = key.to_string();
         let operand = operand.clone();
-        // Each unreachable replica tries a different fallback first.
-        let mut order = fallbacks.clone();
-        let len = order.len();
-        if len > 0 {
-            order.rotate_left(i % len);
-        }
-        let sloppy = !node.config.strict_quorum;
         // `--link-delay`: replicas far apart (demonstrations and tests).
         let delay = if node.config.link_delay.is_zero() {
             Duration::ZERO
@@ -157,32 +141,29 @@ pub async fn write(
         };
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let d = deliver(
-                &http_node,
-                &owner,
-                &key,
-                operand,
-                if sloppy { order } else { Vec::new() },
-            )
-            .await;
-            let _ = tx.send(d).await;
+            let placement = deliver(&http_node, delivery, &key, operand).await;
+            let _ = tx.send(placement).await;
         });
     }
     drop(tx);
-    let mut replicas = vec![lz.me.clone()];
-    let mut failed = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
-    while replicas.len() < w {
+    while round.status() == WriteStatus::Pending {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Delivery::Stored(u))) => replicas.push(u),
-            Ok(Some(Delivery::Hinted { owner, holder })) => {
-                replicas.push(format!("{holder} (hint for {owner})"))
+            Ok(Some(placement)) => {
+                round.on_placement(placement);
             }
-            Ok(Some(Delivery::Failed(u))) => failed.push(u),
-            Ok(None) | Err(_) => break,
+            Ok(None) | Err(_) => {
+                round.expire();
+            }
         }
     }
-    let met = replicas.len() >= w;
+    let met = round.status() == WriteStatus::Met;
+    let replicas: Vec<String> = round
+        .placements()
+        .iter()
+        .filter_map(Placement::describe)
+        .collect();
+    let failed = round.failed();
     let mut body = json!({
         "key": key,
         "lsn": out.lsn.0,
@@ -231,34 +212,35 @@ fn node_handle(node: &Arc<Node>) -> NodeHandle {
     NodeHandle(node.clone())
 }
 
+/// Drive one replica's [`Delivery`]: the owner, then (sloppy) fallbacks
+/// as hint holders, until one makes the state durable.
 async fn deliver(
     node: &NodeHandle,
-    owner: &str,
+    mut delivery: Delivery,
     key: &str,
     operand: Vec<u8>,
-    fallbacks: Vec<String>,
-) -> Delivery {
-    if push_state(&node.0, owner, key, operand.clone()).await {
-        return Delivery::Stored(owner.to_string());
-    }
-    for holder in fallbacks {
-        let r = node
-            .0
-            .http
-            .post(format!("{holder}/internal/hint"))
-            .query(&[("owner", owner), ("key", key)])
-            .body(operand.clone())
-            .timeout(crate::leaderless::INTERNAL_TIMEOUT)
-            .send()
-            .await;
-        if matches!(r, Ok(r) if r.status().is_success()) {
-            return Delivery::Hinted {
-                owner: owner.to_string(),
-                holder,
-            };
+) -> Placement {
+    loop {
+        let attempt = delivery.attempt();
+        let ok = match &attempt.hint_for {
+            None => push_state(&node.0, &attempt.to, key, operand.clone()).await,
+            Some(owner) => {
+                let r = node
+                    .0
+                    .http
+                    .post(format!("{}/internal/hint", attempt.to))
+                    .query(&[("owner", owner.as_str()), ("key", key)])
+                    .body(operand.clone())
+                    .timeout(crate::leaderless::INTERNAL_TIMEOUT)
+                    .send()
+                    .await;
+                matches!(r, Ok(r) if r.status().is_success())
+            }
+        };
+        if let Some(placement) = delivery.on_result(ok) {
+            return placement;
         }
     }
-    Delivery::Failed(owner.to_string())
 }
 
 /// Hand a write to the first replica of the key that answers.
@@ -340,61 +322,53 @@ pub async fn read(
         });
     }
     drop(tx);
-    let mut answers: Vec<(String, Option<KeyState>)> = Vec::new();
+    let mut round = ReadRound::new(key, &pref, r);
     let deadline = tokio::time::Instant::now() + wait;
-    while answers.len() < r {
+    while round.status() == ReadStatus::Pending {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((u, Ok(s)))) => answers.push((u, s)),
-            Ok(Some((_, Err(_)))) => {}
-            Ok(None) | Err(_) => break,
+            Ok(Some((u, Ok(s)))) => {
+                round.on_answer(&u, s);
+            }
+            Ok(Some((u, Err(_)))) => {
+                round.on_failure(&u);
+            }
+            Ok(None) | Err(_) => {
+                round.expire();
+            }
         }
     }
-    if answers.len() < r {
+    if round.status() == ReadStatus::Failed {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_enough_replicas",
             format!(
                 "{} of the key's {} replicas answered, fewer than r={r}",
-                answers.len(),
+                round.answered().len(),
                 pref.len()
             ),
         );
         e.retry_after_s = Some(1);
         return Err(e);
     }
-    let mut merged: Option<KeyState> = None;
-    for (_, s) in &answers {
-        if let Some(s) = s {
-            merged = Some(match merged {
-                None => s.clone(),
-                Some(m) => replidb_causal::merge(key, Some(m), Operand::State(s.clone())).state,
-            });
-        }
-    }
-    let answered: Vec<String> = answers.iter().map(|(u, _)| u.clone()).collect();
+    let merged = round.merged();
+    let answered = round.answered();
     if let Some(m) = &merged {
         // Read repair, in the background: the answers that were behind now,
         // and the replicas that answer later.
-        let canon = m.canonical_bytes();
-        let behind: Vec<String> = answers
-            .iter()
-            .filter(|(_, s)| s.as_ref().map(KeyState::canonical_bytes) != Some(canon.clone()))
-            .map(|(u, _)| u.clone())
-            .collect();
         let h = node_handle(node);
         let key = key.to_string();
+        let m = m.clone();
         let operand = Operand::State(m.clone()).encode();
         let lz = lz.clone();
         tokio::spawn(async move {
-            let mut behind = behind;
+            let mut round = round;
             while let Some((u, s)) = rx.recv().await {
-                if let Ok(s) = s {
-                    if s.as_ref().map(KeyState::canonical_bytes) != Some(canon.clone()) {
-                        behind.push(u);
-                    }
-                }
+                match s {
+                    Ok(s) => round.on_answer(&u, s),
+                    Err(_) => round.on_failure(&u),
+                };
             }
-            for u in behind {
+            for u in round.repairs(Some(&m)) {
                 let ok = if u == lz.me {
                     merge_locally(&h.0, &key, operand.clone()).await.is_ok()
                 } else {
