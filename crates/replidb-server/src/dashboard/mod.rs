@@ -136,6 +136,8 @@ pub struct Dashboard {
     tx: watch::Sender<Arc<str>>,
     running: AtomicBool,
     last_access_ms: AtomicU64,
+    /// Wakes the poller before its next tick (after an action).
+    poke: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -180,6 +182,7 @@ impl Dashboard {
             tx,
             running: AtomicBool::new(false),
             last_access_ms: AtomicU64::new(0),
+            poke: tokio::sync::Notify::new(),
         })
     }
 
@@ -188,10 +191,12 @@ impl Dashboard {
     }
 
     /// Add an event to the timeline (e.g. "n2 killed from the page"); it
-    /// goes out with the next poll.
+    /// goes out with a poll that starts at once.
     pub fn note(&self, kind: &str, node: &str, text: &str) {
         let mut h = self.lock();
         push_event(&mut h, now_ms(), kind, node, text.to_string());
+        drop(h);
+        self.poke.notify_one();
     }
 
     /// Start the poller if it is not running, and remember the access.
@@ -249,6 +254,11 @@ impl Dashboard {
                         seen_ids.push(view.id.clone());
                         discovered.extend(peer_urls(&view.status));
                         h.id_of_url.insert(url.clone(), view.id.clone());
+                        // A seed that was down when first asked was shown
+                        // under its URL: now it has a name.
+                        if view.id != *url && h.nodes.get(url).is_some_and(|n| n.id == *url) {
+                            h.nodes.remove(url);
+                        }
                         view.url = url.clone();
                         let was_up = h.nodes.get(&view.id).map(|n| n.up);
                         if was_up == Some(false) {
@@ -264,6 +274,12 @@ impl Dashboard {
                         h.nodes.insert(view.id.clone(), view);
                     }
                     None => {
+                        // A discovered URL that has never answered is not
+                        // shown (e.g. the address a cut link points at).
+                        let is_seed = self.config.seeds.iter().any(|s| normalize(s) == *url);
+                        if !is_seed && !h.id_of_url.contains_key(url) {
+                            continue;
+                        }
                         let id = h.id_of_url.get(url).cloned().unwrap_or_else(|| url.clone());
                         if seen_ids.contains(&id) {
                             continue;
@@ -357,8 +373,11 @@ async fn poller(dash: Weak<Dashboard>) {
     let mut tick = tokio::time::interval(Duration::from_millis(DASHBOARD_POLL_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
         let Some(d) = dash.upgrade() else { return };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = d.poke.notified() => {}
+        }
         let idle_ms = now_ms().saturating_sub(d.last_access_ms.load(Ordering::Relaxed));
         if d.tx.receiver_count() == 0 && idle_ms > DASHBOARD_IDLE_STOP_SECONDS * 1000 {
             d.running.store(false, Ordering::Release);
