@@ -483,12 +483,6 @@ async fn write(
     if !status.is_success() {
         return Err(ControlError::Node(status, text));
     }
-    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    c.dash.note(
-        "action",
-        "",
-        &format!("wrote {} at lsn {}", q.key, v["lsn"]),
-    );
     Ok((status, [("content-type", "application/json")], text).into_response())
 }
 
