@@ -183,7 +183,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         let dashboard = match serve_dashboard(&procs, &args).await {
             Ok(d) => d,
             Err(e) => {
-                stop_all(&mut *procs.lock().await).await;
+                stop_all(&mut procs.lock().await).await;
                 return Err(e);
             }
         };
@@ -223,7 +223,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     let dashboard = match serve_dashboard(&procs, &args).await {
         Ok(d) => d,
         Err(e) => {
-            stop_all(&mut *procs.lock().await).await;
+            stop_all(&mut procs.lock().await).await;
             return Err(e);
         }
     };

@@ -749,7 +749,9 @@ replidb_http_requests_total{node_id=\"n1\",route=\"/read\",status=\"404\"} 2
         h.nodes.insert("n2".into(), view("n2", "leader", 2));
         detect_leader_change(&mut h, 2);
         assert_eq!(h.events.back().map(|e| e.kind.as_str()), Some("switchover"));
-        h.nodes.get_mut("n2").map(|n| n.up = false);
+        if let Some(n) = h.nodes.get_mut("n2") {
+            n.up = false;
+        }
         h.nodes.insert("n1".into(), view("n1", "leader", 3));
         detect_leader_change(&mut h, 3);
         assert_eq!(h.events.back().map(|e| e.kind.as_str()), Some("failover"));
