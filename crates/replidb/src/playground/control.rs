@@ -261,6 +261,26 @@ async fn node_action(
     UrlPath((id, action)): UrlPath<(String, String)>,
     Query(q): Query<LagQuery>,
 ) -> ControlResult {
+    // Single-leader: a node restarts in the role the cluster has for it
+    // now, not the one it was started in (after a switchover the first
+    // leader follows): it follows the current leader, or leads if it is
+    // the leader. With no leader known its flags stay as they are.
+    let follow: Option<Option<String>> =
+        if c.topology == "single-leader" && (action == "restart" || action == "lag") {
+            match c.leader().await {
+                Ok((leader, url)) if leader != id => Some(Some(url)),
+                Ok(_) if action == "lag" => {
+                    return Err(ControlError::NotApplicable(format!(
+                        "{id} leads: the leader has no apply lag; set the lag of a follower"
+                    )))
+                }
+                Ok(_) => Some(None),
+                Err(e) if action == "lag" => return Err(e),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
     let mut procs = c.procs.lock().await;
     let n = procs
         .iter_mut()
@@ -277,6 +297,11 @@ async fn node_action(
         }
         "restart" => {
             c.paused().remove(&id);
+            if let Some(f) = &follow {
+                if id != "router" {
+                    n.set_flag("--follow", f.as_deref());
+                }
+            }
             n.stop().await;
             n.respawn()
                 .map_err(|e| ControlError::Failed(e.to_string()))?;
@@ -301,11 +326,12 @@ async fn node_action(
             let range: replidb_core::DurationRange = delay
                 .parse()
                 .map_err(|e| ControlError::BadRequest(format!("delay={delay:?}: {e}")))?;
+            if id == "router" {
+                return Err(ControlError::NotApplicable("the router has no lag".into()));
+            }
             let flag = if c.topology == "single-leader" {
-                if n.argv.iter().all(|a| a != "--follow") {
-                    return Err(ControlError::NotApplicable(format!(
-                        "{id} was started as the leader; set the lag of a follower"
-                    )));
+                if let Some(f) = &follow {
+                    n.set_flag("--follow", f.as_deref());
                 }
                 "--replication-delay"
             } else {
