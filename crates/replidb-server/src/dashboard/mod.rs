@@ -19,7 +19,8 @@
 //!
 //! Rates are derived, not counted per request: writes per second are the
 //! advance of the writers' LSNs (one record per write; a transaction
-//! counts once), reads per second are the advance of the nodes'
+//! counts once; leaderless: the nodes' LSNs over the replica count, as
+//! each write lands on N nodes), reads per second are the advance of the nodes'
 //! `replidb_http_requests_total` on the key-value and seed read routes
 //! minus those writes (the route label does not carry the method).
 
@@ -517,6 +518,16 @@ fn current_leader(h: &History) -> Option<(String, u64)> {
 }
 
 fn detect_leader_change(h: &mut History, t: u64) {
+    // Multi-leader and leaderless nodes all say "leader": nobody fails
+    // over there.
+    let single = h
+        .nodes
+        .values()
+        .filter_map(|n| n.status["topology"].as_str())
+        .all(|t| t == "single-leader");
+    if !single {
+        return;
+    }
     let Some((new, epoch)) = current_leader(h) else {
         return;
     };
@@ -546,6 +557,7 @@ fn sample(h: &mut History, t: u64) {
     let mut lag = BTreeMap::new();
     let mut writes = 0u64;
     let mut reads = 0u64;
+    let mut replicas = 1u64;
     for n in h.nodes.values() {
         let s = &n.status;
         let topology = s["topology"].as_str().unwrap_or("single-leader");
@@ -567,9 +579,15 @@ fn sample(h: &mut History, t: u64) {
         writes += match topology {
             "single-leader" if is_leader => num(&s["last_lsn"]),
             "single-leader" => 0,
+            // Each write lands in the logs of its N replicas.
+            "leaderless" => {
+                replicas = replicas.max(num(&s["ring"]["replicas"]));
+                num(&s["last_lsn"])
+            }
             _ => num(&s["origins"][n.id.as_str()]),
         };
     }
+    writes /= replicas;
     let (writes_per_s, reads_per_s) = match h.last_totals {
         Some((t0, w0, r0)) if t > t0 => {
             let secs = (t - t0) as f64 / 1000.0;
