@@ -423,6 +423,33 @@ async fn the_dashboard_shows_a_follower_killed_from_the_page_and_its_catch_up() 
     )
     .await;
 
+    // The router and every node serve the same page, read-only, seeded
+    // with what they know (a follower finds the rest from its leader).
+    for server in [base - 1, base + 2] {
+        let url = format!("http://127.0.0.1:{server}/dashboard");
+        let page = http.get(&url).send().await.expect("page");
+        assert_eq!(page.status(), 200, "{url}");
+        assert!(page
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("EventSource"));
+        let doc: Value = http
+            .get(format!("{url}/state"))
+            .send()
+            .await
+            .expect("state")
+            .json()
+            .await
+            .expect("state JSON");
+        assert_eq!(doc["controls"], false, "{url}");
+        let ids: Vec<&str> = doc["nodes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n["id"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(ids.len(), 3, "{url}: {doc}");
+    }
+
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let shot = dir.join("dashboard.png");
     browser.screenshot(&shot).await;
