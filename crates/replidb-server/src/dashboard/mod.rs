@@ -749,6 +749,58 @@ replidb_http_requests_total{node_id=\"n1\",route=\"/read\",status=\"404\"} 2
         assert!(!u.contains(&"not a url".to_string()));
     }
 
+    fn up(id: &str, status: Value) -> NodeView {
+        NodeView {
+            id: id.into(),
+            url: format!("http://{id}"),
+            up: true,
+            status,
+            ..NodeView::default()
+        }
+    }
+
+    #[test]
+    fn rewinds_conflicts_and_hints_become_events() {
+        let mut h = History::default();
+        let before = json!({"rollback_records": 0, "conflicts": {"lww": 1}, "ring": {"hints_pending": 0, "hints_delivered": 0}});
+        h.nodes.insert("n1".into(), up("n1", before));
+        let after = json!({"rollback_records": 3, "conflicts": {"lww": 2, "siblings": 1}, "ring": {"hints_pending": 2, "hints_delivered": 1}});
+        detect_changes(&mut h, 5, &up("n1", after));
+        let kinds: Vec<&str> = h.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["rewind", "conflict", "hint", "hint"]);
+        assert!(h.events[0].text.contains("3 record"));
+        assert!(h.events[1].text.contains("2 conflicting"));
+    }
+
+    #[test]
+    fn rates_come_from_the_leaders_lsn_and_read_requests() {
+        let mut h = History::default();
+        let mut leader = up(
+            "n1",
+            json!({"role": "leader", "topology": "single-leader", "last_lsn": 100}),
+        );
+        leader.read_requests = 50;
+        h.nodes.insert("n1".into(), leader.clone());
+        h.nodes.insert(
+            "n2".into(),
+            up(
+                "n2",
+                json!({"role": "follower", "topology": "single-leader", "lag_ms": 40}),
+            ),
+        );
+        sample(&mut h, 1_000);
+        leader.status["last_lsn"] = json!(110);
+        leader.read_requests = 80;
+        h.nodes.insert("n1".into(), leader);
+        sample(&mut h, 3_000);
+        let s = h.samples.back().expect("a sample");
+        assert_eq!(s.writes_per_s, 5.0);
+        // 30 requests on read routes, 10 of them the writes: 20 reads in 2 s.
+        assert_eq!(s.reads_per_s, 10.0);
+        assert_eq!(s.lag.get("n2"), Some(&Some(40)));
+        assert!(!s.lag.contains_key("n1"));
+    }
+
     #[test]
     fn a_new_leader_with_the_old_one_up_is_a_switchover() {
         let mut h = History::default();
