@@ -16,6 +16,10 @@
 //! when it answers again. A node restarted by hand is not the playground's
 //! child, so on exit the playground leaves it running and keeps the data
 //! directory it uses.
+//!
+//! It also serves a live dashboard with controls (kill, restart, pause,
+//! lag, cut a link, switch over, write and read everywhere), each an HTTP
+//! endpoint of its own: see `control.rs`. Its URL is the first line printed.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
