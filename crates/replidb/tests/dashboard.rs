@@ -460,3 +460,170 @@ async fn the_dashboard_shows_a_follower_killed_from_the_page_and_its_catch_up() 
         eprintln!("updated {}", docs.display());
     }
 }
+
+/// The playground's actions over plain HTTP (no browser): cut and heal a
+/// link, pause and resume, lag, switchover, restart in the current role,
+/// and the refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_playground_action_is_an_http_endpoint() {
+    let base = free_base_port();
+    let child = Command::new(BIN)
+        .args(["playground", "--base-port", &base.to_string()])
+        .args(["--dashboard-port", &(base - 2).to_string()])
+        .args(["--lag", "20ms..80ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn playground");
+    let _playground = Proc(child);
+    let ctl = format!("http://127.0.0.1:{}", base - 2);
+    let http = common::http();
+    let post = async |path: &str, body: &str| -> (u16, Value) {
+        let r = http
+            .post(format!("{ctl}{path}"))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("the playground answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    };
+    let state = async || -> Value {
+        match http.get(format!("{ctl}/dashboard/state")).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    };
+    let node = |doc: &Value, id: &str| -> Value {
+        doc["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["id"] == id).cloned())
+            .unwrap_or(Value::Null)
+    };
+    // What every node answers for `key`, by id.
+    let read = async |key: &str| -> Vec<(String, Option<String>)> {
+        let v: Value = match http
+            .get(format!("{ctl}/playground/read?key={key}"))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        v["reads"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        let id = r["id"].as_str().unwrap_or("").to_string();
+                        (id, r["value"].as_str().map(str::to_string))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let has = |reads: &[(String, Option<String>)], id: &str, want: &str| {
+        reads
+            .iter()
+            .any(|(i, v)| i == id && v.as_deref() == Some(want))
+    };
+    wait_until(
+        "the playground is up",
+        Duration::from_secs(60),
+        async || node(&state().await, "n3")["up"] == true,
+    )
+    .await;
+
+    // Refusals.
+    assert_eq!(post("/playground/nodes/n9/kill", "").await.0, 404);
+    assert_eq!(post("/playground/links/n2/n3/cut", "").await.0, 409);
+    assert_eq!(post("/playground/nodes/n1/lag?delay=1s", "").await.0, 409);
+    assert_eq!(post("/playground/nodes/n2/lag?delay=soon", "").await.0, 400);
+    assert_eq!(post("/playground/nodes/n2/explode", "").await.0, 400);
+
+    // Cut n1 ↔ n3: n3 misses a write n2 gets; heal: n3 gets it.
+    assert_eq!(post("/playground/links/n1/n3/cut", "").await.0, 200);
+    wait_until("n3 is disconnected", Duration::from_secs(10), async || {
+        node(&state().await, "n3")["connected"] == false
+    })
+    .await;
+    assert_eq!(post("/playground/write?key=cut", "one").await.0, 200);
+    wait_until("n2 has the write", Duration::from_secs(10), async || {
+        has(&read("cut").await, "n2", "one")
+    })
+    .await;
+    assert!(!has(&read("cut").await, "n3", "one"), "n3 is cut off");
+    assert_eq!(post("/playground/links/n3/n1/heal", "").await.0, 200);
+    wait_until(
+        "n3 has the write after the heal",
+        Duration::from_secs(20),
+        async || has(&read("cut").await, "n3", "one"),
+    )
+    .await;
+
+    // Pause and resume: down, then up.
+    assert_eq!(post("/playground/nodes/n2/pause", "").await.0, 200);
+    wait_until(
+        "n2 shows down while paused",
+        Duration::from_secs(5),
+        async || node(&state().await, "n2")["up"] == false,
+    )
+    .await;
+    assert_eq!(post("/playground/nodes/n2/resume", "").await.0, 200);
+    wait_until(
+        "n2 is back after resume",
+        Duration::from_secs(5),
+        async || node(&state().await, "n2")["up"] == true,
+    )
+    .await;
+
+    // Lag: n3 restarts with the new delay.
+    let (s, v) = post("/playground/nodes/n3/lag?delay=300ms", "").await;
+    assert_eq!(s, 200, "{v}");
+    let nodes: Value = http
+        .get(format!("{ctl}/playground/nodes"))
+        .send()
+        .await
+        .expect("nodes")
+        .json()
+        .await
+        .expect("nodes JSON");
+    let n3 = nodes["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["id"] == "n3").cloned())
+        .unwrap_or(Value::Null);
+    let cmd = n3["restart_command"].as_str().unwrap_or("");
+    assert!(cmd.contains("--replication-delay 300ms"), "{cmd}");
+
+    // Switchover to n2; the timeline says so; n1 restarts as a follower.
+    wait_until("n3 is back", Duration::from_secs(20), async || {
+        node(&state().await, "n3")["connected"] == true
+    })
+    .await;
+    let (s, v) = post("/playground/switchover?to=n2", "").await;
+    assert_eq!(s, 200, "{v}");
+    wait_until(
+        "the dashboard shows n2 leading and a switchover event",
+        Duration::from_secs(10),
+        async || {
+            let doc = state().await;
+            doc["leader"] == "n2"
+                && doc["events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["kind"] == "switchover"))
+        },
+    )
+    .await;
+    assert_eq!(post("/playground/nodes/n1/restart", "").await.0, 200);
+    assert_eq!(post("/playground/write?key=after", "two").await.0, 200);
+    wait_until(
+        "n1 is back as a follower of n2 with the new write",
+        Duration::from_secs(20),
+        async || {
+            let n1 = node(&state().await, "n1");
+            n1["role"] == "follower" && has(&read("after").await, "n1", "two")
+        },
+    )
+    .await;
+}
