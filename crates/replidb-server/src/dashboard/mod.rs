@@ -127,6 +127,8 @@ struct History {
     leader: Option<String>,
     /// Last poll's time, writer LSN sum and read request sum.
     last_totals: Option<(u64, u64, u64)>,
+    /// How long the last poll took, in milliseconds.
+    poll_ms: u64,
 }
 
 /// A dashboard server's state: one poller, shared by every page.
@@ -224,6 +226,7 @@ impl Dashboard {
     async fn poll_once(&self) {
         // Nodes learnt from one answer are asked in the same poll (a
         // follower's dashboard shows the whole cluster at once).
+        let started = std::time::Instant::now();
         let mut asked: Vec<String> = Vec::new();
         let mut seen_ids: Vec<String> = Vec::new();
         let mut t = now_ms();
@@ -308,6 +311,7 @@ impl Dashboard {
             }
         }
         let mut h = self.lock();
+        h.poll_ms = started.elapsed().as_millis() as u64;
         detect_leader_change(&mut h, t);
         sample(&mut h, t);
         let horizon = t.saturating_sub(DASHBOARD_HISTORY_SECONDS * 1000);
@@ -632,6 +636,7 @@ fn document(h: &History, config: &DashboardConfig, t: u64) -> Value {
         "topology": topology,
         "leader": h.leader,
         "poll_interval_ms": DASHBOARD_POLL_INTERVAL_MS,
+        "poll_ms": h.poll_ms,
         "history_seconds": DASHBOARD_HISTORY_SECONDS,
         "nodes": nodes,
         "samples": h.samples.iter().map(|s| json!({
