@@ -451,19 +451,27 @@ fn num(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-/// Events a node's own counters reveal: rewinds, conflicts, hints.
+/// How much a counter grew since the last status seen (even one from
+/// before the node went down); a counter that went down was reset by a
+/// restart, so all of it is new.
+fn grown(new: u64, old: u64) -> u64 {
+    if new >= old {
+        new - old
+    } else {
+        new
+    }
+}
+
+/// Events a node's own counters reveal: rewinds (a returning old leader
+/// rewinds as it rejoins, so its first status after a restart counts),
+/// conflicts, hints.
 fn detect_changes(h: &mut History, t: u64, new: &NodeView) {
-    let Some(old) = h
-        .nodes
-        .get(&new.id)
-        .filter(|o| o.up)
-        .map(|o| o.status.clone())
-    else {
+    let Some(old) = h.nodes.get(&new.id).map(|o| o.status.clone()) else {
         return;
     };
     let (o, n) = (&old, &new.status);
     let id = new.id.clone();
-    let rolled = num(&n["rollback_records"]).saturating_sub(num(&o["rollback_records"]));
+    let rolled = grown(num(&n["rollback_records"]), num(&o["rollback_records"]));
     if rolled > 0 {
         push_event(
             h,
@@ -479,7 +487,7 @@ fn detect_changes(h: &mut History, t: u64, new: &NodeView) {
             .map(|m| m.values().map(num).sum())
             .unwrap_or_else(|| num(&s["conflicts"]))
     };
-    let c = conflicts(n).saturating_sub(conflicts(o));
+    let c = grown(conflicts(n), conflicts(o));
     if c > 0 {
         push_event(
             h,
@@ -499,8 +507,10 @@ fn detect_changes(h: &mut History, t: u64, new: &NodeView) {
             format!("{id} holds {hinted} more hint(s) for a down replica"),
         );
     }
-    let delivered =
-        num(&n["ring"]["hints_delivered"]).saturating_sub(num(&o["ring"]["hints_delivered"]));
+    let delivered = grown(
+        num(&n["ring"]["hints_delivered"]),
+        num(&o["ring"]["hints_delivered"]),
+    );
     if delivered > 0 {
         push_event(
             h,
@@ -775,6 +785,15 @@ replidb_http_requests_total{node_id=\"n1\",route=\"/read\",status=\"404\"} 2
         assert_eq!(kinds, ["rewind", "conflict", "hint", "hint"]);
         assert!(h.events[0].text.contains("3 record"));
         assert!(h.events[1].text.contains("2 conflicting"));
+        // Down, then back after a restart that reset the counter to 2: a
+        // rewind of 2.
+        let mut down = up("n1", json!({"rollback_records": 3}));
+        down.up = false;
+        h.nodes.insert("n1".into(), down);
+        h.events.clear();
+        detect_changes(&mut h, 9, &up("n1", json!({"rollback_records": 2})));
+        assert_eq!(h.events.len(), 1);
+        assert!(h.events[0].text.contains("rewound 2"));
     }
 
     #[test]

@@ -405,6 +405,17 @@ async fn link_action(
     if !status.is_success() {
         return Err(ControlError::Node(status, body));
     }
+    if action == "heal" {
+        // A follower that was promoted while cut off may have counted the
+        // cut address as a voter; it is gone for good. Most of the time
+        // it is not there (404), which is fine.
+        let _ = c
+            .http
+            .post(format!("{leader_url}/admin/forget"))
+            .json(&json!({ "member": c.blackhole }))
+            .send()
+            .await;
+    }
     let text = if action == "cut" {
         format!("link {leader_id} ↔ {follower} cut: {follower} no longer hears from the leader")
     } else {
