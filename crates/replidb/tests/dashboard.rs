@@ -627,3 +627,111 @@ async fn every_playground_action_is_an_http_endpoint() {
     )
     .await;
 }
+
+/// A failover and the old leader's rewind land on the dashboard's
+/// timeline: writes only the old leader had (its links cut) are rewound
+/// when it returns and follows the promoted follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_and_the_old_leaders_rewind_show_on_the_timeline() {
+    let base = free_base_port();
+    let child = Command::new(BIN)
+        .args(["playground", "--base-port", &base.to_string()])
+        .args(["--dashboard-port", &(base - 2).to_string()])
+        .args(["--lag", "10ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn playground");
+    let _playground = Proc(child);
+    let ctl = format!("http://127.0.0.1:{}", base - 2);
+    let n1 = format!("http://127.0.0.1:{base}");
+    let n2 = format!("http://127.0.0.1:{}", base + 1);
+    let http = common::http();
+    let post = async |url: String| -> u16 {
+        match http.post(url).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    };
+    let state = async || -> Value {
+        match http.get(format!("{ctl}/dashboard/state")).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    };
+    let field = |doc: &Value, id: &str, f: &str| -> Value {
+        doc["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["id"] == id))
+            .map(|n| n[f].clone())
+            .unwrap_or(Value::Null)
+    };
+    let has_event = |doc: &Value, kind: &str| {
+        doc["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == kind))
+    };
+    wait_until(
+        "the playground is up",
+        Duration::from_secs(60),
+        async || {
+            let doc = state().await;
+            ["n1", "n2", "n3"]
+                .iter()
+                .all(|id| field(&doc, id, "connected") == true)
+        },
+    )
+    .await;
+
+    for f in ["n2", "n3"] {
+        assert_eq!(
+            post(format!("{ctl}/playground/links/n1/{f}/cut")).await,
+            200
+        );
+    }
+    wait_until(
+        "both followers are cut off",
+        Duration::from_secs(10),
+        async || {
+            let doc = state().await;
+            field(&doc, "n2", "connected") == false && field(&doc, "n3", "connected") == false
+        },
+    )
+    .await;
+    for i in 0..3 {
+        let r = http
+            .put(format!("{n1}/v1/kv/only-on-n1/{i}?w=1"))
+            .body("x")
+            .send()
+            .await
+            .expect("n1 answers");
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(post(format!("{ctl}/playground/nodes/n1/kill")).await, 200);
+    wait_until("n1 shows down", Duration::from_secs(5), async || {
+        field(&state().await, "n1", "up") == false
+    })
+    .await;
+    assert_eq!(post(format!("{n2}/admin/promote?force=true")).await, 200);
+    assert_eq!(
+        post(format!("{ctl}/playground/links/n2/n3/heal")).await,
+        200
+    );
+    assert_eq!(
+        post(format!("{ctl}/playground/nodes/n1/restart")).await,
+        200
+    );
+    wait_until(
+        "the timeline shows the failover and n1's rewind, n1 following",
+        Duration::from_secs(30),
+        async || {
+            let doc = state().await;
+            has_event(&doc, "failover")
+                && has_event(&doc, "rewind")
+                && doc["leader"] == "n2"
+                && field(&doc, "n1", "role") == "follower"
+        },
+    )
+    .await;
+}
