@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests need, installed only when missing. Installing
 # `prometheus` may start its service; the tests only use its `promtool`.
 # `redis-tools` brings redis-cli and redis-benchmark for the Redis protocol
-# tests.
-packages=(etcd-server prometheus redis-tools)
+# tests; `chromium` and `chromium-driver` the headless browser and its
+# WebDriver server for the dashboard test (tests/dashboard.rs).
+packages=(etcd-server prometheus redis-tools chromium chromium-driver)
 if ((${#packages[@]})); then
     missing=()
     for p in "${packages[@]}"; do

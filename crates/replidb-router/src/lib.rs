@@ -94,6 +94,7 @@
 
 pub mod config;
 pub mod core;
+mod dashboard;
 mod error;
 mod health;
 pub mod homes;

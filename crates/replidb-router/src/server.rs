@@ -96,12 +96,14 @@ impl Router {
 }
 
 fn app(shared: Arc<Shared>) -> axum::Router {
+    let dashboard = crate::dashboard::for_router(&shared);
     axum::Router::new()
         .route("/status", get(status))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(crate::proxy::handle)
         .with_state(shared)
+        .merge(replidb_server::dashboard::routes(dashboard))
 }
 
 /// `GET /status`: what the router believes about every node, and its

@@ -16,6 +16,10 @@
 //! when it answers again. A node restarted by hand is not the playground's
 //! child, so on exit the playground leaves it running and keeps the data
 //! directory it uses.
+//!
+//! It also serves a live dashboard with controls (kill, restart, pause,
+//! lag, cut a link, switch over, write and read everywhere), each an HTTP
+//! endpoint of its own: see `control.rs`. Its URL is the first line printed.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,6 +29,8 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use replidb_core::DurationRange;
 use tokio::process::{Child, Command};
+
+mod control;
 
 /// `replidb playground` arguments.
 #[derive(Debug, Args)]
@@ -56,6 +62,11 @@ pub struct PlaygroundArgs {
     /// (`DUR` or `DUR..DUR`), as if they were regions apart.
     #[arg(long, default_value = "0ms")]
     pub link_delay: String,
+    /// Port of the dashboard and of the `/playground/*` control API
+    /// (default: two below `--base-port`, or any free port if that one
+    /// is taken).
+    #[arg(long)]
+    pub dashboard_port: Option<u16>,
 }
 
 /// The policies the multi-leader playground runs with: `cart:` keys keep
@@ -175,15 +186,28 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             stop_all(&mut nodes).await;
             return Err(e);
         }
-        if args.topology == "leaderless" {
-            print_leaderless_banner(&nodes, &root, &link);
-        } else {
-            print_multi_banner(&nodes, &root, &link);
+        let procs: control::Procs = std::sync::Arc::new(tokio::sync::Mutex::new(nodes));
+        let dashboard = match serve_dashboard(&procs, &args).await {
+            Ok(d) => d,
+            Err(e) => {
+                stop_all(&mut procs.lock().await).await;
+                return Err(e);
+            }
+        };
+        println!("dashboard: {dashboard}\n");
+        {
+            let nodes = procs.lock().await;
+            if args.topology == "leaderless" {
+                print_leaderless_banner(&nodes, &root, &link);
+            } else {
+                print_multi_banner(&nodes, &root, &link);
+            }
         }
         tokio::select! {
             _ = crate::server_cmd::shutdown_signal() => {}
-            never = watch_children(&mut nodes) => match never {},
+            never = watch_children(procs.clone()) => match never {},
         }
+        let mut nodes = procs.lock().await;
         eprintln!(
             "stopping {}...",
             replidb_core::text::count(nodes.len() as u64, "process", "processes")
@@ -205,11 +229,21 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         stop_all(&mut nodes).await;
         return Err(e);
     }
-    print_banner(&nodes, &root, &lag);
+    let procs: control::Procs = std::sync::Arc::new(tokio::sync::Mutex::new(nodes));
+    let dashboard = match serve_dashboard(&procs, &args).await {
+        Ok(d) => d,
+        Err(e) => {
+            stop_all(&mut procs.lock().await).await;
+            return Err(e);
+        }
+    };
+    println!("dashboard: {dashboard}\n");
+    print_banner(&procs.lock().await, &root, &lag);
     tokio::select! {
         _ = crate::server_cmd::shutdown_signal() => {}
-        never = watch_children(&mut nodes) => match never {},
+        never = watch_children(procs.clone()) => match never {},
     }
+    let mut nodes = procs.lock().await;
     eprintln!(
         "stopping {}...",
         replidb_core::text::count(nodes.len() as u64, "process", "processes")
@@ -257,6 +291,25 @@ fn still_down(nodes: &[NodeProc]) -> anyhow::Result<()> {
             down.join(", ")
         ),
     }
+}
+
+/// Serve the dashboard and the `/playground/*` control API (see
+/// `control.rs`) in a task of its own; its URL.
+async fn serve_dashboard(procs: &control::Procs, args: &PlaygroundArgs) -> anyhow::Result<String> {
+    let port = args
+        .dashboard_port
+        .unwrap_or_else(|| args.base_port.saturating_sub(2));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let fixed = args.dashboard_port.is_some();
+    let (ctl, listener, url) =
+        control::Control::bind(procs.clone(), &args.topology, addr, fixed).await?;
+    let app = control::app(ctl);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("the dashboard stopped: {e}");
+        }
+    });
+    Ok(url)
 }
 
 async fn start_all(
@@ -411,13 +464,14 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Watch the children forever: say when one dies (and how to restart it),
 /// and when a dead one answers again.
-async fn watch_children(nodes: &mut [NodeProc]) -> std::convert::Infallible {
+async fn watch_children(procs: control::Procs) -> std::convert::Infallible {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap_or_default();
     let mut last_probe = tokio::time::Instant::now();
     loop {
+        let mut nodes = procs.lock().await;
         for n in nodes.iter_mut() {
             let exited = match n.child.as_mut().map(Child::try_wait) {
                 Some(Ok(Some(status))) => Some(status.to_string()),
@@ -435,15 +489,30 @@ async fn watch_children(nodes: &mut [NodeProc]) -> std::convert::Infallible {
                 );
             }
         }
+        // Probe without holding the lock: the control API uses it too.
+        let dead: Vec<(String, String)> = nodes
+            .iter()
+            .filter(|n| n.child.is_none())
+            .map(|n| (n.id.clone(), n.url.clone()))
+            .collect();
+        drop(nodes);
         if last_probe.elapsed() >= PROBE_INTERVAL {
             last_probe = tokio::time::Instant::now();
-            for n in nodes.iter_mut().filter(|n| n.child.is_none()) {
-                let path = if n.id == "router" { "health" } else { "status" };
+            let mut answered = Vec::new();
+            for (id, url) in dead {
+                let path = if id == "router" { "health" } else { "status" };
                 let answers = http
-                    .get(format!("{}/{path}", n.url))
+                    .get(format!("{url}/{path}"))
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success());
+                answered.push((id, answers));
+            }
+            let mut nodes = procs.lock().await;
+            for (id, answers) in answered {
+                let Some(n) = nodes.iter_mut().find(|n| n.id == id && n.child.is_none()) else {
+                    continue;
+                };
                 if answers != n.up {
                     n.up = answers;
                     if answers {
@@ -466,8 +535,10 @@ async fn stop_all(nodes: &mut [NodeProc]) {
     for n in nodes.iter() {
         if let Some(pid) = n.child.as_ref().and_then(Child::id) {
             // SAFETY: kill(2) with a pid we spawned and a valid signal has
-            // no memory-safety preconditions.
+            // no memory-safety preconditions. SIGCONT first: a node paused
+            // from the dashboard would not act on SIGTERM.
             unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGCONT);
                 libc::kill(pid as libc::pid_t, libc::SIGTERM);
             }
         }
