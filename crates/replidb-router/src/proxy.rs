@@ -475,8 +475,10 @@ fn no_leader(sh: &Shared) -> RouterError {
     }
 }
 
-/// Request headers passed to nodes: content type, accept, tracing ids and
-/// every `X-Replidb-*`. Cookies stay with the router.
+/// Request headers passed to nodes: content type, accept, the client's
+/// `Authorization` (nodes with `--auth-file` check it; the router adds no
+/// credentials of its own), tracing ids and every `X-Replidb-*`. Cookies
+/// stay with the router.
 fn forwardable(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (name, value) in headers {
@@ -484,7 +486,12 @@ fn forwardable(headers: &HeaderMap) -> HeaderMap {
         if n.starts_with("x-replidb-")
             || matches!(
                 n,
-                "content-type" | "accept" | "x-request-id" | "traceparent" | "tracestate"
+                "content-type"
+                    | "accept"
+                    | "authorization"
+                    | "x-request-id"
+                    | "traceparent"
+                    | "tracestate"
             )
         {
             out.append(name.clone(), value.clone());

@@ -65,6 +65,14 @@ pub struct Target {
     /// [env: REPLIDB_URL] [default: http://127.0.0.1:7000]
     #[arg(long)]
     pub url: Option<String>,
+    /// Secret sent as `Authorization: Bearer` to nodes started with
+    /// --auth-file
+    #[arg(long, env = "REPLIDB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signs the nodes' certificates, for https://
+    /// URLs
+    #[arg(long, env = "REPLIDB_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 impl Target {

@@ -23,7 +23,7 @@ use std::io::{IsTerminal as _, Write as _};
 /// A client for `--url`, which may list several nodes (`URL,URL,...`): the
 /// first is asked first, the others when it cannot be reached or no longer
 /// leads.
-pub fn connect(url: &str) -> anyhow::Result<Client> {
+pub fn connect(url: &str, target: &crate::cli::Target) -> anyhow::Result<Client> {
     let urls: Vec<String> = url
         .split(',')
         .map(str::trim)
@@ -33,6 +33,12 @@ pub fn connect(url: &str) -> anyhow::Result<Client> {
     let first = urls.first().cloned().unwrap_or_default();
     let opts = replidb_client::ClientOptions {
         failover_urls: urls,
+        token: target
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(replidb_client::BearerToken),
+        ca_file: target.cacert.clone(),
         ..Default::default()
     };
     Client::with_options(&first, opts).map_err(|e| crate::UsageError(format!("--url: {e}")).into())
@@ -66,8 +72,12 @@ struct CmdSession {
 }
 
 impl CmdSession {
-    fn open(url: &str, no_session: bool) -> anyhow::Result<CmdSession> {
-        let client = connect(url)?;
+    fn open(
+        url: &str,
+        target: &crate::cli::Target,
+        no_session: bool,
+    ) -> anyhow::Result<CmdSession> {
+        let client = connect(url, target)?;
         let file = SessionFile::open(url, no_session);
         let session = file.session(client.clone());
         Ok(CmdSession {
@@ -111,7 +121,7 @@ fn token_refused<T>(r: &replidb_client::Result<T>) -> bool {
 /// `replidb put KEY VALUE`: prints the write's JSON answer (lsn, acks, ...).
 pub async fn put(before: Option<&str>, a: PutArgs) -> anyhow::Result<()> {
     let url = a.target.resolve(before);
-    let s = CmdSession::open(&url, a.session.no_session)?;
+    let s = CmdSession::open(&url, &a.target, a.session.no_session)?;
     let r = s
         .session
         .put(&a.key, a.value.into_bytes(), &write_opts(&a.write))
@@ -124,7 +134,7 @@ pub async fn put(before: Option<&str>, a: PutArgs) -> anyhow::Result<()> {
 /// `replidb del KEY`: prints the JSON answer, including `existed`.
 pub async fn del(before: Option<&str>, a: DelArgs) -> anyhow::Result<()> {
     let url = a.target.resolve(before);
-    let s = CmdSession::open(&url, a.session.no_session)?;
+    let s = CmdSession::open(&url, &a.target, a.session.no_session)?;
     let r = s.session.delete(&a.key, &write_opts(&a.write)).await;
     s.file.save(&s.session, false);
     println!("{}", serde_json::to_string(&r?)?);
@@ -134,7 +144,7 @@ pub async fn del(before: Option<&str>, a: DelArgs) -> anyhow::Result<()> {
 /// `replidb get KEY`: the raw value; absent is an error (exit 1).
 pub async fn get(before: Option<&str>, a: GetArgs) -> anyhow::Result<()> {
     let url = a.target.resolve(before);
-    let mut s = CmdSession::open(&url, a.session.no_session)?;
+    let mut s = CmdSession::open(&url, &a.target, a.session.no_session)?;
     let opts = read_opts(&a.read);
     let key = a.key.clone();
     let found = s
@@ -162,7 +172,7 @@ pub async fn get(before: Option<&str>, a: GetArgs) -> anyhow::Result<()> {
 /// that are not UTF-8 are shown lossily (use `get` for exact bytes).
 pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
     let url = a.target.resolve(before);
-    let mut s = CmdSession::open(&url, a.session.no_session)?;
+    let mut s = CmdSession::open(&url, &a.target, a.session.no_session)?;
     let opts = read_opts(&a.read);
     let (prefix, limit) = (a.prefix.clone(), a.limit);
     let items = s

@@ -92,11 +92,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Scan(a) => client_cmd::scan(cli.url.as_deref(), a).await,
         Command::Status(a) => {
             let url = a.target.resolve(cli.url.as_deref());
-            client_cmd::status(&client_cmd::connect(&url)?).await
+            client_cmd::status(&client_cmd::connect(&url, &a.target)?).await
         }
         Command::Admin { action } => {
             let url = action.target().resolve(cli.url.as_deref());
-            client_cmd::admin(&client_cmd::connect(&url)?, action).await
+            let client = client_cmd::connect(&url, action.target())?;
+            client_cmd::admin(&client, action).await
         }
     }
 }

@@ -51,6 +51,24 @@ pub struct RouterArgs {
     /// (X-Replidb-Home) and has none yet; default: the least-loaded node.
     #[arg(long)]
     pub home: Option<String>,
+    /// Secret the router presents on its own requests (health checks,
+    /// dashboard) to nodes with --auth-file (needs `read`); clients'
+    /// Authorization headers pass through unchanged
+    #[arg(long, env = "REPLIDB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key)
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA file that signs the nodes' certificates (https:// node URLs;
+    /// with --tls-client-auth, also the clients')
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Require clients to present a certificate signed by --tls-ca
+    #[arg(long, requires = "tls_cert", requires = "tls_ca")]
+    pub tls_client_auth: bool,
 }
 
 fn parse_strategy(s: &str) -> Result<ReadStrategy, String> {
@@ -70,6 +88,20 @@ impl RouterArgs {
             request_timeout: self.request_timeout,
             max_value_bytes: self.max_value_bytes,
             home: self.home,
+            token: self
+                .token
+                .filter(|t| !t.is_empty())
+                .map(replidb_server::auth::Secret::new),
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(replidb_tls::TlsFiles {
+                    cert,
+                    key,
+                    ca: self.tls_ca.clone(),
+                    client_auth: self.tls_client_auth,
+                }),
+                _ => None,
+            },
+            tls_ca: self.tls_ca,
             ..RouterConfig::new(self.listen, self.nodes)
         }
     }

@@ -8,6 +8,7 @@
 //! asks for `AUTH` with the same tokens. No secret ever reaches a log.
 
 mod common;
+mod router_common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -527,4 +528,67 @@ async fn peers_of_both_causal_topologies_present_their_token() {
             assert_no_secret_in(&n.log_path());
         }
     }
+}
+
+#[tokio::test]
+async fn the_cli_and_the_router_present_tokens() {
+    let secrets = Secrets::new();
+    let auth = secrets.path("tokens.toml");
+    let peer = secrets.path("peer.secret");
+    let mut leader = Node::start("n1", &["--auth-file", &auth, "--peer-token-file", &peer]).await;
+    leader.set_bearer(CLUSTER);
+    let url = leader.url();
+
+    // The CLI: --token, or REPLIDB_TOKEN; without either, a clear refusal.
+    let (code, _, err) = common::cli(&["put", "k", "v", "--url", &url, "--no-session"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unauthenticated"), "{err}");
+    let (code, out, err) = common::cli(&[
+        "put",
+        "k",
+        "v",
+        "--url",
+        &url,
+        "--token",
+        APP,
+        "--no-session",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::cli_env(
+        &["get", "k", "--url", &url, "--no-session"],
+        &[("REPLIDB_TOKEN", READER)],
+    );
+    assert_eq!((code, out.trim()), (0, "v"), "{err}");
+    let (code, _, err) = common::cli(&[
+        "put",
+        "k",
+        "w",
+        "--url",
+        &url,
+        "--token",
+        READER,
+        "--no-session",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("forbidden"), "{err}");
+
+    // The router checks health with its own token (it must, to know the
+    // leader) and passes each client's token through.
+    let router = router_common::Router::start(&[url.clone()], &["--token", READER]).await;
+    let r = http()
+        .put(format!("{}/v1/kv/via-router", router.url()))
+        .bearer_auth(APP)
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http()
+        .put(format!("{}/v1/kv/via-router", router.url()))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the router adds no credentials of its own");
+    assert_no_secret_in(&leader.log_path());
 }

@@ -177,3 +177,42 @@ fn bad_tls_flags_are_refused_at_start_with_the_file_named() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn the_cli_speaks_https_with_the_ca_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = throwaway::generate(dir.path(), &["n1"]).unwrap();
+    let mut node = Node::new(
+        "n1",
+        &[
+            "--tls-cert",
+            certs.cert(0).to_str().unwrap(),
+            "--tls-key",
+            certs.key(0).to_str().unwrap(),
+        ],
+    );
+    node.use_tls(&certs.ca, None);
+    node.launch().await;
+    let url = node.url();
+    let ca = certs.ca.to_str().unwrap();
+    let (code, out, err) = common::cli(&[
+        "put",
+        "k",
+        "v",
+        "--url",
+        &url,
+        "--cacert",
+        ca,
+        "--no-session",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::cli_env(
+        &["get", "k", "--url", &url, "--no-session"],
+        &[("REPLIDB_CACERT", ca)],
+    );
+    assert_eq!((code, out.trim()), (0, "v"), "{err}");
+    // Without the CA nothing is trusted: a certificate error, not a hang.
+    let (code, _, err) = common::cli(&["get", "k", "--url", &url, "--no-session"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

@@ -651,6 +651,8 @@ pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         .args(args)
         .env_remove("REPLIDB_URL")
         .env_remove("REPLIDB_NO_SESSION")
+        .env_remove("REPLIDB_TOKEN")
+        .env_remove("REPLIDB_CACERT")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
