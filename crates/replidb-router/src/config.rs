@@ -164,7 +164,9 @@ mod tests {
     fn nonsense_is_refused() {
         assert!(cfg(&[]).validate().is_err());
         assert!(cfg(&["http://a:1", "a:1"]).validate().is_err());
-        assert!(cfg(&["https://a:1"]).validate().is_err());
+        assert!(cfg(&["ftp://a:1"]).validate().is_err());
+        // https is a node URL like any other (TLS nodes, --tls-ca).
+        assert!(cfg(&["https://a:1"]).validate().is_ok());
         assert!(cfg(&["http://a:1/v1"]).validate().is_err());
         let mut c = cfg(&["a:1"]);
         c.failure_threshold = 0;

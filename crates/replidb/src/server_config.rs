@@ -104,18 +104,20 @@ pub struct ServerOpts {
     /// [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub metrics_open: Option<bool>,
-    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    /// PEM certificate chain: serve HTTPS (with --tls-key)
+    /// [default: none: plain HTTP]
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
+    /// PEM private key of --tls-cert [default: none]
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
     /// PEM CA certificates: verify https:// peers and etcd with them (and
-    /// client certificates with --tls-client-auth).
+    /// client certificates with --tls-client-auth) [default: none: https://
+    /// peers are refused]
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
     /// Require clients (other nodes) to present a certificate signed by
-    /// --tls-ca (mutual TLS).
+    /// --tls-ca (mutual TLS) [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub tls_client_auth: Option<bool>,
     /// Most HTTP connections served at once; one more is answered 503

@@ -574,7 +574,8 @@ async fn the_cli_and_the_router_present_tokens() {
 
     // The router checks health with its own token (it must, to know the
     // leader) and passes each client's token through.
-    let router = router_common::Router::start(std::slice::from_ref(&url), &["--token", READER]).await;
+    let router =
+        router_common::Router::start(std::slice::from_ref(&url), &["--token", READER]).await;
     let r = http()
         .put(format!("{}/v1/kv/via-router", router.url()))
         .bearer_auth(APP)

@@ -109,7 +109,7 @@ impl Browser {
         );
         let base = format!("http://127.0.0.1:{port}");
         replidb_tls::install_default_provider();
-        let http = reqwest::Client::builder()
+        let http = common::http_builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
             .build()
@@ -221,7 +221,7 @@ impl Drop for Browser {
                 .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
-                    let _ = reqwest::Client::builder()
+                    let _ = common::http_builder()
                         .no_proxy()
                         .build()
                         .unwrap_or_default()

@@ -143,7 +143,7 @@ impl Load {
             .map(|t| {
                 let (stop, acked, urls) = (stop.clone(), acked.clone(), urls.clone());
                 tokio::spawn(async move {
-                    let http = reqwest::Client::builder()
+                    let http = common::http_builder()
                         .redirect(reqwest::redirect::Policy::none())
                         .timeout(Duration::from_secs(3))
                         .build()

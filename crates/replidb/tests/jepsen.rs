@@ -401,7 +401,7 @@ async fn send_write(
 
 /// One client: writes, strong reads and compare-and-sets on random keys.
 async fn client(w: Arc<Workload>, process: usize, seed: u64) {
-    let http = reqwest::Client::builder()
+    let http = common::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)
@@ -592,7 +592,7 @@ async fn nemesis(
 
 fn quick_http() -> reqwest::Client {
     replidb_tls::install_default_provider();
-    reqwest::Client::builder()
+    common::http_builder()
         .no_proxy()
         .timeout(Duration::from_millis(500))
         .build()

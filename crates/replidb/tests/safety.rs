@@ -369,7 +369,7 @@ async fn a_dropped_switchover_request_does_not_leave_writes_paused() {
     }
 
     // A client that gives up after 1 s on a switchover allowed 30 s.
-    let impatient = reqwest::Client::builder()
+    let impatient = common::http_builder()
         .no_proxy()
         .timeout(Duration::from_millis(1000))
         .build()
@@ -590,7 +590,7 @@ async fn a_promoted_node_counts_its_majority_over_the_durable_voting_set() {
     cluster.followers[0].restart().await;
     signal(&cluster.followers[1], libc::SIGSTOP);
     let n2 = &cluster.followers[0];
-    let http = reqwest::Client::new();
+    let http = common::http_builder().build().expect("http client");
     // Without force, a majority must answer: only n2 can.
     let r = http
         .post(format!("{}/admin/promote", n2.url()))
@@ -649,7 +649,7 @@ async fn no_leader_is_a_503_and_absurd_epochs_are_refused() {
         ],
     )
     .await;
-    let http = reqwest::Client::builder()
+    let http = common::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");

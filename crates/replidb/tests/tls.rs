@@ -31,7 +31,7 @@ fn tls_args<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> Vec<&'a str> {
 /// A reqwest client trusting `ca`, with `identity` if given.
 fn client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::Client {
     let config = replidb_tls::client_config(ca, identity).unwrap();
-    reqwest::Client::builder()
+    common::http_builder()
         .tls_backend_preconfigured((*config).clone())
         .timeout(Duration::from_secs(5))
         .build()

@@ -40,16 +40,24 @@ const PORT_ATTEMPTS: usize = 8;
 /// contract), no proxies from the environment, a generous timeout so a
 /// hung server fails the test instead of hanging it.
 pub fn http() -> reqwest::Client {
-    // reqwest panics when it builds a client with no TLS configuration
-    // and no process-wide crypto provider; the binary installs ring at
-    // start, test processes do it here (every test makes a client first).
-    replidb_tls::install_default_provider();
-    reqwest::Client::builder()
+    http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(Duration::from_secs(20))
         .build()
         .expect("build http client")
+}
+
+/// A reqwest builder with replidb's TLS client configuration (trusting
+/// nobody; https tests configure their own). Without one, reqwest either
+/// panics (no process-wide crypto provider) or builds its platform
+/// verifier, which loads the system's root certificates: hundreds of
+/// milliseconds per client in a debug build, enough to starve a test that
+/// makes a client per writer.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    replidb_tls::install_default_provider();
+    let tls = replidb_tls::client_config_without_ca().expect("TLS client config");
+    reqwest::Client::builder().tls_backend_preconfigured((*tls).clone())
 }
 
 /// Poll `cond` every 10 ms until it is true; panic with `desc` when
@@ -230,7 +238,7 @@ impl Node {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {secret}").parse().expect("header value"),
         );
-        self.http = reqwest::Client::builder()
+        self.http = http_builder()
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
