@@ -177,7 +177,7 @@ mod run;
 pub mod workload;
 
 pub use config::{fmt_duration, FaultMode, FaultModeError, SimConfig};
-pub use run::{run, run_seeds, SimReport, SoakReport};
+pub use run::{run, run_seeds, soak, SimReport, SoakReport};
 
 /// Simulated time since the start of the run being driven on this thread
 /// (`None` outside a run): the clock of the story's `[  1234ms]` stamps,

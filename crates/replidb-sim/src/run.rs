@@ -148,20 +148,40 @@ pub struct SoakReport {
 pub fn run_seeds(
     base: &SimConfig,
     seeds: RangeInclusive<u64>,
+    progress: impl FnMut(&SimReport),
+) -> Result<SoakReport, SimError> {
+    soak(
+        seeds,
+        |seed| SimConfig {
+            seed,
+            ..base.clone()
+        },
+        run,
+        SimConfig::command_line,
+        progress,
+    )
+}
+
+/// The soak loop every mode shares: for each seed, build its
+/// configuration with `config_for`, run it, report it to `progress`, and
+/// keep each failing seed with the command line (`command_line`) that
+/// replays it.
+pub fn soak<C>(
+    seeds: RangeInclusive<u64>,
+    config_for: impl Fn(u64) -> C,
+    run: impl Fn(&C) -> Result<SimReport, SimError>,
+    command_line: impl Fn(&C) -> String,
     mut progress: impl FnMut(&SimReport),
 ) -> Result<SoakReport, SimError> {
     let mut soak = SoakReport::default();
     for seed in seeds {
-        let cfg = SimConfig {
-            seed,
-            ..base.clone()
-        };
+        let cfg = config_for(seed);
         let r = run(&cfg)?;
         soak.runs += 1;
         progress(&r);
         if !r.passed() {
             soak.failed
-                .push((seed, r.failures.clone(), cfg.command_line()));
+                .push((seed, r.failures.clone(), command_line(&cfg)));
         }
     }
     Ok(soak)

@@ -162,78 +162,28 @@ fn quiet<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn simulate(cfg: SimConfig, seeds: Option<RangeInclusive<u64>>) -> anyhow::Result<()> {
-    let Some(seeds) = seeds else {
-        let report = replidb_sim::run(&cfg)?;
-        print!("{}", report.output);
-        if report.passed() {
-            return Ok(());
-        }
-        anyhow::bail!(
-            "invariant violated with seed {}; reproduce with: {}",
-            cfg.seed,
-            cfg.command_line()
-        );
-    };
-    let (first, last) = (*seeds.start(), *seeds.end());
-    let soak = replidb_sim::run_seeds(&cfg, seeds, |r| {
-        if !r.passed() {
-            println!("seed {}: FAIL: {}", r.seed, r.failures.join("; "));
-        }
-    })?;
-    println!(
-        "seeds {first}..{last} (faults {}): {}, {} failed",
-        cfg.faults,
-        count_s(soak.runs, "run"),
-        soak.failed.len()
-    );
-    if soak.failed.is_empty() {
-        return Ok(());
-    }
-    for (_, _, cmd) in &soak.failed {
-        println!("reproduce with: {cmd}");
-    }
-    anyhow::bail!(
-        "{} of {} failed",
-        soak.failed.len(),
-        count_s(soak.runs, "seed")
+    let what = format!("faults {}", cfg.faults);
+    simulate_with(
+        cfg,
+        seeds,
+        &what,
+        |c, seed| SimConfig { seed, ..c.clone() },
+        |c| c.seed,
+        replidb_sim::run,
+        SimConfig::command_line,
     )
 }
 
 fn simulate_multi(cfg: MultiConfig, seeds: Option<RangeInclusive<u64>>) -> anyhow::Result<()> {
-    let Some(seeds) = seeds else {
-        let report = replidb_sim::multi::run(&cfg)?;
-        print!("{}", report.output);
-        if report.passed() {
-            return Ok(());
-        }
-        anyhow::bail!(
-            "invariant violated with seed {}; reproduce with: {}",
-            cfg.seed,
-            cfg.command_line()
-        );
-    };
-    let (first, last) = (*seeds.start(), *seeds.end());
-    let soak = replidb_sim::multi::run_seeds(&cfg, seeds, |r| {
-        if !r.passed() {
-            println!("seed {}: FAIL: {}", r.seed, r.failures.join("; "));
-        }
-    })?;
-    println!(
-        "seeds {first}..{last} (topology multi-leader, faults {}): {}, {} failed",
-        cfg.faults,
-        count_s(soak.runs, "run"),
-        soak.failed.len()
-    );
-    if soak.failed.is_empty() {
-        return Ok(());
-    }
-    for (_, _, cmd) in &soak.failed {
-        println!("reproduce with: {cmd}");
-    }
-    anyhow::bail!(
-        "{} of {} failed",
-        soak.failed.len(),
-        count_s(soak.runs, "seed")
+    let what = format!("topology multi-leader, faults {}", cfg.faults);
+    simulate_with(
+        cfg,
+        seeds,
+        &what,
+        |c, seed| MultiConfig { seed, ..c.clone() },
+        |c| c.seed,
+        replidb_sim::multi::run,
+        MultiConfig::command_line,
     )
 }
 
@@ -241,28 +191,58 @@ fn simulate_leaderless(
     cfg: LeaderlessConfig,
     seeds: Option<RangeInclusive<u64>>,
 ) -> anyhow::Result<()> {
+    let what = format!("topology leaderless, faults {}", cfg.faults);
+    simulate_with(
+        cfg,
+        seeds,
+        &what,
+        |c, seed| LeaderlessConfig { seed, ..c.clone() },
+        |c| c.seed,
+        replidb_sim::leaderless::run,
+        LeaderlessConfig::command_line,
+    )
+}
+
+/// One run of `cfg` (its story, or the failing invariants and how to
+/// replay them), or a soak over `seeds` (failing seeds only, a summary
+/// line naming `what` ran, and each failing seed's replay command). The
+/// same for every topology.
+fn simulate_with<C>(
+    cfg: C,
+    seeds: Option<RangeInclusive<u64>>,
+    what: &str,
+    with_seed: impl Fn(&C, u64) -> C,
+    seed_of: impl Fn(&C) -> u64,
+    run: impl Fn(&C) -> Result<replidb_sim::SimReport, replidb_sim::SimError>,
+    command_line: impl Fn(&C) -> String,
+) -> anyhow::Result<()> {
     let Some(seeds) = seeds else {
-        let report = replidb_sim::leaderless::run(&cfg)?;
+        let report = run(&cfg)?;
         print!("{}", report.output);
         if report.passed() {
             return Ok(());
         }
         anyhow::bail!(
             "invariant violated with seed {}; reproduce with: {}",
-            cfg.seed,
-            cfg.command_line()
+            seed_of(&cfg),
+            command_line(&cfg)
         );
     };
     let (first, last) = (*seeds.start(), *seeds.end());
-    let soak = replidb_sim::leaderless::run_seeds(&cfg, seeds, |r| {
-        if !r.passed() {
-            println!("seed {}: FAIL: {}", r.seed, r.failures.join("; "));
-        }
-    })?;
+    let soak = replidb_sim::soak(
+        seeds,
+        |seed| with_seed(&cfg, seed),
+        &run,
+        &command_line,
+        |r| {
+            if !r.passed() {
+                println!("seed {}: FAIL: {}", r.seed, r.failures.join("; "));
+            }
+        },
+    )?;
     println!(
-        "seeds {first}..{last} (topology leaderless, faults {}): {} runs, {} failed",
-        cfg.faults,
-        soak.runs,
+        "seeds {first}..{last} ({what}): {}, {} failed",
+        count_s(soak.runs, "run"),
         soak.failed.len()
     );
     if soak.failed.is_empty() {
@@ -271,7 +251,11 @@ fn simulate_leaderless(
     for (_, _, cmd) in &soak.failed {
         println!("reproduce with: {cmd}");
     }
-    anyhow::bail!("{} of {} seeds failed", soak.failed.len(), soak.runs)
+    anyhow::bail!(
+        "{} of {} failed",
+        soak.failed.len(),
+        count_s(soak.runs, "seed")
+    )
 }
 
 #[cfg(test)]

@@ -403,23 +403,7 @@ async fn the_redis_listener_asks_for_auth_with_the_same_tokens() {
         &["--auth-file", &auth, "--resp-listen", "127.0.0.1:0"],
     )
     .await;
-    let log = node.log_path();
-    let port: u16 = common::wait_for(
-        "the redis port in the log",
-        Duration::from_secs(10),
-        async || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            let line = text
-                .lines()
-                .rev()
-                .find(|l| l.contains("serving redis protocol"))?;
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))?;
-            addr.rsplit(':').next()?.parse().ok()
-        },
-    )
-    .await;
+    let port = common::resp_port(&node).await;
 
     tokio::task::spawn_blocking(move || {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();

@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{wait_for, wait_until, Cluster, Node};
+use common::{resp_port, wait_for, wait_until, Cluster, Node};
 use redis::{Connection, RedisResult, Value};
 use replidb_resp::{encode_command, Limits, ValueDecoder};
 
@@ -24,27 +24,6 @@ use replidb_resp::{encode_command, Limits, ValueDecoder};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Every node serves the Redis protocol on a port of its choosing.
 const RESP_ARGS: &[&str] = &["--resp-listen", "127.0.0.1:0"];
-
-/// The port `node` bound for the Redis protocol, from its log.
-async fn resp_port(node: &Node) -> u16 {
-    let log = node.log_path();
-    wait_for(
-        &format!("{} logs its redis protocol address", node.id),
-        Duration::from_secs(10),
-        async || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            let line = text
-                .lines()
-                .rev()
-                .find(|l| l.contains("serving redis protocol"))?;
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))?;
-            addr.rsplit(':').next()?.parse().ok()
-        },
-    )
-    .await
-}
 
 /// A node serving the Redis protocol, and its port.
 async fn start(id: &str, extra: &[&str]) -> (Node, u16) {

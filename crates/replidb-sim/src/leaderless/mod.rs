@@ -196,21 +196,16 @@ pub fn run(cfg: &LeaderlessConfig) -> Result<SimReport, SimError> {
 pub fn run_seeds(
     base: &LeaderlessConfig,
     seeds: RangeInclusive<u64>,
-    mut progress: impl FnMut(&SimReport),
+    progress: impl FnMut(&SimReport),
 ) -> Result<SoakReport, SimError> {
-    let mut soak = SoakReport::default();
-    for seed in seeds {
-        let cfg = LeaderlessConfig {
+    crate::run::soak(
+        seeds,
+        |seed| LeaderlessConfig {
             seed,
             ..base.clone()
-        };
-        let r = run(&cfg)?;
-        soak.runs += 1;
-        progress(&r);
-        if !r.passed() {
-            soak.failed
-                .push((seed, r.failures.clone(), cfg.command_line()));
-        }
-    }
-    Ok(soak)
+        },
+        run,
+        LeaderlessConfig::command_line,
+        progress,
+    )
 }

@@ -345,23 +345,18 @@ pub fn run(cfg: &MultiConfig) -> Result<SimReport, SimError> {
 pub fn run_seeds(
     base: &MultiConfig,
     seeds: RangeInclusive<u64>,
-    mut progress: impl FnMut(&SimReport),
+    progress: impl FnMut(&SimReport),
 ) -> Result<SoakReport, SimError> {
-    let mut soak = SoakReport::default();
-    for seed in seeds {
-        let cfg = MultiConfig {
+    crate::run::soak(
+        seeds,
+        |seed| MultiConfig {
             seed,
             ..base.clone()
-        };
-        let r = run(&cfg)?;
-        soak.runs += 1;
-        progress(&r);
-        if !r.passed() {
-            soak.failed
-                .push((seed, r.failures.clone(), cfg.command_line()));
-        }
-    }
-    Ok(soak)
+        },
+        run,
+        MultiConfig::command_line,
+        progress,
+    )
 }
 
 /// The URL a node advertises.

@@ -707,3 +707,24 @@ pub async fn wait_peers_connected(nodes: &[Node]) {
         .await;
     }
 }
+
+/// The port `node` bound for the Redis protocol, from its log.
+pub async fn resp_port(node: &Node) -> u16 {
+    let log = node.log_path();
+    wait_for(
+        &format!("{} logs its redis protocol address", node.id),
+        Duration::from_secs(10),
+        async || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let line = text
+                .lines()
+                .rev()
+                .find(|l| l.contains("serving redis protocol"))?;
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))?;
+            addr.rsplit(':').next()?.parse().ok()
+        },
+    )
+    .await
+}
