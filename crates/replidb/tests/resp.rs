@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{resp_port, wait_for, wait_until, Cluster, Node};
+use common::{resp_port, wait_until, Cluster, Node};
 use redis::{Connection, RedisResult, Value};
 use replidb_resp::{encode_command, Limits, ValueDecoder};
 

@@ -605,6 +605,22 @@ impl Cluster {
             },
         )
         .await;
+        // And every follower knows the whole voting set (it learns members
+        // from the leader's frames): a test that stops the leader right
+        // away must not find a follower that cannot count a majority.
+        let members = self.followers.len() + 1;
+        for f in &self.followers {
+            wait_until(
+                &format!("{} knows all {members} voting members", f.id),
+                Duration::from_secs(20),
+                async || {
+                    f.try_status()
+                        .await
+                        .is_some_and(|s| s["voting_set"].as_array().map(Vec::len) == Some(members))
+                },
+            )
+            .await;
+        }
     }
 
     /// Wait until every running follower's digest equals the leader's at
