@@ -101,18 +101,32 @@ where
 /// outgoing connection (or another test's port-0 listener), which would
 /// make the restart fail. The child may still lose a race for the port;
 /// [`Node::launch`] retries.
+///
+/// A port is never handed out twice in one test process: two nodes of a
+/// cluster given the same port would both be named in `--peers`, and the
+/// second one's start-up check would be answered by the first (a CI flake:
+/// a multi-leader node that never "connected to its peers").
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let (low, _) = ephemeral_range();
     if low > 12_000 {
-        for _ in 0..50 {
+        for _ in 0..200 {
             let port = rand::random_range(10_000..low);
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.insert(port);
                 return port;
             }
         }
     }
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Linux's `ip_local_port_range` (or a conservative guess elsewhere).
@@ -313,8 +327,14 @@ impl Node {
             {
                 // A node with --auth-file answers 401 to a harness without
                 // its token: it is up all the same.
-                Ok(r) => r.status().is_success() || r.status() == 401,
-                Err(_) => false,
+                Ok(r) if r.status() == 401 => true,
+                // Only this node counts: another process on the port means
+                // ours lost it and is about to exit "address in use".
+                Ok(r) if r.status().is_success() => r
+                    .json::<Value>()
+                    .await
+                    .is_ok_and(|s| s["id"] == self.id.as_str()),
+                _ => false,
             };
             if ok {
                 return Ok(());

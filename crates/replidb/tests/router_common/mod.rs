@@ -90,10 +90,7 @@ impl Router {
             http: http(),
         };
         for _ in 0..8 {
-            r.port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
+            r.port = crate::common::free_port();
             if r.spawn_and_wait(nodes, args).await {
                 return r;
             }
@@ -125,8 +122,10 @@ impl Router {
                 }
                 panic!("router exited during start-up with {status}");
             }
+            // A node's /health answers 200 too: only a /status with the
+            // router's node table proves the router holds the port.
             if let Ok(r) = self.http.get(self.at("/health")).send().await {
-                if r.status().is_success() {
+                if r.status().is_success() && self.status_if_router().await {
                     return true;
                 }
             }
@@ -166,6 +165,17 @@ impl Router {
             .await
             .expect("router /status");
         r.json().await.expect("router /status is JSON")
+    }
+
+    /// Whether `/status` on our port is a router's (it lists `nodes`; a
+    /// node's `/status` does not).
+    async fn status_if_router(&self) -> bool {
+        match self.http.get(self.at("/status")).send().await {
+            Ok(r) if r.status().is_success() => {
+                r.json::<Value>().await.is_ok_and(|s| s["nodes"].is_array())
+            }
+            _ => false,
+        }
     }
 
     /// The router's view of node `id` in `/status`.
