@@ -20,6 +20,9 @@ use crate::ServerError;
 pub const HINT_DELIVERY_INTERVAL: Duration = Duration::from_millis(500);
 /// Keys read per page when a node walks its table (anti-entropy).
 pub const SCAN_PAGE_KEYS: usize = 1000;
+/// Most displaced keys one hand-off round moves (the rest wait for the
+/// next round), so a large ring change does not starve anti-entropy.
+pub const HANDOFF_KEYS_PER_ROUND_MAX: usize = 10_000;
 /// Longest an internal request between nodes may take.
 pub const INTERNAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -43,6 +46,9 @@ pub struct Leaderless {
     /// Tombstones collected since start (by this node, as the first
     /// replica of their keys).
     pub tombstones_collected: AtomicU64,
+    /// Keys handed off since start: held here, no longer ours on the ring,
+    /// given to every replica and then removed here.
+    pub keys_handed_off: AtomicU64,
 }
 
 impl Leaderless {
@@ -64,6 +70,7 @@ impl Leaderless {
             ae_keys_repaired: AtomicU64::new(0),
             last_round: Mutex::new(None),
             tombstones_collected: AtomicU64::new(0),
+            keys_handed_off: AtomicU64::new(0),
         })
     }
 
@@ -217,6 +224,7 @@ pub async fn anti_entropy(node: Arc<Node>, lz: Arc<Leaderless>) {
         }
         let (repaired, peers) = anti_entropy_round(&node, &lz).await;
         collect_tombstones(&node, &lz).await;
+        hand_off_displaced(&node, &lz).await;
         *lz.last_round.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((node.clock.now_ms(), repaired, peers));
     }
@@ -295,6 +303,79 @@ async fn repair_key(node: &Node, peer: &str, key: &str) -> bool {
         changed = true;
     }
     changed
+}
+
+/// Hand off the keys this node holds but is no longer a replica of (the
+/// ring changed: a restart with a longer `--peers`). Each key's whole state
+/// is joined into every replica of its preference list, durably; only when
+/// all of them have it is the local copy removed, and only if nothing
+/// changed it meanwhile (the delete is conditional on the key's LSN, so a
+/// write or repair that lands here in between keeps the copy for the next
+/// round). Riak calls this ownership handoff. Returns the keys removed.
+pub async fn hand_off_displaced(node: &Node, lz: &Leaderless) -> u64 {
+    let mut displaced = Vec::new();
+    let mut after: Option<String> = None;
+    'scan: loop {
+        let Ok(page) = node
+            .engine
+            .table()
+            .scan("", after.as_deref(), SCAN_PAGE_KEYS)
+        else {
+            return 0;
+        };
+        let Some(last) = page.last().map(|(k, _)| k.clone()) else {
+            break;
+        };
+        for (k, v) in page.iter() {
+            if v.causal && !lz.ring.holds(&lz.me, k) {
+                displaced.push((k.clone(), v.clone()));
+                if displaced.len() >= HANDOFF_KEYS_PER_ROUND_MAX {
+                    break 'scan;
+                }
+            }
+        }
+        if page.len() < SCAN_PAGE_KEYS {
+            break;
+        }
+        after = Some(last);
+    }
+    let mut moved = 0;
+    for (key, held) in displaced {
+        let Ok(state) = KeyState::decode(&held.value) else {
+            continue;
+        };
+        let operand = Operand::State(state).encode();
+        let mut all = true;
+        for replica in lz.preference_list(&key) {
+            all &= push_state(node, &replica, &key, operand.clone()).await;
+            if !all {
+                break;
+            }
+        }
+        if !all {
+            continue;
+        }
+        let mut delete = Proposal::new(Op::Delete { key: key.clone() });
+        delete.conditions.push((key.clone(), held.lsn));
+        match node.engine.propose(delete).await {
+            Ok(_) => {
+                moved += 1;
+                lz.keys_handed_off.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("replidb_handoff_keys_total", "node_id" => node.config.id.clone())
+                    .increment(1);
+            }
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "hand-off kept the key (changed meanwhile)")
+            }
+        }
+    }
+    if moved > 0 {
+        tracing::info!(
+            keys = moved,
+            "handed off keys this node no longer replicates"
+        );
+    }
+    moved
 }
 
 /// How long after its write a tombstone may be collected: long enough for

@@ -124,10 +124,6 @@ impl Server {
                 http: Some(node.http.clone()),
             },
         )));
-        let resp = self.resp.map(|r| r.serve(node.clone()));
-        tracing::info!(node_id = %node.config.id, addr = %node.config.listen, role = node.role().name(), "serving");
-        let stop = node.shutdown.clone();
-        let stopping = node.clone();
         let tls = match &node.config.tls {
             Some(files) => Some(replidb_tls::TlsAcceptor::from(
                 replidb_tls::server_config(files)
@@ -135,6 +131,10 @@ impl Server {
             )),
             None => None,
         };
+        let resp = self.resp.map(|r| r.serve(node.clone(), tls.clone()));
+        tracing::info!(node_id = %node.config.id, addr = %node.config.listen, role = node.role().name(), "serving");
+        let stop = node.shutdown.clone();
+        let stopping = node.clone();
         let served = serve::serve(
             self.listener,
             app,

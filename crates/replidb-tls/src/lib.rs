@@ -25,6 +25,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+pub use rustls::pki_types::ServerName;
+/// A server-side TLS stream (what [`TlsAcceptor::accept`] yields).
+pub use tokio_rustls::server::TlsStream as ServerTlsStream;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub mod throwaway;

@@ -67,11 +67,76 @@ pub struct PlaygroundArgs {
     /// is taken).
     #[arg(long)]
     pub dashboard_port: Option<u16>,
+    /// Serve HTTPS everywhere (nodes, router, replication) with a
+    /// throwaway CA and certificates written under the data directory;
+    /// the curl lines printed carry `--cacert`.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// The throwaway certificates of `--tls`: one per node (`n1`, ...) and one
+/// for the router (the last), all signed by `ca`.
+struct PlaygroundTls {
+    certs: replidb_tls::throwaway::Generated,
+}
+
+impl PlaygroundTls {
+    /// Certificates for `nodes` nodes and the router, under `root/tls`.
+    fn generate(root: &Path, nodes: u16) -> anyhow::Result<PlaygroundTls> {
+        let mut names: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+        names.push("router".into());
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let certs = replidb_tls::throwaway::generate(&root.join("tls"), &names)
+            .context("cannot make the playground's certificates")?;
+        Ok(PlaygroundTls { certs })
+    }
+
+    /// `--tls-cert`, `--tls-key`, `--tls-ca` for certificate `i` (the
+    /// router's is `nodes`).
+    fn flags(&self, i: usize) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.certs.cert(i).display().to_string(),
+            "--tls-key".into(),
+            self.certs.key(i).display().to_string(),
+            "--tls-ca".into(),
+            self.certs.ca.display().to_string(),
+        ]
+    }
+}
+
+/// `http` or `https`.
+fn scheme(tls: Option<&PlaygroundTls>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// An HTTP client for the playground's own requests to its children,
+/// trusting the throwaway CA under `--tls`.
+fn http_client(tls: Option<&PlaygroundTls>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(t) = tls {
+        let config = replidb_tls::client_config(&t.certs.ca, None)?;
+        builder = builder.tls_backend_preconfigured((*config).clone());
+    }
+    Ok(builder.build()?)
 }
 
 /// The policies the multi-leader playground runs with: `cart:` keys keep
 /// siblings, every other key is last-writer-wins.
 const PLAYGROUND_POLICIES: &str = "*=lww,cart:=siblings";
+
+/// `println!` into a `String` (the banners are built whole, then printed
+/// with `--cacert` added to their curl lines under `--tls`).
+macro_rules! say {
+    ($out:ident, $($arg:tt)*) => {{
+        $out.push_str(&format!($($arg)*));
+        $out.push('\n');
+    }};
+}
 
 /// One child of the playground: a node or the router.
 struct NodeProc {
@@ -179,15 +244,28 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| crate::UsageError(format!("--link-delay: {e}")))?;
     let exe = std::env::current_exe().context("cannot find the replidb binary")?;
+    let tls = if args.tls {
+        Some(PlaygroundTls::generate(&root, args.nodes)?)
+    } else {
+        None
+    };
+    let tls = tls.as_ref();
+    let curl = match tls {
+        Some(t) => format!(
+            "curl --cacert {} ",
+            shell_quote(&t.certs.ca.display().to_string())
+        ),
+        None => "curl ".to_string(),
+    };
     let mut nodes: Vec<NodeProc> = Vec::new();
     if multi {
-        let started = start_all(&exe, &root, &args, &lag, &mut nodes).await;
+        let started = start_all(&exe, &root, &args, &lag, tls, &mut nodes).await;
         if let Err(e) = started {
             stop_all(&mut nodes).await;
             return Err(e);
         }
         let procs: control::Procs = std::sync::Arc::new(tokio::sync::Mutex::new(nodes));
-        let dashboard = match serve_dashboard(&procs, &args).await {
+        let dashboard = match serve_dashboard(&procs, &args, tls).await {
             Ok(d) => d,
             Err(e) => {
                 stop_all(&mut procs.lock().await).await;
@@ -197,15 +275,16 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         println!("dashboard: {dashboard}\n");
         {
             let nodes = procs.lock().await;
-            if args.topology == "leaderless" {
-                print_leaderless_banner(&nodes, &root, &link);
+            let banner = if args.topology == "leaderless" {
+                leaderless_banner(&nodes, &root, &link)
             } else {
-                print_multi_banner(&nodes, &root, &link);
-            }
+                multi_banner(&nodes, &root, &link)
+            };
+            print!("{}", banner.replace("curl ", &curl));
         }
         tokio::select! {
             _ = crate::server_cmd::shutdown_signal() => {}
-            never = watch_children(procs.clone()) => match never {},
+            never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?) => match never {},
         }
         let mut nodes = procs.lock().await;
         eprintln!(
@@ -220,17 +299,17 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         }
         return still_down(&nodes);
     }
-    let started = start_all(&exe, &root, &args, &lag, &mut nodes).await;
+    let started = start_all(&exe, &root, &args, &lag, tls, &mut nodes).await;
     if let Err(e) = started {
         stop_all(&mut nodes).await;
         return Err(e);
     }
-    if let Err(e) = start_router(&exe, &root, &args, &mut nodes).await {
+    if let Err(e) = start_router(&exe, &root, &args, tls, &mut nodes).await {
         stop_all(&mut nodes).await;
         return Err(e);
     }
     let procs: control::Procs = std::sync::Arc::new(tokio::sync::Mutex::new(nodes));
-    let dashboard = match serve_dashboard(&procs, &args).await {
+    let dashboard = match serve_dashboard(&procs, &args, tls).await {
         Ok(d) => d,
         Err(e) => {
             stop_all(&mut procs.lock().await).await;
@@ -238,10 +317,13 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         }
     };
     println!("dashboard: {dashboard}\n");
-    print_banner(&procs.lock().await, &root, &lag);
+    print!(
+        "{}",
+        banner(&procs.lock().await, &root, &lag).replace("curl ", &curl)
+    );
     tokio::select! {
         _ = crate::server_cmd::shutdown_signal() => {}
-        never = watch_children(procs.clone()) => match never {},
+        never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?) => match never {},
     }
     let mut nodes = procs.lock().await;
     eprintln!(
@@ -295,14 +377,21 @@ fn still_down(nodes: &[NodeProc]) -> anyhow::Result<()> {
 
 /// Serve the dashboard and the `/playground/*` control API (see
 /// `control.rs`) in a task of its own; its URL.
-async fn serve_dashboard(procs: &control::Procs, args: &PlaygroundArgs) -> anyhow::Result<String> {
+async fn serve_dashboard(
+    procs: &control::Procs,
+    args: &PlaygroundArgs,
+    tls: Option<&PlaygroundTls>,
+) -> anyhow::Result<String> {
     let port = args
         .dashboard_port
         .unwrap_or_else(|| args.base_port.saturating_sub(2));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let fixed = args.dashboard_port.is_some();
     let (ctl, listener, url) =
-        control::Control::bind(procs.clone(), &args.topology, addr, fixed).await?;
+        control::Control::bind(procs.clone(), &args.topology, addr, fixed, |timeout| {
+            http_client(tls, timeout)
+        })
+        .await?;
     let app = control::app(ctl);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -317,14 +406,16 @@ async fn start_all(
     root: &Path,
     args: &PlaygroundArgs,
     lag: &DurationRange,
+    tls: Option<&PlaygroundTls>,
     nodes: &mut Vec<NodeProc>,
 ) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let leader_url = format!("http://127.0.0.1:{}", args.base_port);
+    let http = http_client(tls, Duration::from_secs(5))?;
+    let scheme = scheme(tls);
+    let leader_url = format!("{scheme}://127.0.0.1:{}", args.base_port);
     for i in 0..args.nodes {
         let id = format!("n{}", i + 1);
         let port = args.base_port.checked_add(i).context("port out of range")?;
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let dir = root.join(&id);
         std::fs::create_dir_all(&dir)?;
         let mut argv: Vec<String> = vec![
@@ -341,10 +432,13 @@ async fn start_all(
             "--backoff-max".into(),
             "2s".into(),
         ];
+        if let Some(t) = tls {
+            argv.extend(t.flags(usize::from(i)));
+        }
         argv.extend(args.server_args.iter().cloned());
         if args.topology == "multi-leader" || args.topology == "leaderless" {
             let peers: Vec<String> = (0..args.nodes)
-                .map(|j| format!("http://127.0.0.1:{}", args.base_port.saturating_add(j)))
+                .map(|j| format!("{scheme}://127.0.0.1:{}", args.base_port.saturating_add(j)))
                 .collect();
             if args.topology == "leaderless" {
                 argv.extend(["--replicas".to_string(), "3".to_string()]);
@@ -379,6 +473,7 @@ async fn start_router(
     exe: &Path,
     root: &Path,
     args: &PlaygroundArgs,
+    tls: Option<&PlaygroundTls>,
     nodes: &mut Vec<NodeProc>,
 ) -> anyhow::Result<()> {
     let port = args
@@ -387,8 +482,8 @@ async fn start_router(
         .filter(|p| *p > 0)
         .ok_or_else(|| crate::UsageError("--base-port must be at least 2".into()))?;
     let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
-    let url = format!("http://127.0.0.1:{port}");
-    let argv: Vec<String> = vec![
+    let url = format!("{}://127.0.0.1:{port}", scheme(tls));
+    let mut argv: Vec<String> = vec![
         "router".into(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
@@ -397,6 +492,9 @@ async fn start_router(
         "--health-interval".into(),
         "500ms".into(),
     ];
+    if let Some(t) = tls {
+        argv.extend(t.flags(usize::from(args.nodes)));
+    }
     nodes.push(NodeProc::spawn(
         "router",
         &url,
@@ -404,7 +502,7 @@ async fn start_router(
         argv,
         root.join("router.log"),
     )?);
-    let http = reqwest::Client::new();
+    let http = http_client(tls, Duration::from_secs(5))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(r) = http.get(format!("{url}/health")).send().await {
@@ -464,11 +562,7 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Watch the children forever: say when one dies (and how to restart it),
 /// and when a dead one answers again.
-async fn watch_children(procs: control::Procs) -> std::convert::Infallible {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap_or_default();
+async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::convert::Infallible {
     let mut last_probe = tokio::time::Instant::now();
     loop {
         let mut nodes = procs.lock().await;
@@ -556,16 +650,18 @@ async fn stop_all(nodes: &mut [NodeProc]) {
     }
 }
 
-fn print_banner(all: &[NodeProc], root: &Path, lag: &DurationRange) {
+fn banner(all: &[NodeProc], root: &Path, lag: &DurationRange) -> String {
+    let mut out = String::new();
     // The router was started last; it is printed first.
     let (router, nodes) = match all.split_last() {
         Some((r, nodes)) if r.id == "router" && !nodes.is_empty() => (r, nodes),
-        _ => return,
+        _ => return out,
     };
     let leader = &nodes[0].url;
     let rt = &router.url;
-    println!("replidb playground is running (Ctrl-C stops it)\n");
-    println!(
+    say!(out, "replidb playground is running (Ctrl-C stops it)\n");
+    say!(
+        out,
         "  router    reads to followers, writes to the leader  {rt}  pid {}",
         router.pid()
     );
@@ -575,118 +671,234 @@ fn print_banner(all: &[NodeProc], root: &Path, lag: &DurationRange) {
         } else {
             format!("follower (apply lag {lag})")
         };
-        println!("  {}  {role}  {}  pid {}", n.id, n.url, n.pid());
+        say!(out, "  {}  {role}  {}  pid {}", n.id, n.url, n.pid());
     }
-    println!("  data: {}\n", root.display());
-    println!("  kill -9 a node's pid: the playground keeps running and prints how to restart it\n");
+    say!(out, "  data: {}\n", root.display());
+    say!(
+        out,
+        "  kill -9 a node's pid: the playground keeps running and prints how to restart it\n"
+    );
     let follower = nodes.get(1).map(|n| n.url.as_str()).unwrap_or(leader);
     let last = nodes.last().map(|n| n.url.as_str()).unwrap_or(leader);
-    println!("Try it (a stale follower read, then convergence):\n");
-    println!(
+    say!(out, "Try it (a stale follower read, then convergence):\n");
+    say!(
+        out,
         "  # 1. write through the router (to the leader); w=1 answers before followers have it"
     );
-    println!("  curl -s -XPUT '{rt}/v1/kv/greeting' -d hello");
-    println!(
+    say!(out, "  curl -s -XPUT '{rt}/v1/kv/greeting' -d hello");
+    say!(
+        out,
         "  # 2. read through the router, no cookie: a follower answers, 404, not propagated yet"
     );
-    println!("  curl -si '{rt}/v1/kv/greeting'   # see x-replidb-routed-to and x-replidb-role");
-    println!("  # 3. seed-style: the leader asks follower 1 for its copy (404 until applied)");
-    println!("  curl -s '{rt}/follower-read?key=greeting&replica=1'");
-    println!("  # 4. read-your-writes: pass the lsn the write returned; the follower waits for it");
-    println!("  curl -s '{follower}/v1/kv/greeting?min_lsn=1'");
-    println!("  # 5. ...or let the router do it: its cookies make the read see the write");
-    println!("  #    (replidb_lsn: your last write's lsn; replidb_session: leader reads for 5 s)");
-    println!("  curl -s -c /tmp/replidb.jar -XPUT '{rt}/v1/kv/greeting' -d again");
-    println!("  curl -s -b /tmp/replidb.jar '{rt}/v1/kv/greeting'");
-    println!("  # 6. a moment later every follower has converged");
-    println!("  sleep 1; curl -s '{last}/v1/kv/greeting'");
-    println!("  # watch lag, positions and the router's view and counters");
-    println!("  curl -s {rt}/status; curl -s {leader}/status; curl -s {follower}/health");
-    println!("  # write and wait for a majority to have it durably");
-    println!("  curl -s -XPUT '{rt}/v1/kv/greeting?w=majority' -d durable");
-    println!();
+    say!(
+        out,
+        "  curl -si '{rt}/v1/kv/greeting'   # see x-replidb-routed-to and x-replidb-role"
+    );
+    say!(
+        out,
+        "  # 3. seed-style: the leader asks follower 1 for its copy (404 until applied)"
+    );
+    say!(out, "  curl -s '{rt}/follower-read?key=greeting&replica=1'");
+    say!(
+        out,
+        "  # 4. read-your-writes: pass the lsn the write returned; the follower waits for it"
+    );
+    say!(out, "  curl -s '{follower}/v1/kv/greeting?min_lsn=1'");
+    say!(
+        out,
+        "  # 5. ...or let the router do it: its cookies make the read see the write"
+    );
+    say!(
+        out,
+        "  #    (replidb_lsn: your last write's lsn; replidb_session: leader reads for 5 s)"
+    );
+    say!(
+        out,
+        "  curl -s -c /tmp/replidb.jar -XPUT '{rt}/v1/kv/greeting' -d again"
+    );
+    say!(out, "  curl -s -b /tmp/replidb.jar '{rt}/v1/kv/greeting'");
+    say!(out, "  # 6. a moment later every follower has converged");
+    say!(out, "  sleep 1; curl -s '{last}/v1/kv/greeting'");
+    say!(
+        out,
+        "  # watch lag, positions and the router's view and counters"
+    );
+    say!(
+        out,
+        "  curl -s {rt}/status; curl -s {leader}/status; curl -s {follower}/health"
+    );
+    say!(out, "  # write and wait for a majority to have it durably");
+    say!(
+        out,
+        "  curl -s -XPUT '{rt}/v1/kv/greeting?w=majority' -d durable"
+    );
+    say!(out, "");
+    out
 }
 
 /// The multi-leader banner: every node writes; curl lines that make a
 /// conflict and show each policy and type resolve it.
-fn print_multi_banner(nodes: &[NodeProc], root: &Path, link: &DurationRange) {
+fn multi_banner(nodes: &[NodeProc], root: &Path, link: &DurationRange) -> String {
+    let mut out = String::new();
     let (Some(a), Some(b)) = (nodes.first(), nodes.get(1)) else {
-        println!("the multi-leader playground needs at least 2 nodes (--nodes)");
-        return;
+        say!(
+            out,
+            "the multi-leader playground needs at least 2 nodes (--nodes)"
+        );
+        return out;
     };
     let c = nodes.last().map(|n| n.url.as_str()).unwrap_or(&a.url);
     let (a, b) = (&a.url, &b.url);
-    println!("replidb multi-leader playground is running (Ctrl-C stops it)\n");
+    say!(
+        out,
+        "replidb multi-leader playground is running (Ctrl-C stops it)\n"
+    );
     for n in nodes {
-        println!("  {}  writes and reads  {}  pid {}", n.id, n.url, n.pid());
+        say!(
+            out,
+            "  {}  writes and reads  {}  pid {}",
+            n.id,
+            n.url,
+            n.pid()
+        );
     }
-    println!("  link delay between nodes: {link}; policies: {PLAYGROUND_POLICIES}");
-    println!("  data: {}\n", root.display());
-    println!("Try it (seed 003's conflicts):\n");
-    println!("  # 1. Alice and Alicia written on two nodes at once: lww keeps one everywhere");
-    println!("  curl -s -XPUT {a}/v1/kv/user:1:name -d Alice & curl -s -XPUT {b}/v1/kv/user:1:name -d Alicia; wait");
-    println!("  sleep 1; curl -s {c}/v1/kv/user:1:name");
-    println!("  # ...and the loser is in the conflict log of the node that saw the conflict");
-    println!("  curl -s {a}/v1/conflicts; curl -s {b}/v1/conflicts");
-    println!("  # 2. two carts on two nodes under the siblings policy: 300 with both");
-    println!(
+    say!(
+        out,
+        "  link delay between nodes: {link}; policies: {PLAYGROUND_POLICIES}"
+    );
+    say!(out, "  data: {}\n", root.display());
+    say!(out, "Try it (seed 003's conflicts):\n");
+    say!(
+        out,
+        "  # 1. Alice and Alicia written on two nodes at once: lww keeps one everywhere"
+    );
+    say!(out, "  curl -s -XPUT {a}/v1/kv/user:1:name -d Alice & curl -s -XPUT {b}/v1/kv/user:1:name -d Alicia; wait");
+    say!(out, "  sleep 1; curl -s {c}/v1/kv/user:1:name");
+    say!(
+        out,
+        "  # ...and the loser is in the conflict log of the node that saw the conflict"
+    );
+    say!(out, "  curl -s {a}/v1/conflicts; curl -s {b}/v1/conflicts");
+    say!(
+        out,
+        "  # 2. two carts on two nodes under the siblings policy: 300 with both"
+    );
+    say!(
+        out,
         "  curl -s -XPUT {a}/v1/kv/cart:1 -d Book & curl -s -XPUT {b}/v1/kv/cart:1 -d Pen; wait"
     );
-    println!("  sleep 1; curl -si {c}/v1/kv/cart:1");
-    println!("  # resolve: write back with the X-Replidb-Context header the read returned");
-    println!("  curl -s -XPUT {c}/v1/kv/cart:1 -H \"X-Replidb-Context: $(curl -s -o /dev/null -D - {c}/v1/kv/cart:1 | tr -d '\\r' | sed -n 's/^x-replidb-context: //p')\" -d Book,Pen");
-    println!("  # 3. a cart as a set: both items everywhere, no conflict at all");
-    println!("  curl -s -XPOST {a}/v1/set/cart:2 -d '{{\"add\":[\"Book\"]}}' & curl -s -XPOST {b}/v1/set/cart:2 -d '{{\"add\":[\"Pen\"]}}'; wait");
-    println!("  sleep 1; curl -s {c}/v1/set/cart:2");
-    println!("  # 4. likes at 100, +5 on one node and +3 on another: 108 everywhere");
-    println!("  curl -s -XPOST {a}/v1/counter/likes -d '{{\"delta\":100}}'; sleep 1");
-    println!("  curl -s -XPOST {a}/v1/counter/likes -d '{{\"delta\":5}}' & curl -s -XPOST {b}/v1/counter/likes -d '{{\"delta\":3}}'; wait");
-    println!("  sleep 1; curl -s {c}/v1/counter/likes");
-    println!("  # 5. a profile: name changed on one node, email on another: both kept");
-    println!("  curl -s -XPATCH {a}/v1/map/profile:1 -d '{{\"name\":\"Alice\"}}' & curl -s -XPATCH {b}/v1/map/profile:1 -d '{{\"email\":\"alice@new\"}}'; wait");
-    println!("  sleep 1; curl -s {c}/v1/map/profile:1");
-    println!("  # 6. read your write on another node: send the token the write returned");
-    println!("  curl -si -XPUT {a}/v1/kv/k -d v | grep -i x-replidb-min-version");
-    println!("  curl -s {b}/v1/kv/k -H 'X-Replidb-Min-Version: <token>'");
-    println!("  # per-origin positions, peers and their lag, conflict counts");
-    println!("  curl -s {a}/status");
-    println!();
+    say!(out, "  sleep 1; curl -si {c}/v1/kv/cart:1");
+    say!(
+        out,
+        "  # resolve: write back with the X-Replidb-Context header the read returned"
+    );
+    say!(out, "  curl -s -XPUT {c}/v1/kv/cart:1 -H \"X-Replidb-Context: $(curl -s -o /dev/null -D - {c}/v1/kv/cart:1 | tr -d '\\r' | sed -n 's/^x-replidb-context: //p')\" -d Book,Pen");
+    say!(
+        out,
+        "  # 3. a cart as a set: both items everywhere, no conflict at all"
+    );
+    say!(out, "  curl -s -XPOST {a}/v1/set/cart:2 -d '{{\"add\":[\"Book\"]}}' & curl -s -XPOST {b}/v1/set/cart:2 -d '{{\"add\":[\"Pen\"]}}'; wait");
+    say!(out, "  sleep 1; curl -s {c}/v1/set/cart:2");
+    say!(
+        out,
+        "  # 4. likes at 100, +5 on one node and +3 on another: 108 everywhere"
+    );
+    say!(
+        out,
+        "  curl -s -XPOST {a}/v1/counter/likes -d '{{\"delta\":100}}'; sleep 1"
+    );
+    say!(out, "  curl -s -XPOST {a}/v1/counter/likes -d '{{\"delta\":5}}' & curl -s -XPOST {b}/v1/counter/likes -d '{{\"delta\":3}}'; wait");
+    say!(out, "  sleep 1; curl -s {c}/v1/counter/likes");
+    say!(
+        out,
+        "  # 5. a profile: name changed on one node, email on another: both kept"
+    );
+    say!(out, "  curl -s -XPATCH {a}/v1/map/profile:1 -d '{{\"name\":\"Alice\"}}' & curl -s -XPATCH {b}/v1/map/profile:1 -d '{{\"email\":\"alice@new\"}}'; wait");
+    say!(out, "  sleep 1; curl -s {c}/v1/map/profile:1");
+    say!(
+        out,
+        "  # 6. read your write on another node: send the token the write returned"
+    );
+    say!(
+        out,
+        "  curl -si -XPUT {a}/v1/kv/k -d v | grep -i x-replidb-min-version"
+    );
+    say!(
+        out,
+        "  curl -s {b}/v1/kv/k -H 'X-Replidb-Min-Version: <token>'"
+    );
+    say!(
+        out,
+        "  # per-origin positions, peers and their lag, conflict counts"
+    );
+    say!(out, "  curl -s {a}/status");
+    say!(out, "");
+    out
 }
 
 /// The leaderless banner: curl lines that show a stale R=1 read, a fresh
 /// quorum read and a hint delivered after a node returns.
-fn print_leaderless_banner(nodes: &[NodeProc], root: &Path, link: &DurationRange) {
-    let Some(a) = nodes.first() else { return };
+fn leaderless_banner(nodes: &[NodeProc], root: &Path, link: &DurationRange) -> String {
+    let mut out = String::new();
+    let Some(a) = nodes.first() else { return out };
     let a = &a.url;
     let b = nodes.get(1).map(|n| n.url.as_str()).unwrap_or(a);
-    println!("replidb leaderless playground is running (Ctrl-C stops it)\n");
+    say!(
+        out,
+        "replidb leaderless playground is running (Ctrl-C stops it)\n"
+    );
     for n in nodes {
-        println!(
+        say!(
+            out,
             "  {}  coordinates any request  {}  pid {}",
             n.id,
             n.url,
             n.pid()
         );
     }
-    println!("  N=3 replicas per key on a consistent-hash ring; link delay {link}");
-    println!("  data: {}\n", root.display());
-    println!("Try it (W + R > N gives fresh reads):\n");
-    println!("  # which nodes hold a key: the write answers its replicas");
-    println!("  curl -s -XPUT '{a}/v1/kv/greeting?w=1' -d hello");
-    println!(
+    say!(
+        out,
+        "  N=3 replicas per key on a consistent-hash ring; link delay {link}"
+    );
+    say!(out, "  data: {}\n", root.display());
+    say!(out, "Try it (W + R > N gives fresh reads):\n");
+    say!(
+        out,
+        "  # which nodes hold a key: the write answers its replicas"
+    );
+    say!(out, "  curl -s -XPUT '{a}/v1/kv/greeting?w=1' -d hello");
+    say!(
+        out,
         "  # 1. w=1 then r=1 at once: a replica the write has not reached yet answers (often 404)"
     );
-    println!("  curl -s -XPUT '{a}/v1/kv/news?w=1' -d v1; curl -s '{b}/v1/kv/news?r=1'");
-    println!("  # 2. w=quorum then r=quorum (2 + 2 > 3): the read always meets the write");
-    println!("  curl -s -XPUT '{a}/v1/kv/news?w=quorum' -d v2; curl -s '{b}/v1/kv/news?r=quorum'");
-    println!("  # 3. hinted handoff: kill -9 one replica of the key (see the write's \"replicas\"), write");
-    println!("  #    again with w=all: another node takes a hint for it; restart the replica (the");
-    println!("  #    playground prints how) and the hint is delivered");
-    println!("  curl -s -XPUT '{a}/v1/kv/greeting?w=all' -d again");
-    println!("  curl -s {a}/status   # ring: hints_pending, hints_delivered, read_repairs, last_anti_entropy");
-    println!("  # 4. counters and sets merge on every replica");
-    println!(
+    say!(
+        out,
+        "  curl -s -XPUT '{a}/v1/kv/news?w=1' -d v1; curl -s '{b}/v1/kv/news?r=1'"
+    );
+    say!(
+        out,
+        "  # 2. w=quorum then r=quorum (2 + 2 > 3): the read always meets the write"
+    );
+    say!(
+        out,
+        "  curl -s -XPUT '{a}/v1/kv/news?w=quorum' -d v2; curl -s '{b}/v1/kv/news?r=quorum'"
+    );
+    say!(out, "  # 3. hinted handoff: kill -9 one replica of the key (see the write's \"replicas\"), write");
+    say!(
+        out,
+        "  #    again with w=all: another node takes a hint for it; restart the replica (the"
+    );
+    say!(
+        out,
+        "  #    playground prints how) and the hint is delivered"
+    );
+    say!(out, "  curl -s -XPUT '{a}/v1/kv/greeting?w=all' -d again");
+    say!(out, "  curl -s {a}/status   # ring: hints_pending, hints_delivered, read_repairs, last_anti_entropy");
+    say!(out, "  # 4. counters and sets merge on every replica");
+    say!(
+        out,
         "  curl -s -XPOST {a}/v1/counter/likes -d '{{\"delta\":5}}'; curl -s {b}/v1/counter/likes"
     );
-    println!();
+    say!(out, "");
+    out
 }

@@ -325,3 +325,104 @@ async fn a_tombstone_is_collected_once_every_replica_has_it() {
     )
     .await;
 }
+
+/// Which of `nodes` hold `key` (each asked for its own copy only).
+async fn holders(nodes: &[Node], key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in nodes {
+        if holds(n, key).await {
+            out.push(n.id.clone());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_member_takes_over_its_keys_and_the_old_owners_let_go() {
+    // Three nodes with N=2 hold 40 keys; a fourth joins (every node
+    // restarts with the longer peer list). The keys whose preference list
+    // now names the new node move to it, and the node they left drops its
+    // copy: in the end every key is on exactly two nodes, readable.
+    let ports: Vec<u16> = (0..4).map(|_| common::free_port()).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let (three, four) = (urls[..3].join(","), urls.join(","));
+    let args = |peers: &str| -> Vec<String> {
+        [
+            "--topology",
+            "leaderless",
+            "--replicas",
+            "2",
+            "--anti-entropy-interval",
+            "300ms",
+            "--peers",
+            peers,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let strs = |v: &[String]| -> Vec<String> { v.to_vec() };
+    let old: Vec<String> = strs(&args(&three));
+    let old: Vec<&str> = old.iter().map(String::as_str).collect();
+    let mut nodes = Vec::new();
+    for (i, port) in ports[..3].iter().enumerate() {
+        nodes.push(Node::start_on(&format!("n{}", i + 1), *port, &old).await);
+    }
+    const KEYS: usize = 40;
+    for i in 0..KEYS {
+        let (s, _, body) = send(
+            nodes[0]
+                .http()
+                .put(nodes[0].at(&format!("/v1/kv/move{i}?w=all")))
+                .body(format!("v{i}")),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    for i in 0..KEYS {
+        assert_eq!(holders(&nodes, &format!("move{i}")).await.len(), 2);
+    }
+
+    let new: Vec<String> = strs(&args(&four));
+    let new: Vec<&str> = new.iter().map(String::as_str).collect();
+    nodes.push(Node::start_on("n4", ports[3], &new).await);
+    for n in nodes[..3].iter_mut() {
+        n.set_args(&new);
+        n.restart().await;
+    }
+    wait_until(
+        "every key on exactly two nodes, some of them on n4",
+        Duration::from_secs(60),
+        || async {
+            let mut on_n4 = 0;
+            for i in 0..KEYS {
+                let h = holders(&nodes, &format!("move{i}")).await;
+                if h.len() != 2 {
+                    return false;
+                }
+                on_n4 += usize::from(h.iter().any(|id| id == "n4"));
+            }
+            on_n4 > 0
+        },
+    )
+    .await;
+    for i in 0..KEYS {
+        let (s, _, body) = send(
+            nodes[1]
+                .http()
+                .get(nodes[1].at(&format!("/v1/kv/move{i}?r=all"))),
+        )
+        .await;
+        assert_eq!((s, body), (200, Value::String(format!("v{i}"))));
+    }
+    let mut handed_off = 0;
+    for n in &nodes {
+        handed_off += n.status().await["ring"]["keys_handed_off"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    assert!(handed_off > 0, "{handed_off}");
+}

@@ -21,9 +21,14 @@ struct Playground {
 
 impl Playground {
     fn start(base_port: u16) -> Playground {
+        Playground::start_with(base_port, &[])
+    }
+
+    fn start_with(base_port: u16, extra: &[&str]) -> Playground {
         let mut child = Command::new(BIN)
             .args(["playground", "--base-port", &base_port.to_string()])
             .args(["--lag", "10ms..50ms"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -205,4 +210,55 @@ async fn stopping_with_a_dead_node_exits_non_zero_and_names_it() {
             .any(|l| l.starts_with("error:") && l.contains("n3") && l.contains("died"))
     })
     .await;
+}
+
+/// `--tls`: every URL printed is https, the curl lines carry the throwaway
+/// CA, and a client that trusts it writes through the router and reads
+/// from a follower; plain HTTP is told to use https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_everything_is_https_and_the_curl_lines_carry_the_ca() {
+    let base = free_ports();
+    let pg = Playground::start_with(base, &["--tls"]);
+    let ca = wait_for(
+        "the banner prints curl lines with --cacert",
+        Duration::from_secs(60),
+        async || {
+            let (line, _) = pg.line_after("curl --cacert ")?;
+            let path = line.split("--cacert ").nth(1)?.split_whitespace().next()?;
+            Some(std::path::PathBuf::from(path))
+        },
+    )
+    .await;
+    let (router_line, _) = pg.line_after("  router ").expect("router line");
+    let router = format!("https://127.0.0.1:{}", base - 1);
+    assert!(router_line.contains(&router), "{router_line}");
+
+    let config = replidb_tls::client_config(&ca, None).expect("the printed CA loads");
+    let https = common::http_builder()
+        .tls_backend_preconfigured((*config).clone())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let r = https
+        .put(format!("{router}/v1/kv/secret?w=all"))
+        .body("over tls")
+        .send()
+        .await
+        .expect("the router answers over TLS");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let follower = format!("https://127.0.0.1:{}", base + 1);
+    let r = https
+        .get(format!("{follower}/v1/kv/secret?min_lsn=1"))
+        .send()
+        .await
+        .expect("a follower answers over TLS");
+    assert_eq!(r.text().await.expect("body"), "over tls");
+
+    let plain = common::http()
+        .get(format!("http://127.0.0.1:{}/status", base))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(plain.status(), 400);
+    assert!(plain.text().await.is_ok_and(|t| t.contains("tls_required")));
 }

@@ -216,3 +216,85 @@ async fn the_cli_speaks_https_with_the_ca_it_is_given() {
     assert_eq!(code, 1, "{err}");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
+
+/// Send one RESP command and read one answer line (enough for `PING`,
+/// `SET`, and a short bulk string's header).
+async fn resp_line<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    command: &[u8],
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(command).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test]
+async fn the_redis_protocol_listener_speaks_tls_and_tells_a_plain_client_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = throwaway::generate(dir.path(), &["n1"]).unwrap();
+    let mut node = Node::new(
+        "n1",
+        &[
+            "--tls-cert",
+            certs.cert(0).to_str().unwrap(),
+            "--tls-key",
+            certs.key(0).to_str().unwrap(),
+            "--resp-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    node.use_tls(&certs.ca, None);
+    node.launch().await;
+    let port = common::resp_port(&node).await;
+
+    // A client that trusts the CA: commands work as over plain TCP.
+    let config = replidb_tls::client_config(&certs.ca, None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = replidb_tls::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = replidb_tls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp_line(&mut tls, b"PING\r\n").await, "+PONG\r\n");
+    assert_eq!(
+        resp_line(&mut tls, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv1\r\n").await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        resp_line(&mut tls, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").await,
+        "$2\r\nv1\r\n"
+    );
+
+    // A plain client is told, in RESP, and the connection closes.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let answer = resp_line(&mut plain, b"PING\r\n").await;
+    assert!(
+        answer.starts_with("-ERR this port requires TLS"),
+        "{answer}"
+    );
+
+    // A client that trusts another CA fails its handshake at once.
+    let stranger = throwaway::generate(&dir.path().join("other"), &["x"]).unwrap();
+    let config = replidb_tls::client_config(&stranger.ca, None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = replidb_tls::ServerName::try_from("127.0.0.1").unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        replidb_tls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("a verdict, not a hang");
+    let err = refused.expect_err("another CA is not trusted").to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

@@ -513,6 +513,7 @@ pub fn status(node: &Node) -> Value {
         "read_repairs": lz.read_repairs.load(Ordering::Relaxed),
         "antientropy_keys_repaired": lz.ae_keys_repaired.load(Ordering::Relaxed),
         "tombstones_collected": lz.tombstones_collected.load(Ordering::Relaxed),
+        "keys_handed_off": lz.keys_handed_off.load(Ordering::Relaxed),
         "tombstone_grace_ms": crate::leaderless::tombstone_grace_ms(node),
         "last_anti_entropy": last.map(|(at, keys, peers)| json!({"at_ms": at, "keys_repaired": keys, "peers_compared": peers})),
     })
@@ -535,21 +536,34 @@ pub async fn collect(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     else {
         return Err(ApiError::bad_request("key and hash are required"));
     };
-    let Some(state) = local_state(&node, key) else {
+    let changed = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "state_changed",
+            format!("{key:?} changed here since the tombstone was checked; kept"),
+        )
+    };
+    let held = node.engine.table().get(key)?.filter(|v| v.causal);
+    let Some((held, state)) = held.and_then(|v| {
+        replidb_causal::KeyState::decode(&v.value)
+            .ok()
+            .map(|s| (v, s))
+    }) else {
         return Ok(Json(json!({"collected": true, "absent": true})).into_response());
     };
     let here = replidb_leaderless::antientropy::entry_hash(key, &state.canonical_bytes());
     if here != hash || !state.is_absent() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "state_changed",
-            format!("{key:?} changed here since the tombstone was checked; kept"),
-        ));
+        return Err(changed());
     }
-    node.engine
-        .propose(Proposal::new(replidb_core::Op::Delete {
-            key: key.to_string(),
-        }))
-        .await?;
-    Ok(Json(json!({"collected": true})).into_response())
+    // Conditional on the LSN the state was checked at: a merge that lands
+    // between the check and the delete keeps the key.
+    let mut delete = Proposal::new(replidb_core::Op::Delete {
+        key: key.to_string(),
+    });
+    delete.conditions.push((key.to_string(), held.lsn));
+    match node.engine.propose(delete).await {
+        Ok(_) => Ok(Json(json!({"collected": true})).into_response()),
+        Err(replidb_engine::EngineError::ConditionFailed { .. }) => Err(changed()),
+        Err(e) => Err(e.into()),
+    }
 }

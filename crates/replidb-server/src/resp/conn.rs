@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use replidb_core::Lsn;
 use replidb_resp::{encode, CommandDecoder, Protocol, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -38,14 +38,13 @@ pub(crate) struct Session {
 
 /// Serve one connection until the client leaves, a protocol error, or
 /// `stop` (the current command finishes first).
-pub(crate) async fn serve(
+/// The stream is plain TCP or TLS over it (`--tls-cert`).
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    // Answers are batched per read already; Nagle would only add latency.
-    let _ = stream.set_nodelay(true);
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let mut session = Session {
         id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
@@ -62,9 +61,9 @@ pub(crate) async fn serve(
     shared.clients.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn run(
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut S,
     session: &mut Session,
     stop: &CancellationToken,
 ) -> std::io::Result<()> {
@@ -116,3 +115,8 @@ pub(crate) async fn refuse(mut stream: TcpStream) {
         .write_all(b"-ERR max number of clients reached\r\n")
         .await;
 }
+
+/// What a plain-text client on a TLS listener reads before the connection
+/// closes: a Redis error it can show, not a hang or a garbled handshake.
+pub(crate) const PLAIN_TO_TLS_ANSWER: &[u8] =
+    b"-ERR this port requires TLS (redis-cli --tls --cacert FILE)\r\n";

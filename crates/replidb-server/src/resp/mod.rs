@@ -178,7 +178,10 @@ impl RespListener {
 
     /// Serve `node` in the background until [`RespHandle::stop`] or the
     /// node's shutdown.
-    pub fn serve(self, node: Arc<Node>) -> RespHandle {
+    /// With `tls` (the node's `--tls-cert`), every connection must complete
+    /// a TLS handshake within the node's header timeout; a plain-text
+    /// client is answered [`conn::PLAIN_TO_TLS_ANSWER`] and closed.
+    pub fn serve(self, node: Arc<Node>, tls: Option<replidb_tls::TlsAcceptor>) -> RespHandle {
         let stop = node.shutdown.child_token();
         let slots = Arc::new(Semaphore::new(RESP_CONNECTIONS_MAX));
         let shared = Arc::new(Shared {
@@ -196,6 +199,7 @@ impl RespListener {
             shared,
             slots.clone(),
             stop.clone(),
+            tls,
         ));
         RespHandle { stop, slots }
     }
@@ -223,11 +227,50 @@ impl RespHandle {
     }
 }
 
+/// The TLS handshake of one connection, bounded by `timeout`; `None` (and
+/// the connection closed) when it fails, times out, or the client speaks
+/// plain RESP.
+async fn tls_handshake(
+    acceptor: replidb_tls::TlsAcceptor,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<replidb_tls::ServerTlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt as _;
+    let handshake = async {
+        let mut first = [0u8; 1];
+        let n = stream.peek(&mut first).await?;
+        if n == 0 || !replidb_tls::looks_like_tls(first[0]) {
+            let _ = stream.write_all(conn::PLAIN_TO_TLS_ANSWER).await;
+            let _ = stream.shutdown().await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "plain RESP on a TLS listener",
+            ));
+        }
+        acceptor.accept(stream).await
+    };
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "redis protocol TLS handshake failed");
+            metrics::counter!("replidb_tls_handshake_failures_total").increment(1);
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "redis protocol TLS handshake timed out");
+            metrics::counter!("replidb_tls_handshake_failures_total").increment(1);
+            None
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     stop: CancellationToken,
+    tls: Option<replidb_tls::TlsAcceptor>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -248,8 +291,20 @@ async fn accept_loop(
             Ok(slot) => {
                 let shared = shared.clone();
                 let stop = stop.clone();
+                // Answers are batched per read already; Nagle would only
+                // add latency.
+                let _ = stream.set_nodelay(true);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    conn::serve(shared, stream, peer, stop).await;
+                    match tls {
+                        None => conn::serve(shared, stream, peer, stop).await,
+                        Some(acceptor) => {
+                            let timeout = shared.node.config.http_limits.header_timeout;
+                            if let Some(s) = tls_handshake(acceptor, stream, peer, timeout).await {
+                                conn::serve(shared, s, peer, stop).await;
+                            }
+                        }
+                    }
                     drop(slot);
                 });
             }

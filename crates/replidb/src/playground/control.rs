@@ -107,6 +107,7 @@ impl Control {
         topology: &str,
         addr: std::net::SocketAddr,
         fixed: bool,
+        http_client: impl Fn(Duration) -> anyhow::Result<reqwest::Client>,
     ) -> anyhow::Result<(Arc<Control>, tokio::net::TcpListener, String)> {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -134,11 +135,10 @@ impl Control {
             seeds,
             title: format!("replidb playground ({topology})"),
             controls: true,
-            http: None,
+            // The dashboard's own polls need the playground's CA too.
+            http: Some(http_client(Duration::from_secs(2))?),
         });
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(CONTROL_REQUEST_TIMEOUT_MS))
-            .build()?;
+        let http = http_client(Duration::from_millis(CONTROL_REQUEST_TIMEOUT_MS))?;
         let control = Arc::new(Control {
             procs,
             dash,
