@@ -224,6 +224,9 @@ pub struct ReadOptions {
     /// [`WriteResult::min_version`] or [`ReadResult::min_version`]; a
     /// [`Session`](crate::Session) sends its own.
     pub min_version: Option<String>,
+    /// `r=` (leaderless): how many of the key's replicas must answer —
+    /// `"1"`, `"2"`, ..., `"quorum"` or `"all"` (server default quorum).
+    pub r: Option<String>,
 }
 
 impl ReadOptions {
@@ -251,6 +254,9 @@ impl ReadOptions {
         }
         if let Some(f) = self.fallback {
             q.push(("fallback", f.as_str().to_string()));
+        }
+        if let Some(r) = &self.r {
+            q.push(("r", r.clone()));
         }
         q
     }

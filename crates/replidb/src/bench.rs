@@ -108,6 +108,16 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         },
         BenchMode::ReadStrong => ReadOptions::with(Consistency::Strong),
     };
+    // A leaderless node reads by quorum, not by consistency level.
+    let read_opts = match (&args.r, args.mode) {
+        (Some(r), BenchMode::ReadEventual | BenchMode::ReadMinLsn | BenchMode::ReadStrong) => {
+            ReadOptions {
+                r: Some(r.clone()),
+                ..Default::default()
+            }
+        }
+        _ => read_opts,
+    };
     let op = Arc::new(Op {
         follower,
         client: client.clone(),
@@ -119,11 +129,15 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
     });
 
     println!(
-        "replidb bench: mode={}, w={}, value_bytes={}, key_space={}, {}, url={}\n",
+        "replidb bench: mode={}, w={}{}, value_bytes={}, key_space={}, {}, url={}\n",
         args.mode
             .to_possible_value()
             .map_or_else(|| format!("{:?}", args.mode), |v| v.get_name().to_string()),
         args.w,
+        args.r
+            .as_ref()
+            .map(|r| format!(", r={r}"))
+            .unwrap_or_default(),
         args.value_bytes,
         args.key_space,
         match limit {

@@ -277,6 +277,10 @@ pub struct BenchArgs {
     /// Follower URL for `--mode visibility`.
     #[arg(long)]
     pub follower: Option<String>,
+    /// Leaderless read quorum (`1`, `2`, ..., `quorum`, `all`) of the read
+    /// modes: sent as `r=` instead of a consistency level.
+    #[arg(long)]
+    pub r: Option<String>,
 }
 
 /// clap adapter for `replidb_core::parse_duration`.

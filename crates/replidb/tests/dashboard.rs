@@ -17,7 +17,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -71,20 +70,11 @@ impl Drop for Proc {
 
 /// Six consecutive free ports: dashboard, (spare), router, three nodes.
 fn free_base_port() -> u16 {
-    for _ in 0..200 {
-        let base = rand::random_range(30_000u16..40_000);
-        if (base - 2..base + 3).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no six consecutive free ports");
+    common::free_port_run(6) + 2
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    common::free_port()
 }
 
 /// A WebDriver session with chromedriver.

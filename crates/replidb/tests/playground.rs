@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,15 +75,10 @@ impl Drop for Playground {
     }
 }
 
-/// Four consecutive free ports (router, leader, two followers).
+/// A free base port: the dashboard takes `base - 2`, the router
+/// `base - 1`, the nodes `base..base + 3`.
 fn free_ports() -> u16 {
-    for _ in 0..200 {
-        let base = rand::random_range(20_000u16..30_000);
-        if (base - 1..base + 3).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no four consecutive free ports");
+    common::free_port_run(6) + 2
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

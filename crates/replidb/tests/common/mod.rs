@@ -107,9 +107,7 @@ where
 /// second one's start-up check would be answered by the first (a CI flake:
 /// a multi-leader node that never "connected to its peers").
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut handed_out = handed_out();
     let (low, _) = ephemeral_range();
     if low > 12_000 {
         for _ in 0..200 {
@@ -127,6 +125,33 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The ports this test process has handed out (see [`free_port`]).
+fn handed_out() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u16>> {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `len` consecutive ports, free a moment ago and never handed out before
+/// in this process (a playground's nodes, router and dashboard): the
+/// first of them.
+pub fn free_port_run(len: u16) -> u16 {
+    let mut handed_out = handed_out();
+    for _ in 0..500 {
+        let first = rand::random_range(20_000u16..30_000);
+        let run = first..first + len;
+        if run.clone().all(|p| !handed_out.contains(&p))
+            && run
+                .clone()
+                .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            handed_out.extend(run);
+            return first;
+        }
+    }
+    panic!("no {len} consecutive free ports");
 }
 
 /// Linux's `ip_local_port_range` (or a conservative guess elsewhere).
