@@ -105,8 +105,13 @@ pub struct Observation {
     /// Its own lag estimate (0 on a single-leader leader; on a multi-leader
     /// node the largest lag behind any peer).
     pub lag_ms: u64,
-    /// Whether it runs the multi-leader topology (every node a writer).
+    /// Whether every node is a writer: the multi-leader or the leaderless
+    /// topology.
     pub multi_leader: bool,
+    /// Whether it runs the leaderless topology (then `multi_leader` too):
+    /// any node coordinates any request, and freshness comes from the
+    /// request's `r`/`w`, so there is no session home and no token.
+    pub leaderless: bool,
 }
 
 /// What the router knows about one node.
@@ -272,6 +277,25 @@ impl RouterState {
         self.nodes
             .iter()
             .any(|n| n.seen.as_ref().is_some_and(|o| o.multi_leader))
+    }
+
+    /// Whether the cluster runs the leaderless topology, as the last
+    /// observation of any node says.
+    pub fn leaderless(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.seen.as_ref().is_some_and(|o| o.leaderless))
+    }
+
+    /// The topology's name as nodes report it.
+    pub fn topology(&self) -> &'static str {
+        if self.leaderless() {
+            "leaderless"
+        } else if self.multi_leader() {
+            "multi-leader"
+        } else {
+            "single-leader"
+        }
     }
 
     /// A request to node `i` was sent.
@@ -477,6 +501,8 @@ fn choose_multi_leader(state: &RouterState, req: &RequestKind, spin: u64) -> Tar
             index,
             reason: Reason::Home,
         },
+        // Leaderless: any node coordinates, so there is no home to keep.
+        RequestKind::Write { .. } if state.leaderless() => least_loaded(Reason::AnyNode),
         RequestKind::Write { .. } => least_loaded(Reason::NewHome),
         RequestKind::Read { .. } => match pick_follower(state, spin) {
             Some(index) => Target::Node {
@@ -535,6 +561,7 @@ mod tests {
             applied_lsn: 0,
             lag_ms,
             multi_leader: false,
+            leaderless: false,
         }
     }
 
@@ -753,6 +780,24 @@ mod tests {
             Target::Node { index, reason } => (index, reason),
             Target::NoLeader => panic!("no target"),
         }
+    }
+
+    #[test]
+    fn leaderless_writes_and_reads_go_to_any_node_without_a_home() {
+        let (mut s, now) = multi([0, 0, 0]);
+        for i in 0..3 {
+            let mut o = obs(&format!("n{}", i + 1), NodeRole::Leader, 1, 0);
+            o.multi_leader = true;
+            o.leaderless = true;
+            s.record_success(i, o, now);
+        }
+        assert!(s.leaderless());
+        assert_eq!(s.topology(), "leaderless");
+        s.begin_request(0);
+        s.begin_request(1);
+        assert_eq!(at(choose(&s, &WRITE, now, 0)), (2, Reason::AnyNode));
+        let picked: Vec<usize> = (0..3).map(|k| at(choose(&s, &READ, now, k)).0).collect();
+        assert_eq!(picked, vec![0, 1, 2], "reads in turn over every node");
     }
 
     #[test]

@@ -120,7 +120,8 @@ pub(crate) fn parse_status(v: &Value) -> Result<Observation, String> {
     };
     let id = v["id"].as_str().ok_or("/status has no id")?.to_string();
     let num = |name: &str| v[name].as_u64();
-    let multi_leader = v["topology"].as_str() == Some("multi-leader");
+    let leaderless = v["topology"].as_str() == Some("leaderless");
+    let multi_leader = leaderless || v["topology"].as_str() == Some("multi-leader");
     let lag_ms = if multi_leader {
         // Every node leads its own log; how far behind it is, is how far
         // behind its slowest peer it has applied.
@@ -141,6 +142,7 @@ pub(crate) fn parse_status(v: &Value) -> Result<Observation, String> {
         applied_lsn: num("applied_lsn").unwrap_or(0),
         lag_ms,
         multi_leader,
+        leaderless,
     })
 }
 
@@ -161,6 +163,7 @@ mod tests {
                 applied_lsn: 17,
                 lag_ms: 250,
                 multi_leader: false,
+                leaderless: false,
             }
         );
         let m = json!({"id":"n3","role":"leader","epoch":0,"applied_lsn":4,"topology":"multi-leader",

@@ -126,7 +126,12 @@ async fn route(sh: &Shared, req: Request) -> Result<Response, RouterError> {
         count(sh, endpoint, &routed);
         return Ok(relay_plain(routed));
     }
-    let multi = sh.state().multi_leader();
+    // Sessions' homes and min_version tokens are multi-leader's; a
+    // leaderless request is routed to any node and passed through as is.
+    let (multi, leaderless) = {
+        let st = sh.state();
+        (st.multi_leader() && !st.leaderless(), st.leaderless())
+    };
     let mut pinned = None;
     let kind = if endpoint.is_write() {
         let home = if multi {
@@ -138,7 +143,9 @@ async fn route(sh: &Shared, req: Request) -> Result<Response, RouterError> {
         };
         RequestKind::Write { home }
     } else {
-        if endpoint.is_token_read() && multi {
+        if leaderless {
+            // Nothing to add: W + R > N is what makes a read fresh.
+        } else if endpoint.is_token_read() && multi {
             apply_min_version_token(sh, &mut out, &cookies, session.as_deref());
         } else if endpoint.is_token_read() {
             apply_cookie_token(
@@ -160,6 +167,10 @@ async fn route(sh: &Shared, req: Request) -> Result<Response, RouterError> {
     };
     let routed = dispatch(sh, &kind, &out, pinned).await?;
     count(sh, endpoint, &routed);
+    if leaderless {
+        // No cookies: a node's LSN means nothing on the others.
+        return Ok(relay_plain(routed));
+    }
     Ok(relay(sh, endpoint, routed, &cookies, session, multi))
 }
 

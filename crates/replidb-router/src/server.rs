@@ -263,6 +263,7 @@ mod tests {
             applied_lsn: 0,
             lag_ms,
             multi_leader: false,
+            leaderless: false,
         };
         let now = Instant::now();
         st.record_success(0, obs("n1", NodeRole::Leader, 0), now);

@@ -218,7 +218,7 @@ impl Shared {
         let c = &self.config;
         json!({
             "role": "router",
-            "topology": if st.multi_leader() { "multi-leader" } else { "single-leader" },
+            "topology": st.topology(),
             "leader": leader,
             "nodes": nodes,
             "counters": self.counters.to_json(),

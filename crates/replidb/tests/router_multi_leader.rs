@@ -1,6 +1,8 @@
-//! `replidb router` in front of a multi-leader cluster (real processes,
-//! 300 ms between every pair of nodes): a session's writes all land on its
-//! home node, and its reads, sent to any node, see them.
+//! `replidb router` in front of the causal topologies (real processes).
+//! Multi-leader (300 ms between every pair of nodes): a session's writes
+//! all land on its home node, and its reads, sent to any node, see them.
+//! Leaderless: requests spread over every node, and `W + R > N` is what
+//! makes a read fresh; the router adds no token.
 
 mod common;
 mod router_common;
@@ -160,4 +162,52 @@ async fn x_replidb_home_and_the_home_flag_pick_the_node() {
     let bad = r.put("k", "5", &[("x-replidb-home", "n9".into())]).await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["error"]["code"], "unknown_home");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leaderless_cluster_behind_the_router_spreads_requests_and_quorums_stay_fresh() {
+    let nodes = start_peered(
+        3,
+        &[
+            "--topology",
+            "leaderless",
+            "--replicas",
+            "3",
+            "--link-delay",
+            "100ms",
+        ],
+    )
+    .await;
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let r = Router::start(&urls, &["--read-strategy", "round-robin"]).await;
+    wait_until(
+        "the router sees a leaderless cluster",
+        Duration::from_secs(20),
+        async || r.status().await["topology"] == "leaderless",
+    )
+    .await;
+    let mut coordinators = BTreeSet::new();
+    let mut readers = BTreeSet::new();
+    for i in 0..9 {
+        let value = format!("q{i}");
+        let w = r
+            .send(Method::PUT, "/v1/kv/fresh?w=quorum", &[], value.clone())
+            .await;
+        assert_eq!(w.status, 200, "{}", w.text());
+        coordinators.insert(w.routed_to().to_string());
+        // W + R > N: the read meets the write whichever node coordinates.
+        let got = r.get("/v1/kv/fresh?r=quorum", &[]).await;
+        assert_eq!(
+            (got.status, got.text()),
+            (200, value),
+            "a quorum read is fresh"
+        );
+        assert!(
+            got.header("set-cookie").is_none(),
+            "no LSN cookie: a node's LSN means nothing on the others"
+        );
+        readers.insert(got.routed_to().to_string());
+    }
+    assert!(coordinators.len() > 1, "writes spread: {coordinators:?}");
+    assert!(readers.len() > 1, "reads spread: {readers:?}");
 }
