@@ -426,3 +426,106 @@ async fn a_new_member_takes_over_its_keys_and_the_old_owners_let_go() {
     }
     assert!(handed_off > 0, "{handed_off}");
 }
+
+/// The hash-tree leaves `a` computes over the keys it shares with `b`.
+async fn leaves(http: &reqwest::Client, a: &str, b: &str) -> Option<Vec<u64>> {
+    let r = http
+        .get(format!("{a}/internal/ae/leaves"))
+        .query(&[("peer", b)])
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_under_random_kills_and_restarts_converge_to_equal_digests() {
+    // Five nodes, N=3, sloppy quorums: two writers put plain keys and bump
+    // a counter through whichever node answers, while a nemesis kills a
+    // random node (kill -9) and restarts it a moment later, over and over.
+    // Afterwards every pair of nodes must hold equal hash-tree digests over
+    // the ranges they share, and the counter must count every acknowledged
+    // increment (and no more than were sent).
+    let mut nodes = cluster(5, &["--anti-entropy-interval", "300ms"]).await;
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let (urls, stop) = (urls.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let http = common::http_builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("client");
+            let (mut acked, mut sent, mut i) = (0u64, 0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let url = &urls[((i * 7 + w) % urls.len() as u64) as usize];
+                let key = format!("chaos{}", i % 25);
+                let _ = http
+                    .put(format!("{url}/v1/kv/{key}?w=quorum"))
+                    .body(format!("w{w}-{i}"))
+                    .send()
+                    .await;
+                sent += 1;
+                let bumped = http
+                    .post(format!("{url}/v1/counter/chaos-count?w=1"))
+                    .body(r#"{"delta":1}"#)
+                    .send()
+                    .await;
+                if matches!(&bumped, Ok(r) if r.status().is_success()) {
+                    acked += 1;
+                }
+            }
+            (acked, sent)
+        }));
+    }
+    let mut rng_state = 0x9e37_79b9_u64;
+    for _ in 0..6 {
+        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let victim = (rng_state >> 33) as usize % nodes.len();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        nodes[victim].kill9();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        nodes[victim].restart().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut sent) = (0, 0);
+    for w in writers {
+        let (a, s) = w.await.expect("writer");
+        acked += a;
+        sent += s;
+    }
+    assert!(acked > 0, "no increment was acknowledged");
+
+    let http = common::http();
+    wait_until(
+        "every pair of nodes holds equal digests over the ranges they share",
+        Duration::from_secs(90),
+        || async {
+            for a in &urls {
+                for b in urls.iter().filter(|b| *b != a) {
+                    let (Some(x), Some(y)) = (leaves(&http, a, b).await, leaves(&http, b, a).await)
+                    else {
+                        return false;
+                    };
+                    if x != y {
+                        return false;
+                    }
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let (s, _, body) = send(http.get(format!("{}/v1/counter/chaos-count?r=all", urls[0]))).await;
+    assert_eq!(s, 200, "{body}");
+    let value = body["value"].as_u64().expect("a counter value");
+    assert!(
+        (acked..=sent).contains(&value),
+        "counter {value}: {acked} increments acknowledged, {sent} sent"
+    );
+}
