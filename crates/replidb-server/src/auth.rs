@@ -19,13 +19,15 @@
 //!
 //! Roles are independent (`write` does not imply `read`):
 //! - `read`: `GET`/`HEAD` on `/v1/*` and the seed read endpoints, `/status`,
-//!   `/metrics` (unless `--metrics-open`), the dashboard;
+//!   `/metrics` (unless `--metrics-open`), the dashboard's data
+//!   (`/dashboard/events`, `/dashboard/state`);
 //! - `write`: every other method on `/v1/*` and the seed write endpoints;
 //! - `admin`: `/admin/*`;
 //! - `replication`: the replication stream (`/v1/replication`) and
 //!   `/internal/*` (what nodes ask of each other).
 //!
-//! `/health` (load balancers) and `/openapi.json` (no data) stay open.
+//! `/health` (load balancers), `/openapi.json` and the dashboard's static
+//! page `/dashboard` (no data; it asks for a token) stay open.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -91,7 +93,10 @@ pub enum Access {
 pub fn access(method: &Method, path: &str, metrics_open: bool) -> Access {
     let reading = method == Method::GET || method == Method::HEAD;
     match path {
+        // The dashboard's page is static (no data); it asks for a token
+        // and sends it with its own requests for /dashboard/events.
         "/health" | "/openapi.json" => Access::Open,
+        "/dashboard" | "/dashboard/" if reading => Access::Open,
         "/metrics" if metrics_open => Access::Open,
         "/metrics" | "/status" => Access::Needs(Role::Read),
         replidb_replication::transport::REPLICATION_PATH => Access::Needs(Role::Replication),
@@ -450,6 +455,11 @@ mod tests {
         let post = Method::POST;
         assert_eq!(access(&get, "/health", false), Access::Open);
         assert_eq!(access(&get, "/metrics", true), Access::Open);
+        assert_eq!(access(&get, "/dashboard", false), Access::Open);
+        assert_eq!(
+            access(&get, "/dashboard/events", false),
+            Access::Needs(Role::Read)
+        );
         assert_eq!(access(&get, "/metrics", false), Access::Needs(Role::Read));
         assert_eq!(access(&get, "/status", false), Access::Needs(Role::Read));
         assert_eq!(access(&get, "/v1/kv/a", false), Access::Needs(Role::Read));

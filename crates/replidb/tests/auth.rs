@@ -142,6 +142,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/internal/ae/leaves"),
     ("GET", "/internal/ae/bucket"),
     ("GET", "/v1/replication"),
+    // The dashboard's data (its static page is open: it holds none).
+    ("GET", "/dashboard/state"),
+    ("GET", "/dashboard/events"),
     ("GET", "/no/such/path"),
 ];
 

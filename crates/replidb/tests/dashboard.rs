@@ -726,3 +726,95 @@ async fn a_failover_and_the_old_leaders_rewind_show_on_the_timeline() {
     )
     .await;
 }
+
+/// Whether the browser is missing and the caller should return (only with
+/// `REPLIDB_SKIP_BROWSER=1`; otherwise a missing browser fails the test).
+fn skip_without_browser() -> bool {
+    if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
+        return false;
+    }
+    if std::env::var("REPLIDB_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {CHROMIUM} or {CHROMEDRIVER} is missing and REPLIDB_SKIP_BROWSER=1");
+        return true;
+    }
+    panic!(
+        "{CHROMIUM} or {CHROMEDRIVER} is missing: install the Debian packages chromium and \
+         chromium-driver (scripts/test.sh does), or set REPLIDB_SKIP_BROWSER=1 to skip"
+    );
+}
+
+/// A node with `--auth-file`: its dashboard page loads without a token,
+/// says it needs one instead of retrying for ever, and once a `read` token
+/// is typed in shows the node live (EventSource cannot send the header:
+/// the page streams the events through fetch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_on_the_dashboard_asks_for_one_and_then_goes_live() {
+    use sha2::{Digest, Sha256};
+    if skip_without_browser() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sha = |s: &str| -> String {
+        Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let (reader, cluster) = ("dash-reader-secret", "dash-cluster-secret");
+    let auth = dir.path().join("tokens.toml");
+    std::fs::write(
+        &auth,
+        format!(
+            "[[token]]\nname = \"reader\"\nsha256 = \"{}\"\nroles = [\"read\"]\n\n\
+             [[token]]\nname = \"cluster\"\nsha256 = \"{}\"\nroles = [\"read\", \"write\", \"admin\", \"replication\"]\n",
+            sha(reader),
+            sha(cluster)
+        ),
+    )
+    .expect("write tokens");
+    let peer = dir.path().join("peer.secret");
+    std::fs::write(&peer, cluster).expect("write peer token");
+    let mut node = common::Node::new(
+        "n1",
+        &[
+            "--auth-file",
+            auth.to_str().expect("utf-8 path"),
+            "--peer-token-file",
+            peer.to_str().expect("utf-8 path"),
+        ],
+    );
+    node.set_bearer(cluster);
+    node.launch().await;
+
+    let b = Browser::start().await;
+    b.goto(&format!("{}/dashboard", node.url())).await;
+    wait_until(
+        "the page asks for a token",
+        Duration::from_secs(20),
+        async || {
+            b.eval("return !document.getElementById('auth').hidden;")
+                .await
+                == Value::Bool(true)
+        },
+    )
+    .await;
+    assert!(row(&b, "n1").await.is_none(), "no data without a token");
+    b.eval(&format!(
+        "document.getElementById('token').value = '{reader}'; return true;"
+    ))
+    .await;
+    b.click("#token-go").await;
+    wait_until(
+        "the node shows, live, once the token is given",
+        Duration::from_secs(20),
+        async || {
+            row(&b, "n1")
+                .await
+                .is_some_and(|(up, role, _, _)| up && role == "leader")
+                && b.eval("return document.getElementById('conn').textContent;")
+                    .await
+                    == Value::String("live".into())
+        },
+    )
+    .await;
+}

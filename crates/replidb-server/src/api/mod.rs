@@ -47,6 +47,12 @@ pub type AppState = Arc<Node>;
 
 /// Build the router for `node`.
 pub fn router(node: Arc<Node>) -> Router {
+    router_with(node, Router::new())
+}
+
+/// [`router`] with `extra` routes (the dashboard's) merged in before the
+/// middleware, so tokens guard them too.
+pub fn router_with(node: Arc<Node>, extra: Router) -> Router {
     Router::new()
         .route(
             "/v1/kv/{*key}",
@@ -96,15 +102,13 @@ pub fn router(node: Arc<Node>) -> Router {
             get(repl::upgrade),
         )
         .fallback(ops::not_found)
+        .with_state(node.clone())
+        .merge(extra)
         .layer(middleware::from_fn_with_state(node.clone(), node_headers))
         // Outside `node_headers`: a refused request learns nothing of the
         // node's positions.
         .layer(middleware::from_fn_with_state(node.clone(), require_token))
-        .layer(middleware::from_fn_with_state(
-            node.clone(),
-            request_metrics,
-        ))
-        .with_state(node)
+        .layer(middleware::from_fn_with_state(node, request_metrics))
 }
 
 /// With `--auth-file`, refuse a request without a token that has the role
