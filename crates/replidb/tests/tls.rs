@@ -178,21 +178,27 @@ fn bad_tls_flags_are_refused_at_start_with_the_file_named() {
     }
 }
 
+/// A single node `n1` serving HTTPS with a throwaway certificate (no
+/// client certificates required), started with `extra` flags too.
+async fn https_node(dir: &Path, extra: &[&str]) -> (Node, throwaway::Generated) {
+    let certs = throwaway::generate(dir, &["n1"]).unwrap();
+    let mut args = vec![
+        "--tls-cert",
+        certs.cert(0).to_str().unwrap(),
+        "--tls-key",
+        certs.key(0).to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut node = Node::new("n1", &args);
+    node.use_tls(&certs.ca, None);
+    node.launch().await;
+    (node, certs)
+}
+
 #[tokio::test]
 async fn the_cli_speaks_https_with_the_ca_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = throwaway::generate(dir.path(), &["n1"]).unwrap();
-    let mut node = Node::new(
-        "n1",
-        &[
-            "--tls-cert",
-            certs.cert(0).to_str().unwrap(),
-            "--tls-key",
-            certs.key(0).to_str().unwrap(),
-        ],
-    );
-    node.use_tls(&certs.ca, None);
-    node.launch().await;
+    let (node, certs) = https_node(dir.path(), &[]).await;
     let url = node.url();
     let ca = certs.ca.to_str().unwrap();
     let (code, out, err) = common::cli(&[
@@ -236,20 +242,7 @@ async fn resp_line<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 #[tokio::test]
 async fn the_redis_protocol_listener_speaks_tls_and_tells_a_plain_client_so() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = throwaway::generate(dir.path(), &["n1"]).unwrap();
-    let mut node = Node::new(
-        "n1",
-        &[
-            "--tls-cert",
-            certs.cert(0).to_str().unwrap(),
-            "--tls-key",
-            certs.key(0).to_str().unwrap(),
-            "--resp-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    node.use_tls(&certs.ca, None);
-    node.launch().await;
+    let (node, certs) = https_node(dir.path(), &["--resp-listen", "127.0.0.1:0"]).await;
     let port = common::resp_port(&node).await;
 
     // A client that trusts the CA: commands work as over plain TCP.
