@@ -449,6 +449,10 @@ mod tests {
         let put = Method::PUT;
         let post = Method::POST;
         assert_eq!(access(&get, "/health", false), Access::Open);
+        // The API's description holds no data: open like /health.
+        assert_eq!(access(&get, "/openapi.json", false), Access::Open);
+        assert_eq!(access(&get, "/openapi.json", true), Access::Open);
+        assert_eq!(access(&get, "/dashboard", false), Access::Needs(Role::Read));
         assert_eq!(access(&get, "/metrics", true), Access::Open);
         assert_eq!(access(&get, "/metrics", false), Access::Needs(Role::Read));
         assert_eq!(access(&get, "/status", false), Access::Needs(Role::Read));

@@ -116,14 +116,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let node = self.node.clone();
-        let app = api::router(node.clone()).merge(dashboard::routes(dashboard::Dashboard::new(
-            dashboard::DashboardConfig {
-                seeds: vec![node.config.advertise()],
-                title: format!("replidb node {}", node.config.id),
-                controls: false,
-                http: Some(node.http.clone()),
-            },
-        )));
+        let app = api::router(node.clone());
         let resp = self.resp.map(|r| r.serve(node.clone()));
         tracing::info!(node_id = %node.config.id, addr = %node.config.listen, role = node.role().name(), "serving");
         let stop = node.shutdown.clone();
