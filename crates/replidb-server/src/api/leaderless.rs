@@ -460,7 +460,13 @@ pub async fn replica_get(
         .str("key")
         .ok_or_else(|| ApiError::bad_request("key is required"))?;
     match node.engine.table().get(key)? {
-        Some(v) if v.causal => Ok(Response::new(Body::from(v.value))),
+        // Labelled, as the document says: a body without a content type
+        // was the one answer the fuzzer found unlabelled.
+        Some(v) if v.causal => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            v.value,
+        )
+            .into_response()),
         _ => Err(ApiError::not_found(format!("no state for {key:?}"))),
     }
 }

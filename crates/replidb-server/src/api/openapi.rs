@@ -421,8 +421,9 @@ pub struct StatusResponse {
     pub peers: Option<Value>,
     /// Multi-leader: the conflict policies' fingerprint.
     pub conflict_policy: Option<String>,
-    /// Multi-leader: conflicts resolved.
-    pub conflicts: Option<u64>,
+    /// Multi-leader: conflicts resolved, per policy.
+    #[schema(value_type = Option<Object>)]
+    pub conflicts: Option<Value>,
     /// Leaderless: the ring, hints and anti-entropy.
     #[schema(value_type = Option<Object>)]
     pub ring: Option<Value>,
