@@ -277,6 +277,7 @@ pub struct ReadQuery {
     /// that much of each origin (or the `X-Replidb-Min-Version` header).
     min_version: Option<String>,
     /// Leaderless: how many replicas answer, `1..=N`, `quorum` or `all`.
+    #[param(pattern = "^([1-9][0-9]*|majority|all|quorum)$")]
     r: Option<String>,
     /// How long to wait for `min_lsn` / `min_version` (default 1000).
     #[param(maximum = 60000)]
@@ -297,6 +298,7 @@ pub struct WriteQuery {
     /// Write concern: `1`, a number of nodes, `majority` or `all`
     /// (leaderless: `1..=N`, `quorum` or `all` replicas of the key).
     /// Default from the node's configuration, normally `1`.
+    #[param(pattern = "^([1-9][0-9]*|majority|all|quorum)$")]
     w: Option<String>,
     /// How long to wait for the write concern (default 5000).
     #[param(maximum = 600000)]
