@@ -660,7 +660,7 @@ fn string_or_integer() -> utoipa::openapi::schema::Schema {
         crate::dashboard::state,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&SecurityFromAccess),
+    modifiers(&SecurityFromAccess, &NodeHeaders),
     tags(
         (name = "kv", description = "Key-value reads, writes, scans and transactions"),
         (name = "types", description = "Causal types: counters, sets, maps, and the conflict log"),
@@ -745,6 +745,79 @@ impl Modify for SecurityFromAccess {
                     _ => note,
                 };
                 op.description = Some(description);
+            }
+        }
+    }
+}
+
+/// Adds the headers the `node_headers` middleware puts on every answer
+/// that passed the token check (all but 401/403), and `Retry-After` on
+/// every refusal (503) but `/health`'s.
+pub struct NodeHeaders;
+
+impl Modify for NodeHeaders {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::Header;
+        use utoipa::openapi::{Object, Type};
+        let header = |ty: Type, text: &str| {
+            let mut h = Header::new(Object::with_type(ty));
+            h.description = Some(text.to_string());
+            h
+        };
+        let node = [
+            (
+                "X-Replidb-Node",
+                header(Type::String, "The id of the node that answered"),
+            ),
+            (
+                "X-Replidb-Role",
+                header(Type::String, "`leader` or `follower`"),
+            ),
+            ("X-Replidb-Epoch", header(Type::Integer, "The node's epoch")),
+            (
+                "X-Replidb-Lsn",
+                header(Type::Integer, "The node's applied LSN, or a write's LSN"),
+            ),
+            (
+                "X-Replidb-Lag-Ms",
+                header(Type::Integer, "A follower's lag estimate (0 on the leader)"),
+            ),
+        ];
+        let retry = header(Type::Integer, "Seconds to wait before retrying");
+        for (path, item) in doc.paths.paths.iter_mut() {
+            // `/health`'s 503 is a health report, not a refusal to retry.
+            let refusals_say_when = path != "/health";
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (status, response) in op.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    if status == "401" || status == "403" {
+                        // Refused before `node_headers`: no positions.
+                        continue;
+                    }
+                    for (name, h) in &node {
+                        response
+                            .headers
+                            .entry(name.to_string())
+                            .or_insert_with(|| h.clone());
+                    }
+                    if status == "503" && refusals_say_when {
+                        response
+                            .headers
+                            .entry("Retry-After".to_string())
+                            .or_insert_with(|| retry.clone());
+                    }
+                }
             }
         }
     }
