@@ -706,6 +706,7 @@ impl Modify for SecurityFromAccess {
             ];
             for (method, op) in ops {
                 let Some(op) = op.as_mut() else { continue };
+                // `access` sees request paths, not templates: any key will do.
                 let concrete = path.replace("{key}", "k");
                 let note = match access(&method, &concrete, false) {
                     Access::Open => {
