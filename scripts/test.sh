@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run replidb's whole test suite on a fresh Debian machine: install what the
 # tests need (etcd for the failover tests, promtool from `prometheus` for
-# the deploy/ checks), build once, run every test, then soak the simulator
+# the deploy/ checks, schemathesis for the OpenAPI fuzz), build once, run every test, then soak the simulator
 # (release build) over SIM_SOAK_SEEDS seeds (default 2000) with every fault,
 # its multi-leader mode over ML_SOAK_SEEDS seeds (default 1000) and its
 # leaderless mode over LL_SOAK_SEEDS seeds (default 1000).
@@ -24,6 +24,22 @@ if ((${#packages[@]})); then
         apt-get update -qq
         apt-get install -y -qq "${missing[@]}"
     fi
+fi
+
+# schemathesis fuzzes a running node from its OpenAPI document
+# (crates/replidb/tests/openapi.rs), installed from PyPI only when missing
+# or not the pinned version; the test fails, saying to run this script,
+# without it.
+SCHEMATHESIS_VERSION=4.32.5
+if ! command -v st >/dev/null 2>&1 ||
+    ! st --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+    # A Debian system Python refuses pip installs outside a venv (PEP 668)
+    # unless told; a pyenv or venv Python takes the plain command.
+    python3 -m pip install --quiet "schemathesis==${SCHEMATHESIS_VERSION}" ||
+        python3 -m pip install --quiet --break-system-packages \
+            "schemathesis==${SCHEMATHESIS_VERSION}"
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+    hash -r
 fi
 
 # Build everything first so test timing is not mixed with compilation.

@@ -454,6 +454,9 @@ mod tests {
         let put = Method::PUT;
         let post = Method::POST;
         assert_eq!(access(&get, "/health", false), Access::Open);
+        // The API's description holds no data: open like /health.
+        assert_eq!(access(&get, "/openapi.json", false), Access::Open);
+        assert_eq!(access(&get, "/openapi.json", true), Access::Open);
         assert_eq!(access(&get, "/metrics", true), Access::Open);
         assert_eq!(access(&get, "/dashboard", false), Access::Open);
         assert_eq!(

@@ -116,15 +116,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let node = self.node.clone();
-        let app = api::router_with(
-            node.clone(),
-            dashboard::routes(dashboard::Dashboard::new(dashboard::DashboardConfig {
-                seeds: vec![node.config.advertise()],
-                title: format!("replidb node {}", node.config.id),
-                controls: false,
-                http: Some(node.http.clone()),
-            })),
-        );
+        let app = api::router(node.clone());
         let tls = match &node.config.tls {
             Some(files) => Some(replidb_tls::TlsAcceptor::from(
                 replidb_tls::server_config(files)

@@ -177,6 +177,11 @@ async fn every_endpoint_but_health_refuses_without_a_token_and_roles_decide() {
     assert!(r.headers().get("x-replidb-lsn").is_none());
     let (s, _) = call(&url, Method::GET, "/health", None).await;
     assert_eq!(s, 200, "/health stays open for load balancers");
+    let (s, body) = call(&url, Method::GET, "/openapi.json", None).await;
+    assert_eq!(s, 200, "/openapi.json describes and holds no data: open");
+    assert!(body["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.")));
 
     // Roles: reader reads, cannot write; app writes and reads, cannot
     // administer or replicate; ops administers, cannot read.

@@ -55,6 +55,20 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, shape: &str) -> Api
 /// epoch is above every epoch any answering member has seen. `force=true`
 /// skips both checks, for disaster recovery when a majority is gone for
 /// good (acknowledged writes may then be lost; the answer says so).
+#[utoipa::path(
+    post,
+    path = "/admin/promote",
+    tag = "admin",
+    operation_id = "admin_promote",
+    description = "This follower leads a new epoch and tells its peers (static coordinator). Refused unless a majority of the voting set answers and none holds a later log position, unless `force=true`. Destructive: afterwards this node leads.",
+    params(("force" = Option<bool>, Query, description = "Skip the majority and position checks (disaster recovery; acknowledged writes may be lost)")),
+    responses(
+        (status = 200, description = "Promoted, or already the leader", body = super::openapi::PromoteResponse),
+        (status = 400, description = "Unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 409, description = "Leadership is etcd's (`coordinator_managed`), or a member holds a later position (`not_most_up_to_date`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "Fewer than a majority of voters answered (`no_quorum`); with `Retry-After`", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     etcd_managed(&node, "manual promote")?;
     let p = super::params::Params::parse(q.as_deref(), &["force"])?;
@@ -164,13 +178,31 @@ async fn peer_positions(node: &Node, peers: &[String]) -> Vec<(String, PeerPosit
         .collect()
 }
 
-#[derive(Deserialize)]
-struct ForgetBody {
+/// `POST /admin/forget`'s body.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ForgetBody {
+    /// The member's URL or id.
     member: String,
 }
 
 /// `POST /admin/forget {"member": URL or id}`: remove a member that is gone
 /// for good from the voting set, so it no longer counts toward majorities.
+#[utoipa::path(
+    post,
+    path = "/admin/forget",
+    tag = "admin",
+    operation_id = "admin_forget",
+    description = "Remove a member that is gone for good from the leader's voting set, so it no longer counts toward majorities.",
+    request_body(content = ForgetBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Forgotten", body = super::openapi::ForgetResponse),
+        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
+        (status = 404, description = "Not in the voting set", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not the leader (`not_leader`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
     let b: ForgetBody = json_body(body, "{\"member\": URL or id}").await?;
     if node.leader().is_none() {
@@ -198,12 +230,29 @@ pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Respo
     }
 }
 
-#[derive(Deserialize)]
-struct FollowBody {
+/// `POST /admin/follow`'s body.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct FollowBody {
+    /// The leader's URL.
     leader: String,
 }
 
 /// `POST /admin/follow {"leader": URL}`: follow another leader.
+#[utoipa::path(
+    post,
+    path = "/admin/follow",
+    tag = "admin",
+    operation_id = "admin_follow",
+    description = "Follow another leader (static coordinator). Destructive: a leader steps down.",
+    request_body(content = FollowBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Now following", body = super::openapi::FollowResponse),
+        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
+        (status = 409, description = "Leadership is etcd's (`coordinator_managed`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn follow(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
     etcd_managed(&node, "manual follow")?;
     let b: FollowBody = json_body(body, "{\"leader\": URL}").await?;
@@ -231,15 +280,33 @@ async fn follow_to_the_end(node: &AppState, leader: String, epoch: Epoch) -> Api
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-#[derive(Deserialize)]
-struct FenceBody {
+/// `POST /admin/fence`'s body.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct FenceBody {
+    /// The new leader's epoch.
     epoch: u64,
+    /// The new leader's URL.
     leader: String,
 }
 
 /// `POST /admin/fence {"epoch", "leader"}`: a new leader announces itself.
 /// A node at a lower epoch stops acting on it: a leader steps down, and
 /// everyone re-points to the announced leader.
+#[utoipa::path(
+    post,
+    path = "/admin/fence",
+    tag = "admin",
+    operation_id = "admin_fence",
+    description = "A new leader announces itself: a node at a lower epoch stops acting on it (a leader steps down) and follows the announced leader. Destructive.",
+    request_body(content = FenceBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Fenced, or the announced leader is this node", body = super::openapi::FenceResponse),
+        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
+        (status = 409, description = "The announced epoch is not newer (`stale_epoch`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
     let b: FenceBody = json_body(body, "{\"epoch\": N, \"leader\": URL}").await?;
     replidb_replication::transport::host_port(&b.leader)
@@ -278,9 +345,13 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
     .into_response())
 }
 
-#[derive(Deserialize)]
-struct SwitchoverBody {
+/// `POST /admin/switchover`'s body.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SwitchoverBody {
+    /// The follower's id.
     to: String,
+    /// How long to wait for it to catch up (default 5000, at most 60000;
+    /// writes pause meanwhile).
     #[serde(default)]
     timeout_ms: Option<u64>,
 }
@@ -371,6 +442,23 @@ async fn wait_caught_up(
 /// 504. The pause never outlives the request: a client that disconnects
 /// ends it too. Once the hand-over itself has started it runs to its end
 /// even if the client leaves, so it is never cut off half-way.
+#[utoipa::path(
+    post,
+    path = "/admin/switchover",
+    tag = "admin",
+    operation_id = "admin_switchover",
+    description = "Hand leadership to a connected follower without losing an acknowledged write: writes pause until it holds every record, then it leads and this node follows it. Destructive.",
+    request_body(content = SwitchoverBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Switched", body = super::openapi::SwitchoverResponse),
+        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such follower is connected", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not the leader, another switchover in progress, or the hand-over failed", body = super::openapi::ErrorBody),
+        (status = 504, description = "The follower did not catch up in time; writes resumed here (`switchover_timeout`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn switchover(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
     let b: SwitchoverBody = json_body(body, "{\"to\": ID}").await?;
     let timeout_ms = b.timeout_ms.unwrap_or(SWITCHOVER_TIMEOUT_MS_DEFAULT);

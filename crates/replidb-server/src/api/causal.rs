@@ -474,13 +474,39 @@ fn map_json(_key: &str, s: Option<&KeyState>) -> Value {
     Value::Object(s.and_then(KeyState::map_object).unwrap_or_default())
 }
 
-#[derive(serde::Deserialize)]
+/// `POST /v1/counter/{key}`'s body.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CounterBody {
+pub(crate) struct CounterBody {
+    /// How much to add (negative: subtract).
     delta: i64,
 }
 
 /// `POST /v1/counter/{key}` `{"delta": N}`.
+#[utoipa::path(
+    post,
+    path = "/v1/counter/{key}",
+    tag = "types",
+    operation_id = "counter_add",
+    description = "Add `delta` (may be negative) to a PN-counter.",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::WriteQuery,
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
+    ),
+    request_body(content = CounterBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied, and the write concern met", body = super::openapi::CounterWriteResponse),
+        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Bad key, malformed body, nothing or too much to change, unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::CounterWriteResponse),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn counter_post(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -508,6 +534,26 @@ pub async fn counter_post(
 }
 
 /// `GET /v1/counter/{key}` → `{"value": N}` (0 when absent).
+#[utoipa::path(
+    get,
+    path = "/v1/counter/{key}",
+    tag = "types",
+    operation_id = "counter_get",
+    description = "A PN-counter's value (0 when absent).",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::ReadQuery,
+        ("X-Replidb-Min-Lsn" = Option<u64>, Header, description = "Same as `min_lsn`"),
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: same as `min_version`"),
+    ),
+    responses(
+        (status = 200, description = "The counter", body = super::openapi::CounterResponse),
+        (status = 400, description = "Bad key, unknown or invalid parameter, bad header", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "Not fresh enough in time, no leader or replicas reachable; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn counter_get(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -527,16 +573,43 @@ pub async fn counter_get(
     .await
 }
 
-#[derive(serde::Deserialize)]
+/// `POST /v1/set/{key}`'s body.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetBody {
+pub(crate) struct SetBody {
+    /// Members to add.
     #[serde(default)]
     add: Vec<String>,
+    /// Members to remove (those this node has seen).
     #[serde(default)]
     remove: Vec<String>,
 }
 
 /// `POST /v1/set/{key}` `{"add": [..], "remove": [..]}`.
+#[utoipa::path(
+    post,
+    path = "/v1/set/{key}",
+    tag = "types",
+    operation_id = "set_update",
+    description = "Add and remove members of an observed-remove set (at most 1000 changes).",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::WriteQuery,
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
+    ),
+    request_body(content = SetBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied, and the write concern met", body = super::openapi::SetWriteResponse),
+        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Bad key, malformed body, nothing or too much to change, unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::SetWriteResponse),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn set_post(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -569,6 +642,26 @@ pub async fn set_post(
 }
 
 /// `GET /v1/set/{key}` → `{"members": [..]}` (sorted; empty when absent).
+#[utoipa::path(
+    get,
+    path = "/v1/set/{key}",
+    tag = "types",
+    operation_id = "set_get",
+    description = "A set's members, sorted (empty when absent).",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::ReadQuery,
+        ("X-Replidb-Min-Lsn" = Option<u64>, Header, description = "Same as `min_lsn`"),
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: same as `min_version`"),
+    ),
+    responses(
+        (status = 200, description = "The members", body = super::openapi::SetResponse),
+        (status = 400, description = "Bad key, unknown or invalid parameter, bad header", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "Not fresh enough in time, no leader or replicas reachable; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn set_get(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -580,6 +673,30 @@ pub async fn set_get(
 }
 
 /// `PATCH /v1/map/{key}`: a JSON object of fields; `null` removes one.
+#[utoipa::path(
+    patch,
+    path = "/v1/map/{key}",
+    tag = "types",
+    operation_id = "map_patch",
+    description = "Set fields of a map (LWW per field on HLC); a `null` field is removed. 1..=1000 fields.",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::WriteQuery,
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
+    ),
+    request_body(content = Object, content_type = "application/json", description = "Fields to set; `null` removes"),
+    responses(
+        (status = 200, description = "Applied, and the write concern met", body = super::openapi::MapWriteResponse),
+        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Bad key, malformed body, nothing or too much to change, unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::MapWriteResponse),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn map_patch(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -616,6 +733,26 @@ pub async fn map_patch(
 }
 
 /// `GET /v1/map/{key}` → the merged object (`{}` when absent).
+#[utoipa::path(
+    get,
+    path = "/v1/map/{key}",
+    tag = "types",
+    operation_id = "map_get",
+    description = "A map as a JSON object (`{}` when absent).",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::ReadQuery,
+        ("X-Replidb-Min-Lsn" = Option<u64>, Header, description = "Same as `min_lsn`"),
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: same as `min_version`"),
+    ),
+    responses(
+        (status = 200, description = "The map", body = Object),
+        (status = 400, description = "Bad key, unknown or invalid parameter, bad header", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "Not fresh enough in time, no leader or replicas reachable; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn map_get(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -627,6 +764,21 @@ pub async fn map_get(
 }
 
 /// `GET /v1/conflicts?limit=N&prefix=P`: newest resolved conflicts here.
+#[utoipa::path(
+    get,
+    path = "/v1/conflicts",
+    tag = "types",
+    operation_id = "conflicts",
+    description = "The newest conflicts this node resolved (empty in single-leader mode).",
+    params(
+        ("limit" = Option<u64>, Query, description = "Most conflicts (default 100)", minimum = 1, maximum = 1000),
+        ("prefix" = Option<String>, Query, description = "Only keys starting with this"),
+    ),
+    responses(
+        (status = 200, description = "The conflicts, newest first", body = Vec<super::openapi::ConflictJson>),
+        (status = 400, description = "Unknown or invalid parameter", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn conflicts(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), &["limit", "prefix"])?;
     let limit = p

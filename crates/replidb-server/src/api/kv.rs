@@ -87,6 +87,31 @@ pub(crate) fn path_and_query(uri: &OriginalUri) -> String {
 }
 
 /// `GET /v1/kv/{key}`.
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    operation_id = "kv_get",
+    description = "Read a key: the raw value, or JSON with `format=json`. A follower serves `eventual`/`bounded`/`min_lsn` reads itself and relays the others to the leader.",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded; may contain `/`", min_length = 1),
+        super::params::ReadQuery,
+        ("X-Replidb-Min-Lsn" = Option<u64>, Header, description = "Same as `min_lsn` (the higher wins)"),
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: same as `min_version`"),
+    ),
+    responses(
+        (status = 200, description = "The value", content(
+            (super::openapi::RawBytes = "application/octet-stream"),
+            (super::openapi::ValueJson = "application/json"),
+        )),
+        (status = 300, description = "Multi-leader/leaderless under `siblings`: concurrent versions", body = super::openapi::SiblingsResponse),
+        (status = 400, description = "Bad key (`invalid_key`), unknown or invalid parameter, bad header", body = super::openapi::ErrorBody),
+        (status = 404, description = "Absent (`not_found`)", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key is a counter, set or map (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "Not fresh enough in time (`fallback=error`, `min_lsn`/`min_version` not reached), a strong read the leader cannot confirm, no leader or replicas reachable; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 508, description = "Relayed too many times between nodes that disagree on the leader (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn get_key(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -173,6 +198,30 @@ pub fn read_local(node: &Node, key: &str, as_json: bool) -> ApiResult<Response> 
 }
 
 /// `PUT /v1/kv/{key}`.
+#[utoipa::path(
+    put,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    operation_id = "kv_put",
+    description = "Write a key; the body is the value (any bytes). Single-leader: only the leader writes (a follower answers 307, or forwards with --forward-writes); multi-leader: this node writes; leaderless: a replica of the key coordinates.",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::WriteQuery,
+        ("X-Replidb-Context" = Option<String>, Header, description = "Multi-leader/leaderless: the context of an earlier read; the write replaces exactly the versions it names"),
+    ),
+    request_body(content = super::openapi::RawBytes, content_type = "application/octet-stream", description = "The value"),
+    responses(
+        (status = 200, description = "Written, and the write concern met", body = super::openapi::WriteResponse),
+        (status = 307, description = "Sent to a follower: `Location` names the leader's same path", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Bad key, unknown or invalid parameter, `w` above the voters (`w_exceeds_voters`), bad `X-Replidb-Context`", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time (`request_timeout`)", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key is a counter, set or map (`wrong_type`), or has too many siblings", body = super::openapi::ErrorBody),
+        (status = 413, description = "The value is larger than --max-value-bytes (`value_too_large`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now (`no_quorum`, `fenced`, `stale_leader`, `switchover_in_progress`, `no_leader`, `min_version_not_reached`, `no_replica`); with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "Durable here but the write concern was not met within `timeout_ms` (`committed: false`; not undone)", body = super::openapi::WriteResponse),
+        (status = 508, description = "A forwarded write relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn put_key(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -209,6 +258,27 @@ pub async fn put_key(
 }
 
 /// `DELETE /v1/kv/{key}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    operation_id = "kv_delete",
+    description = "Delete a key: 200 even if absent (`existed` says). Multi-leader/leaderless: a tombstone version.",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::WriteQuery,
+        ("X-Replidb-Context" = Option<String>, Header, description = "Multi-leader/leaderless: the context of an earlier read"),
+    ),
+    responses(
+        (status = 200, description = "Written, and the write concern met", body = super::openapi::WriteResponse),
+        (status = 307, description = "Sent to a follower: `Location` names the leader's same path", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Bad key, unknown or invalid parameter, `w` above the voters (`w_exceeds_voters`), bad `X-Replidb-Context`", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key is a counter, set or map (`wrong_type`), or has too many siblings", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now (`no_quorum`, `fenced`, `stale_leader`, `switchover_in_progress`, `no_leader`, `min_version_not_reached`, `no_replica`); with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "Durable here but the write concern was not met within `timeout_ms` (`committed: false`; not undone)", body = super::openapi::WriteResponse),
+        (status = 508, description = "A forwarded write relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete_key(
     State(node): State<AppState>,
     KeyPath(key): KeyPath,
@@ -291,6 +361,25 @@ pub(crate) fn write_opts(node: &Node, p: &Params) -> ApiResult<WriteOpts> {
 }
 
 /// `GET /v1/kv?prefix=P&limit=N`: a JSON array in key order.
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    tag = "kv",
+    operation_id = "kv_scan",
+    description = "Scan keys in order, with the read options of a single read.",
+    params(
+        super::params::ScanQuery,
+        super::params::ReadQuery,
+        ("X-Replidb-Min-Lsn" = Option<u64>, Header, description = "Same as `min_lsn`"),
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: same as `min_version`"),
+    ),
+    responses(
+        (status = 200, description = "The items, in key order", body = Vec<super::openapi::ValueJson>),
+        (status = 400, description = "Unknown or invalid parameter, `limit` out of 1..=10000", body = super::openapi::ErrorBody),
+        (status = 503, description = "Not fresh enough in time, no leader reachable; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn scan(
     State(node): State<AppState>,
     RawQuery(q): RawQuery,
@@ -331,29 +420,61 @@ pub async fn scan(
     .await
 }
 
-#[derive(Deserialize)]
+/// A transaction's condition: the key's LSN must be `lsn` (0: absent).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TxnCondition {
+pub(crate) struct TxnCondition {
+    /// The key.
     key: String,
+    /// The LSN that must have written it; 0 means "absent".
     lsn: u64,
 }
 
-#[derive(Deserialize)]
+/// `op` of a transaction operation (the handler reads it as a string, so
+/// that another value is an `invalid_parameter` naming it).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum TxnOpKind {
+    Put,
+    Delete,
+}
+
+/// `encoding` of a transaction put's value.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum TxnEncoding {
+    Utf8,
+    Base64,
+}
+
+/// One operation of a transaction.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TxnOp {
+pub(crate) struct TxnOp {
+    /// `put` or `delete`.
+    #[schema(inline, value_type = TxnOpKind)]
     op: String,
+    /// The key.
     key: String,
+    /// A put's value (required for `put`).
     #[serde(default)]
     value: Option<String>,
+    /// `utf8` (default) or `base64` (the value is base64 of the bytes).
     #[serde(default)]
+    #[schema(inline, value_type = Option<TxnEncoding>)]
     encoding: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/txn`: conditions, then operations applied all or nothing.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TxnBody {
+pub(crate) struct TxnBody {
+    /// Every condition must hold, or nothing is written (409).
     #[serde(rename = "if", default)]
     conditions: Vec<TxnCondition>,
+    /// 1..=1000 operations.
     ops: Vec<TxnOp>,
 }
 
@@ -361,6 +482,26 @@ struct TxnBody {
 pub const TXN_OPS_MAX: usize = 1000;
 
 /// `POST /v1/txn`: conditions checked and ops applied as one record.
+#[utoipa::path(
+    post,
+    path = "/v1/txn",
+    tag = "kv",
+    operation_id = "txn",
+    description = "An atomic batch: every condition holds and every operation is applied as one record, or nothing is. Single-leader only (400 `not_supported` elsewhere).",
+    params(super::params::WriteQuery),
+    request_body(content = TxnBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied, and the write concern met", body = super::openapi::WriteResponse),
+        (status = 307, description = "Sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Malformed JSON, bad key, 0 or more than 1000 ops, a put without value, bad base64, invalid parameter, `not_supported` outside single-leader", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "A condition failed (`condition_failed`, once the state it was checked against is committed at `w`), or a key is a typed key (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body or a value too large", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`), or a failed condition could not be confirmed (`condition_unconfirmed`)", body = super::openapi::TimeoutBody),
+        (status = 508, description = "A forwarded write relayed too many times", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn txn(
     State(node): State<AppState>,
     RawQuery(q): RawQuery,

@@ -53,11 +53,21 @@ pub const REPLICAS_HEADER: &str = "x-replidb-replicas";
 /// handed on again.
 pub const COORDINATED_HEADER: &str = "x-replidb-coordinator-hop";
 
+/// The node's leaderless state; on a node of another topology, the
+/// leaderless endpoints are refused with a 400 (they were a 500, and
+/// `/internal/replica` and `/internal/collect` wrote to a single-leader
+/// follower's own log, behind its leader's back).
 fn lz(node: &Node) -> ApiResult<Arc<Leaderless>> {
-    node.leaderless
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::internal("leaderless state missing"))
+    node.leaderless.get().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_supported",
+            format!(
+                "this endpoint belongs to the leaderless topology; this node is {}",
+                node.config.topology.as_str()
+            ),
+        )
+    })
 }
 
 /// How many of `n` replicas `w=`/`r=` asks for: `1`, `k`, `quorum`
@@ -386,11 +396,27 @@ pub async fn read(
 }
 
 /// `POST /internal/replica?key=K`: join a state from another replica.
+#[utoipa::path(
+    post,
+    path = "/internal/replica",
+    tag = "internal",
+    operation_id = "internal_replica_put",
+    description = "Leaderless: join a key's state sent by another replica.",
+    params(("key" = String, Query, description = "The key")),
+    request_body(content = super::openapi::RawBytes, content_type = "application/octet-stream", description = "The encoded state"),
+    responses(
+        (status = 200, description = "Merged", body = super::openapi::ReplicaMerged),
+        (status = 400, description = "Missing or bad key, unknown parameter, a state that does not decode or merge; `not_supported` on a node that is not leaderless", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn replica_put(
     State(node): State<AppState>,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> ApiResult<Response> {
+    lz(&node)?;
     let p = Params::parse(q.as_deref(), &["key"])?;
     let key = p
         .str("key")
@@ -411,22 +437,61 @@ pub async fn replica_put(
 }
 
 /// `GET /internal/replica?key=K`: this node's state of `key` (encoded), or 404.
+#[utoipa::path(
+    get,
+    path = "/internal/replica",
+    tag = "internal",
+    operation_id = "internal_replica_get",
+    description = "Leaderless: this node's encoded state of a key.",
+    params(("key" = String, Query, description = "The key")),
+    responses(
+        (status = 200, description = "The encoded state", content_type = "application/octet-stream", body = super::openapi::RawBytes),
+        (status = 400, description = "Missing key, unknown parameter; `not_supported` on a node that is not leaderless", body = super::openapi::ErrorBody),
+        (status = 404, description = "No causal state for the key here", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn replica_get(
     State(node): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
+    lz(&node)?;
     let p = Params::parse(q.as_deref(), &["key"])?;
     let key = p
         .str("key")
         .ok_or_else(|| ApiError::bad_request("key is required"))?;
     match node.engine.table().get(key)? {
-        Some(v) if v.causal => Ok(Response::new(Body::from(v.value))),
+        // Labelled, as the document says: a body without a content type
+        // was the one answer the fuzzer found unlabelled.
+        Some(v) if v.causal => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            v.value,
+        )
+            .into_response()),
         _ => Err(ApiError::not_found(format!("no state for {key:?}"))),
     }
 }
 
 /// `POST /internal/hint?owner=URL&key=K`: keep a state for a replica that
 /// did not answer (507 when the hint store is full).
+#[utoipa::path(
+    post,
+    path = "/internal/hint",
+    tag = "internal",
+    operation_id = "internal_hint_put",
+    description = "Leaderless: keep a key's state for a replica that did not answer (hinted handoff).",
+    params(
+        ("owner" = String, Query, description = "The replica the hint is for"),
+        ("key" = String, Query, description = "The key"),
+    ),
+    request_body(content = super::openapi::RawBytes, content_type = "application/octet-stream", description = "The encoded state"),
+    responses(
+        (status = 200, description = "Stored", body = super::openapi::HintStored),
+        (status = 400, description = "Missing or invalid parameter; `not_supported` on a node that is not leaderless", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = super::openapi::ErrorBody),
+        (status = 507, description = "The hint store is full (`hints_full`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn hint_put(
     State(node): State<AppState>,
     RawQuery(q): RawQuery,
@@ -460,6 +525,18 @@ pub async fn hint_put(
 
 /// `GET /internal/ae/leaves?peer=URL`: the hash-tree leaves of the keys
 /// this node and `peer` both replicate.
+#[utoipa::path(
+    get,
+    path = "/internal/ae/leaves",
+    tag = "internal",
+    operation_id = "internal_ae_leaves",
+    description = "Leaderless anti-entropy: the hash-tree leaves of the keys this node and `peer` both replicate.",
+    params(("peer" = Option<String>, Query, description = "The peer's URL")),
+    responses(
+        (status = 200, description = "One hash per leaf", body = Vec<u64>),
+        (status = 400, description = "Missing or invalid parameter; `not_supported` on a node that is not leaderless", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn ae_leaves(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let lz = lz(&node)?;
     let p = Params::parse(q.as_deref(), &["peer"])?;
@@ -476,6 +553,21 @@ pub async fn ae_leaves(State(node): State<AppState>, RawQuery(q): RawQuery) -> A
 }
 
 /// `GET /internal/ae/bucket?peer=URL&bucket=B`: key → entry hash of one leaf.
+#[utoipa::path(
+    get,
+    path = "/internal/ae/bucket",
+    tag = "internal",
+    operation_id = "internal_ae_bucket",
+    description = "Leaderless anti-entropy: key to entry hash, for one leaf.",
+    params(
+        ("peer" = Option<String>, Query, description = "The peer's URL"),
+        ("bucket" = u64, Query, description = "The leaf number"),
+    ),
+    responses(
+        (status = 200, description = "Key to entry hash", body = BTreeMap<String, u64>),
+        (status = 400, description = "Missing or invalid parameter; `not_supported` on a node that is not leaderless", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn ae_bucket(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let lz = lz(&node)?;
     let p = Params::parse(q.as_deref(), &["peer", "bucket"])?;
@@ -520,6 +612,18 @@ pub fn status(node: &Node) -> Value {
 }
 
 /// `GET /internal/hints?key=K`: how many hints this node holds for `key`.
+#[utoipa::path(
+    get,
+    path = "/internal/hints",
+    tag = "internal",
+    operation_id = "internal_hints",
+    description = "Leaderless: how many hints this node holds for a key.",
+    params(("key" = Option<String>, Query, description = "The key")),
+    responses(
+        (status = 200, description = "The count", body = super::openapi::HintsPending),
+        (status = 400, description = "Missing or invalid parameter; `not_supported` on a node that is not leaderless", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn hints_for(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let lz = lz(&node)?;
     let p = Params::parse(q.as_deref(), &["key"])?;
@@ -530,7 +634,25 @@ pub async fn hints_for(State(node): State<AppState>, RawQuery(q): RawQuery) -> A
 
 /// `POST /internal/collect?key=K&hash=H`: remove `key` if its state here
 /// still hashes to `H` (a tombstone every replica holds); 409 otherwise.
+#[utoipa::path(
+    post,
+    path = "/internal/collect",
+    tag = "internal",
+    operation_id = "internal_collect",
+    description = "Leaderless tombstone collection: remove a key if its state here is still the tombstone that hashes to `hash`.",
+    params(
+        ("key" = String, Query, description = "The key"),
+        ("hash" = u64, Query, description = "The entry hash of the tombstone every replica holds"),
+    ),
+    responses(
+        (status = 200, description = "Collected, or already absent", body = super::openapi::Collected),
+        (status = 400, description = "Missing or invalid parameter; `not_supported` on a node that is not leaderless", body = super::openapi::ErrorBody),
+        (status = 409, description = "The state changed since (`state_changed`), or the key is of another kind", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn collect(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    lz(&node)?;
     let p = Params::parse(q.as_deref(), &["key", "hash"])?;
     let (Some(key), Some(hash)) = (p.str("key"), p.parse_as::<u64>("hash", "an entry hash")?)
     else {

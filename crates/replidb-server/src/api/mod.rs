@@ -1,5 +1,7 @@
 //! The HTTP API (API.md): key-value under `/v1`, the seed endpoints,
-//! operations, and the replication upgrade endpoint, all on one port.
+//! operations, the replication upgrade endpoint, the dashboard and the
+//! OpenAPI document of all of them (`/openapi.json`, [`openapi`]), all on
+//! one port.
 //!
 //! Handlers are thin: they parse and validate, then call the engine, the
 //! leader (write concerns) or the read path in `read.rs`. Two middlewares
@@ -11,6 +13,7 @@ mod causal;
 mod error;
 mod kv;
 mod leaderless;
+pub mod openapi;
 mod ops;
 mod params;
 mod read;
@@ -45,14 +48,10 @@ use crate::node::{Node, Role};
 /// Shared handler state.
 pub type AppState = Arc<Node>;
 
-/// Build the router for `node`.
-pub fn router(node: Arc<Node>) -> Router {
-    router_with(node, Router::new())
-}
-
-/// [`router`] with `extra` routes (the dashboard's) merged in before the
-/// middleware, so tokens guard them too.
-pub fn router_with(node: Arc<Node>, extra: Router) -> Router {
+/// The node's own routes, before state and middleware. Every handler here
+/// carries a `#[utoipa::path]` and is listed in [`openapi::ApiDoc`];
+/// `registered_paths` and the tests check that nothing is left out.
+fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/kv/{*key}",
@@ -81,6 +80,7 @@ pub fn router_with(node: Arc<Node>, extra: Router) -> Router {
         .route("/health", get(ops::health))
         .route("/status", get(ops::status))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/admin/promote", post(admin::promote))
         .route("/admin/forget", post(admin::forget))
         .route("/admin/follow", post(admin::follow))
@@ -101,14 +101,61 @@ pub fn router_with(node: Arc<Node>, extra: Router) -> Router {
             replidb_replication::transport::REPLICATION_PATH,
             get(repl::upgrade),
         )
-        .fallback(ops::not_found)
+}
+
+/// Build the router for `node`: its routes and its dashboard, all behind
+/// the same middleware (so `--auth-file` guards the dashboard too, as
+/// [`crate::auth::access`] says it does).
+pub fn router(node: Arc<Node>) -> Router {
+    let dashboard = crate::dashboard::routes(crate::dashboard::Dashboard::new(
+        crate::dashboard::DashboardConfig {
+            seeds: vec![node.config.advertise()],
+            title: format!("replidb node {}", node.config.id),
+            controls: false,
+            http: Some(node.http.clone()),
+        },
+    ));
+    routes()
         .with_state(node.clone())
-        .merge(extra)
+        .merge(dashboard)
+        .fallback(ops::not_found)
         .layer(middleware::from_fn_with_state(node.clone(), node_headers))
         // Outside `node_headers`: a refused request learns nothing of the
         // node's positions.
         .layer(middleware::from_fn_with_state(node.clone(), require_token))
-        .layer(middleware::from_fn_with_state(node, request_metrics))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            request_metrics,
+        ))
+}
+
+/// Every path [`router`] serves, as OpenAPI path templates (`{*key}` is
+/// written `{key}`), read from the routers themselves rather than from a
+/// list kept beside them: axum can list its routes only through its
+/// `Debug` output, which names each registered path in quotes. A test
+/// compares this with the OpenAPI document, so a route added without
+/// documentation fails it.
+pub fn registered_paths() -> std::collections::BTreeSet<String> {
+    let dashboard = crate::dashboard::routes(crate::dashboard::Dashboard::new(
+        crate::dashboard::DashboardConfig {
+            seeds: Vec::new(),
+            title: String::new(),
+            controls: false,
+            http: None,
+        },
+    ));
+    let mut out = std::collections::BTreeSet::new();
+    for text in [format!("{:?}", routes()), format!("{dashboard:?}")] {
+        // Only the path router: the fallback router that follows it holds
+        // axum's own catch-all routes, which are not endpoints.
+        let paths = text.split("fallback_router").next().unwrap_or_default();
+        for piece in paths.split('"').skip(1).step_by(2) {
+            if piece.starts_with('/') && !piece.contains("__private__") {
+                out.insert(piece.replace("{*", "{"));
+            }
+        }
+    }
+    out
 }
 
 /// With `--auth-file`, refuse a request without a token that has the role

@@ -94,6 +94,22 @@ pub fn health_of(node: &Node, want_role: Option<&str>, max_lag_ms: Option<u64>) 
 }
 
 /// `GET /health[?role=leader|follower][&max_lag_ms=N]`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "ops",
+    operation_id = "health",
+    description = "Health for load balancers: 200 when healthy (and, if asked, of that role and within that lag), else 503 with the same body saying why.",
+    params(
+        ("role" = Option<String>, Query, description = "`leader` or `follower`: healthy only in that role"),
+        ("max_lag_ms" = Option<u64>, Query, description = "Healthy only within this lag"),
+    ),
+    responses(
+        (status = 200, description = "Healthy", body = super::openapi::HealthResponse),
+        (status = 400, description = "Unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 503, description = "Not healthy (the body says why)", body = super::openapi::HealthResponse),
+    ),
+)]
 pub async fn health(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), &["role", "max_lag_ms"])?;
     let want = p.str("role");
@@ -203,11 +219,27 @@ pub fn status_of(node: &Node) -> Value {
 }
 
 /// `GET /status`.
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "ops",
+    operation_id = "status",
+    description = "The node's role, positions, epoch history, followers (leader), peers and ring (other topologies).",
+    responses((status = 200, description = "The status", body = super::openapi::StatusResponse)),
+)]
 pub async fn status(State(node): State<AppState>) -> Json<Value> {
     Json(status_of(&node))
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    description = "Prometheus text format.",
+    responses((status = 200, description = "The metrics", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics(State(node): State<AppState>) -> Response {
     crate::metrics::refresh_gauges(&node);
     (
@@ -218,6 +250,19 @@ pub async fn metrics(State(node): State<AppState>) -> Response {
 }
 
 /// `POST /internal/catch-up?lsn=N`: apply up to `N` now (read repair).
+#[utoipa::path(
+    post,
+    path = "/internal/catch-up",
+    tag = "internal",
+    operation_id = "internal_catch_up",
+    description = "A follower applies its log up to `lsn` now, skipping its artificial delay (read repair). On the leader, a no-op.",
+    params(("lsn" = Option<u64>, Query, description = "The LSN to reach")),
+    responses(
+        (status = 200, description = "Where it got", body = super::openapi::CatchUpResponse),
+        (status = 400, description = "Unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 503, description = "The follower could not catch up", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn catch_up(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), &["lsn"])?;
     let lsn = Lsn(p.parse_as::<u64>("lsn", "an LSN")?.unwrap_or(0));
@@ -233,6 +278,17 @@ pub async fn catch_up(State(node): State<AppState>, RawQuery(q): RawQuery) -> Ap
 
 /// `GET /internal/digest`: a digest of the table with the LSN it covers,
 /// so tests and operators can compare replicas (invariant 4).
+#[utoipa::path(
+    get,
+    path = "/internal/digest",
+    tag = "internal",
+    operation_id = "internal_digest",
+    description = "A digest of the table with the LSN it covers, to compare replicas.",
+    responses(
+        (status = 200, description = "The digest", body = super::openapi::DigestResponse),
+        (status = 503, description = "The table kept changing; retry", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn digest(State(node): State<AppState>) -> ApiResult<Response> {
     // Read the LSN on both sides of the digest: equal means no apply ran
     // in between, so the digest describes exactly that LSN.

@@ -216,3 +216,136 @@ impl ReadOpts {
         })
     }
 }
+
+// What the strict parser above accepts, as the OpenAPI document describes
+// it. Handlers take the raw query and parse it with [`Params`] (unknown
+// names are refused, which a typed extractor would not do); these structs
+// only describe it, and a test keeps their names equal to the lists above.
+
+/// `consistency=`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the query; `Consistency` parses it
+#[schema(rename_all = "lowercase")]
+pub enum ConsistencyParam {
+    /// Linearizable: the leader serves only state durable on a majority.
+    Strong,
+    /// The leader's state (default on the leader).
+    Leader,
+    /// Whatever the serving node has (default on a follower).
+    Eventual,
+    /// A follower within `max_staleness_ms`.
+    Bounded,
+}
+
+/// `fallback=`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum FallbackParam {
+    /// Relay the read to the leader (default).
+    Leader,
+    /// Answer 503 with `Retry-After`.
+    Error,
+}
+
+/// `format=`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum FormatParam {
+    /// `{"key","value","lsn","epoch"}` (and the causal fields).
+    Json,
+    /// The raw value (default).
+    Raw,
+}
+
+/// The query of a read ([`READ_PARAMS`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ReadQuery {
+    /// `strong`, `leader`, `eventual` or `bounded` (default `eventual` on a
+    /// follower, `leader` on the leader). `bounded` needs `max_staleness_ms`.
+    #[param(inline)]
+    consistency: Option<ConsistencyParam>,
+    /// For `bounded`: the most lag a follower may serve with.
+    max_staleness_ms: Option<u64>,
+    /// Serve only state at least this new (a read-your-writes token; or the
+    /// `X-Replidb-Min-Lsn` header).
+    min_lsn: Option<u64>,
+    /// Multi-leader: `origin:lsn,...`, wait until this node has applied
+    /// that much of each origin (or the `X-Replidb-Min-Version` header).
+    min_version: Option<String>,
+    /// Leaderless: how many replicas answer, `1..=N`, `quorum` or `all`.
+    #[param(pattern = "^([1-9][0-9]*|majority|all|quorum)$")]
+    r: Option<String>,
+    /// How long to wait for `min_lsn` / `min_version` (default 1000).
+    #[param(maximum = 60000)]
+    wait_ms: Option<u64>,
+    /// What a follower does when it cannot serve fresh enough.
+    #[param(inline)]
+    fallback: Option<FallbackParam>,
+    /// `json` for a JSON answer instead of the raw value.
+    #[param(inline)]
+    format: Option<FormatParam>,
+}
+
+/// The query of a write ([`WRITE_PARAMS`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct WriteQuery {
+    /// Write concern: `1`, a number of nodes, `majority` or `all`
+    /// (leaderless: `1..=N`, `quorum` or `all` replicas of the key).
+    /// Default from the node's configuration, normally `1`.
+    #[param(pattern = "^([1-9][0-9]*|majority|all|quorum)$")]
+    w: Option<String>,
+    /// How long to wait for the write concern (default 5000).
+    #[param(maximum = 600000)]
+    timeout_ms: Option<u64>,
+}
+
+/// The query of a scan: a read's, plus these.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ScanQuery {
+    /// Only keys starting with this.
+    prefix: Option<String>,
+    /// Most items (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<u64>,
+    /// Start after this key (paging).
+    start_after: Option<String>,
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+    use utoipa::IntoParams;
+
+    fn names<T: IntoParams>() -> Vec<String> {
+        let mut v: Vec<String> = T::into_params(|| None)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn sorted(list: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn documented_query_parameters_are_the_ones_the_parser_accepts() {
+        assert_eq!(names::<ReadQuery>(), sorted(READ_PARAMS));
+        assert_eq!(names::<WriteQuery>(), sorted(WRITE_PARAMS));
+        assert_eq!(
+            names::<ScanQuery>(),
+            sorted(&["prefix", "limit", "start_after"])
+        );
+    }
+}

@@ -10,6 +10,22 @@ use replidb_replication::transport::UPGRADE_PROTOCOL;
 use super::{ApiError, AppState};
 
 /// Accept a follower's stream.
+#[utoipa::path(
+    get,
+    path = "/v1/replication",
+    tag = "replication",
+    operation_id = "replication_stream",
+    description = "A follower's replication stream: an HTTP upgrade (`Connection: Upgrade`, `Upgrade: replidb-repl/1`) into length-delimited binary frames both ways.",
+    params(
+        ("Upgrade" = String, Header, description = "`replidb-repl/1`"),
+        ("Connection" = String, Header, description = "`Upgrade`"),
+    ),
+    responses(
+        (status = 101, description = "Switching protocols: the stream starts"),
+        (status = 400, description = "No `Upgrade: replidb-repl/1`", body = super::openapi::ErrorBody),
+        (status = 421, description = "Not the leader (`not_leader`)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn upgrade(State(node): State<AppState>, mut req: Request) -> Response {
     let wants = req
         .headers()

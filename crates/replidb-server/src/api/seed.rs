@@ -19,11 +19,18 @@ use super::write::{not_leader_response, propose, read_body, write_response, Orig
 use super::{ApiError, ApiResult, AppState};
 use crate::node::Node;
 
-#[derive(Deserialize)]
-struct SeedWrite {
+/// The body of `POST /write` and `POST /write-with-quorum`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SeedWrite {
+    /// The key (1..=1024 bytes of UTF-8).
     key: String,
+    /// The value: a string is stored as its text, anything else as its JSON.
+    #[schema(value_type = Value)]
     value: Value,
+    /// `/write-with-quorum`: nodes to wait for (a number, `majority` or
+    /// `all`); ignored by `/write`.
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     w: Option<Value>,
 }
 
@@ -98,6 +105,25 @@ async fn seed_write(
 }
 
 /// `POST /write {"key","value"}` at the default write concern.
+#[utoipa::path(
+    post,
+    path = "/write",
+    tag = "seed",
+    operation_id = "seed_write",
+    description = "Write at the node's default write concern.",
+    request_body(content = SeedWrite, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Written, and the write concern met", body = super::openapi::WriteResponse),
+        (status = 307, description = "Sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Malformed body, bad key, bad or missing `w`, `w` above the voters", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key is a counter, set or map (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "The value is larger than --max-value-bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`)", body = super::openapi::WriteResponse),
+        (status = 508, description = "A forwarded write relayed too many times", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn write(
     State(node): State<AppState>,
     uri: OriginalUri,
@@ -108,6 +134,25 @@ pub async fn write(
 }
 
 /// `POST /write-with-quorum {"key","value","w"}`.
+#[utoipa::path(
+    post,
+    path = "/write-with-quorum",
+    tag = "seed",
+    operation_id = "seed_write_with_quorum",
+    description = "Write and wait for `w` nodes (leader included).",
+    request_body(content = SeedWrite, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Written, and the write concern met", body = super::openapi::WriteResponse),
+        (status = 307, description = "Sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Malformed body, bad key, bad or missing `w`, `w` above the voters", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key is a counter, set or map (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "The value is larger than --max-value-bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`)", body = super::openapi::WriteResponse),
+        (status = 508, description = "A forwarded write relayed too many times", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn write_with_quorum(
     State(node): State<AppState>,
     uri: OriginalUri,
@@ -118,6 +163,21 @@ pub async fn write_with_quorum(
 }
 
 /// `GET /read?key=K`: the leader's value (proxied when asked of a follower).
+#[utoipa::path(
+    get,
+    path = "/read",
+    tag = "seed",
+    operation_id = "seed_read",
+    description = "The leader's value of `key` (a follower relays the read).",
+    params(("key" = String, Query, description = "The key")),
+    responses(
+        (status = 200, description = "The value", body = super::openapi::SeedReadResponse),
+        (status = 400, description = "Missing `key`, unknown parameter", body = super::openapi::ErrorBody),
+        (status = 404, description = "Absent", body = super::openapi::ErrorBody),
+        (status = 503, description = "No leader reachable", body = super::openapi::ErrorBody),
+        (status = 508, description = "Relayed too many times", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn read(
     State(node): State<AppState>,
     RawQuery(q): RawQuery,
@@ -174,6 +234,24 @@ fn followers(node: &Node) -> ApiResult<Vec<(String, String)>> {
 
 /// `GET /follower-read?key=K&replica=N`: what follower N (1-based) has;
 /// 404 until it has applied the key.
+#[utoipa::path(
+    get,
+    path = "/follower-read",
+    tag = "seed",
+    operation_id = "seed_follower_read",
+    description = "Follower number `replica`'s copy of `key` (1-based, in `/status` order); 404 until it has applied it.",
+    params(
+        ("key" = String, Query, description = "The key"),
+        ("replica" = Option<u64>, Query, description = "The follower's number (default 1)"),
+    ),
+    responses(
+        (status = 200, description = "The follower's copy", body = super::openapi::SeedReadResponse),
+        (status = 400, description = "Missing `key`, bad `replica`, unknown parameter", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such follower, or it has not applied the key", body = super::openapi::ErrorBody),
+        (status = 503, description = "The follower or the leader did not answer", body = super::openapi::ErrorBody),
+        (status = 508, description = "Relayed too many times", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn follower_read(
     State(node): State<AppState>,
     RawQuery(q): RawQuery,
@@ -250,6 +328,21 @@ pub fn encode_key(key: &str) -> String {
 /// version, and first bring every stale follower up to date (in WAL order:
 /// the follower applies its log up to the leader's LSN, skipping its
 /// artificial delay — a follower never applies out of order).
+#[utoipa::path(
+    get,
+    path = "/read-with-repair",
+    tag = "seed",
+    operation_id = "seed_read_with_repair",
+    description = "Ask every node for `key`, bring each stale follower up to date (in log order), and answer the newest version with what was repaired.",
+    params(("key" = String, Query, description = "The key")),
+    responses(
+        (status = 200, description = "The newest version", body = super::openapi::RepairResponse),
+        (status = 400, description = "Missing `key`, unknown parameter", body = super::openapi::ErrorBody),
+        (status = 404, description = "Absent everywhere", body = super::openapi::RepairNotFound),
+        (status = 503, description = "No leader reachable", body = super::openapi::ErrorBody),
+        (status = 508, description = "Relayed too many times", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn read_with_repair(
     State(node): State<AppState>,
     RawQuery(q): RawQuery,

@@ -720,21 +720,60 @@ fn node_json(n: &NodeView) -> Value {
 pub fn routes(dash: Arc<Dashboard>) -> axum::Router {
     axum::Router::new()
         .route("/dashboard", get(page))
-        .route("/dashboard/", get(page))
+        .route("/dashboard/", get(page_slash))
         .route("/dashboard/events", get(events))
         .route("/dashboard/state", get(state))
         .with_state(dash)
 }
 
 /// `GET /dashboard`: the page.
-async fn page(State(dash): State<Arc<Dashboard>>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "dashboard",
+    operation_id = "dashboard_page",
+    description = "The live dashboard: one HTML page that draws the cluster from `/dashboard/events`.",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)),
+)]
+pub(crate) async fn page(State(dash): State<Arc<Dashboard>>) -> Response {
     dash.touch();
     ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
 }
 
+/// `GET /dashboard/`: the page too.
+#[utoipa::path(
+    get,
+    path = "/dashboard/",
+    tag = "dashboard",
+    operation_id = "dashboard_page_slash",
+    description = "The same page as `/dashboard`.",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)),
+)]
+pub(crate) async fn page_slash(state: State<Arc<Dashboard>>) -> Response {
+    page(state).await
+}
+
 /// `GET /dashboard/state`: the current document.
-async fn state(State(dash): State<Arc<Dashboard>>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/dashboard/state",
+    tag = "dashboard",
+    operation_id = "dashboard_state",
+    description = "The dashboard's current document (nodes, lag and rate samples, timeline events), as JSON.",
+    responses(
+        (status = 200, description = "The document", body = Object),
+        (status = 503, description = "No poll has finished yet (`unavailable`, with `Retry-After`)", body = crate::api::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn state(State(dash): State<Arc<Dashboard>>) -> Response {
     let doc = dash.current().await;
+    if doc.is_empty() {
+        // Labelled JSON, an empty body was not: say why there is nothing.
+        return crate::api::ApiError::unavailable(
+            "the dashboard has not finished its first poll of the cluster yet; retry",
+        )
+        .into_response();
+    }
     (
         [(header::CONTENT_TYPE, "application/json")],
         doc.to_string(),
@@ -744,7 +783,15 @@ async fn state(State(dash): State<Arc<Dashboard>>) -> Response {
 
 /// `GET /dashboard/events`: one `state` event per poll, the first at once
 /// if a poll has finished.
-async fn events(
+#[utoipa::path(
+    get,
+    path = "/dashboard/events",
+    tag = "dashboard",
+    operation_id = "dashboard_events",
+    description = "Server-Sent Events: one `state` event (the `/dashboard/state` document) per poll of the cluster, for as long as the client listens.",
+    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String)),
+)]
+pub(crate) async fn events(
     State(dash): State<Arc<Dashboard>>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     dash.touch();
