@@ -9,7 +9,9 @@
 # time until the follower has applied the leader's last LSN, CPU time
 # (user + system, from /proc) of both processes, and the leader's
 # replidb_replication_bytes_{uncompressed,sent}_total. `--fsync never` on
-# both, so the disk does not hide the replication path.
+# both, so the disk does not hide the replication path; the leader does not
+# checkpoint (`--checkpoint-interval 1h`), so it keeps its whole WAL and the
+# follower catches up from records, not from a snapshot.
 #
 # Usage: scripts/bench-compression.sh [MB]   (default 64)
 #        REPLIDB=path/to/replidb to use another binary (default: release)
@@ -37,7 +39,8 @@ for kind in json random; do
     leader="http://127.0.0.1:$port"
     follower="http://127.0.0.1:$((port + 1))"
     "$BIN" server --id n1 --listen "127.0.0.1:$port" --data-dir "$dir/n1" \
-      --fsync never --replication-compression "$codec" >"$dir/n1.log" 2>&1 &
+      --fsync never --checkpoint-interval 1h --replication-compression "$codec" \
+      >"$dir/n1.log" 2>&1 &
     lpid=$!
     wait_up "$leader"
     "$BIN" bench --url "$leader" --clients 16 --requests "$N" --value-bytes "$VALUE_BYTES" \

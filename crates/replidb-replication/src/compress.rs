@@ -135,9 +135,10 @@ pub struct UnknownCodec(pub String);
 impl FromStr for Codec {
     type Err = UnknownCodec;
     fn from_str(s: &str) -> Result<Codec, UnknownCodec> {
+        let name = s.trim();
         Codec::ALL
             .into_iter()
-            .find(|c| c.name() == s.trim().to_ascii_lowercase())
+            .find(|c| c.name().eq_ignore_ascii_case(name))
             .ok_or_else(|| UnknownCodec(s.to_string()))
     }
 }
