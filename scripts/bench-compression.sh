@@ -51,7 +51,13 @@ for kind in json random; do
     "$BIN" server --id n2 --listen "127.0.0.1:$((port + 1))" --data-dir "$dir/n2" \
       --fsync never --follow "$leader" >"$dir/n2.log" 2>&1 &
     fpid=$!
+    deadline=$((SECONDS + 600))
     until [ "$(curl -s "$follower/status" 2>/dev/null | jq -r '.applied_lsn // 0' 2>/dev/null || echo 0)" = "$last" ]; do
+      if [ "$SECONDS" -gt "$deadline" ] || ! kill -0 "$fpid" 2>/dev/null; then
+        echo "follower did not catch up to lsn $last (log: $dir/n2.log)" >&2
+        kill "$lpid" "$fpid" 2>/dev/null || true
+        exit 1
+      fi
       sleep 0.05
     done
     t1=$(date +%s.%N)
