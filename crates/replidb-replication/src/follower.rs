@@ -18,6 +18,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::compress::{Codec, Offer};
 use crate::frame::{Frame, FrameCodec};
 use crate::lag::{LeaderAges, LEADER_AGES_ENTRIES_MAX};
 use crate::rollback;
@@ -41,6 +42,10 @@ pub struct FollowerOptions {
     pub idle_timeout: Duration,
     /// Seed of the delay sampler (deterministic demos and simulation).
     pub seed: u64,
+    /// This node's `--replication-compression`, sent as its preference in
+    /// `Hello` (the leader compresses with its own setting; this node
+    /// decodes every codec).
+    pub compression: Codec,
 }
 
 impl FollowerOptions {
@@ -54,6 +59,7 @@ impl FollowerOptions {
             backoff_max: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(3),
             seed: 0,
+            compression: Codec::DEFAULT,
         }
     }
 }
@@ -94,6 +100,9 @@ pub struct FollowerStatus {
     pub lag_ms: u64,
     /// Cluster nodes as the leader last listed them.
     pub peers: Vec<String>,
+    /// The codec the leader compresses this stream with, as negotiated at
+    /// the last handshake (`None` before the first).
+    pub compression: Option<Codec>,
 }
 
 /// A follower: owns the stream from its leader and the delayed applier.
@@ -336,6 +345,7 @@ impl Follower {
                 last_epoch: meta.history.epoch_at(pos.flush_lsn).unwrap_or_default(),
                 history: meta.history.clone(),
                 topology: String::new(),
+                compression: Offer::all(self.opts.compression),
             },
         )
         .await?;
@@ -345,6 +355,7 @@ impl Follower {
                 leader_id,
                 epoch,
                 history,
+                compression,
                 ..
             } => {
                 if epoch < meta.epoch {
@@ -354,7 +365,10 @@ impl Follower {
                     )));
                 }
                 self.engine.adopt_history(epoch, history.clone()).await?;
+                // From here on, and only the codec we agreed to.
+                framed.codec_mut().set_accept(&[compression]);
                 let mut s = self.st();
+                s.compression = Some(compression);
                 s.leader_id = Some(leader_id);
                 s.leader_epoch = epoch;
                 s.connected = true;

@@ -4,7 +4,10 @@
 //! Inputs are random bytes or mutations of valid frames of every kind (bit
 //! flips, overwritten, inserted and removed bytes, truncation), usually
 //! with the checksum and length recomputed afterwards so the mutation
-//! reaches postcard instead of stopping at the CRC. Seeded: a failure
+//! reaches postcard instead of stopping at the CRC. Frames are encoded
+//! with a random codec (none, LZ4, zstd), and large compressible batches
+//! and chunks are common, so mutations also reach the decompressors and
+//! the compressed envelope's header. Seeded: a failure
 //! prints the seed and input number that reproduce it.
 //!
 //! The normal test suite runs 20,000 inputs. The long run:
@@ -20,6 +23,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use replidb_core::{Epoch, EpochHistory, Lsn, Versioned};
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::compress::{Codec, Offer};
 use crate::frame::{Frame, FrameCodec};
 use replidb_wal::fuzz::{mutate, sample_record as record};
 
@@ -31,9 +35,21 @@ fn word(rng: &mut StdRng) -> String {
 }
 
 fn bytes(rng: &mut StdRng) -> Vec<u8> {
+    if rng.random_bool(0.5) {
+        // Compressible: a short random pattern repeated, long enough that
+        // the frame crosses the compression threshold.
+        let mut pattern = vec![0u8; rng.random_range(1..16)];
+        rng.fill_bytes(&mut pattern);
+        let n = rng.random_range(0..1200);
+        return pattern.iter().copied().cycle().take(n).collect();
+    }
     let mut v = vec![0u8; rng.random_range(0..200)];
     rng.fill_bytes(&mut v);
     v
+}
+
+fn codec(rng: &mut StdRng) -> Codec {
+    Codec::ALL[rng.random_range(0..Codec::ALL.len())]
 }
 
 fn history(rng: &mut StdRng) -> EpochHistory {
@@ -56,6 +72,10 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
             last_epoch: Epoch(rng.random()),
             history: history(rng),
             topology: word(rng),
+            compression: Offer {
+                decodes: (0..rng.random_range(0..4)).map(|_| codec(rng)).collect(),
+                prefer: codec(rng),
+            },
         },
         1 => Frame::Ack {
             flush_lsn: Lsn(rng.random()),
@@ -68,6 +88,7 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
             epoch: Epoch(rng.random()),
             history: history(rng),
             start_lsn: Lsn(rng.random()),
+            compression: codec(rng),
         },
         3 => Frame::Diverged {
             common_lsn: Lsn(rng.random()),
@@ -99,7 +120,15 @@ fn sample_frame(rng: &mut StdRng) -> Frame {
             lsn: Lsn(rng.random()),
         },
         8 => Frame::Records {
-            records: (0..rng.random_range(0..4)).map(|_| record(rng)).collect(),
+            records: (0..rng.random_range(0..4))
+                .map(|_| {
+                    let mut r = record(rng);
+                    if let replidb_core::Op::Put { value, .. } = &mut r.op {
+                        *value = bytes(rng);
+                    }
+                    r
+                })
+                .collect(),
             last_lsn: Lsn(rng.random()),
             commit_lsn: Lsn(rng.random()),
             first_age_ms: rng.random(),
@@ -145,7 +174,9 @@ fn input(rng: &mut StdRng) -> Vec<u8> {
         return b;
     }
     let mut buf = BytesMut::new();
-    FrameCodec::default()
+    let mut encoder = FrameCodec::default();
+    encoder.set_send(codec(rng), "fuzz");
+    encoder
         .encode(sample_frame(rng), &mut buf)
         .expect("a sample frame encodes");
     let mut b = buf.to_vec();
@@ -169,12 +200,13 @@ pub(crate) fn run(seed: u64, iterations: u64) {
         let bytes = input(&mut rng);
         let decoded = std::panic::catch_unwind(|| {
             let mut src = BytesMut::from(&bytes[..]);
-            FrameCodec::default().decode(&mut src)
+            FrameCodec::accepting_all().decode(&mut src)
         });
         match decoded {
             Err(_) => panic!("frame decoder panicked: seed {seed}, input {i}: {bytes:02x?}"),
             Ok(Ok(Some(frame))) => {
-                let mut codec = FrameCodec::default();
+                let mut codec = FrameCodec::accepting_all();
+                codec.set_send(Codec::Zstd, "fuzz");
                 let mut again = BytesMut::new();
                 codec.encode(frame.clone(), &mut again).expect("re-encodes");
                 let back = codec.decode(&mut again).ok().flatten();

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use crate::compress::{self, Codec};
 use crate::decide::{decide_start, LogPosition, StartDecision};
 use crate::frame::{Frame, FrameCodec, BATCH_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
 use crate::lag::{DurableTimes, DURABLE_TIMES_ENTRIES_MAX};
@@ -62,6 +63,10 @@ pub struct LeaderOptions {
     /// This node's topology fingerprint (see `Frame::Hello::topology`); a
     /// connecting node with another one is refused.
     pub topology: String,
+    /// Codec for `Records` and `SnapshotChunk` frames
+    /// (`--replication-compression`), used on each stream whose other
+    /// side can decode it (its `Hello` says), else frames go plain.
+    pub compression: Codec,
 }
 
 impl Default for LeaderOptions {
@@ -78,6 +83,7 @@ impl Default for LeaderOptions {
             advertise_url: String::new(),
             check_quorum: Duration::from_millis(3000),
             topology: String::new(),
+            compression: Codec::DEFAULT,
         }
     }
 }
@@ -118,6 +124,9 @@ pub struct ReplicaInfo {
     pub lag_ms: u64,
     /// `sync`, `quorum` or `async`, from the default write concern.
     pub sync: &'static str,
+    /// The codec this stream's records and snapshot chunks are compressed
+    /// with, as negotiated at its handshake.
+    pub compression: Codec,
     /// Last time we heard from it (leader's monotonic clock, ms).
     #[serde(skip)]
     pub last_seen_mono_ms: u64,
@@ -593,6 +602,7 @@ impl Leader {
             applied_lsn,
             history,
             topology,
+            compression: offer,
             ..
         })) = hello
         else {
@@ -665,6 +675,9 @@ impl Leader {
         let session = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let codec = compress::choose(self.opts.compression, &offer);
+        tracing::debug!(follower = %node_id, %codec, prefers = %offer.prefer, "replication compression chosen");
+        framed.codec_mut().set_send(codec, &self.node_id);
         let now = self.clock.mono_ms();
         self.lock().insert(
             node_id.clone(),
@@ -682,6 +695,7 @@ impl Leader {
                 session,
                 last_ack_mono_ms: None,
                 last_ack_age_ms: None,
+                compression: codec,
             },
         );
         self.acks.send_modify(|v| *v += 1);
@@ -707,6 +721,7 @@ impl Leader {
             StartDecision::Stream(l) => l,
             _ => Lsn::ZERO,
         };
+        let compression = framed.codec().send_codec();
         crate::bounded::send_within_follower(
             &mut framed,
             Frame::Welcome {
@@ -714,6 +729,7 @@ impl Leader {
                 epoch: self.epoch,
                 history,
                 start_lsn: start,
+                compression,
             },
             send_timeout,
         )

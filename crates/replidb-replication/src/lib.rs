@@ -19,6 +19,11 @@
 //!    answers `Ack { flush_lsn, applied_lsn }`, and applies it (after the
 //!    artificial delay, if configured), acknowledging again.
 //!
+//! `Hello` lists the codecs the connecting side decodes; `Welcome` names
+//! the one the serving side compresses `Records` and `SnapshotChunk` frames
+//! with (its own `--replication-compression` if the other side decodes it,
+//! else none; see [`compress`]).
+//!
 //! The leader counts acknowledgements per LSN for write concerns
 //! ([`Leader::wait_for`]) and computes `commit_lsn` (durable on a majority).
 //!
@@ -31,11 +36,12 @@
 //!   file first.
 //!
 //! # Left out
-//! Compression of frames; TLS; flow control beyond TCP's (a slow follower
+//! Flow control beyond TCP's (a slow follower
 //! slows only its own session).
 
 pub mod backoff;
 mod bounded;
+pub mod compress;
 pub mod decide;
 mod delay;
 pub mod follower;
@@ -48,6 +54,7 @@ pub mod peer;
 pub mod rollback;
 pub mod transport;
 
+pub use compress::{Codec, Offer};
 pub use decide::{decide_start, LogPosition, StartDecision};
 pub use follower::{Follower, FollowerOptions, FollowerStatus};
 pub use frame::{Frame, FrameCodec, FrameError};

@@ -24,6 +24,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::compress::{Codec, Offer};
 use crate::frame::{Frame, FrameCodec};
 use crate::transport::{BoxIo, Transport};
 use crate::{ReplicationError, Result};
@@ -58,6 +59,9 @@ pub struct PeerOptions {
     pub idle_timeout: Duration,
     /// Seed of the delay's random choices.
     pub seed: u64,
+    /// This node's `--replication-compression`, sent as its preference in
+    /// `Hello` (the peer compresses with its own setting).
+    pub compression: Codec,
 }
 
 impl PeerOptions {
@@ -72,6 +76,7 @@ impl PeerOptions {
             backoff_max: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3),
             seed: 0,
+            compression: Codec::DEFAULT,
         }
     }
 }
@@ -100,6 +105,9 @@ pub struct PeerStatus {
     pub error_count: u64,
     /// The last failure.
     pub last_error: Option<String>,
+    /// The codec the peer compresses its stream to us with, as negotiated
+    /// at the last handshake (`None` before the first).
+    pub compression: Option<Codec>,
 }
 
 /// A batch waiting for its delay: `(due, records)`.
@@ -311,11 +319,16 @@ impl PeerStream {
                 last_epoch: history.last_epoch(),
                 history,
                 topology: self.opts.topology.clone(),
+                compression: Offer::all(self.opts.compression),
             },
         )
         .await?;
-        let origin = match self.next_frame(&mut framed).await? {
-            Frame::Welcome { leader_id, .. } => leader_id,
+        let (origin, codec) = match self.next_frame(&mut framed).await? {
+            Frame::Welcome {
+                leader_id,
+                compression,
+                ..
+            } => (leader_id, compression),
             Frame::Refused { reason, .. } => return Err(ReplicationError::Refused(reason)),
             Frame::Diverged { common_lsn, .. } => {
                 return Err(ReplicationError::Protocol(format!(
@@ -341,9 +354,12 @@ impl PeerStream {
             self.st().origin = Some(origin);
             return Ok(());
         }
+        // From here on, and only the codec we agreed to.
+        framed.codec_mut().set_accept(&[codec]);
         {
             let mut s = self.st();
             s.connected = true;
+            s.compression = Some(codec);
         }
         tracing::info!(peer = %url, %origin, from = applied.next().0, "streaming from peer");
         let mut applied_rx = self.applied_tx.subscribe();

@@ -363,6 +363,8 @@ async fn an_ack_beyond_what_was_sent_is_refused_and_ends_the_session() {
         last_epoch: Epoch(0),
         history: EpochHistory::default(),
         topology: String::new(),
+        // An old-style hello: plain frames only.
+        compression: replidb_replication::Offer::default(),
     })
     .await
     .unwrap();

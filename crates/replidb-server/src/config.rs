@@ -92,6 +92,10 @@ pub struct NodeConfig {
     pub default_write_timeout: Duration,
     /// Artificial apply delay on a follower (`--replication-delay`).
     pub replication_delay: DurationRange,
+    /// Codec for the replication streams this node serves
+    /// (`--replication-compression`, default lz4), used with each follower
+    /// or peer that can decode it.
+    pub replication_compression: replidb_replication::Codec,
     /// Forward writes that reach a follower instead of answering 307
     /// (`--forward-writes`).
     pub forward_writes: bool,
@@ -176,6 +180,7 @@ impl NodeConfig {
             default_write_concern: WriteConcern::One,
             default_write_timeout: Duration::from_millis(5000),
             replication_delay: DurationRange::default(),
+            replication_compression: replidb_replication::Codec::DEFAULT,
             forward_writes: false,
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(60),

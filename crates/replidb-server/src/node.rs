@@ -221,6 +221,7 @@ impl Node {
         opts.delay = self.config.link_delay;
         opts.idle_timeout = (self.config.heartbeat_interval * 20).max(Duration::from_secs(1));
         opts.seed = seed_of(&self.config.id);
+        opts.compression = self.config.replication_compression;
         let me = self.config.advertise();
         let peers: Vec<Arc<PeerStream>> = self
             .config
@@ -446,6 +447,7 @@ fn core_options(config: &NodeConfig) -> CoreOptions {
     follower.backoff_max = config.backoff_max;
     follower.idle_timeout = (config.heartbeat_interval * 20).max(Duration::from_secs(1));
     follower.seed = seed_of(&config.id);
+    follower.compression = config.replication_compression;
     CoreOptions {
         id: config.id.clone(),
         advertise_url: config.advertise(),
@@ -460,6 +462,7 @@ fn core_options(config: &NodeConfig) -> CoreOptions {
             },
             advertise_url: config.advertise(),
             topology: config.topology_fingerprint(),
+            compression: config.replication_compression,
             // Multi-leader: every node writes alone; nothing to lose.
             check_quorum: match config.topology {
                 Topology::MultiLeader | Topology::Leaderless => Duration::ZERO,

@@ -253,7 +253,12 @@ pub(crate) type HostResult = turmoil::Result;
 
 /// The leader's software: open (or recover) the engine, start epoch 1 on a
 /// fresh log, and serve replication streams.
-pub(crate) async fn leader_host(shared: Arc<Shared>, dir: PathBuf, voters: usize) -> HostResult {
+pub(crate) async fn leader_host(
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    voters: usize,
+    compression: replidb_replication::Codec,
+) -> HostResult {
     let clock: Arc<dyn Clock> = shared.clock.clone();
     let engine = Engine::open(engine_options(dir, LEADER), clock.clone()).await?;
     if engine.meta().epoch == Epoch(0) {
@@ -261,6 +266,7 @@ pub(crate) async fn leader_host(shared: Arc<Shared>, dir: PathBuf, voters: usize
     }
     let opts = LeaderOptions {
         cluster_size: Some(voters),
+        compression,
         ..LeaderOptions::default()
     };
     let leader = Leader::new(LEADER, engine.clone(), clock, opts, WriteConcern::One);

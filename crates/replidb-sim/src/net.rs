@@ -197,7 +197,7 @@ impl<S> FaultIo<S> {
             let active = self.faults.duplicate.load(Ordering::Relaxed);
             let (dup, cut) = if active {
                 let repeatable = matches!(
-                    FrameCodec::default().decode(&mut frame.clone()),
+                    FrameCodec::accepting_all().decode(&mut frame.clone()),
                     Ok(Some(Frame::Records { .. } | Frame::Heartbeat { .. }))
                 );
                 let dup = repeatable && self.rng.random_bool(DUP_PROBABILITY);

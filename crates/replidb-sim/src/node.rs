@@ -145,10 +145,14 @@ pub(crate) async fn node_host(
     fopts.seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(index);
     let link = shared.links.get(&name).cloned().unwrap_or_default();
     let transport = Arc::new(SimTransport::new(link, fopts.seed ^ 0x5eed));
+    fopts.compression = codec_of(cfg.seed, index);
     let opts = CoreOptions {
         id: name.clone(),
         advertise_url: url_of(&name),
-        leader: LeaderOptions::default(),
+        leader: LeaderOptions {
+            compression: codec_of(cfg.seed, index),
+            ..LeaderOptions::default()
+        },
         follower: fopts,
         default_write_concern: WriteConcern::One,
         lease_required: true,
@@ -206,4 +210,11 @@ async fn watch_rewinds(node: Arc<NodeCore>, shared: Arc<Shared>, name: String) {
         }
         seen = Some((f, now));
     }
+}
+
+/// The node's `--replication-compression`, varied by seed and node so that
+/// runs cover every codec and every mix of them (streams negotiate).
+pub(crate) fn codec_of(seed: u64, index: u64) -> replidb_replication::Codec {
+    let all = replidb_replication::Codec::ALL;
+    all[(seed.wrapping_add(index) % all.len() as u64) as usize]
 }

@@ -96,8 +96,9 @@ fn fixed_hosts(sim: &mut turmoil::Sim<'_>, shared: &Arc<Shared>, cfg: &SimConfig
     let voters = cfg.followers + 1;
     {
         let (shared, dir) = (shared.clone(), dir.join(LEADER));
+        let codec = crate::node::codec_of(cfg.seed, 0);
         sim.host(LEADER, move || {
-            leader_host(shared.clone(), dir.clone(), voters)
+            leader_host(shared.clone(), dir.clone(), voters, codec)
         });
     }
     for (i, name) in cfg.follower_names().into_iter().enumerate() {

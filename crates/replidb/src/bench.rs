@@ -15,7 +15,7 @@
 //!
 //! Output is a markdown table, ready to paste into a README.
 
-use crate::cli::{BenchArgs, BenchMode};
+use crate::cli::{BenchArgs, BenchMode, ValueKind};
 use crate::UsageError;
 use clap::ValueEnum as _;
 use hdrhistogram::Histogram;
@@ -123,6 +123,7 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         client: client.clone(),
         mode: args.mode,
         value,
+        value_kind: args.value_kind,
         write_opts,
         read_opts,
         key_space: args.key_space,
@@ -202,6 +203,33 @@ fn random_value(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A JSON document of about `len` bytes for key number `k`: an order with
+/// line items whose ids and numbers vary, like application data.
+fn json_value(k: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand::rng();
+    let mut doc = format!(
+        r#"{{"id":{k},"user":"user-{}","email":"user{}@example.com","status":"{}","items":["#,
+        rng.random_range(0..10_000u32),
+        rng.random_range(0..10_000u32),
+        ["pending", "paid", "shipped"][rng.random_range(0..3usize)]
+    );
+    let mut first = true;
+    while doc.len() + 80 < len {
+        if !first {
+            doc.push(',');
+        }
+        first = false;
+        doc.push_str(&format!(
+            r#"{{"sku":"SKU-{:06}","qty":{},"price_cents":{}}}"#,
+            rng.random_range(0..1_000_000u32),
+            rng.random_range(1..10u32),
+            rng.random_range(100..100_000u32)
+        ));
+    }
+    doc.push_str("]}");
+    doc.into_bytes()
+}
+
 fn key(i: u64) -> String {
     format!("bench/{i:010}")
 }
@@ -245,25 +273,39 @@ struct Op {
     follower: Option<Client>,
     mode: BenchMode,
     value: Vec<u8>,
+    value_kind: ValueKind,
     write_opts: WriteOptions,
     read_opts: ReadOptions,
     key_space: u64,
 }
 
 impl Op {
+    /// The value of a write to key number `k`.
+    fn value_for(&self, k: u64) -> Vec<u8> {
+        match self.value_kind {
+            ValueKind::Same => self.value.clone(),
+            ValueKind::Random => {
+                let mut v = vec![0u8; self.value.len()];
+                rand::rng().fill(&mut v[..]);
+                v
+            }
+            ValueKind::Json => json_value(k, self.value.len()),
+        }
+    }
+
     /// One operation; `Some(d)` replaces the measured latency with `d`.
     async fn once(&self, k: u64) -> Result<Option<Duration>, replidb_client::ClientError> {
         let key = key(k);
         match (self.mode, &self.follower) {
             (BenchMode::Write, _) => self
                 .client
-                .put(&key, self.value.clone(), &self.write_opts)
+                .put(&key, self.value_for(k), &self.write_opts)
                 .await
                 .map(|_| None),
             (BenchMode::Visibility, Some(f)) => {
                 let w = self
                     .client
-                    .put(&key, self.value.clone(), &self.write_opts)
+                    .put(&key, self.value_for(k), &self.write_opts)
                     .await?;
                 let acked = Instant::now();
                 let opts = ReadOptions {

@@ -231,6 +231,17 @@ impl AdminCommand {
     }
 }
 
+/// What `replidb bench` writes; see [`BenchArgs::value_kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ValueKind {
+    /// One random printable value, written every time.
+    Same,
+    /// Fresh random bytes per write.
+    Random,
+    /// A JSON document per write.
+    Json,
+}
+
 /// What each bench client does per operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BenchMode {
@@ -265,6 +276,12 @@ pub struct BenchArgs {
     /// Size of each written value.
     #[arg(long, default_value_t = 100)]
     pub value_bytes: usize,
+    /// What the written values hold: `same` (one random printable value for
+    /// every write), `random` (fresh random bytes per write: nothing to
+    /// compress) or `json` (a JSON document per write, with varying ids and
+    /// numbers: compressible like application data).
+    #[arg(long, value_enum, default_value = "same")]
+    pub value_kind: ValueKind,
     /// Write concern of the writes (including the read modes' preload).
     #[arg(long, default_value = "1")]
     pub w: WriteConcern,

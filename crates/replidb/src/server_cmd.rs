@@ -77,6 +77,7 @@ fn log_start(c: &replidb_server::NodeConfig) {
     tracing::info!(
         node_id = %c.id,
         replication_delay = %c.replication_delay,
+        replication_compression = %c.replication_compression,
         backoff_base_ms = c.backoff_base.as_millis() as u64,
         backoff_max_ms = c.backoff_max.as_millis() as u64,
         heartbeat_interval_ms = c.heartbeat_interval.as_millis() as u64,

@@ -64,6 +64,11 @@ pub struct ServerOpts {
     /// On a follower, delay applying by DUR or a random DUR..DUR [default: 0ms]
     #[arg(long)]
     pub replication_delay: Option<String>,
+    /// Compress replication batches and snapshot chunks this node sends:
+    /// none, lz4 or zstd. Negotiated per stream: a follower or peer that
+    /// cannot decode it (an older node) gets plain frames [default: lz4]
+    #[arg(long)]
+    pub replication_compression: Option<String>,
     /// How nodes share writes: single-leader, multi-leader or leaderless
     /// [default: single-leader]
     #[arg(long)]
@@ -253,7 +258,7 @@ impl ServerOpts {
         let flags = &mut self;
         fill_from!(flags, file;
             id, listen, data_dir, follow, coordinator, etcd, cluster, fsync,
-            replication_delay, topology, peers, conflict_policy, link_delay,
+            replication_delay, replication_compression, topology, peers, conflict_policy, link_delay,
             replicas, strict_quorum, anti_entropy_interval,
             storage, max_value_bytes, default_w, default_timeout,
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
@@ -349,6 +354,10 @@ impl ServerOpts {
         }
         if let Some(r) = self.replication_delay {
             c.replication_delay = parse_as::<DurationRange>("replication_delay", &r)?;
+        }
+        if let Some(r) = self.replication_compression {
+            c.replication_compression =
+                parse_as::<replidb_replication::Codec>("replication_compression", &r)?;
         }
         if let Some(t) = self.topology {
             c.topology = parse_as::<Topology>("topology", &t)?;

@@ -213,6 +213,9 @@ pub fn status_of(node: &Node) -> Value {
             doc["last_sync"] = json!(s.last_sync_ms as f64 / 1000.0);
             doc["snapshots_installed"] = json!(s.snapshots_installed);
             doc["rollback_records"] = json!(s.rollback_records);
+            // The codec the leader compresses this stream with (null
+            // before the first handshake).
+            doc["replication_compression"] = json!(s.compression);
         }
     }
     doc

@@ -430,6 +430,7 @@ async fn node_host(
             topology: topology.clone(),
             // Every node writes alone: nothing to lose by writing while cut off.
             check_quorum: Duration::ZERO,
+            compression: crate::node::codec_of(cfg.seed, index as u64),
             ..LeaderOptions::default()
         },
         follower: FollowerOptions::new(name.clone(), url.clone()),
@@ -453,6 +454,7 @@ async fn node_host(
     popts.backoff_max = Duration::from_secs(2);
     popts.idle_timeout = Duration::from_secs(1);
     popts.seed = seed;
+    popts.compression = crate::node::codec_of(cfg.seed, index as u64);
     let peers: Vec<Arc<PeerStream>> = cfg
         .node_names()
         .into_iter()
