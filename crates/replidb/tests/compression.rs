@@ -50,15 +50,23 @@ async fn load(node: &Node, prefix: &str, from: u64, n: u64) -> u64 {
 
 /// The value of the counter `name` with label `codec="{codec}"` on `node`.
 async fn counter(node: &Node, name: &str, codec: &str) -> f64 {
-    let text = node
-        .http()
+    counter_in(&metrics_text(node).await, name, codec)
+}
+
+/// One scrape of `node`'s `/metrics`.
+async fn metrics_text(node: &Node) -> String {
+    node.http()
         .get(node.at("/metrics"))
         .send()
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
+        .expect("metrics text")
+}
+
+/// The sum of counter `name` for `codec` in one scrape.
+fn counter_in(text: &str, name: &str, codec: &str) -> f64 {
     let label = format!("codec=\"{codec}\"");
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(&label))
@@ -210,16 +218,23 @@ async fn a_none_leader_sends_plain_to_a_zstd_follower() {
     );
     load(&cluster.leader, "k/", 0, 100).await;
     cluster.wait_converged(Duration::from_secs(30)).await;
-    let plain = counter(
-        &cluster.leader,
-        "replidb_replication_bytes_uncompressed_total",
-        "none",
-    )
-    .await;
-    let sent = counter(
-        &cluster.leader,
-        "replidb_replication_bytes_sent_total",
-        "none",
+    // Both counters from one scrape, and the stream keeps sending
+    // heartbeats: a scrape may fall between a frame's two increments, so
+    // wait for one that does not. A leader that compressed would never
+    // show them equal.
+    let (plain, sent) = wait_for(
+        "one scrape with the bytes sent equal to the bytes before compression",
+        Duration::from_secs(10),
+        async || {
+            let text = metrics_text(&cluster.leader).await;
+            let plain = counter_in(
+                &text,
+                "replidb_replication_bytes_uncompressed_total",
+                "none",
+            );
+            let sent = counter_in(&text, "replidb_replication_bytes_sent_total", "none");
+            (sent == plain).then_some((plain, sent))
+        },
     )
     .await;
     assert!(plain > 100.0 * 800.0, "{plain}");
