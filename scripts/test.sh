@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run replidb's whole test suite on a fresh Debian machine: install what the
 # tests need (etcd for the failover tests, promtool from `prometheus` for
-# the deploy/ checks, schemathesis for the OpenAPI fuzz), build once, run every test, then soak the simulator
-# (release build) over SIM_SOAK_SEEDS seeds (default 2000) with every fault,
+# the deploy/ checks, schemathesis for the OpenAPI fuzz), build once, run
+# every test, then soak the simulator (release build) over SIM_SOAK_SEEDS seeds (default 2000) with every fault,
 # its multi-leader mode over ML_SOAK_SEEDS seeds (default 1000) and its
 # leaderless mode over LL_SOAK_SEEDS seeds (default 1000).
 set -euo pipefail
@@ -41,6 +41,10 @@ if ! command -v st >/dev/null 2>&1 ||
     if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
     hash -r
 fi
+# Wherever pip put `st` (the interpreter's scripts directory, or the user
+# base for a --user install), the tests find it on PATH.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin:$PATH"
+export PATH
 
 # Build everything first so test timing is not mixed with compilation.
 cargo build --workspace --all-targets --locked
