@@ -186,14 +186,25 @@ pub fn read_local(node: &Node, key: &str, as_json: bool) -> ApiResult<Response> 
             format!("key {key:?} is a {kind}; read it with GET /v1/{kind}/{key}"),
         ));
     }
-    if as_json {
-        return Ok(Json(versioned_json(key, &v)).into_response());
+    // The table makes an applied record visible a moment before the
+    // engine publishes its applied position, so the position alone can
+    // name an LSN older than the value served; a client (or the router's
+    // cookie) that carries it forward could then read backwards. Never
+    // label a value older than the record that wrote it.
+    let served = node.engine.positions().applied_lsn.max(v.lsn);
+    let mut resp = if as_json {
+        Json(versioned_json(key, &v)).into_response()
+    } else {
+        let mut resp = Response::new(Body::from(v.value));
+        resp.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        resp
+    };
+    if let Ok(h) = HeaderValue::from_str(&served.0.to_string()) {
+        resp.headers_mut().insert("x-replidb-lsn", h);
     }
-    let mut resp = Response::new(Body::from(v.value));
-    resp.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/octet-stream"),
-    );
     Ok(resp)
 }
 
