@@ -439,10 +439,14 @@ impl WriterCore {
             }
             Ok(self.table.get(key)?.map(|v| v.lsn).unwrap_or(Lsn::ZERO))
         };
-        // A plain write must not clobber a counter, set or map.
+        // A plain write must not clobber a counter, set or map. Where no
+        // causal key exists (every single-leader workload without typed
+        // keys) there is nothing to look up: the lookup was 6% of a plain
+        // write's instructions.
+        let no_typed_keys = overlay.state.is_empty() && !self.table.may_hold_causal_keys();
         let mut typed: Option<(String, KeyKind)> = None;
         let mut check = |key: &str| -> Result<()> {
-            if typed.is_some() {
+            if typed.is_some() || no_typed_keys {
                 return Ok(());
             }
             if let Ok(Some(s)) = self.causal_state(key, overlay)? {

@@ -245,6 +245,14 @@ pub trait Table: Send + Sync + 'static {
 
     /// Conflict counters since this process started.
     fn causal_stats(&self) -> CausalStats;
+
+    /// `false` only if no causal key (register, counter, set or map written
+    /// through the causal path) has ever been stored here, so a plain
+    /// write cannot land on a typed key and the writer may skip looking the
+    /// key up. A hint that may err only towards `true`: the default.
+    fn may_hold_causal_keys(&self) -> bool {
+        true
+    }
 }
 
 /// A frozen view of a table, read in key-ordered chunks.

@@ -65,6 +65,9 @@ const META_APPLIED: &str = "applied_lsn";
 const META_RESTORING: &str = "restoring";
 const META_CHECKPOINT: &str = "checkpoint_lsn";
 const META_VERSION: &str = "format_version";
+/// 1 once a causal value has been stored (see `Table::may_hold_causal_keys`);
+/// never reset. Absent in tables written before it existed.
+const META_CAUSAL: &str = "causal_keys";
 const FORMAT_VERSION: u64 = 1;
 /// Bytes of `lsn | epoch` in front of each stored value.
 const VALUE_HEADER: usize = 16;
@@ -84,6 +87,8 @@ pub struct RedbTable {
     /// Mirrors the `origins` table of the latest commit.
     origins: Mutex<std::collections::BTreeMap<String, Lsn>>,
     counters: crate::causal::CausalCounters,
+    /// In memory copy of `META_CAUSAL`.
+    causal_keys: AtomicBool,
 }
 
 /// Where a redb error came from, for its message.
@@ -224,6 +229,30 @@ impl RedbTable {
             txn.open_table(DATA)
                 .map_err(|e| ctx("opening data table").map(e))?;
         }
+        // Tables from before the flag: any data may include causal keys.
+        let causal_keys = {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| ctx("opening meta table").map(e))?;
+            let flag = meta
+                .get(META_CAUSAL)
+                .map_err(|e| ctx("reading meta table").map(e))?
+                .map(|g| g.value());
+            match flag {
+                Some(v) => v != 0,
+                None => {
+                    let data = txn
+                        .open_table(DATA)
+                        .map_err(|e| ctx("opening data table").map(e))?;
+                    let any = !data
+                        .is_empty()
+                        .map_err(|e| ctx("reading data table").map(e))?;
+                    meta.insert(META_CAUSAL, u64::from(any))
+                        .map_err(|e| ctx("writing meta table").map(e))?;
+                    any
+                }
+            }
+        };
         let mut origins = std::collections::BTreeMap::new();
         {
             let t = txn
@@ -247,6 +276,7 @@ impl RedbTable {
             writer: Mutex::new(()),
             origins: Mutex::new(origins),
             counters: Default::default(),
+            causal_keys: AtomicBool::new(causal_keys),
         })
     }
 
@@ -318,8 +348,22 @@ impl RedbTable {
             }
         }
         self.log_conflicts(txn, &outcomes)?;
+        if !outcomes.is_empty() {
+            self.note_causal(txn)?;
+        }
         for out in &outcomes {
             self.counters.note(out);
+        }
+        Ok(())
+    }
+
+    /// Record in `txn` that a causal value is stored (once per table).
+    fn note_causal(&self, txn: &WriteTransaction) -> Result<()> {
+        if !self.causal_keys.load(Ordering::Acquire) {
+            self.set_meta(txn, &[(META_CAUSAL, 1)])?;
+            // Set before the commit: a flag that is true too early only
+            // costs the writer a lookup.
+            self.causal_keys.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -552,6 +596,10 @@ impl Table for RedbTable {
         self.counters.read()
     }
 
+    fn may_hold_causal_keys(&self) -> bool {
+        self.causal_keys.load(Ordering::Acquire)
+    }
+
     fn get(&self, key: &str) -> Result<Option<Versioned>> {
         let (_txn, table) = self.read_data()?;
         let guard = table.get(key).map_err(|e| self.ctx("reading key").map(e))?;
@@ -664,6 +712,9 @@ impl Table for RedbTable {
                     .insert(key.as_str(), buf.as_slice())
                     .map_err(|e| self.ctx("staging restore entries").map(e))?;
             }
+        }
+        if entries.iter().any(|(_, v)| v.causal) {
+            self.note_causal(&txn)?;
         }
         self.commit(txn)
     }
@@ -842,5 +893,80 @@ mod tests {
         drop(t);
         let t = RedbTable::open(&path).unwrap();
         assert_eq!(t.get("k").unwrap().map(|v| v.lsn), Some(Lsn(1)));
+    }
+
+    fn counter(lsn: u64, key: &str) -> Record {
+        let stamp = replidb_causal::WriteStamp {
+            origin: "n1".into(),
+            lsn,
+            hlc: Default::default(),
+        };
+        let operand = replidb_causal::prepare(
+            key,
+            None,
+            replidb_causal::CausalWrite::Counter { delta: 1 },
+            replidb_causal::Policy::Lww,
+            &stamp,
+        )
+        .unwrap();
+        Record {
+            lsn: Lsn(lsn),
+            epoch: Epoch(1),
+            hlc: Default::default(),
+            op: Op::Merge {
+                key: key.into(),
+                operand: operand.encode(),
+            },
+        }
+    }
+
+    /// The writer skips its typed-key lookup while this is false, so it
+    /// must turn true with the first causal value, stay true across a
+    /// restart, and be true for a non-empty table written before the flag.
+    #[test]
+    fn causal_keys_flag_is_never_false_while_a_causal_key_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::REDB_FILE_NAME);
+        let t = RedbTable::open(&path).unwrap();
+        assert!(!t.may_hold_causal_keys());
+        t.apply(&[put(1, "plain")]).unwrap();
+        assert!(!t.may_hold_causal_keys());
+        t.apply(&[counter(2, "likes")]).unwrap();
+        assert!(t.may_hold_causal_keys());
+        drop(t);
+        let t = RedbTable::open(&path).unwrap();
+        assert!(t.may_hold_causal_keys());
+        drop(t);
+
+        // A table from before the flag: no meta entry, data present.
+        let old = dir.path().join("old.redb");
+        drop(RedbTable::open(&old).unwrap());
+        {
+            let db = Database::create(&old).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.remove(META_CAUSAL).unwrap();
+                let mut data = txn.open_table(DATA).unwrap();
+                let mut buf = Vec::new();
+                encode_value(&mut buf, b"?", Lsn(0), Epoch(1), true);
+                data.insert("a", buf.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert!(RedbTable::open(&old).unwrap().may_hold_causal_keys());
+
+        // A snapshot carrying a causal value, staged then installed.
+        let fresh = RedbTable::open(&dir.path().join("fresh.redb")).unwrap();
+        fresh.begin_restore().unwrap();
+        let v = Versioned {
+            value: b"state".to_vec(),
+            lsn: Lsn(3),
+            epoch: Epoch(1),
+            causal: true,
+        };
+        fresh.restore_chunk(&[("likes".to_string(), v)]).unwrap();
+        fresh.finish_restore(Lsn(3)).unwrap();
+        assert!(fresh.may_hold_causal_keys());
     }
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use replidb_core::{Lsn, Op, WriteConcern};
 use replidb_engine::{EngineError, Proposal};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::params::WriteOpts;
 use super::read::proxy_to_leader;
@@ -247,39 +247,58 @@ pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
 
 /// The contract's write response: 200, or 504 when the concern was not met.
 pub fn write_response(key: Option<&str>, opts: WriteOpts, out: &WriteOutcome) -> Response {
-    let mut body = json!({
-        "lsn": out.lsn.0,
-        "epoch": out.epoch,
-        "acks": out.acks,
-        "w": opts.w.to_string(),
-        "committed": out.committed,
+    let error = (!out.committed).then(|| WriteErrorBody {
+        code: "write_concern_timeout",
+        message: format!(
+            "write is durable on the leader and {} node(s) in all, fewer than w={} asked; it was not undone and may still replicate, or be rolled back by a failover",
+            out.acks, opts.w
+        ),
     });
-    if let (Some(k), Value::Object(m)) = (key, &mut body) {
-        m.insert("key".into(), Value::String(k.to_string()));
-    }
-    if let (Some(e), Value::Object(m)) = (out.existed, &mut body) {
-        m.insert("existed".into(), Value::Bool(e));
-    }
-    if !out.committed {
-        if let Value::Object(m) = &mut body {
-            m.insert(
-                "error".into(),
-                json!({"code": "write_concern_timeout", "message": format!(
-                    "write is durable on the leader and {} node(s) in all, fewer than w={} asked; it was not undone and may still replicate, or be rolled back by a failover",
-                    out.acks, opts.w)}),
-            );
-        }
-    }
+    let body = WriteBody {
+        acks: out.acks,
+        committed: out.committed,
+        epoch: out.epoch,
+        error,
+        existed: out.existed,
+        key,
+        lsn: out.lsn.0,
+        w: opts.w.to_string(),
+    };
     let status = if out.committed {
         StatusCode::OK
     } else {
         StatusCode::GATEWAY_TIMEOUT
     };
     let mut resp = (status, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&out.lsn.0.to_string()) {
-        resp.headers_mut().insert("x-replidb-lsn", v);
-    }
+    resp.headers_mut()
+        .insert("x-replidb-lsn", HeaderValue::from(out.lsn.0));
     resp
+}
+
+/// The body of a write's answer. Serialized straight from this struct
+/// rather than through a `serde_json::Value` (whose map allocates a node
+/// per field): the fields are in the alphabetical order the `Value` form
+/// printed, so the bytes are unchanged.
+#[derive(serde::Serialize)]
+struct WriteBody<'a> {
+    acks: usize,
+    committed: bool,
+    epoch: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<WriteErrorBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    existed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    lsn: u64,
+    w: String,
+}
+
+/// The `error` object of a write whose concern was not met in time.
+#[derive(serde::Serialize)]
+struct WriteErrorBody {
+    code: &'static str,
+    message: String,
 }
 
 /// Read a request body, refusing more than `limit` bytes with a 413.

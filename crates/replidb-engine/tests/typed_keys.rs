@@ -1,0 +1,78 @@
+//! A plain write never lands on a counter, set or map: not in the group
+//! that creates the typed key, not in a later one, not after a restart.
+//! The writer skips the key lookup while the table holds no causal key at
+//! all, so these cases pin down when that shortcut may be taken.
+
+use std::sync::Arc;
+
+use replidb_causal::{CausalWrite, Policy};
+use replidb_core::{Clock, Epoch, Op, SystemClock};
+use replidb_engine::{Engine, EngineError, EngineOptions, Proposal};
+
+/// Open the engine in `dir`, waiting (up to 10 s) for a previous engine's
+/// writer task, which releases the table file as it ends, to let go.
+async fn open(dir: &std::path::Path) -> Arc<Engine> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let e = loop {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        match Engine::open(EngineOptions::new(dir, "n1"), clock).await {
+            Ok(e) => break e,
+            Err(err) if std::time::Instant::now() < deadline => {
+                assert!(err.to_string().contains("already open"), "{err}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    };
+    if e.meta().epoch == Epoch(0) {
+        e.begin_epoch(Epoch(1)).await.unwrap();
+    }
+    e
+}
+
+fn incr(key: &str) -> Proposal {
+    Proposal::causal(
+        key.to_string(),
+        CausalWrite::Counter { delta: 1 },
+        Policy::Lww,
+        Some(Epoch(1)),
+    )
+}
+
+fn put(key: &str) -> Proposal {
+    let op = Op::Put {
+        key: key.to_string(),
+        value: b"plain".to_vec(),
+    };
+    Proposal::in_epoch(op, Vec::new(), Epoch(1))
+}
+
+fn is_typed(r: Result<replidb_engine::Committed, EngineError>) -> bool {
+    matches!(r, Err(EngineError::TypedKey { .. }))
+}
+
+#[tokio::test]
+async fn a_plain_write_to_a_counter_is_refused_in_its_group_later_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path()).await;
+        e.propose(put("plain")).await.unwrap();
+        // The counter and a plain write to it, proposed together: they can
+        // share one group, before the table holds any causal key.
+        let (a, b) = tokio::join!(e.propose(incr("likes")), e.propose(put("likes")));
+        a.unwrap();
+        assert!(
+            is_typed(b),
+            "a plain write replaced a counter in its own group"
+        );
+        assert!(is_typed(e.propose(put("likes")).await));
+        e.checkpoint(replidb_core::Lsn(u64::MAX)).await.unwrap();
+        e.shutdown().await;
+    }
+    let e = open(dir.path()).await;
+    assert!(
+        is_typed(e.propose(put("likes")).await),
+        "a plain write replaced a counter after a restart"
+    );
+    e.propose(put("plain")).await.unwrap();
+}
