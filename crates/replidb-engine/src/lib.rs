@@ -40,7 +40,7 @@ mod meta;
 mod writer;
 
 pub use engine::{
-    CausalProposal, Committed, Engine, EngineOptions, Positions, Proposal, RestoreSink,
+    Appended, CausalProposal, Committed, Engine, EngineOptions, Positions, Proposal, RestoreSink,
 };
 pub use error::{EngineError, Result};
 pub use meta::NodeMeta;

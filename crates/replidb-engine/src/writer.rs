@@ -10,7 +10,7 @@ use replidb_storage::Table;
 use replidb_wal::{Wal, WalCursor};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::engine::{Committed, EngineOptions, Positions, Proposal};
+use crate::engine::{Appended, Committed, EngineOptions, Positions, Proposal};
 use crate::meta::{self, NodeMeta};
 use crate::{EngineError, Result};
 
@@ -24,7 +24,11 @@ pub(crate) enum Command {
     },
     Append {
         records: Vec<Record>,
-        reply: Reply<Lsn>,
+        /// Apply them before the fsync (see [`Engine::append_and_apply`]).
+        ///
+        /// [`Engine::append_and_apply`]: crate::Engine::append_and_apply
+        apply_early: bool,
+        reply: Reply<Appended>,
     },
     Apply {
         up_to: Lsn,
@@ -189,7 +193,7 @@ struct Overlay {
 /// A write accepted into this round, waiting for the round's fsync.
 enum Pending {
     Proposed(Reply<Committed>, Committed),
-    Appended(Reply<Lsn>),
+    Appended(Reply<Appended>),
 }
 
 impl WriterCore {
@@ -246,6 +250,9 @@ impl WriterCore {
         }
         let mut pending = Vec::with_capacity(group.len());
         let mut proposed: Vec<Record> = Vec::new();
+        // Records appended for a follower that may apply them before the
+        // fsync; `None` once an append in the group does not allow it.
+        let mut early: Option<Vec<Record>> = Some(Vec::new());
         // Key versions written earlier in this same group, so a later
         // condition (or causal write) sees them although the table does not
         // yet.
@@ -268,9 +275,20 @@ impl WriterCore {
                         }
                     }
                 }
-                Command::Append { records, reply } => match self.append_all(&records) {
-                    Ok(()) => pending.push(Pending::Appended(reply)),
+                Command::Append {
+                    records,
+                    apply_early,
+                    reply,
+                } => match self.append_all(&records) {
+                    Ok(appended) => {
+                        match (&mut early, apply_early) {
+                            (Some(e), true) => e.extend(records.into_iter().skip(appended)),
+                            _ => early = None,
+                        }
+                        pending.push(Pending::Appended(reply));
+                    }
                     Err(e) => {
+                        early = None;
                         let _ = reply.send(Err(e));
                     }
                 },
@@ -279,6 +297,19 @@ impl WriterCore {
         }
         if pending.is_empty() {
             return;
+        }
+        let mut applied_early = 0;
+        if let Some(fresh) = early.filter(|e| !e.is_empty()) {
+            let before = self.table.applied_lsn();
+            match self.apply_early(&fresh) {
+                // Readers see the records now, while the fsync runs.
+                Ok(true) => {
+                    applied_early = self.table.applied_lsn().0 - before.0;
+                    self.publish();
+                }
+                Ok(false) => {}
+                Err(e) => self.fatal(format!("apply failed: {e}")),
+            }
         }
         let started = Instant::now();
         match self.wal.sync() {
@@ -321,7 +352,12 @@ impl WriterCore {
                     let _ = r.send(Ok(c));
                 }
                 (Pending::Appended(r), None) => {
-                    let _ = r.send(Ok(flush));
+                    // One group holds one follower's appends: the count
+                    // goes to the first, so it is not counted twice.
+                    let _ = r.send(Ok(Appended {
+                        flush_lsn: flush,
+                        applied_early: std::mem::take(&mut applied_early),
+                    }));
                 }
             }
         }
@@ -515,9 +551,13 @@ impl WriterCore {
         ))
     }
 
-    fn append_all(&mut self, records: &[Record]) -> Result<()> {
+    /// Append what `records` adds to the WAL (no fsync); returns how many
+    /// leading records were skipped as already present.
+    fn append_all(&mut self, records: &[Record]) -> Result<usize> {
+        let mut skipped = 0;
         for rec in records {
             if rec.lsn <= self.wal.last_lsn() {
+                skipped += 1;
                 continue; // already have it: a resent batch after reconnect
             }
             // A leader's stamp too far in our future is not absorbed (its
@@ -527,7 +567,35 @@ impl WriterCore {
             }
             self.wal.append(rec)?;
         }
-        Ok(())
+        Ok(skipped)
+    }
+
+    /// A follower's apply before its own fsync: `fresh` were just appended
+    /// (written, not yet synced) and the leader made them durable before
+    /// sending them. They are applied only if the table has everything
+    /// before them (the WAL reader serves synced records only, so a backlog
+    /// waits for the regular apply) and no snapshot is being staged.
+    /// Returns whether anything was applied.
+    ///
+    /// Safe because the table's commits are not durable (`Durability::None`)
+    /// and the only durable commit, a checkpoint, is a barrier that runs
+    /// after this round's fsync: a crash before it rolls the table back to
+    /// a state the synced WAL covers. The flush LSN, which is what the node
+    /// acknowledges, still moves only after the fsync.
+    fn apply_early(&mut self, fresh: &[Record]) -> Result<bool> {
+        let next = self.table.applied_lsn().next();
+        let Some(first) = fresh.first() else {
+            return Ok(false);
+        };
+        if first.lsn > next || self.table.needs_restore() {
+            return Ok(false);
+        }
+        let skip = (next.0 - first.lsn.0) as usize;
+        let Some(rest) = fresh.get(skip..).filter(|r| !r.is_empty()) else {
+            return Ok(false);
+        };
+        self.table.apply(rest)?;
+        Ok(true)
     }
 
     /// Apply every flushed record up to `up_to`, using `fresh` (records of

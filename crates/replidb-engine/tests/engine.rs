@@ -150,6 +150,55 @@ async fn follower_append_is_idempotent_and_apply_is_separate() {
     assert!(e.table().get("k8").unwrap().is_some());
 }
 
+/// A follower without an artificial delay applies what it receives at
+/// once (before its fsync) when the table holds everything before it;
+/// behind a backlog it leaves the batch to the regular apply, in order.
+#[tokio::test]
+async fn follower_applies_on_receipt_only_in_order() {
+    for backend in [Backend::Redb, Backend::Memory] {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open(dir.path(), backend).await;
+        let out = e
+            .append_and_apply((1..=5).map(rec).collect())
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.flush_lsn, out.applied_early),
+            (Lsn(5), 5),
+            "{backend:?}"
+        );
+        assert!(e.table().get("k5").unwrap().is_some(), "{backend:?}");
+        // A resent, overlapping batch applies only what is new.
+        let out = e
+            .append_and_apply((4..=7).map(rec).collect())
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.flush_lsn, out.applied_early),
+            (Lsn(7), 2),
+            "{backend:?}"
+        );
+        // Appended without applying (a delayed follower), then a batch on
+        // receipt: it must wait for the backlog, never skip it.
+        e.append_replicated((8..=9).map(rec).collect())
+            .await
+            .unwrap();
+        let out = e.append_and_apply(vec![rec(10)]).await.unwrap();
+        assert_eq!(
+            (out.flush_lsn, out.applied_early),
+            (Lsn(10), 0),
+            "{backend:?}"
+        );
+        assert_eq!(e.positions().applied_lsn, Lsn(7), "{backend:?}");
+        assert_eq!(
+            e.apply_up_to(Lsn(10)).await.unwrap(),
+            Lsn(10),
+            "{backend:?}"
+        );
+        assert!(e.table().get("k10").unwrap().is_some(), "{backend:?}");
+    }
+}
+
 fn staged(key: &str, lsn: u64) -> (String, replidb_core::Versioned) {
     (
         key.to_string(),

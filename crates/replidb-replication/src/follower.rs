@@ -269,18 +269,27 @@ impl Follower {
         applier.abort();
     }
 
+    /// Count `n` records applied, the last of them `to`.
+    fn note_applied(&self, n: u64, to: Lsn) {
+        if n == 0 {
+            return;
+        }
+        self.st().changes_applied += n;
+        metrics::counter!("replidb_replication_changes_applied_total", "node_id" => self.opts.node_id.clone()).increment(n);
+        tracing::debug!(node_id = %self.opts.node_id, from = to.0 + 1 - n, to = to.0, lag_ms = self.lag_ms(), "applied batch");
+    }
+
     async fn applier(self: Arc<Self>, mut rx: mpsc::Receiver<(Instant, Lsn)>) {
         while let Some((due, lsn)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
+            // Nothing left to do when the batch was applied on receipt.
+            if self.engine.positions().applied_lsn >= lsn {
+                continue;
+            }
             let before = self.engine.positions().applied_lsn;
             match self.engine.apply_up_to(lsn).await {
                 Ok(after) => {
-                    let n = after.0.saturating_sub(before.0);
-                    if n > 0 {
-                        self.st().changes_applied += n;
-                        metrics::counter!("replidb_replication_changes_applied_total", "node_id" => self.opts.node_id.clone()).increment(n);
-                        tracing::debug!(node_id = %self.opts.node_id, from = before.next().0, to = after.0, lag_ms = self.lag_ms(), "applied batch");
-                    }
+                    self.note_applied(after.0.saturating_sub(before.0), after);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "apply failed; follower stops applying");
@@ -484,7 +493,13 @@ impl Follower {
                 let Some(last) = records.last().map(|r| r.lsn) else {
                     return Ok(());
                 };
-                self.engine.append_replicated(records).await?;
+                if self.opts.delay.is_zero() {
+                    // Visible before our own fsync; acknowledged after it.
+                    let out = self.engine.append_and_apply(records).await?;
+                    self.note_applied(out.applied_early, last);
+                } else {
+                    self.engine.append_replicated(records).await?;
+                }
                 // Until the whole batch is applied, its first record's age
                 // bounds the lag from below.
                 self.note_age(last, first_age_ms, received_mono_ms);

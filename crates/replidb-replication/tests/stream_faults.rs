@@ -109,7 +109,9 @@ async fn run_seed(seed: u64) {
     }
     let target = le.positions().applied_lsn;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while fe.positions().applied_lsn < target {
+    // Applied is not enough: a follower applies what it receives before
+    // its own fsync, and the log comparison below reads synced records.
+    while fe.positions().applied_lsn < target || fe.positions().flush_lsn < target {
         assert!(
             tokio::time::Instant::now() < deadline,
             "seed {seed}: follower stuck at {:?} of {target}",
