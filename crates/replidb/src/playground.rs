@@ -284,7 +284,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = crate::server_cmd::shutdown_signal() => {}
-            never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?) => match never {},
+            never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?, !multi) => match never {},
         }
         let mut nodes = procs.lock().await;
         eprintln!(
@@ -323,7 +323,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = crate::server_cmd::shutdown_signal() => {}
-        never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?) => match never {},
+        never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?, !multi) => match never {},
     }
     let mut nodes = procs.lock().await;
     eprintln!(
@@ -562,10 +562,20 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Watch the children forever: say when one dies (and how to restart it),
 /// and when a dead one answers again.
-async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::convert::Infallible {
+///
+/// Single-leader: the restart command printed follows the leader of the
+/// moment, not the one the node was first started with, so after a
+/// switchover it does not point a follower at another follower (which
+/// refuses the stream).
+async fn watch_children(
+    procs: control::Procs,
+    http: reqwest::Client,
+    single_leader: bool,
+) -> std::convert::Infallible {
     let mut last_probe = tokio::time::Instant::now();
     loop {
         let mut nodes = procs.lock().await;
+        let mut newly_dead = Vec::new();
         for n in nodes.iter_mut() {
             let exited = match n.child.as_mut().map(Child::try_wait) {
                 Some(Ok(Some(status))) => Some(status.to_string()),
@@ -576,6 +586,25 @@ async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::co
                 n.child = None;
                 n.up = false;
                 n.died = Some(how.clone());
+                newly_dead.push((n.id.clone(), how));
+            }
+        }
+        if !newly_dead.is_empty() {
+            let leader = if single_leader {
+                // Ask without holding the lock: the control API uses it.
+                let urls = node_urls(&nodes);
+                drop(nodes);
+                let leader = current_leader(&http, urls).await;
+                nodes = procs.lock().await;
+                leader
+            } else {
+                None
+            };
+            for (id, how) in newly_dead {
+                let Some(n) = nodes.iter_mut().find(|n| n.id == id) else {
+                    continue;
+                };
+                n.follow_current_leader(leader.as_ref());
                 eprintln!(
                     "\n{} DOWN ({how}); the playground keeps running. Restart it with:\n  {}\n",
                     n.id,
@@ -584,24 +613,32 @@ async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::co
             }
         }
         // Probe without holding the lock: the control API uses it too.
-        let dead: Vec<(String, String)> = nodes
+        let dead: Vec<(String, String, bool)> = nodes
             .iter()
             .filter(|n| n.child.is_none())
-            .map(|n| (n.id.clone(), n.url.clone()))
+            .map(|n| (n.id.clone(), n.url.clone(), n.up))
             .collect();
+        let urls = node_urls(&nodes);
         drop(nodes);
         if last_probe.elapsed() >= PROBE_INTERVAL {
             last_probe = tokio::time::Instant::now();
             let mut answered = Vec::new();
-            for (id, url) in dead {
+            let mut gone_again = false;
+            for (id, url, was_up) in dead {
                 let path = if id == "router" { "health" } else { "status" };
                 let answers = http
                     .get(format!("{url}/{path}"))
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success());
+                gone_again |= was_up && !answers;
                 answered.push((id, answers));
             }
+            let leader = if single_leader && gone_again {
+                current_leader(&http, urls).await
+            } else {
+                None
+            };
             let mut nodes = procs.lock().await;
             for (id, answers) in answered {
                 let Some(n) = nodes.iter_mut().find(|n| n.id == id && n.child.is_none()) else {
@@ -612,6 +649,7 @@ async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::co
                     if answers {
                         eprintln!("{} is back at {} (started by hand)", n.id, n.url);
                     } else {
+                        n.follow_current_leader(leader.as_ref());
                         eprintln!(
                             "{} DOWN again. Restart it with:\n  {}",
                             n.id,
@@ -623,6 +661,58 @@ async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::co
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Id and URL of every node (not the router), to ask who leads.
+fn node_urls(nodes: &[NodeProc]) -> Vec<(String, String)> {
+    nodes
+        .iter()
+        .filter(|n| n.id != "router")
+        .map(|n| (n.id.clone(), n.url.clone()))
+        .collect()
+}
+
+/// Id and URL of the leader of the moment: the node that answers
+/// `/status` as leader in the highest epoch, or, when none does (the
+/// leader itself is down), the one the followers name, so a dead leader
+/// restarts as the leader.
+async fn current_leader(
+    http: &reqwest::Client,
+    nodes: Vec<(String, String)>,
+) -> Option<(String, String)> {
+    let asks = nodes.into_iter().map(|(id, url)| async move {
+        let status: serde_json::Value = http
+            .get(format!("{url}/status"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some((id, url, status))
+    });
+    let answers: Vec<_> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let leading = answers
+        .iter()
+        .filter(|(_, _, s)| s["role"] == "leader")
+        .max_by_key(|(_, _, s)| s["epoch"].as_u64().unwrap_or(0))
+        .map(|(id, url, _)| (id.clone(), url.clone()));
+    leading.or_else(|| {
+        answers
+            .iter()
+            .filter(|(_, _, s)| s["role"] == "follower")
+            .max_by_key(|(_, _, s)| s["epoch"].as_u64().unwrap_or(0))
+            .and_then(|(_, _, s)| {
+                Some((
+                    s["leader_id"].as_str()?.to_string(),
+                    s["leader"].as_str()?.to_string(),
+                ))
+            })
+    })
 }
 
 async fn stop_all(nodes: &mut [NodeProc]) {

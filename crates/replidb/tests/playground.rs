@@ -163,6 +163,86 @@ async fn killing_a_follower_leaves_the_playground_running_and_says_how_to_restar
     let _ = by_hand.wait();
 }
 
+/// After a switchover the restart command printed for a killed node
+/// follows the new leader: the one it was first started with is now a
+/// follower, which refuses its stream (421), so the README's "run that
+/// line and watch it catch up" would leave it behind for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_switchover_the_printed_restart_follows_the_new_leader() {
+    let base = free_ports();
+    let mut pg = Playground::start(base);
+    let http = common::http();
+    let control = format!("http://127.0.0.1:{}", base - 2);
+    let router = format!("http://127.0.0.1:{}", base - 1);
+    let new_leader = format!("http://127.0.0.1:{}", base + 1);
+    let n3 = format!("http://127.0.0.1:{}", base + 2);
+    let pid: i32 = wait_for(
+        "the banner lists n3's pid",
+        Duration::from_secs(60),
+        async || {
+            let (line, _) = pg.line_after("  n3  follower")?;
+            line.rsplit("pid ").next()?.trim().parse().ok()
+        },
+    )
+    .await;
+    let r = http
+        .post(format!("{control}/playground/switchover?to=n2"))
+        .send()
+        .await
+        .expect("control API answers");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+
+    // SAFETY: kill(2) on a grandchild the playground started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let restart = wait_for(
+        "the playground reports n3 down with a restart command",
+        Duration::from_secs(10),
+        async || match pg.line_after("n3 DOWN") {
+            Some((_, Some(cmd))) => Some(cmd.trim().to_string()),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(
+        restart.contains(&format!("--follow {new_leader} ")),
+        "the restart command does not follow n2: {restart}"
+    );
+    let r = http
+        .put(format!("{router}/v1/kv/while-down"))
+        .body("written on n2")
+        .send()
+        .await
+        .expect("router answers");
+    assert_eq!(r.status(), 200);
+
+    let mut by_hand = Command::new("sh")
+        .args([
+            "-c",
+            &format!("exec {}", restart.trim_end_matches('&').trim()),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run the restart command");
+    wait_until(
+        "n3 streams from n2 and has the write",
+        Duration::from_secs(30),
+        async || match http
+            .get(format!(
+                "{n3}/v1/kv/while-down?min_lsn=1&wait_ms=0&fallback=error"
+            ))
+            .send()
+            .await
+        {
+            Ok(r) => r.status() == 200 && r.text().await.is_ok_and(|t| t == "written on n2"),
+            Err(_) => false,
+        },
+    )
+    .await;
+    assert!(pg.child.try_wait().expect("try_wait").is_none());
+    let _ = by_hand.kill();
+    let _ = by_hand.wait();
+}
+
 /// A playground that stops while one of its nodes is dead exits non-zero
 /// and names the node, so a script sees the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
