@@ -243,6 +243,63 @@ async fn after_a_switchover_the_printed_restart_follows_the_new_leader() {
     let _ = by_hand.wait();
 }
 
+/// The playground's dashboard watches from the start, not from the first
+/// page: a switchover made from a shell before anyone opened the page is
+/// on its timeline when the page opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_before_the_page_opens_is_on_the_timeline() {
+    let base = free_ports();
+    let pg = Playground::start(base);
+    let http = common::http();
+    let dashboard = format!("http://127.0.0.1:{}", base - 2);
+    let router = format!("http://127.0.0.1:{}", base - 1);
+    let n1 = format!("http://127.0.0.1:{base}");
+    wait_until("the banner", Duration::from_secs(60), async || {
+        pg.line_after("  n3  follower").is_some()
+    })
+    .await;
+    // Nothing but the dashboard's poller asks a node for /health: once n1
+    // counts such a request, the poller has seen n1 leading.
+    wait_until(
+        "the dashboard polls without a page",
+        Duration::from_secs(10),
+        async || {
+            let Ok(r) = http.get(format!("{n1}/metrics")).send().await else {
+                return false;
+            };
+            r.text().await.is_ok_and(|m| {
+                m.lines().any(|l| {
+                    l.starts_with("replidb_http_requests_total")
+                        && l.contains("route=\"/health\"")
+                        && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+                })
+            })
+        },
+    )
+    .await;
+    let (code, out, err) = common::cli(&["admin", "switchover", "--to", "n2", "--url", &router]);
+    assert_eq!(code, 0, "{out} {err}");
+    wait_until(
+        "the timeline shows the switchover to n2",
+        Duration::from_secs(10),
+        async || {
+            let Ok(r) = http
+                .get(format!("{dashboard}/dashboard/state"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let doc: serde_json::Value = r.json().await.unwrap_or_default();
+            doc["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["kind"] == "switchover" && e["node"] == "n2")
+            })
+        },
+    )
+    .await;
+}
+
 /// A playground that stops while one of its nodes is dead exits non-zero
 /// and names the node, so a script sees the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,9 @@ impl Control {
             // The dashboard's own polls need the playground's CA too.
             http: Some(http_client(Duration::from_secs(2))?),
         });
+        // Watched from the start: what the user does from a shell before
+        // opening the page (a kill, a switchover) is on its timeline.
+        dash.keep_polling();
         let http = http_client(Duration::from_millis(CONTROL_REQUEST_TIMEOUT_MS))?;
         let control = Arc::new(Control {
             procs,
