@@ -45,17 +45,20 @@ pub struct PlaygroundArgs {
     /// one before.
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
-    /// Keep data here instead of a temporary directory.
+    /// Keep data here instead of a temporary directory [default: none: a
+    /// temporary directory, removed on exit unless --keep]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Extra flags passed to every `replidb server` (e.g. `--default-w=majority`).
+    /// Extra flags passed to every `replidb server` (e.g.
+    /// `--default-w=majority`) [default: none]
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
     /// Keep the temporary data directory on exit.
     #[arg(long)]
     pub keep: bool,
-    /// single-leader (a leader, followers and a router) or multi-leader
-    /// (every node writes; keys under `cart:` keep siblings).
+    /// single-leader (a leader, followers and a router), multi-leader
+    /// (every node writes; keys under `cart:` keep siblings) or leaderless
+    /// (quorums on a ring).
     #[arg(long, default_value = "single-leader")]
     pub topology: String,
     /// Multi-leader: artificial delay between every pair of nodes
