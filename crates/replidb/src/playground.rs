@@ -774,32 +774,38 @@ fn banner(all: &[NodeProc], root: &Path, lag: &DurationRange) -> String {
     let follower = nodes.get(1).map(|n| n.url.as_str()).unwrap_or(leader);
     let last = nodes.last().map(|n| n.url.as_str()).unwrap_or(leader);
     say!(out, "Try it (a stale follower read, then convergence):\n");
+    // The write and the stale read share one line: followers apply
+    // within the lag (0.5 s by default), faster than anyone types the
+    // second command.
     say!(
         out,
-        "  # 1. write through the router (to the leader); w=1 answers before followers have it"
-    );
-    say!(out, "  curl -s -XPUT '{rt}/v1/kv/greeting' -d hello");
-    say!(
-        out,
-        "  # 2. read through the router, no cookie: a follower answers, 404, not propagated yet"
+        "  # 1. write through the router (to the leader), then read at once, no cookie: w=1 answers"
     );
     say!(
         out,
-        "  curl -si '{rt}/v1/kv/greeting'   # see x-replidb-routed-to and x-replidb-role"
+        "  #    before the followers have it, so the follower the router picks answers 404"
     );
     say!(
         out,
-        "  # 3. seed-style: the leader asks follower 1 for its copy (404 until applied)"
+        "  curl -s -XPUT '{rt}/v1/kv/greeting' -d hello; echo; curl -si '{rt}/v1/kv/greeting'"
+    );
+    say!(
+        out,
+        "  #    (see x-replidb-routed-to and x-replidb-role; the same read a second later finds it)"
+    );
+    say!(
+        out,
+        "  # 2. seed-style: the leader asks follower 1 for its copy (404 until applied)"
     );
     say!(out, "  curl -s '{rt}/follower-read?key=greeting&replica=1'");
     say!(
         out,
-        "  # 4. read-your-writes: pass the lsn the write returned; the follower waits for it"
+        "  # 3. read-your-writes: pass the lsn the write returned; the follower waits for it"
     );
     say!(out, "  curl -s '{follower}/v1/kv/greeting?min_lsn=1'");
     say!(
         out,
-        "  # 5. ...or let the router do it: its cookies make the read see the write"
+        "  # 4. ...or let the router do it: its cookies make the read see the write"
     );
     say!(
         out,
@@ -810,7 +816,7 @@ fn banner(all: &[NodeProc], root: &Path, lag: &DurationRange) -> String {
         "  curl -s -c /tmp/replidb.jar -XPUT '{rt}/v1/kv/greeting' -d again"
     );
     say!(out, "  curl -s -b /tmp/replidb.jar '{rt}/v1/kv/greeting'");
-    say!(out, "  # 6. a moment later every follower has converged");
+    say!(out, "  # 5. a moment later every follower has converged");
     say!(out, "  sleep 1; curl -s '{last}/v1/kv/greeting'");
     say!(
         out,
