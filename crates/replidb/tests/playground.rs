@@ -300,6 +300,149 @@ async fn a_switchover_before_the_page_opens_is_on_the_timeline() {
     .await;
 }
 
+/// The dashboard's document of one playground, once.
+async fn dashboard_state(http: &reqwest::Client, dashboard: &str) -> serde_json::Value {
+    match http
+        .get(format!("{dashboard}/dashboard/state"))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Whether the timeline holds an event of `kind` whose text has `needle`.
+fn has_event(doc: &serde_json::Value, kind: &str, needle: &str) -> bool {
+    doc["events"].as_array().is_some_and(|e| {
+        e.iter()
+            .any(|e| e["kind"] == kind && e["text"].as_str().is_some_and(|t| t.contains(needle)))
+    })
+}
+
+/// Multi-leader: two writes of one key on two nodes at once (300 ms
+/// apart on the wire) are a conflict each node resolves, and the
+/// dashboard shows each node's count and the conflicts on its timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_leader_conflicts_show_on_the_dashboard() {
+    let base = free_ports();
+    let pg = Playground::start_with(
+        base,
+        &["--topology", "multi-leader", "--link-delay", "300ms"],
+    );
+    let http = common::http();
+    let dashboard = format!("http://127.0.0.1:{}", base - 2);
+    wait_until("the banner", Duration::from_secs(60), async || {
+        pg.line_after("dashboard:").is_some()
+            && dashboard_state(&http, &dashboard).await["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 3)
+    })
+    .await;
+    let (a, b) = tokio::join!(
+        http.put(format!("http://127.0.0.1:{base}/v1/kv/c"))
+            .body("a")
+            .send(),
+        http.put(format!("http://127.0.0.1:{}/v1/kv/c", base + 1))
+            .body("b")
+            .send(),
+    );
+    assert_eq!(a.expect("n1 answers").status(), 200);
+    assert_eq!(b.expect("n2 answers").status(), 200);
+    wait_until(
+        "every node's conflict on the timeline and in its row",
+        Duration::from_secs(15),
+        async || {
+            let doc = dashboard_state(&http, &dashboard).await;
+            ["n1", "n2", "n3"].iter().all(|id| {
+                has_event(&doc, "conflict", &format!("{id} resolved"))
+                    && doc["nodes"].as_array().is_some_and(|n| {
+                        n.iter()
+                            .any(|n| n["id"] == *id && n["conflicts"]["lww"].as_u64() >= Some(1))
+                    })
+            })
+        },
+    )
+    .await;
+}
+
+/// Leaderless on five nodes: the dashboard shows each node's share of the
+/// ring; with a replica down, quorum writes leave hints, which show as
+/// pending and on the timeline, and are delivered once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderless_ring_and_hints_show_on_the_dashboard() {
+    let base = common::free_port_run(8) + 2;
+    let pg = Playground::start_with(base, &["--topology", "leaderless", "--nodes", "5"]);
+    let http = common::http();
+    let dashboard = format!("http://127.0.0.1:{}", base - 2);
+    wait_until(
+        "five nodes on the ring",
+        Duration::from_secs(60),
+        async || {
+            pg.line_after("dashboard:").is_some()
+                && dashboard_state(&http, &dashboard).await["nodes"]
+                    .as_array()
+                    .is_some_and(|n| {
+                        n.len() == 5
+                            && n.iter()
+                                .all(|n| n["ring"]["share_held"].as_f64() > Some(0.0))
+                    })
+        },
+    )
+    .await;
+    let kill = http
+        .post(format!("{dashboard}/playground/nodes/n5/kill"))
+        .send()
+        .await
+        .expect("control API answers");
+    assert_eq!(kill.status(), 200);
+    wait_until("n5 down", Duration::from_secs(10), async || {
+        has_event(&dashboard_state(&http, &dashboard).await, "down", "n5")
+    })
+    .await;
+    // Twenty keys: some of them are n5's to hold.
+    for i in 0..20 {
+        let r = http
+            .put(format!("http://127.0.0.1:{base}/v1/kv/h{i}?w=2"))
+            .body("v")
+            .send()
+            .await
+            .expect("n1 answers");
+        assert_eq!(r.status(), 200, "h{i}");
+    }
+    wait_until(
+        "hints pending and on the timeline",
+        Duration::from_secs(10),
+        async || {
+            let doc = dashboard_state(&http, &dashboard).await;
+            has_event(&doc, "hint", "more hint")
+                && doc["nodes"].as_array().is_some_and(|n| {
+                    n.iter()
+                        .any(|n| n["ring"]["hints_pending"].as_u64() > Some(0))
+                })
+        },
+    )
+    .await;
+    let restart = http
+        .post(format!("{dashboard}/playground/nodes/n5/restart"))
+        .send()
+        .await
+        .expect("control API answers");
+    assert_eq!(restart.status(), 200);
+    wait_until(
+        "the hints delivered, on the timeline",
+        Duration::from_secs(30),
+        async || {
+            has_event(
+                &dashboard_state(&http, &dashboard).await,
+                "hint",
+                "delivered",
+            )
+        },
+    )
+    .await;
+}
+
 /// A playground that stops while one of its nodes is dead exits non-zero
 /// and names the node, so a script sees the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
