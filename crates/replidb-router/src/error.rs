@@ -42,13 +42,20 @@ pub enum RouterError {
     /// Bad input: the body could not be read.
     #[error("cannot read the request body: {0}")]
     BadBody(String),
-    /// Bad input: a path the router does not route (admin calls other
-    /// than switchover, and internal ones, address one node: send them to
-    /// it directly).
+    /// Bad input: a path a node serves but the router does not route
+    /// (admin calls other than switchover, internal ones, the conflict
+    /// log, the OpenAPI document: each addresses one node).
     #[error(
-        "the router does not route {path}; of the admin endpoints it forwards only POST /admin/switchover (to the leader): send the others, and internal ones, to a node directly"
+        "the router does not route {path}: it addresses one node, so send it to a node directly (of the admin endpoints the router forwards only POST /admin/switchover, to the leader)"
     )]
     NotRouted {
+        /// The path.
+        path: String,
+    },
+    /// Bad input: a path that is no endpoint at all, on a node or the
+    /// router (`/v1/nope`): the same 404 `no_route` a node answers.
+    #[error("no such endpoint: {path}")]
+    NoRoute {
         /// The path.
         path: String,
     },
@@ -110,6 +117,7 @@ impl RouterError {
             RouterError::UnknownParameter { .. } => (StatusCode::BAD_REQUEST, "unknown_parameter"),
             RouterError::EmptyKey => (StatusCode::BAD_REQUEST, "invalid_key"),
             RouterError::NotRouted { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            RouterError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             RouterError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }

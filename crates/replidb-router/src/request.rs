@@ -156,11 +156,29 @@ pub fn classify(method: &Method, path: &str) -> Result<Endpoint, RouterError> {
             only(method, Method::GET, Endpoint::SeedRead).ok_or_else(wrong)
         }
         "/admin/switchover" => only(method, Method::POST, Endpoint::Switchover).ok_or_else(wrong),
-        _ => Err(RouterError::NotRouted {
+        // A node has these; they address one node, so the router says
+        // where to send them instead of pretending they do not exist.
+        _ if NODE_ONLY_PREFIXES.iter().any(|p| path.starts_with(p)) => {
+            Err(RouterError::NotRouted {
+                path: path.to_string(),
+            })
+        }
+        _ => Err(RouterError::NoRoute {
             path: path.to_string(),
         }),
     }
 }
+
+/// Paths a node serves that the router does not route (they address one
+/// node): answered 404 `not_found` with a pointer, where any other
+/// unknown path is the nodes' 404 `no_route`.
+const NODE_ONLY_PREFIXES: &[&str] = &[
+    "/admin/",
+    "/internal/",
+    "/v1/conflicts",
+    "/openapi.json",
+    "/v1/replication",
+];
 
 fn only(method: &Method, want: Method, e: Endpoint) -> Option<Endpoint> {
     (*method == want).then_some(e)
@@ -435,16 +453,17 @@ mod tests {
                 "{p}"
             );
         }
-        for p in [
-            "/admin/promote",
-            "/internal/digest",
-            "/nope",
-            "/v1/counters/x",
-        ] {
+        for p in ["/admin/promote", "/internal/digest", "/v1/conflicts"] {
             assert!(matches!(
                 classify(&Method::POST, p),
                 Err(RouterError::NotRouted { .. })
             ));
+        }
+        // Paths no node has either: the node's own 404 `no_route`.
+        for p in ["/nope", "/v1/counters/x", "/v1/nope"] {
+            let e = classify(&Method::POST, p).expect_err(p);
+            assert!(matches!(e, RouterError::NoRoute { .. }), "{p}: {e:?}");
+            assert_eq!(e.status_and_code().1, "no_route", "{p}");
         }
     }
 

@@ -61,8 +61,9 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:7000";
 /// `--url` before the command, else `REPLIDB_URL`, else [`DEFAULT_URL`].
 #[derive(Debug, Args, Default)]
 pub struct Target {
-    /// Node or router to talk to; several (URL,URL,...) are tried in turn
-    /// [env: REPLIDB_URL] [default: http://127.0.0.1:7000]
+    /// Node or router to talk to (`http://` may be left out); several
+    /// (URL,URL,...) are tried in turn [env: REPLIDB_URL] [default:
+    /// http://127.0.0.1:7000]
     #[arg(long)]
     pub url: Option<String>,
     /// Secret sent as `Authorization: Bearer` to nodes started with
@@ -71,18 +72,35 @@ pub struct Target {
     pub token: Option<String>,
     /// PEM file of the CA that signs the nodes' certificates, for https://
     /// URLs
-    #[arg(long, env = "REPLIDB_CACERT")]
+    // Env values hidden: clap would otherwise render an unset variable as
+    // `[env: REPLIDB_CACERT=]`, which reads as if it were set to nothing.
+    #[arg(long, env = "REPLIDB_CACERT", hide_env_values = true)]
     pub cacert: Option<std::path::PathBuf>,
 }
 
 impl Target {
-    /// The URL to use, given the `--url` written before the command.
+    /// The URL to use, given the `--url` written before the command. Each
+    /// of its comma-separated URLs without a scheme (`127.0.0.1:7001`, as
+    /// `--listen` and the router's `--nodes` take it) gets `http://`, so
+    /// the session file also keys both spellings alike.
     pub fn resolve(&self, before_command: Option<&str>) -> String {
-        self.url
+        let url = self
+            .url
             .clone()
             .or_else(|| before_command.map(str::to_string))
             .or_else(|| std::env::var("REPLIDB_URL").ok().filter(|u| !u.is_empty()))
-            .unwrap_or_else(|| DEFAULT_URL.to_string())
+            .unwrap_or_else(|| DEFAULT_URL.to_string());
+        url.split(',')
+            .map(|u| {
+                let u = u.trim();
+                if u.is_empty() || u.contains("://") {
+                    u.to_string()
+                } else {
+                    format!("http://{u}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -99,10 +117,12 @@ pub struct SessionArgs {
 /// Write options shared by `put` and `del`.
 #[derive(Debug, Args)]
 pub struct WriteArgs {
-    /// Write concern: 1, a number of nodes, majority or all.
+    /// Write concern: 1, a number of nodes, majority or all [default: the
+    /// node's --default-w, normally 1]
     #[arg(long)]
     pub w: Option<WriteConcern>,
-    /// How long the leader waits for the write concern, in ms.
+    /// How long the leader waits for the write concern, in ms [default:
+    /// the node's --default-timeout, normally 5000]
     #[arg(long)]
     pub timeout_ms: Option<u64>,
 }
@@ -138,19 +158,23 @@ pub struct DelArgs {
 /// Read options shared by `get` and `scan` (API.md's query parameters).
 #[derive(Debug, Args)]
 pub struct ReadArgs {
-    /// strong, leader, eventual or bounded.
+    /// strong, leader, eventual or bounded [default: eventual on a
+    /// follower, leader on the leader]
     #[arg(long)]
     pub consistency: Option<Consistency>,
-    /// With bounded: the largest acceptable lag.
+    /// With bounded: the largest acceptable lag, in ms [default: none;
+    /// bounded needs it]
     #[arg(long)]
     pub max_staleness_ms: Option<u64>,
-    /// Serve only from a node that has applied this LSN.
+    /// Serve only from a node that has applied this LSN [default: the
+    /// session file's token, if any]
     #[arg(long)]
     pub min_lsn: Option<u64>,
-    /// How long a node may wait for min_lsn.
+    /// How long a node may wait for min_lsn, in ms [default: 1000]
     #[arg(long)]
     pub wait_ms: Option<u64>,
-    /// When min_lsn is not reached in time: leader or error.
+    /// When min_lsn is not reached in time: leader or error [default:
+    /// leader]
     #[arg(long)]
     pub fallback: Option<Fallback>,
 }
@@ -270,7 +294,8 @@ pub struct BenchArgs {
     /// How long each row runs (default 10s unless --requests is given).
     #[arg(long, value_parser = parse_duration_arg, conflicts_with = "requests")]
     pub duration: Option<Duration>,
-    /// Total operations per row instead of a duration.
+    /// Total operations per row instead of a duration [default: none:
+    /// each row runs for --duration]
     #[arg(long)]
     pub requests: Option<u64>,
     /// Size of each written value.
@@ -291,11 +316,13 @@ pub struct BenchArgs {
     /// Number of distinct keys used.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: u64,
-    /// Follower URL for `--mode visibility`.
+    /// Follower URL for `--mode visibility` [default: none; that mode
+    /// needs it]
     #[arg(long)]
     pub follower: Option<String>,
     /// Leaderless read quorum (`1`, `2`, ..., `quorum`, `all`) of the read
-    /// modes: sent as `r=` instead of a consistency level.
+    /// modes: sent as `r=` instead of a consistency level [default: none:
+    /// the node's own]
     #[arg(long)]
     pub r: Option<String>,
 }
@@ -351,7 +378,48 @@ mod tests {
                 help.contains("--url") && help.contains("[default: http://127.0.0.1:7000]"),
                 "{path:?} help lacks --url and its default:\n{help}"
             );
+            assert!(
+                !help.contains("=]"),
+                "{path:?} help shows an unset variable as set to nothing:\n{help}"
+            );
         }
+    }
+
+    /// Every option that takes a value says what happens without it, in
+    /// every command: a default (`[default: ...]`, or the rule in words),
+    /// or that it is required.
+    #[test]
+    fn every_option_with_a_value_shows_its_default() {
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values())
+                    && !matches!(
+                        arg.get_action(),
+                        clap::ArgAction::SetTrue | clap::ArgAction::SetFalse
+                    );
+                if !takes_value || arg.is_required_set() || arg.is_hide_set() {
+                    continue;
+                }
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                let shown = !arg.get_default_values().is_empty()
+                    || help.to_lowercase().contains("default")
+                    || help.ends_with("(required)");
+                if !shown {
+                    missing.push(format!("{path} --{long}: {help}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "replidb".into(), &mut missing);
+        assert!(
+            missing.is_empty(),
+            "options that do not say their default:\n{}",
+            missing.join("\n")
+        );
     }
 
     /// `simulate --help` names every fault mode the simulator has.
@@ -390,6 +458,26 @@ mod tests {
             panic!("not get")
         };
         assert_eq!(g.target.resolve(cli.url.as_deref()), "http://b:2");
+    }
+
+    /// `--url 127.0.0.1:7001` means http, as `--listen` and the router's
+    /// `--nodes` write addresses; a scheme given is kept.
+    #[test]
+    fn a_url_without_a_scheme_is_http() {
+        let cli = Cli::try_parse_from([
+            "replidb",
+            "status",
+            "--url",
+            "127.0.0.1:7001, https://b:2,localhost:7003",
+        ])
+        .unwrap();
+        let Command::Status(s) = &cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(
+            s.target.resolve(None),
+            "http://127.0.0.1:7001,https://b:2,http://localhost:7003"
+        );
     }
 
     #[test]

@@ -111,12 +111,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 /// Print `error: ...` on one line and pick the exit code.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {}", error_line(e));
+    let hint = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<replidb_client::ClientError>() {
+            Some(replidb_client::ClientError::Connect { url, .. }) => default_url_hint(url),
+            _ => None,
+        });
+    match hint {
+        Some(h) => eprintln!("error: {} ({h})", error_line(e)),
+        None => eprintln!("error: {}", error_line(e)),
+    }
     if e.downcast_ref::<UsageError>().is_some() {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// What to say when nothing answers at `url`: the default `--url` is the
+/// playground's router, which a user running nodes by hand does not have.
+fn default_url_hint(url: &str) -> Option<&'static str> {
+    url.starts_with(cli::DEFAULT_URL).then_some(
+        "nothing answers at the default --url, the playground's router: start `replidb playground`, or give --url or REPLIDB_URL",
+    )
 }
 
 /// The error and its causes on one line. Each cause is shown once (a message
@@ -177,4 +194,18 @@ fn usage_failure(e: clap::Error) -> ExitCode {
         eprintln!("error: {message} (usage: {usage})");
     }
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused connection to the default URL says where that URL comes
+    /// from; one to a URL the user gave does not.
+    #[test]
+    fn only_the_default_url_gets_the_playground_hint() {
+        assert!(default_url_hint("http://127.0.0.1:7000/v1/kv/k")
+            .is_some_and(|h| h.contains("replidb playground") && h.contains("--url")));
+        assert_eq!(default_url_hint("http://127.0.0.1:7001/v1/kv/k"), None);
+    }
 }

@@ -45,17 +45,20 @@ pub struct PlaygroundArgs {
     /// one before.
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
-    /// Keep data here instead of a temporary directory.
+    /// Keep data here instead of a temporary directory [default: none: a
+    /// temporary directory, removed on exit unless --keep]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Extra flags passed to every `replidb server` (e.g. `--default-w=majority`).
+    /// Extra flags passed to every `replidb server` (e.g.
+    /// `--default-w=majority`) [default: none]
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
     /// Keep the temporary data directory on exit.
     #[arg(long)]
     pub keep: bool,
-    /// single-leader (a leader, followers and a router) or multi-leader
-    /// (every node writes; keys under `cart:` keep siblings).
+    /// single-leader (a leader, followers and a router), multi-leader
+    /// (every node writes; keys under `cart:` keep siblings) or leaderless
+    /// (quorums on a ring).
     #[arg(long, default_value = "single-leader")]
     pub topology: String,
     /// Multi-leader: artificial delay between every pair of nodes
@@ -284,7 +287,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = crate::server_cmd::shutdown_signal() => {}
-            never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?) => match never {},
+            never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?, !multi) => match never {},
         }
         let mut nodes = procs.lock().await;
         eprintln!(
@@ -323,7 +326,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = crate::server_cmd::shutdown_signal() => {}
-        never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?) => match never {},
+        never = watch_children(procs.clone(), http_client(tls, Duration::from_millis(500))?, !multi) => match never {},
     }
     let mut nodes = procs.lock().await;
     eprintln!(
@@ -562,10 +565,20 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Watch the children forever: say when one dies (and how to restart it),
 /// and when a dead one answers again.
-async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::convert::Infallible {
+///
+/// Single-leader: the restart command printed follows the leader of the
+/// moment, not the one the node was first started with, so after a
+/// switchover it does not point a follower at another follower (which
+/// refuses the stream).
+async fn watch_children(
+    procs: control::Procs,
+    http: reqwest::Client,
+    single_leader: bool,
+) -> std::convert::Infallible {
     let mut last_probe = tokio::time::Instant::now();
     loop {
         let mut nodes = procs.lock().await;
+        let mut newly_dead = Vec::new();
         for n in nodes.iter_mut() {
             let exited = match n.child.as_mut().map(Child::try_wait) {
                 Some(Ok(Some(status))) => Some(status.to_string()),
@@ -576,6 +589,25 @@ async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::co
                 n.child = None;
                 n.up = false;
                 n.died = Some(how.clone());
+                newly_dead.push((n.id.clone(), how));
+            }
+        }
+        if !newly_dead.is_empty() {
+            let leader = if single_leader {
+                // Ask without holding the lock: the control API uses it.
+                let urls = node_urls(&nodes);
+                drop(nodes);
+                let leader = current_leader(&http, urls).await;
+                nodes = procs.lock().await;
+                leader
+            } else {
+                None
+            };
+            for (id, how) in newly_dead {
+                let Some(n) = nodes.iter_mut().find(|n| n.id == id) else {
+                    continue;
+                };
+                n.follow_current_leader(leader.as_ref());
                 eprintln!(
                     "\n{} DOWN ({how}); the playground keeps running. Restart it with:\n  {}\n",
                     n.id,
@@ -584,24 +616,32 @@ async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::co
             }
         }
         // Probe without holding the lock: the control API uses it too.
-        let dead: Vec<(String, String)> = nodes
+        let dead: Vec<(String, String, bool)> = nodes
             .iter()
             .filter(|n| n.child.is_none())
-            .map(|n| (n.id.clone(), n.url.clone()))
+            .map(|n| (n.id.clone(), n.url.clone(), n.up))
             .collect();
+        let urls = node_urls(&nodes);
         drop(nodes);
         if last_probe.elapsed() >= PROBE_INTERVAL {
             last_probe = tokio::time::Instant::now();
             let mut answered = Vec::new();
-            for (id, url) in dead {
+            let mut gone_again = false;
+            for (id, url, was_up) in dead {
                 let path = if id == "router" { "health" } else { "status" };
                 let answers = http
                     .get(format!("{url}/{path}"))
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success());
+                gone_again |= was_up && !answers;
                 answered.push((id, answers));
             }
+            let leader = if single_leader && gone_again {
+                current_leader(&http, urls).await
+            } else {
+                None
+            };
             let mut nodes = procs.lock().await;
             for (id, answers) in answered {
                 let Some(n) = nodes.iter_mut().find(|n| n.id == id && n.child.is_none()) else {
@@ -612,6 +652,7 @@ async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::co
                     if answers {
                         eprintln!("{} is back at {} (started by hand)", n.id, n.url);
                     } else {
+                        n.follow_current_leader(leader.as_ref());
                         eprintln!(
                             "{} DOWN again. Restart it with:\n  {}",
                             n.id,
@@ -623,6 +664,58 @@ async fn watch_children(procs: control::Procs, http: reqwest::Client) -> std::co
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Id and URL of every node (not the router), to ask who leads.
+fn node_urls(nodes: &[NodeProc]) -> Vec<(String, String)> {
+    nodes
+        .iter()
+        .filter(|n| n.id != "router")
+        .map(|n| (n.id.clone(), n.url.clone()))
+        .collect()
+}
+
+/// Id and URL of the leader of the moment: the node that answers
+/// `/status` as leader in the highest epoch, or, when none does (the
+/// leader itself is down), the one the followers name, so a dead leader
+/// restarts as the leader.
+async fn current_leader(
+    http: &reqwest::Client,
+    nodes: Vec<(String, String)>,
+) -> Option<(String, String)> {
+    let asks = nodes.into_iter().map(|(id, url)| async move {
+        let status: serde_json::Value = http
+            .get(format!("{url}/status"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some((id, url, status))
+    });
+    let answers: Vec<_> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let leading = answers
+        .iter()
+        .filter(|(_, _, s)| s["role"] == "leader")
+        .max_by_key(|(_, _, s)| s["epoch"].as_u64().unwrap_or(0))
+        .map(|(id, url, _)| (id.clone(), url.clone()));
+    leading.or_else(|| {
+        answers
+            .iter()
+            .filter(|(_, _, s)| s["role"] == "follower")
+            .max_by_key(|(_, _, s)| s["epoch"].as_u64().unwrap_or(0))
+            .and_then(|(_, _, s)| {
+                Some((
+                    s["leader_id"].as_str()?.to_string(),
+                    s["leader"].as_str()?.to_string(),
+                ))
+            })
+    })
 }
 
 async fn stop_all(nodes: &mut [NodeProc]) {
@@ -681,32 +774,38 @@ fn banner(all: &[NodeProc], root: &Path, lag: &DurationRange) -> String {
     let follower = nodes.get(1).map(|n| n.url.as_str()).unwrap_or(leader);
     let last = nodes.last().map(|n| n.url.as_str()).unwrap_or(leader);
     say!(out, "Try it (a stale follower read, then convergence):\n");
+    // The write and the stale read share one line: followers apply
+    // within the lag (0.5 s by default), faster than anyone types the
+    // second command.
     say!(
         out,
-        "  # 1. write through the router (to the leader); w=1 answers before followers have it"
-    );
-    say!(out, "  curl -s -XPUT '{rt}/v1/kv/greeting' -d hello");
-    say!(
-        out,
-        "  # 2. read through the router, no cookie: a follower answers, 404, not propagated yet"
+        "  # 1. write through the router (to the leader), then read at once, no cookie: w=1 answers"
     );
     say!(
         out,
-        "  curl -si '{rt}/v1/kv/greeting'   # see x-replidb-routed-to and x-replidb-role"
+        "  #    before the followers have it, so the follower the router picks answers 404"
     );
     say!(
         out,
-        "  # 3. seed-style: the leader asks follower 1 for its copy (404 until applied)"
+        "  curl -s -XPUT '{rt}/v1/kv/greeting' -d hello; echo; curl -si '{rt}/v1/kv/greeting'"
+    );
+    say!(
+        out,
+        "  #    (see x-replidb-routed-to and x-replidb-role; the same read a second later finds it)"
+    );
+    say!(
+        out,
+        "  # 2. seed-style: the leader asks follower 1 for its copy (404 until applied)"
     );
     say!(out, "  curl -s '{rt}/follower-read?key=greeting&replica=1'");
     say!(
         out,
-        "  # 4. read-your-writes: pass the lsn the write returned; the follower waits for it"
+        "  # 3. read-your-writes: pass the lsn the write returned; the follower waits for it"
     );
     say!(out, "  curl -s '{follower}/v1/kv/greeting?min_lsn=1'");
     say!(
         out,
-        "  # 5. ...or let the router do it: its cookies make the read see the write"
+        "  # 4. ...or let the router do it: its cookies make the read see the write"
     );
     say!(
         out,
@@ -717,7 +816,7 @@ fn banner(all: &[NodeProc], root: &Path, lag: &DurationRange) -> String {
         "  curl -s -c /tmp/replidb.jar -XPUT '{rt}/v1/kv/greeting' -d again"
     );
     say!(out, "  curl -s -b /tmp/replidb.jar '{rt}/v1/kv/greeting'");
-    say!(out, "  # 6. a moment later every follower has converged");
+    say!(out, "  # 5. a moment later every follower has converged");
     say!(out, "  sleep 1; curl -s '{last}/v1/kv/greeting'");
     say!(
         out,

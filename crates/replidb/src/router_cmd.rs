@@ -48,22 +48,24 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = replidb_router::config::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
     /// Multi-leader: home node (id or URL) of a session that names none
-    /// (X-Replidb-Home) and has none yet; default: the least-loaded node.
+    /// (X-Replidb-Home) and has none yet [default: none: the least-loaded
+    /// node]
     #[arg(long)]
     pub home: Option<String>,
     /// Secret the router presents on its own requests (health checks,
     /// dashboard) to nodes with --auth-file (needs `read`); clients'
-    /// Authorization headers pass through unchanged
+    /// Authorization headers pass through unchanged [default: none]
     #[arg(long, env = "REPLIDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// PEM certificate chain: serve HTTPS (with --tls-key)
+    /// PEM certificate chain: serve HTTPS (with --tls-key) [default: none:
+    /// plain HTTP]
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key of --tls-cert
+    /// PEM private key of --tls-cert [default: none]
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
     /// PEM CA file that signs the nodes' certificates (https:// node URLs;
-    /// with --tls-client-auth, also the clients')
+    /// with --tls-client-auth, also the clients') [default: none]
     #[arg(long)]
     pub tls_ca: Option<std::path::PathBuf>,
     /// Require clients to present a certificate signed by --tls-ca

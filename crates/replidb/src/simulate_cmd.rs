@@ -64,7 +64,8 @@ pub struct SimulateArgs {
     /// leaderless: crash (a failing node).
     #[arg(long)]
     pub faults: Option<FaultMode>,
-    /// Run every seed in A..B (inclusive) and report only failures (soak).
+    /// Run every seed in A..B (inclusive) and report only failures (soak)
+    /// [default: none: one run of --seed]
     #[arg(long, value_parser = parse_seed_range, conflicts_with = "seed")]
     pub seeds: Option<RangeInclusive<u64>>,
     /// Story lines to print before eliding (0 = all; faults always print).

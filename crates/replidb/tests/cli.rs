@@ -217,6 +217,21 @@ async fn odd_keys_get_the_contract_json_errors() {
                 "{method} {base}{path}: {body}"
             );
         }
+        // A path no endpoint has is the same 404 `no_route` from both.
+        let resp = http
+            .get(format!("{base}/v1/nope"))
+            .send()
+            .await
+            .expect("answer");
+        let status = resp.status().as_u16();
+        let body = resp.text().await.expect("body");
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{base}/v1/nope: not JSON ({e}): {body}"));
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (404, Some("no_route")),
+            "{base}/v1/nope: {body}"
+        );
     }
 }
 

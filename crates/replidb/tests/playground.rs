@@ -163,6 +163,286 @@ async fn killing_a_follower_leaves_the_playground_running_and_says_how_to_restar
     let _ = by_hand.wait();
 }
 
+/// After a switchover the restart command printed for a killed node
+/// follows the new leader: the one it was first started with is now a
+/// follower, which refuses its stream (421), so the README's "run that
+/// line and watch it catch up" would leave it behind for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_switchover_the_printed_restart_follows_the_new_leader() {
+    let base = free_ports();
+    let mut pg = Playground::start(base);
+    let http = common::http();
+    let control = format!("http://127.0.0.1:{}", base - 2);
+    let router = format!("http://127.0.0.1:{}", base - 1);
+    let new_leader = format!("http://127.0.0.1:{}", base + 1);
+    let n3 = format!("http://127.0.0.1:{}", base + 2);
+    let pid: i32 = wait_for(
+        "the banner lists n3's pid",
+        Duration::from_secs(60),
+        async || {
+            let (line, _) = pg.line_after("  n3  follower")?;
+            line.rsplit("pid ").next()?.trim().parse().ok()
+        },
+    )
+    .await;
+    let r = http
+        .post(format!("{control}/playground/switchover?to=n2"))
+        .send()
+        .await
+        .expect("control API answers");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+
+    // SAFETY: kill(2) on a grandchild the playground started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let restart = wait_for(
+        "the playground reports n3 down with a restart command",
+        Duration::from_secs(10),
+        async || match pg.line_after("n3 DOWN") {
+            Some((_, Some(cmd))) => Some(cmd.trim().to_string()),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(
+        restart.contains(&format!("--follow {new_leader} ")),
+        "the restart command does not follow n2: {restart}"
+    );
+    let r = http
+        .put(format!("{router}/v1/kv/while-down"))
+        .body("written on n2")
+        .send()
+        .await
+        .expect("router answers");
+    assert_eq!(r.status(), 200);
+
+    let mut by_hand = Command::new("sh")
+        .args([
+            "-c",
+            &format!("exec {}", restart.trim_end_matches('&').trim()),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run the restart command");
+    wait_until(
+        "n3 streams from n2 and has the write",
+        Duration::from_secs(30),
+        async || match http
+            .get(format!(
+                "{n3}/v1/kv/while-down?min_lsn=1&wait_ms=0&fallback=error"
+            ))
+            .send()
+            .await
+        {
+            Ok(r) => r.status() == 200 && r.text().await.is_ok_and(|t| t == "written on n2"),
+            Err(_) => false,
+        },
+    )
+    .await;
+    assert!(pg.child.try_wait().expect("try_wait").is_none());
+    let _ = by_hand.kill();
+    let _ = by_hand.wait();
+}
+
+/// The playground's dashboard watches from the start, not from the first
+/// page: a switchover made from a shell before anyone opened the page is
+/// on its timeline when the page opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_before_the_page_opens_is_on_the_timeline() {
+    let base = free_ports();
+    let pg = Playground::start(base);
+    let http = common::http();
+    let dashboard = format!("http://127.0.0.1:{}", base - 2);
+    let router = format!("http://127.0.0.1:{}", base - 1);
+    let n1 = format!("http://127.0.0.1:{base}");
+    wait_until("the banner", Duration::from_secs(60), async || {
+        pg.line_after("  n3  follower").is_some()
+    })
+    .await;
+    // Nothing but the dashboard's poller asks a node for /health: once n1
+    // counts such a request, the poller has seen n1 leading.
+    wait_until(
+        "the dashboard polls without a page",
+        Duration::from_secs(10),
+        async || {
+            let Ok(r) = http.get(format!("{n1}/metrics")).send().await else {
+                return false;
+            };
+            r.text().await.is_ok_and(|m| {
+                m.lines().any(|l| {
+                    l.starts_with("replidb_http_requests_total")
+                        && l.contains("route=\"/health\"")
+                        && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+                })
+            })
+        },
+    )
+    .await;
+    let (code, out, err) = common::cli(&["admin", "switchover", "--to", "n2", "--url", &router]);
+    assert_eq!(code, 0, "{out} {err}");
+    wait_until(
+        "the timeline shows the switchover to n2",
+        Duration::from_secs(10),
+        async || {
+            let Ok(r) = http
+                .get(format!("{dashboard}/dashboard/state"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let doc: serde_json::Value = r.json().await.unwrap_or_default();
+            doc["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["kind"] == "switchover" && e["node"] == "n2")
+            })
+        },
+    )
+    .await;
+}
+
+/// The dashboard's document of one playground, once.
+async fn dashboard_state(http: &reqwest::Client, dashboard: &str) -> serde_json::Value {
+    match http
+        .get(format!("{dashboard}/dashboard/state"))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Whether the timeline holds an event of `kind` whose text has `needle`.
+fn has_event(doc: &serde_json::Value, kind: &str, needle: &str) -> bool {
+    doc["events"].as_array().is_some_and(|e| {
+        e.iter()
+            .any(|e| e["kind"] == kind && e["text"].as_str().is_some_and(|t| t.contains(needle)))
+    })
+}
+
+/// Multi-leader: two writes of one key on two nodes at once (300 ms
+/// apart on the wire) are a conflict each node resolves, and the
+/// dashboard shows each node's count and the conflicts on its timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_leader_conflicts_show_on_the_dashboard() {
+    let base = free_ports();
+    let pg = Playground::start_with(
+        base,
+        &["--topology", "multi-leader", "--link-delay", "300ms"],
+    );
+    let http = common::http();
+    let dashboard = format!("http://127.0.0.1:{}", base - 2);
+    wait_until("the banner", Duration::from_secs(60), async || {
+        pg.line_after("dashboard:").is_some()
+            && dashboard_state(&http, &dashboard).await["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 3)
+    })
+    .await;
+    let (a, b) = tokio::join!(
+        http.put(format!("http://127.0.0.1:{base}/v1/kv/c"))
+            .body("a")
+            .send(),
+        http.put(format!("http://127.0.0.1:{}/v1/kv/c", base + 1))
+            .body("b")
+            .send(),
+    );
+    assert_eq!(a.expect("n1 answers").status(), 200);
+    assert_eq!(b.expect("n2 answers").status(), 200);
+    wait_until(
+        "every node's conflict on the timeline and in its row",
+        Duration::from_secs(15),
+        async || {
+            let doc = dashboard_state(&http, &dashboard).await;
+            ["n1", "n2", "n3"].iter().all(|id| {
+                has_event(&doc, "conflict", &format!("{id} resolved"))
+                    && doc["nodes"].as_array().is_some_and(|n| {
+                        n.iter()
+                            .any(|n| n["id"] == *id && n["conflicts"]["lww"].as_u64() >= Some(1))
+                    })
+            })
+        },
+    )
+    .await;
+}
+
+/// Leaderless on five nodes: the dashboard shows each node's share of the
+/// ring; with a replica down, quorum writes leave hints, which show as
+/// pending and on the timeline, and are delivered once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderless_ring_and_hints_show_on_the_dashboard() {
+    let base = common::free_port_run(8) + 2;
+    let pg = Playground::start_with(base, &["--topology", "leaderless", "--nodes", "5"]);
+    let http = common::http();
+    let dashboard = format!("http://127.0.0.1:{}", base - 2);
+    wait_until(
+        "five nodes on the ring",
+        Duration::from_secs(60),
+        async || {
+            pg.line_after("dashboard:").is_some()
+                && dashboard_state(&http, &dashboard).await["nodes"]
+                    .as_array()
+                    .is_some_and(|n| {
+                        n.len() == 5
+                            && n.iter()
+                                .all(|n| n["ring"]["share_held"].as_f64() > Some(0.0))
+                    })
+        },
+    )
+    .await;
+    let kill = http
+        .post(format!("{dashboard}/playground/nodes/n5/kill"))
+        .send()
+        .await
+        .expect("control API answers");
+    assert_eq!(kill.status(), 200);
+    wait_until("n5 down", Duration::from_secs(10), async || {
+        has_event(&dashboard_state(&http, &dashboard).await, "down", "n5")
+    })
+    .await;
+    // Twenty keys: some of them are n5's to hold.
+    for i in 0..20 {
+        let r = http
+            .put(format!("http://127.0.0.1:{base}/v1/kv/h{i}?w=2"))
+            .body("v")
+            .send()
+            .await
+            .expect("n1 answers");
+        assert_eq!(r.status(), 200, "h{i}");
+    }
+    wait_until(
+        "hints pending and on the timeline",
+        Duration::from_secs(10),
+        async || {
+            let doc = dashboard_state(&http, &dashboard).await;
+            has_event(&doc, "hint", "more hint")
+                && doc["nodes"].as_array().is_some_and(|n| {
+                    n.iter()
+                        .any(|n| n["ring"]["hints_pending"].as_u64() > Some(0))
+                })
+        },
+    )
+    .await;
+    let restart = http
+        .post(format!("{dashboard}/playground/nodes/n5/restart"))
+        .send()
+        .await
+        .expect("control API answers");
+    assert_eq!(restart.status(), 200);
+    wait_until(
+        "the hints delivered, on the timeline",
+        Duration::from_secs(30),
+        async || {
+            has_event(
+                &dashboard_state(&http, &dashboard).await,
+                "hint",
+                "delivered",
+            )
+        },
+    )
+    .await;
+}
+
 /// A playground that stops while one of its nodes is dead exits non-zero
 /// and names the node, so a script sees the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,10 @@
 //!
 //! The poller starts with the first request to a dashboard path and stops
 //! after [`DASHBOARD_IDLE_STOP_SECONDS`] with no page connected, so a node
-//! nobody watches does no work for it.
+//! nobody watches does no work for it. The playground instead polls from
+//! its start ([`Dashboard::keep_polling`]): its cluster exists to be
+//! watched, and a switchover or a kill made from a shell before the page
+//! is opened belongs on the timeline.
 //!
 //! Rates are derived, not counted per request: writes per second are the
 //! advance of the writers' LSNs (one record per write; a transaction
@@ -142,6 +145,8 @@ pub struct Dashboard {
     history: Mutex<History>,
     tx: watch::Sender<Arc<str>>,
     running: AtomicBool,
+    /// Set by [`Dashboard::keep_polling`]: never stop for want of pages.
+    always: AtomicBool,
     last_access_ms: AtomicU64,
     /// Wakes the poller before its next tick (after an action).
     poke: tokio::sync::Notify,
@@ -195,6 +200,7 @@ impl Dashboard {
             history: Mutex::new(history),
             tx,
             running: AtomicBool::new(false),
+            always: AtomicBool::new(false),
             last_access_ms: AtomicU64::new(0),
             poke: tokio::sync::Notify::new(),
         })
@@ -211,6 +217,13 @@ impl Dashboard {
         push_event(&mut h, now_ms(), kind, node, text.to_string());
         drop(h);
         self.poke.notify_one();
+    }
+
+    /// Poll from now on, whether or not a page is open, until the
+    /// dashboard is dropped. Must be called within a Tokio runtime.
+    pub fn keep_polling(self: &Arc<Self>) {
+        self.always.store(true, Ordering::Release);
+        self.touch();
     }
 
     /// Start the poller if it is not running, and remember the access.
@@ -413,7 +426,10 @@ async fn poller(dash: Weak<Dashboard>) {
             _ = d.poke.notified() => {}
         }
         let idle_ms = now_ms().saturating_sub(d.last_access_ms.load(Ordering::Relaxed));
-        if d.tx.receiver_count() == 0 && idle_ms > DASHBOARD_IDLE_STOP_SECONDS * 1000 {
+        if !d.always.load(Ordering::Acquire)
+            && d.tx.receiver_count() == 0
+            && idle_ms > DASHBOARD_IDLE_STOP_SECONDS * 1000
+        {
             d.running.store(false, Ordering::Release);
             return;
         }

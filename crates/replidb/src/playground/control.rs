@@ -138,6 +138,9 @@ impl Control {
             // The dashboard's own polls need the playground's CA too.
             http: Some(http_client(Duration::from_secs(2))?),
         });
+        // Watched from the start: what the user does from a shell before
+        // opening the page (a kill, a switchover) is on its timeline.
+        dash.keep_polling();
         let http = http_client(Duration::from_millis(CONTROL_REQUEST_TIMEOUT_MS))?;
         let control = Arc::new(Control {
             procs,
@@ -266,22 +269,28 @@ async fn node_action(
     // now, not the one it was started in (after a switchover the first
     // leader follows): it follows the current leader, or leads if it is
     // the leader. With no leader known its flags stay as they are.
-    let follow: Option<Option<String>> =
-        if c.topology == "single-leader" && (action == "restart" || action == "lag") {
-            match c.leader().await {
-                Ok((leader, url)) if leader != id => Some(Some(url)),
-                Ok(_) if action == "lag" => {
-                    return Err(ControlError::NotApplicable(format!(
-                        "{id} leads: the leader has no apply lag; set the lag of a follower"
-                    )))
-                }
-                Ok(_) => Some(None),
-                Err(e) if action == "lag" => return Err(e),
-                Err(_) => None,
+    let follow: Option<Option<String>> = if c.topology == "single-leader" && action == "restart" {
+        // The leader itself may be the one down: then the followers name
+        // it, and it restarts leading.
+        let nodes = super::node_urls(&c.procs.lock().await);
+        super::current_leader(&c.http, nodes)
+            .await
+            .map(|(leader, url)| (leader != id).then_some(url))
+    } else if c.topology == "single-leader" && action == "lag" {
+        match c.leader().await {
+            Ok((leader, url)) if leader != id => Some(Some(url)),
+            Ok(_) if action == "lag" => {
+                return Err(ControlError::NotApplicable(format!(
+                    "{id} leads: the leader has no apply lag; set the lag of a follower"
+                )))
             }
-        } else {
-            None
-        };
+            Ok(_) => Some(None),
+            Err(e) if action == "lag" => return Err(e),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
     let mut procs = c.procs.lock().await;
     let n = procs
         .iter_mut()
@@ -632,6 +641,18 @@ impl NodeProc {
         self.child = Some(child);
         self.up = true;
         Ok(())
+    }
+
+    /// Single-leader: point the node's restart at `leader` (id, URL), the
+    /// leader of the moment, or make it lead if it is that leader; nothing
+    /// when no leader is known or for the router.
+    pub(super) fn follow_current_leader(&mut self, leader: Option<&(String, String)>) {
+        let Some((id, url)) = leader else { return };
+        if self.id == "router" {
+            return;
+        }
+        let follow = (*id != self.id).then_some(url.as_str());
+        self.set_flag("--follow", follow);
     }
 
     /// Set `--flag value` in its command line (`None` removes it).

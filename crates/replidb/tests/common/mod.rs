@@ -107,6 +107,9 @@ where
 /// second one's start-up check would be answered by the first (a CI flake:
 /// a multi-leader node that never "connected to its peers").
 pub fn free_port() -> u16 {
+    if let Some(range) = port_range_from_env() {
+        return free_port_run_in(1, range);
+    }
     let mut handed_out = handed_out();
     let (low, _) = ephemeral_range();
     if low > 12_000 {
@@ -138,9 +141,30 @@ fn handed_out() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u16
 /// in this process (a playground's nodes, router and dashboard): the
 /// first of them.
 pub fn free_port_run(len: u16) -> u16 {
+    free_port_run_in(len, port_range_from_env().unwrap_or(20_000..30_000))
+}
+
+/// `REPLIDB_TEST_PORTS=A..B`: every port the tests hand out lies in
+/// `A..B` (end exclusive), so test runs sharing a machine can be given
+/// ranges of their own. A malformed value is a test failure, not a silent
+/// fallback to any port.
+fn port_range_from_env() -> Option<std::ops::Range<u16>> {
+    let v = std::env::var("REPLIDB_TEST_PORTS").ok()?;
+    let parsed = v
+        .split_once("..")
+        .and_then(|(a, b)| Some(a.trim().parse::<u16>().ok()?..b.trim().parse::<u16>().ok()?));
+    match parsed {
+        Some(r) if r.start < r.end => Some(r),
+        _ => panic!("REPLIDB_TEST_PORTS={v:?}: expected A..B with A < B"),
+    }
+}
+
+/// [`free_port_run`] within `range`.
+fn free_port_run_in(len: u16, range: std::ops::Range<u16>) -> u16 {
     let mut handed_out = handed_out();
+    let last_first = range.end.saturating_sub(len).max(range.start + 1);
     for _ in 0..500 {
-        let first = rand::random_range(20_000u16..30_000);
+        let first = rand::random_range(range.start..last_first);
         let run = first..first + len;
         if run.clone().all(|p| !handed_out.contains(&p))
             && run
