@@ -1105,3 +1105,59 @@ async fn an_lww_write_with_a_context_replaces_what_it_saw_without_a_conflict() {
     .await;
     assert_eq!(s, 400, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_types_work_in_single_leader_mode_too() {
+    // One origin: never a conflict, and the conflict log stays empty.
+    let n = Node::start("solo", &[]).await;
+    for delta in [100, 5, 3] {
+        let (s, _, body) = send(
+            n.http()
+                .post(n.at("/v1/counter/likes"))
+                .json(&json!({"delta": delta})),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    assert_eq!(n.get_json("/v1/counter/likes").await["value"], json!(108));
+    let (s, _, _) = send(
+        n.http()
+            .post(n.at("/v1/set/cart"))
+            .json(&json!({"add": ["Book", "Pen", "Cup"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = send(
+        n.http()
+            .post(n.at("/v1/set/cart"))
+            .json(&json!({"remove": ["Cup"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        n.get_json("/v1/set/cart").await["members"],
+        json!(["Book", "Pen"])
+    );
+    let (s, _, _) = send(
+        n.http()
+            .patch(n.at("/v1/map/profile"))
+            .json(&json!({"name": "Alice", "email": "a@x"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = send(
+        n.http()
+            .patch(n.at("/v1/map/profile"))
+            .json(&json!({"email": null})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        n.get_json("/v1/map/profile").await,
+        json!({"name": "Alice"})
+    );
+    let (s, _, body) = send(n.http().put(n.at("/v1/kv/likes")).body("x")).await;
+    assert_eq!(s, 409, "{body}");
+    assert_eq!(body["error"]["code"], "wrong_type");
+    assert_eq!(n.get_json("/v1/conflicts").await, json!([]));
+}
