@@ -173,6 +173,10 @@ pub struct Engine {
     /// The node's HLC, shared with the writer: peers' records are absorbed
     /// here before they become visible (see [`Engine::apply_origin`]).
     hlc: Arc<HlcClock<Arc<dyn Clock>>>,
+    /// Bumped after every peer batch or snapshot merge is applied, so a
+    /// read waiting for a `min_version` wakes then instead of polling
+    /// (`positions` only moves with this node's own log).
+    origins_applied: watch::Sender<u64>,
 }
 
 impl Engine {
@@ -234,6 +238,7 @@ impl Engine {
             syncs,
             failure,
             hlc,
+            origins_applied: watch::Sender::new(0),
         }))
     }
 
@@ -315,12 +320,15 @@ impl Engine {
                 .copied()
                 .unwrap_or_default())
         };
-        if self.opts.inline_io {
-            return work();
-        }
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| EngineError::Stopped(format!("peer apply task failed: {e}")))?
+        let applied = if self.opts.inline_io {
+            work()?
+        } else {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| EngineError::Stopped(format!("peer apply task failed: {e}")))??
+        };
+        self.origins_applied.send_modify(|n| *n += 1);
+        Ok(applied)
     }
 
     /// Join a peer's snapshot entries into the table (multi-leader catch-up
@@ -338,7 +346,9 @@ impl Engine {
             lsn,
             reply,
         })
-        .await
+        .await?;
+        self.origins_applied.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Per origin, the last LSN of its log applied here; this node's own
@@ -458,6 +468,40 @@ impl Engine {
         let mut rx = self.positions.clone();
         let reached = tokio::time::timeout(timeout, rx.wait_for(|p| p.applied_lsn >= lsn)).await;
         matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Wait until `reached` holds of [`Engine::origin_positions`] or
+    /// `timeout` passes, checking again whenever a peer's records or this
+    /// node's own are applied. Returns whether it held.
+    pub async fn wait_origins(
+        &self,
+        timeout: Duration,
+        reached: impl Fn(&std::collections::BTreeMap<String, Lsn>) -> bool,
+    ) -> bool {
+        let mut origins = self.origins_applied.subscribe();
+        let mut own = self.positions.clone();
+        let wait = async {
+            loop {
+                // Mark both as seen before reading the positions: a change
+                // after this point wakes the select below.
+                origins.borrow_and_update();
+                own.borrow_and_update();
+                if reached(&self.origin_positions()) {
+                    return true;
+                }
+                tokio::select! {
+                    _ = origins.changed() => {}
+                    changed = own.changed() => {
+                        if changed.is_err() {
+                            // The writer stopped: this node's own log will
+                            // not move again; only peers' batches can.
+                            let _ = origins.changed().await;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
 
     /// Wait until `flush_lsn >= lsn` or `timeout` passes.

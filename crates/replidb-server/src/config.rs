@@ -228,4 +228,42 @@ impl NodeConfig {
             Topology::Leaderless => format!("leaderless;{}", self.conflict_policy.fingerprint()),
         }
     }
+
+    /// `--peers` without this node's own URL and without repeats. The
+    /// README starts every node with the same list (itself included), so
+    /// anything that counts members must count this node once.
+    pub fn other_peers(&self) -> Vec<String> {
+        let me = self.advertise();
+        let me = me.trim_end_matches('/');
+        let mut others: Vec<String> = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            let p = p.trim_end_matches('/');
+            if p != me && !others.iter().any(|o| o == p) {
+                others.push(p.to_string());
+            }
+        }
+        others
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_peers_leaves_out_this_node_and_repeats() {
+        let mut c = NodeConfig::new("n1", "127.0.0.1:7001".parse().expect("addr"), "/tmp/x");
+        c.peers = [
+            "http://127.0.0.1:7001",
+            "http://127.0.0.1:7002/",
+            "http://127.0.0.1:7003",
+            "http://127.0.0.1:7002",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            c.other_peers(),
+            ["http://127.0.0.1:7002", "http://127.0.0.1:7003"]
+        );
+    }
 }

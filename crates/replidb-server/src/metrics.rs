@@ -82,7 +82,7 @@ fn describe() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-        describe_gauge!("replidb_replication_lag_seconds", Unit::Seconds, "Apply lag: on a follower its own estimate; on the leader per follower (label follower).");
+        describe_gauge!("replidb_replication_lag_seconds", Unit::Seconds, "Apply lag: on a follower its own estimate; on the leader per follower (label follower); in multi-leader, of each peer's log applied here (label origin).");
         describe_gauge!("replidb_replication_lag_records", "Records the follower has not applied yet.");
         describe_counter!("replidb_replication_changes_applied_total", "Records applied from the replication stream.");
         describe_gauge!("replidb_replication_follower_connected", "1 while the replication stream is open, else 0 (a leader's own series is 1).");
@@ -98,6 +98,8 @@ fn describe() {
         describe_histogram!("replidb_http_request_duration_seconds", Unit::Seconds, "HTTP request duration by route template.");
         describe_counter!("replidb_stale_reads_total", "Reads that presented a min_lsn above the node's applied LSN (waited or fell back).");
         describe_counter!("replidb_failovers_total", "Promotions of this node to leader.");
+        describe_counter!("replidb_conflicts_total", "Concurrent versions this node resolved, by policy (lww, siblings, type); lww losers are in /v1/conflicts.");
+        describe_gauge!("replidb_siblings_max", "Most concurrent versions one key has held on this node since it started (siblings policy).");
         describe_counter!("replidb_rollback_records_total", "Records removed by rewinds (kept in rollback/).");
     });
 }

@@ -222,19 +222,17 @@ impl Node {
         opts.idle_timeout = (self.config.heartbeat_interval * 20).max(Duration::from_secs(1));
         opts.seed = seed_of(&self.config.id);
         opts.compression = self.config.replication_compression;
-        let me = self.config.advertise();
         let peers: Vec<Arc<PeerStream>> = self
             .config
-            .peers
-            .iter()
-            .filter(|p| p.trim_end_matches('/') != me.trim_end_matches('/'))
+            .other_peers()
+            .into_iter()
             .map(|url| {
                 PeerStream::new(
                     self.engine.clone(),
                     self.transport.clone(),
                     self.clock.clone(),
                     opts.clone(),
-                    url.clone(),
+                    url,
                 )
             })
             .collect();
@@ -454,8 +452,9 @@ fn core_options(config: &NodeConfig) -> CoreOptions {
         leader: LeaderOptions {
             heartbeat_interval: config.heartbeat_interval,
             cluster_size: match config.topology {
-                // Write concerns count this node and its peers.
-                Topology::MultiLeader => Some(config.peers.len() + 1),
+                // Write concerns count this node and its peers, this node
+                // once even when `--peers` names it (w=all must be reachable).
+                Topology::MultiLeader => Some(config.other_peers().len() + 1),
                 // Nobody streams a leaderless node's log: it writes alone.
                 Topology::Leaderless => Some(1),
                 Topology::SingleLeader => config.cluster_size,

@@ -55,14 +55,38 @@ fn the_story_tells_faults_conflicts_and_clocks() {
         "(with context)",
         "converge every node has applied every origin's last lsn",
         "  conflicts         lww: ",
+        "  lww discarded     lww/",
         "  convergence       ",
         "the later write read an earlier wall clock",
         "hlc ordered all of them correctly",
+        "  for example       lww/",
+        "wall-clock lww keeps",
         "ok   hlc orders every causally later put after what it saw",
         "result: PASS (seed 1)",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
+    // The run shows the skew anomaly, not only a count of zero: some causally
+    // later put read an earlier wall clock than the write it had seen.
+    let inverted: usize = out
+        .split("pairs on one key; in ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wall clock vs hlc line in\n{out}"));
+    assert!(inverted > 0, "no inverted pair under skew in\n{out}");
+}
+
+#[test]
+fn without_skew_wall_clocks_agree_with_causality() {
+    let mut c = MultiConfig::new(1);
+    c.skew = std::time::Duration::ZERO;
+    let out = must_pass(&c);
+    assert!(
+        out.contains("pairs on one key; in 0 the later write"),
+        "{out}"
+    );
+    assert!(!out.contains("  for example "), "{out}");
 }
 
 #[test]

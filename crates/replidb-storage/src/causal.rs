@@ -48,7 +48,20 @@ pub(crate) fn merge_leaf(
         .and_then(|v| KeyState::decode(&v.value).ok());
     let merged = replidb_causal::merge(key, state, operand);
     for c in &merged.conflicts {
-        tracing::debug!(key, policy = %c.policy, kept = ?c.kept, "conflict resolved");
+        // One line per resolution, enough to find the versions again in
+        // `/v1/conflicts`: who was kept, and each loser's origin and HLC.
+        let kept = c
+            .kept
+            .as_ref()
+            .map_or_else(|| "-".to_string(), ToString::to_string);
+        let discarded = c
+            .versions
+            .iter()
+            .skip(1)
+            .map(|v| format!("{}@{}.{}", v.origin, v.hlc.wall_ms, v.hlc.logical))
+            .collect::<Vec<_>>()
+            .join(",");
+        tracing::debug!(key, policy = %c.policy, kept, discarded, "conflict resolved");
     }
     Some(LeafOutcome {
         value: Versioned {

@@ -308,9 +308,18 @@ impl Op {
                     .put(&key, self.value_for(k), &self.write_opts)
                     .await?;
                 let acked = Instant::now();
-                let opts = ReadOptions {
-                    min_lsn: Some(w.lsn),
-                    ..self.read_opts.clone()
+                // Multi-leader: the write's LSN is of its origin's log, which
+                // the other node's `min_lsn` does not compare against; the
+                // write's per-origin token (`n1:42`) is what it waits for.
+                let opts = match &w.min_version {
+                    Some(token) => ReadOptions {
+                        min_version: Some(token.clone()),
+                        ..self.read_opts.clone()
+                    },
+                    None => ReadOptions {
+                        min_lsn: Some(w.lsn),
+                        ..self.read_opts.clone()
+                    },
                 };
                 f.get(&key, &opts).await?;
                 Ok(Some(acked.elapsed()))

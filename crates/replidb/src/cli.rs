@@ -278,8 +278,9 @@ pub enum BenchMode {
     /// GET with consistency=strong.
     ReadStrong,
     /// PUT to `--url` (the leader), then wait on `--follower` for that LSN
-    /// (`min_lsn`, answered the moment it is applied); the latency recorded
-    /// is write acknowledged → visible on the follower.
+    /// (`min_lsn`, answered the moment it is applied; multi-leader: the
+    /// write's `min_version`, on another node); the latency recorded is
+    /// write acknowledged → visible on the follower.
     Visibility,
 }
 

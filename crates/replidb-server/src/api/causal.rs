@@ -124,26 +124,29 @@ async fn wait_min_version(node: &Node, want: &MinVersion, wait: Duration) -> Api
     if want.is_empty() {
         return Ok(());
     }
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let have: BTreeMap<String, u64> = node_token(node).0;
-        let Some((origin, asked, applied)) = want.unmet(&have) else {
-            return Ok(());
-        };
-        if tokio::time::Instant::now() >= deadline {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "min_version_not_reached",
-                format!(
-                    "this node has applied {origin}'s log up to lsn {applied}, below the {asked} min_version asks, after {} ms; retry, or read from {origin}",
-                    wait.as_millis()
-                ),
-            );
-            e.retry_after_s = Some(1);
-            return Err(e);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let as_token = |positions: &BTreeMap<String, replidb_core::Lsn>| -> BTreeMap<String, u64> {
+        positions.iter().map(|(o, l)| (o.clone(), l.0)).collect()
+    };
+    // Woken by every batch applied, not polled: the wait ends the moment
+    // the last record it needs is visible.
+    // Positions only grow, so what it returns is what the check below finds.
+    node.engine
+        .wait_origins(wait, |have| want.unmet(&as_token(have)).is_none())
+        .await;
+    let have: BTreeMap<String, u64> = node_token(node).0;
+    let Some((origin, asked, applied)) = want.unmet(&have) else {
+        return Ok(());
+    };
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "min_version_not_reached",
+        format!(
+            "this node has applied {origin}'s log up to lsn {applied}, below the {asked} min_version asks, after {} ms; retry, or read from {origin}",
+            wait.as_millis()
+        ),
+    );
+    e.retry_after_s = Some(1);
+    Err(e)
 }
 
 /// The causal context of a write: the `X-Replidb-Context` header, if sent.

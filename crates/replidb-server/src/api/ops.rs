@@ -166,18 +166,20 @@ pub fn status_of(node: &Node) -> Value {
         doc["ring"] = super::leaderless::status(node);
     }
     if node.is_multi_leader() {
-        let origins: serde_json::Map<String, Value> = node
+        let peers: Vec<_> = node.peer_streams().iter().map(|p| p.status()).collect();
+        let mut origins: serde_json::Map<String, Value> = node
             .engine
             .origin_positions()
             .into_iter()
             .map(|(o, l)| (o, json!(l.0)))
             .collect();
+        // A peer that has written nothing yet has no position in the table;
+        // it is still an origin, at 0, once its stream has said who it is.
+        for origin in peers.iter().filter_map(|p| p.origin.clone()) {
+            origins.entry(origin).or_insert(json!(0));
+        }
         doc["origins"] = Value::Object(origins);
-        doc["peers"] = json!(node
-            .peer_streams()
-            .iter()
-            .map(|p| p.status())
-            .collect::<Vec<_>>());
+        doc["peers"] = json!(peers);
         doc["conflict_policy"] = json!(node.config.conflict_policy.fingerprint());
         doc["conflicts"] = json!(node.engine.table().causal_stats().conflicts);
     }

@@ -209,6 +209,8 @@ pub struct Node {
     starts: u32,
     /// `https` once [`Node::use_tls`] was called.
     scheme: &'static str,
+    /// Extra environment of the process (e.g. `RUST_LOG`).
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -224,12 +226,26 @@ impl Node {
     /// name each other in `args`).
     pub async fn start_on(id: &str, port: u16, args: &[&str]) -> Node {
         let mut node = Node::new(id, args);
-        node.port = port;
-        match node.spawn_and_wait().await {
-            Ok(()) => node,
-            Err(StartError::PortInUse) => node.fail("chosen port is in use"),
-            Err(StartError::Other(msg)) => node.fail(&msg),
+        node.launch_on(port).await;
+        node
+    }
+
+    /// First start on `port` (chosen beforehand), for a node built with
+    /// [`Node::new`] and configured further (e.g. [`Node::set_env`]).
+    pub async fn launch_on(&mut self, port: u16) {
+        assert!(self.child.is_none(), "{} is already running", self.id);
+        self.port = port;
+        match self.spawn_and_wait().await {
+            Ok(()) => {}
+            Err(StartError::PortInUse) => self.fail("chosen port is in use"),
+            Err(StartError::Other(msg)) => self.fail(&msg),
         }
+    }
+
+    /// Set `key=value` in the environment of every later (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// A node that is not running yet; see [`Node::launch`].
@@ -247,6 +263,7 @@ impl Node {
             http: http(),
             starts: 0,
             scheme: "http",
+            env: Vec::new(),
         }
     }
 
@@ -343,6 +360,7 @@ impl Node {
             .arg(self.data_dir())
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
