@@ -257,6 +257,15 @@ pub enum BenchMode {
     /// (`min_lsn`, answered the moment it is applied); the latency recorded
     /// is write acknowledged → visible on the follower.
     Visibility,
+    /// Write a unique value through `--url` (the leader), then read the key
+    /// on `--follower` back to back until that value is there; the latency
+    /// recorded is write acknowledged → first read that sees it. Unlike
+    /// `visibility` the follower is polled, not asked to wait, so the same
+    /// method measures any store: `http://` URLs use the HTTP API (PUT, then
+    /// GET with consistency=eventual), `redis://HOST:PORT` URLs the Redis
+    /// protocol (SET, then GET) — a replidb node's `--resp-listen` or a
+    /// Redis master and replica.
+    VisibilityPoll,
 }
 
 /// `replidb bench`.
@@ -291,7 +300,8 @@ pub struct BenchArgs {
     /// Number of distinct keys used.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: u64,
-    /// Follower URL for `--mode visibility`.
+    /// Follower URL for `--mode visibility` and `visibility-poll`
+    /// (`redis://HOST:PORT` with a `redis://` `--url`).
     #[arg(long)]
     pub follower: Option<String>,
     /// Leaderless read quorum (`1`, `2`, ..., `quorum`, `all`) of the read
