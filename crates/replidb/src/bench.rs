@@ -13,6 +13,13 @@
 //! `_sum` / `_count` across a row is the average number of writes that shared
 //! one fsync during that row.
 //!
+//! `--mode visibility-poll` measures write acknowledged → visible on a
+//! follower by polling the follower, which is the only method a store
+//! without `min_lsn` (a Redis replica) allows; with `redis://` URLs it speaks
+//! the Redis protocol, so replidb (`--resp-listen`) and Redis are measured by
+//! the very same loop. The Redis client is synchronous, so each of those
+//! tasks runs on tokio's blocking pool with its own two connections.
+//!
 //! Output is a markdown table, ready to paste into a README.
 
 use crate::cli::{BenchArgs, BenchMode, ValueKind};
@@ -32,6 +39,33 @@ const PRELOAD_KEYS_MAX: u64 = 100_000;
 const PRELOAD_TASKS: u64 = 32;
 /// Largest latency the histograms hold; slower samples are clamped.
 const LATENCY_US_MAX: u64 = 120_000_000;
+/// `visibility-poll`: how long a written value may take to show up on the
+/// follower before the write counts as an error.
+const VISIBLE_WAIT_MAX: Duration = Duration::from_secs(10);
+/// `visibility-poll` over the Redis protocol: connect and per-command
+/// timeouts, so a dead server ends a task instead of hanging it.
+const RESP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RESP_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why one `visibility-poll` operation failed.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    /// The follower did not show the written value in time.
+    #[error("the written value was not visible on the follower within {0:?}")]
+    NotVisible(Duration),
+    /// The HTTP API answered an error or could not be reached.
+    #[error(transparent)]
+    Http(#[from] replidb_client::ClientError),
+    /// A Redis-protocol server answered an error or could not be reached.
+    #[error(transparent)]
+    Resp(#[from] redis::RedisError),
+}
+
+/// The `redis://` URL scheme: `--url` and `--follower` speak the Redis
+/// protocol.
+fn is_resp_url(url: &str) -> bool {
+    url.starts_with("redis://")
+}
 
 /// When a row stops.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +100,9 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         (Some(n), _) => Limit::Requests(n),
         (None, d) => Limit::For(d.unwrap_or(Duration::from_secs(10))),
     };
+    if is_resp_url(url) {
+        return run_resp(url, &args, limit).await;
+    }
     let opts = ClientOptions {
         retries: 0,
         timeout: Duration::from_secs(30),
@@ -81,22 +118,31 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let follower = match (args.mode, &args.follower) {
-        (BenchMode::Visibility, Some(f)) => Some(
+        (BenchMode::Visibility | BenchMode::VisibilityPoll, Some(f)) => Some(
             Client::with_options(f, opts.clone())
                 .map_err(|e| UsageError(format!("--follower: {e}")))?,
         ),
-        (BenchMode::Visibility, None) => {
-            return Err(UsageError("--mode visibility needs --follower URL".into()).into())
+        (BenchMode::Visibility | BenchMode::VisibilityPoll, None) => {
+            return Err(UsageError(format!(
+                "--mode {} needs --follower URL",
+                mode_name(args.mode)
+            ))
+            .into())
         }
         _ => None,
     };
-    let min_lsn = if matches!(args.mode, BenchMode::Write | BenchMode::Visibility) {
+    let min_lsn = if matches!(
+        args.mode,
+        BenchMode::Write | BenchMode::Visibility | BenchMode::VisibilityPoll
+    ) {
         0
     } else {
         preload(&client, &args, &value, &write_opts).await?
     };
     let read_opts = match args.mode {
-        BenchMode::Write | BenchMode::ReadEventual => ReadOptions::with(Consistency::Eventual),
+        BenchMode::Write | BenchMode::ReadEventual | BenchMode::VisibilityPoll => {
+            ReadOptions::with(Consistency::Eventual)
+        }
         BenchMode::Visibility => ReadOptions {
             wait_ms: Some(10_000),
             fallback: Some(replidb_client::Fallback::Error),
@@ -127,13 +173,12 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         write_opts,
         read_opts,
         key_space: args.key_space,
+        unique: UniqueValues::new(),
     });
 
     println!(
         "replidb bench: mode={}, w={}{}, value_bytes={}, key_space={}, {}, url={}\n",
-        args.mode
-            .to_possible_value()
-            .map_or_else(|| format!("{:?}", args.mode), |v| v.get_name().to_string()),
+        mode_name(args.mode),
         args.w,
         args.r
             .as_ref()
@@ -174,6 +219,12 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         println!("\n(records per fsync: metric replidb_wal_records_per_fsync not exported at {url}/metrics)");
     }
     Ok(())
+}
+
+/// The mode as written on the command line.
+fn mode_name(mode: BenchMode) -> String {
+    mode.to_possible_value()
+        .map_or_else(|| format!("{mode:?}"), |v| v.get_name().to_string())
 }
 
 fn validate(args: &BenchArgs) -> Result<(), UsageError> {
@@ -277,6 +328,7 @@ struct Op {
     write_opts: WriteOptions,
     read_opts: ReadOptions,
     key_space: u64,
+    unique: UniqueValues,
 }
 
 impl Op {
@@ -294,14 +346,32 @@ impl Op {
     }
 
     /// One operation; `Some(d)` replaces the measured latency with `d`.
-    async fn once(&self, k: u64) -> Result<Option<Duration>, replidb_client::ClientError> {
+    async fn once(&self, k: u64) -> Result<Option<Duration>, PollError> {
         let key = key(k);
         match (self.mode, &self.follower) {
+            (BenchMode::VisibilityPoll, Some(f)) => {
+                let value = self.unique.next(self.value.len());
+                self.client
+                    .put(&key, value.clone(), &self.write_opts)
+                    .await?;
+                let acked = Instant::now();
+                loop {
+                    if let Some(r) = f.get(&key, &self.read_opts).await? {
+                        if r.value == value {
+                            return Ok(Some(acked.elapsed()));
+                        }
+                    }
+                    if acked.elapsed() > VISIBLE_WAIT_MAX {
+                        return Err(PollError::NotVisible(VISIBLE_WAIT_MAX));
+                    }
+                }
+            }
             (BenchMode::Write, _) => self
                 .client
                 .put(&key, self.value_for(k), &self.write_opts)
                 .await
-                .map(|_| None),
+                .map(|_| None)
+                .map_err(Into::into),
             (BenchMode::Visibility, Some(f)) => {
                 let w = self
                     .client
@@ -324,8 +394,35 @@ impl Op {
                 f.get(&key, &opts).await?;
                 Ok(Some(acked.elapsed()))
             }
-            _ => self.client.get(&key, &self.read_opts).await.map(|_| None),
+            _ => Ok(self.client.get(&key, &self.read_opts).await.map(|_| None)?),
         }
+    }
+}
+
+/// Values no other write has, so a poller comparing values cannot mistake
+/// an older write of the same key for the one it waits for: a random run
+/// nonce (24 bits, against values left by an earlier run on the same keys)
+/// and a sequence number shared by every task of the run.
+struct UniqueValues {
+    nonce: u32,
+    seq: AtomicU64,
+}
+
+impl UniqueValues {
+    fn new() -> UniqueValues {
+        UniqueValues {
+            nonce: rand::rng().random_range(0..1 << 24),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The next value, `len` bytes long (at least the 16 that make it
+    /// unique).
+    fn next(&self, len: usize) -> Vec<u8> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut v = format!("{:06x}{seq:010}", self.nonce).into_bytes();
+        v.resize(len.max(v.len()), b'.');
+        v
     }
 }
 
@@ -338,33 +435,11 @@ async fn run_row(op: &Arc<Op>, clients: usize, limit: Limit) -> Row {
             tokio::spawn(async move { task(&op, i as u64, limit, started, &issued).await })
         })
         .collect();
-    let mut row = Row {
-        clients,
-        ops: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency_us: new_histogram(),
-        records_per_fsync: None,
-        first_error: None,
-    };
+    let mut results = Vec::with_capacity(tasks.len());
     for t in tasks {
-        match t.await {
-            Ok(r) => {
-                row.ops += r.ops;
-                row.errors += r.errors;
-                // Same bounds on both sides, so adding cannot fail.
-                let _ = row.latency_us.add(&r.latency_us);
-                row.first_error = row.first_error.or(r.first_error);
-            }
-            Err(e) => {
-                row.errors += 1;
-                row.first_error
-                    .get_or_insert_with(|| format!("task failed: {e}"));
-            }
-        }
+        results.push(t.await.map_err(|e| format!("task failed: {e}")));
     }
-    row.elapsed = started.elapsed();
-    row
+    merge_row(clients, started.elapsed(), results)
 }
 
 async fn task(
@@ -407,6 +482,202 @@ async fn task(
     }
 }
 
+/// `--mode visibility-poll` over the Redis protocol: `url` is the leader
+/// (or Redis master), `--follower` the follower (or replica).
+async fn run_resp(url: &str, args: &BenchArgs, limit: Limit) -> anyhow::Result<()> {
+    let follower = resp_follower(args)?;
+    let open = |flag: &str, u: &str| {
+        redis::Client::open(u).map_err(|e| UsageError(format!("{flag}: {e}")))
+    };
+    let pair = Arc::new(RespPair {
+        leader: open("--url", url)?,
+        follower: open("--follower", follower)?,
+        value_bytes: args.value_bytes,
+        key_space: args.key_space,
+        unique: UniqueValues::new(),
+    });
+    println!(
+        "replidb bench: mode=visibility-poll (Redis protocol), value_bytes={}, key_space={}, {}, url={url}, follower={follower}\n",
+        args.value_bytes,
+        args.key_space,
+        match limit {
+            Limit::For(d) => format!("duration={}ms", d.as_millis()),
+            Limit::Requests(n) => format!("requests={n}"),
+        },
+    );
+    print_header(false);
+    for &clients in &args.clients {
+        let started = Instant::now();
+        let issued = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..clients)
+            .map(|i| {
+                let (pair, issued) = (pair.clone(), issued.clone());
+                tokio::task::spawn_blocking(move || {
+                    resp_task(&pair, i as u64, limit, started, &issued)
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            results.push(t.await.map_err(|e| format!("task failed: {e}")));
+        }
+        let row = merge_row(clients, started.elapsed(), results);
+        print_row(&row, false);
+        if let Some(e) = &row.first_error {
+            eprintln!(
+                "  ({} errors at {} clients; first: {e})",
+                row.errors, clients
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The `--follower` of a run whose `--url` is `redis://`: only
+/// `visibility-poll` speaks the Redis protocol, and then both ends do.
+fn resp_follower(args: &BenchArgs) -> Result<&str, UsageError> {
+    if args.mode != BenchMode::VisibilityPoll {
+        return Err(UsageError(format!(
+            "a redis:// --url needs --mode visibility-poll, not {}",
+            mode_name(args.mode)
+        )));
+    }
+    args.follower
+        .as_deref()
+        .filter(|f| is_resp_url(f))
+        .ok_or_else(|| {
+            UsageError(
+                "--mode visibility-poll with a redis:// --url needs a redis:// --follower".into(),
+            )
+        })
+}
+
+/// The two ends of a Redis-protocol `visibility-poll` run.
+struct RespPair {
+    leader: redis::Client,
+    follower: redis::Client,
+    value_bytes: usize,
+    key_space: u64,
+    unique: UniqueValues,
+}
+
+/// One blocking `visibility-poll` client over the Redis protocol: SET on
+/// the leader, then GET on the follower back to back until the value is
+/// there. After an error it reconnects; if that fails the task ends.
+fn resp_task(
+    pair: &RespPair,
+    seed: u64,
+    limit: Limit,
+    started: Instant,
+    issued: &AtomicU64,
+) -> TaskResult {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut r = TaskResult {
+        ops: 0,
+        errors: 0,
+        latency_us: new_histogram(),
+        first_error: None,
+    };
+    let mut conns = None;
+    loop {
+        let go = match limit {
+            Limit::For(d) => started.elapsed() < d,
+            Limit::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
+        };
+        if !go {
+            return r;
+        }
+        let (leader, follower) = match conns.take() {
+            Some(c) => c,
+            None => match (resp_connect(&pair.leader), resp_connect(&pair.follower)) {
+                (Ok(l), Ok(f)) => (l, f),
+                (Err(e), _) | (_, Err(e)) => {
+                    r.errors += 1;
+                    r.first_error
+                        .get_or_insert_with(|| crate::error_line(&PollError::from(e).into()));
+                    return r;
+                }
+            },
+        };
+        let mut c = (leader, follower);
+        let key = key(rng.random_range(0..pair.key_space));
+        let value = pair.unique.next(pair.value_bytes);
+        match resp_write_then_poll(&mut c.0, &mut c.1, &key, &value) {
+            Ok(took) => {
+                r.ops += 1;
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                r.latency_us.saturating_record(us.max(1));
+                conns = Some(c);
+            }
+            Err(e) => {
+                r.errors += 1;
+                r.first_error
+                    .get_or_insert_with(|| crate::error_line(&e.into()));
+                // `conns` stays empty: the next operation reconnects, as an
+                // error may have left a reply unread on either connection.
+            }
+        }
+    }
+}
+
+fn resp_connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let c = client.get_connection_with_timeout(RESP_CONNECT_TIMEOUT)?;
+    c.set_read_timeout(Some(RESP_COMMAND_TIMEOUT))?;
+    c.set_write_timeout(Some(RESP_COMMAND_TIMEOUT))?;
+    Ok(c)
+}
+
+/// SET `key` on the leader, then GET it on the follower until it holds
+/// `value`; returns the time from the SET's reply to the first GET that saw
+/// the value.
+fn resp_write_then_poll(
+    leader: &mut redis::Connection,
+    follower: &mut redis::Connection,
+    key: &str,
+    value: &[u8],
+) -> Result<Duration, PollError> {
+    redis::cmd("SET").arg(key).arg(value).query::<()>(leader)?;
+    let acked = Instant::now();
+    loop {
+        let seen: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(follower)?;
+        if seen.as_deref() == Some(value) {
+            return Ok(acked.elapsed());
+        }
+        if acked.elapsed() > VISIBLE_WAIT_MAX {
+            return Err(PollError::NotVisible(VISIBLE_WAIT_MAX));
+        }
+    }
+}
+
+/// One table row from the tasks' results (`Err`: a task that panicked).
+fn merge_row(clients: usize, elapsed: Duration, results: Vec<Result<TaskResult, String>>) -> Row {
+    let mut row = Row {
+        clients,
+        ops: 0,
+        errors: 0,
+        elapsed,
+        latency_us: new_histogram(),
+        records_per_fsync: None,
+        first_error: None,
+    };
+    for result in results {
+        match result {
+            Ok(r) => {
+                row.ops += r.ops;
+                row.errors += r.errors;
+                // Same bounds on both sides, so adding cannot fail.
+                let _ = row.latency_us.add(&r.latency_us);
+                row.first_error = row.first_error.or(r.first_error);
+            }
+            Err(e) => {
+                row.errors += 1;
+                row.first_error.get_or_insert(e);
+            }
+        }
+    }
+    row
+}
+
 fn new_histogram() -> Histogram<u64> {
     // Constant, valid bounds (1 <= low, high >= 2 * low, sigfig <= 5).
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
@@ -417,9 +688,9 @@ fn print_header(with_fsync: bool) {
     let extra = if with_fsync { " records/fsync |" } else { "" };
     let rule = if with_fsync { "---:|" } else { "" };
     println!(
-        "| clients | ops | errors | throughput (ops/s) | p50 (ms) | p99 (ms) | p999 (ms) |{extra}"
+        "| clients | ops | errors | throughput (ops/s) | p50 (ms) | p99 (ms) | p999 (ms) | max (ms) |{extra}"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|{rule}");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|{rule}");
 }
 
 fn print_row(row: &Row, with_fsync: bool) {
@@ -432,14 +703,15 @@ fn print_row(row: &Row, with_fsync: bool) {
     };
     let secs = row.elapsed.as_secs_f64().max(1e-9);
     let mut line = format!(
-        "| {} | {} | {} | {:.0} | {} | {} | {} |",
+        "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
         row.clients,
         row.ops,
         row.errors,
         row.ops as f64 / secs,
         ms(0.50),
         ms(0.99),
-        ms(0.999)
+        ms(0.999),
+        ms(1.0)
     );
     if with_fsync {
         match row.records_per_fsync {
@@ -503,6 +775,48 @@ replidb_http_requests_total{route=\"/v1/kv\"} 99
 ";
         assert_eq!(parse_records_per_fsync(text), Some((150.0, 15.0)));
         assert_eq!(parse_records_per_fsync("other_metric 1\n"), None);
+    }
+
+    fn bench_args(args: &[&str]) -> BenchArgs {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from([&["replidb", "bench"], args].concat()).unwrap();
+        let crate::cli::Command::Bench(b) = cli.command else {
+            panic!("not bench")
+        };
+        b
+    }
+
+    #[test]
+    fn the_redis_protocol_is_only_for_visibility_poll_on_both_ends() {
+        let ok = bench_args(&[
+            "--mode",
+            "visibility-poll",
+            "--url",
+            "redis://127.0.0.1:1",
+            "--follower",
+            "redis://127.0.0.1:2",
+        ]);
+        assert_eq!(resp_follower(&ok).unwrap(), "redis://127.0.0.1:2");
+        let write = bench_args(&["--url", "redis://127.0.0.1:1"]);
+        assert!(resp_follower(&write).is_err());
+        let http_follower = bench_args(&[
+            "--mode",
+            "visibility-poll",
+            "--follower",
+            "http://127.0.0.1:2",
+        ]);
+        assert!(resp_follower(&http_follower).is_err());
+    }
+
+    #[test]
+    fn unique_values_differ_and_have_the_asked_length() {
+        let u = UniqueValues::new();
+        let (a, b) = (u.next(16), u.next(16));
+        assert_ne!(a, b);
+        assert_eq!((a.len(), b.len()), (16, 16));
+        assert_eq!(u.next(100).len(), 100);
+        // Shorter than what makes it unique: the unique part is kept.
+        assert_eq!(u.next(4).len(), 16);
     }
 
     #[test]

@@ -282,6 +282,15 @@ pub enum BenchMode {
     /// write's `min_version`, on another node); the latency recorded is
     /// write acknowledged → visible on the follower.
     Visibility,
+    /// Write a unique value through `--url` (the leader), then read the key
+    /// on `--follower` back to back until that value is there; the latency
+    /// recorded is write acknowledged → first read that sees it. Unlike
+    /// `visibility` the follower is polled, not asked to wait, so the same
+    /// method measures any store: `http://` URLs use the HTTP API (PUT, then
+    /// GET with consistency=eventual), `redis://HOST:PORT` URLs the Redis
+    /// protocol (SET, then GET) — a replidb node's `--resp-listen` or a
+    /// Redis master and replica.
+    VisibilityPoll,
 }
 
 /// `replidb bench`.
@@ -317,8 +326,9 @@ pub struct BenchArgs {
     /// Number of distinct keys used.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: u64,
-    /// Follower URL for `--mode visibility` [default: none; that mode
-    /// needs it]
+    /// Follower URL for `--mode visibility` and `visibility-poll`
+    /// (`redis://HOST:PORT` with a `redis://` `--url`) [default: none;
+    /// those modes need it]
     #[arg(long)]
     pub follower: Option<String>,
     /// Leaderless read quorum (`1`, `2`, ..., `quorum`, `all`) of the read
