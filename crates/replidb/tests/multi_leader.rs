@@ -465,6 +465,13 @@ async fn read_your_writes_across_nodes_with_min_version() {
         p50_ms >= 250.0,
         "visible after {p50_ms} ms despite the link delay:\n{out}"
     );
+
+    // A strong read has no single leader to confirm it here: refused, not
+    // served locally as if it were the latest state.
+    let n1 = &nodes[0];
+    let (s, _, body) = send(n1.http().get(n1.at("/v1/kv/k?consistency=strong"))).await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["code"], "not_supported", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

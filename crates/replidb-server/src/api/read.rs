@@ -30,6 +30,9 @@ pub enum Plan {
 /// options ask. Errors are 503s the client asked for (`fallback=error`) or
 /// that no node can avoid.
 pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
+    if node.is_multi_leader() {
+        refuse_single_leader_only(opts)?;
+    }
     match node.role() {
         Role::Leader(leader) => {
             if let Some(min) = opts.min_lsn {
@@ -249,4 +252,21 @@ mod tests {
         let e = next_hop(&with_hops("many"), "x").unwrap_err();
         assert_eq!(e.status.as_u16(), 400);
     }
+}
+
+/// A multi-leader node cannot honour a `strong` read: every node takes
+/// writes, so none holds "the latest state", and served locally it would
+/// claim more than it delivers. Refused, naming what works there. (A
+/// `min_lsn` is still accepted and ignored: sessions that also talk to
+/// single-leader clusters carry one on every read; `min_version` is the
+/// multi-leader token.)
+fn refuse_single_leader_only(opts: &ReadOpts) -> ApiResult<()> {
+    if opts.consistency == Some(Consistency::Strong) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_supported",
+            "consistency=strong needs a single leader; in the multi-leader topology every node takes writes and reads are local (use min_version for read-your-writes)",
+        ));
+    }
+    Ok(())
 }
