@@ -22,6 +22,8 @@ pub struct EngineOptions {
     pub wal: WalOptions,
     /// Table backend.
     pub backend: Backend,
+    /// Limit of the redb backend's page cache, in bytes.
+    pub table_cache_bytes: usize,
     /// Node id, used as the `node_id` metric label.
     pub node_id: String,
     /// Run blocking IO on the calling task instead of tokio's blocking pool
@@ -39,6 +41,7 @@ impl EngineOptions {
             dir: dir.into(),
             wal: WalOptions::default(),
             backend: Backend::Redb,
+            table_cache_bytes: replidb_storage::TABLE_CACHE_BYTES_DEFAULT,
             node_id: node_id.into(),
             inline_io: false,
             max_group: 1024,
@@ -189,7 +192,8 @@ impl Engine {
             reason: e.to_string(),
         })?;
         let meta = meta::load(&dir)?.unwrap_or_default();
-        let table = replidb_storage::open_table(opts.backend, &dir)?;
+        let table =
+            replidb_storage::open_table_with_cache(opts.backend, &dir, opts.table_cache_bytes)?;
         let (mut wal, report) = Wal::open(&dir.join("wal"), opts.wal.clone())?;
         tracing::info!(
             node_id = %opts.node_id,

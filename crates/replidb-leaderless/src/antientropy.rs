@@ -29,10 +29,18 @@ pub fn entry_hash(key: &str, canonical_state: &[u8]) -> u64 {
 pub fn leaves<'a>(entries: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<u64> {
     let mut out = vec![0u64; BUCKETS];
     for (k, h) in entries {
-        let b = bucket_of(k);
-        out[b] = out[b].wrapping_add(h);
+        add_to_leaves(&mut out, k, h);
     }
     out
+}
+
+/// Fold one entry into `leaves` (of [`BUCKETS`] elements, zero to start):
+/// a leaf is the wrapping sum of its entries' hashes, so entries can be
+/// added one at a time, in any order, without holding them.
+pub fn add_to_leaves(leaves: &mut [u64], key: &str, hash: u64) {
+    if let Some(leaf) = leaves.get_mut(bucket_of(key)) {
+        *leaf = leaf.wrapping_add(hash);
+    }
 }
 
 /// Leaves that differ between two trees.
@@ -56,6 +64,22 @@ pub fn differing_keys(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_folded_one_entry_at_a_time_equal_leaves_of_the_set() {
+        let entries: Vec<(String, u64)> = (0..5000u64)
+            .map(|i| (format!("key:{i}"), i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        let mut folded = vec![0u64; BUCKETS];
+        for (k, h) in entries.iter().rev() {
+            add_to_leaves(&mut folded, k, *h);
+        }
+        assert_eq!(
+            folded,
+            leaves(entries.iter().map(|(k, h)| (k.as_str(), *h)))
+        );
+        assert!(folded.iter().all(|l| *l != 0));
+    }
 
     #[test]
     fn equal_sets_have_equal_leaves_whatever_the_order() {

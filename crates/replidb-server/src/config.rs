@@ -84,6 +84,9 @@ pub struct NodeConfig {
     pub fsync: FsyncPolicy,
     /// Table backend (`--storage memory|redb`).
     pub backend: Backend,
+    /// Limit of the redb table's page cache in bytes
+    /// (`--table-cache-bytes`, [`replidb_storage::TABLE_CACHE_BYTES_DEFAULT`]).
+    pub table_cache_bytes: usize,
     /// Largest value accepted (`--max-value-bytes`, default 1 MiB).
     pub max_value_bytes: usize,
     /// Write concern when a request names none (`--default-w`).
@@ -176,6 +179,7 @@ impl NodeConfig {
             cluster: "replidb".to_string(),
             fsync: FsyncPolicy::Always,
             backend: Backend::Redb,
+            table_cache_bytes: replidb_storage::TABLE_CACHE_BYTES_DEFAULT,
             max_value_bytes: 1024 * 1024,
             default_write_concern: WriteConcern::One,
             default_write_timeout: Duration::from_millis(5000),

@@ -168,7 +168,9 @@ pub async fn deliver_hints(node: Arc<Node>, lz: Arc<Leaderless>) {
 }
 
 /// Entry hashes of the keys this node holds that `peer` replicates too,
-/// in leaf `bucket` only if given.
+/// in leaf `bucket` only if given. With a bucket this holds about
+/// 1/[`antientropy::BUCKETS`] of the shared keys; for all of them use
+/// [`shared_leaves`], which holds none.
 pub fn shared_entries(
     node: &Node,
     lz: &Leaderless,
@@ -176,6 +178,42 @@ pub fn shared_entries(
     bucket: Option<usize>,
 ) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
+    for_each_shared_entry(
+        node,
+        lz,
+        peer,
+        |b| bucket.is_none_or(|want| want == b),
+        |k, h| {
+            out.insert(k.to_string(), h);
+        },
+    );
+    out
+}
+
+/// The hash-tree leaves of the keys this node holds that `peer` replicates
+/// too, folded page by page: memory does not grow with the table.
+pub fn shared_leaves(node: &Node, lz: &Leaderless, peer: &str) -> Vec<u64> {
+    let mut leaves = vec![0u64; antientropy::BUCKETS];
+    for_each_shared_entry(
+        node,
+        lz,
+        peer,
+        |_| true,
+        |k, h| antientropy::add_to_leaves(&mut leaves, k, h),
+    );
+    leaves
+}
+
+/// Call `f(key, entry hash)` for each key this node holds that `peer`
+/// replicates too and whose leaf `in_bucket` accepts, reading the table
+/// [`SCAN_PAGE_KEYS`] keys at a time.
+fn for_each_shared_entry(
+    node: &Node,
+    lz: &Leaderless,
+    peer: &str,
+    in_bucket: impl Fn(usize) -> bool,
+    mut f: impl FnMut(&str, u64),
+) {
     let mut after: Option<String> = None;
     loop {
         let page = match node
@@ -186,28 +224,25 @@ pub fn shared_entries(
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "anti-entropy scan failed");
-                return out;
+                return;
             }
         };
         let Some(last) = page.last().map(|(k, _)| k.clone()) else {
-            return out;
+            return;
         };
         for (k, v) in &page {
             if !v.causal || !lz.ring.holds(peer, k) || !lz.ring.holds(&lz.me, k) {
                 continue;
             }
-            if bucket.is_some_and(|b| antientropy::bucket_of(k) != b) {
+            if !in_bucket(antientropy::bucket_of(k)) {
                 continue;
             }
             if let Ok(state) = KeyState::decode(&v.value) {
-                out.insert(
-                    k.clone(),
-                    antientropy::entry_hash(k, &state.canonical_bytes()),
-                );
+                f(k, antientropy::entry_hash(k, &state.canonical_bytes()));
             }
         }
         if page.len() < SCAN_PAGE_KEYS {
-            return out;
+            return;
         }
         after = Some(last);
     }
@@ -237,8 +272,7 @@ pub async fn anti_entropy_round(node: &Node, lz: &Leaderless) -> (u64, usize) {
     let mut repaired = 0;
     let mut compared = 0;
     for peer in lz.ring.members().iter().filter(|m| **m != lz.me) {
-        let mine = shared_entries(node, lz, peer, None);
-        let my_leaves = antientropy::leaves(mine.iter().map(|(k, h)| (k.as_str(), *h)));
+        let my_leaves = shared_leaves(node, lz, peer);
         let theirs: Vec<u64> = match node
             .http
             .get(format!("{peer}/internal/ae/leaves"))
@@ -251,7 +285,23 @@ pub async fn anti_entropy_round(node: &Node, lz: &Leaderless) -> (u64, usize) {
             _ => continue,
         };
         compared += 1;
-        for b in antientropy::differing(&my_leaves, &theirs) {
+        let differing = antientropy::differing(&my_leaves, &theirs);
+        if differing.is_empty() {
+            continue;
+        }
+        // One scan for the keys of every differing leaf: memory in
+        // proportion to the leaves that differ, not to the table.
+        let mut mine = BTreeMap::new();
+        for_each_shared_entry(
+            node,
+            lz,
+            peer,
+            |b| differing.contains(&b),
+            |k, h| {
+                mine.insert(k.to_string(), h);
+            },
+        );
+        for b in differing {
             let their_keys: BTreeMap<String, u64> = match node
                 .http
                 .get(format!("{peer}/internal/ae/bucket"))

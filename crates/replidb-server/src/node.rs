@@ -113,6 +113,7 @@ impl Node {
             fsync: config.fsync,
         };
         eopts.backend = config.backend;
+        eopts.table_cache_bytes = config.table_cache_bytes;
         let engine = Engine::open(eopts, clock.clone())
             .await
             .map_err(|e| ServerError::Startup(format!("cannot open storage: {e}")))?;

@@ -340,17 +340,38 @@ impl FromStr for Backend {
     }
 }
 
+/// Default limit of the redb backend's page cache, in bytes (redb's own
+/// default is 1 GiB). It is most of what a node with a large table keeps
+/// in memory: everything else a node holds is bounded per request, per
+/// batch or per snapshot chunk, not per key. The OS page cache still holds
+/// the file, so a read that misses costs a copy, not a disk read, while
+/// memory allows.
+pub const TABLE_CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+
 /// Open (creating if needed) the persistent table of `backend` in the data
 /// directory `dir`: `dir/table.redb` for redb, snapshot files in `dir` for
-/// memory.
+/// memory. The redb page cache gets [`TABLE_CACHE_BYTES_DEFAULT`].
 pub fn open_table(backend: Backend, dir: &Path) -> Result<Arc<dyn Table>> {
+    open_table_with_cache(backend, dir, TABLE_CACHE_BYTES_DEFAULT)
+}
+
+/// [`open_table`] with the redb page cache limited to `cache_bytes` (the
+/// memory backend holds every entry in memory and ignores it).
+pub fn open_table_with_cache(
+    backend: Backend,
+    dir: &Path,
+    cache_bytes: usize,
+) -> Result<Arc<dyn Table>> {
     std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
     Ok(match backend {
         Backend::Memory => Arc::new(MemoryTable::open(dir)?),
-        Backend::Redb => Arc::new(RedbTable::open(&dir.join(REDB_FILE_NAME))?),
+        Backend::Redb => Arc::new(RedbTable::open_with_cache(
+            &dir.join(REDB_FILE_NAME),
+            cache_bytes,
+        )?),
     })
 }
 

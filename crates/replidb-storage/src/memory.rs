@@ -176,17 +176,20 @@ impl MemoryTable {
 
     /// Write the snapshot file for `(lsn, map)` durably.
     fn write_snapshot(&self, dir: &Path, lsn: Lsn, map: &Map) -> Result<()> {
-        let payload = postcard::to_stdvec(&SnapshotRef {
-            applied_lsn: lsn,
-            map,
-        })
+        // Encoded once, after room for the header, which is filled in
+        // place: one serialized copy of the table in memory, not two.
+        let mut bytes = postcard::to_extend(
+            &SnapshotRef {
+                applied_lsn: lsn,
+                map,
+            },
+            vec![0u8; HEADER_LEN],
+        )
         .map_err(|e| StorageError::Backend(format!("encoding table snapshot: {e}")))?;
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        drop(payload);
+        let (header, payload) = bytes.split_at_mut(HEADER_LEN);
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        header[12..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
 
         let path = dir.join(SNAPSHOT_FILE);
         replidb_core::durable::write_atomic(&path, &bytes).map_err(io_err(&path))

@@ -163,8 +163,19 @@ impl RedbTable {
     /// interrupted, its staging table is dropped and the table keeps its old
     /// contents and `applied_lsn`; [`Table::needs_restore`] is false.
     pub fn open(path: &Path) -> Result<RedbTable> {
+        Self::open_with_cache(path, crate::TABLE_CACHE_BYTES_DEFAULT)
+    }
+
+    /// [`open`](Self::open) with redb's page cache (read cache and write
+    /// buffer together) limited to `cache_bytes`. Beyond the cache, reads
+    /// go to the file (the OS page cache), so the limit trades the memory
+    /// a large table costs against read speed; it does not limit the table.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<RedbTable> {
         let ctx = |what| Ctx { path, what };
-        let db = Database::create(path).map_err(|e| ctx("opening database").map(e))?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| ctx("opening database").map(e))?;
         let mut txn = db
             .begin_write()
             .map_err(|e| ctx("starting open transaction").map(e))?;
@@ -278,6 +289,12 @@ impl RedbTable {
             counters: Default::default(),
             causal_keys: AtomicBool::new(causal_keys),
         })
+    }
+
+    /// Bytes redb's page cache holds now (read cache and write buffer), at
+    /// most the limit given to [`open_with_cache`](Self::open_with_cache).
+    pub fn cache_used_bytes(&self) -> usize {
+        self.db.cache_stats().used_bytes()
     }
 
     /// Apply the leaves of `records` inside `txn`, logging conflicts there.
@@ -860,6 +877,79 @@ mod tests {
                 value: b"v".to_vec(),
             },
         }
+    }
+
+    fn put_sized(lsn: u64, key: &str, value_bytes: usize) -> Record {
+        Record {
+            lsn: Lsn(lsn),
+            epoch: Epoch(1),
+            hlc: Default::default(),
+            op: Op::Put {
+                key: key.into(),
+                value: vec![(lsn % 251) as u8; value_bytes],
+            },
+        }
+    }
+
+    /// A table many times its page cache is written, read whole as a
+    /// snapshot in bounded chunks, digested, and restored into a second
+    /// table with the same limit: neither cache ever holds more than its
+    /// limit (redb's default would have kept the whole table, about 16
+    /// times the limit here), and every chunk stays within its bounds.
+    #[test]
+    fn a_table_larger_than_the_cache_stays_within_the_cache_limit() {
+        const CACHE: usize = 1 << 20;
+        const KEYS: u64 = 16_000;
+        const VALUE: usize = 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let within = |t: &RedbTable| {
+            let used = t.cache_used_bytes();
+            assert!(used <= CACHE, "cache holds {used} bytes, limit {CACHE}");
+        };
+        let src = RedbTable::open_with_cache(&dir.path().join("src.redb"), CACHE).unwrap();
+        let mut lsn = 0;
+        while lsn < KEYS {
+            let batch: Vec<Record> = (lsn + 1..=(lsn + 500).min(KEYS))
+                .map(|l| put_sized(l, &format!("key:{l:08}"), VALUE))
+                .collect();
+            lsn += batch.len() as u64;
+            src.apply(&batch).unwrap();
+            within(&src);
+        }
+        src.checkpoint().unwrap();
+
+        let dst = RedbTable::open_with_cache(&dir.path().join("dst.redb"), CACHE).unwrap();
+        dst.begin_restore().unwrap();
+        let snap = src.snapshot().unwrap();
+        let (entries_max, bytes_max) = (300, 64 * 1024);
+        let (mut after, mut total, mut chunks) = (None::<String>, 0u64, 0);
+        loop {
+            let chunk = snap
+                .read_chunk_bounded(after.as_deref(), entries_max, bytes_max)
+                .unwrap();
+            let Some(last) = chunk.last() else { break };
+            after = Some(last.0.clone());
+            let bytes: usize = chunk.iter().map(|(k, v)| crate::entry_bytes(k, v)).sum();
+            assert!(
+                chunk.len() <= entries_max && bytes <= bytes_max,
+                "{bytes} bytes"
+            );
+            total += chunk.len() as u64;
+            chunks += 1;
+            dst.restore_chunk(&chunk).unwrap();
+            within(&src);
+            within(&dst);
+        }
+        assert_eq!(total, KEYS);
+        assert!(
+            chunks >= (KEYS as usize * VALUE) / bytes_max,
+            "{chunks} chunks"
+        );
+        dst.finish_restore(snap.lsn()).unwrap();
+        assert_eq!(dst.digest().unwrap(), src.digest().unwrap());
+        within(&src);
+        within(&dst);
+        assert_eq!(dst.len().unwrap(), KEYS);
     }
 
     /// A file left by a build that restored into the data table itself:

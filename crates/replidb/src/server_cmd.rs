@@ -65,6 +65,7 @@ fn log_start(c: &replidb_server::NodeConfig) {
             replidb_wal::FsyncPolicy::Never => "never",
         },
         storage = %c.backend,
+        table_cache_bytes = c.table_cache_bytes as u64,
         max_value_bytes = c.max_value_bytes as u64,
         default_w = %c.default_write_concern,
         default_timeout_ms = c.default_write_timeout.as_millis() as u64,

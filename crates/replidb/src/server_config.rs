@@ -20,6 +20,10 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+/// Smallest `--table-cache-bytes`: below a few hundred pages redb spends
+/// its time evicting, whatever the table's size.
+const TABLE_CACHE_BYTES_MIN: usize = 1024 * 1024;
 use std::time::Duration;
 
 /// Every `replidb server` setting. All optional: `id`, `listen` and
@@ -143,6 +147,10 @@ pub struct ServerOpts {
     /// Largest value accepted, in bytes [default: 1048576]
     #[arg(long)]
     pub max_value_bytes: Option<usize>,
+    /// Limit of the redb table's page cache, in bytes (at least 1048576);
+    /// most of a node's memory with a large table [default: 268435456]
+    #[arg(long)]
+    pub table_cache_bytes: Option<usize>,
     /// Write concern of requests that name none [default: 1]
     #[arg(long)]
     pub default_w: Option<String>,
@@ -260,7 +268,7 @@ impl ServerOpts {
             id, listen, data_dir, follow, coordinator, etcd, cluster, fsync,
             replication_delay, replication_compression, topology, peers, conflict_policy, link_delay,
             replicas, strict_quorum, anti_entropy_interval,
-            storage, max_value_bytes, default_w, default_timeout,
+            storage, max_value_bytes, table_cache_bytes, default_w, default_timeout,
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
             health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
@@ -333,6 +341,15 @@ impl ServerOpts {
         }
         if let Some(s) = self.storage {
             c.backend = parse_as::<Backend>("storage", &s)?;
+        }
+        if let Some(n) = self.table_cache_bytes {
+            if n < TABLE_CACHE_BYTES_MIN {
+                return Err(invalid(
+                    "table_cache_bytes",
+                    format!("{n} is below the minimum of {TABLE_CACHE_BYTES_MIN}"),
+                ));
+            }
+            c.table_cache_bytes = n;
         }
         if let Some(n) = self.max_value_bytes {
             // Record, frame and snapshot limits are sized for values up to
@@ -831,7 +848,13 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        base(&[]).unwrap();
+        let c = base(&[]).unwrap();
+        assert_eq!(
+            c.table_cache_bytes,
+            replidb_storage::TABLE_CACHE_BYTES_DEFAULT
+        );
+        let c = base(&["--table-cache-bytes", "1048576"]).unwrap();
+        assert_eq!(c.table_cache_bytes, 1 << 20);
         base(&["--coordinator", "etcd", "--etcd", "http://e:2379"]).unwrap();
     }
 
@@ -845,6 +868,8 @@ mod tests {
             ("--checkpoint-interval", "0s", "checkpoint_interval"),
             ("--health-max-lag", "0s", "health_max_lag"),
             ("--max-value-bytes", "0", "max_value_bytes"),
+            ("--table-cache-bytes", "0", "table_cache_bytes"),
+            ("--table-cache-bytes", "1048575", "table_cache_bytes"),
             ("--wal-segment-bytes", "0", "wal_segment_bytes"),
             ("--wal-segment-bytes", "100", "wal_segment_bytes"),
             ("--cluster-size", "0", "cluster_size"),

@@ -542,13 +542,10 @@ pub async fn ae_leaves(State(node): State<AppState>, RawQuery(q): RawQuery) -> A
     let p = Params::parse(q.as_deref(), &["peer"])?;
     let peer = p.str("peer").unwrap_or_default().to_string();
     let node2 = node.clone();
-    let entries = tokio::task::spawn_blocking(move || {
-        crate::leaderless::shared_entries(&node2, &lz, &peer, None)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
     let leaves =
-        replidb_leaderless::antientropy::leaves(entries.iter().map(|(k, h)| (k.as_str(), *h)));
+        tokio::task::spawn_blocking(move || crate::leaderless::shared_leaves(&node2, &lz, &peer))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(leaves).into_response())
 }
 

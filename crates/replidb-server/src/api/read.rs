@@ -233,6 +233,23 @@ pub async fn proxy_to_leader(
         .map(IntoResponse::into_response)
 }
 
+/// A multi-leader node cannot honour a `strong` read: every node takes
+/// writes, so none holds "the latest state", and served locally it would
+/// claim more than it delivers. Refused, naming what works there. (A
+/// `min_lsn` is still accepted and ignored: sessions that also talk to
+/// single-leader clusters carry one on every read; `min_version` is the
+/// multi-leader token.)
+fn refuse_single_leader_only(opts: &ReadOpts) -> ApiResult<()> {
+    if opts.consistency == Some(Consistency::Strong) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_supported",
+            "consistency=strong needs a single leader; in the multi-leader topology every node takes writes and reads are local (use min_version for read-your-writes)",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,21 +269,4 @@ mod tests {
         let e = next_hop(&with_hops("many"), "x").unwrap_err();
         assert_eq!(e.status.as_u16(), 400);
     }
-}
-
-/// A multi-leader node cannot honour a `strong` read: every node takes
-/// writes, so none holds "the latest state", and served locally it would
-/// claim more than it delivers. Refused, naming what works there. (A
-/// `min_lsn` is still accepted and ignored: sessions that also talk to
-/// single-leader clusters carry one on every read; `min_version` is the
-/// multi-leader token.)
-fn refuse_single_leader_only(opts: &ReadOpts) -> ApiResult<()> {
-    if opts.consistency == Some(Consistency::Strong) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not_supported",
-            "consistency=strong needs a single leader; in the multi-leader topology every node takes writes and reads are local (use min_version for read-your-writes)",
-        ));
-    }
-    Ok(())
 }
