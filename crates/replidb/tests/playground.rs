@@ -131,14 +131,7 @@ async fn killing_a_follower_leaves_the_playground_running_and_says_how_to_restar
 
     // The printed command brings n2 back, with its data, and the
     // playground notices.
-    let mut by_hand = Command::new("sh")
-        .args([
-            "-c",
-            &format!("exec {}", restart.trim_end_matches('&').trim()),
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("run the restart command");
+    let mut by_hand = run_printed(&restart);
     wait_until(
         "n2 has the write made while it was down",
         Duration::from_secs(30),
@@ -215,14 +208,7 @@ async fn after_a_switchover_the_printed_restart_follows_the_new_leader() {
         .expect("router answers");
     assert_eq!(r.status(), 200);
 
-    let mut by_hand = Command::new("sh")
-        .args([
-            "-c",
-            &format!("exec {}", restart.trim_end_matches('&').trim()),
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("run the restart command");
+    let mut by_hand = run_printed(&restart);
     wait_until(
         "n3 streams from n2 and has the write",
         Duration::from_secs(30),
@@ -535,4 +521,17 @@ async fn with_tls_everything_is_https_and_the_curl_lines_carry_the_ca() {
         .expect("an answer");
     assert_eq!(plain.status(), 400);
     assert!(plain.text().await.is_ok_and(|t| t.contains("tls_required")));
+}
+
+/// Run a restart command the playground printed, as a user pastes it
+/// (without its trailing `&`).
+fn run_printed(restart: &str) -> std::process::Child {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("exec {}", restart.trim_end_matches('&').trim()),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run the restart command")
 }
