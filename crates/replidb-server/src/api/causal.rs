@@ -170,6 +170,7 @@ pub async fn kv_get(
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let opts = ReadOpts::from_params(p, headers)?;
+    super::read::refuse_single_leader_only(&opts)?;
     wait_min_version(node, &requested_min_version(p, headers)?, opts.wait).await?;
     let token = node_token(node).to_string();
     let state = read_state(node, key, KeyKind::Register)?;
@@ -459,6 +460,7 @@ async fn typed_read(
         return Ok(resp);
     }
     if node.is_multi_leader() {
+        super::read::refuse_single_leader_only(&opts)?;
         wait_min_version(node, &requested_min_version(&p, headers)?, opts.wait).await?;
         return local(node);
     }

@@ -239,7 +239,7 @@ pub async fn proxy_to_leader(
 /// `min_lsn` is still accepted and ignored: sessions that also talk to
 /// single-leader clusters carry one on every read; `min_version` is the
 /// multi-leader token.)
-fn refuse_single_leader_only(opts: &ReadOpts) -> ApiResult<()> {
+pub(crate) fn refuse_single_leader_only(opts: &ReadOpts) -> ApiResult<()> {
     if opts.consistency == Some(Consistency::Strong) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
