@@ -87,10 +87,12 @@ use replidb_core::{Lsn, Record, Versioned};
 mod causal;
 mod digest;
 mod memory;
+mod memtable;
 mod redb_table;
 
 pub use causal::{CausalStats, CONFLICT_LOG_ENTRIES_MAX};
 pub use memory::MemoryTable;
+pub use memtable::{MEMTABLE_BYTES_DEFAULT, MEMTABLE_ENTRY_OVERHEAD_BYTES};
 pub use redb_table::RedbTable;
 
 /// File name of the redb table inside a data directory.

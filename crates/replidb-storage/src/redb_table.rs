@@ -26,6 +26,15 @@
 //! redb's MVCC snapshots, so until that commit they see the old `data`, after
 //! it the new one. `open` drops a leftover `restore_staging`.
 //!
+//! Memtable: `apply` of plain puts and deletes only records them in a
+//! [`Memtable`](crate::memtable) and raises the in-memory `applied_lsn`;
+//! they reach `data` (with `meta.applied_lsn`) in one sorted transaction
+//! when the memtable reaches its byte limit, and before anything that reads
+//! or writes `data` as a whole (a merge, a checkpoint, a snapshot, a digest,
+//! a count, a restore). Reads look in the memtable first. So `data` and
+//! `meta.applied_lsn` still match at every commit, and what the memtable
+//! holds is in the WAL after that LSN.
+//!
 //! Durability: `apply` and `restore_chunk` commit with [`Durability::None`]:
 //! visible to readers at once, no fsync, and after a crash redb reopens at the
 //! last durable commit as if they never happened (the WAL replays them; a
@@ -38,7 +47,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -47,6 +56,7 @@ use redb::{
 use replidb_core::{Epoch, Lsn, Op, Record, Versioned};
 
 use crate::digest::TableDigest;
+use crate::memtable::{Memtable, MEMTABLE_BYTES_DEFAULT};
 use crate::{
     check_contiguous, check_restore_order, not_restoring, scan_lower_bound, Result, StorageError,
     Table, TableSnapshot,
@@ -89,6 +99,11 @@ pub struct RedbTable {
     counters: crate::causal::CausalCounters,
     /// In memory copy of `META_CAUSAL`.
     causal_keys: AtomicBool,
+    /// Plain writes applied but not yet in `data`; only the holder of
+    /// `writer` changes it.
+    mem: RwLock<Memtable>,
+    /// Flush the memtable into `data` once it holds this many bytes.
+    memtable_bytes_max: usize,
 }
 
 /// Where a redb error came from, for its message.
@@ -124,6 +139,16 @@ fn encode_value(buf: &mut Vec<u8>, value: &[u8], lsn: Lsn, epoch: Epoch, causal:
     };
     buf.extend_from_slice(&epoch.to_le_bytes());
     buf.extend_from_slice(value);
+}
+
+/// Whether `op` is only puts and deletes (no merge), which the memtable
+/// can take without reading the key's current state.
+fn is_plain(op: &Op) -> bool {
+    match op {
+        Op::Put { .. } | Op::Delete { .. } => true,
+        Op::Merge { .. } => false,
+        Op::Batch(ops) => ops.iter().all(is_plain),
+    }
 }
 
 /// Split a stored value into `(value, lsn, epoch, causal)` without copying.
@@ -171,6 +196,17 @@ impl RedbTable {
     /// go to the file (the OS page cache), so the limit trades the memory
     /// a large table costs against read speed; it does not limit the table.
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<RedbTable> {
+        Self::open_with_options(path, cache_bytes, MEMTABLE_BYTES_DEFAULT)
+    }
+
+    /// [`open_with_cache`](Self::open_with_cache) with the memtable's byte
+    /// limit (see the module docs; at least one entry is always held, so
+    /// `0` flushes after every apply).
+    pub fn open_with_options(
+        path: &Path,
+        cache_bytes: usize,
+        memtable_bytes_max: usize,
+    ) -> Result<RedbTable> {
         let ctx = |what| Ctx { path, what };
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
@@ -288,9 +324,87 @@ impl RedbTable {
             origins: Mutex::new(origins),
             counters: Default::default(),
             causal_keys: AtomicBool::new(causal_keys),
+            mem: RwLock::new(Memtable::default()),
+            memtable_bytes_max,
         })
     }
 
+    /// Bytes the memtable holds now (see [`MEMTABLE_BYTES_DEFAULT`]).
+    pub fn memtable_bytes(&self) -> usize {
+        self.mem_read().bytes()
+    }
+
+    fn mem_read(&self) -> RwLockReadGuard<'_, Memtable> {
+        // Only `writer`'s holder mutates it, between consistent states.
+        self.mem.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mem_write(&self) -> RwLockWriteGuard<'_, Memtable> {
+        self.mem.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write the memtable into `data` (with `meta.applied_lsn`) in one
+    /// non-durable transaction, then empty it. The caller holds `writer`.
+    /// Readers see each key in the memtable until the commit and in `data`
+    /// after it: the memtable is emptied only once the commit is visible.
+    fn flush_locked(&self) -> Result<()> {
+        {
+            let mem = self.mem_read();
+            if mem.is_empty() {
+                return Ok(());
+            }
+            let txn = self.begin_write(Durability::None)?;
+            {
+                let mut data = txn
+                    .open_table(DATA)
+                    .map_err(|e| self.ctx("opening data table").map(e))?;
+                for (key, stored) in mem.iter() {
+                    let res = match stored {
+                        Some(bytes) => data.insert(key, bytes).map(drop),
+                        None => data.remove(key).map(drop),
+                    };
+                    res.map_err(|e| self.ctx("flushing the memtable").map(e))?;
+                }
+            }
+            self.set_meta(&txn, &[(META_APPLIED, self.applied_lsn().0)])?;
+            self.commit(txn)?;
+        }
+        self.mem_write().clear();
+        Ok(())
+    }
+
+    /// [`flush_locked`](Self::flush_locked), taking `writer`; returns the
+    /// guard so the caller can read `data` before another apply.
+    fn flush(&self) -> Result<MutexGuard<'_, ()>> {
+        let w = self.lock_writer();
+        self.flush_locked()?;
+        Ok(w)
+    }
+
+    /// Apply `records` of plain puts and deletes to the memtable only.
+    fn apply_to_memtable(&self, records: &[Record]) -> Result<()> {
+        // Encode before taking the lock, so readers wait only for the
+        // map updates.
+        let mut leaves: Vec<(&str, Option<Vec<u8>>)> = Vec::with_capacity(records.len());
+        for rec in records {
+            rec.op.for_each_leaf(&mut |leaf| match leaf {
+                Op::Put { key, value } => {
+                    let mut buf = Vec::with_capacity(VALUE_HEADER + value.len());
+                    encode_value(&mut buf, value, rec.lsn, rec.epoch, false);
+                    leaves.push((key, Some(buf)));
+                }
+                Op::Delete { key } => leaves.push((key, None)),
+                // Callers check `is_plain` first; a batch's leaves are
+                // never batches.
+                Op::Merge { .. } | Op::Batch(_) => {}
+            });
+        }
+        let mut mem = self.mem_write();
+        for (key, stored) in leaves {
+            mem.set(key, stored);
+        }
+        Ok(())
+    }
     /// Bytes redb's page cache holds now (read cache and write buffer), at
     /// most the limit given to [`open_with_cache`](Self::open_with_cache).
     pub fn cache_used_bytes(&self) -> usize {
@@ -505,6 +619,17 @@ impl Table for RedbTable {
             return Ok(());
         };
         check_contiguous(self.applied_lsn(), records)?;
+        if records.iter().all(|r| is_plain(&r.op)) {
+            self.apply_to_memtable(records)?;
+            self.applied.store(last.lsn.0, Ordering::Release);
+            let full = self.mem_read().bytes() >= self.memtable_bytes_max;
+            if full {
+                self.flush_locked()?;
+            }
+            return Ok(());
+        }
+        // A merge reads the key's current state from `data`.
+        self.flush_locked()?;
         // The WAL is the durable copy, so no fsync here; a crash rolls the
         // file back to the last checkpoint and the WAL tail is replayed.
         let txn = self.begin_write(Durability::None)?;
@@ -526,6 +651,7 @@ impl Table for RedbTable {
             .copied()
             .unwrap_or_default();
         crate::causal::check_origin_contiguous(origin, applied, records)?;
+        self.flush_locked()?;
         // These records are in no local WAL: this commit is their only
         // durable copy here, so it is fsynced (and makes every earlier
         // commit durable with it).
@@ -542,6 +668,7 @@ impl Table for RedbTable {
 
     fn merge_states(&self, origin: &str, entries: &[(String, Versioned)], lsn: Lsn) -> Result<()> {
         let _w = self.lock_writer();
+        self.flush_locked()?;
         let records: Vec<Record> = entries
             .iter()
             .filter(|(_, v)| v.causal)
@@ -618,6 +745,12 @@ impl Table for RedbTable {
     }
 
     fn get(&self, key: &str) -> Result<Option<Versioned>> {
+        if let Some(stored) = self.mem_read().get(key) {
+            return stored.map(|b| decode_value(key, b)).transpose();
+        }
+        // Not in the memtable: `data` holds the key's newest applied state
+        // (a flush commits before it empties the memtable), or a newer one
+        // flushed since, never an older one.
         let (_txn, table) = self.read_data()?;
         let guard = table.get(key).map_err(|e| self.ctx("reading key").map(e))?;
         guard.map(|g| decode_value(key, g.value())).transpose()
@@ -633,20 +766,48 @@ impl Table for RedbTable {
         if limit == 0 {
             return Ok(out);
         }
+        // Holding the memtable's read lock while `data` is opened and
+        // read pins one applied state: an apply waits for the lock, and a
+        // flush commits only what the memtable already shows.
+        let mem = self.mem_read();
         let (_txn, table) = self.read_data()?;
         let lower = scan_lower_bound(prefix, start_after);
-        let range = table
+        let mut stored = table
             .range::<&str>((lower, Bound::Unbounded))
-            .map_err(|e| self.ctx("scanning").map(e))?;
-        for item in range {
-            let (k, v) = item.map_err(|e| self.ctx("scanning").map(e))?;
-            let key = k.value();
-            if !key.starts_with(prefix) {
-                break;
-            }
-            out.push((key.to_string(), decode_value(key, v.value())?));
-            if out.len() >= limit {
-                break;
+            .map_err(|e| self.ctx("scanning").map(e))?
+            .map(|item| {
+                item.map(|(k, v)| (k.value().to_string(), v.value().to_vec()))
+                    .map_err(|e| self.ctx("scanning").map(e))
+            })
+            .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .peekable();
+        let mut recent = mem
+            .range(lower)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        while out.len() < limit {
+            let from_mem = match (recent.peek(), stored.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((mk, _)), Some(Ok((dk, _)))) => *mk <= dk.as_str(),
+                (Some(_), Some(Err(_))) => false,
+            };
+            if from_mem {
+                let Some((key, value)) = recent.next() else {
+                    break;
+                };
+                // The memtable's entry replaces (or deletes) the file's.
+                if matches!(stored.peek(), Some(Ok((dk, _))) if dk == key) {
+                    stored.next();
+                }
+                if let Some(bytes) = value {
+                    out.push((key.to_string(), decode_value(key, bytes)?));
+                }
+            } else if let Some(item) = stored.next() {
+                let (key, bytes) = item?;
+                let value = decode_value(&key, &bytes)?;
+                out.push((key, value));
             }
         }
         Ok(out)
@@ -661,7 +822,7 @@ impl Table for RedbTable {
     }
 
     fn checkpoint(&self) -> Result<Lsn> {
-        let _w = self.lock_writer();
+        let _w = self.flush()?;
         let applied = self.applied_lsn();
         // A staged restore needs no checkpoint: it is dropped on open
         // unless finished, and finishing is durable by itself.
@@ -678,7 +839,11 @@ impl Table for RedbTable {
     }
 
     fn snapshot(&self) -> Result<Box<dyn TableSnapshot>> {
+        // The snapshot reads `data` alone: flush, and open the read
+        // transaction before another apply can start.
+        let w = self.flush()?;
         let (txn, data) = self.read_data()?;
+        drop(w);
         // Read the LSN in the same transaction as the data, not from the
         // atomic: an apply may commit between begin_read and the load.
         let meta = txn
@@ -697,7 +862,7 @@ impl Table for RedbTable {
     }
 
     fn begin_restore(&self) -> Result<()> {
-        let _w = self.lock_writer();
+        let _w = self.flush()?;
         let txn = self.begin_write(Durability::Immediate)?;
         clear_table(&txn, STAGING, &self.ctx("clearing restore staging table"))?;
         self.set_meta(&txn, &[(META_RESTORING, 1)])?;
@@ -744,6 +909,10 @@ impl Table for RedbTable {
         // One durable transaction: readers see the old data table up to
         // this commit and the restored one after it, and a crash leaves
         // one or the other.
+        // Readers wait on the memtable while the restored table is swapped
+        // in, so none sees a memtable entry over the restored data. A
+        // restore replaces the whole state, memtable included.
+        let mut mem = self.mem_write();
         let txn = self.begin_write(Durability::Immediate)?;
         let swap = self.ctx("swapping in the restored table");
         txn.delete_table(DATA).map_err(|e| swap.map(e))?;
@@ -757,6 +926,8 @@ impl Table for RedbTable {
             ],
         )?;
         self.commit(txn)?;
+        mem.clear();
+        drop(mem);
         self.applied.store(lsn.0, Ordering::Release);
         self.durable.store(lsn.0, Ordering::Release);
         self.restoring.store(false, Ordering::Release);
@@ -782,7 +953,9 @@ impl Table for RedbTable {
     }
 
     fn digest(&self) -> Result<String> {
+        let w = self.flush()?;
         let (_txn, table) = self.read_data()?;
+        drop(w);
         let mut d = TableDigest::new();
         let range = table
             .range::<&str>(..)
@@ -798,12 +971,26 @@ impl Table for RedbTable {
     }
 
     fn len(&self) -> Result<u64> {
+        let w = self.flush()?;
         let (_txn, table) = self.read_data()?;
+        drop(w);
         table.len().map_err(|e| self.ctx("counting keys").map(e))
     }
 
     fn backend_name(&self) -> &'static str {
         "redb"
+    }
+}
+
+impl Drop for RedbTable {
+    /// Write the memtable into the file on a clean close, as the
+    /// non-durable commits of `apply` were before it existed (redb keeps
+    /// them when the database is dropped). Not needed for correctness: the
+    /// WAL replays whatever a crash loses.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_locked() {
+            tracing::warn!(path = %self.path.display(), error = %e, "flushing the memtable on close");
+        }
     }
 }
 

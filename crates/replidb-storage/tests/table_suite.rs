@@ -367,6 +367,7 @@ fn backends() -> Vec<(Box<dyn Table>, tempfile::TempDir)> {
     let mem_dir = tempfile::tempdir().unwrap();
     let redb_dir = tempfile::tempdir().unwrap();
     let persistent_mem_dir = tempfile::tempdir().unwrap();
+    let flushing_dir = tempfile::tempdir().unwrap();
     vec![
         (Box::new(MemoryTable::new()) as Box<dyn Table>, mem_dir),
         (
@@ -376,6 +377,18 @@ fn backends() -> Vec<(Box<dyn Table>, tempfile::TempDir)> {
         (
             Box::new(RedbTable::open(&redb_dir.path().join(REDB_FILE_NAME)).unwrap()),
             redb_dir,
+        ),
+        // A memtable of 0 bytes writes every apply into the B-tree.
+        (
+            Box::new(
+                RedbTable::open_with_options(
+                    &flushing_dir.path().join(REDB_FILE_NAME),
+                    replidb_storage::TABLE_CACHE_BYTES_DEFAULT,
+                    0,
+                )
+                .unwrap(),
+            ),
+            flushing_dir,
         ),
     ]
 }
