@@ -445,6 +445,12 @@ impl Engine {
         self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The highest epoch this node has seen: [`meta`](Self::meta)`().epoch`
+    /// without copying the epoch history (every HTTP answer names it).
+    pub fn epoch(&self) -> replidb_core::Epoch {
+        self.meta.read().unwrap_or_else(|e| e.into_inner()).epoch
+    }
+
     /// Why the writer stopped accepting writes (a failed fsync or apply),
     /// if it did. Such a node must be restarted: the state of the page
     /// cache after a failed fsync is unknown.

@@ -48,6 +48,9 @@ pub struct Node {
     pub leaderless: std::sync::OnceLock<Arc<crate::leaderless::Leaderless>>,
     /// `--auth-file`'s tokens; `None` when auth is off.
     pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// `config.id` as the `X-Replidb-Node` header every answer carries
+    /// (`None` if the id is not a valid header value).
+    pub id_header: Option<axum::http::HeaderValue>,
 }
 
 /// The TLS client configuration for what this node asks of others:
@@ -153,6 +156,7 @@ impl Node {
             Arc::new(ServerEvents),
             shutdown.clone(),
         );
+        let config_id = config.id.clone();
         let node = Arc::new(Node {
             engine,
             clock,
@@ -165,6 +169,7 @@ impl Node {
             peers: std::sync::OnceLock::new(),
             leaderless: std::sync::OnceLock::new(),
             auth,
+            id_header: axum::http::HeaderValue::from_str(&config_id).ok(),
         });
         if let Some(auth) = &node.auth {
             tokio::spawn(reload_on_sighup(auth.clone(), node.shutdown.clone()));

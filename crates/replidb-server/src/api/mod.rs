@@ -204,16 +204,16 @@ fn add_node_headers(node: &Node, resp: &mut Response) {
         Role::Leader(_) => 0,
         Role::Follower(f) => f.lag_ms(),
     };
-    let epoch = node.engine.meta().epoch;
+    let epoch = node.engine.epoch();
     let headers = resp.headers_mut();
     let mut set = |name: &'static str, value: HeaderValue| {
-        let name = HeaderName::from_static(name);
-        if !headers.contains_key(&name) {
-            headers.insert(name, value);
-        }
+        // One hash and probe per header, keeping a handler's own value.
+        headers
+            .entry(HeaderName::from_static(name))
+            .or_insert(value);
     };
-    if let Ok(v) = HeaderValue::from_str(&node.config.id) {
-        set("x-replidb-node", v);
+    if let Some(v) = &node.id_header {
+        set("x-replidb-node", v.clone());
     }
     set("x-replidb-role", HeaderValue::from_static(role.name()));
     set("x-replidb-epoch", HeaderValue::from(epoch.0));
@@ -239,14 +239,22 @@ impl RequestMetrics {
 /// Handles looked up once per (node, route, status) instead of building
 /// and hashing three labels per request.
 fn http_metrics(node_id: &str, route: &str, status: u16) -> RequestMetrics {
-    type Cache = std::collections::HashMap<(String, String, u16), RequestMetrics>;
+    // Node → status → route, so a lookup borrows its keys instead of
+    // allocating them.
+    type Cache = std::collections::HashMap<
+        String,
+        std::collections::HashMap<u16, std::collections::HashMap<String, RequestMetrics>>,
+    >;
     static CACHE: std::sync::LazyLock<std::sync::Mutex<Cache>> =
         std::sync::LazyLock::new(Default::default);
     // A route template comes from the router (a bounded set), a status is
     // one of a few dozen: the cache stays small.
-    let key = (node_id.to_string(), route.to_string(), status);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = cache.get(&key) {
+    if let Some(m) = cache
+        .get(node_id)
+        .and_then(|by_status| by_status.get(&status))
+        .and_then(|by_route| by_route.get(route))
+    {
         return m.clone();
     }
     let id = node_id.to_string();
@@ -254,6 +262,11 @@ fn http_metrics(node_id: &str, route: &str, status: u16) -> RequestMetrics {
         requests: metrics::counter!("replidb_http_requests_total", "node_id" => id.clone(), "route" => route.to_string(), "status" => status.to_string()),
         duration_s: metrics::histogram!("replidb_http_request_duration_seconds", "node_id" => id, "route" => route.to_string()),
     };
-    cache.insert(key, m.clone());
+    cache
+        .entry(node_id.to_string())
+        .or_default()
+        .entry(status)
+        .or_default()
+        .insert(route.to_string(), m.clone());
     m
 }

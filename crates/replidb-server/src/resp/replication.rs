@@ -121,7 +121,7 @@ fn persistence_section(shared: &Shared, out: &mut String) {
 fn replication_section(shared: &Shared, out: &mut String) {
     let node = &shared.node;
     let pos = node.engine.positions();
-    let epoch = node.engine.meta().epoch;
+    let epoch = node.engine.epoch();
     out.push_str("# Replication\r\n");
     match node.role() {
         Role::Leader(leader) => {
