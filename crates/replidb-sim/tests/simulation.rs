@@ -224,6 +224,20 @@ fn regression_seeds_that_lost_majority_writes() {
     }
 }
 
+/// A follower re-pointed to a new leader kept records it had flushed but
+/// not applied (the delayed applier went with its old role) and, the new
+/// leader being idle, never applied them (fixed by applying what is
+/// flushed once a new stream starts).
+#[test]
+fn regression_seeds_that_left_records_unapplied() {
+    for seed in [73] {
+        must_pass(&SimConfig {
+            writes: 30,
+            ..cfg(seed, FaultMode::Failover)
+        });
+    }
+}
+
 /// The second group left a follower behind for the whole minute after the
 /// faults healed: its connect to a crashed leader, or a send into a stream
 /// nobody read, waited forever (fixed by bounding every step of the
