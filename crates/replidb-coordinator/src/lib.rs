@@ -129,4 +129,18 @@ pub trait Member: Send + Sync + 'static {
     /// Stop leading (check-quorum failed) and stay out of elections for a
     /// cool-down.
     fn step_down(&self) {}
+    /// Whether this node has proof that the process of the leader at
+    /// `leader_url` is gone, so its session lease may be revoked without
+    /// waiting for the TTL.
+    ///
+    /// Proof means: this node follows, its replication stream from that
+    /// leader is down, and fresh TCP connects to the leader's listening
+    /// address are *refused* twice, a few tens of ms apart (a live process
+    /// never refuses connections on its listening port). A timeout, an
+    /// unreachable host or any other error is a partition or an overload,
+    /// not a dead process, and must answer `false`. The default proves
+    /// nothing.
+    fn leader_process_gone<'a>(&'a self, _leader_url: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 }

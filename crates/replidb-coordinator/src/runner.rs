@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::election::{choose, MemberInfo};
-use crate::etcd::{Compare, EtcdClient, LeaseId, TxnOp};
+use crate::etcd::{Compare, EtcdClient, KeyValue, LeaseId, TxnOp};
 use crate::store::CoordStore;
 use crate::{CoordinatorError, Member, Result};
 
@@ -71,6 +71,9 @@ pub struct CoordinatorStatus {
     pub write_deadline_ms: u64,
     /// Elections this node won.
     pub elections_won: u64,
+    /// Leader leases this node revoked because the leader's process was
+    /// proven gone ([`Member::leader_process_gone`]).
+    pub leases_revoked: u64,
     /// Last error talking to etcd.
     pub last_error: Option<String>,
 }
@@ -93,11 +96,15 @@ struct Session {
     valid_until_ms: u64,
     last_keepalive_ms: u64,
     absent_since_ms: Option<u64>,
-    /// Revision of our own member record, published on a tick after we saw
-    /// the leader key gone: member records at or above it were written
-    /// after the old leader's lease ended.
+    /// Revision of our own member record, published after we saw the
+    /// leader key gone: member records at or above it were written after
+    /// the old leader's lease ended.
     absent_rev: Option<i64>,
     ticks_as_leader: u64,
+    /// Run the next step after this long rather than on the next tick
+    /// (set by a step that knows when it can make progress: the end of
+    /// the settle time).
+    wake_in: Option<Duration>,
 }
 
 impl EtcdCoordinator {
@@ -168,6 +175,7 @@ impl EtcdCoordinator {
             absent_since_ms: None,
             absent_rev: None,
             ticks_as_leader: 0,
+            wake_in: None,
         };
         let me = self.member.info();
         while let Err(e) = self
@@ -188,9 +196,23 @@ impl EtcdCoordinator {
         let mut tick = tokio::time::interval(self.opts.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tick.tick() => {}
+            match s.wake_in.take() {
+                // A step asked to run again sooner than the tick (the
+                // settle time ends before it): the election need not wait
+                // for the tick's phase.
+                Some(d) if d < self.opts.tick => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                    tick.reset();
+                }
+                _ => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                }
             }
             if let Err(e) = self.step(&mut s).await {
                 self.note_error(&e);
@@ -221,10 +243,21 @@ impl EtcdCoordinator {
                 Some(lease),
             )
             .await?;
-        let leader_kv = self.client.get(&self.key("leader")).await?;
-        let leader: Option<LeaderKey> = leader_kv
+        let mut leader_kv = self.client.get(&self.key("leader")).await?;
+        let mut leader: Option<LeaderKey> = leader_kv
             .as_ref()
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        if let (Some(l), Some(kv)) = (&leader, &leader_kv) {
+            if self.revoke_if_gone(&info, lease, l, kv).await {
+                // Look again: the key is gone now, unless the leader
+                // changed meanwhile (then the revoke touched nothing that
+                // matters, and the new key is what counts).
+                leader_kv = self.client.get(&self.key("leader")).await?;
+                leader = leader_kv
+                    .as_ref()
+                    .and_then(|kv| serde_json::from_slice(&kv.value).ok());
+            }
+        }
         self.status.lock().unwrap_or_else(|e| e.into_inner()).leader = leader.clone();
         match (leader, leader_kv) {
             (Some(l), Some(kv)) => {
@@ -290,22 +323,77 @@ impl EtcdCoordinator {
             _ => {
                 self.set_deadline(0);
                 let now = self.member.mono_ms();
-                let first_tick = s.absent_since_ms.is_none();
                 let since = *s.absent_since_ms.get_or_insert(now);
-                if !first_tick && s.absent_rev.is_none() {
-                    // This tick's publish came after we saw the key gone.
-                    s.absent_rev = self
-                        .client
-                        .get(&self.key(&format!("members/{}", info.id)))
-                        .await?
-                        .map(|kv| kv.mod_revision);
+                if s.absent_rev.is_none() {
+                    // This tick's publish may have come before the old
+                    // leader's lease ended; publish again now, after the
+                    // read that found the key gone (etcd orders the two),
+                    // and take that revision as the start of fresh
+                    // positions. Doing it on this tick rather than the
+                    // next saves a tick of every failover.
+                    let info = self.member.info();
+                    let body = serde_json::to_vec(&info)
+                        .map_err(|e| CoordinatorError::Etcd(e.to_string()))?;
+                    let key = self.key(&format!("members/{}", info.id));
+                    self.client.put(&key, &body, Some(lease)).await?;
+                    s.absent_rev = self.client.get(&key).await?.map(|kv| kv.mod_revision);
                 }
-                if now.saturating_sub(since) >= self.opts.settle.as_millis() as u64 {
+                let settle_ms = self.opts.settle.as_millis() as u64;
+                let waited = now.saturating_sub(since);
+                if waited >= settle_ms {
                     self.try_elect(lease, s).await?;
+                } else {
+                    // Wake when the settle time ends, not on the tick after.
+                    s.wake_in = Some(Duration::from_millis(settle_ms - waited));
                 }
             }
         }
         Ok(())
+    }
+
+    /// The leader key names another node: if this node can prove that
+    /// node's process is gone ([`Member::leader_process_gone`]), revoke its
+    /// session lease, which takes the leader key and its member record
+    /// with it, so the election runs now instead of after the lease's TTL
+    /// (and etcd's expiry sweep). Returns whether it revoked.
+    ///
+    /// Safe because only a dead process loses its lease early: the proof
+    /// is a refused connection, never a timeout. Revoking a dead process's
+    /// lease is harmless even if the key changed meanwhile: the lease is
+    /// still that process's, and nothing alive holds it.
+    async fn revoke_if_gone(
+        &self,
+        me: &MemberInfo,
+        own_lease: LeaseId,
+        leader: &LeaderKey,
+        kv: &KeyValue,
+    ) -> bool {
+        if leader.id == me.id || kv.lease == 0 || kv.lease == own_lease {
+            return false;
+        }
+        if !self.member.leader_process_gone(&leader.url).await {
+            return false;
+        }
+        tracing::warn!(
+            node_id = %self.node_id,
+            leader = %leader.id,
+            epoch = leader.epoch,
+            "leader's process is gone (connection refused); revoking its lease"
+        );
+        match self.client.revoke(kv.lease).await {
+            Ok(()) => {
+                self.status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .leases_revoked += 1;
+            }
+            // Most likely another member revoked it first, or it expired:
+            // either way the next read tells.
+            Err(e) => {
+                tracing::info!(node_id = %self.node_id, error = %e, "revoking the dead leader's lease failed");
+            }
+        }
+        true
     }
 
     /// Grant or renew the session lease.
@@ -502,5 +590,396 @@ impl crate::Coordinator for EtcdCoordinator {
         _target_url: &'a str,
     ) -> crate::BoxFuture<'a, Result<()>> {
         Box::pin(EtcdCoordinator::hand_over(self, target_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::BoxFuture;
+
+    struct MemLease {
+        ttl_s: i64,
+        expires: Instant,
+    }
+
+    #[derive(Default)]
+    struct MemState {
+        revision: i64,
+        next_lease: LeaseId,
+        kvs: BTreeMap<String, KeyValue>,
+        leases: BTreeMap<LeaseId, MemLease>,
+        revoked: Vec<LeaseId>,
+    }
+
+    impl MemState {
+        /// Drop every lease past its TTL, with its keys (etcd's expiry,
+        /// on tokio's clock, which these tests pause).
+        fn expire(&mut self) {
+            let now = Instant::now();
+            let due: Vec<LeaseId> = self
+                .leases
+                .iter()
+                .filter(|(_, l)| l.expires <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                self.drop_lease(id);
+            }
+        }
+
+        fn drop_lease(&mut self, id: LeaseId) {
+            self.leases.remove(&id);
+            self.revision += 1;
+            self.kvs.retain(|_, kv| kv.lease != id);
+        }
+
+        fn put(&mut self, key: &str, value: &[u8], lease: Option<LeaseId>, revision: i64) {
+            let create_revision = self
+                .kvs
+                .get(key)
+                .map(|kv| kv.create_revision)
+                .unwrap_or(revision);
+            self.kvs.insert(
+                key.to_string(),
+                KeyValue {
+                    key: key.to_string(),
+                    value: value.to_vec(),
+                    create_revision,
+                    mod_revision: revision,
+                    lease: lease.unwrap_or(0),
+                },
+            );
+        }
+
+        fn lease_missing(&self, lease: Option<LeaseId>) -> bool {
+            lease.is_some_and(|l| !self.leases.contains_key(&l))
+        }
+    }
+
+    /// etcd's semantics in memory: revisions, leases that take their keys
+    /// when they expire or are revoked, compare-and-swap.
+    #[derive(Default)]
+    struct MemStore(Mutex<MemState>);
+
+    impl MemStore {
+        fn state(&self) -> std::sync::MutexGuard<'_, MemState> {
+            let mut st = self.0.lock().unwrap();
+            st.expire();
+            st
+        }
+    }
+
+    fn not_found() -> CoordinatorError {
+        CoordinatorError::Etcd("requested lease not found".into())
+    }
+
+    impl CoordStore for MemStore {
+        fn grant(&self, ttl_s: i64) -> BoxFuture<'_, Result<(LeaseId, i64)>> {
+            let mut st = self.state();
+            st.next_lease += 1;
+            let id = st.next_lease;
+            let expires = Instant::now() + Duration::from_secs(ttl_s as u64);
+            st.leases.insert(id, MemLease { ttl_s, expires });
+            Box::pin(async move { Ok((id, ttl_s)) })
+        }
+
+        fn keepalive(&self, id: LeaseId) -> BoxFuture<'_, Result<Option<i64>>> {
+            let mut st = self.state();
+            let ttl = st.leases.get_mut(&id).map(|l| {
+                l.expires = Instant::now() + Duration::from_secs(l.ttl_s as u64);
+                l.ttl_s
+            });
+            Box::pin(async move { Ok(ttl) })
+        }
+
+        fn revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<()>> {
+            let mut st = self.state();
+            let r = if st.leases.contains_key(&id) {
+                st.drop_lease(id);
+                st.revoked.push(id);
+                Ok(())
+            } else {
+                Err(not_found())
+            };
+            Box::pin(async move { r })
+        }
+
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: &'a [u8],
+            lease: Option<LeaseId>,
+        ) -> BoxFuture<'a, Result<()>> {
+            let mut st = self.state();
+            let r = if st.lease_missing(lease) {
+                Err(not_found())
+            } else {
+                st.revision += 1;
+                let rev = st.revision;
+                st.put(key, value, lease, rev);
+                Ok(())
+            };
+            Box::pin(async move { r })
+        }
+
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+            let v = self.state().kvs.get(key).cloned();
+            Box::pin(async move { Ok(v) })
+        }
+
+        fn get_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<KeyValue>>> {
+            let v = self
+                .state()
+                .kvs
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, kv)| kv.clone())
+                .collect();
+            Box::pin(async move { Ok(v) })
+        }
+
+        fn txn<'a>(
+            &'a self,
+            compare: &'a [Compare],
+            success: &'a [TxnOp],
+        ) -> BoxFuture<'a, Result<bool>> {
+            let mut st = self.state();
+            let holds = compare.iter().all(|c| match c {
+                Compare::Absent(k) => !st.kvs.contains_key(k),
+                Compare::ValueEquals(k, v) => st.kvs.get(k).is_some_and(|kv| kv.value == *v),
+                Compare::ModRevision(k, r) => {
+                    st.kvs.get(k).map(|kv| kv.mod_revision).unwrap_or(0) == *r
+                }
+            });
+            let r = if !holds {
+                Ok(false)
+            } else if success
+                .iter()
+                .any(|op| matches!(op, TxnOp::Put(_, _, l) if st.lease_missing(*l)))
+            {
+                Err(not_found())
+            } else {
+                st.revision += 1;
+                let rev = st.revision;
+                for op in success {
+                    match op {
+                        TxnOp::Put(k, v, l) => st.put(k, v, *l, rev),
+                        TxnOp::Delete(k) => {
+                            st.kvs.remove(k);
+                        }
+                    }
+                }
+                Ok(true)
+            };
+            Box::pin(async move { r })
+        }
+    }
+
+    /// A node as the coordinator sees it, whose proof of the leader's
+    /// death is a switch.
+    struct FakeMember {
+        id: String,
+        start: Instant,
+        leading: AtomicBool,
+        epoch: AtomicU64,
+        following: Mutex<Option<String>>,
+        /// What `leader_process_gone` answers about n1 (a refused connect,
+        /// or a partition's timeout).
+        gone: AtomicBool,
+        /// Probes of n1.
+        probes: AtomicU64,
+    }
+
+    impl FakeMember {
+        fn new(id: &str, gone: bool) -> Arc<FakeMember> {
+            Arc::new(FakeMember {
+                id: id.into(),
+                start: Instant::now(),
+                leading: AtomicBool::new(false),
+                epoch: AtomicU64::new(1),
+                following: Mutex::new(None),
+                gone: AtomicBool::new(gone),
+                probes: AtomicU64::new(0),
+            })
+        }
+    }
+
+    fn info_of(id: &str, role: &str, epoch: u64) -> MemberInfo {
+        MemberInfo {
+            id: id.into(),
+            url: format!("http://{id}:7000"),
+            role: role.into(),
+            epoch,
+            flush_lsn: 10,
+            last_epoch: 1,
+            applied_lsn: 10,
+            commit_lsn: 10,
+            healthy: true,
+        }
+    }
+
+    impl Member for FakeMember {
+        fn info(&self) -> MemberInfo {
+            let role = if self.is_leader() {
+                "leader"
+            } else {
+                "follower"
+            };
+            info_of(&self.id, role, self.epoch.load(Ordering::SeqCst))
+        }
+        fn is_leader(&self) -> bool {
+            self.leading.load(Ordering::SeqCst)
+        }
+        fn following(&self) -> Option<String> {
+            self.following.lock().unwrap().clone()
+        }
+        fn promote(&self, epoch: Epoch) -> BoxFuture<'_, std::result::Result<(), String>> {
+            self.epoch.store(epoch.0, Ordering::SeqCst);
+            self.leading.store(true, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+        fn follow(
+            &self,
+            url: String,
+            epoch: Epoch,
+        ) -> BoxFuture<'_, std::result::Result<(), String>> {
+            self.epoch.fetch_max(epoch.0, Ordering::SeqCst);
+            *self.following.lock().unwrap() = Some(url);
+            Box::pin(async { Ok(()) })
+        }
+        fn set_write_deadline(&self, _deadline_ms: u64) {}
+        fn set_cluster_size(&self, _n: usize) {}
+        fn mono_ms(&self) -> u64 {
+            self.start.elapsed().as_millis() as u64
+        }
+        fn leader_process_gone<'a>(&'a self, leader_url: &'a str) -> BoxFuture<'a, bool> {
+            // Only n1 (the leader the tests kill or cut off) may be gone.
+            let n1 = leader_url == "http://n1:7000";
+            if n1 {
+                self.probes.fetch_add(1, Ordering::SeqCst);
+            }
+            let gone = n1 && self.gone.load(Ordering::SeqCst) && !self.is_leader();
+            Box::pin(async move { gone })
+        }
+    }
+
+    /// A three-node cluster whose leader n1 held the leader key (epoch 1)
+    /// under a session lease of `ttl_s` seconds; returns that lease.
+    async fn cluster_led_by_n1(store: &MemStore, ttl_s: i64) -> LeaseId {
+        let (l1, _) = store.grant(ttl_s).await.unwrap();
+        for n in ["n1", "n2", "n3"] {
+            let url = format!("http://{n}:7000");
+            store
+                .put(&format!("/t/nodes/{n}"), url.as_bytes(), None)
+                .await
+                .unwrap();
+        }
+        store.put("/t/epoch", b"1", None).await.unwrap();
+        let me = serde_json::to_vec(&info_of("n1", "leader", 1)).unwrap();
+        store.put("/t/members/n1", &me, Some(l1)).await.unwrap();
+        let key = LeaderKey {
+            id: "n1".into(),
+            url: "http://n1:7000".into(),
+            epoch: 1,
+        };
+        let key = serde_json::to_vec(&key).unwrap();
+        store.put("/t/leader", &key, Some(l1)).await.unwrap();
+        l1
+    }
+
+    fn start(
+        store: &Arc<MemStore>,
+        member: &Arc<FakeMember>,
+        cancel: &CancellationToken,
+    ) -> Arc<EtcdCoordinator> {
+        let c = EtcdCoordinator::with_store(
+            EtcdOptions::new(Vec::new(), "t"),
+            store.clone(),
+            member.clone(),
+        );
+        tokio::spawn(c.clone().run(cancel.clone()));
+        c
+    }
+
+    fn leader_key(store: &MemStore) -> Option<LeaderKey> {
+        store
+            .state()
+            .kvs
+            .get("/t/leader")
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+    }
+
+    /// Followers with proof that n1's process is gone revoke its lease and
+    /// elect a successor within a few ticks, long before the 1 s lease
+    /// could have expired (and etcd swept it).
+    #[tokio::test(start_paused = true)]
+    async fn proven_dead_leader_is_replaced_before_its_lease_expires() {
+        let store = Arc::new(MemStore::default());
+        let dead = cluster_led_by_n1(&store, 1).await;
+        let t0 = Instant::now();
+        let cancel = CancellationToken::new();
+        let members = [FakeMember::new("n2", true), FakeMember::new("n3", true)];
+        let coords: Vec<_> = members.iter().map(|m| start(&store, m, &cancel)).collect();
+        let winner = loop {
+            if let Some(m) = members.iter().find(|m| m.is_leader()) {
+                break m.clone();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "nobody elected after the leader died"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "elected {took:?} after the leader died: the lease was not revoked"
+        );
+        assert!(store.state().revoked.contains(&dead));
+        let revoked: u64 = coords.iter().map(|c| c.status().leases_revoked).sum();
+        assert!(revoked >= 1);
+        let key = leader_key(&store).expect("the winner holds the leader key");
+        assert_eq!((key.id.as_str(), key.epoch), (winner.id.as_str(), 2));
+        // The loser follows the winner.
+        let loser = members.iter().find(|m| m.id != winner.id).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(loser.following(), Some(key.url));
+        cancel.cancel();
+    }
+
+    /// A follower that cannot prove the leader is gone (its connects time
+    /// out: a partition) revokes nothing: the live leader keeps its key as
+    /// long as it renews its lease.
+    #[tokio::test(start_paused = true)]
+    async fn unproven_leader_loss_revokes_nothing() {
+        let store = Arc::new(MemStore::default());
+        let l1 = cluster_led_by_n1(&store, 1).await;
+        let cancel = CancellationToken::new();
+        // n1 is alive behind a partition: it still renews its lease.
+        let renewer = {
+            let (store, cancel) = (store.clone(), cancel.clone());
+            tokio::spawn(async move {
+                while !cancel.is_cancelled() {
+                    assert_eq!(store.keepalive(l1).await.unwrap(), Some(1));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        };
+        let members = [FakeMember::new("n2", false), FakeMember::new("n3", false)];
+        let coords: Vec<_> = members.iter().map(|m| start(&store, m, &cancel)).collect();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(members.iter().all(|m| m.probes.load(Ordering::SeqCst) > 0));
+        assert!(store.state().revoked.is_empty());
+        assert!(coords.iter().all(|c| c.status().leases_revoked == 0));
+        assert!(members.iter().all(|m| !m.is_leader()));
+        assert_eq!(leader_key(&store).map(|k| k.id), Some("n1".to_string()));
+        cancel.cancel();
+        renewer.await.unwrap();
     }
 }

@@ -44,10 +44,20 @@ use std::time::Duration;
 use replidb_coordinator::{BoxFuture, Member, MemberInfo};
 use replidb_core::{Clock, Epoch, Lsn, WriteConcern};
 use replidb_engine::{Engine, EngineError};
-use replidb_replication::{Follower, FollowerOptions, Leader, LeaderOptions, Transport};
+use replidb_replication::{Follower, FollowerOptions, Leader, LeaderOptions, Reach, Transport};
 use tokio_util::sync::CancellationToken;
 
 pub use voters::{VotingSet, VOTERS_MAX};
+
+/// How many refused connects prove a leader's process gone: one could be
+/// a port briefly closed by a restart racing the probe; two, apart, are not.
+const GONE_PROBES: usize = 2;
+/// Pause between those connects.
+const GONE_PROBE_GAP: Duration = Duration::from_millis(25);
+/// How long one probe connect may take. A refusal comes back in one round
+/// trip; anything slower is a timeout, which proves nothing, and the
+/// coordinator's tick should not wait longer for it.
+const GONE_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// What a node is doing right now.
 #[derive(Clone)]
@@ -452,6 +462,38 @@ impl NodeCore {
         }
     }
 
+    /// Whether this node can prove that the process of the leader at `url`
+    /// is gone: it follows, its stream from that leader is down, and
+    /// [`GONE_PROBES`] bare connects to the leader's listening address,
+    /// [`GONE_PROBE_GAP`] apart, were all refused. A live process never
+    /// refuses connections on the port it listens on; a partition or an
+    /// overloaded host times out instead, and a timeout (or any error
+    /// other than a refusal) proves nothing. The coordinator then revokes
+    /// the dead leader's lease instead of waiting for it to expire.
+    pub async fn leader_process_gone(&self, url: &str) -> bool {
+        let Some(f) = self.follower() else {
+            // A leader has no stream to lose.
+            return false;
+        };
+        let streaming = || {
+            let s = f.status();
+            s.connected && s.leader_url == url
+        };
+        if streaming() {
+            return false;
+        }
+        for attempt in 0..GONE_PROBES {
+            if attempt > 0 {
+                tokio::time::sleep(GONE_PROBE_GAP).await;
+            }
+            if self.transport.probe(url, GONE_PROBE_TIMEOUT).await != Reach::Refused {
+                return false;
+            }
+        }
+        // A stream that came up meanwhile disproves it.
+        !streaming()
+    }
+
     /// Check-quorum for stepping down: true unless this node leads and has
     /// not heard from a majority of voters within the window.
     pub fn has_quorum(&self) -> bool {
@@ -545,5 +587,70 @@ impl Member for CoreMember {
         if let Ok(c) = self.core() {
             c.step_down();
         }
+    }
+
+    fn leader_process_gone<'a>(&'a self, leader_url: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.core() {
+                Ok(c) => c.leader_process_gone(leader_url).await,
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use replidb_core::SystemClock;
+    use replidb_engine::EngineOptions;
+    use replidb_replication::TcpTransport;
+
+    use super::*;
+
+    async fn follower_node(dir: &std::path::Path) -> Arc<NodeCore> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let engine = Engine::open(EngineOptions::new(dir, "n2"), clock.clone())
+            .await
+            .unwrap();
+        let url = "http://127.0.0.1:9";
+        let opts = CoreOptions {
+            id: "n2".into(),
+            advertise_url: url.into(),
+            leader: LeaderOptions::default(),
+            follower: FollowerOptions::new("n2", url),
+            default_write_concern: WriteConcern::Majority,
+            lease_required: true,
+            step_down_cooldown: Duration::from_secs(3),
+            data_dir: None,
+        };
+        NodeCore::new(
+            opts,
+            engine,
+            clock,
+            Arc::new(TcpTransport::default()),
+            Arc::new(NoEvents),
+            CancellationToken::new(),
+        )
+    }
+
+    /// Refused connects prove the leader's process gone; a port something
+    /// listens on (even a process that never answers the upgrade) does
+    /// not, nor does an address that cannot be reached.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_refused_connects_prove_the_leader_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = follower_node(dir.path()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        node.become_follower(url.clone());
+        assert!(!node.leader_process_gone(&url).await, "a process listens");
+        drop(listener);
+        assert!(node.leader_process_gone(&url).await, "nothing listens");
+        // A black hole (or no route at all): a timeout or an unreachable
+        // network, never a refusal.
+        let far = "http://10.255.255.1:7000";
+        node.become_follower(far.into());
+        assert!(!node.leader_process_gone(far).await);
+        node.stop();
     }
 }

@@ -396,6 +396,20 @@ impl Follower {
             }
         };
         tracing::info!(leader = %url, "streaming from leader");
+        // Records flushed earlier but not applied yet (their applier went
+        // with an earlier role, or the delay had not passed when the last
+        // stream ended): the leader took our log as a prefix of its own,
+        // so they are its records. Hand them to the applier now rather than
+        // wait for a new record to carry them: an idle leader sends none,
+        // and this node would stay behind (`replidb simulate --seed 73
+        // --faults failover`).
+        let p = self.engine.positions();
+        if p.applied_lsn < p.flush_lsn {
+            apply_tx
+                .send((self.schedule_due(), p.flush_lsn))
+                .await
+                .map_err(|_| ReplicationError::Protocol("applier stopped".into()))?;
+        }
         let mut positions = self.engine.subscribe();
         let mut acked = (pos.flush_lsn, pos.applied_lsn);
         let mut sync_started: Option<Instant> = None;

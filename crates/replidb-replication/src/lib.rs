@@ -60,7 +60,7 @@ pub use follower::{Follower, FollowerOptions, FollowerStatus};
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use leader::{Leader, LeaderOptions, NotWritable, ReplicaInfo, ReplicaState};
 pub use peer::{PeerOptions, PeerStatus, PeerStream, PEER_PENDING_BATCHES_MAX};
-pub use transport::{BoxIo, TcpTransport, Transport};
+pub use transport::{BoxIo, Reach, TcpTransport, Transport};
 
 /// Replication failures.
 #[derive(Debug, thiserror::Error)]

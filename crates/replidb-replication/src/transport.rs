@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -38,6 +39,44 @@ pub trait Transport: Send + Sync + 'static {
     /// Connect to the node at `url` (e.g. `http://127.0.0.1:7001`) and
     /// complete the upgrade handshake.
     fn connect<'a>(&'a self, url: &'a str) -> BoxFuture<'a, io::Result<BoxIo>>;
+
+    /// One bare connect to the listening address of `url`, with no
+    /// handshake: [`Reach::Refused`] only when the other end's kernel
+    /// actively refused it (nothing listens on that port). The coordinator
+    /// takes two refusals as proof that a leader's process is gone.
+    ///
+    /// The default knows nothing ([`Reach::Unknown`]), which never proves
+    /// anything: a transport that cannot tell a refusal from a lost packet
+    /// must not claim one.
+    fn probe<'a>(&'a self, _url: &'a str, _timeout: Duration) -> BoxFuture<'a, Reach> {
+        Box::pin(async { Reach::Unknown })
+    }
+}
+
+/// What a bare connect ([`Transport::probe`]) to a node's listening
+/// address found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Something accepted the connection: a process listens there.
+    Accepted,
+    /// The connection was refused (`ECONNREFUSED`): no process listens
+    /// on that port.
+    Refused,
+    /// Timed out, unreachable, a bad URL, or any other error: proves
+    /// nothing (a partition or an overloaded host looks like this).
+    Unknown,
+}
+
+impl Reach {
+    /// Classify a connect's outcome: only `ConnectionRefused` is a
+    /// refusal.
+    pub fn of<T>(outcome: &io::Result<T>) -> Reach {
+        match outcome {
+            Ok(_) => Reach::Accepted,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Reach::Refused,
+            Err(_) => Reach::Unknown,
+        }
+    }
 }
 
 /// `host:port` of an `http://host:port[/...]` or `https://…` URL.
@@ -129,6 +168,22 @@ impl Transport for TcpTransport {
             Ok(Box::new(tls) as BoxIo)
         })
     }
+
+    fn probe<'a>(&'a self, url: &'a str, timeout: Duration) -> BoxFuture<'a, Reach> {
+        Box::pin(async move {
+            let Ok(addr) = host_port(url) else {
+                return Reach::Unknown;
+            };
+            // The TCP handshake alone: a refusal comes from the peer's
+            // kernel before any TLS or HTTP, so neither is needed (and a
+            // refused upgrade, which `connect` also reports as
+            // `ConnectionRefused`, must not count here).
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+                Ok(outcome) => Reach::of(&outcome),
+                Err(_) => Reach::Unknown,
+            }
+        })
+    }
 }
 
 /// Send the upgrade request (with `Authorization: Bearer {bearer}` when
@@ -194,6 +249,36 @@ mod tests {
         assert_eq!(host_port("https://h").unwrap(), "h:443");
         assert!(host_port("ftp://h:1").is_err());
         assert!(host_port("http://").is_err());
+    }
+
+    #[tokio::test]
+    async fn probe_tells_a_refusal_from_a_listener() {
+        let t = TcpTransport::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let timeout = Duration::from_millis(500);
+        assert_eq!(t.probe(&url, timeout).await, Reach::Accepted);
+        drop(listener);
+        assert_eq!(t.probe(&url, timeout).await, Reach::Refused);
+        assert_eq!(t.probe("ftp://x:1", timeout).await, Reach::Unknown);
+    }
+
+    #[test]
+    fn only_connection_refused_is_a_refusal() {
+        let err = |k| Err::<(), _>(io::Error::new(k, "x"));
+        assert_eq!(Reach::of(&Ok(())), Reach::Accepted);
+        assert_eq!(
+            Reach::of(&err(io::ErrorKind::ConnectionRefused)),
+            Reach::Refused
+        );
+        for k in [
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::HostUnreachable,
+            io::ErrorKind::NetworkUnreachable,
+            io::ErrorKind::ConnectionReset,
+        ] {
+            assert_eq!(Reach::of(&err(k)), Reach::Unknown, "{k:?}");
+        }
     }
 
     #[tokio::test]

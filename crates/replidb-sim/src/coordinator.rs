@@ -144,6 +144,15 @@ impl EtcdState {
         keys
     }
 
+    /// Keys attached to `lease`, in key order.
+    pub fn keys_under(&self, lease: LeaseId) -> Vec<String> {
+        self.kvs
+            .values()
+            .filter(|kv| kv.lease == lease)
+            .map(|kv| kv.key.clone())
+            .collect()
+    }
+
     fn put_at(&mut self, key: &str, value: &[u8], lease: Option<LeaseId>, revision: i64) {
         let create_revision = self
             .kvs

@@ -69,7 +69,15 @@ async fn serve(shared: Arc<Shared>, state: Arc<Mutex<EtcdState>>, stream: TcpStr
             for e in st.expire(now) {
                 story_of_expiry(&shared, &e);
             }
-            st.apply(req, now)
+            let revoking = match &req {
+                Request::Revoke(id) => Some(st.keys_under(*id)),
+                _ => None,
+            };
+            let resp = st.apply(req, now);
+            if let (Some(keys), Response::Done) = (revoking, &resp) {
+                story_of_revoke(&shared, &keys);
+            }
+            resp
         };
         let Ok(mut out) = serde_json::to_vec(&resp) else {
             return;
@@ -92,6 +100,18 @@ fn story_of_expiry(shared: &Shared, e: &Expired) {
     };
     let leader = e.keys.iter().any(|k| k.ends_with("/leader"));
     shared.event_at(e.at_ms, EventKind::LeaseExpired { node, leader });
+}
+
+/// "lease of n1 revoked": a lease that carried a node's member record.
+fn story_of_revoke(shared: &Shared, keys: &[String]) {
+    let Some(node) = keys
+        .iter()
+        .find_map(|k| k.split_once("/members/").map(|(_, id)| id.to_string()))
+    else {
+        return;
+    };
+    let leader = keys.iter().any(|k| k.ends_with("/leader"));
+    shared.event(EventKind::LeaseRevoked { node, leader });
 }
 
 type Conn = BufReader<TcpStream>;

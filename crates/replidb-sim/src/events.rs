@@ -78,6 +78,15 @@ pub enum EventKind {
         /// The leader key went with it.
         leader: bool,
     },
+    /// A member revoked a node's session lease (a node that stops, a
+    /// leader that steps down, or a follower that proved the leader's
+    /// process gone): etcd dropped the keys under it at once.
+    LeaseRevoked {
+        /// Whose lease.
+        node: String,
+        /// The leader key went with it.
+        leader: bool,
+    },
     /// A node won the election's compare-and-swap and now leads.
     Elected {
         /// Winner.
@@ -248,6 +257,14 @@ pub(crate) fn line(k: &EventKind) -> String {
         }
         EventKind::LeaseExpired { node, leader } => format!(
             "etcd     lease of {node} expired{}",
+            if *leader {
+                ": the leader key is free"
+            } else {
+                ""
+            }
+        ),
+        EventKind::LeaseRevoked { node, leader } => format!(
+            "etcd     lease of {node} revoked{}",
             if *leader {
                 ": the leader key is free"
             } else {

@@ -12,12 +12,19 @@
 //!   frame is delivered twice (the follower must skip records it has), and
 //!   now and then the stream is cut mid-run so the follower reconnects and
 //!   the leader replays from the follower's flush LSN.
+//! - [`SimTransport`]'s probe answers as a real kernel would: a crashed
+//!   host refuses connections. turmoil drops a SYN on a partitioned link
+//!   exactly as it drops one to a port nobody listens on (both read as
+//!   "connection refused"), so the probe does not ask the network: it
+//!   asks which hosts are running, and a partition (or a host that is up)
+//!   proves nothing, as a timeout proves nothing on a real network.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use rand::rngs::StdRng;
@@ -25,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use replidb_replication::transport::{
     client_handshake, host_port, BoxFuture, BoxIo, REPLICATION_PATH, UPGRADE_PROTOCOL,
 };
-use replidb_replication::{Frame, FrameCodec, Leader, Transport};
+use replidb_replication::{Frame, FrameCodec, Leader, Reach, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::codec::Decoder;
 
@@ -52,15 +59,27 @@ pub struct LinkFaults {
 pub struct SimTransport {
     faults: Arc<LinkFaults>,
     rng: Mutex<StdRng>,
+    /// Which hosts run, for [`Transport::probe`]; weak, because the
+    /// registry holds the nodes that hold this transport.
+    hosts: Weak<crate::cluster::Shared>,
 }
 
 impl SimTransport {
-    /// A transport whose fault layer draws from `seed`.
+    /// A transport whose fault layer draws from `seed`; its probes know
+    /// nothing (see [`SimTransport::with_hosts`]).
     pub fn new(faults: Arc<LinkFaults>, seed: u64) -> Self {
         SimTransport {
             faults,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            hosts: Weak::new(),
         }
+    }
+
+    /// Probes answer from the run's registry of running hosts: a host
+    /// that is not running (crashed, not yet restarted) refuses.
+    pub fn with_hosts(mut self, shared: &Arc<crate::cluster::Shared>) -> Self {
+        self.hosts = Arc::downgrade(shared);
+        self
     }
 }
 
@@ -76,6 +95,27 @@ impl Transport for SimTransport {
                 .unwrap_or_else(|e| e.into_inner())
                 .random::<u64>();
             Ok(Box::new(FaultIo::new(stream, self.faults.clone(), seed)) as BoxIo)
+        })
+    }
+
+    fn probe<'a>(&'a self, url: &'a str, _timeout: Duration) -> BoxFuture<'a, Reach> {
+        Box::pin(async move {
+            let Some(shared) = self.hosts.upgrade() else {
+                return Reach::Unknown;
+            };
+            let Ok(addr) = host_port(url) else {
+                return Reach::Unknown;
+            };
+            let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
+            // A crashed host's kernel would answer a SYN with a reset. (A
+            // real one behind a partition too would time out instead; the
+            // simulation is more generous with proof there, never wrong:
+            // the process is gone either way.)
+            if shared.node(host).is_none() {
+                Reach::Refused
+            } else {
+                Reach::Unknown
+            }
         })
     }
 }

@@ -144,7 +144,7 @@ pub(crate) async fn node_host(
     fopts.idle_timeout = Duration::from_secs(1);
     fopts.seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(index);
     let link = shared.links.get(&name).cloned().unwrap_or_default();
-    let transport = Arc::new(SimTransport::new(link, fopts.seed ^ 0x5eed));
+    let transport = Arc::new(SimTransport::new(link, fopts.seed ^ 0x5eed).with_hosts(&shared));
     fopts.compression = codec_of(cfg.seed, index);
     let opts = CoreOptions {
         id: name.clone(),
