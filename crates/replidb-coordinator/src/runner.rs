@@ -105,7 +105,18 @@ struct Session {
     /// (set by a step that knows when it can make progress: the end of
     /// the settle time).
     wake_in: Option<Duration>,
+    /// The leader's member record as last read: `(leader id, its
+    /// mod_revision, when this node first read that revision)` (monotonic
+    /// ms). A live leader that reaches etcd republishes it every tick.
+    leader_record: Option<(String, i64, u64)>,
 }
+
+/// Ticks a leader's member record must go unchanged before a refused
+/// connect counts as proof that its process is gone: a live leader that
+/// still reaches etcd republishes it every tick, so a firewall that
+/// *rejects* its followers' connects (which looks like a closed port)
+/// cannot get a live leader's lease revoked.
+pub const LEADER_SILENT_TICKS: u32 = 2;
 
 impl EtcdCoordinator {
     /// A coordinator for `member`, talking to the etcd cluster at
@@ -176,6 +187,7 @@ impl EtcdCoordinator {
             absent_rev: None,
             ticks_as_leader: 0,
             wake_in: None,
+            leader_record: None,
         };
         let me = self.member.info();
         while let Err(e) = self
@@ -248,7 +260,7 @@ impl EtcdCoordinator {
             .as_ref()
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
         if let (Some(l), Some(kv)) = (&leader, &leader_kv) {
-            if self.revoke_if_gone(&info, lease, l, kv).await {
+            if self.revoke_if_gone(s, &info, lease, l, kv).await? {
                 // Look again: the key is gone now, unless the leader
                 // changed meanwhile (then the revoke touched nothing that
                 // matters, and the new key is what counts).
@@ -363,16 +375,21 @@ impl EtcdCoordinator {
     /// still that process's, and nothing alive holds it.
     async fn revoke_if_gone(
         &self,
+        s: &mut Session,
         me: &MemberInfo,
         own_lease: LeaseId,
         leader: &LeaderKey,
         kv: &KeyValue,
-    ) -> bool {
+    ) -> Result<bool> {
         if leader.id == me.id || kv.lease == 0 || kv.lease == own_lease {
-            return false;
+            s.leader_record = None;
+            return Ok(false);
+        }
+        if !self.leader_record_silent(s, &leader.id).await? {
+            return Ok(false);
         }
         if !self.member.leader_process_gone(&leader.url).await {
-            return false;
+            return Ok(false);
         }
         tracing::warn!(
             node_id = %self.node_id,
@@ -393,7 +410,28 @@ impl EtcdCoordinator {
                 tracing::info!(node_id = %self.node_id, error = %e, "revoking the dead leader's lease failed");
             }
         }
-        true
+        Ok(true)
+    }
+
+    /// Whether the leader's member record has stayed unchanged (or gone)
+    /// for [`LEADER_SILENT_TICKS`] ticks as this node reads it: the leader
+    /// has stopped publishing, as a dead process does.
+    async fn leader_record_silent(&self, s: &mut Session, leader_id: &str) -> Result<bool> {
+        let now = self.member.mono_ms();
+        let rev = self
+            .client
+            .get(&self.key(&format!("members/{leader_id}")))
+            .await?
+            .map_or(0, |kv| kv.mod_revision);
+        let since = match &s.leader_record {
+            Some((id, r, since)) if id == leader_id && *r == rev => *since,
+            _ => {
+                s.leader_record = Some((leader_id.to_string(), rev, now));
+                now
+            }
+        };
+        let silent_ms = self.opts.tick.as_millis() as u64 * u64::from(LEADER_SILENT_TICKS);
+        Ok(now.saturating_sub(since) >= silent_ms)
     }
 
     /// Grant or renew the session lease.
@@ -981,5 +1019,41 @@ mod tests {
         assert_eq!(leader_key(&store).map(|k| k.id), Some("n1".to_string()));
         cancel.cancel();
         renewer.await.unwrap();
+    }
+
+    /// A live leader whose followers' connects are *refused* (a firewall
+    /// that rejects rather than drops looks like a closed port) but that
+    /// still reaches etcd republishes its member record every tick: that
+    /// is not a dead process, and its lease is not revoked.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_leader_that_still_publishes_keeps_its_lease() {
+        let store = Arc::new(MemStore::default());
+        let l1 = cluster_led_by_n1(&store, 1).await;
+        let cancel = CancellationToken::new();
+        let publisher = {
+            let (store, cancel) = (store.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let me = serde_json::to_vec(&info_of("n1", "leader", 1)).unwrap();
+                let mut renewed = Instant::now();
+                while !cancel.is_cancelled() {
+                    store.put("/t/members/n1", &me, Some(l1)).await.unwrap();
+                    if renewed.elapsed() >= Duration::from_millis(250) {
+                        assert_eq!(store.keepalive(l1).await.unwrap(), Some(1));
+                        renewed = Instant::now();
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        // Both followers' probes say "refused".
+        let members = [FakeMember::new("n2", true), FakeMember::new("n3", true)];
+        let coords: Vec<_> = members.iter().map(|m| start(&store, m, &cancel)).collect();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(store.state().revoked.is_empty());
+        assert!(coords.iter().all(|c| c.status().leases_revoked == 0));
+        assert!(members.iter().all(|m| !m.is_leader()));
+        assert_eq!(leader_key(&store).map(|k| k.id), Some("n1".to_string()));
+        cancel.cancel();
+        publisher.await.unwrap();
     }
 }
