@@ -35,6 +35,35 @@ pub struct KeyValue {
     pub lease: LeaseId,
 }
 
+impl KeyValue {
+    /// Put `key` into an in-memory key space at `revision` the way etcd
+    /// does: the first put of a key sets its `create_revision`, every put
+    /// its `mod_revision` and lease (`None`: no lease). For in-memory etcd
+    /// stand-ins (the simulator's, tests').
+    pub fn put_into(
+        kvs: &mut std::collections::BTreeMap<String, KeyValue>,
+        key: &str,
+        value: &[u8],
+        lease: Option<LeaseId>,
+        revision: i64,
+    ) {
+        let create_revision = kvs
+            .get(key)
+            .map(|kv| kv.create_revision)
+            .unwrap_or(revision);
+        kvs.insert(
+            key.to_string(),
+            KeyValue {
+                key: key.to_string(),
+                value: value.to_vec(),
+                create_revision,
+                mod_revision: revision,
+                lease: lease.unwrap_or(0),
+            },
+        );
+    }
+}
+
 /// A comparison in a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compare {

@@ -154,21 +154,7 @@ impl EtcdState {
     }
 
     fn put_at(&mut self, key: &str, value: &[u8], lease: Option<LeaseId>, revision: i64) {
-        let create_revision = self
-            .kvs
-            .get(key)
-            .map(|kv| kv.create_revision)
-            .unwrap_or(revision);
-        self.kvs.insert(
-            key.to_string(),
-            KeyValue {
-                key: key.to_string(),
-                value: value.to_vec(),
-                create_revision,
-                mod_revision: revision,
-                lease: lease.unwrap_or(0),
-            },
-        );
+        KeyValue::put_into(&mut self.kvs, key, value, lease, revision);
     }
 
     fn holds(&self, c: &Compare) -> bool {
