@@ -786,14 +786,22 @@ impl Leader {
                     self.ack_timeout()
                 )));
             }
-            // Reading segment files blocks: off the async runtime.
-            let (back, batch) = crate::run_blocking(self.engine.options().inline_io, move || {
-                let batch = cursor.next_batch(batch_records_max, batch_bytes_max);
-                (cursor, batch)
-            })
-            .await?;
-            cursor = back;
-            let batch = batch?;
+            // A follower that keeps up is served from the WAL's in-memory
+            // tail; reading segment files blocks, so that is done off the
+            // async runtime.
+            let batch = match cursor.next_batch_in_memory(batch_records_max, batch_bytes_max)? {
+                Some(batch) => batch,
+                None => {
+                    let (back, batch) =
+                        crate::run_blocking(self.engine.options().inline_io, move || {
+                            let batch = cursor.next_batch(batch_records_max, batch_bytes_max);
+                            (cursor, batch)
+                        })
+                        .await?;
+                    cursor = back;
+                    batch?
+                }
+            };
             if let (Some(first), Some(last)) =
                 (batch.first().map(|r| r.lsn), batch.last().map(|r| r.lsn))
             {

@@ -79,7 +79,7 @@ use std::time::Duration;
 
 use replidb_core::{Epoch, Lsn};
 
-pub use reader::{WalCursor, WalReader};
+pub use reader::{WalCursor, WalReader, TAIL_CACHE_BYTES_MAX};
 pub use segment::{segment_file_name, SEGMENT_HEADER_LEN};
 pub use wal::Wal;
 

@@ -9,10 +9,18 @@
 //!   takes the write lock only to roll, truncate, reset or drop segments, so
 //!   appends and syncs never wait for readers, while a truncation never
 //!   changes bytes under a cursor that is reading them.
+//! - The newest flushed records are also kept decoded in memory, in the
+//!   [`Tail`] (at most [`TAIL_CACHE_BYTES_MAX`]): `Wal::sync` adds what it
+//!   publishes *before* raising `flushed`, and a truncation or reset
+//!   empties it under the state's write lock. A cursor serves a record
+//!   from the tail when it is there, so a leader streaming to followers
+//!   that keep up never reads a segment file (etcd's raft and TiKV keep
+//!   such an entry cache for the same reason).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use std::path::PathBuf;
 
@@ -21,11 +29,70 @@ use replidb_core::{Lsn, Record};
 use crate::segment::{corruption, SegReader};
 use crate::{Result, WalError};
 
+/// Most bytes of records (their frames' size plus their in-memory
+/// header) the [`Tail`] keeps; older records are read from the files.
+/// Bounds the leader's memory for it; a follower that is further behind
+/// than this reads from disk, as before.
+pub const TAIL_CACHE_BYTES_MAX: usize = 4 << 20;
+
+/// The newest flushed records, decoded, contiguous in LSN order.
+#[derive(Default)]
+pub(crate) struct Tail {
+    /// Each record with the size of its frame in the log.
+    records: VecDeque<(Record, usize)>,
+    /// What the records cost, by [`Tail::cost`].
+    bytes: usize,
+}
+
+impl Tail {
+    /// Keep `rec` (the record after the newest one kept, or the first one
+    /// after a gap, which drops the rest), evicting the oldest records
+    /// beyond [`TAIL_CACHE_BYTES_MAX`].
+    pub(crate) fn push(&mut self, rec: Record, frame_bytes: usize) {
+        if self
+            .records
+            .back()
+            .is_some_and(|(last, _)| last.lsn.next() != rec.lsn)
+        {
+            self.clear();
+        }
+        self.records.push_back((rec, frame_bytes));
+        self.bytes += Self::cost(frame_bytes);
+        while self.bytes > TAIL_CACHE_BYTES_MAX {
+            match self.records.pop_front() {
+                Some((_, n)) => self.bytes -= Self::cost(n),
+                None => break,
+            }
+        }
+    }
+
+    /// What a record of `frame_bytes` costs the cache: its frame's size
+    /// (about its heap bytes) and its in-memory header.
+    fn cost(frame_bytes: usize) -> usize {
+        frame_bytes + std::mem::size_of::<Record>()
+    }
+
+    /// Forget everything (the log was cut or replaced).
+    pub(crate) fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+
+    /// The record `lsn` and its frame's size, if kept.
+    fn get(&self, lsn: Lsn) -> Option<&(Record, usize)> {
+        let first = self.records.front()?.0.lsn;
+        let idx = lsn.0.checked_sub(first.0)?;
+        self.records.get(usize::try_from(idx).ok()?)
+    }
+}
+
 /// State the writer shares with every reader and cursor.
 pub(crate) struct Shared {
     /// Highest LSN that is written (and fsynced under `FsyncPolicy::Always`).
     pub(crate) flushed: AtomicU64,
     pub(crate) state: RwLock<SharedState>,
+    /// The newest flushed records, decoded (see the module docs).
+    pub(crate) tail: Mutex<Tail>,
 }
 
 /// The part of the shared state that changes together.
@@ -53,6 +120,7 @@ impl Shared {
                 change_seq: 0,
                 rewinds: Vec::new(),
             }),
+            tail: Mutex::new(Tail::default()),
         }
     }
 
@@ -72,6 +140,10 @@ impl Shared {
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, SharedState> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn tail(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -188,6 +260,29 @@ impl WalCursor {
     /// reset, [`WalError::Truncated`] if records this cursor already returned
     /// were removed by `truncate_after` or `reset` (the cursor stays dead).
     pub fn next_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        let batch = self.batch(max_records, max_bytes, false)?;
+        Ok(batch.unwrap_or_default())
+    }
+
+    /// Like [`WalCursor::next_batch`], but only if no segment file has to
+    /// be read: `Ok(None)` when the next record is flushed but no longer
+    /// held in memory. Cheap enough to call on an async task (it takes two
+    /// short locks and clones records), so a caller can keep blocking
+    /// reads for when a follower is behind.
+    pub fn next_batch_in_memory(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Record>>> {
+        self.batch(max_records, max_bytes, true)
+    }
+
+    fn batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        memory_only: bool,
+    ) -> Result<Option<Vec<Record>>> {
         let shared = Arc::clone(&self.shared);
         let state = shared.read();
         if state.change_seq != self.seen_seq {
@@ -217,10 +312,36 @@ impl WalCursor {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let max_records = max_records.max(1);
-        while self.next_lsn <= flushed
-            && out.len() < max_records
-            && (out.is_empty() || bytes < max_bytes)
-        {
+        let room = |out: &Vec<Record>, bytes: usize| {
+            out.len() < max_records && (out.is_empty() || bytes < max_bytes)
+        };
+        while self.next_lsn <= flushed && room(&out, bytes) {
+            // From memory while the tail holds the records (the tail never
+            // holds a record past `flushed`: it gets them before the flush
+            // point moves).
+            {
+                let tail = shared.tail();
+                while self.next_lsn <= flushed && room(&out, bytes) {
+                    let Some((rec, n)) = tail.get(self.next_lsn) else {
+                        break;
+                    };
+                    debug_assert_eq!(rec.lsn, self.next_lsn);
+                    bytes += n;
+                    out.push(rec.clone());
+                    self.next_lsn = self.next_lsn.next();
+                    // The file position no longer matches `next_lsn`.
+                    self.pos = None;
+                }
+            }
+            if self.next_lsn > flushed || !room(&out, bytes) {
+                break;
+            }
+            if memory_only {
+                if out.is_empty() {
+                    return Ok(None);
+                }
+                break;
+            }
             let (rec, n) = self.read_one(&state)?;
             bytes += n;
             out.push(rec);
@@ -229,7 +350,7 @@ impl WalCursor {
         if let Some(p) = &mut self.pos {
             p.reader.discard_read_ahead();
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Decode record `next_lsn`, which is known to be flushed, positioning

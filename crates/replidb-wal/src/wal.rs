@@ -52,6 +52,9 @@ pub struct Wal {
     flushed_lsn: Lsn,
     unsynced_records: usize,
     unsynced_bytes: u64,
+    /// Records appended since the last sync, with their frame sizes, for
+    /// the readers' tail cache once they are flushed.
+    unsynced_tail: Vec<(Record, usize)>,
     /// Bytes were written to the active file since its last fsync.
     needs_fsync: bool,
     /// An I/O error left memory and disk possibly disagreeing (and after a
@@ -111,6 +114,7 @@ impl Wal {
             flushed_lsn: rec.last_lsn,
             unsynced_records: 0,
             unsynced_bytes: 0,
+            unsynced_tail: Vec::new(),
             needs_fsync: false,
             poisoned: false,
             _lock: lock,
@@ -194,6 +198,7 @@ impl Wal {
         self.last_epoch = rec.epoch;
         self.unsynced_records += 1;
         self.unsynced_bytes += frame;
+        self.unsynced_tail.push((rec.clone(), frame as usize));
         Ok(())
     }
 
@@ -206,6 +211,13 @@ impl Wal {
         let done = self.sync_files();
         self.guard(done)?;
         self.flushed_lsn = self.last_lsn;
+        // Into the readers' cache before they may read these records.
+        if !self.unsynced_tail.is_empty() {
+            let mut tail = self.shared.tail();
+            for (rec, n) in self.unsynced_tail.drain(..) {
+                tail.push(rec, n);
+            }
+        }
         self.shared.set_flushed(self.last_lsn);
         let stats = SyncStats {
             records: self.unsynced_records,
@@ -414,6 +426,10 @@ impl Wal {
         let shared = Arc::clone(&self.shared);
         let mut state = shared.write();
         shared.set_flushed(self.flushed_lsn.min(lsn));
+        // Cached records may be among those removed: the files answer
+        // from here on, until the next sync fills the cache again.
+        self.unsynced_tail.clear();
+        shared.tail().clear();
 
         let mut all = self.sealed.clone();
         all.push(SegMeta {
@@ -520,6 +536,8 @@ impl Wal {
         let shared = Arc::clone(&self.shared);
         let mut state = shared.write();
         shared.set_flushed(self.flushed_lsn.min(next.prev()));
+        self.unsynced_tail.clear();
+        shared.tail().clear();
         let header = SegmentHeader {
             generation: self.generation + 1,
             first_lsn: next,
@@ -618,5 +636,118 @@ mod retention_edge_tests {
         assert_eq!(wal.remove_segments_before(Lsn(u64::MAX)).unwrap(), 0);
         assert_eq!(wal.first_lsn(), Lsn(1));
         assert_eq!(wal.segment_count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod tail_cache_tests {
+    use super::*;
+    use crate::TAIL_CACHE_BYTES_MAX;
+    use replidb_core::{Epoch, Hlc, Op, Record};
+
+    fn put(i: u64, value: &str) -> Record {
+        Record {
+            lsn: Lsn(i),
+            epoch: Epoch(1),
+            hlc: Hlc::default(),
+            op: Op::Put {
+                key: format!("k{i}"),
+                value: value.as_bytes().to_vec(),
+            },
+        }
+    }
+
+    fn write(wal: &mut Wal, lsns: std::ops::RangeInclusive<u64>, value: &str) {
+        for i in lsns {
+            wal.append(&put(i, value)).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+
+    /// A cursor that keeps up is served from memory, and what it gets is
+    /// what the files hold.
+    #[test]
+    fn a_cursor_that_keeps_up_reads_from_memory_the_same_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let mut live = wal.reader().cursor(Lsn(1)).unwrap();
+        assert_eq!(
+            live.next_batch_in_memory(100, usize::MAX).unwrap(),
+            Some(vec![])
+        );
+        write(&mut wal, 1..=20, "a");
+        let from_memory = live.next_batch_in_memory(100, usize::MAX).unwrap();
+        let from_files: Vec<Record> = {
+            drop(wal);
+            let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+            let mut c = wal.reader().cursor(Lsn(1)).unwrap();
+            // A reopened log has nothing in memory yet.
+            assert_eq!(c.next_batch_in_memory(100, usize::MAX).unwrap(), None);
+            c.next_batch(100, usize::MAX).unwrap()
+        };
+        assert_eq!(from_memory, Some(from_files));
+    }
+
+    /// Records older than the cache holds come from the files, then the
+    /// cursor goes on from memory: one contiguous run either way.
+    #[test]
+    fn a_cursor_behind_the_cache_reads_the_files_then_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let big = "v".repeat(64 << 10);
+        // Far more than the cache keeps.
+        let n = (2 * TAIL_CACHE_BYTES_MAX / big.len()) as u64;
+        write(&mut wal, 1..=n, &big);
+        let mut c = wal.reader().cursor(Lsn(1)).unwrap();
+        assert_eq!(c.next_batch_in_memory(10, usize::MAX).unwrap(), None);
+        let mut seen = 0;
+        while let Ok(batch) = c.next_batch(7, usize::MAX) {
+            if batch.is_empty() {
+                break;
+            }
+            for r in batch {
+                seen += 1;
+                assert_eq!(r, put(seen, &big));
+            }
+        }
+        assert_eq!(seen, n);
+        write(&mut wal, n + 1..=n + 3, "b");
+        let more = c.next_batch_in_memory(10, usize::MAX).unwrap().unwrap();
+        assert_eq!(
+            more,
+            (n + 1..=n + 3).map(|i| put(i, "b")).collect::<Vec<_>>()
+        );
+    }
+
+    /// After a rewind the same LSNs carry other records: the cache must
+    /// never serve the removed ones.
+    #[test]
+    fn a_rewound_log_never_serves_removed_records_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        write(&mut wal, 1..=10, "old");
+        wal.truncate_after(Lsn(4)).unwrap();
+        write(&mut wal, 5..=7, "new");
+        let mut c = wal.reader().cursor(Lsn(1)).unwrap();
+        let mut all = Vec::new();
+        loop {
+            let batch = c.next_batch(100, usize::MAX).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            all.extend(batch);
+        }
+        let expected: Vec<Record> = (1..=4)
+            .map(|i| put(i, "old"))
+            .chain((5..=7).map(|i| put(i, "new")))
+            .collect();
+        assert_eq!(all, expected);
+        wal.reset(Lsn(100)).unwrap();
+        write(&mut wal, 100..=101, "reset");
+        let mut c = wal.reader().cursor(Lsn(100)).unwrap();
+        assert_eq!(
+            c.next_batch_in_memory(10, usize::MAX).unwrap(),
+            Some(vec![put(100, "reset"), put(101, "reset")])
+        );
     }
 }
