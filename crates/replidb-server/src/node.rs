@@ -114,6 +114,7 @@ impl Node {
         eopts.wal = WalOptions {
             segment_bytes: config.wal_segment_bytes,
             fsync: config.fsync,
+            ..WalOptions::default()
         };
         eopts.backend = config.backend;
         eopts.table_cache_bytes = config.table_cache_bytes;

@@ -15,6 +15,11 @@ use replidb_engine::{Engine, EngineOptions};
 use replidb_replication::{Follower, FollowerOptions, Leader, LeaderOptions};
 use replidb_storage::Backend;
 use replidb_wal::{FsyncPolicy, WalOptions};
+
+/// The WAL tail cache of simulated nodes: a few dozen records, so that
+/// leader sessions serve both from memory and, for a follower that fell
+/// behind, from the files.
+const SIM_TAIL_CACHE_BYTES: usize = 8 << 10;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SimClock;
@@ -244,6 +249,7 @@ pub(crate) fn engine_options(dir: PathBuf, node: &str) -> EngineOptions {
     // point the protocol relies on.
     o.wal = WalOptions {
         fsync: FsyncPolicy::Never,
+        tail_cache_bytes: SIM_TAIL_CACHE_BYTES,
         ..WalOptions::default()
     };
     o

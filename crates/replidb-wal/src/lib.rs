@@ -103,14 +103,18 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// Durability of [`Wal::sync`].
     pub fsync: FsyncPolicy,
+    /// Most bytes of newest flushed records kept decoded in memory for
+    /// cursors that keep up (see [`TAIL_CACHE_BYTES_MAX`], the default).
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for WalOptions {
-    /// 64 MiB segments, fsync on every sync.
+    /// 64 MiB segments, fsync on every sync, a 4 MiB tail cache.
     fn default() -> Self {
         WalOptions {
             segment_bytes: 64 * 1024 * 1024,
             fsync: FsyncPolicy::Always,
+            tail_cache_bytes: TAIL_CACHE_BYTES_MAX,
         }
     }
 }

@@ -30,14 +30,16 @@ use crate::segment::{corruption, SegReader};
 use crate::{Result, WalError};
 
 /// Most bytes of records (their frames' size plus their in-memory
-/// header) the [`Tail`] keeps; older records are read from the files.
-/// Bounds the leader's memory for it; a follower that is further behind
-/// than this reads from disk, as before.
+/// header) the [`Tail`] keeps by default
+/// ([`WalOptions::tail_cache_bytes`](crate::WalOptions)); older records are
+/// read from the files. Bounds the leader's memory for it; a follower that
+/// is further behind than this reads from disk, as before.
 pub const TAIL_CACHE_BYTES_MAX: usize = 4 << 20;
 
 /// The newest flushed records, decoded, contiguous in LSN order.
-#[derive(Default)]
 pub(crate) struct Tail {
+    /// The limit, [`Tail::cost`] of all records kept.
+    max_bytes: usize,
     /// Each record with the size of its frame in the log.
     records: VecDeque<(Record, usize)>,
     /// What the records cost, by [`Tail::cost`].
@@ -45,9 +47,18 @@ pub(crate) struct Tail {
 }
 
 impl Tail {
+    /// An empty tail of at most `max_bytes`.
+    pub(crate) fn new(max_bytes: usize) -> Tail {
+        Tail {
+            max_bytes,
+            records: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
     /// Keep `rec` (the record after the newest one kept, or the first one
     /// after a gap, which drops the rest), evicting the oldest records
-    /// beyond [`TAIL_CACHE_BYTES_MAX`].
+    /// beyond the limit.
     pub(crate) fn push(&mut self, rec: Record, frame_bytes: usize) {
         if self
             .records
@@ -58,7 +69,7 @@ impl Tail {
         }
         self.records.push_back((rec, frame_bytes));
         self.bytes += Self::cost(frame_bytes);
-        while self.bytes > TAIL_CACHE_BYTES_MAX {
+        while self.bytes > self.max_bytes {
             match self.records.pop_front() {
                 Some((_, n)) => self.bytes -= Self::cost(n),
                 None => break,
@@ -110,7 +121,7 @@ pub(crate) struct SharedState {
 }
 
 impl Shared {
-    pub(crate) fn new(segments: Vec<(Lsn, PathBuf)>, flushed: Lsn) -> Shared {
+    pub(crate) fn new(segments: Vec<(Lsn, PathBuf)>, flushed: Lsn, tail_bytes: usize) -> Shared {
         let first_lsn = segments.first().map(|s| s.0).unwrap_or(Lsn(1));
         Shared {
             flushed: AtomicU64::new(flushed.0),
@@ -120,7 +131,7 @@ impl Shared {
                 change_seq: 0,
                 rewinds: Vec::new(),
             }),
-            tail: Mutex::new(Tail::default()),
+            tail: Mutex::new(Tail::new(tail_bytes)),
         }
     }
 

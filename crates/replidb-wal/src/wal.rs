@@ -101,10 +101,11 @@ impl Wal {
             .map(|s| (s.first_lsn, s.path.clone()))
             .collect();
         listed.push((active.first_lsn, active.path.clone()));
+        let tail_cache_bytes = opts.tail_cache_bytes;
         let wal = Wal {
             dir: dir.to_path_buf(),
             opts,
-            shared: Arc::new(Shared::new(listed, rec.last_lsn)),
+            shared: Arc::new(Shared::new(listed, rec.last_lsn, tail_cache_bytes)),
             sealed: segments,
             active,
             buf: Vec::new(),

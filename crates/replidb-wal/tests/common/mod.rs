@@ -43,6 +43,7 @@ pub fn opts(segment_bytes: u64, fsync: FsyncPolicy) -> WalOptions {
     WalOptions {
         segment_bytes,
         fsync,
+        ..WalOptions::default()
     }
 }
 
