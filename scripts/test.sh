@@ -50,6 +50,16 @@ export PATH
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast "$@"
 
+# The documentation builds without warnings (no broken or private links),
+# and, where the toolchain has them, formatting and lints are clean.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all -- --check
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
 # Simulator soaks on the release build (debug is ~10x slower): many seeds
 # of the single-leader run with every fault (SIM_SOAK_SEEDS, default
 # 2000), then of the multi-leader run with every fault under clock skew

@@ -464,8 +464,8 @@ impl NodeCore {
 
     /// Whether this node can prove that the process of the leader at `url`
     /// is gone: it follows, its stream from that leader is down, and
-    /// [`GONE_PROBES`] bare connects to the leader's listening address,
-    /// [`GONE_PROBE_GAP`] apart, were all refused. A live process never
+    /// `GONE_PROBES` bare connects to the leader's listening address,
+    /// `GONE_PROBE_GAP` apart, were all refused. A live process never
     /// refuses connections on the port it listens on; a partition or an
     /// overloaded host times out instead, and a timeout (or any error
     /// other than a refusal) proves nothing. The coordinator then revokes

@@ -30,9 +30,9 @@ use crate::segment::{corruption, SegReader};
 use crate::{Result, WalError};
 
 /// Most bytes of records (their frames' size plus their in-memory
-/// header) the [`Tail`] keeps by default
-/// ([`WalOptions::tail_cache_bytes`](crate::WalOptions)); older records are
-/// read from the files. Bounds the leader's memory for it; a follower that
+/// header) the WAL's in-memory tail of newest flushed records keeps by
+/// default ([`WalOptions::tail_cache_bytes`](crate::WalOptions)); older
+/// records are read from the files. Bounds the leader's memory for it; a follower that
 /// is further behind than this reads from disk, as before.
 pub const TAIL_CACHE_BYTES_MAX: usize = 4 << 20;
 

@@ -99,7 +99,7 @@ pub struct ServerOpts {
     /// Leaderless: how often replicas compare hash trees [default: 10s]
     #[arg(long)]
     pub anti_entropy_interval: Option<String>,
-    /// Token file (TOML: [[token]] name, sha256, roles); with it every
+    /// Token file (TOML: `[[token]]` name, sha256, roles); with it every
     /// endpoint but /health needs `Authorization: Bearer SECRET`. SIGHUP
     /// reloads it [default: none: no authentication]
     #[arg(long)]

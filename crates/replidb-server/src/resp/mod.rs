@@ -180,7 +180,7 @@ impl RespListener {
     /// node's shutdown.
     /// With `tls` (the node's `--tls-cert`), every connection must complete
     /// a TLS handshake within the node's header timeout; a plain-text
-    /// client is answered [`conn::PLAIN_TO_TLS_ANSWER`] and closed.
+    /// client is answered `conn::PLAIN_TO_TLS_ANSWER` and closed.
     pub fn serve(self, node: Arc<Node>, tls: Option<replidb_tls::TlsAcceptor>) -> RespHandle {
         let stop = node.shutdown.child_token();
         let slots = Arc::new(Semaphore::new(RESP_CONNECTIONS_MAX));
