@@ -20,6 +20,11 @@ use replidb_wal::{FsyncPolicy, WalOptions};
 /// leader sessions serve both from memory and, for a follower that fell
 /// behind, from the files.
 const SIM_TAIL_CACHE_BYTES: usize = 8 << 10;
+
+/// Zeros written ahead of simulated nodes' WAL: small, so that crashes
+/// often leave a segment ending in zeros, part overwritten, for recovery.
+const SIM_PREALLOCATE_BYTES: u64 = 4 << 10;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SimClock;
@@ -250,6 +255,7 @@ pub(crate) fn engine_options(dir: PathBuf, node: &str) -> EngineOptions {
     o.wal = WalOptions {
         fsync: FsyncPolicy::Never,
         tail_cache_bytes: SIM_TAIL_CACHE_BYTES,
+        preallocate_bytes: SIM_PREALLOCATE_BYTES,
         ..WalOptions::default()
     };
     o

@@ -50,8 +50,10 @@
 //!
 //! # Left out
 //!
-//! - No preallocation or O_DIRECT; writes go through the page cache and
-//!   `fdatasync`.
+//! - No O_DIRECT; writes go through the page cache and `fdatasync`. The
+//!   active segment keeps [`WalOptions::preallocate_bytes`] of zeros
+//!   written ahead of its last frame (trimmed when it is sealed, cut by
+//!   recovery), so most fsyncs do not change the file's size.
 //! - Recovery reads each segment wholly into memory (bounded by the segment
 //!   size plus one record).
 //! - No compression or encryption, no repair tool: a corrupt log must be
@@ -106,15 +108,29 @@ pub struct WalOptions {
     /// Most bytes of newest flushed records kept decoded in memory for
     /// cursors that keep up (see [`TAIL_CACHE_BYTES_MAX`], the default).
     pub tail_cache_bytes: usize,
+    /// Bytes of zeros kept written ahead of the active segment's last
+    /// frame (0: none; capped so a segment never grows past
+    /// `segment_bytes` for it). An append then rarely changes the file's
+    /// size, so the `fdatasync` after it flushes data only, without an
+    /// ext4 journal commit for the size. Default
+    /// [`PREALLOCATE_BYTES_DEFAULT`].
+    pub preallocate_bytes: u64,
 }
 
+/// Default [`WalOptions::preallocate_bytes`]: 1 MiB, so one `fdatasync` in
+/// about a MiB of log pays for a size change (and for writing the zeros).
+/// PostgreSQL zero-fills whole WAL segments for the same reason.
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 1024 * 1024;
+
 impl Default for WalOptions {
-    /// 64 MiB segments, fsync on every sync, a 4 MiB tail cache.
+    /// 64 MiB segments, fsync on every sync, a 4 MiB tail cache, 1 MiB
+    /// of zeros written ahead.
     fn default() -> Self {
         WalOptions {
             segment_bytes: 64 * 1024 * 1024,
             fsync: FsyncPolicy::Always,
             tail_cache_bytes: TAIL_CACHE_BYTES_MAX,
+            preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
         }
     }
 }
@@ -183,7 +199,10 @@ pub struct RecoveryReport {
     pub last_lsn: Lsn,
     /// Epoch of the last record.
     pub last_epoch: Epoch,
-    /// Bytes of torn tail cut off the last segment.
+    /// Bytes of torn tail cut off the last segment, up to its last
+    /// non-zero byte: zeros after the last frame are preallocated space
+    /// (see [`WalOptions::preallocate_bytes`]) and are cut without being
+    /// counted.
     pub truncated_bytes: u64,
     /// Segment files in the log.
     pub segments: usize,

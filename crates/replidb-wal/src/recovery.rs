@@ -123,13 +123,21 @@ pub(crate) fn recover(dir: &Path, durable: bool) -> Result<Recovered> {
         let bytes = fs::read(&e.path).map_err(io_err(&e.path))?;
         let scan = scan_segment(&e.path, &bytes, h.first_lsn, i + 1 == n)?;
         if scan.valid_len < bytes.len() as u64 {
-            let cut = bytes.len() as u64 - scan.valid_len;
-            tracing::warn!(
-                path = %e.path.display(),
-                offset = scan.valid_len,
-                bytes = cut,
-                "truncating torn tail of the WAL"
-            );
+            // Zeros after the last frame are preallocated space (or a write
+            // that never reached the disk): cut, but not reported as torn.
+            let after = &bytes[scan.valid_len as usize..];
+            let cut = after
+                .iter()
+                .rposition(|b| *b != 0)
+                .map_or(0, |i| i as u64 + 1);
+            if cut > 0 {
+                tracing::warn!(
+                    path = %e.path.display(),
+                    offset = scan.valid_len,
+                    bytes = cut,
+                    "truncating torn tail of the WAL"
+                );
+            }
             let f = OpenOptions::new()
                 .write(true)
                 .open(&e.path)

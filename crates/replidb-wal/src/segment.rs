@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use replidb_core::durable::TMP_SUFFIX;
@@ -141,7 +142,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// a temporary file which is then renamed into place, so a file with a
 /// segment name always has a complete header (recovery can then treat a bad
 /// header as corruption, never as a torn creation). With `durable`, the file
-/// and the directory are fsynced. Returns an append handle and the path.
+/// and the directory are fsynced. Returns a write handle and the path.
 pub(crate) fn create_segment(
     dir: &Path,
     header: &SegmentHeader,
@@ -156,16 +157,31 @@ pub(crate) fn create_segment(
         fs::write(&tmp, header.encode()).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
     }
-    let file = open_append(&path)?;
+    let file = open_write(&path)?;
     Ok((file, path))
 }
 
-/// Open an existing segment for appending at its end.
-pub(crate) fn open_append(path: &Path) -> Result<File> {
+/// Open an existing segment for positioned writes (not append mode: the
+/// file may end in preallocated zeros that frames overwrite).
+pub(crate) fn open_write(path: &Path) -> Result<File> {
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(path)
         .map_err(io_err(path))
+}
+
+/// Write `len` zero bytes into `file` at `offset` (preallocation).
+pub(crate) fn write_zeros(file: &File, path: &Path, offset: u64, len: u64) -> Result<()> {
+    const ZERO_CHUNK_BYTES: usize = 64 * 1024;
+    static ZEROS: [u8; ZERO_CHUNK_BYTES] = [0; ZERO_CHUNK_BYTES];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZERO_CHUNK_BYTES as u64);
+        file.write_all_at(&ZEROS[..n as usize], offset + done)
+            .map_err(io_err(path))?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// A segment file found in the WAL directory.
@@ -208,6 +224,9 @@ pub(crate) struct SegReader {
     buf_off: u64,
     /// Consumed bytes of `buf`.
     pos: usize,
+    /// File offset treated as the end of the file (frames end before it;
+    /// what follows may be preallocated zeros).
+    end: u64,
 }
 
 impl SegReader {
@@ -232,8 +251,16 @@ impl SegReader {
             buf: Vec::new(),
             buf_off: SEGMENT_HEADER_LEN,
             pos: 0,
+            end: u64::MAX,
         };
         Ok((reader, header))
+    }
+
+    /// Treat file offset `end` as the end of the file, so that
+    /// [`SegReader::next_record`] returns `Ok(None)` there instead of
+    /// reading preallocated zeros as a damaged frame.
+    pub(crate) fn set_end(&mut self, end: u64) {
+        self.end = end;
     }
 
     /// The file this reader reads.
@@ -268,9 +295,9 @@ impl SegReader {
         self.file
             .seek(SeekFrom::Start(end))
             .map_err(io_err(&self.path))?;
-        let want = (n - self.buf.len()).max(READ_CHUNK);
+        let want = ((n - self.buf.len()).max(READ_CHUNK) as u64).min(self.end.saturating_sub(end));
         (&mut self.file)
-            .take(want as u64)
+            .take(want)
             .read_to_end(&mut self.buf)
             .map_err(io_err(&self.path))?;
         Ok(self.buf.len() >= n)

@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,8 +29,27 @@ struct Active {
     path: PathBuf,
     /// Header plus every frame appended, including those still buffered.
     bytes: u64,
-    /// Opened in append mode, so writes land at the end even after a cut.
+    /// File offset of the next write: `bytes` minus the buffered frames.
+    written: u64,
+    /// The file's length: `written` plus preallocated zeros after it, or
+    /// `u64::MAX` once a failed preallocation left the length unknown.
+    allocated: u64,
+    /// Written with positioned writes at `written`.
     file: File,
+}
+
+impl Active {
+    /// A segment whose file holds exactly `bytes` (header and frames).
+    fn new(first_lsn: Lsn, path: PathBuf, bytes: u64, file: File) -> Active {
+        Active {
+            first_lsn,
+            path,
+            bytes,
+            written: bytes,
+            allocated: bytes,
+            file,
+        }
+    }
 }
 
 /// The write-ahead log, owned by a single writer thread.
@@ -90,12 +110,10 @@ impl Wal {
         let Some(last) = segments.pop() else {
             return Err(corruption(dir, 0, "recovery found no segment"));
         };
-        let active = Active {
-            file: segment::open_append(&last.path)?,
-            first_lsn: last.first_lsn,
-            path: last.path,
-            bytes: last.bytes,
-        };
+        // Recovery cut the last segment to its frames (preallocated zeros
+        // included), so the file holds exactly `last.bytes`.
+        let file = segment::open_write(&last.path)?;
+        let active = Active::new(last.first_lsn, last.path, last.bytes, file);
         let mut listed: Vec<_> = segments
             .iter()
             .map(|s| (s.first_lsn, s.path.clone()))
@@ -319,7 +337,7 @@ impl Wal {
     }
 
     /// Total bytes of all segments, headers and not-yet-synced records
-    /// included.
+    /// included (preallocated zeros are not).
     pub fn size_bytes(&self) -> u64 {
         self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.active.bytes
     }
@@ -351,16 +369,43 @@ impl Wal {
         r
     }
 
-    /// Write the buffered frames to the active file (no fsync).
+    /// Write the buffered frames to the active file (no fsync), keeping
+    /// `preallocate_bytes` of zeros ahead of them.
     fn write_buf(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.active
-            .file
-            .write_all(&self.buf)
-            .map_err(io_err(&self.active.path))?;
+        self.write_frames(self.buf.len())?;
         self.buf.clear();
+        let a = &mut self.active;
+        if a.written > a.allocated {
+            // The size changed anyway: this fsync pays for a journal commit,
+            // so let it cover the next `preallocate_bytes` too.
+            let target = (a.written + self.opts.preallocate_bytes)
+                .min(self.opts.segment_bytes)
+                .max(a.written);
+            match segment::write_zeros(&a.file, &a.path, a.written, target - a.written) {
+                Ok(()) => a.allocated = target,
+                // Only an optimisation: a full disk must not refuse a record
+                // that fits. How far the zeros got is unknown, so stop
+                // preallocating this segment and trim it when it is sealed.
+                Err(e) => {
+                    tracing::warn!(error = %e, "WAL preallocation failed; continuing without");
+                    a.allocated = u64::MAX;
+                }
+            }
+        }
+        debug_assert!(self.active.allocated >= self.active.written);
+        Ok(())
+    }
+
+    /// Write the first `n` buffered bytes at the active file's write offset.
+    fn write_frames(&mut self, n: usize) -> Result<()> {
+        let a = &mut self.active;
+        a.file
+            .write_all_at(&self.buf[..n], a.written)
+            .map_err(io_err(&a.path))?;
+        a.written += n as u64;
         self.needs_fsync = true;
         Ok(())
     }
@@ -382,11 +427,16 @@ impl Wal {
     /// before the new file exists, which is what lets recovery treat damage
     /// in any segment but the last as corruption.
     fn roll(&mut self, split: usize, first_lsn: Lsn) -> Result<()> {
-        self.active
-            .file
-            .write_all(&self.buf[..split])
-            .map_err(io_err(&self.active.path))?;
+        self.write_frames(split)?;
         self.buf.drain(..split);
+        // A sealed segment ends at its last frame: recovery reads zeros in
+        // any segment but the last as damage. The fsync below makes the new
+        // size durable too (`fdatasync` flushes a size change).
+        let a = &mut self.active;
+        if a.allocated > a.written {
+            a.file.set_len(a.written).map_err(io_err(&a.path))?;
+            a.allocated = a.written;
+        }
         // Only the sealed segment's bytes: the buffer now holds the record
         // that goes into the new segment.
         if self.durable() {
@@ -405,12 +455,7 @@ impl Wal {
         self.shared.write().segments.push((first_lsn, path.clone()));
         let old = std::mem::replace(
             &mut self.active,
-            Active {
-                first_lsn,
-                path,
-                bytes: SEGMENT_HEADER_LEN,
-                file,
-            },
+            Active::new(first_lsn, path, SEGMENT_HEADER_LEN, file),
         );
         self.sealed.push(SegMeta {
             first_lsn: old.first_lsn,
@@ -454,6 +499,9 @@ impl Wal {
         let mut kept_epoch = self.last_epoch;
         for (j, seg) in all[k..].iter().enumerate() {
             let (mut reader, header) = SegReader::open(&seg.path, seg.first_lsn)?;
+            // Everything appended is in the file now, followed perhaps by
+            // preallocated zeros.
+            reader.set_end(seg.bytes);
             if j == 0 {
                 kept_epoch = header.prev_epoch;
             }
@@ -509,12 +557,12 @@ impl Wal {
             // sync_all: the size change is metadata.
             f.sync_all().map_err(io_err(&seg.path))?;
         }
-        self.active = Active {
-            first_lsn: seg.first_lsn,
-            path: seg.path.clone(),
-            bytes: cut_offset,
-            file: segment::open_append(&seg.path)?,
-        };
+        self.active = Active::new(
+            seg.first_lsn,
+            seg.path.clone(),
+            cut_offset,
+            segment::open_write(&seg.path)?,
+        );
         self.sealed.truncate(k);
         self.last_lsn = lsn;
         self.last_epoch = kept_epoch;
@@ -559,12 +607,7 @@ impl Wal {
         state.change_seq += 1;
         let seq = state.change_seq;
         state.rewinds.push((seq, next.prev()));
-        self.active = Active {
-            first_lsn: next,
-            path,
-            bytes: SEGMENT_HEADER_LEN,
-            file,
-        };
+        self.active = Active::new(next, path, SEGMENT_HEADER_LEN, file);
         self.last_lsn = next.prev();
         self.flushed_lsn = next.prev();
         self.unsynced_records = 0;

@@ -3,7 +3,6 @@
 mod common;
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 
 use common::*;
 use replidb_core::{Epoch, Lsn};
@@ -36,14 +35,19 @@ fn many_segments_survive_reopen_and_cursor_follows_rollover() {
     let segs = wal.segment_count();
     assert!(segs >= 5, "only {segs} segments");
     assert_eq!(segment_files(dir.path()).len(), segs);
-    let size = wal.size_bytes();
-    let on_disk: u64 = segment_files(dir.path())
+    // Sealed segments end at their last frame; the active one may end in
+    // preallocated zeros, which `size_bytes` does not count.
+    let files = segment_files(dir.path());
+    let sealed_on_disk: u64 = files[..segs - 1]
         .iter()
         .map(|p| fs::metadata(p).unwrap().len())
         .sum();
-    assert_eq!(size, on_disk);
+    let active_on_disk = fs::metadata(&files[segs - 1]).unwrap().len();
+    let active_log = offset_of(first_of(&files[segs - 1]), 601);
+    assert_eq!(wal.size_bytes(), sealed_on_disk + active_log);
+    assert!(active_on_disk >= active_log && active_on_disk <= 4096);
     // Every segment but the last respects the size limit.
-    for p in &segment_files(dir.path())[..segs - 1] {
+    for p in &files[..segs - 1] {
         assert!(fs::metadata(p).unwrap().len() <= 4096);
     }
     assert_eq!(
@@ -80,22 +84,24 @@ fn torn_tail_is_cut_and_appends_continue() {
     write_range(&mut wal, 1, 10);
     drop(wal);
     let last = segment_files(dir.path()).pop().unwrap();
-    let good_len = fs::metadata(&last).unwrap().len();
+    let good_len = offset_of(1, 11);
+    assert!(
+        fs::metadata(&last).unwrap().len() > good_len,
+        "zeros preallocated"
+    );
 
-    // Half of record 11's frame, as a crash mid-write would leave it.
+    // Half of record 11's frame over the preallocated zeros, as a crash
+    // mid-write would leave it.
     let mut frame = Vec::new();
     codec::encode_record(&rec(11), &mut frame).unwrap();
-    let half = frame.len() / 2;
-    OpenOptions::new()
-        .append(true)
-        .open(&last)
-        .unwrap()
-        .write_all(&frame[..half])
-        .unwrap();
+    let half = &frame[..frame.len() / 2];
+    write_at(&last, good_len, half);
 
     let (mut wal, report) = Wal::open(dir.path(), opts(1 << 20, FsyncPolicy::Always)).unwrap();
     assert_eq!(report.last_lsn, Lsn(10));
-    assert_eq!(report.truncated_bytes, half as u64);
+    // Counted up to its last non-zero byte; the zeros after are space.
+    let torn = half.iter().rposition(|b| *b != 0).unwrap() + 1;
+    assert_eq!(report.truncated_bytes, torn as u64);
     assert_eq!(fs::metadata(&last).unwrap().len(), good_len);
     write_range(&mut wal, 11, 15);
     drop(wal);
@@ -119,15 +125,20 @@ fn zero_and_garbage_tails_are_cut() {
         write_range(&mut wal, 1, 5);
         drop(wal);
         let last = segment_files(dir.path()).pop().unwrap();
-        OpenOptions::new()
-            .append(true)
-            .open(&last)
-            .unwrap()
-            .write_all(&tail)
-            .unwrap();
+        // Over the preallocated zeros, and past them.
+        write_at(&last, offset_of(1, 6), &tail);
+        let end = fs::metadata(&last).unwrap().len();
+        write_at(&last, end, &tail);
         let (mut wal, report) = Wal::open(dir.path(), opts(1 << 20, FsyncPolicy::Never)).unwrap();
         assert_eq!(report.last_lsn, Lsn(5));
-        assert_eq!(report.truncated_bytes, tail.len() as u64);
+        assert_eq!(fs::metadata(&last).unwrap().len(), offset_of(1, 6));
+        // Zeros are preallocated space, not counted as torn.
+        let counted = if tail.iter().all(|b| *b == 0) {
+            0
+        } else {
+            end - offset_of(1, 6) + tail.len() as u64
+        };
+        assert_eq!(report.truncated_bytes, counted);
         wal.append(&rec(6)).unwrap();
         wal.sync().unwrap();
     }
@@ -270,4 +281,16 @@ fn a_second_open_of_the_same_directory_fails() {
         Wal::open(dir.path(), opts(1024, FsyncPolicy::Never)),
         Err(WalError::Io { .. })
     ));
+}
+
+/// Overwrite `bytes` at `offset` of `path` (extending it if needed), as a
+/// crash part way through a write might leave them.
+fn write_at(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
 }

@@ -1,7 +1,8 @@
-//! The in-memory tail against a model of the log: whatever mix of appends,
-//! syncs, rewinds and resets, and a tail small enough to evict, cursors
-//! (through the files or from memory only) return exactly the flushed
-//! records of the current log, in order, and never a removed one.
+//! The in-memory tail and the preallocated files against a model of the
+//! log: whatever mix of appends, syncs, rewinds, resets and reopens, with a
+//! tail small enough to evict and segments that end in preallocated zeros,
+//! cursors (through the files or from memory only) return exactly the
+//! flushed records of the current log, in order, and never a removed one.
 
 use proptest::prelude::*;
 use replidb_core::{Epoch, Hlc, Lsn, Op, Record};
@@ -16,6 +17,8 @@ enum Step {
     Rewind(u8),
     /// Reset the log to start after a gap of this many LSNs.
     Reset(u8),
+    /// Close the log (losing what was not synced) and recover it.
+    Reopen,
     /// Read with cursor `which` at most `max` records; from memory only?
     Read {
         which: bool,
@@ -30,6 +33,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => Just(Step::Sync),
         1 => (0u8..30).prop_map(Step::Rewind),
         1 => (0u8..5).prop_map(Step::Reset),
+        1 => Just(Step::Reopen),
         6 => (any::<bool>(), 1u8..40, any::<bool>())
             .prop_map(|(which, max, memory_only)| Step::Read { which, max, memory_only }),
     ]
@@ -73,8 +77,11 @@ proptest! {
             fsync: FsyncPolicy::Never,
             // A few records: every run evicts.
             tail_cache_bytes: 1024,
+            // Less than a segment: some segments are sealed with zeros
+            // still ahead of their last frame, some fill up first.
+            preallocate_bytes: 700,
         };
-        let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
         let mut model = Model { first: 1, records: Vec::new(), flushed: 0, generation: 0 };
         let mut cursors: [WalCursor; 2] = [
             wal.reader().cursor(Lsn(1)).unwrap(),
@@ -113,6 +120,26 @@ proptest! {
                     model.records.clear();
                     model.flushed = next - 1;
                     model.generation += 1;
+                }
+                Step::Reopen => {
+                    drop(cursors);
+                    drop(wal);
+                    let (reopened, report) = Wal::open(dir.path(), opts.clone()).unwrap();
+                    wal = reopened;
+                    // Preallocated zeros are cut, never reported as torn.
+                    prop_assert_eq!(report.truncated_bytes, 0);
+                    // Unsynced records may survive (a sealed segment's were
+                    // written out when it rolled), synced ones always do.
+                    let last = report.last_lsn.0;
+                    let appended = model.first + model.records.len() as u64 - 1;
+                    prop_assert!(last >= model.flushed && last <= appended, "recovered up to {}", last);
+                    prop_assert_eq!(report.first_lsn.0, model.first);
+                    model.records.truncate((last + 1 - model.first) as usize);
+                    model.flushed = last;
+                    cursors = [
+                        wal.reader().cursor(Lsn(model.first)).unwrap(),
+                        wal.reader().cursor(Lsn(model.first)).unwrap(),
+                    ];
                 }
                 Step::Read { which, max, memory_only } => {
                     let cursor = &mut cursors[which as usize];
