@@ -79,7 +79,7 @@ impl Tail {
 
     /// What a record of `frame_bytes` costs the cache: its frame's size
     /// (about its heap bytes) and its in-memory header.
-    fn cost(frame_bytes: usize) -> usize {
+    pub(crate) fn cost(frame_bytes: usize) -> usize {
         frame_bytes + std::mem::size_of::<Record>()
     }
 

@@ -1,5 +1,6 @@
 //! The writer: [`Wal`].
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
@@ -11,7 +12,7 @@ use std::time::Instant;
 use replidb_core::{Epoch, Lsn, Record};
 
 use crate::codec;
-use crate::reader::{Shared, WalReader};
+use crate::reader::{Shared, Tail, WalReader};
 use crate::recovery::{self, SegMeta};
 use crate::segment::{self, corruption, io_err, SegReader, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::{FsyncPolicy, RecoveryReport, Result, SyncStats, WalError, WalOptions};
@@ -74,7 +75,10 @@ pub struct Wal {
     unsynced_bytes: u64,
     /// Records appended since the last sync, with their frame sizes, for
     /// the readers' tail cache once they are flushed.
-    unsynced_tail: Vec<(Record, usize)>,
+    unsynced_tail: VecDeque<(Record, usize)>,
+    /// [`Tail::cost`] of `unsynced_tail`, at most `tail_cache_bytes`: older
+    /// records beyond it would be evicted by the push anyway.
+    unsynced_tail_bytes: usize,
     /// Bytes were written to the active file since its last fsync.
     needs_fsync: bool,
     /// An I/O error left memory and disk possibly disagreeing (and after a
@@ -133,7 +137,8 @@ impl Wal {
             flushed_lsn: rec.last_lsn,
             unsynced_records: 0,
             unsynced_bytes: 0,
-            unsynced_tail: Vec::new(),
+            unsynced_tail: VecDeque::new(),
+            unsynced_tail_bytes: 0,
             needs_fsync: false,
             poisoned: false,
             _lock: lock,
@@ -217,7 +222,7 @@ impl Wal {
         self.last_epoch = rec.epoch;
         self.unsynced_records += 1;
         self.unsynced_bytes += frame;
-        self.unsynced_tail.push((rec.clone(), frame as usize));
+        self.keep_for_tail(rec, frame as usize);
         Ok(())
     }
 
@@ -233,6 +238,7 @@ impl Wal {
         // Into the readers' cache before they may read these records.
         if !self.unsynced_tail.is_empty() {
             let mut tail = self.shared.tail();
+            self.unsynced_tail_bytes = 0;
             for (rec, n) in self.unsynced_tail.drain(..) {
                 tail.push(rec, n);
             }
@@ -246,6 +252,27 @@ impl Wal {
         self.unsynced_records = 0;
         self.unsynced_bytes = 0;
         Ok(stats)
+    }
+
+    /// Keep a copy of `rec` for the readers' tail cache, within its limit.
+    /// A record the cache cannot hold is not copied at all (and leaves a
+    /// gap, which empties the cache at the next push: correct, since it
+    /// would have evicted everything older).
+    fn keep_for_tail(&mut self, rec: &Record, frame_bytes: usize) {
+        let cost = Tail::cost(frame_bytes);
+        if cost > self.opts.tail_cache_bytes {
+            self.unsynced_tail.clear();
+            self.unsynced_tail_bytes = 0;
+            return;
+        }
+        self.unsynced_tail.push_back((rec.clone(), frame_bytes));
+        self.unsynced_tail_bytes += cost;
+        while self.unsynced_tail_bytes > self.opts.tail_cache_bytes {
+            match self.unsynced_tail.pop_front() {
+                Some((_, n)) => self.unsynced_tail_bytes -= Tail::cost(n),
+                None => break,
+            }
+        }
     }
 
     /// A handle for reading flushed records from other threads.
@@ -475,6 +502,7 @@ impl Wal {
         // Cached records may be among those removed: the files answer
         // from here on, until the next sync fills the cache again.
         self.unsynced_tail.clear();
+        self.unsynced_tail_bytes = 0;
         shared.tail().clear();
 
         let mut all = self.sealed.clone();
@@ -586,6 +614,7 @@ impl Wal {
         let mut state = shared.write();
         shared.set_flushed(self.flushed_lsn.min(next.prev()));
         self.unsynced_tail.clear();
+        self.unsynced_tail_bytes = 0;
         shared.tail().clear();
         let header = SegmentHeader {
             generation: self.generation + 1,
@@ -761,6 +790,42 @@ mod tail_cache_tests {
             more,
             (n + 1..=n + 3).map(|i| put(i, "b")).collect::<Vec<_>>()
         );
+    }
+
+    /// What waits for the next sync to enter the cache stays within the
+    /// cache's limit, and a record larger than the cache is not copied;
+    /// cursors still read every record, the big one from the files.
+    #[test]
+    fn copies_kept_for_the_cache_stay_within_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WalOptions {
+            tail_cache_bytes: 4096,
+            ..WalOptions::default()
+        };
+        let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
+        let mut c = wal.reader().cursor(Lsn(1)).unwrap();
+        for i in 1..=200 {
+            wal.append(&put(i, "0123456789")).unwrap();
+            assert!(wal.unsynced_tail_bytes <= 4096);
+        }
+        let kept = wal.unsynced_tail.len() as u64;
+        assert!(kept > 0 && kept < 200);
+        assert_eq!(wal.unsynced_tail.back().map(|(r, _)| r.lsn), Some(Lsn(200)));
+        wal.sync().unwrap();
+        let big = "b".repeat(8192);
+        wal.append(&put(201, &big)).unwrap();
+        assert!(wal.unsynced_tail.is_empty());
+        wal.append(&put(202, "after")).unwrap();
+        wal.sync().unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 202 {
+            let batch = c.next_batch(50, usize::MAX).unwrap();
+            assert!(!batch.is_empty());
+            seen.extend(batch);
+        }
+        assert_eq!(seen[200], put(201, &big));
+        assert_eq!(seen[201], put(202, "after"));
+        assert_eq!(seen[199], put(200, "0123456789"));
     }
 
     /// After a rewind the same LSNs carry other records: the cache must
