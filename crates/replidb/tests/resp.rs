@@ -210,6 +210,88 @@ async fn strings_keys_and_errors_on_one_node() {
     }
 }
 
+/// A client library's transaction (MULTI, commands, EXEC) must not run
+/// part of itself: replidb refuses every command between MULTI and EXEC,
+/// and EXEC aborts, so nothing in between is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_is_refused_whole_never_run_in_part() {
+    let (_node, port) = start("tx1", &[]).await;
+    let mut c = connect(port, false);
+
+    // The redis crate's atomic pipeline sends MULTI, SET, INCR, EXEC.
+    let r: RedisResult<Value> = redis::pipe()
+        .atomic()
+        .set("t", "1")
+        .incr("n", 1)
+        .query(&mut c);
+    assert!(r.is_err(), "a transaction must fail, got {r:?}");
+    // Whatever the library made of the errors, the connection is usable
+    // and nothing was written.
+    let _ = cmd::<Value>(&mut c, &["DISCARD"]);
+    assert_eq!(ok::<Option<String>>(&mut c, &["GET", "t"]), None);
+    assert_eq!(ok::<Option<String>>(&mut c, &["GET", "n"]), None);
+
+    // The same on the wire, answer by answer.
+    let (_s, answers) = raw(
+        port,
+        b"MULTI\r\nSET t 1\r\nMULTI\r\nEXEC\r\nEXEC\r\nDISCARD\r\nGET t\r\n",
+        7,
+    );
+    let text: Vec<String> = answers.iter().map(|v| format!("{v:?}")).collect();
+    assert_eq!(answers[0], replidb_resp::Value::ok(), "{text:?}");
+    assert!(
+        text[1].contains("not supported: command not queued"),
+        "{text:?}"
+    );
+    assert!(text[2].contains("can not be nested"), "{text:?}");
+    assert!(text[3].contains("EXECABORT"), "{text:?}");
+    assert!(text[4].contains("EXEC without MULTI"), "{text:?}");
+    assert!(text[5].contains("DISCARD without MULTI"), "{text:?}");
+    assert_eq!(answers[6], replidb_resp::Value::Null);
+
+    // Subcommands: Redis's wording for a wrong argument count, and HELP.
+    let e = err(&mut c, &["CLIENT", "SETNAME"]);
+    assert!(
+        e.contains("wrong number of arguments for 'client|setname'"),
+        "{e}"
+    );
+    let e = err(&mut c, &["CONFIG", "GET"]);
+    assert!(
+        e.contains("wrong number of arguments for 'config|get'"),
+        "{e}"
+    );
+    let e = err(&mut c, &["COMMAND", "COUNT", "x"]);
+    assert!(
+        e.contains("wrong number of arguments for 'command|count'"),
+        "{e}"
+    );
+    let e = err(&mut c, &["CLIENT", "NOSUCH"]);
+    assert!(
+        e.contains("unknown subcommand 'NOSUCH'. Try CLIENT HELP."),
+        "{e}"
+    );
+    for command in ["CLIENT", "COMMAND", "CONFIG"] {
+        let help: Vec<String> = ok(&mut c, &[command, "HELP"]);
+        assert!(help[0].starts_with(command) && help.len() > 3, "{help:?}");
+    }
+
+    // CLIENT SETINFO takes the two attributes Redis knows, without spaces.
+    assert_eq!(
+        ok::<String>(&mut c, &["CLIENT", "SETINFO", "lib-name", "redis-rs"]),
+        "OK"
+    );
+    assert_eq!(
+        ok::<String>(&mut c, &["CLIENT", "SETINFO", "LIB-VER", "0.27"]),
+        "OK"
+    );
+    let e = err(&mut c, &["CLIENT", "SETINFO", "foo", "x"]);
+    assert!(e.contains("Unrecognized option 'foo'"), "{e}");
+    let e = err(&mut c, &["CLIENT", "SETINFO", "lib-name", "has space"]);
+    assert!(e.contains("cannot contain spaces"), "{e}");
+    let info: String = ok(&mut c, &["CLIENT", "INFO"]);
+    assert!(info.contains("lib-name=redis-rs lib-ver=0.27"), "{info}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_incr_from_many_connections_sums_exactly() {
     const CONNECTIONS: usize = 8;

@@ -38,6 +38,9 @@ pub(crate) enum Kind {
     DecrBy,
     Scan,
     DbSize,
+    Multi,
+    Exec,
+    Discard,
 }
 
 /// One supported command, as Redis describes commands.
@@ -100,6 +103,9 @@ pub(crate) static COMMANDS: &[Spec] = &[
     spec("decrby", 3, WRITE_FAST, 1, 1, 1, "string", "1.0.0", "Subtracts N, atomically (compare-and-set on the key's LSN).", Kind::DecrBy),
     spec("scan", -2, READ, 0, 0, 0, "generic", "2.8.0", "Iterates keys in key order (MATCH, COUNT, TYPE).", Kind::Scan),
     spec("dbsize", 1, READ_FAST, 0, 0, 0, "server", "1.0.0", "Counts the keys.", Kind::DbSize),
+    spec("multi", 1, CONN, 0, 0, 0, "transactions", "1.2.0", "Starts a transaction that cannot run: every command up to EXEC or DISCARD is refused, so EXEC aborts and nothing runs.", Kind::Multi),
+    spec("exec", 1, CONN, 0, 0, 0, "transactions", "1.2.0", "After MULTI: EXECABORT, nothing was run.", Kind::Exec),
+    spec("discard", 1, CONN, 0, 0, 0, "transactions", "2.0.0", "After MULTI: OK, back to normal.", Kind::Discard),
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -188,6 +194,14 @@ async fn dispatch(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Res
         return Err(RespError::WrongArity(spec.name.to_string()));
     }
     authorize(shared, session, spec)?;
+    if session.in_refused_multi
+        && !matches!(
+            spec.kind,
+            Kind::Multi | Kind::Exec | Kind::Discard | Kind::Quit
+        )
+    {
+        return Err(RespError::InRefusedMulti);
+    }
     // Handlers index `args` up to the arity checked here, so a short
     // request can never reach one.
     match spec.kind {
@@ -227,7 +241,60 @@ async fn dispatch(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Res
         }
         Kind::Scan => scan::scan(shared, args).await,
         Kind::DbSize => scan::dbsize(shared).await,
+        // OK as in Redis (clients expect it: redis-rs mishandles an error
+        // here), then every command is refused while queuing, so EXEC
+        // aborts the whole transaction, as Redis does after such errors.
+        Kind::Multi => match std::mem::replace(&mut session.in_refused_multi, true) {
+            true => Err(RespError::NestedMulti),
+            false => Ok(Value::ok()),
+        },
+        Kind::Exec => match std::mem::take(&mut session.in_refused_multi) {
+            true => Err(RespError::ExecAbort),
+            false => Err(RespError::WithoutMulti("EXEC")),
+        },
+        Kind::Discard => match std::mem::take(&mut session.in_refused_multi) {
+            true => Ok(Value::ok()),
+            false => Err(RespError::WithoutMulti("DISCARD")),
+        },
     }
+}
+
+/// The answer when no arm of a container command (`CLIENT`, `COMMAND`,
+/// `CONFIG`) took `args[1]`: `HELP` lists `subcommands` (name, then usage
+/// and what it does, as Redis prints them); a known name got the wrong
+/// number of arguments (`ERR wrong number of arguments for 'client|setname'
+/// command`, Redis's wording); anything else is an unknown subcommand.
+pub(crate) fn other_subcommand(
+    command: &'static str,
+    subcommands: &[(&str, &str)],
+    args: &[Bytes],
+) -> RespResult<Value> {
+    let sub = &args[1];
+    if sub.eq_ignore_ascii_case(b"HELP") && args.len() == 2 {
+        let mut lines = vec![Value::simple(format!(
+            "{command} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+        ))];
+        for (name, what) in subcommands.iter().chain(&[("HELP", "Print this help.")]) {
+            lines.push(Value::simple(*name));
+            lines.push(Value::simple(format!("    {what}")));
+        }
+        return Ok(Value::Array(lines));
+    }
+    let known = subcommands.iter().any(|(usage, _)| {
+        let name = usage.split(' ').next().unwrap_or(usage);
+        sub.eq_ignore_ascii_case(name.as_bytes())
+    }) || sub.eq_ignore_ascii_case(b"HELP");
+    if known {
+        return Err(RespError::WrongArity(format!(
+            "{}|{}",
+            command.to_ascii_lowercase(),
+            quoted(sub).to_ascii_lowercase()
+        )));
+    }
+    Err(RespError::UnknownSubcommand {
+        command,
+        sub: quoted(sub),
+    })
 }
 
 /// Longest piece of client input quoted back in an error.
@@ -283,12 +350,24 @@ fn command(args: &[Bytes]) -> RespResult<Value> {
                     .collect(),
             ))
         }
-        _ => Err(RespError::UnknownSubcommand {
-            command: "COMMAND",
-            sub: quoted(sub),
-        }),
+        _ => other_subcommand("COMMAND", COMMAND_SUBCOMMANDS, args),
     }
 }
+
+/// `COMMAND HELP`.
+const COMMAND_SUBCOMMANDS: &[(&str, &str)] = &[
+    ("(no subcommand)", "Return details about all commands."),
+    ("COUNT", "Return the total number of commands."),
+    (
+        "DOCS [<command-name> ...]",
+        "Return documentary information about commands.",
+    ),
+    (
+        "INFO [<command-name> ...]",
+        "Return details about the given commands, or all of them.",
+    ),
+    ("LIST", "Return the names of all commands."),
+];
 
 /// Redis 7's command info: name, arity, flags, first key, last key, step,
 /// ACL categories, tips, key specs, subcommands.

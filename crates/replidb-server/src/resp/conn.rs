@@ -30,6 +30,13 @@ pub(crate) struct Session {
     pub last_write: Lsn,
     /// Set by `QUIT`: answer, then close.
     pub closing: bool,
+    /// `CLIENT SETINFO LIB-NAME` and `LIB-VER` (shown by `CLIENT INFO`).
+    pub lib_name: Option<String>,
+    /// See `lib_name`.
+    pub lib_ver: Option<String>,
+    /// `MULTI` was sent and no `EXEC`/`DISCARD` followed yet: every other
+    /// command is refused, so a client's transaction never runs in part.
+    pub in_refused_multi: bool,
     /// The name and roles of the token this connection authenticated with
     /// (`AUTH`, `HELLO … AUTH`); `None` until then. Ignored when the node
     /// runs without `--auth-file`.
@@ -53,6 +60,9 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         name: None,
         last_write: Lsn::ZERO,
         closing: false,
+        lib_name: None,
+        lib_ver: None,
+        in_refused_multi: false,
         token: None,
     };
     if let Err(e) = run(&shared, &mut stream, &mut session, &stop).await {

@@ -86,6 +86,26 @@ pub enum RespError {
     /// `CLIENT SETNAME` with spaces or control characters.
     #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,
+    /// `CLIENT SETINFO` of an attribute other than `LIB-NAME`/`LIB-VER`.
+    #[error("ERR Unrecognized option '{0}'")]
+    UnrecognizedOption(String),
+    /// `CLIENT SETINFO` with spaces or control characters in the value.
+    #[error("ERR {0} cannot contain spaces, newlines or special characters.")]
+    BadLibInfo(&'static str),
+    /// A command between `MULTI` and `EXEC`/`DISCARD`: replidb has no
+    /// transactions over this port, so it is refused rather than queued
+    /// (and `EXEC` then aborts: no part of the transaction runs).
+    #[error("ERR transactions (MULTI) are not supported: command not queued, EXEC will abort and nothing will run (MSET, or POST /v1/txn over HTTP, is an atomic batch)")]
+    InRefusedMulti,
+    /// `MULTI` after a refused `MULTI`.
+    #[error("ERR MULTI calls can not be nested")]
+    NestedMulti,
+    /// `EXEC` after a refused `MULTI`: nothing was run.
+    #[error("EXECABORT Transaction discarded because of previous errors.")]
+    ExecAbort,
+    /// `EXEC` or `DISCARD` without `MULTI`.
+    #[error("ERR {0} without MULTI")]
+    WithoutMulti(&'static str),
     /// `WAIT` on a follower.
     #[error("ERR WAIT cannot be used with replica instances.")]
     WaitOnReplica,

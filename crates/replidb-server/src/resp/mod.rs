@@ -46,10 +46,11 @@
 //!
 //! # Left out
 //! Expiry (`EX`/`PX`/`EXPIRE`: keys never expire, so those options are
-//! refused), other data types, transactions (`MULTI`), pub/sub, scripting,
-//! databases other than 0, `AUTH` against tokens (the node has none yet: it
-//! behaves as Redis without a password), TLS on this port, and forwarding
-//! a follower's writes to the leader.
+//! refused), other data types, transactions (`MULTI` answers `OK`, every
+//! command until `EXEC`/`DISCARD` is refused and `EXEC` answers
+//! `EXECABORT`, so no client's transaction runs in part), pub/sub,
+//! scripting, databases other than 0, and forwarding a follower's writes to
+//! the leader.
 
 mod commands;
 mod conn;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use replidb_resp::{Protocol, Value};
 
-use super::commands::quoted;
+use super::commands::{other_subcommand, quoted};
 use super::conn::Session;
 use super::error::{RespError, RespResult};
 use super::keys::parse_int;
@@ -160,25 +160,63 @@ pub(crate) fn client(session: &mut Session, args: &[Bytes]) -> RespResult<Value>
             Some(n) => Value::bulk_str(n),
             None => Value::Null,
         }),
-        // Library name and version: accepted, nothing to do with them.
-        (b"SETINFO", 4) => Ok(Value::ok()),
+        (b"SETINFO", 4) => {
+            let attr = args[2].to_ascii_uppercase();
+            let (slot, what) = match attr.as_slice() {
+                b"LIB-NAME" => (&mut session.lib_name, "lib-name"),
+                b"LIB-VER" => (&mut session.lib_ver, "lib-ver"),
+                _ => return Err(RespError::UnrecognizedOption(quoted(&args[2]))),
+            };
+            let value = client_name(&args[3]).map_err(|_| RespError::BadLibInfo(what))?;
+            *slot = (!value.is_empty()).then_some(value);
+            Ok(Value::ok())
+        }
         (b"ID", 2) => Ok(Value::Integer(session.id as i64)),
         (b"INFO", 2) => Ok(Value::Verbatim {
             format: *b"txt",
             text: Bytes::from(format!(
-                "id={} addr={} name={} db=0 resp={}\n",
+                "id={} addr={} name={} db=0 resp={} lib-name={} lib-ver={}\n",
                 session.id,
                 session.peer,
                 session.name.as_deref().unwrap_or(""),
-                session.proto.version()
+                session.proto.version(),
+                session.lib_name.as_deref().unwrap_or(""),
+                session.lib_ver.as_deref().unwrap_or(""),
             )),
         }),
-        _ => Err(RespError::UnknownSubcommand {
-            command: "CLIENT",
-            sub: quoted(&args[1]),
-        }),
+        _ => other_subcommand("CLIENT", CLIENT_SUBCOMMANDS, args),
     }
 }
+
+/// `CLIENT HELP`.
+const CLIENT_SUBCOMMANDS: &[(&str, &str)] = &[
+    ("GETNAME", "Return the name of the current connection."),
+    ("ID", "Return the ID of the current connection."),
+    (
+        "INFO",
+        "Return information about the current client connection.",
+    ),
+    (
+        "SETINFO <option> <value>",
+        "Set client meta attr. Options are: LIB-NAME, LIB-VER.",
+    ),
+    (
+        "SETNAME <connection-name>",
+        "Assign the name <connection-name> to the current connection.",
+    ),
+];
+
+/// `CONFIG HELP`.
+const CONFIG_SUBCOMMANDS: &[(&str, &str)] = &[
+    (
+        "GET <pattern> [<pattern> ...]",
+        "Answers an empty list: replidb is configured by flags and its file.",
+    ),
+    (
+        "SET <directive> <value>",
+        "Refused: configure replidb with flags or its file.",
+    ),
+];
 
 /// `CONFIG GET pattern...` answers an empty list (the node is configured
 /// by flags and its file, not at run time); other subcommands are refused.
@@ -191,10 +229,7 @@ pub(crate) fn config(args: &[Bytes]) -> RespResult<Value> {
             "CONFIG SET is not supported: configure replidb with flags or its config file".into(),
         ));
     }
-    Err(RespError::UnknownSubcommand {
-        command: "CONFIG",
-        sub: quoted(&args[1]),
-    })
+    other_subcommand("CONFIG", CONFIG_SUBCOMMANDS, args)
 }
 
 #[cfg(test)]
