@@ -200,6 +200,7 @@ async fn odd_keys_get_the_contract_json_errors() {
             (reqwest::Method::DELETE, "/v1/kv/"),
             (reqwest::Method::PUT, "/v1/kv/%FF%FE"),
             (reqwest::Method::GET, "/v1/kv/a%80b"),
+            (reqwest::Method::GET, "/read?key="),
         ] {
             let resp = http
                 .request(method.clone(), format!("{base}{path}"))
@@ -233,6 +234,25 @@ async fn odd_keys_get_the_contract_json_errors() {
             "{base}/v1/nope: {body}"
         );
     }
+    // A method a path lacks: 405 with the JSON body and the Allow header.
+    let resp = http
+        .patch(format!("{}/v1/kv/a", c.leader.url()))
+        .body("v")
+        .send()
+        .await
+        .expect("answer");
+    let status = resp.status().as_u16();
+    let allow = resp.headers().get("allow").cloned();
+    let body = resp.text().await.expect("body");
+    let v: Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("PATCH /v1/kv/a: not JSON ({e}): {body}"));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{body}"
+    );
+    let allow = allow.expect("an Allow header");
+    assert!(allow.to_str().unwrap_or("").contains("PUT"), "{allow:?}");
 }
 
 /// A node's log starts with the command line and the full effective

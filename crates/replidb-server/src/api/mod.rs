@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -134,7 +134,11 @@ async fn edge(State(node): State<AppState>, req: Request, next: Next) -> Respons
     let resp = match refuse_without_token(&node, &req) {
         Some(refused) => refused,
         None => {
+            let method = req.method().clone();
             let mut resp = next.run(req).await;
+            if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+                resp = method_not_allowed(&method, resp);
+            }
             add_node_headers(&node, &mut resp);
             resp
         }
@@ -142,6 +146,31 @@ async fn edge(State(node): State<AppState>, req: Request, next: Next) -> Respons
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
     http_metrics(&node.config.id, route, resp.status().as_u16())
         .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// axum answers a method a route lacks with an empty 405; give it the
+/// JSON error body every other error has (`method_not_allowed`), keeping
+/// its `Allow` header.
+fn method_not_allowed(method: &Method, axum_answer: Response) -> Response {
+    let allow = axum_answer
+        .headers()
+        .get(axum::http::header::ALLOW)
+        .cloned();
+    let allowed = allow
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut resp = error::ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here; allowed: {allowed}"),
+    )
+    .into_response();
+    if let Some(v) = allow {
+        resp.headers_mut().insert(axum::http::header::ALLOW, v);
+    }
     resp
 }
 

@@ -172,7 +172,7 @@ pub async fn write_with_quorum(
     params(("key" = String, Query, description = "The key")),
     responses(
         (status = 200, description = "The value", body = super::openapi::SeedReadResponse),
-        (status = 400, description = "Missing `key`, unknown parameter", body = super::openapi::ErrorBody),
+        (status = 400, description = "Missing or invalid `key` (`invalid_key`), unknown parameter", body = super::openapi::ErrorBody),
         (status = 404, description = "Absent", body = super::openapi::ErrorBody),
         (status = 503, description = "No leader reachable", body = super::openapi::ErrorBody),
         (status = 508, description = "Relayed too many times", body = super::openapi::ErrorBody),
@@ -185,9 +185,7 @@ pub async fn read(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), &["key"])?;
-    let key = p
-        .str("key")
-        .ok_or_else(|| ApiError::bad_request("missing key"))?;
+    let key = key_param(&p)?;
     if let Some(resp) = proxy_if_follower(&node, &uri, &headers).await? {
         return Ok(resp);
     }
@@ -199,6 +197,16 @@ pub async fn read(
     let mut body = versioned_json(key, &v);
     body["node"] = json!(node.config.id);
     Ok(Json(body).into_response())
+}
+
+/// The `key` parameter of a seed read: required, and a valid key (400
+/// `invalid_key` otherwise, as on `/v1/kv`).
+fn key_param(p: &Params) -> ApiResult<&str> {
+    let key = p
+        .str("key")
+        .ok_or_else(|| ApiError::bad_request("missing key"))?;
+    super::kv::check_key(key)?;
+    Ok(key)
 }
 
 /// The seed reads are the leader's to answer: a follower relays them.
@@ -259,10 +267,7 @@ pub async fn follower_read(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), &["key", "replica"])?;
-    let key = p
-        .str("key")
-        .ok_or_else(|| ApiError::bad_request("missing key"))?
-        .to_string();
+    let key = key_param(&p)?.to_string();
     let n = p
         .parse_as::<usize>("replica", "a follower number from 1")?
         .unwrap_or(1);
@@ -337,7 +342,7 @@ pub fn encode_key(key: &str) -> String {
     params(("key" = String, Query, description = "The key")),
     responses(
         (status = 200, description = "The newest version", body = super::openapi::RepairResponse),
-        (status = 400, description = "Missing `key`, unknown parameter", body = super::openapi::ErrorBody),
+        (status = 400, description = "Missing or invalid `key` (`invalid_key`), unknown parameter", body = super::openapi::ErrorBody),
         (status = 404, description = "Absent everywhere", body = super::openapi::RepairNotFound),
         (status = 503, description = "No leader reachable", body = super::openapi::ErrorBody),
         (status = 508, description = "Relayed too many times", body = super::openapi::ErrorBody),
@@ -350,10 +355,7 @@ pub async fn read_with_repair(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref(), &["key"])?;
-    let key = p
-        .str("key")
-        .ok_or_else(|| ApiError::bad_request("missing key"))?
-        .to_string();
+    let key = key_param(&p)?.to_string();
     if let Some(resp) = proxy_if_follower(&node, &uri, &headers).await? {
         return Ok(resp);
     }
