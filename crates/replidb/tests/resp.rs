@@ -175,7 +175,20 @@ async fn strings_keys_and_errors_on_one_node() {
     assert!(e.contains("not an integer"), "{e}");
     ok::<String>(&mut c, &["SET", "big", &i64::MAX.to_string()]);
     let e = err(&mut c, &["INCR", "big"]);
-    assert!(e.contains("overflow"), "{e}");
+    assert!(e.contains("increment or decrement would overflow"), "{e}");
+    let e = err(&mut c, &["DECRBY", "n", &i64::MIN.to_string()]);
+    assert!(
+        e.contains("decrement would overflow") && !e.contains("increment"),
+        "{e}"
+    );
+    // Repeated SET flags are accepted, as in Redis 7.
+    assert_eq!(ok::<String>(&mut c, &["SET", "rep", "v", "NX", "NX"]), "OK");
+    assert_eq!(
+        ok::<String>(&mut c, &["SET", "rep", "w", "GET", "GET"]),
+        "v"
+    );
+    let e = err(&mut c, &["HELLO", "2", "FOO"]);
+    assert!(e.contains("Syntax error in HELLO option 'FOO'"), "{e}");
 
     // Errors, Redis style, and the connection stays usable after each.
     let e = err(&mut c, &["NOSUCH", "x"]);

@@ -236,7 +236,7 @@ async fn dispatch(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Res
         Kind::DecrBy => {
             let by = keys::parse_int(&args[2]).ok_or(RespError::NotInteger)?;
             // -i64::MIN does not exist; Redis refuses it the same way.
-            let by = by.checked_neg().ok_or(RespError::Overflow)?;
+            let by = by.checked_neg().ok_or(RespError::DecrementOverflow)?;
             keys::incr_by(shared, session, &args[1], by).await
         }
         Kind::Scan => scan::scan(shared, args).await,

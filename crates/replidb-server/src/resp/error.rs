@@ -38,6 +38,12 @@ pub enum RespError {
     /// An increment past `i64`.
     #[error("ERR increment or decrement would overflow")]
     Overflow,
+    /// `DECRBY key -9223372036854775808`: the negated amount is no `i64`.
+    #[error("ERR decrement would overflow")]
+    DecrementOverflow,
+    /// A `HELLO` option that does not parse.
+    #[error("ERR Syntax error in HELLO option '{0}'")]
+    HelloOption(String),
     /// A key the node cannot store (empty, too long, not UTF-8).
     #[error("ERR invalid key: {0}")]
     InvalidKey(String),

@@ -234,16 +234,17 @@ struct SetOpts {
     get: bool,
 }
 
+/// Parse `SET`'s options as Redis 7 does: a flag may repeat, only `NX`
+/// with `XX` conflict.
 fn set_opts(args: &[Bytes]) -> RespResult<SetOpts> {
     let mut o = SetOpts::default();
-    let mut keepttl = false;
     for a in args {
         match a.to_ascii_uppercase().as_slice() {
-            b"NX" if !o.nx && !o.xx => o.nx = true,
-            b"XX" if !o.nx && !o.xx => o.xx = true,
-            b"GET" if !o.get => o.get = true,
+            b"NX" if !o.xx => o.nx = true,
+            b"XX" if !o.nx => o.xx = true,
+            b"GET" => o.get = true,
             // No key has a time to live, so keeping it is a no-op.
-            b"KEEPTTL" if !keepttl => keepttl = true,
+            b"KEEPTTL" => {}
             b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
                 return Err(RespError::Unsupported(
                     "SET with EX/PX/EXAT/PXAT is not supported: replidb keys do not expire".into(),
@@ -425,8 +426,11 @@ mod tests {
             set_opts(&a(&["NX", "XX"])),
             Err(RespError::Syntax)
         ));
+        // Repeated flags are accepted, as in Redis 7.
+        let o = set_opts(&a(&["GET", "get", "NX", "nx", "KEEPTTL", "KEEPTTL"])).unwrap();
+        assert!(o.nx && o.get && !o.xx);
         assert!(matches!(
-            set_opts(&a(&["GET", "GET"])),
+            set_opts(&a(&["XX", "NX"])),
             Err(RespError::Syntax)
         ));
         assert!(matches!(

@@ -53,7 +53,7 @@ pub(crate) fn hello(shared: &Shared, session: &mut Session, args: &[Bytes]) -> R
                     name = Some(client_name(n)?);
                     i += 2;
                 }
-                _ => return Err(RespError::Syntax),
+                _ => return Err(RespError::HelloOption(quoted(&args[i]))),
             }
         }
     }
