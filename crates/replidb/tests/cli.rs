@@ -208,15 +208,9 @@ async fn odd_keys_get_the_contract_json_errors() {
                 .send()
                 .await
                 .expect("answer");
-            let status = resp.status().as_u16();
-            let body = resp.text().await.expect("body");
-            let v: Value = serde_json::from_str(&body)
-                .unwrap_or_else(|e| panic!("{method} {base}{path}: not JSON ({e}): {body}"));
-            assert_eq!(status, 400, "{method} {base}{path}: {body}");
-            assert_eq!(
-                v["error"]["code"], "invalid_key",
-                "{method} {base}{path}: {body}"
-            );
+            let what = format!("{method} {base}{path}");
+            let (status, code, _) = json_error(resp, &what).await;
+            assert_eq!((status, code.as_str()), (400, "invalid_key"), "{what}");
         }
         // A path no endpoint has is the same 404 `no_route` from both.
         let resp = http
@@ -224,15 +218,9 @@ async fn odd_keys_get_the_contract_json_errors() {
             .send()
             .await
             .expect("answer");
-        let status = resp.status().as_u16();
-        let body = resp.text().await.expect("body");
-        let v: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{base}/v1/nope: not JSON ({e}): {body}"));
-        assert_eq!(
-            (status, v["error"]["code"].as_str()),
-            (404, Some("no_route")),
-            "{base}/v1/nope: {body}"
-        );
+        let what = format!("GET {base}/v1/nope");
+        let (status, code, _) = json_error(resp, &what).await;
+        assert_eq!((status, code.as_str()), (404, "no_route"), "{what}");
     }
     // A method a path lacks: 405 with the JSON body and the Allow header.
     let resp = http
@@ -241,18 +229,28 @@ async fn odd_keys_get_the_contract_json_errors() {
         .send()
         .await
         .expect("answer");
+    let (status, code, allow) = json_error(resp, "PATCH /v1/kv/a").await;
+    assert_eq!((status, code.as_str()), (405, "method_not_allowed"));
+    let allow = allow.expect("an Allow header");
+    assert!(allow.to_str().unwrap_or("").contains("PUT"), "{allow:?}");
+}
+
+/// An error answer's status, its JSON `error.code` (the test fails if the
+/// body is not the contract's JSON error) and its `Allow` header.
+async fn json_error(
+    resp: reqwest::Response,
+    what: &str,
+) -> (u16, String, Option<reqwest::header::HeaderValue>) {
     let status = resp.status().as_u16();
     let allow = resp.headers().get("allow").cloned();
     let body = resp.text().await.expect("body");
-    let v: Value = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("PATCH /v1/kv/a: not JSON ({e}): {body}"));
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (405, Some("method_not_allowed")),
-        "{body}"
-    );
-    let allow = allow.expect("an Allow header");
-    assert!(allow.to_str().unwrap_or("").contains("PUT"), "{allow:?}");
+    let v: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
+    let code = v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no error code: {body}"))
+        .to_string();
+    (status, code, allow)
 }
 
 /// A node's log starts with the command line and the full effective

@@ -263,21 +263,15 @@ async fn a_transaction_is_refused_whole_never_run_in_part() {
     assert_eq!(answers[6], replidb_resp::Value::Null);
 
     // Subcommands: Redis's wording for a wrong argument count, and HELP.
-    let e = err(&mut c, &["CLIENT", "SETNAME"]);
-    assert!(
-        e.contains("wrong number of arguments for 'client|setname'"),
-        "{e}"
-    );
-    let e = err(&mut c, &["CONFIG", "GET"]);
-    assert!(
-        e.contains("wrong number of arguments for 'config|get'"),
-        "{e}"
-    );
-    let e = err(&mut c, &["COMMAND", "COUNT", "x"]);
-    assert!(
-        e.contains("wrong number of arguments for 'command|count'"),
-        "{e}"
-    );
+    for (args, name) in [
+        (&["CLIENT", "SETNAME"][..], "client|setname"),
+        (&["CONFIG", "GET"][..], "config|get"),
+        (&["COMMAND", "COUNT", "x"][..], "command|count"),
+    ] {
+        let e = err(&mut c, args);
+        let want = format!("wrong number of arguments for '{name}'");
+        assert!(e.contains(&want), "{args:?}: {e}");
+    }
     let e = err(&mut c, &["CLIENT", "NOSUCH"]);
     assert!(
         e.contains("unknown subcommand 'NOSUCH'. Try CLIENT HELP."),
