@@ -77,6 +77,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     session: &mut Session,
     stop: &CancellationToken,
 ) -> std::io::Result<()> {
+    // One registration for the connection's life: a fresh `cancelled()`
+    // per read would add and remove a waiter on the listener's shared
+    // token (a lock every connection contends on) twice per request.
+    let stop = stop.child_token();
+    let mut stopped = std::pin::pin!(stop.cancelled());
     let mut decoder = CommandDecoder::new(shared.limits);
     let mut input = BytesMut::with_capacity(RESP_READ_CHUNK_BYTES);
     let mut output = BytesMut::with_capacity(RESP_READ_CHUNK_BYTES);
@@ -109,7 +114,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         input.reserve(RESP_READ_CHUNK_BYTES);
         let read = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = &mut stopped => return Ok(()),
             r = stream.read_buf(&mut input) => r?,
         };
         if read == 0 {
