@@ -28,6 +28,13 @@
 #      The peer: a Redis master, two replicas and three Sentinels at tight
 #      settings, SET + WAIT 1 as the majority write (SENTINEL=0 skips it)
 #
+# Rows 1-5 also account for the CPU: each side's server processes and the
+# load generator, per request, and how busy the machine was. From the
+# generator's own cost the summary derives the fastest any server could
+# be on this machine with this generator (a single-threaded redis-benchmark
+# at 100% of a core is a ceiling no server can pass), and from replidb's
+# cost the rate its CPU alone would allow.
+#
 # Topologies: rows 1-2 one replidb node and one redis-server; rows 3, 4, 6 a
 # replidb leader + follower and a Redis master + replica; row 5 three replidb
 # nodes (static leader) and three etcd members; row 7 three replidb nodes and
@@ -277,16 +284,70 @@ LUA
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 
-# record ROW SIDE ROUND RPS P50_MS P99_MS ERRORS
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+# record ROW SIDE ROUND RPS P50_MS P99_MS ERRORS [SERVER_US CLIENT_US BUSY_PCT]
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7" \
+  "${8:-}" "${9:-}" "${10:-}" >>"$RESULTS"; }
+
+# ------------------------------------------------------ CPU accounting --
+#
+# Where a throughput row's CPU went: the servers' and the load generator's
+# CPU time per request, and how busy the whole machine was. With every
+# process on the same cores, a server's rate is bounded by what the load
+# generator itself costs: see the summary's second table.
+
+# PIDS_OF[SIDE]: the server processes of a side in the current row.
+declare -A PIDS_OF
+TICK_HZ=$(getconf CLK_TCK)
+
+# cpu_ticks PID...: user + system clock ticks used so far by the processes
+# (fields 14-15 of /proc/PID/stat; 16-17 add the children they reaped).
+cpu_ticks() {
+  local pid total=0 f
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    # The command name (field 2) may hold spaces: count fields after ")".
+    f=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+    total=$((total + $(echo "$f" | awk '{ print $12 + $13 + $14 + $15 }')))
+  done
+  echo "$total"
+}
+
+# machine_ticks: "BUSY TOTAL" clock ticks of all CPUs since boot.
+machine_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+
+# measured OUT CMD...: run the load generator CMD (output to OUT) and
+# account for it: sets GEN_TICKS (the generator's CPU, its children
+# included), SERVER_TICKS (the current side's servers, MEASURED_PIDS) and
+# BUSY_PCT (the machine). Returns CMD's status.
+MEASURED_PIDS=""
+measured() {
+  local out=$1 s0 s1 m0 m1 after rc=0
+  shift
+  s0=$(cpu_ticks $MEASURED_PIDS)
+  read -r -a m0 <<<"$(machine_ticks)"
+  # A shell runs CMD and, once it has reaped it, prints its own stat line,
+  # whose children's counters (cutime, cstime) are CMD's CPU.
+  after=$(OUT=$out bash -c '"$@" >"$OUT" 2>&1; rc=$?; sed "s/^.*) //" /proc/$$/stat; exit $rc' \
+    measured "$@") || rc=$?
+  s1=$(cpu_ticks $MEASURED_PIDS)
+  read -r -a m1 <<<"$(machine_ticks)"
+  GEN_TICKS=$(echo "$after" | awk '{ print $14 + $15 }')
+  SERVER_TICKS=$((s1 - s0))
+  BUSY_PCT=$(awk -v b="$((m1[0] - m0[0]))" -v t="$((m1[1] - m0[1]))" 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')
+  return "$rc"
+}
+
+# us_per TICKS REQUESTS: microseconds of CPU per request.
+us_per() { awk -v t="$1" -v n="$2" -v hz="$TICK_HZ" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }'; }
 
 # wrk_run ROW SIDE ROUND URL METHOD QUERY SCRIPT
 wrk_run() {
   local row=$1 side=$2 round=$3 url=$4 method=$5 query=$6 script=$7 out
   out=$WORK/wrk-$row-$side-$round.txt
+  MEASURED_PIDS=${PIDS_OF[$side]:-}
   BENCH_METHOD=$method BENCH_QUERY=$query BENCH_KEYS=$KEYS BENCH_VALUE_BYTES=$VALUE_BYTES \
-    timeout $((DURATION + 60)) wrk -t 2 -c "$CONNS" -d "${DURATION}s" --timeout 10s --latency \
-    -s "$script" "$url" >"$out" 2>&1 || { echo "wrk failed: $(cat "$out")" >&2; exit 1; }
+    measured "$out" timeout $((DURATION + 60)) wrk -t 2 -c "$CONNS" -d "${DURATION}s" --timeout 10s \
+    --latency -s "$script" "$url" || { echo "wrk failed: $(cat "$out")" >&2; exit 1; }
   # Latency lines read "50%  1.23ms" (units us, ms or s).
   local ms='function ms(x) { if (x ~ /us$/) return x / 1000; if (x ~ /ms$/) return x + 0; if (x ~ /m$/) return x * 60000; return x * 1000 }'
   local rps p50 p99 errors
@@ -294,9 +355,14 @@ wrk_run() {
   p50=$(awk "$ms"' $1 == "50%" { printf "%.3f", ms($2) }' "$out")
   p99=$(awk "$ms"' $1 == "99%" { printf "%.3f", ms($2) }' "$out")
   errors=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
-  record "$row" "$side" "$round" "$rps" "$p50" "$p99" "$errors"
-  printf '  row %s round %s %-8s %8s req/s  p50 %s ms  p99 %s ms%s\n' "$row" "$round" "$side" \
-    "$rps" "$p50" "$p99" "$([ "$errors" = 0 ] || echo "  ERRORS $errors")"
+  local requests server_us gen_us
+  requests=$(awk '/requests in/ { print $1 }' "$out")
+  server_us=$(us_per "$SERVER_TICKS" "$requests")
+  gen_us=$(us_per "$GEN_TICKS" "$requests")
+  record "$row" "$side" "$round" "$rps" "$p50" "$p99" "$errors" "$server_us" "$gen_us" "$BUSY_PCT"
+  printf '  row %s round %s %-8s %8s req/s  p50 %s ms  p99 %s ms  CPU/req server %s us, wrk %s us, machine %s%% busy%s\n' \
+    "$row" "$round" "$side" "$rps" "$p50" "$p99" "$server_us" "$gen_us" "$BUSY_PCT" \
+    "$([ "$errors" = 0 ] || echo "  ERRORS $errors")"
 }
 
 # redis-benchmark runs a number of requests, not a duration: the first
@@ -312,16 +378,22 @@ rb_run() { # ROW SIDE ROUND PORT TEST
   fi
   n=$((RB_RATE[$key] * DURATION))
   [ "$n" -ge 1000 ] || n=1000
-  line=$(timeout $((DURATION * 5 + 120)) redis-benchmark -p "$p" -t "$t" -n "$n" -c "$CONNS" \
-    -d "$VALUE_BYTES" -r "$KEYS" --csv 2>>"$WORK/redis-benchmark.err" | tail -1 | tr -d '"')
-  local rps p50 p99
+  local out=$WORK/rb-$row-$side-$round.csv
+  MEASURED_PIDS=${PIDS_OF[$side]:-}
+  measured "$out" timeout $((DURATION * 5 + 120)) redis-benchmark -p "$p" -t "$t" -n "$n" \
+    -c "$CONNS" -d "$VALUE_BYTES" -r "$KEYS" --csv || true
+  line=$(grep -v '^"test"' "$out" | tail -1 | tr -d '"')
+  local rps p50 p99 server_us gen_us
   rps=$(echo "$line" | cut -d, -f2 | cut -d. -f1)
   p50=$(echo "$line" | cut -d, -f5)
   p99=$(echo "$line" | cut -d, -f7)
   [ -n "$rps" ] && [ "$rps" -gt 0 ] || { echo "redis-benchmark on port $p failed: $line" >&2; exit 1; }
   RB_RATE[$key]=$rps
-  record "$row" "$side" "$round" "$rps" "$p50" "$p99" 0
-  printf '  row %s round %s %-8s %8s req/s  p50 %s ms  p99 %s ms\n' "$row" "$round" "$side" "$rps" "$p50" "$p99"
+  server_us=$(us_per "$SERVER_TICKS" "$n")
+  gen_us=$(us_per "$GEN_TICKS" "$n")
+  record "$row" "$side" "$round" "$rps" "$p50" "$p99" 0 "$server_us" "$gen_us" "$BUSY_PCT"
+  printf '  row %s round %s %-8s %8s req/s  p50 %s ms  p99 %s ms  CPU/req server %s us, redis-benchmark %s us, machine %s%% busy\n' \
+    "$row" "$round" "$side" "$rps" "$p50" "$p99" "$server_us" "$gen_us" "$BUSY_PCT"
 }
 
 # vis_run ROW SIDE ROUND LEADER_URL FOLLOWER_URL (redis:// or http://)
@@ -363,6 +435,7 @@ if row_on 1 || row_on 2; then
   r1_pid=$LAST_PID
   replidb_node s1 "$(port 0)" "$(port 1)"
   n1_pid=$LAST_PID
+  PIDS_OF=([redis]=$r1_pid [replidb]=$n1_pid)
   peer_set() { rb_run 1 redis "$1" "$(port 2)" set; }
   ours_http_put() { wrk_run 1 replidb "$1" "http://$HOST:$(port 0)" PUT "" "$WORK/kv.lua"; }
   peer_set2() { rb_run 2 redis "$1" "$(port 2)" set; }
@@ -392,6 +465,7 @@ if row_on 3 || row_on 4 || row_on 6; then
   preload "$(port 11)"
   wait_until "the Redis replica in sync" 60 redis_synced "$(port 2)" "$(port 3)"
   wait_until "the replidb follower caught up" 60 caught_up "http://$HOST:$(port 10)" "http://$HOST:$(port 12)"
+  PIDS_OF=([redis]="$rm_pid $rr_pid" [replidb]="$l_pid $f_pid")
   peer_get3() { rb_run 3 redis "$1" "$(port 3)" get; }
   ours_http_get() { wrk_run 3 replidb "$1" "http://$HOST:$(port 12)" GET "?consistency=eventual" "$WORK/kv.lua"; }
   peer_get4() { rb_run 4 redis "$1" "$(port 3)" get; }
@@ -464,6 +538,7 @@ if row_on 5; then
     n_pids+=("$LAST_PID")
   done
   wait_until "2 replidb followers streaming" 60 streaming "http://$HOST:$(port 20)" 2
+  PIDS_OF=([etcd]="${etcd_pids[*]}" [replidb]="${n_pids[*]}")
   peer_maj() { wrk_run 5 etcd "$1" "$etcd_leader" POST "" "$WORK/etcd_put.lua"; }
   ours_maj() { wrk_run 5 replidb "$1" "http://$HOST:$(port 20)" PUT "?w=majority" "$WORK/kv.lua"; }
   for round in $(seq 1 "$ROUNDS"); do alternate "$round" peer_maj ours_maj; done
@@ -700,6 +775,40 @@ throughput_row 2 "durable writes, 1 node, Redis protocol (redis-benchmark SET)" 
 throughput_row 3 "follower reads, eventual, HTTP (wrk GET)" "Redis replica, redis-benchmark GET" 1.0
 throughput_row 4 "follower reads, Redis protocol (redis-benchmark GET)" "the same" 1.5
 throughput_row 5 "w=majority writes, 3 nodes (wrk PUT)" "etcd 3 members, wrk POST /v3/kv/put" 3.0
+
+# The CPU each request cost, and the bound the load generator sets: a
+# server that cost nothing would still leave the generator its own CPU per
+# request, on at most min(its threads, the CPUs) cores, so no server can go
+# faster than that here. A ratio target above the bound cannot be met on
+# this machine with this load generator, whatever the server does.
+if awk -F'\t' '$8 != "" { found = 1 } END { exit !found }' "$RESULTS"; then
+  echo
+  echo "CPU per request (microseconds, means; servers: every process of the side; machine busy: all $(nproc) CPUs)"
+  echo
+  echo "| # | peer server | replidb server | load generator, peer / replidb runs | machine busy %, peer / replidb | replidb's CPU bound | fastest any server could be here | as a ratio to the peer |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  cpu_row() { # ROW GENERATOR_THREADS
+    awk -F'\t' -v row="$1" -v threads="$2" -v ncpu="$(nproc)" '
+      $1 == row && $8 != "" { side = ($2 == "replidb") ? "r" : "p"
+        n[side]++; s[side] += $4; srv[side] += $8; gen[side] += $9; busy[side] += $10 }
+      END {
+        if (!n["p"] || !n["r"]) exit
+        cores = (threads < ncpu) ? threads : ncpu
+        g = gen["r"] / n["r"]; bound = (g > 0) ? cores * 1e6 / g : 0
+        # replidb at its own cost: the CPUs over server + generator CPU per
+        # request (what it would reach with no idle time left).
+        own = ncpu * 1e6 / (srv["r"] / n["r"] + g)
+        printf "| %s | %.1f | %.1f | %.1f / %.1f | %.0f / %.0f | %.0f req/s | %.0f req/s (%d core%s / %.1f us) | %.2fx |\n",
+          row, srv["p"] / n["p"], srv["r"] / n["r"], gen["p"] / n["p"], g,
+          busy["p"] / n["p"], busy["r"] / n["r"], own, bound, cores, (cores == 1) ? "" : "s", g,
+          bound / (s["p"] / n["p"]) }' "$RESULTS"
+  }
+  cpu_row 1 2 # wrk -t 2 against replidb
+  cpu_row 2 1 # redis-benchmark is single-threaded
+  cpu_row 3 2
+  cpu_row 4 1
+  cpu_row 5 2
+fi
 
 if [ -s "$RESULTS" ] && grep -q '^6' "$RESULTS"; then
   echo
