@@ -413,29 +413,42 @@ impl Follower {
         let mut positions = self.engine.subscribe();
         let mut acked = (pos.flush_lsn, pos.applied_lsn);
         let mut sync_started: Option<Instant> = None;
+        // What ended the last coalesced batch, to handle before reading on.
+        let mut held: Option<Result<Frame>> = None;
         loop {
-            tokio::select! {
-                frame = self.next_frame(&mut framed) => {
-                    let frame = frame?;
-                    // A Records batch is timed from receipt to its ack (append + fsync + ack).
-                    let started = matches!(frame, Frame::Records { .. }).then(Instant::now);
-                    // Every heartbeat is answered, changed positions or not:
-                    // the leader tells a live follower from a stopped one by
-                    // these answers.
-                    let answer = matches!(frame, Frame::Heartbeat { .. });
+            let frame = match held.take() {
+                Some(next) => Some(next?),
+                None => tokio::select! {
+                    frame = self.next_frame(&mut framed) => Some(frame?),
+                    changed = positions.changed() => {
+                        if changed.is_err() {
+                            return Err(ReplicationError::Protocol("engine stopped".into()));
+                        }
+                        None
+                    }
+                },
+            };
+            if let Some(frame) = frame {
+                // A Records batch is timed from receipt to its ack (append + fsync + ack).
+                let started = matches!(frame, Frame::Records { .. }).then(Instant::now);
+                // Every heartbeat is answered, changed positions or not:
+                // the leader tells a live follower from a stopped one by
+                // these answers.
+                let answer = matches!(frame, Frame::Heartbeat { .. });
+                if matches!(frame, Frame::Records { .. }) {
+                    let (frames, next) =
+                        crate::coalesce::gather(frame, || ready_frame(&mut framed));
+                    held = next;
+                    self.handle_records(frames, apply_tx).await?;
+                } else {
                     self.handle(frame, &history, apply_tx, &mut framed).await?;
-                    backoff.reset();
-                    sync_started = started;
-                    if answer {
-                        let p = self.engine.positions();
-                        acked = (p.flush_lsn, p.applied_lsn);
-                        self.send_ack(&mut framed).await?;
-                    }
                 }
-                changed = positions.changed() => {
-                    if changed.is_err() {
-                        return Err(ReplicationError::Protocol("engine stopped".into()));
-                    }
+                backoff.reset();
+                sync_started = started;
+                if answer {
+                    let p = self.engine.positions();
+                    acked = (p.flush_lsn, p.applied_lsn);
+                    self.send_ack(&mut framed).await?;
                 }
             }
             let p = self.engine.positions();
@@ -484,6 +497,79 @@ impl Follower {
         crate::bounded::recv_within(framed, self.opts.idle_timeout, "leader").await
     }
 
+    /// Append consecutive `Records` frames (see [`crate::coalesce`]) in one
+    /// writer round, then account for each frame in order, as if they had
+    /// come one by one.
+    async fn handle_records(
+        &self,
+        frames: Vec<Frame>,
+        apply_tx: &mpsc::Sender<(Instant, Lsn)>,
+    ) -> Result<()> {
+        let received_mono_ms = self.clock.mono_ms();
+        let now = self.clock.now_ms();
+        // Per frame: its last record, the leader's head and commit LSN, and
+        // the two ages.
+        let mut seen = Vec::with_capacity(frames.len());
+        let mut all = Vec::new();
+        for frame in frames {
+            let Frame::Records {
+                records,
+                last_lsn,
+                commit_lsn,
+                first_age_ms,
+                behind_age_ms,
+                sent_mono_ms,
+            } = frame
+            else {
+                return Err(ReplicationError::Protocol(format!(
+                    "internal: {} frame among records",
+                    frame.kind()
+                )));
+            };
+            self.note_leader_sent(sent_mono_ms);
+            let Some(last) = records.last().map(|r| r.lsn) else {
+                continue;
+            };
+            seen.push((last, last_lsn, commit_lsn, first_age_ms, behind_age_ms));
+            if all.is_empty() {
+                all = records;
+            } else {
+                all.extend(records);
+            }
+        }
+        let Some(last) = all.last().map(|r| r.lsn) else {
+            return Ok(());
+        };
+        if self.opts.delay.is_zero() {
+            // Visible before our own fsync; acknowledged after it.
+            let out = self.engine.append_and_apply(all).await?;
+            self.note_applied(out.applied_early, last);
+        } else {
+            self.engine.append_replicated(all).await?;
+        }
+        for (frame_last, last_lsn, commit_lsn, first_age_ms, behind_age_ms) in seen {
+            // Until the whole batch is applied, its first record's age
+            // bounds the lag from below.
+            self.note_age(frame_last, first_age_ms, received_mono_ms);
+            if last_lsn > frame_last {
+                // Records we had not even received: the oldest of them
+                // was this old.
+                self.note_age(last_lsn, behind_age_ms, received_mono_ms);
+            }
+            let mut s = self.st();
+            s.leader_last_lsn = last_lsn;
+            s.commit_lsn = commit_lsn;
+            self.note_sync(&mut s);
+        }
+        metrics::gauge!("replidb_replication_last_sync_timestamp_seconds", "node_id" => self.opts.node_id.clone()).set(now as f64 / 1000.0);
+        let due = self.schedule_due();
+        apply_tx
+            .send((due, last))
+            .await
+            .map_err(|_| ReplicationError::Protocol("applier stopped".into()))?;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         frame: Frame,
@@ -495,46 +581,7 @@ impl Follower {
         let received_mono_ms = self.clock.mono_ms();
         let now = self.clock.now_ms();
         match frame {
-            Frame::Records {
-                records,
-                last_lsn,
-                commit_lsn,
-                first_age_ms,
-                behind_age_ms,
-                sent_mono_ms,
-            } => {
-                self.note_leader_sent(sent_mono_ms);
-                let Some(last) = records.last().map(|r| r.lsn) else {
-                    return Ok(());
-                };
-                if self.opts.delay.is_zero() {
-                    // Visible before our own fsync; acknowledged after it.
-                    let out = self.engine.append_and_apply(records).await?;
-                    self.note_applied(out.applied_early, last);
-                } else {
-                    self.engine.append_replicated(records).await?;
-                }
-                // Until the whole batch is applied, its first record's age
-                // bounds the lag from below.
-                self.note_age(last, first_age_ms, received_mono_ms);
-                if last_lsn > last {
-                    // Records we have not even received: the oldest of them
-                    // is this old.
-                    self.note_age(last_lsn, behind_age_ms, received_mono_ms);
-                }
-                {
-                    let mut s = self.st();
-                    s.leader_last_lsn = last_lsn;
-                    s.commit_lsn = commit_lsn;
-                    self.note_sync(&mut s);
-                }
-                metrics::gauge!("replidb_replication_last_sync_timestamp_seconds", "node_id" => self.opts.node_id.clone()).set(now as f64 / 1000.0);
-                let due = self.schedule_due();
-                apply_tx
-                    .send((due, last))
-                    .await
-                    .map_err(|_| ReplicationError::Protocol("applier stopped".into()))?;
-            }
+            Frame::Records { .. } => self.handle_records(vec![frame], apply_tx).await?,
             Frame::Heartbeat {
                 last_lsn,
                 commit_lsn,
@@ -683,5 +730,17 @@ fn save_divergent_tail(
             Ok(Some((f.finish()?, n)))
         }
         None => Ok(None),
+    }
+}
+
+/// The next frame if it can be had without waiting (already decoded or in
+/// the receive buffer), `None` otherwise.
+fn ready_frame(framed: &mut Framed<BoxIo, FrameCodec>) -> Option<Result<Frame>> {
+    use futures::{FutureExt as _, StreamExt as _};
+    match framed.next().now_or_never()? {
+        None => Some(Err(ReplicationError::Protocol(
+            "leader closed the stream".into(),
+        ))),
+        Some(r) => Some(r.map_err(Into::into)),
     }
 }

@@ -41,6 +41,7 @@
 
 pub mod backoff;
 mod bounded;
+mod coalesce;
 pub mod compress;
 pub mod decide;
 mod delay;
