@@ -678,9 +678,13 @@ EOF
     wait_until "a replidb leader with 2 followers streaming" 60 fo_ready
     leader=$(fo_leader)
     sleep "$(kill_delay "$1")"
-    kill -9 "${FO_PID[$leader]}"
-    t0=$(date +%s%N)
-    { wait "${FO_PID[$leader]}"; } 2>/dev/null || true # reap it quietly
+    # Quietly: bash reports a job killed by a signal when it reaps it, which
+    # may be before the wait.
+    {
+      kill -9 "${FO_PID[$leader]}"
+      t0=$(date +%s%N)
+      wait "${FO_PID[$leader]}" || true
+    } 2>/dev/null
     forget "${FO_PID[$leader]}"
     deadline=$((SECONDS + 30))
     while [ -z "$done_at" ] && [ "$SECONDS" -lt "$deadline" ]; do
@@ -700,9 +704,11 @@ EOF
     for i in 1 2 3 none; do [ "$(rs_port "$i")" = "$old" ] && break; done
     [ "$i" != none ] || { echo "Sentinel names an unknown master: $old" >&2; exit 1; }
     sleep "$(kill_delay "$1")"
-    kill -9 "${RS_PID[$i]}"
-    t0=$(date +%s%N)
-    { wait "${RS_PID[$i]}"; } 2>/dev/null || true
+    {
+      kill -9 "${RS_PID[$i]}"
+      t0=$(date +%s%N)
+      wait "${RS_PID[$i]}" || true
+    } 2>/dev/null
     forget "${RS_PID[$i]}"
     deadline=$((SECONDS + 30))
     while [ -z "$done_at" ] && [ "$SECONDS" -lt "$deadline" ]; do
