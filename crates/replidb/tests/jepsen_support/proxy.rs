@@ -205,7 +205,9 @@ async fn serve(
                 }
             },
         };
-        let mut conns: Vec<(Option<usize>, JoinHandle<()>)> = Vec::new();
+        // Each connection's origin node (if known), the client's address,
+        // and the task copying its bytes.
+        let mut conns: Vec<(Option<usize>, SocketAddr, JoinHandle<()>)> = Vec::new();
         let mut changed = net.as_ref().map(|n| n.subscribe());
         loop {
             let net_changed = async {
@@ -217,14 +219,14 @@ async fn serve(
             tokio::select! {
                 accepted = l.accept() => {
                     let Ok((client, peer)) = accepted else { continue };
-                    conns.retain(|(_, t)| !t.is_finished());
+                    conns.retain(|(_, _, t)| !t.is_finished());
                     let origin = net.as_ref().and_then(|n| n.origin(peer, port));
                     if net.as_ref().is_some_and(|n| n.is_isolated(origin)) {
                         drop(client);
                         continue;
                     }
                     let to = upstream.load(Ordering::SeqCst);
-                    conns.push((origin, tokio::spawn(pipe(client, to))));
+                    conns.push((origin, peer, tokio::spawn(pipe(client, to))));
                 }
                 r = cut.changed() => {
                     if r.is_err() { return; }
@@ -233,7 +235,13 @@ async fn serve(
                 ok = net_changed => {
                     if !ok { changed = None; continue; }
                     if let Some(n) = &net {
-                        conns.retain(|(o, t)| {
+                        conns.retain_mut(|(o, peer, t)| {
+                            // A node may have connected before the test
+                            // registered its process (it starts talking to
+                            // its peers while it boots): look again now.
+                            if o.is_none() && !t.is_finished() {
+                                *o = n.origin(*peer, port);
+                            }
                             let drop_it = n.is_isolated(*o);
                             if drop_it { t.abort(); }
                             !drop_it
@@ -244,7 +252,7 @@ async fn serve(
         }
         // Cut: close the listener and every connection.
         drop(l);
-        for (_, t) in conns.drain(..) {
+        for (_, _, t) in conns.drain(..) {
             t.abort();
         }
         while *cut.borrow_and_update() {
