@@ -307,11 +307,39 @@ impl Node {
 
     /// Follow `url`, which leads `epoch`: remember the epoch first, so a
     /// stream from an older leader is refused from now on.
-    pub async fn follow(&self, url: String, epoch: Epoch) -> Result<(), ServerError> {
+    ///
+    /// A leader that steps down into a newer epoch also passes the news on
+    /// to every member it knows (its followers and its voting set): the new
+    /// leader announces itself only to the members *it* knows, and a
+    /// follower that joined this leader moments before the hand-over (no
+    /// heartbeat had carried it to the others yet) would otherwise keep
+    /// dialling this node, which answers `421 not_leader`, and never find
+    /// the new leader.
+    pub async fn follow(self: &Arc<Self>, url: String, epoch: Epoch) -> Result<(), ServerError> {
+        let relay_to = self
+            .leader()
+            .filter(|_| epoch > self.engine.meta().epoch)
+            .map(|l| {
+                let mut urls = l.peers();
+                urls.extend(self.core.voting_set().urls());
+                urls.sort();
+                urls.dedup();
+                urls.retain(|u| *u != url);
+                urls
+            });
         self.core
-            .follow(url, epoch)
+            .follow(url.clone(), epoch)
             .await
-            .map_err(|e| ServerError::Startup(e.to_string()))
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        if let Some(peers) = relay_to {
+            // Retried while this node still follows `url` in `epoch`; a
+            // later change of leader makes the news stale.
+            let leader = url.clone();
+            self.announce(epoch, url, peers, move |n: &Node| {
+                n.leader().is_none() && n.engine.meta().epoch == epoch && n.leader_url() == leader
+            });
+        }
+        Ok(())
     }
 
     /// The current role.
@@ -399,16 +427,32 @@ impl Node {
     /// they re-point, and an old leader steps down. Retried every 500 ms
     /// until each peer has heard it, for as long as we lead that epoch.
     pub fn announce_leadership(self: &Arc<Self>, epoch: Epoch, peers: Vec<String>) {
+        self.announce(epoch, self.config.advertise(), peers, move |n: &Node| {
+            n.leader().is_some_and(|l| l.epoch() == epoch)
+        });
+    }
+
+    /// Send `POST /admin/fence {epoch, leader}` to each of `peers` (this
+    /// node's own URL left out), each in a task of its own, retried every
+    /// [`ANNOUNCE_RETRY`] until the peer answers 2xx or 409 (it already
+    /// knows that epoch or a later one), for as long as `current` holds.
+    fn announce(
+        self: &Arc<Self>,
+        epoch: Epoch,
+        leader: String,
+        peers: Vec<String>,
+        current: impl Fn(&Node) -> bool + Clone + Send + Sync + 'static,
+    ) {
         let me = self.config.advertise();
-        for peer in peers.into_iter().filter(|p| *p != me) {
+        let body = serde_json::json!({"epoch": epoch.0, "leader": leader});
+        for peer in peers.into_iter().filter(|p| *p != me && *p != leader) {
             let node = self.clone();
-            let me = me.clone();
+            let body = body.clone();
+            let current = current.clone();
             tokio::spawn(async move {
                 let url = format!("{}/admin/fence", peer.trim_end_matches('/'));
-                let body = serde_json::json!({"epoch": epoch.0, "leader": me});
                 loop {
-                    let leading = node.leader().is_some_and(|l| l.epoch() == epoch);
-                    if !leading || node.shutdown.is_cancelled() {
+                    if !current(&node) || node.shutdown.is_cancelled() {
                         return;
                     }
                     let sent = node
@@ -420,10 +464,10 @@ impl Node {
                         .await;
                     match sent {
                         Ok(r) if r.status().is_success() || r.status().as_u16() == 409 => {
-                            tracing::info!(peer = %peer, epoch = epoch.0, "announced leadership");
+                            tracing::info!(peer = %peer, epoch = epoch.0, leader = %body["leader"], "announced leadership");
                             return;
                         }
-                        _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                        _ => tokio::time::sleep(ANNOUNCE_RETRY).await,
                     }
                 }
             });
@@ -436,6 +480,10 @@ impl Node {
         self.engine.shutdown().await;
     }
 }
+
+/// How long an unanswered leadership announcement waits before it is sent
+/// again.
+const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
 
 /// A stable per-node seed for the artificial-delay sampler.
 fn seed_of(id: &str) -> u64 {

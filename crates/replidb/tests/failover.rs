@@ -739,6 +739,66 @@ async fn failover_timing() {
     );
 }
 
+/// A follower that joined the old leader moments before a switchover is
+/// unknown to the new leader: no heartbeat had yet carried its URL to the
+/// other followers, so the new leader's announcement left it out. It kept
+/// dialling the old leader, which answered `421 not_leader`, and never
+/// found the new one (CI, `static_switchover_hands_over_without_loss`).
+/// The old leader now passes the news on to every member it knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_the_new_leader_never_heard_of_is_told_by_the_old_one() {
+    let _serial = SERIAL.lock().await;
+    // One heartbeat when a follower connects, the next only after 30 s:
+    // n2 hears of the members before n3 joins, and not again in this test.
+    let leader = Node::start(
+        "n1",
+        &[
+            "--heartbeat-interval",
+            "30s",
+            "--lease-ttl",
+            "60s",
+            "--health-max-lag",
+            "60s",
+        ],
+    )
+    .await;
+    let f_args = [
+        "--follow",
+        &leader.url(),
+        "--backoff-base",
+        "50ms",
+        "--backoff-max",
+        "500ms",
+    ];
+    let f1 = Node::start("n2", &f_args).await;
+    wait_followers_streaming(&leader, 1).await;
+    let f2 = Node::start("n3", &f_args).await;
+    wait_followers_streaming(&leader, 2).await;
+    leader.put_q("before", "w=all", "x").await;
+    let known = f1.status().await["voting_set"].to_string();
+    assert!(
+        !known.contains(&f2.url()),
+        "the premise: n2 must not know n3 yet, but its voting set is {known}"
+    );
+    let r = leader
+        .http()
+        .post(leader.at("/admin/switchover"))
+        .json(&serde_json::json!({"to": "n2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    wait_until("n3 follows n2", Duration::from_secs(10), async || {
+        f2.try_status()
+            .await
+            .is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
+    })
+    .await;
+    f1.put_q("after", "w=all", "y").await;
+    let nodes = [leader, f1, f2];
+    wait_all_converged(&nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_switchover_hands_over_without_loss() {
     let _serial = SERIAL.lock().await;
