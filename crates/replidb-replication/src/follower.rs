@@ -22,7 +22,7 @@ use crate::compress::{Codec, Offer};
 use crate::frame::{Frame, FrameCodec};
 use crate::lag::{LeaderAges, LEADER_AGES_ENTRIES_MAX};
 use crate::rollback;
-use crate::transport::{BoxIo, Transport};
+use crate::transport::{BoxIo, NotLeader, Transport};
 use crate::{ReplicationError, Result};
 
 /// How a follower behaves.
@@ -230,6 +230,8 @@ impl Follower {
         let (apply_tx, apply_rx) = mpsc::channel(4096);
         let applier = tokio::spawn(self.clone().applier(apply_rx));
         let mut backoff = Backoff::new(self.opts.backoff_base, self.opts.backoff_max);
+        // Whether the last attempt ended in a re-pointing hint.
+        let mut redirected = false;
         loop {
             let url = self.leader_url();
             if url.is_empty() {
@@ -255,11 +257,30 @@ impl Follower {
             }
             let wait = match outcome {
                 // A rewind or a clean close: reconnect at once.
-                Ok(()) => Duration::ZERO,
-                Err(e) => {
-                    tracing::warn!(error = %e, leader = %url, "replication stream failed");
-                    backoff.next_delay()
+                Ok(()) => {
+                    redirected = false;
+                    Duration::ZERO
                 }
+                Err(e) => match self.redirect(&url, &e) {
+                    // The first hint is taken at once; hints in a row (two
+                    // nodes naming each other mid-hand-over) back off.
+                    Some(to) => {
+                        tracing::info!(not_leader = %url, leader = %to, "re-pointed: the node dialled follows another leader");
+                        self.set_leader(to);
+                        let first = !redirected;
+                        redirected = true;
+                        if first {
+                            Duration::ZERO
+                        } else {
+                            backoff.next_delay()
+                        }
+                    }
+                    None => {
+                        redirected = false;
+                        tracing::warn!(error = %e, leader = %url, "replication stream failed");
+                        backoff.next_delay()
+                    }
+                },
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -267,6 +288,23 @@ impl Follower {
             }
         }
         applier.abort();
+    }
+
+    /// Where to stream from instead, when the node at `url` answered that
+    /// it is not the leader and named one ([`NotLeader`]): followed only
+    /// if it learned that leader in an epoch at least ours (a node behind
+    /// us would send us back), and it is neither us nor `url`. Following
+    /// it is safe whoever answered: the handshake still refuses a leader
+    /// of an older epoch and rewinds a diverged log.
+    fn redirect(&self, url: &str, e: &ReplicationError) -> Option<String> {
+        let ReplicationError::Stream(io) = e else {
+            return None;
+        };
+        let hint = NotLeader::of(io)?;
+        (hint.epoch >= self.engine.meta().epoch
+            && hint.leader != url
+            && hint.leader != self.opts.advertise_url)
+            .then(|| hint.leader.clone())
     }
 
     /// Count `n` records applied, the last of them `to`.

@@ -24,6 +24,63 @@ pub const UPGRADE_PROTOCOL: &str = "replidb-repl/1";
 /// Path of the replication endpoint.
 pub const REPLICATION_PATH: &str = "/v1/replication";
 
+/// Header (lower case) with the answering node's epoch on a `421` to the
+/// upgrade; its `Location` names the leader's replication endpoint.
+pub const LEADER_EPOCH_HEADER: &str = "x-replidb-epoch";
+
+/// A `421 not_leader` answer to the upgrade that named the leader: the
+/// node dialled follows `leader` (a base URL, `http://host:port`), as it
+/// learned in `epoch`. Carried inside the `io::Error` (kind
+/// `ConnectionRefused`) that [`Transport::connect`] returns; find it with
+/// [`NotLeader::of`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("replication upgrade refused: {status_line}; the leader is {leader} (epoch {epoch})")]
+pub struct NotLeader {
+    /// The leader's base URL.
+    pub leader: String,
+    /// The epoch of the node that answered.
+    pub epoch: replidb_core::Epoch,
+    /// The answer's status line.
+    pub status_line: String,
+}
+
+impl NotLeader {
+    /// The hint inside a connect error, if it is one.
+    pub fn of(e: &io::Error) -> Option<&NotLeader> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<NotLeader>())
+    }
+
+    /// Read the hint from a response head (`text`, status line first);
+    /// `None` unless it is a 421 with both a `Location` under
+    /// [`REPLICATION_PATH`] and an epoch header.
+    fn parse(text: &str) -> Option<NotLeader> {
+        let mut lines = text.lines();
+        let status_line = lines.next()?.trim();
+        if status_line.split_whitespace().nth(1) != Some("421") {
+            return None;
+        }
+        let (mut location, mut epoch) = (None, None);
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let (name, value) = (name.trim(), value.trim());
+            if name.eq_ignore_ascii_case("location") {
+                location = value.strip_suffix(REPLICATION_PATH).map(str::to_string);
+            } else if name.eq_ignore_ascii_case(LEADER_EPOCH_HEADER) {
+                epoch = value.parse::<u64>().ok().map(replidb_core::Epoch);
+            }
+        }
+        let leader = location.filter(|l| host_port(l).is_ok())?;
+        Some(NotLeader {
+            leader,
+            epoch: epoch?,
+            status_line: status_line.to_string(),
+        })
+    }
+}
+
 /// A bidirectional byte stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
@@ -224,6 +281,9 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let text = String::from_utf8_lossy(&head);
     let status_line = text.lines().next().unwrap_or_default();
+    if let Some(hint) = NotLeader::parse(&text) {
+        return Err(io::Error::new(io::ErrorKind::ConnectionRefused, hint));
+    }
     if !status_line.contains(" 101") {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
@@ -249,6 +309,35 @@ mod tests {
         assert_eq!(host_port("https://h").unwrap(), "h:443");
         assert!(host_port("ftp://h:1").is_err());
         assert!(host_port("http://").is_err());
+    }
+
+    #[test]
+    fn a_421_naming_the_leader_is_a_hint() {
+        let head = "HTTP/1.1 421 Misdirected Request\r\ncontent-type: application/json\r\nLocation: http://h:2/v1/replication\r\nX-Replidb-Epoch: 7\r\n\r\n";
+        let hint = NotLeader::parse(head).unwrap();
+        assert_eq!(hint.leader, "http://h:2");
+        assert_eq!(hint.epoch, replidb_core::Epoch(7));
+        let e = io::Error::new(io::ErrorKind::ConnectionRefused, hint.clone());
+        assert_eq!(NotLeader::of(&e), Some(&hint));
+        assert!(e.to_string().contains("the leader is http://h:2"));
+        // Without an epoch, a location elsewhere, or another status: no hint.
+        assert!(
+            NotLeader::parse("HTTP/1.1 421 M\r\nLocation: http://h:2/v1/replication\r\n\r\n")
+                .is_none()
+        );
+        assert!(NotLeader::parse(
+            "HTTP/1.1 421 M\r\nLocation: http://h:2/x\r\nX-Replidb-Epoch: 1\r\n\r\n"
+        )
+        .is_none());
+        assert!(NotLeader::parse(
+            "HTTP/1.1 307 T\r\nLocation: http://h:2/v1/replication\r\nX-Replidb-Epoch: 1\r\n\r\n"
+        )
+        .is_none());
+        assert!(NotLeader::parse(
+            "HTTP/1.1 421 M\r\nLocation: ftp://h/v1/replication\r\nX-Replidb-Epoch: 1\r\n\r\n"
+        )
+        .is_none());
+        assert!(NotLeader::of(&io::Error::other("x")).is_none());
     }
 
     #[tokio::test]

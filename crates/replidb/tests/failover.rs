@@ -658,13 +658,12 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
         leader.put_q(&format!("k{i}"), "w=all", "v").await;
     }
     // Heartbeats carry the peer list a promoted follower announces to.
-    wait_until(
-        "followers learned their peers",
-        Duration::from_secs(5),
-        async || f1.try_status().await.is_some(),
-    )
+    wait_until("n2 learned of n3", Duration::from_secs(5), async || {
+        f1.try_status()
+            .await
+            .is_some_and(|s| s["voting_set"].to_string().contains(&f2.url()))
+    })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     leader.kill9();
     let r = f1
         .http()
@@ -795,6 +794,55 @@ async fn a_follower_the_new_leader_never_heard_of_is_told_by_the_old_one() {
     })
     .await;
     f1.put_q("after", "w=all", "y").await;
+    let nodes = [leader, f1, f2];
+    wait_all_converged(&nodes).await;
+}
+
+/// After a switchover, a follower restarted with its old command line
+/// (`--follow` still naming the old leader) dials a node that now follows.
+/// It used to retry that node's `421 not_leader` forever; the answer now
+/// names the leader, and the follower re-points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_with_the_old_leader_in_its_flags_finds_the_new_one() {
+    let _serial = SERIAL.lock().await;
+    let leader = Node::start("n1", &[]).await;
+    let f_args = [
+        "--follow",
+        &leader.url(),
+        "--backoff-base",
+        "50ms",
+        "--backoff-max",
+        "500ms",
+    ];
+    let f1 = Node::start("n2", &f_args).await;
+    let mut f2 = Node::start("n3", &f_args).await;
+    wait_followers_streaming(&leader, 2).await;
+    let r = leader
+        .http()
+        .post(leader.at("/admin/switchover"))
+        .json(&serde_json::json!({"to": "n2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    wait_until("n3 follows n2", Duration::from_secs(10), async || {
+        f2.try_status()
+            .await
+            .is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
+    })
+    .await;
+    f2.restart().await;
+    wait_until(
+        "restarted n3 follows n2 again",
+        Duration::from_secs(10),
+        async || {
+            f2.try_status()
+                .await
+                .is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
+        },
+    )
+    .await;
+    f1.put_q("after-restart", "w=all", "z").await;
     let nodes = [leader, f1, f2];
     wait_all_converged(&nodes).await;
 }

@@ -2,10 +2,10 @@
 //! connection to the leader's streaming session.
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use replidb_replication::transport::UPGRADE_PROTOCOL;
+use replidb_replication::transport::{LEADER_EPOCH_HEADER, REPLICATION_PATH, UPGRADE_PROTOCOL};
 
 use super::{ApiError, AppState};
 
@@ -23,7 +23,7 @@ use super::{ApiError, AppState};
     responses(
         (status = 101, description = "Switching protocols: the stream starts"),
         (status = 400, description = "No `Upgrade: replidb-repl/1`", body = super::openapi::ErrorBody),
-        (status = 421, description = "Not the leader (`not_leader`)", body = super::openapi::ErrorBody),
+        (status = 421, description = "Not the leader (`not_leader`); `Location` names the leader's replication endpoint and `X-Replidb-Epoch` this node's epoch, when it knows a leader", body = super::openapi::ErrorBody),
     ),
 )]
 pub async fn upgrade(State(node): State<AppState>, mut req: Request) -> Response {
@@ -37,12 +37,27 @@ pub async fn upgrade(State(node): State<AppState>, mut req: Request) -> Response
             .into_response();
     }
     let Some(leader) = node.leader() else {
-        return ApiError::new(
+        let known = node.leader_url();
+        let mut resp = ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "not_leader",
-            format!("not the leader; the leader is {}", node.leader_url()),
+            format!("not the leader; the leader is {known}"),
         )
         .into_response();
+        // Where to go instead, and in which epoch this node learned it: a
+        // follower still pointed here (its --follow names the leader before
+        // a switchover) re-points unless it has seen a newer epoch.
+        if !known.is_empty() && known != node.config.advertise() {
+            let location = format!("{}{REPLICATION_PATH}", known.trim_end_matches('/'));
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+                resp.headers_mut().insert(
+                    HeaderName::from_static(LEADER_EPOCH_HEADER),
+                    HeaderValue::from(node.engine.epoch().0),
+                );
+            }
+        }
+        return resp;
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
