@@ -148,6 +148,57 @@ async fn wait_leader(nodes: &[Node], timeout: Duration) -> usize {
     .await
 }
 
+/// The arguments of a static follower of `leader`, reconnecting fast.
+fn follower_args(leader: &Node) -> Vec<String> {
+    [
+        "--follow",
+        &leader.url(),
+        "--backoff-base",
+        "50ms",
+        "--backoff-max",
+        "500ms",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A static cluster: n1 leads, n2 and n3 follow it and stream.
+async fn static_trio() -> (Node, Node, Node) {
+    let leader = Node::start("n1", &[]).await;
+    let args = follower_args(&leader);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let f1 = Node::start("n2", &args).await;
+    let f2 = Node::start("n3", &args).await;
+    wait_followers_streaming(&leader, 2).await;
+    (leader, f1, f2)
+}
+
+/// Wait until `follower` streams from `leader`.
+async fn wait_streams_from(follower: &Node, leader: &Node, what: &str) {
+    wait_until(what, Duration::from_secs(10), async || {
+        follower
+            .try_status()
+            .await
+            .is_some_and(|s| s["leader"] == leader.url().as_str() && s["connected"] == true)
+    })
+    .await;
+}
+
+/// `POST /admin/switchover {"to": to}` on `leader`, expecting 200.
+async fn switch_over(leader: &Node, to: &str) -> Value {
+    let r = leader
+        .http()
+        .post(leader.at("/admin/switchover"))
+        .json(&serde_json::json!({ "to": to }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 async fn wait_followers_streaming(leader: &Node, n: usize) {
     wait_until(
         &format!("{n} followers streaming"),
@@ -642,18 +693,7 @@ async fn five_failovers_in_a_row_keep_converging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_promote_fences_the_old_leader_when_it_returns() {
     let _serial = SERIAL.lock().await;
-    let mut leader = Node::start("n1", &[]).await;
-    let f_args = [
-        "--follow",
-        &leader.url(),
-        "--backoff-base",
-        "50ms",
-        "--backoff-max",
-        "500ms",
-    ];
-    let f1 = Node::start("n2", &f_args).await;
-    let f2 = Node::start("n3", &f_args).await;
-    wait_followers_streaming(&leader, 2).await;
+    let (mut leader, f1, f2) = static_trio().await;
     for i in 0..10 {
         leader.put_q(&format!("k{i}"), "w=all", "v").await;
     }
@@ -675,12 +715,7 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
     assert_eq!(body["promoted"], true, "{body}");
     assert_eq!(body["epoch"], 2);
     // n3 is told and re-points.
-    wait_until("n3 follows n2", Duration::from_secs(10), async || {
-        f2.try_status()
-            .await
-            .is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
-    })
-    .await;
+    wait_streams_from(&f2, &f1, "n3 follows n2").await;
     f1.put_q("after", "w=majority", "new").await;
     // The old leader returns believing it leads epoch 1 ...
     leader.restart().await;
@@ -761,14 +796,8 @@ async fn a_follower_the_new_leader_never_heard_of_is_told_by_the_old_one() {
         ],
     )
     .await;
-    let f_args = [
-        "--follow",
-        &leader.url(),
-        "--backoff-base",
-        "50ms",
-        "--backoff-max",
-        "500ms",
-    ];
+    let args = follower_args(&leader);
+    let f_args: Vec<&str> = args.iter().map(String::as_str).collect();
     let f1 = Node::start("n2", &f_args).await;
     wait_followers_streaming(&leader, 1).await;
     let f2 = Node::start("n3", &f_args).await;
@@ -779,20 +808,8 @@ async fn a_follower_the_new_leader_never_heard_of_is_told_by_the_old_one() {
         !known.contains(&f2.url()),
         "the premise: n2 must not know n3 yet, but its voting set is {known}"
     );
-    let r = leader
-        .http()
-        .post(leader.at("/admin/switchover"))
-        .json(&serde_json::json!({"to": "n2"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    wait_until("n3 follows n2", Duration::from_secs(10), async || {
-        f2.try_status()
-            .await
-            .is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
-    })
-    .await;
+    switch_over(&leader, "n2").await;
+    wait_streams_from(&f2, &f1, "n3 follows n2").await;
     f1.put_q("after", "w=all", "y").await;
     let nodes = [leader, f1, f2];
     wait_all_converged(&nodes).await;
@@ -805,43 +822,11 @@ async fn a_follower_the_new_leader_never_heard_of_is_told_by_the_old_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_restarted_with_the_old_leader_in_its_flags_finds_the_new_one() {
     let _serial = SERIAL.lock().await;
-    let leader = Node::start("n1", &[]).await;
-    let f_args = [
-        "--follow",
-        &leader.url(),
-        "--backoff-base",
-        "50ms",
-        "--backoff-max",
-        "500ms",
-    ];
-    let f1 = Node::start("n2", &f_args).await;
-    let mut f2 = Node::start("n3", &f_args).await;
-    wait_followers_streaming(&leader, 2).await;
-    let r = leader
-        .http()
-        .post(leader.at("/admin/switchover"))
-        .json(&serde_json::json!({"to": "n2"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    wait_until("n3 follows n2", Duration::from_secs(10), async || {
-        f2.try_status()
-            .await
-            .is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
-    })
-    .await;
+    let (leader, f1, mut f2) = static_trio().await;
+    switch_over(&leader, "n2").await;
+    wait_streams_from(&f2, &f1, "n3 follows n2").await;
     f2.restart().await;
-    wait_until(
-        "restarted n3 follows n2 again",
-        Duration::from_secs(10),
-        async || {
-            f2.try_status()
-                .await
-                .is_some_and(|s| s["leader"] == f1.url().as_str() && s["connected"] == true)
-        },
-    )
-    .await;
+    wait_streams_from(&f2, &f1, "restarted n3 follows n2 again").await;
     f1.put_q("after-restart", "w=all", "z").await;
     let nodes = [leader, f1, f2];
     wait_all_converged(&nodes).await;
@@ -850,34 +835,14 @@ async fn a_follower_restarted_with_the_old_leader_in_its_flags_finds_the_new_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_switchover_hands_over_without_loss() {
     let _serial = SERIAL.lock().await;
-    let leader = Node::start("n1", &[]).await;
-    let f_args = [
-        "--follow",
-        &leader.url(),
-        "--backoff-base",
-        "50ms",
-        "--backoff-max",
-        "500ms",
-    ];
-    let f1 = Node::start("n2", &f_args).await;
-    let f2 = Node::start("n3", &f_args).await;
-    wait_followers_streaming(&leader, 2).await;
+    let (leader, f1, f2) = static_trio().await;
     let mut acked = BTreeMap::new();
     for i in 0..30 {
         let key = format!("s{i}");
         leader.put_q(&key, "w=1", key.clone()).await;
         acked.insert(key.clone(), key);
     }
-    let r = leader
-        .http()
-        .post(leader.at("/admin/switchover"))
-        .json(&serde_json::json!({"to": "n2"}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 200, "{body}");
+    switch_over(&leader, "n2").await;
     let s = f1.status().await;
     assert_eq!(s["role"], "leader");
     assert_eq!(s["epoch"], 2);
