@@ -376,17 +376,43 @@ impl Engine {
             .await
     }
 
-    /// Start a new epoch at the end of the log (promotion) and persist it.
+    /// Start a new epoch at the end of the log (promotion) and persist it,
+    /// its leader unrecorded ([`Engine::begin_epoch_led_by`] records it).
     pub async fn begin_epoch(&self, epoch: Epoch) -> Result<()> {
-        self.call(|reply| Command::BeginEpoch { epoch, reply })
-            .await
+        self.begin_epoch_led_by(epoch, String::new()).await
     }
 
-    /// Adopt a leader's epoch and history (follower), and persist it.
+    /// Start a new epoch at the end of the log and persist it with
+    /// `leader` (this node's URL) as [`NodeMeta::leader`], in one write.
+    pub async fn begin_epoch_led_by(&self, epoch: Epoch, leader: String) -> Result<()> {
+        self.call(|reply| Command::BeginEpoch {
+            epoch,
+            leader,
+            reply,
+        })
+        .await
+    }
+
+    /// Adopt a leader's epoch and history (follower), and persist it. A
+    /// newer epoch's leader becomes unknown ([`Engine::adopt_history_from`]
+    /// names it).
     pub async fn adopt_history(&self, epoch: Epoch, history: EpochHistory) -> Result<()> {
+        self.adopt_history_from(epoch, history, None).await
+    }
+
+    /// [`Engine::adopt_history`], recording `leader` (a URL), when given,
+    /// as the leader of `epoch` ([`NodeMeta::leader`]) in the same durable
+    /// write, so no crash leaves the new epoch without its leader.
+    pub async fn adopt_history_from(
+        &self,
+        epoch: Epoch,
+        history: EpochHistory,
+        leader: Option<String>,
+    ) -> Result<()> {
         self.call(|reply| Command::Adopt {
             epoch,
             history,
+            leader,
             reply,
         })
         .await

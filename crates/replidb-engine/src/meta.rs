@@ -16,6 +16,15 @@ pub struct NodeMeta {
     pub epoch: Epoch,
     /// Where each epoch starts in this node's log.
     pub history: EpochHistory,
+    /// URL of the node that leads `epoch`, as this node last learned it:
+    /// its own URL once it leads it, the leader's once it follows it;
+    /// empty when unknown (a new epoch heard of without its leader, or a
+    /// file written before this field). Written in the same atomic update
+    /// as the epoch, so a node restarted after stepping down knows it no
+    /// longer leads: a static node started without `--follow` follows the
+    /// recorded leader instead of leading an epoch another node won.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub leader: String,
 }
 
 pub(crate) fn meta_path(dir: &Path) -> PathBuf {

@@ -50,11 +50,13 @@ pub(crate) enum Command {
     },
     BeginEpoch {
         epoch: Epoch,
+        leader: String,
         reply: Reply<()>,
     },
     Adopt {
         epoch: Epoch,
         history: EpochHistory,
+        leader: Option<String>,
         reply: Reply<()>,
     },
     RestoreBegin {
@@ -686,9 +688,16 @@ impl WriterCore {
                 self.publish();
                 let _ = reply.send(r);
             }
-            Command::BeginEpoch { epoch, reply } => {
+            Command::BeginEpoch {
+                epoch,
+                leader,
+                reply,
+            } => {
                 let first = self.wal.last_lsn().next();
                 let r = self.update_meta(|m| {
+                    if epoch >= m.epoch {
+                        m.leader = leader;
+                    }
                     m.epoch = m.epoch.max(epoch);
                     m.history.push(epoch, first);
                 });
@@ -697,9 +706,17 @@ impl WriterCore {
             Command::Adopt {
                 epoch,
                 history,
+                leader,
                 reply,
             } => {
                 let r = self.update_meta(|m| {
+                    // A newer epoch's leader is unknown unless named; the
+                    // current epoch's is replaced only by a name.
+                    if epoch > m.epoch {
+                        m.leader = leader.unwrap_or_default();
+                    } else if let (true, Some(l)) = (epoch == m.epoch, leader) {
+                        m.leader = l;
+                    }
                     m.epoch = m.epoch.max(epoch);
                     m.history = history;
                 });

@@ -381,3 +381,45 @@ async fn a_panicked_writer_is_recorded_as_the_engine_failure() {
         assert!(e.propose(Proposal::new(put("c", "3"))).await.is_err());
     }
 }
+
+/// The leader of the newest epoch is kept with the epoch, in the same
+/// write, and survives a restart: a newer epoch heard of without its
+/// leader has none on record, and only a name replaces the current one.
+#[tokio::test]
+async fn the_leader_of_the_epoch_is_recorded_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), Backend::Memory).await;
+    assert_eq!(e.meta().leader, "", "begin_epoch names no leader");
+    e.begin_epoch_led_by(Epoch(2), "http://me".into())
+        .await
+        .unwrap();
+    assert_eq!(e.meta().leader, "http://me");
+    // The same epoch without a name keeps it; with one replaces it.
+    e.adopt_history(Epoch(2), e.meta().history).await.unwrap();
+    assert_eq!(e.meta().leader, "http://me");
+    e.adopt_history_from(Epoch(2), e.meta().history, Some("http://b".into()))
+        .await
+        .unwrap();
+    assert_eq!(e.meta().leader, "http://b");
+    // An older epoch's name changes nothing.
+    e.adopt_history_from(Epoch(1), e.meta().history, Some("http://old".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (e.meta().epoch, e.meta().leader.as_str()),
+        (Epoch(2), "http://b")
+    );
+    // A newer epoch: its leader, or none when unnamed.
+    e.adopt_history_from(Epoch(3), e.meta().history, Some("http://c".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (e.meta().epoch, e.meta().leader.as_str()),
+        (Epoch(3), "http://c")
+    );
+    // On disk, in the same file as the epoch.
+    let on_disk = std::fs::read_to_string(dir.path().join("meta.json")).unwrap();
+    assert!(on_disk.contains("\"leader\": \"http://c\""), "{on_disk}");
+    e.adopt_history(Epoch(4), e.meta().history).await.unwrap();
+    assert_eq!(e.meta().leader, "");
+}

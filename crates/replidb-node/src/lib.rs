@@ -306,8 +306,16 @@ impl NodeCore {
         let flush = self.engine.positions().flush_lsn;
         self.engine.apply_up_to(flush).await?;
         let meta = self.engine.meta();
+        let me = self.opts.advertise_url.clone();
         if meta.history.entries.is_empty() || meta.epoch == Epoch(0) {
-            self.engine.begin_epoch(meta.epoch.next()).await?;
+            self.engine
+                .begin_epoch_led_by(meta.epoch.next(), me)
+                .await?;
+        } else if meta.leader != me {
+            // Leading the epoch it already has (a restart): record it.
+            self.engine
+                .adopt_history_from(meta.epoch, meta.history, Some(me))
+                .await?;
         }
         let leader = Leader::new(
             self.opts.id.clone(),
@@ -354,7 +362,9 @@ impl NodeCore {
         self.refresh_members();
         let flush = self.engine.positions().flush_lsn;
         self.engine.apply_up_to(flush).await?;
-        self.engine.begin_epoch(epoch).await?;
+        self.engine
+            .begin_epoch_led_by(epoch, self.opts.advertise_url.clone())
+            .await?;
         self.become_leader().await?;
         metrics::counter!("replidb_failovers_total", "node_id" => self.opts.id.clone())
             .increment(1);
@@ -374,8 +384,12 @@ impl NodeCore {
             None => false,
         };
         let meta = self.engine.meta();
-        if epoch > meta.epoch {
-            self.engine.adopt_history(epoch, meta.history).await?;
+        // The epoch and its leader in one durable write: a node restarted
+        // after this knows it does not lead (`NodeMeta::leader`).
+        if epoch > meta.epoch || (epoch == meta.epoch && meta.leader != url) {
+            self.engine
+                .adopt_history_from(epoch, meta.history, Some(url.clone()))
+                .await?;
         }
         match self.follower() {
             Some(f) if f.leader_url() == url => return Ok(()),

@@ -411,7 +411,9 @@ impl Follower {
                         meta.epoch
                     )));
                 }
-                self.engine.adopt_history(epoch, history.clone()).await?;
+                self.engine
+                    .adopt_history_from(epoch, history.clone(), Some(url.to_string()))
+                    .await?;
                 // From here on, and only the codec we agreed to.
                 framed.codec_mut().set_accept(&[compression]);
                 let mut s = self.st();

@@ -208,7 +208,7 @@ impl Node {
             }
             (CoordinatorKind::Static, follow) => {
                 node.set_coordinator(Arc::new(StaticCoordinator::new(Arc::downgrade(&node))));
-                match follow {
+                match static_start(&node.engine.meta(), &node.config.advertise(), follow) {
                     Some(url) => node.become_follower(url),
                     None => node.become_leader().await?,
                 }
@@ -481,6 +481,40 @@ impl Node {
     }
 }
 
+/// Whom a static node follows when it starts (`None`: it leads). Its
+/// flags decide only until it has a leader on record: what it durably
+/// learned since (`NodeMeta::leader`, the leader of the newest epoch it
+/// knows) outranks the command line it was first started with.
+///
+/// - Started without `--follow`, but the newest epoch it knows is led by
+///   another node (it was fenced, or handed over in a switchover): it
+///   follows that node. Leading would put two leaders in one epoch, whose
+///   logs could then differ at the same `(epoch, lsn)` where no
+///   comparison of positions can see it.
+/// - Started with `--follow`, but it leads the newest epoch it knows: it
+///   leads. Following the named node, which now follows it, would leave
+///   the cluster without a leader. A node that won a newer epoch since
+///   fences it, as it fences any returning old leader.
+fn static_start(
+    meta: &replidb_engine::NodeMeta,
+    me: &str,
+    follow: Option<String>,
+) -> Option<String> {
+    let recorded =
+        (meta.epoch > Epoch(0) && !meta.leader.is_empty()).then_some(meta.leader.as_str());
+    match (follow, recorded) {
+        (None, Some(leader)) if leader != me => {
+            tracing::warn!(epoch = meta.epoch.0, leader = %leader, "started without --follow, but this node last followed the leader of epoch {}; following it (POST /admin/promote makes this node the leader)", meta.epoch.0);
+            Some(leader.to_string())
+        }
+        (Some(named), Some(leader)) if leader == me => {
+            tracing::warn!(epoch = meta.epoch.0, follow = %named, "started with --follow, but this node leads epoch {}, the newest it knows; leading (POST /admin/switchover hands leadership over)", meta.epoch.0);
+            None
+        }
+        (follow, _) => follow,
+    }
+}
+
 /// How long an unanswered leadership announcement waits before it is sent
 /// again.
 const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
@@ -531,5 +565,37 @@ fn core_options(config: &NodeConfig) -> CoreOptions {
         // side with a majority to elect without us.
         step_down_cooldown: config.lease_ttl * 3,
         data_dir: Some(config.data_dir.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replidb_engine::NodeMeta;
+
+    fn meta(epoch: u64, leader: &str) -> NodeMeta {
+        NodeMeta {
+            epoch: Epoch(epoch),
+            leader: leader.into(),
+            ..NodeMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_static_node_starts_as_its_record_says_once_it_has_one() {
+        let (me, other) = ("http://me", "http://other");
+        let named = || Some("http://named".to_string());
+        // New, or nothing on record: the flags decide.
+        assert_eq!(static_start(&meta(0, ""), me, None), None);
+        assert_eq!(static_start(&meta(0, ""), me, named()), named());
+        assert_eq!(static_start(&meta(2, ""), me, None), None);
+        // Another node leads the newest epoch: follow it, not lead.
+        assert_eq!(static_start(&meta(2, other), me, None), Some(other.into()));
+        // This node leads it: lead, whatever --follow names.
+        assert_eq!(static_start(&meta(2, me), me, named()), None);
+        assert_eq!(static_start(&meta(2, me), me, None), None);
+        // --follow given, another leader on record: the flag (a stale one
+        // is redirected by the node it names).
+        assert_eq!(static_start(&meta(2, other), me, named()), named());
     }
 }

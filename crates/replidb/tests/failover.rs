@@ -832,6 +832,56 @@ async fn a_follower_restarted_with_the_old_leader_in_its_flags_finds_the_new_one
     wait_all_converged(&nodes).await;
 }
 
+/// After a switchover, nodes restarted with the command lines they were
+/// first started with keep one leader. The old leader, started again
+/// without `--follow`, used to lead the epoch it had handed over: two
+/// leaders in epoch 2, whose logs differed at the same `(epoch, lsn)`
+/// where nothing could see it, and a `w=majority` write of the real
+/// leader was overwritten on every follower once they re-pointed. Now it
+/// follows the leader it has on record; and the leader, restarted with
+/// `--follow` naming a node that follows it, leads on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_with_the_original_command_lines_after_a_switchover_keep_one_leader() {
+    let _serial = SERIAL.lock().await;
+    let (mut n1, mut n2, n3) = static_trio().await;
+    switch_over(&n1, "n2").await;
+    wait_streams_from(&n1, &n2, "n1 follows n2").await;
+    n1.kill9();
+    n2.put_q("k1", "w=majority", "from-n2").await;
+    // n1's original line has no --follow.
+    n1.restart().await;
+    wait_streams_from(&n1, &n2, "restarted n1 follows n2").await;
+    let s = n1.status().await;
+    assert_eq!(
+        (s["role"].as_str(), s["epoch"].as_u64()),
+        (Some("follower"), Some(2)),
+        "{s}"
+    );
+    // n2's original line follows n1, which follows n2.
+    n2.restart().await;
+    wait_until("n2 leads again", Duration::from_secs(10), async || {
+        n2.try_status()
+            .await
+            .is_some_and(|s| s["role"] == "leader" && s["epoch"] == 2)
+    })
+    .await;
+    wait_streams_from(&n1, &n2, "n1 follows the restarted n2").await;
+    wait_streams_from(&n3, &n2, "n3 follows the restarted n2").await;
+    n2.put_q("k2", "w=all", "after").await;
+    let nodes = [n1, n2, n3];
+    wait_all_converged(&nodes).await;
+    for n in &nodes {
+        assert_eq!(
+            n.get_raw("k1", "consistency=eventual").await,
+            (200, b"from-n2".to_vec())
+        );
+        assert!(
+            !n.data_dir().join("rollback").exists(),
+            "nothing was rewound"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_switchover_hands_over_without_loss() {
     let _serial = SERIAL.lock().await;
