@@ -392,7 +392,10 @@ impl NodeCore {
                 .await?;
         }
         match self.follower() {
-            Some(f) if f.leader_url() == url => return Ok(()),
+            Some(f) if f.leader_url() == url => {
+                f.reconnect_now();
+                return Ok(());
+            }
             _ => self.become_follower(url.clone()),
         }
         self.events.following(&url, epoch, stepped_down);

@@ -119,6 +119,8 @@ pub struct Follower {
     /// `sent_mono_ms` of the newest frame received from the current
     /// leader (0 at the start of each session), echoed in every ack.
     leader_sent_mono_ms: std::sync::atomic::AtomicU64,
+    /// Ends a reconnect backoff early ([`Follower::reconnect_now`]).
+    reconnect: tokio::sync::Notify,
 }
 
 impl Follower {
@@ -147,7 +149,18 @@ impl Follower {
             status: Mutex::new(status),
             ages: Mutex::new(LeaderAges::new(LEADER_AGES_ENTRIES_MAX)),
             leader_sent_mono_ms: Default::default(),
+            reconnect: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Stop waiting out a reconnect backoff and dial the leader now: it
+    /// was just announced (a fence or a follow naming the leader this
+    /// follower already has), so the next attempt is likely to succeed,
+    /// and a backoff that had grown to its maximum would otherwise leave
+    /// the node disconnected, serving stale reads, for that long. Without
+    /// a backoff in progress, the next one ends at once.
+    pub fn reconnect_now(&self) {
+        self.reconnect.notify_one();
     }
 
     fn st(&self) -> std::sync::MutexGuard<'_, FollowerStatus> {
@@ -284,6 +297,7 @@ impl Follower {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.reconnect.notified() => {}
                 _ = cancel.cancelled() => break,
             }
         }

@@ -882,6 +882,52 @@ async fn restarts_with_the_original_command_lines_after_a_switchover_keep_one_le
     }
 }
 
+/// A follower told who leads (a fence or a follow) dials it at once, even
+/// in the middle of a reconnect backoff: it used to wait the backoff out,
+/// disconnected and serving stale reads, for up to `--backoff-max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_told_who_leads_stops_waiting_out_its_backoff() {
+    let _serial = SERIAL.lock().await;
+    let mut n1 = Node::start("n1", &[]).await;
+    let url = n1.url();
+    let f = Node::start(
+        "n2",
+        &[
+            "--follow",
+            &url,
+            "--backoff-base",
+            "20s",
+            "--backoff-max",
+            "20s",
+        ],
+    )
+    .await;
+    wait_followers_streaming(&n1, 1).await;
+    n1.kill9();
+    wait_until("n2 noticed", Duration::from_secs(10), async || {
+        f.try_status()
+            .await
+            .is_some_and(|s| s["connected"] == false)
+    })
+    .await;
+    n1.restart().await;
+    let told = Instant::now();
+    let r = f
+        .http()
+        .post(f.at("/admin/follow"))
+        .json(&serde_json::json!({ "leader": url }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_streams_from(&f, &n1, "n2 streams again").await;
+    assert!(
+        told.elapsed() < Duration::from_secs(5),
+        "reconnected only after {:?}, the backoff",
+        told.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_switchover_hands_over_without_loss() {
     let _serial = SERIAL.lock().await;
