@@ -157,15 +157,18 @@ fn method_not_allowed(method: &Method, axum_answer: Response) -> Response {
         .headers()
         .get(axum::http::header::ALLOW)
         .cloned();
-    let allowed = allow
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    // axum's method router usually adds `Allow` outside this middleware,
+    // so the list is often not known here yet: name it only when it is.
+    let message = match allow.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(allowed) if !allowed.is_empty() => {
+            format!("{method} is not allowed here; allowed: {allowed}")
+        }
+        _ => format!("{method} is not allowed here; the Allow header lists the methods that are"),
+    };
     let mut resp = error::ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not allowed here; allowed: {allowed}"),
+        message,
     )
     .into_response();
     if let Some(v) = allow {
