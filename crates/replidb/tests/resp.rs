@@ -650,3 +650,27 @@ async fn redis_cli_and_redis_benchmark_work_against_a_node() {
         "benchmark writes key:__rand_int__"
     );
 }
+
+/// A browser tricked into posting a form to the Redis port sends an HTTP
+/// head and then the form body, which could be commands. As Redis does,
+/// the node closes the connection at `POST` (or `Host:`), before any
+/// command after it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_request_on_the_redis_port_is_closed_before_its_body_runs() {
+    let (_node, port) = start("n1", &[]).await;
+    for head in ["POST / HTTP/1.1", "GET / HTTP/1.1"] {
+        let req = format!(
+            "{head}\r\nHost: 127.0.0.1\r\nContent-Length: 22\r\n\r\n\r\nSET xproto pwned\r\n"
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
+        s.write_all(req.as_bytes()).expect("send");
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).expect("closed by the node");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(!text.contains("+OK"), "{head}: {text}");
+    }
+    let mut c = connect(port, false);
+    let got: Option<String> = cmd(&mut c, &["GET", "xproto"]).unwrap();
+    assert_eq!(got, None, "no command after the HTTP head ran");
+}

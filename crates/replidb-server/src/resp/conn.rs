@@ -90,6 +90,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             match decoder.decode(&mut input) {
                 Ok(Some(args)) => {
+                    if looks_like_http(&args) {
+                        // What Redis does too: a browser tricked into
+                        // posting to this port sends an HTTP head first,
+                        // and closing there stops the commands a form
+                        // body could carry after it.
+                        tracing::warn!("an HTTP request on the Redis port (a cross-protocol attack?); connection closed");
+                        return stream.write_all(&output).await;
+                    }
                     let reply = commands::execute(shared, session, &args).await;
                     encode(&reply, session.proto, &mut output);
                     if session.closing {
@@ -135,3 +143,11 @@ pub(crate) async fn refuse(mut stream: TcpStream) {
 /// closes: a Redis error it can show, not a hang or a garbled handshake.
 pub(crate) const PLAIN_TO_TLS_ANSWER: &[u8] =
     b"-ERR this port requires TLS (redis-cli --tls --cacert FILE)\r\n";
+
+/// Whether a request's first word is `POST` or `Host:`: an HTTP request
+/// head read as Redis inline commands.
+fn looks_like_http(args: &[bytes::Bytes]) -> bool {
+    args.first().is_some_and(|name| {
+        name.eq_ignore_ascii_case(b"post") || name.eq_ignore_ascii_case(b"host:")
+    })
+}
