@@ -464,6 +464,19 @@ pub enum PrepareError {
         /// How many it holds.
         count: usize,
     },
+    /// The counter's value, as this node holds it, plus the delta leaves
+    /// the `i64` range (Redis: "increment or decrement would overflow").
+    /// Increments merged from other origins concurrently can still pass
+    /// it; [`KeyState::counter_value`] then saturates.
+    #[error("counter {key:?} is {value}; adding {delta} would leave the 64-bit signed range (of its value, or of the total this node has added to or taken from it)")]
+    CounterOverflow {
+        /// The key.
+        key: String,
+        /// Its value here, saturated to `i64`.
+        value: i64,
+        /// The refused delta.
+        delta: i64,
+    },
 }
 
 /// Who writes, where in its log, and when.
@@ -475,6 +488,26 @@ pub struct WriteStamp {
     pub lsn: u64,
     /// The origin's HLC time for it.
     pub hlc: Hlc,
+}
+
+/// Whether `origin` may add `delta` to `c`: the value must stay an `i64`,
+/// and the origin's own running totals (a PN-counter keeps one `u64` of
+/// increments and one of decrements per origin, which only grow) must stay
+/// `u64`s; `crdts` adds them unchecked, which would panic or wrap.
+fn counter_delta_fits(c: &PNCounter<String>, origin: &str, delta: i64) -> bool {
+    use num_traits::ToPrimitive;
+    let value = c
+        .read()
+        .to_i128()
+        .and_then(|v| v.checked_add(i128::from(delta)))
+        .is_some_and(|v| i64::try_from(v).is_ok());
+    // Adding 0 steps reads the origin's current total without changing it.
+    let total = if delta >= 0 {
+        c.inc_many(origin.to_string(), 0).dot.counter
+    } else {
+        c.dec_many(origin.to_string(), 0).dot.counter
+    };
+    value && total.checked_add(delta.unsigned_abs()).is_some()
 }
 
 /// Turn a client's write into the operand the origin logs, against the
@@ -512,6 +545,15 @@ pub fn prepare(
                 Some(KeyState::Counter(c)) => c,
                 _ => &empty,
             };
+            if !counter_delta_fits(c, &origin, delta) {
+                return Err(PrepareError::CounterOverflow {
+                    key: key.to_string(),
+                    value: KeyState::Counter(c.clone())
+                        .counter_value()
+                        .unwrap_or_default(),
+                    delta,
+                });
+            }
             let steps = delta.unsigned_abs();
             if delta >= 0 {
                 Operand::Counter(c.inc_many(origin, steps))

@@ -76,3 +76,58 @@ async fn a_plain_write_to_a_counter_is_refused_in_its_group_later_and_after_a_re
     );
     e.propose(put("plain")).await.unwrap();
 }
+
+/// A delta that takes a counter out of the `i64` range is refused, as
+/// Redis's INCRBY refuses it; the value stays. It used to be accepted and
+/// then shown saturated, so that later deltas appeared to do nothing.
+#[tokio::test]
+async fn a_counter_delta_past_the_i64_range_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path()).await;
+    let add = |delta: i64| {
+        Proposal::causal(
+            "c".to_string(),
+            CausalWrite::Counter { delta },
+            Policy::Lww,
+            Some(Epoch(1)),
+        )
+    };
+    e.propose(add(i64::MAX)).await.unwrap();
+    for delta in [1, i64::MAX] {
+        let err = e.propose(add(delta)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::Causal(replidb_causal::PrepareError::CounterOverflow { .. })
+            ),
+            "{err}"
+        );
+    }
+    e.propose(add(i64::MIN)).await.unwrap(); // -1
+    let err = e.propose(add(i64::MIN)).await.unwrap_err();
+    assert!(err.to_string().contains("64-bit"), "{err}");
+    e.propose(add(i64::MIN + 1)).await.unwrap(); // i64::MIN
+    assert!(e.propose(add(-1)).await.is_err());
+    let done = e.propose(add(5)).await.unwrap();
+    let value = done.state.and_then(|s| s.counter_value());
+    assert_eq!(value, Some(i64::MIN + 5));
+    // The value swings back and forth within range, but this node's
+    // running total of increments (a u64) would pass its bound: refused
+    // rather than wrapped (release) or panicking the writer (debug).
+    let d = dir.path().join("swing");
+    let e = open(&d).await;
+    let swing = |delta: i64| {
+        Proposal::causal(
+            "s".to_string(),
+            CausalWrite::Counter { delta },
+            Policy::Lww,
+            Some(Epoch(1)),
+        )
+    };
+    e.propose(swing(i64::MAX)).await.unwrap();
+    e.propose(swing(-i64::MAX)).await.unwrap();
+    e.propose(swing(i64::MAX)).await.unwrap();
+    e.propose(swing(-i64::MAX)).await.unwrap();
+    let err = e.propose(swing(i64::MAX)).await.unwrap_err();
+    assert!(err.to_string().contains("64-bit"), "{err}");
+}

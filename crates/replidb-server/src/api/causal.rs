@@ -505,7 +505,7 @@ pub(crate) struct CounterBody {
         (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
         (status = 400, description = "Bad key, malformed body, nothing or too much to change, unknown or invalid parameter", body = super::openapi::ErrorBody),
         (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
-        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`), or the delta would take the counter out of the 64-bit signed range (`counter_overflow`)", body = super::openapi::ErrorBody),
         (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
         (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
         (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::CounterWriteResponse),

@@ -110,6 +110,9 @@ impl From<replidb_engine::EngineError> for ApiError {
             E::Causal(replidb_causal::PrepareError::TooManySiblings { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_siblings", e.to_string())
             }
+            E::Causal(replidb_causal::PrepareError::CounterOverflow { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "counter_overflow", e.to_string())
+            }
             E::Causal(replidb_causal::PrepareError::WrongType { .. }) | E::TypedKey { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "wrong_type", e.to_string())
             }
