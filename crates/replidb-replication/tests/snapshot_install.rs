@@ -70,11 +70,26 @@ impl Transport for Scripted {
 
 /// Run a follower of `leader` over `transport` until the returned token is
 /// cancelled.
-fn follow(
-    fe: &Arc<Engine>,
-    transport: Arc<Scripted>,
-    delay: Duration,
-) -> (Arc<Follower>, CancellationToken) {
+/// A running follower: its state, and the way to stop it.
+struct Running {
+    follower: Arc<Follower>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop the follower and wait until its task has ended: a cancelled
+    /// session may still be inside a writer round (appending and, without
+    /// a delay, applying what it received), so a test that writes more on
+    /// the leader straight after `cancel()` could see it applied by this
+    /// follower rather than by the next one.
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn follow(fe: &Arc<Engine>, transport: Arc<Scripted>, delay: Duration) -> Running {
     let mut fo = FollowerOptions::new("follower", "mem://follower");
     fo.backoff_base = Duration::from_millis(100);
     fo.backoff_max = Duration::from_millis(100);
@@ -88,8 +103,12 @@ fn follow(
         "mem://leader",
     );
     let cancel = CancellationToken::new();
-    tokio::spawn(follower.clone().run(cancel.clone()));
-    (follower, cancel)
+    let task = tokio::spawn(follower.clone().run(cancel.clone()));
+    Running {
+        follower,
+        cancel,
+        task,
+    }
 }
 
 async fn wait(what: &str, mut done: impl FnMut() -> bool) {
@@ -131,26 +150,23 @@ async fn cut_snapshot_keeps_serving_the_old_table(backend: Backend) {
     for i in 0..20 {
         put(&le, format!("stable/{i:02}"), format!("s{i}")).await;
     }
-    let (_, cancel) = follow(&fe, Scripted::new(&leader, None), Duration::ZERO);
+    let first = follow(&fe, Scripted::new(&leader, None), Duration::ZERO);
     wait("follower applies the stable keys", || {
         fe.positions().applied_lsn == Lsn(20)
     })
     .await;
-    cancel.cancel();
+    first.stop().await;
 
     // 2. It receives 10 more but stops before applying them.
     for i in 0..10 {
         put(&le, format!("pending/{i}"), "p".into()).await;
     }
-    let (_, cancel) = follow(&fe, Scripted::new(&leader, None), Duration::from_secs(3600));
+    let second = follow(&fe, Scripted::new(&leader, None), Duration::from_secs(3600));
     wait("follower flushes the pending keys", || {
         fe.positions().flush_lsn == Lsn(30)
     })
     .await;
-    cancel.cancel();
-    // Cancelling is not instant: let the session notice before the leader
-    // writes more.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    second.stop().await;
     let flushed = fe.positions().flush_lsn;
     assert_eq!(fe.positions().applied_lsn, Lsn(20));
 
@@ -194,7 +210,8 @@ async fn cut_snapshot_keeps_serving_the_old_table(backend: Backend) {
         })
     };
     let transport = Scripted::new(&leader, Some(3000));
-    let (follower, cancel) = follow(&fe, transport.clone(), Duration::ZERO);
+    let third = follow(&fe, transport.clone(), Duration::ZERO);
+    let follower = third.follower.clone();
     // The session after the cut (refused at connect) has dropped the
     // staged copy and applied what was flushed.
     wait("a reconnect after the cut", || {
@@ -223,7 +240,7 @@ async fn cut_snapshot_keeps_serving_the_old_table(backend: Backend) {
     .await;
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
-    cancel.cancel();
+    third.stop().await;
     assert_eq!(fe.table().digest().unwrap(), le.table().digest().unwrap());
     assert_eq!(fe.table().len().unwrap(), 330);
 }
