@@ -938,6 +938,29 @@ async fn static_switchover_hands_over_without_loss() {
         leader.put_q(&key, "w=1", key.clone()).await;
         acked.insert(key.clone(), key);
     }
+    // Its settings are in the body: a query parameter or an unknown field
+    // is a 400, not a switchover run with the defaults (found by a new
+    // user: `?timeout_ms=abc` switched over).
+    for (path, body) in [
+        (
+            "/admin/switchover?timeout_ms=abc",
+            serde_json::json!({"to": "n2"}),
+        ),
+        (
+            "/admin/switchover",
+            serde_json::json!({"to": "n2", "timeout": 1}),
+        ),
+    ] {
+        let r = leader
+            .http()
+            .post(leader.at(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path} {body}");
+    }
+    assert_eq!(leader.status().await["role"], "leader");
     switch_over(&leader, "n2").await;
     let s = f1.status().await;
     assert_eq!(s["role"], "leader");

@@ -347,6 +347,7 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
 
 /// `POST /admin/switchover`'s body.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SwitchoverBody {
     /// The follower's id.
     to: String,
@@ -451,7 +452,7 @@ async fn wait_caught_up(
     request_body(content = SwitchoverBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Switched", body = super::openapi::SwitchoverResponse),
-        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
+        (status = 400, description = "Malformed body, an unknown field, or a query parameter (settings go in the body)", body = super::openapi::ErrorBody),
         (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
         (status = 404, description = "No such follower is connected", body = super::openapi::ErrorBody),
@@ -459,8 +460,15 @@ async fn wait_caught_up(
         (status = 504, description = "The follower did not catch up in time; writes resumed here (`switchover_timeout`)", body = super::openapi::ErrorBody),
     ),
 )]
-pub async fn switchover(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
-    let b: SwitchoverBody = json_body(body, "{\"to\": ID}").await?;
+pub async fn switchover(
+    State(node): State<AppState>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    // Its settings are in the body: a `?timeout_ms=` would otherwise be
+    // ignored, and the switchover run with the default.
+    super::params::Params::parse(q.as_deref(), &[])?;
+    let b: SwitchoverBody = json_body(body, "{\"to\": ID, \"timeout_ms\"}").await?;
     let timeout_ms = b.timeout_ms.unwrap_or(SWITCHOVER_TIMEOUT_MS_DEFAULT);
     if timeout_ms > SWITCHOVER_TIMEOUT_MS_MAX {
         return Err(ApiError::invalid_param(
