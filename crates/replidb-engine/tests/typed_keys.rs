@@ -31,9 +31,13 @@ async fn open(dir: &std::path::Path) -> Arc<Engine> {
 }
 
 fn incr(key: &str) -> Proposal {
+    counter_delta(key, 1)
+}
+
+fn counter_delta(key: &str, delta: i64) -> Proposal {
     Proposal::causal(
         key.to_string(),
-        CausalWrite::Counter { delta: 1 },
+        CausalWrite::Counter { delta },
         Policy::Lww,
         Some(Epoch(1)),
     )
@@ -84,14 +88,7 @@ async fn a_plain_write_to_a_counter_is_refused_in_its_group_later_and_after_a_re
 async fn a_counter_delta_past_the_i64_range_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path()).await;
-    let add = |delta: i64| {
-        Proposal::causal(
-            "c".to_string(),
-            CausalWrite::Counter { delta },
-            Policy::Lww,
-            Some(Epoch(1)),
-        )
-    };
+    let add = |delta: i64| counter_delta("c", delta);
     e.propose(add(i64::MAX)).await.unwrap();
     for delta in [1, i64::MAX] {
         let err = e.propose(add(delta)).await.unwrap_err();
@@ -116,14 +113,7 @@ async fn a_counter_delta_past_the_i64_range_is_refused_and_changes_nothing() {
     // rather than wrapped (release) or panicking the writer (debug).
     let d = dir.path().join("swing");
     let e = open(&d).await;
-    let swing = |delta: i64| {
-        Proposal::causal(
-            "s".to_string(),
-            CausalWrite::Counter { delta },
-            Policy::Lww,
-            Some(Epoch(1)),
-        )
-    };
+    let swing = |delta: i64| counter_delta("s", delta);
     e.propose(swing(i64::MAX)).await.unwrap();
     e.propose(swing(-i64::MAX)).await.unwrap();
     e.propose(swing(i64::MAX)).await.unwrap();
