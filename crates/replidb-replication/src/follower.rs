@@ -315,6 +315,9 @@ impl Follower {
             return None;
         };
         let hint = NotLeader::of(io)?;
+        if hint.leader == self.opts.advertise_url {
+            tracing::warn!(node = %url, epoch = hint.epoch.0, "the node this one follows says this node is the leader; if it should be, POST /admin/promote here");
+        }
         (hint.epoch >= self.engine.meta().epoch
             && hint.leader != url
             && hint.leader != self.opts.advertise_url)

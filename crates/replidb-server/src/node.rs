@@ -491,10 +491,12 @@ impl Node {
 ///   follows that node. Leading would put two leaders in one epoch, whose
 ///   logs could then differ at the same `(epoch, lsn)` where no
 ///   comparison of positions can see it.
-/// - Started with `--follow`, but it leads the newest epoch it knows: it
-///   leads. Following the named node, which now follows it, would leave
-///   the cluster without a leader. A node that won a newer epoch since
-///   fences it, as it fences any returning old leader.
+/// - Started with `--follow`, but it led the newest epoch it knows: it
+///   follows as told, with a warning. If the named node now follows this
+///   one, the cluster has no leader until an operator promotes this node;
+///   leading on instead could make a second leader, when a newer epoch
+///   was won while this node was down by a leader that does not know it.
+///   Safety first: no leader is recoverable by one call, two are not.
 fn static_start(
     meta: &replidb_engine::NodeMeta,
     me: &str,
@@ -508,8 +510,8 @@ fn static_start(
             Some(leader.to_string())
         }
         (Some(named), Some(leader)) if leader == me => {
-            tracing::warn!(epoch = meta.epoch.0, follow = %named, "started with --follow, but this node leads epoch {}, the newest it knows; leading (POST /admin/switchover hands leadership over)", meta.epoch.0);
-            None
+            tracing::warn!(epoch = meta.epoch.0, follow = %named, "started with --follow, but this node led epoch {}, the newest it knows; following as told (if {named} follows this node, POST /admin/promote here)", meta.epoch.0);
+            Some(named)
         }
         (follow, _) => follow,
     }
@@ -591,8 +593,8 @@ mod tests {
         assert_eq!(static_start(&meta(2, ""), me, None), None);
         // Another node leads the newest epoch: follow it, not lead.
         assert_eq!(static_start(&meta(2, other), me, None), Some(other.into()));
-        // This node leads it: lead, whatever --follow names.
-        assert_eq!(static_start(&meta(2, me), me, named()), None);
+        // This node led it: --follow still decides (never a second leader).
+        assert_eq!(static_start(&meta(2, me), me, named()), named());
         assert_eq!(static_start(&meta(2, me), me, None), None);
         // --follow given, another leader on record: the flag (a stale one
         // is redirected by the node it names).

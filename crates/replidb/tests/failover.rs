@@ -838,8 +838,9 @@ async fn a_follower_restarted_with_the_old_leader_in_its_flags_finds_the_new_one
 /// leaders in epoch 2, whose logs differed at the same `(epoch, lsn)`
 /// where nothing could see it, and a `w=majority` write of the real
 /// leader was overwritten on every follower once they re-pointed. Now it
-/// follows the leader it has on record; and the leader, restarted with
-/// `--follow` naming a node that follows it, leads on.
+/// follows the leader it has on record. The leader, restarted with
+/// `--follow` naming a node that follows it, follows as told: no leader
+/// until an operator promotes it, never two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_with_the_original_command_lines_after_a_switchover_keep_one_leader() {
     let _serial = SERIAL.lock().await;
@@ -857,16 +858,24 @@ async fn restarts_with_the_original_command_lines_after_a_switchover_keep_one_le
         (Some("follower"), Some(2)),
         "{s}"
     );
-    // n2's original line follows n1, which follows n2.
+    // n2's original line follows n1, which follows n2: no leader, but no
+    // second one either; the operator promotes n2 (a majority answers and
+    // none is ahead), and everyone follows it in epoch 3.
     n2.restart().await;
-    wait_until("n2 leads again", Duration::from_secs(10), async || {
-        n2.try_status()
-            .await
-            .is_some_and(|s| s["role"] == "leader" && s["epoch"] == 2)
-    })
-    .await;
-    wait_streams_from(&n1, &n2, "n1 follows the restarted n2").await;
-    wait_streams_from(&n3, &n2, "n3 follows the restarted n2").await;
+    let r = n2
+        .http()
+        .post(n2.at("/admin/promote"))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["promoted"].as_bool(), body["epoch"].as_u64()),
+        (Some(true), Some(3)),
+        "{body}"
+    );
+    wait_streams_from(&n1, &n2, "n1 follows the promoted n2").await;
+    wait_streams_from(&n3, &n2, "n3 follows the promoted n2").await;
     n2.put_q("k2", "w=all", "after").await;
     let nodes = [n1, n2, n3];
     wait_all_converged(&nodes).await;
