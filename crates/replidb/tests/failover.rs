@@ -705,13 +705,7 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
     })
     .await;
     leader.kill9();
-    let r = f1
-        .http()
-        .post(f1.at("/admin/promote"))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = r.json().await.unwrap();
+    let body = f1.promote().await;
     assert_eq!(body["promoted"], true, "{body}");
     assert_eq!(body["epoch"], 2);
     // n3 is told and re-points.
@@ -862,13 +856,7 @@ async fn restarts_with_the_original_command_lines_after_a_switchover_keep_one_le
     // second one either; the operator promotes n2 (a majority answers and
     // none is ahead), and everyone follows it in epoch 3.
     n2.restart().await;
-    let r = n2
-        .http()
-        .post(n2.at("/admin/promote"))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = r.json().await.unwrap();
+    let body = n2.promote().await;
     assert_eq!(
         (body["promoted"].as_bool(), body["epoch"].as_u64()),
         (Some(true), Some(3)),

@@ -121,13 +121,7 @@ async fn a_woken_fenced_leader_refuses_queued_writes_and_strong_reads() {
 
     signal(n1, libc::SIGSTOP);
     let stopped = Instant::now();
-    let r = n2
-        .http()
-        .post(n2.at("/admin/promote"))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = r.json().await.unwrap();
+    let body = n2.promote().await;
     assert_eq!(body["promoted"], true, "{body}");
     assert_eq!(body["epoch"], 2, "{body}");
     // Point n3 at n2 explicitly: whether n2 had learned n3's address from

@@ -581,6 +581,18 @@ impl Node {
         self.put_q(key, "", value).await
     }
 
+    /// `POST /admin/promote` (no force) and its JSON answer, whatever the
+    /// status (callers check `promoted` and `epoch`).
+    pub async fn promote(&self) -> Value {
+        let r = self
+            .http
+            .post(self.at("/admin/promote"))
+            .send()
+            .await
+            .expect("POST /admin/promote");
+        r.json().await.expect("a JSON answer to /admin/promote")
+    }
+
     /// `PUT /v1/kv/{key}?{query}`; expects 200.
     pub async fn put_q(&self, key: &str, query: &str, value: impl Into<reqwest::Body>) -> Value {
         let url = format!("{}/v1/kv/{key}?{query}", self.url());
