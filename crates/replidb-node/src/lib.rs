@@ -59,6 +59,29 @@ const GONE_PROBE_GAP: Duration = Duration::from_millis(25);
 /// coordinator's tick should not wait longer for it.
 const GONE_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Why [`NodeCore::forget`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgetError {
+    /// The member has a stream open to this leader (a 409).
+    #[error("{id} ({url}) is still {state:?} from this leader; stop it first and wait until GET /status shows it disconnected: a running member forgotten would keep receiving the log without counting toward majorities")]
+    Connected {
+        /// Its id.
+        id: String,
+        /// Its URL.
+        url: String,
+        /// Its stream's state.
+        state: replidb_replication::ReplicaState,
+    },
+    /// Not in the voting set (a 404).
+    #[error("{member:?} is not in the voting set {voting_set:?}; a member this leader has never streamed to is named by its URL")]
+    NotAVoter {
+        /// What was asked for.
+        member: String,
+        /// The voting set's URLs.
+        voting_set: Vec<String>,
+    },
+}
+
 /// What a node is doing right now.
 #[derive(Clone)]
 pub enum Role {
@@ -256,27 +279,46 @@ impl NodeCore {
     /// node is gone for good), so it no longer raises the majority.
     /// `member` is its URL or, for a follower of this leader, its id.
     /// Returns the URL removed.
-    pub fn forget(&self, member: &str) -> Option<String> {
+    ///
+    /// # Errors
+    /// [`ForgetError::Connected`] while the member still has a stream open
+    /// to this leader: it would go on receiving the log without counting
+    /// toward majorities, which lowers the majority over nodes that are in
+    /// fact still members. [`ForgetError::NotAVoter`] when it is not in the
+    /// voting set.
+    pub fn forget(&self, member: &str) -> Result<String, ForgetError> {
         let mut url = member.to_string();
-        if let Some(l) = self.leader() {
-            if let Some(r) = l
-                .replicas()
+        let leader = self.leader();
+        let replica = leader.as_ref().and_then(|l| {
+            l.replicas()
                 .into_iter()
                 .find(|r| r.id == member || r.addr == member)
-            {
-                url = r.addr.clone();
-                l.forget(&r.id);
+        });
+        if let Some(r) = &replica {
+            if r.state != replidb_replication::ReplicaState::Disconnected {
+                return Err(ForgetError::Connected {
+                    id: r.id.clone(),
+                    url: r.addr.clone(),
+                    state: r.state,
+                });
             }
+            url = r.addr.clone();
         }
         if !self.voters.forget(&url) {
-            return None;
+            return Err(ForgetError::NotAVoter {
+                member: member.to_string(),
+                voting_set: self.voters.urls(),
+            });
+        }
+        if let (Some(l), Some(r)) = (&leader, &replica) {
+            l.forget(&r.id);
         }
         // The registry's count no longer holds either.
         self.cluster_members.store(0, Ordering::SeqCst);
-        if let Some(l) = self.leader() {
+        if let Some(l) = &leader {
             l.reset_known_members(self.cluster_members());
         }
-        Some(url)
+        Ok(url)
     }
 
     /// Install `role`: stop the old leader's sessions, cancel the old

@@ -668,3 +668,72 @@ async fn no_leader_is_a_503_and_absurd_epochs_are_refused() {
     assert_eq!(r.status(), 400, "{}", r.text().await.unwrap_or_default());
     assert_eq!(cluster.leader.status().await["role"], "leader");
 }
+
+/// Found by trying it as a new user: `POST /admin/forget` of a member
+/// that was still running took it out of the voting set while its stream
+/// went on, so it received every write yet no longer counted, and the
+/// majority was computed over fewer members than the cluster had. Forget
+/// is for members gone for good: a connected one is a 409
+/// `member_connected`; once it is stopped and shows `disconnected`, its
+/// id is enough; an unknown member is a 404 that lists the voting set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_member_that_is_gone_can_be_forgotten() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(2, &[], &[]).await;
+    cluster.leader.put_q("k", "w=all", "v").await;
+    let n1 = &cluster.leader;
+    let n3_url = cluster.followers[1].url();
+    let forget = async |member: &str| {
+        let r = n1
+            .http()
+            .post(n1.at("/admin/forget"))
+            .json(&json!({ "member": member }))
+            .send()
+            .await
+            .expect("forget");
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.expect("json"))
+    };
+
+    let (status, body) = forget("n3").await;
+    assert_eq!(status, 409, "a streaming member was forgotten: {body}");
+    assert_eq!(body["error"]["code"], "member_connected", "{body}");
+    let (status, body) = forget(&n3_url).await;
+    assert_eq!(status, 409, "by URL too: {body}");
+    let voters = n1.status().await["voting_set"].clone();
+    assert!(
+        voters.as_array().is_some_and(|v| v.len() == 3),
+        "the refused forget changed the voting set: {voters}"
+    );
+
+    cluster.followers[1].kill9();
+    wait_until(
+        "n1 sees n3 disconnected",
+        Duration::from_secs(30),
+        async || {
+            n1.status().await["followers"].as_array().is_some_and(|f| {
+                f.iter()
+                    .any(|r| r["id"] == "n3" && r["state"] == "disconnected")
+            })
+        },
+    )
+    .await;
+    let (status, body) = forget("n3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["forgotten"], n3_url.as_str(), "{body}");
+    assert!(
+        body["voting_set"].as_array().is_some_and(|v| v.len() == 2),
+        "{body}"
+    );
+    // A majority of the two that remain still needs n2.
+    let w = n1.put_q("after", "w=majority", "v").await;
+    assert_eq!(w["acks"], 2, "{w}");
+
+    let (status, body) = forget("n9").await;
+    assert_eq!(status, 404, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&cluster.followers[0].url()),
+        "the 404 should list the voting set: {message}"
+    );
+}

@@ -200,7 +200,7 @@ pub(crate) struct ForgetBody {
         (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
         (status = 404, description = "Not in the voting set", body = super::openapi::ErrorBody),
-        (status = 409, description = "Not the leader (`not_leader`)", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not the leader (`not_leader`), or the member still has a stream open to this leader (`member_connected`)", body = super::openapi::ErrorBody),
     ),
 )]
 pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
@@ -219,14 +219,18 @@ pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Respo
         return Err(ApiError::bad_request("a leader cannot forget itself"));
     }
     match node.core.forget(&b.member) {
-        Some(url) => Ok(Json(
-            json!({"forgotten": url, "voting_set": node.core.voting_set().urls()}),
-        )
-        .into_response()),
-        None => Err(ApiError::not_found(format!(
-            "{:?} is not in the voting set",
-            b.member
-        ))),
+        Ok(url) => Ok(
+            Json(json!({"forgotten": url, "voting_set": node.core.voting_set().urls()}))
+                .into_response(),
+        ),
+        Err(e @ replidb_node::ForgetError::Connected { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "member_connected",
+            e.to_string(),
+        )),
+        Err(e @ replidb_node::ForgetError::NotAVoter { .. }) => {
+            Err(ApiError::not_found(e.to_string()))
+        }
     }
 }
 
@@ -262,8 +266,19 @@ pub async fn follow(State(node): State<AppState>, body: Body) -> ApiResult<Respo
         return Err(ApiError::bad_request("a node cannot follow itself"));
     }
     let epoch = node.engine.meta().epoch;
+    // Not silent: a leader told to follow steps down without handing
+    // over (POST /admin/switchover does that), so say so in the answer
+    // and the log.
+    let stepped_down = node.leader().is_some();
+    if stepped_down {
+        tracing::warn!(
+            leader = %b.leader,
+            epoch = epoch.0,
+            "POST /admin/follow on the leader: stepping down without a hand-over; the new leader must be promoted for writes to resume"
+        );
+    }
     follow_to_the_end(&node, b.leader.clone(), epoch).await?;
-    Ok(Json(json!({"following": b.leader})).into_response())
+    Ok(Json(json!({"following": b.leader, "stepped_down": stepped_down})).into_response())
 }
 
 /// Re-point this node at `leader` in `epoch`, in a task of its own: the

@@ -468,6 +468,9 @@ pub struct ForgetResponse {
 pub struct FollowResponse {
     /// The leader now followed.
     pub following: String,
+    /// True when this node was the leader and stepped down (without a
+    /// hand-over: writes resume once the node it follows leads).
+    pub stepped_down: bool,
 }
 
 /// `POST /admin/fence`.
