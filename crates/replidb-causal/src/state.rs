@@ -427,6 +427,16 @@ pub enum CausalWrite {
         /// Field → JSON value or `None`.
         fields: BTreeMap<String, Option<serde_json::Value>>,
     },
+    /// Empty a counter, set or map of everything this node has seen of it:
+    /// the counter goes back by its value, the set removes every member it
+    /// holds, the map removes every field. An observed-remove reset (the
+    /// "reset-remove" of Shapiro et al.'s CRDT catalogue, as Riak deletes a
+    /// data type): what another origin adds concurrently is not observed,
+    /// so it survives the reset. The key keeps its kind.
+    Clear {
+        /// The kind the request clears (`wrong_type` if the key is another).
+        kind: KeyKind,
+    },
 }
 
 impl CausalWrite {
@@ -437,6 +447,7 @@ impl CausalWrite {
             CausalWrite::Counter { .. } => KeyKind::Counter,
             CausalWrite::Set { .. } => KeyKind::Set,
             CausalWrite::Map { .. } => KeyKind::Map,
+            CausalWrite::Clear { kind } => *kind,
         }
     }
 }
@@ -501,13 +512,88 @@ fn counter_delta_fits(c: &PNCounter<String>, origin: &str, delta: i64) -> bool {
         .to_i128()
         .and_then(|v| v.checked_add(i128::from(delta)))
         .is_some_and(|v| i64::try_from(v).is_ok());
+    value && counter_steps_fit(c, origin, delta >= 0, delta.unsigned_abs())
+}
+
+/// Whether `origin`'s running total of increments (`up`) or decrements
+/// stays a `u64` after `steps` more.
+fn counter_steps_fit(c: &PNCounter<String>, origin: &str, up: bool, steps: u64) -> bool {
     // Adding 0 steps reads the origin's current total without changing it.
-    let total = if delta >= 0 {
+    let total = if up {
         c.inc_many(origin.to_string(), 0).dot.counter
     } else {
         c.dec_many(origin.to_string(), 0).dot.counter
     };
-    value && total.checked_add(delta.unsigned_abs()).is_some()
+    total.checked_add(steps).is_some()
+}
+
+/// The operand that empties `existing` of what this node holds
+/// ([`CausalWrite::Clear`]).
+fn clear_operand(
+    key: &str,
+    kind: KeyKind,
+    existing: Option<&KeyState>,
+    stamp: &WriteStamp,
+) -> Result<Operand, PrepareError> {
+    use num_traits::ToPrimitive;
+    let origin = stamp.origin.clone();
+    Ok(match kind {
+        KeyKind::Counter => {
+            let empty = PNCounter::new();
+            let c = match existing {
+                Some(KeyState::Counter(c)) => c,
+                _ => &empty,
+            };
+            // Back by the exact value, which concurrent merges may have
+            // taken past the i64 range.
+            let value = c.read().to_i128().unwrap_or(i128::MAX);
+            let steps = u64::try_from(value.unsigned_abs()).ok();
+            let up = value < 0;
+            match steps {
+                Some(steps) if counter_steps_fit(c, &origin, up, steps) => {
+                    if up {
+                        Operand::Counter(c.inc_many(origin, steps))
+                    } else {
+                        Operand::Counter(c.dec_many(origin, steps))
+                    }
+                }
+                _ => {
+                    return Err(PrepareError::CounterOverflow {
+                        key: key.to_string(),
+                        value: KeyState::Counter(c.clone())
+                            .counter_value()
+                            .unwrap_or_default(),
+                        delta: 0,
+                    })
+                }
+            }
+        }
+        KeyKind::Set => match existing {
+            Some(KeyState::Set(s)) => {
+                let members: Vec<String> = s.read().val.into_iter().collect();
+                if members.is_empty() {
+                    Operand::Set(Vec::new())
+                } else {
+                    Operand::Set(vec![s.rm_all(members, s.read_ctx().derive_rm_ctx())])
+                }
+            }
+            _ => Operand::Set(Vec::new()),
+        },
+        KeyKind::Map => Operand::Map {
+            fields: match existing {
+                Some(KeyState::Map(fields)) => fields
+                    .iter()
+                    .filter(|(_, reg)| reg.val.is_some())
+                    .map(|(k, _)| (k.clone(), None))
+                    .collect(),
+                _ => BTreeMap::new(),
+            },
+            marker: (stamp.hlc, origin),
+        },
+        KeyKind::Register => {
+            return register_operand(key, existing, None, None, Policy::Lww, stamp);
+        }
+    })
 }
 
 /// Turn a client's write into the operand the origin logs, against the
@@ -576,6 +662,7 @@ pub fn prepare(
             }
             Operand::Set(ops)
         }
+        CausalWrite::Clear { kind } => clear_operand(key, kind, existing, stamp)?,
         CausalWrite::Map { fields } => Operand::Map {
             fields: fields
                 .into_iter()

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use replidb_causal::{merge, prepare, CausalWrite, KeyState, Operand, Policy, WriteStamp};
+use replidb_causal::{merge, prepare, CausalWrite, KeyKind, KeyState, Operand, Policy, WriteStamp};
 use replidb_core::Hlc;
 
 const NODES: [&str; 3] = ["a", "b", "c"];
@@ -14,7 +14,8 @@ const KEYS: [&str; 3] = ["k1", "k2", "k3"];
 
 #[derive(Clone, Debug)]
 enum Step {
-    /// Node writes key: 0 put, 1 delete, 2 counter, 3 set add, 4 set rm, 5 map.
+    /// Node writes key: 0 put, 1 delete, 2 counter, 3 set add, 4 set rm,
+    /// 5 map, 6 set clear, 7 map clear.
     Write {
         node: usize,
         key: usize,
@@ -29,7 +30,7 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0..3usize, 0..3usize, 0..6u8, any::<u8>()).prop_map(|(node, key, what, arg)| {
+        (0..3usize, 0..3usize, 0..8u8, any::<u8>()).prop_map(|(node, key, what, arg)| {
             Step::Write {
                 node,
                 key,
@@ -56,7 +57,7 @@ fn kind_group(what: u8) -> usize {
     match what {
         0 | 1 => 0,
         2 => 1,
-        3 | 4 => 2,
+        3 | 4 | 6 => 2,
         _ => 3,
     }
 }
@@ -130,6 +131,8 @@ fn run(steps: Vec<Step>, policy: Policy, skew: [u64; 3]) {
                         add: vec![],
                         remove: vec![format!("m{}", arg % 4)],
                     },
+                    6 => CausalWrite::Clear { kind: KeyKind::Set },
+                    7 => CausalWrite::Clear { kind: KeyKind::Map },
                     _ => CausalWrite::Map {
                         fields: [(
                             format!("f{}", arg % 3),
@@ -290,6 +293,79 @@ fn seed_003_alice_and_alicia() {
                 assert_eq!(r.versions.len(), 2);
                 assert!(on_n1.conflicts.is_empty());
             }
+        }
+    }
+}
+
+/// A stamp for `origin`'s write number `lsn` at `wall_ms`.
+fn stamp(origin: &str, lsn: u64, wall_ms: u64) -> WriteStamp {
+    WriteStamp {
+        origin: origin.into(),
+        lsn,
+        hlc: Hlc {
+            wall_ms,
+            logical: 0,
+        },
+    }
+}
+
+/// `write` prepared on `origin` against `state` and merged there.
+fn write_on(state: &mut Option<KeyState>, write: CausalWrite, s: &WriteStamp) -> Operand {
+    let op = prepare("k", state.as_ref(), write, Policy::Lww, s).unwrap();
+    *state = Some(merge("k", state.take(), op.clone()).state);
+    op
+}
+
+/// Clearing a counter, set or map (`DELETE /v1/{kind}/{key}` in the causal
+/// topologies) removes what the clearing node had seen and nothing else:
+/// an addition made concurrently on another node survives on every node,
+/// in either delivery order, and the counter's total is exactly that
+/// addition.
+#[test]
+fn a_clear_removes_what_it_saw_and_a_concurrent_addition_survives() {
+    let counter = (
+        CausalWrite::Counter { delta: 5 },
+        CausalWrite::Counter { delta: 3 },
+        KeyKind::Counter,
+    );
+    let set = (
+        CausalWrite::Set {
+            add: vec!["seen".into()],
+            remove: vec![],
+        },
+        CausalWrite::Set {
+            add: vec!["concurrent".into()],
+            remove: vec![],
+        },
+        KeyKind::Set,
+    );
+    let map = (
+        CausalWrite::Map {
+            fields: [("seen".to_string(), Some(serde_json::json!(1)))].into(),
+        },
+        CausalWrite::Map {
+            fields: [("concurrent".to_string(), Some(serde_json::json!(2)))].into(),
+        },
+        KeyKind::Map,
+    );
+    for (first, concurrent, kind) in [counter, set, map] {
+        // a writes; b receives it; then a clears while b adds.
+        let mut a = None;
+        let w1 = write_on(&mut a, first, &stamp("a", 1, 10));
+        let mut b = Some(merge("k", None, w1).state);
+        let clear = write_on(&mut a, CausalWrite::Clear { kind }, &stamp("a", 2, 30));
+        let add = write_on(&mut b, concurrent, &stamp("b", 1, 20));
+        let a = merge("k", a, add).state;
+        let b = merge("k", b, clear).state;
+        assert_eq!(a.canonical_bytes(), b.canonical_bytes(), "{kind}");
+        match kind {
+            KeyKind::Counter => assert_eq!(a.counter_value(), Some(3)),
+            KeyKind::Set => assert_eq!(a.set_members(), Some(vec!["concurrent".to_string()])),
+            _ => assert_eq!(
+                a.map_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>()),
+                Some(vec!["concurrent".to_string()])
+            ),
         }
     }
 }

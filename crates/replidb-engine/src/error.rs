@@ -49,7 +49,8 @@ pub enum EngineError {
     /// many siblings); nothing was written. A 409.
     #[error("{0}")]
     Causal(#[from] replidb_causal::PrepareError),
-    /// A plain write to a key that holds a counter, set or map. A 409.
+    /// A plain put to a key that holds a counter, set or map (a delete
+    /// removes any kind). A 409.
     #[error("key {key:?} is a {kind}; write it through /v1/{kind}")]
     TypedKey {
         /// The key.

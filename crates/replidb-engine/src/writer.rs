@@ -395,10 +395,12 @@ impl WriterCore {
     ) -> Result<(Record, Committed)> {
         let existing = match self.causal_state(&cp.key, overlay)? {
             Ok(s) => s,
+            // Deleted earlier in this group: absent.
+            Err(false) => None,
             // A plain value (written in single-leader mode) under a plain
             // key's causal write: the causal version replaces it.
-            Err(_) if cp.write.kind() == KeyKind::Register => None,
-            Err(_) => {
+            Err(true) if cp.write.kind() == KeyKind::Register => None,
+            Err(true) => {
                 return Err(replidb_causal::PrepareError::WrongType {
                     key: cp.key,
                     existing: KeyKind::Register,
@@ -477,7 +479,10 @@ impl WriterCore {
             }
             Ok(self.table.get(key)?.map(|v| v.lsn).unwrap_or(Lsn::ZERO))
         };
-        // A plain write must not clobber a counter, set or map. Where no
+        // A plain write must not clobber a counter, set or map (a delete
+        // may remove one: in this log's single order there is no
+        // concurrent update for it to lose, unlike the causal topologies,
+        // where a typed key is emptied by a causal write instead). Where no
         // causal key exists (every single-leader workload without typed
         // keys) there is nothing to look up: the lookup was 6% of a plain
         // write's instructions.
@@ -496,7 +501,7 @@ impl WriterCore {
         };
         let mut failed = None;
         proposal.op.for_each_leaf(&mut |leaf| {
-            if let (Op::Put { key, .. } | Op::Delete { key }, None) = (leaf, &failed) {
+            if let (Op::Put { key, .. }, None) = (leaf, &failed) {
                 if let Err(e) = check(key) {
                     failed = Some(e);
                 }

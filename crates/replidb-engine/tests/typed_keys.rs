@@ -51,6 +51,17 @@ fn put(key: &str) -> Proposal {
     Proposal::in_epoch(op, Vec::new(), Epoch(1))
 }
 
+fn delete(key: &str) -> Proposal {
+    let op = Op::Delete {
+        key: key.to_string(),
+    };
+    Proposal::in_epoch(op, Vec::new(), Epoch(1))
+}
+
+fn counter_value(r: Result<replidb_engine::Committed, EngineError>) -> Option<i64> {
+    r.unwrap().state.and_then(|s| s.counter_value())
+}
+
 fn is_typed(r: Result<replidb_engine::Committed, EngineError>) -> bool {
     matches!(r, Err(EngineError::TypedKey { .. }))
 }
@@ -79,6 +90,32 @@ async fn a_plain_write_to_a_counter_is_refused_in_its_group_later_and_after_a_re
         "a plain write replaced a counter after a restart"
     );
     e.propose(put("plain")).await.unwrap();
+}
+
+/// Found by trying it as a new user: a counter, set or map could not be
+/// deleted by any path (DEL over the Redis protocol and DELETE both said
+/// `wrong_type`). In the single leader's one order a delete removes a key
+/// of any kind; the key is then free for a plain value or a new counter,
+/// and a counter created in the same group as the delete starts from zero
+/// (it used to be refused there as a plain key).
+#[tokio::test]
+async fn a_delete_removes_a_typed_key_and_frees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path()).await;
+    e.propose(counter_delta("likes", 41)).await.unwrap();
+    let gone = e.propose(delete("likes")).await.unwrap();
+    assert_eq!(gone.existed, Some(true));
+    assert!(e.table().get("likes").unwrap().is_none());
+    e.propose(put("likes")).await.unwrap();
+    assert!(!e.table().get("likes").unwrap().unwrap().causal);
+
+    e.propose(delete("likes")).await.unwrap();
+    assert_eq!(counter_value(e.propose(incr("likes")).await), Some(1));
+    // A delete and a new counter in one group: the counter starts again.
+    e.propose(counter_delta("views", 10)).await.unwrap();
+    let (d, c) = tokio::join!(e.propose(delete("views")), e.propose(incr("views")));
+    d.unwrap();
+    assert_eq!(counter_value(c), Some(1));
 }
 
 /// A delta that takes a counter out of the `i64` range is refused, as

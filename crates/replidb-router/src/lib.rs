@@ -29,7 +29,7 @@
 //! When the nodes' `/status` say `"topology": "multi-leader"`, every node is
 //! a writer and the router looks for no leader:
 //!
-//! - a **write** (also `POST /v1/counter|set/{key}`, `PATCH /v1/map/{key}`)
+//! - a **write** (also `POST /v1/counter|set/{key}`, `PATCH /v1/map/{key}`, their `DELETE`)
 //!   goes to the session's *home*: the node named by `X-Replidb-Home` (id
 //!   or URL; pinned), else the one remembered for the session
 //!   (`X-Replidb-Session` or the `replidb_session` cookie), else

@@ -47,7 +47,8 @@ pub enum Endpoint {
     /// `GET /read`, `/follower-read`, `/read-with-repair`: a node serves
     /// these only from the leader (a follower proxies them there).
     SeedRead,
-    /// `POST /v1/counter/{key}`, `POST /v1/set/{key}`, `PATCH /v1/map/{key}`.
+    /// `POST /v1/counter/{key}`, `POST /v1/set/{key}`, `PATCH /v1/map/{key}`,
+    /// and `DELETE` of each.
     TypedWrite,
     /// `GET /v1/counter|set|map/{key}`.
     TypedRead,
@@ -130,7 +131,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Endpoint, RouterError> {
         };
         return match method {
             m if *m == Method::GET => Ok(Endpoint::TypedRead),
-            m if *m == write => Ok(Endpoint::TypedWrite),
+            m if *m == write || *m == Method::DELETE => Ok(Endpoint::TypedWrite),
             _ => Err(wrong()),
         };
     }
@@ -442,6 +443,8 @@ mod tests {
         assert_eq!(ok(Method::POST, "/v1/set/s/x"), Endpoint::TypedWrite);
         assert_eq!(ok(Method::PATCH, "/v1/map/m"), Endpoint::TypedWrite);
         assert_eq!(ok(Method::GET, "/v1/map/m"), Endpoint::TypedRead);
+        assert_eq!(ok(Method::DELETE, "/v1/counter/c"), Endpoint::TypedWrite);
+        assert_eq!(ok(Method::DELETE, "/v1/map/m"), Endpoint::TypedWrite);
         assert!(matches!(
             classify(&Method::POST, "/v1/map/m"),
             Err(RouterError::MethodNotAllowed { .. })

@@ -1167,4 +1167,74 @@ async fn the_types_work_in_single_leader_mode_too() {
     assert_eq!(s, 409, "{body}");
     assert_eq!(body["error"]["code"], "wrong_type");
     assert_eq!(n.get_json("/v1/conflicts").await, json!([]));
+
+    // Found by trying it as a new user: no path deleted a typed key. With
+    // one order of writes a delete removes it, and the key is free again.
+    let (s, _, body) = send(n.http().delete(n.at("/v1/set/likes"))).await;
+    assert_eq!(s, 409, "a set delete of a counter: {body}");
+    assert_eq!(body["error"]["code"], "wrong_type");
+    for path in ["/v1/counter/likes", "/v1/set/cart", "/v1/map/profile"] {
+        let (s, _, body) = send(n.http().delete(n.at(path))).await;
+        assert_eq!(s, 200, "{path}: {body}");
+        assert_eq!(body["existed"], true, "{path}: {body}");
+    }
+    let (s, _, body) = send(n.http().delete(n.at("/v1/counter/likes"))).await;
+    assert_eq!((s, &body["existed"]), (200, &json!(false)), "{body}");
+    let (s, _, _) = send(n.http().get(n.at("/v1/kv/likes"))).await;
+    assert_eq!(s, 404, "the deleted counter's key is absent");
+    let (s, _, body) = send(n.http().put(n.at("/v1/kv/likes")).body("x")).await;
+    assert_eq!(s, 200, "the key is free for a plain value: {body}");
+    assert_eq!(n.get_json("/v1/set/cart").await["members"], json!([]));
+    assert_eq!(n.get_json("/v1/map/profile").await, json!({}));
+}
+
+/// In the causal topologies a typed key is emptied, not removed: a
+/// `DELETE` takes back what the node it reaches has seen (an
+/// observed-remove reset) and replicates like any write, so every node
+/// converges on the empty state, while a member added on another node
+/// after it still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_typed_delete_empties_the_key_on_every_node() {
+    let nodes = cluster(&[]).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    for (path, body) in [
+        ("/v1/counter/hits", json!({"delta": 7})),
+        ("/v1/set/tags", json!({"add": ["a", "b"]})),
+    ] {
+        let (s, _, b) = send(n1.http().post(n1.at(path)).json(&body)).await;
+        assert_eq!(s, 200, "{path}: {b}");
+    }
+    let (s, _, _) = send(
+        n1.http()
+            .patch(n1.at("/v1/map/prefs"))
+            .json(&json!({"theme": "dark"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    wait_converged(&nodes).await;
+    for (path, field, empty) in [
+        ("/v1/counter/hits", "value", json!(0)),
+        ("/v1/set/tags", "members", json!([])),
+        ("/v1/map/prefs", "map", json!({})),
+    ] {
+        let (s, _, b) = send(n2.http().delete(n2.at(path))).await;
+        assert_eq!(s, 200, "{path}: {b}");
+        assert_eq!(b[field], empty, "{path}: {b}");
+    }
+    let (s, _, _) = send(
+        n2.http()
+            .post(n2.at("/v1/set/tags"))
+            .json(&json!({"add": ["c"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    wait_converged(&nodes).await;
+    for n in &nodes {
+        assert_eq!(n.get_json("/v1/counter/hits").await["value"], json!(0));
+        assert_eq!(n.get_json("/v1/set/tags").await["members"], json!(["c"]));
+        assert_eq!(n.get_json("/v1/map/prefs").await, json!({}));
+    }
+    let (s, _, b) = send(n1.http().delete(n1.at("/v1/map/hits"))).await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(b["error"]["code"], "wrong_type");
 }

@@ -19,6 +19,7 @@ use bytes::BytesMut;
 use common::{resp_port, wait_until, Cluster, Node};
 use redis::{Connection, RedisResult, Value};
 use replidb_resp::{encode_command, Limits, ValueDecoder};
+use serde_json::json;
 
 /// How long a client waits for an answer before the test fails.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -673,4 +674,60 @@ async fn an_http_request_on_the_redis_port_is_closed_before_its_body_runs() {
     let mut c = connect(port, false);
     let got: Option<String> = cmd(&mut c, &["GET", "xproto"]).unwrap();
     assert_eq!(got, None, "no command after the HTTP head ran");
+}
+
+/// Found by trying it as a new user: a counter, set or map made over HTTP
+/// read over this port as its internal encoding (`GET` answered the
+/// PN-counter's bytes), `TYPE` called it a `string`, and nothing could
+/// delete it. Now a string command on one is Redis's `WRONGTYPE` (`MGET`
+/// reads it as nil, as Redis does), `TYPE` and `SCAN TYPE` name its kind,
+/// and `DEL` removes it, after which the key is free for a string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_keys_are_wrongtype_for_strings_and_del_removes_them() {
+    let (node, port) = start("n1", &[]).await;
+    let http = node.http();
+    for (path, body) in [
+        ("/v1/counter/likes", json!({"delta": 5})),
+        ("/v1/set/tags", json!({"add": ["a"]})),
+    ] {
+        let r = http.post(node.at(path)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = http
+        .patch(node.at("/v1/map/profile"))
+        .json(&json!({"name": "Ann"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut c = connect(port, false);
+    ok::<String>(&mut c, &["SET", "plain", "1"]);
+
+    for (k, kind) in [("likes", "counter"), ("tags", "set"), ("profile", "map")] {
+        assert_eq!(ok::<String>(&mut c, &["TYPE", k]), kind);
+        for args in [
+            vec!["GET", k],
+            vec!["INCR", k],
+            vec!["SET", k, "x"],
+            vec!["SET", k, "x", "GET"],
+        ] {
+            let e = err(&mut c, &args);
+            assert!(
+                e.starts_with("WrongType") || e.contains("WRONGTYPE"),
+                "{args:?}: {e}"
+            );
+        }
+    }
+    let got: Vec<Option<String>> = ok(&mut c, &["MGET", "plain", "likes", "nope"]);
+    assert_eq!(got, vec![Some("1".to_string()), None, None]);
+    let counters = scan_all(&mut c, &["TYPE", "counter"]);
+    assert_eq!(counters, vec!["likes".to_string()]);
+    let strings = scan_all(&mut c, &["TYPE", "string"]);
+    assert_eq!(strings, vec!["plain".to_string()]);
+
+    assert_eq!(ok::<i64>(&mut c, &["DEL", "likes", "tags", "profile"]), 3);
+    assert_eq!(ok::<String>(&mut c, &["TYPE", "likes"]), "none");
+    assert_eq!(ok::<i64>(&mut c, &["INCR", "likes"]), 1);
+    let r = http.get(node.at("/v1/counter/tags")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a deleted set's key is free for a counter");
 }

@@ -768,6 +768,175 @@ pub async fn map_get(
     typed_read(&node, &key, q, &uri, &headers, KeyKind::Map, map_json).await
 }
 
+/// Delete a counter, set or map: in the single-leader topology a delete
+/// that removes the key (it is then free for any kind); in the causal
+/// topologies an observed-remove reset ([`CausalWrite::Clear`]): the key
+/// keeps its kind and reads as empty, and what other nodes add
+/// concurrently survives, as a concurrent add survives a set's remove.
+async fn typed_delete(
+    node: &std::sync::Arc<Node>,
+    key: &str,
+    (q, uri, headers, body): (Option<String>, OriginalUri, HeaderMap, Body),
+    kind: KeyKind,
+    render: fn(&str, Option<&KeyState>) -> (&'static str, Value),
+) -> ApiResult<Response> {
+    let tw = match typed_front(node, key, q, &uri, &headers, Method::DELETE, body).await? {
+        Ok(tw) => tw,
+        Err(resp) => return Ok(resp),
+    };
+    if !node.is_leaderless() && !node.is_multi_leader() {
+        // The leader's table: a delete of another kind is refused, as a
+        // write to it would be.
+        read_state(node, key, kind)?;
+        let opts = tw
+            .opts
+            .ok_or_else(|| ApiError::internal("write options missing"))?;
+        let op = replidb_core::Op::Delete {
+            key: key.to_string(),
+        };
+        let out = super::propose(node, op, Vec::new(), opts).await?;
+        return Ok(super::write::write_response(Some(key), opts, &out));
+    }
+    typed_write(
+        node,
+        key,
+        CausalWrite::Clear { kind },
+        tw,
+        &headers,
+        |o, s| {
+            let (field, value) = render(key, s);
+            o.insert(field.into(), value);
+        },
+    )
+    .await
+}
+
+/// `DELETE /v1/counter/{key}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/counter/{key}",
+    tag = "types",
+    operation_id = "counter_delete",
+    description = "Single-leader: delete the counter (the key is then free for any kind). Multi-leader and leaderless: reset it, taking back the value this node has seen (increments made concurrently elsewhere survive; the key stays a counter).",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::WriteQuery,
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
+    ),
+    responses(
+        (status = 200, description = "Deleted (`existed` says whether it did) or reset, and the write concern met", body = super::openapi::CounterWriteResponse),
+        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Bad key, unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::CounterWriteResponse),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
+pub async fn counter_delete(
+    State(node): State<AppState>,
+    KeyPath(key): KeyPath,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    typed_delete(
+        &node,
+        &key,
+        (q, uri, headers, body),
+        KeyKind::Counter,
+        |_, s| ("value", json!(s.and_then(KeyState::counter_value))),
+    )
+    .await
+}
+
+/// `DELETE /v1/set/{key}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/set/{key}",
+    tag = "types",
+    operation_id = "set_delete",
+    description = "Single-leader: delete the set (the key is then free for any kind). Multi-leader and leaderless: remove every member this node has seen (members added concurrently elsewhere survive; the key stays a set).",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::WriteQuery,
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
+    ),
+    responses(
+        (status = 200, description = "Deleted (`existed` says whether it did) or emptied, and the write concern met", body = super::openapi::SetWriteResponse),
+        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Bad key, unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::SetWriteResponse),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
+pub async fn set_delete(
+    State(node): State<AppState>,
+    KeyPath(key): KeyPath,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    typed_delete(
+        &node,
+        &key,
+        (q, uri, headers, body),
+        KeyKind::Set,
+        |_, s| ("members", json!(s.and_then(KeyState::set_members))),
+    )
+    .await
+}
+
+/// `DELETE /v1/map/{key}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/map/{key}",
+    tag = "types",
+    operation_id = "map_delete",
+    description = "Single-leader: delete the map (the key is then free for any kind). Multi-leader and leaderless: remove every field this node has seen (fields written later elsewhere survive; the key stays a map).",
+    params(
+        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+        super::params::WriteQuery,
+        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
+    ),
+    responses(
+        (status = 200, description = "Deleted (`existed` says whether it did) or emptied, and the write concern met", body = super::openapi::MapWriteResponse),
+        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+        (status = 400, description = "Bad key, unknown or invalid parameter", body = super::openapi::ErrorBody),
+        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::MapWriteResponse),
+        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+    ),
+)]
+pub async fn map_delete(
+    State(node): State<AppState>,
+    KeyPath(key): KeyPath,
+    RawQuery(q): RawQuery,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    typed_delete(
+        &node,
+        &key,
+        (q, uri, headers, body),
+        KeyKind::Map,
+        |_, s| ("map", json!(s.and_then(KeyState::map_object))),
+    )
+    .await
+}
+
 /// `GET /v1/conflicts?limit=N&prefix=P`: newest resolved conflicts here.
 #[utoipa::path(
     get,

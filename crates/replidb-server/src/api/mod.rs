@@ -60,15 +60,21 @@ fn routes() -> Router<AppState> {
         .route("/v1/kv", get(kv::scan))
         .route(
             "/v1/counter/{*key}",
-            get(causal::counter_get).post(causal::counter_post),
+            get(causal::counter_get)
+                .post(causal::counter_post)
+                .delete(causal::counter_delete),
         )
         .route(
             "/v1/set/{*key}",
-            get(causal::set_get).post(causal::set_post),
+            get(causal::set_get)
+                .post(causal::set_post)
+                .delete(causal::set_delete),
         )
         .route(
             "/v1/map/{*key}",
-            get(causal::map_get).patch(causal::map_patch),
+            get(causal::map_get)
+                .patch(causal::map_patch)
+                .delete(causal::map_delete),
         )
         .route("/v1/conflicts", get(causal::conflicts))
         .route("/v1/txn", post(kv::txn))

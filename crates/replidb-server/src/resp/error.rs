@@ -56,6 +56,10 @@ pub enum RespError {
     /// A feature replidb does not have (expiry, other databases...).
     #[error("ERR {0}")]
     Unsupported(String),
+    /// A string command on a counter, set or map (Redis's `WRONGTYPE`);
+    /// the detail names the kind and its HTTP endpoint.
+    #[error("WRONGTYPE Operation against a key holding the wrong kind of value: {0}")]
+    WrongType(String),
     /// A request past one of the listener's limits.
     #[error("ERR {0}")]
     Limit(String),
@@ -163,6 +167,9 @@ impl From<ApiError> for RespError {
     fn from(e: ApiError) -> Self {
         if e.code == "condition_failed" {
             return RespError::ConditionFailed;
+        }
+        if e.code == "wrong_type" {
+            return RespError::WrongType(e.message);
         }
         RespError::Node {
             code: e.code,

@@ -167,11 +167,37 @@ fn bulk_or_null(v: Option<&Versioned>) -> Value {
     }
 }
 
+/// The kind of a stored value as this listener names it for `TYPE`:
+/// `string` for plain values, `counter`, `set` or `map` for the typed keys
+/// of the HTTP API (names of replidb's own, as a Redis module names its
+/// types: they answer none of Redis's set or hash commands).
+pub(crate) fn type_name(v: &Versioned) -> &'static str {
+    if !v.causal {
+        return "string";
+    }
+    match replidb_causal::KeyState::decode(&v.value).map(|s| s.kind()) {
+        Ok(replidb_causal::KeyKind::Register) | Err(_) => "string",
+        Ok(kind) => kind.as_str(),
+    }
+}
+
+/// `v` if it holds a string; a typed key is `WRONGTYPE`, as a Redis string
+/// command on a list or hash is, never its internal encoding.
+fn string_only<'a>(k: &str, v: Option<&'a Versioned>) -> RespResult<Option<&'a Versioned>> {
+    match v.map(type_name) {
+        None | Some("string") => Ok(v),
+        Some(kind) => Err(RespError::WrongType(format!(
+            "key {k:?} is a {kind}; use /v1/{kind}/ over HTTP (DEL removes it)"
+        ))),
+    }
+}
+
 /// `GET key`.
 pub(crate) async fn get(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
     let k = key(&args[1])?;
     read(&shared.node, |n| {
-        Ok(bulk_or_null(n.engine.table().get(&k)?.as_ref()))
+        let v = n.engine.table().get(&k)?;
+        Ok(bulk_or_null(string_only(&k, v.as_ref())?))
     })
     .await
 }
@@ -191,7 +217,8 @@ pub(crate) async fn mget(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
                     "MGET answer would exceed {RESP_REPLY_BYTES_MAX} bytes; ask for fewer keys"
                 )));
             }
-            out.push(bulk_or_null(v.as_ref()));
+            // As Redis's MGET: a key of another type reads as nil.
+            out.push(bulk_or_null(string_only(k, v.as_ref()).unwrap_or(None)));
         }
         Ok(Value::Array(out))
     })
@@ -213,12 +240,12 @@ pub(crate) async fn exists(shared: &Shared, args: &[Bytes]) -> RespResult<Value>
     .await
 }
 
-/// `TYPE key`: every value is a string.
+/// `TYPE key`: `string`, `counter`, `set`, `map` ([`type_name`]) or `none`.
 pub(crate) async fn key_type(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
     let k = key(&args[1])?;
     read(&shared.node, |n| {
-        let found = n.engine.table().get(&k)?.is_some();
-        Ok(Value::simple(if found { "string" } else { "none" }))
+        let v = n.engine.table().get(&k)?;
+        Ok(Value::simple(v.as_ref().map_or("none", type_name)))
     })
     .await
 }
@@ -275,7 +302,7 @@ pub(crate) async fn set(
     }
     let keys = [k.clone()];
     cas(&shared.node, session, &keys, |cur| {
-        let old = cur[0].as_ref();
+        let old = string_only(&k, cur[0].as_ref())?;
         let answer = if o.get {
             bulk_or_null(old)
         } else {
@@ -372,7 +399,7 @@ pub(crate) async fn incr_by(
     let k = key(raw_key)?;
     let keys = [k.clone()];
     cas(&shared.node, session, &keys, |cur| {
-        let old = match &cur[0] {
+        let old = match string_only(&k, cur[0].as_ref())? {
             Some(v) => parse_int(&v.value).ok_or(RespError::NotInteger)?,
             None => 0,
         };

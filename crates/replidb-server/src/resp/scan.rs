@@ -85,7 +85,7 @@ pub(crate) async fn scan(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
     };
     let mut pattern: Option<Bytes> = None;
     let mut count = SCAN_COUNT_DEFAULT;
-    let mut only_strings = true;
+    let mut only_type: Option<String> = None;
     for pair in args[2..].chunks(2) {
         let [name, value] = pair else {
             return Err(RespError::Syntax);
@@ -101,8 +101,8 @@ pub(crate) async fn scan(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
                     .unwrap_or(RESP_SCAN_COUNT_MAX)
                     .min(RESP_SCAN_COUNT_MAX);
             }
-            // Every value is a string: another type matches nothing.
-            b"TYPE" => only_strings = value.eq_ignore_ascii_case(b"string"),
+            // A type this listener does not name matches nothing.
+            b"TYPE" => only_type = Some(String::from_utf8_lossy(value).to_ascii_lowercase()),
             _ => return Err(RespError::Syntax),
         }
     }
@@ -124,11 +124,14 @@ pub(crate) async fn scan(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
             let chunk = table.scan(&prefix, after.as_deref(), want)?;
             let short = chunk.len() < want;
             examined += chunk.len();
-            for (k, _) in chunk {
+            for (k, v) in chunk {
                 let hit = pattern
                     .as_deref()
-                    .is_none_or(|p| glob::matches(p, k.as_bytes()));
-                if hit && only_strings {
+                    .is_none_or(|p| glob::matches(p, k.as_bytes()))
+                    && only_type
+                        .as_deref()
+                        .is_none_or(|t| t == super::keys::type_name(&v));
+                if hit {
                     found.push(Value::bulk_str(&k));
                 }
                 after = Some(k);
