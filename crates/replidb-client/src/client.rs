@@ -229,7 +229,15 @@ impl Client {
             .await?;
         let meta = NodeMeta::from_headers(&resp.headers);
         match resp.status {
-            StatusCode::NOT_FOUND => return Ok((None, meta)),
+            // Only the node's own "no such key" is an absent key: a 404 for
+            // the route (a --url with a path, a server that is not replidb)
+            // is an error, not an empty answer.
+            StatusCode::NOT_FOUND => {
+                return match resp.api_error() {
+                    ClientError::Api { code, .. } if code == "not_found" => Ok((None, meta)),
+                    e => Err(e),
+                }
+            }
             StatusCode::MULTIPLE_CHOICES => return Err(siblings_error(&resp, key)),
             s if !s.is_success() => return Err(resp.api_error()),
             _ => {}

@@ -20,7 +20,8 @@
 //! # Exit codes and errors (API.md)
 //! `0` success, `1` runtime error (including `get` of an absent key),
 //! `2` bad usage: clap's own errors, and any [`UsageError`] raised by our
-//! validation (a bad duration in a config file, a malformed `--url`).
+//! validation (a bad duration in a config file, a malformed `--url`) or
+//! the client's (an empty key).
 //! Errors are printed to stderr on one line: `error: ...`.
 
 mod bench;
@@ -121,7 +122,18 @@ fn fail(e: &anyhow::Error) -> ExitCode {
         Some(h) => eprintln!("error: {} ({h})", error_line(e)),
         None => eprintln!("error: {}", error_line(e)),
     }
-    if e.downcast_ref::<UsageError>().is_some() {
+    // Input the client refuses before sending (an empty key, a bad URL)
+    // is bad usage too.
+    let bad_input = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<replidb_client::ClientError>(),
+            Some(
+                replidb_client::ClientError::InvalidInput(_)
+                    | replidb_client::ClientError::InvalidUrl { .. }
+            )
+        )
+    });
+    if bad_input || e.downcast_ref::<UsageError>().is_some() {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE

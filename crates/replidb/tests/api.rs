@@ -685,6 +685,8 @@ async fn invalid_input_is_a_json_4xx_never_a_500() {
         "timeout_ms=99999999999999999999",
         "consistancy=strong",
         "W=1",
+        // Found by trying it as a new user: the last of two values won.
+        "w=1&w=all",
     ];
     for q in bad_writes {
         let r = http
@@ -725,8 +727,17 @@ async fn invalid_input_is_a_json_4xx_never_a_500() {
         "format=xml",
         "unknown=1",
         "w=1",
+        "consistency=strong&consistency=eventual",
+        // A staleness bound beside another level used to be ignored.
+        "consistency=eventual&max_staleness_ms=100",
+        "consistency=strong&max_staleness_ms=100",
     ];
     node.put("r", "v").await;
+    // Alone, a staleness bound asks for a bounded read.
+    assert_eq!(
+        node.get_raw("r", "max_staleness_ms=100").await,
+        (200, b"v".to_vec())
+    );
     for q in bad_reads {
         let r = http
             .get(node.at(&format!("/v1/kv/r?{q}")))

@@ -222,6 +222,24 @@ async fn odd_keys_get_the_contract_json_errors() {
         let (status, code, _) = json_error(resp, &what).await;
         assert_eq!((status, code.as_str()), (404, "no_route"), "{what}");
     }
+    // Found by trying it as a new user: the command line took any 404 for
+    // an absent key, so a --url that reaches no endpoint said "key not
+    // found"; and an empty key, refused before anything is sent, exited 1
+    // where bad usage is 2.
+    let (code, _, err) = common::cli(&["put", "p", "v", "--url", &c.leader.url()]);
+    assert_eq!(code, 0, "{err}");
+    let off_route = format!("{}/not-replidb", c.leader.url());
+    let (code, _, err) = common::cli(&["get", "p", "--url", &off_route]);
+    assert_ne!(code, 0, "{err}");
+    assert!(!err.contains("key not found"), "{err}");
+    for args in [&["put", "", "v"][..], &["get", ""][..], &["del", ""][..]] {
+        let mut args = args.to_vec();
+        let url = c.leader.url();
+        args.extend(["--url", &url]);
+        let (code, _, err) = common::cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("empty"), "{args:?}: {err}");
+    }
     // A method a path lacks: 405 with the JSON body and the Allow header.
     let resp = http
         .patch(format!("{}/v1/kv/a", c.leader.url()))

@@ -28,6 +28,15 @@ impl Params {
                     format!("unknown parameter {k:?}; allowed: {}", allowed.join(", ")),
                 ));
             }
+            // Which of two values wins is a guess the client did not make
+            // (servers differ: first, last, a list), so neither does.
+            if map.contains_key(&k) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    format!("parameter {k:?} is given more than once"),
+                ));
+            }
             map.insert(k, v);
         }
         Ok(Params(map))
@@ -122,6 +131,18 @@ pub enum Consistency {
     Bounded,
 }
 
+impl Consistency {
+    /// The name the query uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Strong => "strong",
+            Consistency::Leader => "leader",
+            Consistency::Eventual => "eventual",
+            Consistency::Bounded => "bounded",
+        }
+    }
+}
+
 impl FromStr for Consistency {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
@@ -178,11 +199,23 @@ impl ReadOpts {
         let consistency =
             p.parse_as::<Consistency>("consistency", "strong, leader, eventual or bounded")?;
         let max_staleness_ms = p.parse_as::<u64>("max_staleness_ms", "milliseconds")?;
-        if consistency == Some(Consistency::Bounded) && max_staleness_ms.is_none() {
-            return Err(ApiError::bad_request(
-                "consistency=bounded needs max_staleness_ms",
-            ));
-        }
+        // A staleness bound alone asks for a bounded read; beside another
+        // level it would be silently ignored, so it is refused.
+        let consistency = match (consistency, max_staleness_ms) {
+            (Some(Consistency::Bounded), None) => {
+                return Err(ApiError::bad_request(
+                    "consistency=bounded needs max_staleness_ms",
+                ))
+            }
+            (None, Some(_)) => Some(Consistency::Bounded),
+            (Some(c), Some(_)) if c != Consistency::Bounded => {
+                return Err(ApiError::bad_request(format!(
+                    "max_staleness_ms applies to consistency=bounded only (alone, it means bounded); this read asks for consistency={}",
+                    c.as_str()
+                )))
+            }
+            (c, _) => c,
+        };
         // Both may be present (a proxy adds the header to a client's
         // query): the stricter, higher token wins.
         let mut min_lsn = p.parse_as::<u64>("min_lsn", "an LSN (unsigned integer)")?;
