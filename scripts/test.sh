@@ -62,7 +62,8 @@ fi
 
 # Simulator soaks on the release build (debug is ~10x slower): many seeds
 # of the single-leader run with every fault (SIM_SOAK_SEEDS, default
-# 2000), then of the multi-leader run with every fault under clock skew
+# 2000; and TYPED_SOAK_SEEDS, default 300, with counters, sets and their
+# deletes among the writes), then of the multi-leader run with every fault under clock skew
 # (ML_SOAK_SEEDS, default 1000), then of the leaderless run — four (R, W)
 # settings per seed, every fault (LL_SOAK_SEEDS, default 1000). Each soak
 # runs in two halves at once to use both cores; each half prints only its
@@ -86,6 +87,7 @@ soak() {
     rm -rf "$logs"
 }
 soak "${SIM_SOAK_SEEDS:-2000}" --faults all
+soak "${TYPED_SOAK_SEEDS:-300}" --faults all --typed-keys
 soak "${ML_SOAK_SEEDS:-1000}" --topology multi-leader --faults all
 soak "${LL_SOAK_SEEDS:-1000}" --topology leaderless --faults all
 if ((status != 0)); then

@@ -106,6 +106,11 @@ pub struct SimConfig {
     /// Story lines printed before eliding (0 = all); fault lines are always
     /// printed.
     pub story_lines: usize,
+    /// Also write typed keys (`t*`: counter increments, set adds, and
+    /// deletes of either) between the plain writes, so the writer's typed-key
+    /// checks, merges and deletes run under the same faults and invariants
+    /// (logs, digests at equal LSNs, convergence).
+    pub typed_keys: bool,
 }
 
 impl SimConfig {
@@ -122,20 +127,22 @@ impl SimConfig {
             read_ratio: 3.0,
             faults: FaultMode::None,
             story_lines: 40,
+            typed_keys: false,
         }
     }
 
     /// The command line that reproduces this run.
     pub fn command_line(&self) -> String {
         format!(
-            "replidb simulate --seed {} --followers {} --lag {}..{} --writes {} --read-ratio {} --faults {}",
+            "replidb simulate --seed {} --followers {} --lag {}..{} --writes {} --read-ratio {} --faults {}{}",
             self.seed,
             self.followers,
             fmt_duration(self.lag.lo),
             fmt_duration(self.lag.hi),
             self.writes,
             self.read_ratio,
-            self.faults
+            self.faults,
+            if self.typed_keys { " --typed-keys" } else { "" }
         )
     }
 

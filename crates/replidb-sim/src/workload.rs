@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use replidb_core::{Lsn, Op, WriteConcern};
-use replidb_engine::Proposal;
+use replidb_causal::{CausalWrite, Policy};
+use replidb_core::{Epoch, Lsn, Op, WriteConcern};
+use replidb_engine::{Committed, Proposal};
 
 use replidb_replication::Leader;
 
@@ -28,6 +29,10 @@ use crate::SimConfig;
 
 /// Salt of the workload's random stream (faults use another).
 const WORKLOAD_SALT: u64 = 0x776f_726b_6c6f_6164;
+/// Salt of the typed-key writes' stream ([`SimConfig::typed_keys`]).
+const TYPED_SALT: u64 = 0x7479_7065_645f_6b65;
+/// Typed keys the client writes (`t0`..): few, so deletes meet live keys.
+const TYPED_KEYS: u32 = 8;
 /// How long a `w=majority` write waits for its acknowledgements.
 pub const MAJORITY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the client waits for the cluster to come up.
@@ -55,6 +60,9 @@ pub(crate) async fn client(shared: Arc<Shared>, cfg: SimConfig) -> turmoil::Resu
         return Ok(());
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ WORKLOAD_SALT);
+    // Its own stream, so the plain workload draws the same numbers with
+    // or without typed keys.
+    let mut typed_rng = StdRng::seed_from_u64(cfg.seed ^ TYPED_SALT);
     let session = Arc::new(Mutex::new(Session::default()));
     let key_space = (cfg.writes / 2).max(1);
     let read_window = cfg.lag.hi.as_millis() as u64 + 300;
@@ -83,6 +91,12 @@ pub(crate) async fn client(shared: Arc<Shared>, cfg: SimConfig) -> turmoil::Resu
         let Some(lsn) = write(&shared, &key, &value, majority).await else {
             break;
         };
+        if cfg.typed_keys
+            && typed_rng.random_bool(0.5)
+            && typed_write(&shared, &mut typed_rng).await.is_none()
+        {
+            break;
+        }
         {
             let mut s = session.lock().unwrap_or_else(|e| e.into_inner());
             s.expected.insert(key.clone(), lsn);
@@ -204,20 +218,101 @@ async fn writer(shared: &Shared) -> Option<(String, NodeHandle)> {
 
 /// One write through the leader; `None` if no leader can take it.
 async fn write(shared: &Shared, key: &str, value: &str, majority: bool) -> Option<u64> {
+    let op = Op::Put {
+        key: key.to_string(),
+        value: value.as_bytes().to_vec(),
+    };
+    let (name, node, committed) = propose(shared, key, |epoch| plain(op.clone(), epoch)).await?;
+    let lsn = committed.lsn.0;
+    let t = shared.now();
+    shared.event_at(
+        t,
+        EventKind::Persisted {
+            node: name.clone(),
+            epoch: shared.elected.then_some(committed.epoch.0),
+            key: key.to_string(),
+            value: value.to_string(),
+            lsn,
+            majority,
+        },
+    );
+    if let (true, Some(leader)) = (majority, node.leader) {
+        let (acks, met) = leader
+            .wait_for(Lsn(lsn), WriteConcern::Majority, MAJORITY_TIMEOUT)
+            .await;
+        let needed = WriteConcern::Majority.required(leader.voters());
+        shared.event(EventKind::MajorityAck {
+            node: name.clone(),
+            lsn,
+            acks,
+            needed,
+            voters: leader.voters(),
+            met,
+            waited_ms: shared.now() - t,
+        });
+        if met {
+            shared.update_outcome(|o| {
+                o.majority_acked
+                    .push((lsn, key.to_string(), value.to_string()))
+            });
+        }
+    }
+    Some(lsn)
+}
+
+/// A plain proposal, as the leader of `epoch` when there is one.
+fn plain(op: Op, epoch: Option<Epoch>) -> Proposal {
+    match epoch {
+        Some(e) => Proposal::in_epoch(op, Vec::new(), e),
+        None => Proposal::new(op),
+    }
+}
+
+/// One typed-key write ([`SimConfig::typed_keys`]): an increment of a
+/// counter (`t` and an even number), an add to a set (odd), or a delete of
+/// either, drawn from `rng`. The keys keep their kinds, so a refusal is a
+/// violation like any other. The reads do not look at these keys; the
+/// logs, the digests at equal LSNs and convergence do.
+async fn typed_write(shared: &Shared, rng: &mut StdRng) -> Option<u64> {
+    let n = rng.random_range(0..TYPED_KEYS);
+    let key = format!("t{n}");
+    let delete = rng.random_bool(0.25);
+    let member = format!("m{}", rng.random_range(0..4u8));
+    let (_, _, committed) = propose(shared, &key, |epoch| {
+        if delete {
+            return plain(Op::Delete { key: key.clone() }, epoch);
+        }
+        let write = if n % 2 == 0 {
+            CausalWrite::Counter { delta: 1 }
+        } else {
+            CausalWrite::Set {
+                add: vec![member.clone()],
+                remove: Vec::new(),
+            }
+        };
+        Proposal::causal(key.clone(), write, Policy::Lww, epoch)
+    })
+    .await?;
+    Some(committed.lsn.0)
+}
+
+/// Propose through the leader, retrying (elected leader) a proposal that
+/// failed because its node crashed or lost the lead, and record what every
+/// accepted write leaves for the checks: the leader's digest at its LSN,
+/// and who accepted it in which epoch. `make` builds the proposal for the
+/// epoch of the node it goes to.
+async fn propose(
+    shared: &Shared,
+    key: &str,
+    make: impl Fn(Option<Epoch>) -> Proposal,
+) -> Option<(String, NodeHandle, Committed)> {
     let mut attempt = 0;
     let (name, node, committed) = loop {
         attempt += 1;
         let (name, node) = writer(shared).await?;
-        let op = Op::Put {
-            key: key.to_string(),
-            value: value.as_bytes().to_vec(),
-        };
         // Propose as the leader of its epoch, as the server's write path
         // does: the writer refuses it if the node adopted a newer epoch.
-        let proposal = match &node.leader {
-            Some(l) => Proposal::in_epoch(op, Vec::new(), l.epoch()),
-            None => Proposal::new(op),
-        };
+        let proposal = make(node.leader.as_ref().map(|l| l.epoch()));
         match node.engine.propose(proposal).await {
             Ok(c) => break (name, node, c),
             Err(e) if shared.elected && attempt < WRITE_ATTEMPTS => {
@@ -249,45 +344,13 @@ async fn write(shared: &Shared, key: &str, value: &str, majority: bool) -> Optio
         shared.record_digest(&name, lsn, committed.epoch.0, d);
     }
     let t = shared.now();
-    shared.event_at(
-        t,
-        EventKind::Persisted {
-            node: name.clone(),
-            epoch: shared.elected.then_some(committed.epoch.0),
-            key: key.to_string(),
-            value: value.to_string(),
-            lsn,
-            majority,
-        },
-    );
     shared.update_outcome(|o| {
         o.writes += 1;
         o.last_write_ms = t;
         o.last_lsn = lsn;
         o.accepted.push((name.clone(), committed.epoch.0, lsn));
     });
-    if let (true, Some(leader)) = (majority, node.leader) {
-        let (acks, met) = leader
-            .wait_for(Lsn(lsn), WriteConcern::Majority, MAJORITY_TIMEOUT)
-            .await;
-        let needed = WriteConcern::Majority.required(leader.voters());
-        shared.event(EventKind::MajorityAck {
-            node: name.clone(),
-            lsn,
-            acks,
-            needed,
-            voters: leader.voters(),
-            met,
-            waited_ms: shared.now() - t,
-        });
-        if met {
-            shared.update_outcome(|o| {
-                o.majority_acked
-                    .push((lsn, key.to_string(), value.to_string()))
-            });
-        }
-    }
-    Some(lsn)
+    Some((name, node, committed))
 }
 
 /// One eventual read on a follower, judged against the session.

@@ -135,10 +135,16 @@ fn delay_faults_duplicate_frames_and_the_followers_cope() {
 /// The batch: 5 seeds per fault mode, one test per mode so they run in
 /// parallel.
 fn batch(faults: FaultMode, seeds: std::ops::RangeInclusive<u64>) {
-    let base = SimConfig {
-        writes: 30,
-        ..cfg(0, faults)
-    };
+    batch_of(
+        SimConfig {
+            writes: 30,
+            ..cfg(0, faults)
+        },
+        seeds,
+    );
+}
+
+fn batch_of(base: SimConfig, seeds: std::ops::RangeInclusive<u64>) {
     let soak = run_seeds(&base, seeds, |_| {}).expect("runs start");
     assert!(
         soak.failed.is_empty(),
@@ -175,6 +181,24 @@ fn seed_batch_with_failover() {
 #[test]
 fn seed_batch_with_every_fault() {
     batch(FaultMode::All, 500..=505);
+}
+
+/// Counters, sets and deletes of both between the plain writes, under
+/// every fault: a delete of a typed key (allowed in single-leader mode) and
+/// a typed write in the same group as a delete must leave every node with
+/// the same log and the same digest at every LSN.
+#[test]
+fn seed_batch_with_typed_keys_and_every_fault() {
+    let base = SimConfig {
+        writes: 30,
+        typed_keys: true,
+        ..cfg(0, FaultMode::All)
+    };
+    assert!(
+        base.command_line().ends_with(" --typed-keys"),
+        "a failing seed's reproduction line keeps the typed keys"
+    );
+    batch_of(base, 700..=705);
 }
 
 #[test]

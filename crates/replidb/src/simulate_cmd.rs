@@ -71,6 +71,10 @@ pub struct SimulateArgs {
     /// Story lines to print before eliding (0 = all; faults always print).
     #[arg(long, default_value_t = 40)]
     pub story_lines: usize,
+    /// Single-leader: also write typed keys (counter increments, set adds,
+    /// deletes) between the plain writes.
+    #[arg(long)]
+    pub typed_keys: bool,
 }
 
 /// `A..B` (inclusive) or a single seed.
@@ -140,6 +144,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         read_ratio: args.read_ratio,
         faults: args.faults.unwrap_or_default(),
         story_lines: args.story_lines,
+        typed_keys: args.typed_keys,
     };
     cfg.validate()
         .map_err(|e| anyhow::Error::new(UsageError(e.to_string())))?;
