@@ -428,11 +428,14 @@ pub enum CausalWrite {
         fields: BTreeMap<String, Option<serde_json::Value>>,
     },
     /// Empty a counter, set or map of everything this node has seen of it:
-    /// the counter goes back by its value, the set removes every member it
-    /// holds, the map removes every field. An observed-remove reset (the
-    /// "reset-remove" of Shapiro et al.'s CRDT catalogue, as Riak deletes a
-    /// data type): what another origin adds concurrently is not observed,
-    /// so it survives the reset. The key keeps its kind.
+    /// the counter goes back by its value and the set removes every member
+    /// it holds (observed-remove, as Riak resets a data type: what another
+    /// origin adds concurrently is not observed, so it survives); the map
+    /// removes every field it holds, each a last-writer-wins register on
+    /// HLC time, so a field written concurrently with a later stamp
+    /// survives and one with an earlier stamp does not. The key keeps its
+    /// kind. The engine writes nothing to a key it does not hold (an empty
+    /// state would create the key as this kind).
     Clear {
         /// The kind the request clears (`wrong_type` if the key is another).
         kind: KeyKind,
@@ -558,13 +561,15 @@ fn clear_operand(
                     }
                 }
                 _ => {
+                    let back =
+                        i64::try_from(-value).unwrap_or(if up { i64::MAX } else { i64::MIN });
                     return Err(PrepareError::CounterOverflow {
                         key: key.to_string(),
                         value: KeyState::Counter(c.clone())
                             .counter_value()
                             .unwrap_or_default(),
-                        delta: 0,
-                    })
+                        delta: back,
+                    });
                 }
             }
         }

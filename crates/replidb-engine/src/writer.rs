@@ -410,6 +410,27 @@ impl WriterCore {
             }
         };
         let lsn = self.wal.last_lsn().next();
+        if matches!(cp.write, CausalWrite::Clear { .. }) && existing.is_none() {
+            // Nothing here to clear. Writing an empty state would create
+            // the key as that kind, and merging kinds keeps the higher
+            // ranked one on every node: a clear that outran the key's
+            // first write would replace it. An empty record keeps the LSNs
+            // gapless and changes nothing.
+            let rec = Record {
+                lsn,
+                epoch,
+                hlc: self.hlc.now(),
+                op: Op::Batch(Vec::new()),
+            };
+            let committed = Committed {
+                lsn,
+                epoch,
+                existed: Some(false),
+                state: None,
+                version: None,
+            };
+            return Ok((rec, committed));
+        }
         // The write supersedes what the key holds, so its stamp must be
         // later than all of it, even when this node's clock runs behind
         // and restarted since (recovery does not restore the HLC): else
@@ -423,8 +444,11 @@ impl WriterCore {
             lsn: lsn.0,
             hlc,
         };
-        let existed = matches!(cp.write, CausalWrite::Delete { .. })
-            .then(|| existing.as_ref().is_some_and(|s| !s.is_absent()));
+        let existed = matches!(
+            cp.write,
+            CausalWrite::Delete { .. } | CausalWrite::Clear { .. }
+        )
+        .then(|| existing.as_ref().is_some_and(|s| !s.is_absent()));
         let operand =
             replidb_causal::prepare(&cp.key, existing.as_ref(), cp.write, cp.policy, &stamp)?;
         let version = match &operand {

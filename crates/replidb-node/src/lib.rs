@@ -173,6 +173,10 @@ pub struct NodeCore {
     stepped_down_mono_ms: Mutex<Option<u64>>,
     /// The durable voting set (member URLs).
     voters: VotingSet,
+    /// Held while the voting set is learned or a member forgotten, so a
+    /// refresh that read the members before a forget cannot add the
+    /// forgotten one back after it.
+    membership: Mutex<()>,
 }
 
 impl NodeCore {
@@ -208,6 +212,7 @@ impl NodeCore {
             cluster_members: AtomicUsize::new(0),
             fenced: AtomicBool::new(false),
             stepped_down_mono_ms: Mutex::new(None),
+            membership: Mutex::new(()),
         })
     }
 
@@ -264,6 +269,7 @@ impl NodeCore {
     /// a leader's majority from them. Called on every coordinator tick and
     /// by the server's housekeeping.
     pub fn refresh_members(&self) {
+        let _membership = self.membership.lock().unwrap_or_else(|e| e.into_inner());
         let mut urls = vec![self.opts.advertise_url.clone()];
         match self.role() {
             Role::Leader(l) => urls.extend(l.peers()),
@@ -287,31 +293,30 @@ impl NodeCore {
     /// fact still members. [`ForgetError::NotAVoter`] when it is not in the
     /// voting set.
     pub fn forget(&self, member: &str) -> Result<String, ForgetError> {
+        let _membership = self.membership.lock().unwrap_or_else(|e| e.into_inner());
         let mut url = member.to_string();
         let leader = self.leader();
-        let replica = leader.as_ref().and_then(|l| {
-            l.replicas()
-                .into_iter()
-                .find(|r| r.id == member || r.addr == member)
-        });
-        if let Some(r) = &replica {
-            if r.state != replidb_replication::ReplicaState::Disconnected {
+        // Checked and removed in one step: a follower reconnecting in
+        // between keeps its new session.
+        match leader
+            .as_ref()
+            .and_then(|l| l.forget_if_disconnected(member))
+        {
+            Some(Err(r)) => {
                 return Err(ForgetError::Connected {
-                    id: r.id.clone(),
-                    url: r.addr.clone(),
+                    id: r.id,
+                    url: r.addr,
                     state: r.state,
-                });
+                })
             }
-            url = r.addr.clone();
+            Some(Ok(r)) => url = r.addr,
+            None => {}
         }
         if !self.voters.forget(&url) {
             return Err(ForgetError::NotAVoter {
                 member: member.to_string(),
                 voting_set: self.voters.urls(),
             });
-        }
-        if let (Some(l), Some(r)) = (&leader, &replica) {
-            l.forget(&r.id);
         }
         // The registry's count no longer holds either.
         self.cluster_members.store(0, Ordering::SeqCst);

@@ -562,10 +562,27 @@ impl Leader {
         self.lock().values().map(|r| r.flush_lsn.next()).min()
     }
 
-    /// Forget a follower (it will need a snapshot when it returns if the
-    /// WAL moves on without it).
-    pub fn forget(&self, id: &str) {
-        self.lock().remove(id);
+    /// Forget the follower `member` (its id or URL; it will need a snapshot
+    /// when it returns if the WAL moves on without it) only if its stream is
+    /// gone (`disconnected`, as [`Leader::replicas`] reports it), checked
+    /// and removed under one lock. `None`: no such follower; `Err`: it is
+    /// still connected, as it is now.
+    pub fn forget_if_disconnected(&self, member: &str) -> Option<Result<ReplicaInfo, ReplicaInfo>> {
+        let now = self.clock.mono_ms();
+        let mut map = self.lock();
+        let (id, r) = map
+            .iter()
+            .find(|(_, r)| r.id == member || r.addr == member)?;
+        let mut info = r.clone();
+        if self.silent_too_long(r, now) {
+            info.state = ReplicaState::Disconnected;
+        }
+        if info.state != ReplicaState::Disconnected {
+            return Some(Err(info));
+        }
+        let id = id.clone();
+        map.remove(&id);
+        Some(Ok(info))
     }
 
     fn update(&self, id: &str, session: u64, f: impl FnOnce(&mut ReplicaInfo)) {

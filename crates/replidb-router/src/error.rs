@@ -116,7 +116,8 @@ impl RouterError {
             RouterError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             RouterError::UnknownParameter { .. } => (StatusCode::BAD_REQUEST, "unknown_parameter"),
             RouterError::EmptyKey => (StatusCode::BAD_REQUEST, "invalid_key"),
-            RouterError::NotRouted { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            // Not `not_found`, which clients read as "no such key".
+            RouterError::NotRouted { .. } => (StatusCode::NOT_FOUND, "not_routed"),
             RouterError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             RouterError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")

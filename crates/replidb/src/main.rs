@@ -122,15 +122,13 @@ fn fail(e: &anyhow::Error) -> ExitCode {
         Some(h) => eprintln!("error: {} ({h})", error_line(e)),
         None => eprintln!("error: {}", error_line(e)),
     }
-    // Input the client refuses before sending (an empty key, a bad URL)
-    // is bad usage too.
+    // Input the client refuses before sending (an empty key) is bad usage
+    // too. (A bad --url is a UsageError already; an InvalidUrl here came
+    // from a server's redirect, a runtime error.)
     let bad_input = e.chain().any(|c| {
         matches!(
             c.downcast_ref::<replidb_client::ClientError>(),
-            Some(
-                replidb_client::ClientError::InvalidInput(_)
-                    | replidb_client::ClientError::InvalidUrl { .. }
-            )
+            Some(replidb_client::ClientError::InvalidInput(_))
         )
     });
     if bad_input || e.downcast_ref::<UsageError>().is_some() {

@@ -417,6 +417,14 @@ impl ServerOpts {
             if c.coordinator == CoordinatorKind::Etcd {
                 return Err(invalid("coordinator", "multi-leader and leaderless nodes find each other through --peers (etcd discovery is not built yet)"));
             }
+            if c.resp_listen.is_some() {
+                // Its commands are the single leader's: plain values, and
+                // read-modify-writes conditioned on one log's LSNs.
+                return Err(invalid(
+                    "resp_listen",
+                    "the Redis protocol serves the single-leader topology only: in a multi-leader or leaderless cluster use the HTTP API",
+                ));
+            }
         }
         if let Some(path) = self.auth_file {
             // Checked here so a bad file stops the start with the field's
@@ -919,6 +927,20 @@ mod tests {
         base(&["--heartbeat-interval", "999ms"]).unwrap();
         base(&["--backoff-base", "1s", "--backoff-max", "1s"]).unwrap();
         base(&["--cluster-size", "3", "--default-w", "3"]).unwrap();
+    }
+
+    #[test]
+    fn the_redis_listener_is_single_leader_only() {
+        let e = base(&[
+            "--topology",
+            "multi-leader",
+            "--peers",
+            "http://127.0.0.1:1",
+            "--resp-listen",
+            "127.0.0.1:6379",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("single-leader"), "{e}");
     }
 
     #[test]

@@ -529,3 +529,48 @@ async fn five_nodes_under_random_kills_and_restarts_converge_to_equal_digests() 
         "counter {value}: {acked} increments acknowledged, {sent} sent"
     );
 }
+
+/// Found in review: a counter's `DELETE` was prepared against the state of
+/// the replica that coordinated it alone, so one that had missed the
+/// counter's writes cleared nothing, answered 200, and every quorum read
+/// still saw the value. A clear now first joins what W replicas hold. And a
+/// clear of a key no replica holds writes nothing: it used to create the
+/// key as an empty counter, set or map, which would replace a value of
+/// another kind written elsewhere (merging kinds keeps the higher ranked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_clears_what_the_other_replicas_hold() {
+    // No hints and no anti-entropy: a replica that was down stays behind.
+    let mut nodes = cluster(3, &["--strict-quorum", "--anti-entropy-interval", "1h"]).await;
+    nodes[2].kill9();
+    let (s, _, body) = send(
+        nodes[0]
+            .http()
+            .post(nodes[0].at("/v1/counter/visits?w=2"))
+            .json(&json!({"delta": 5})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    nodes[2].restart().await;
+    assert!(!holds(&nodes[2], "visits").await, "n3 missed the write");
+
+    let n3 = &nodes[2];
+    let (s, _, body) = send(n3.http().delete(n3.at("/v1/counter/visits"))).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["existed"], true, "{body}");
+    assert_eq!(body["value"], 0, "{body}");
+    let all = nodes[0].get_json("/v1/counter/visits?r=all").await;
+    assert_eq!(all["value"], 0, "the delete cleared nothing: {all}");
+
+    let (s, _, body) = send(n3.http().delete(n3.at("/v1/map/never"))).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["existed"], false, "{body}");
+    for n in &nodes {
+        assert!(
+            !holds(n, "never").await,
+            "a clear created the key on {}",
+            n.url()
+        );
+    }
+    let (s, _, body) = send(nodes[0].http().put(nodes[0].at("/v1/kv/never")).body("v")).await;
+    assert_eq!(s, 200, "the key is still free for a plain value: {body}");
+}

@@ -1237,4 +1237,37 @@ async fn a_typed_delete_empties_the_key_on_every_node() {
     let (s, _, b) = send(n1.http().delete(n1.at("/v1/map/hits"))).await;
     assert_eq!(s, 409, "{b}");
     assert_eq!(b["error"]["code"], "wrong_type");
+
+    // Found in review: a clear of a key this node does not hold created it
+    // as an empty map here, and merging kinds keeps the higher ranked one,
+    // so it replaced the counter written on another node everywhere.
+    let (s, _, b) = send(n2.http().delete(n2.at("/v1/map/fresh"))).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (&b["existed"], &b["map"]),
+        (&json!(false), &json!({})),
+        "{b}"
+    );
+    let (s, _, b) = send(
+        n1.http()
+            .post(n1.at("/v1/counter/fresh"))
+            .json(&json!({"delta": 2})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    wait_converged(&nodes).await;
+    for n in &nodes {
+        assert_eq!(n.get_json("/v1/counter/fresh").await["value"], json!(2));
+    }
+
+    // The single leader's plain write paths (the seed endpoints) would
+    // write an unversioned value that peers order differently.
+    let (s, _, b) = send(
+        n1.http()
+            .post(n1.at("/write"))
+            .json(&json!({"key": "seeded", "value": "x"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["code"], "not_supported");
 }

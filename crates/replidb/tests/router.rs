@@ -562,7 +562,7 @@ async fn writes_follow_a_failover_and_errors_are_json() {
     let unrouted = router.get("/admin/promote", &[]).await;
     assert_eq!(
         (unrouted.status, unrouted.json()["error"]["code"].as_str()),
-        (404, Some("not_found"))
+        (404, Some("not_routed"))
     );
     let big = router.put("big", &"x".repeat(2 << 20), &[]).await;
     assert_eq!(

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use replidb_causal::vector::{decode_context, encode_context, vector_json};
 use replidb_causal::{CausalWrite, KeyKind, KeyState, MinVersion, VersionVector};
+use replidb_core::Lsn;
 use replidb_engine::Proposal;
 use serde_json::{json, Map, Value};
 
@@ -36,6 +37,9 @@ pub const CHANGES_PER_REQUEST_MAX: usize = 1000;
 /// How long a multi-leader write waits for the `X-Replidb-Min-Version` it
 /// carries before it is refused (503).
 pub const TOKEN_WAIT_WRITE: Duration = Duration::from_millis(1000);
+/// Most attempts of a single-leader typed `DELETE` whose key keeps
+/// changing between its type check and its delete.
+pub const TYPED_DELETE_ATTEMPTS_MAX: usize = 100;
 /// Most conflicts one `/v1/conflicts` answer lists.
 pub const CONFLICTS_LIMIT_MAX: usize = 1000;
 
@@ -785,17 +789,29 @@ async fn typed_delete(
         Err(resp) => return Ok(resp),
     };
     if !node.is_leaderless() && !node.is_multi_leader() {
-        // The leader's table: a delete of another kind is refused, as a
-        // write to it would be.
-        read_state(node, key, kind)?;
         let opts = tw
             .opts
             .ok_or_else(|| ApiError::internal("write options missing"))?;
-        let op = replidb_core::Op::Delete {
-            key: key.to_string(),
-        };
-        let out = super::propose(node, op, Vec::new(), opts).await?;
-        return Ok(super::write::write_response(Some(key), opts, &out));
+        // A key of another kind is refused, as a write to it would be. The
+        // delete is conditioned on the key being as it was checked, so a
+        // write that made it another kind meanwhile is not deleted with it.
+        for _ in 0..TYPED_DELETE_ATTEMPTS_MAX {
+            read_state(node, key, kind)?;
+            let held = node.engine.table().get(key)?.map_or(Lsn::ZERO, |v| v.lsn);
+            let op = replidb_core::Op::Delete {
+                key: key.to_string(),
+            };
+            match super::propose(node, op, vec![(key.to_string(), held)], opts).await {
+                Ok(out) => return Ok(super::write::write_response(Some(key), opts, &out)),
+                Err(e) if e.code == "condition_failed" => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "condition_failed",
+            format!("{key:?} changed under {TYPED_DELETE_ATTEMPTS_MAX} attempts in a row to delete it; nothing was deleted, retry"),
+        ));
     }
     typed_write(
         node,
@@ -848,7 +864,12 @@ pub async fn counter_delete(
         &key,
         (q, uri, headers, body),
         KeyKind::Counter,
-        |_, s| ("value", json!(s.and_then(KeyState::counter_value))),
+        |_, s| {
+            (
+                "value",
+                json!(s.and_then(KeyState::counter_value).unwrap_or(0)),
+            )
+        },
     )
     .await
 }
@@ -890,7 +911,12 @@ pub async fn set_delete(
         &key,
         (q, uri, headers, body),
         KeyKind::Set,
-        |_, s| ("members", json!(s.and_then(KeyState::set_members))),
+        |_, s| {
+            (
+                "members",
+                json!(s.and_then(KeyState::set_members).unwrap_or_default()),
+            )
+        },
     )
     .await
 }
@@ -932,7 +958,12 @@ pub async fn map_delete(
         &key,
         (q, uri, headers, body),
         KeyKind::Map,
-        |_, s| ("map", json!(s.and_then(KeyState::map_object))),
+        |_, s| {
+            (
+                "map",
+                json!(s.and_then(KeyState::map_object).unwrap_or_default()),
+            )
+        },
     )
     .await
 }

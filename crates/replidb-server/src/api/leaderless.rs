@@ -111,6 +111,18 @@ pub async fn write(
     }
     let n = pref.len();
     let w = quorum_param(p, "w", n)?;
+    if matches!(write, CausalWrite::Clear { .. }) {
+        // A clear takes back what this replica holds when it is prepared:
+        // first join what W replicas hold (as many as the write asks to
+        // hold it), so that it clears what was written through other
+        // replicas too: any value on a write quorum that overlaps those W.
+        let (state, _) = read_from(node, key, w, crate::leaderless::INTERNAL_TIMEOUT).await?;
+        if let Some(s) = state {
+            merge_locally(node, key, Operand::State(s).encode())
+                .await
+                .map_err(ApiError::internal)?;
+        }
+    }
     let timeout = p
         .parse_as::<u64>("timeout_ms", "milliseconds")?
         .map(Duration::from_millis)
@@ -129,10 +141,22 @@ pub async fn write(
         local_opts,
     )
     .await?;
-    let state = committed
-        .state
-        .clone()
-        .ok_or_else(|| ApiError::internal("causal write without a state"))?;
+    let Some(state) = committed.state.clone() else {
+        // A clear of a key that no replica of the read quorum holds: the
+        // engine wrote nothing to the key, so there is nothing to send.
+        let body = json!({
+            "key": key,
+            "lsn": out.lsn.0,
+            "epoch": out.epoch,
+            "origin": node.config.id,
+            "acks": 1,
+            "w": w,
+            "committed": true,
+            "replicas": [lz.me.clone()],
+            "existed": false,
+        });
+        return Ok(((StatusCode::OK, Json(body)).into_response(), None));
+    };
     let operand = Operand::State(state.clone()).encode();
     let walk: Vec<String> = lz.ring.walk(key).into_iter().map(String::from).collect();
     let (mut round, deliveries) =
@@ -315,6 +339,18 @@ pub async fn read(
         .map(Duration::from_millis)
         .unwrap_or(crate::leaderless::INTERNAL_TIMEOUT)
         .min(Duration::from_millis(super::params::WAIT_MS_MAX));
+    read_from(node, key, r, wait).await
+}
+
+/// [`read`] from `r` replicas, waiting at most `wait` for them.
+async fn read_from(
+    node: &Arc<Node>,
+    key: &str,
+    r: usize,
+    wait: Duration,
+) -> ApiResult<(Option<KeyState>, Vec<String>)> {
+    let lz = lz(node)?;
+    let pref = lz.preference_list(key);
     let (tx, mut rx) =
         mpsc::channel::<(String, Result<Option<KeyState>, String>)>(pref.len().max(1));
     for url in &pref {

@@ -82,12 +82,26 @@ pub async fn not_leader_response(node: &Node, origin: &Origin<'_>) -> ApiResult<
 }
 
 /// Sequence `op` on the leader and wait for the write concern.
+///
+/// # Errors
+/// 400 `not_supported` in the multi-leader and leaderless topologies: a
+/// plain `Op` carries no version, so a peer applying it after a concurrent
+/// write would keep a different value than this node (every write there
+/// goes through the causal path, `replidb_causal::CausalWrite`). Besides
+/// the engine's and the write concern's errors.
 pub async fn propose(
     node: &Node,
     op: Op,
     conditions: Vec<(String, Lsn)>,
     opts: WriteOpts,
 ) -> ApiResult<WriteOutcome> {
+    if node.is_multi_leader() || node.is_leaderless() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_supported",
+            "this write path is the single leader's; in the multi-leader and leaderless topologies write through /v1/kv and the counter, set and map endpoints",
+        ));
+    }
     let key_for_log = match &op {
         Op::Batch(ops) => format!("<batch of {}>", ops.len()),
         leaf => leaf.key().unwrap_or_default().to_string(),
