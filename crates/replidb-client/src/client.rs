@@ -320,6 +320,8 @@ impl Client {
                     lsn: w.lsn.unwrap_or(0),
                     epoch: w.epoch.unwrap_or(0),
                     key: w.key,
+                    kind: w.kind,
+                    siblings: w.siblings,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

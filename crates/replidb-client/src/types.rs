@@ -357,8 +357,15 @@ impl ReadResult {
 pub struct ScanItem {
     /// The key.
     pub key: String,
-    /// The value's bytes.
+    /// The value's bytes; for a typed key its JSON rendering (`{"counter":
+    /// 5}`, `{"set": [..]}`, `{"map": {..}}`); empty for a key with
+    /// siblings.
     pub value: Vec<u8>,
+    /// A typed key's kind (`counter`, `set`, `map`); `None` for a value.
+    pub kind: Option<String>,
+    /// A key holding concurrent versions (multi-leader, `siblings`
+    /// policy): how many. Read the key itself to get them.
+    pub siblings: Option<u64>,
     /// LSN of the write that produced this value.
     pub lsn: u64,
     /// Epoch of that write.
@@ -422,10 +429,12 @@ impl SiblingWire {
             (false, Some(v)) => Some(
                 WireValue {
                     key: String::new(),
-                    value: v,
+                    value: serde_json::Value::String(v),
                     encoding: self.encoding,
                     lsn: None,
                     epoch: None,
+                    kind: None,
+                    siblings: None,
                 }
                 .bytes()?,
             ),
@@ -444,22 +453,38 @@ impl SiblingWire {
 pub(crate) struct WireValue {
     #[serde(default)]
     pub key: String,
-    pub value: String,
+    /// A string (UTF-8 or base64); a typed key's JSON rendering (scan);
+    /// absent for a key with siblings (scan).
+    #[serde(default)]
+    pub value: serde_json::Value,
     #[serde(default)]
     pub encoding: Option<String>,
     #[serde(default)]
     pub lsn: Option<u64>,
     #[serde(default)]
     pub epoch: Option<u64>,
+    /// A typed key's kind (scan): `counter`, `set` or `map`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// How many concurrent versions a key holds (scan, `siblings` policy).
+    #[serde(default)]
+    pub siblings: Option<u64>,
 }
 
 impl WireValue {
-    /// The value's bytes, decoding base64 when the server said so.
+    /// The value's bytes, decoding base64 when the server said so; a typed
+    /// key's JSON text; nothing for a key with siblings.
     pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        let text = match &self.value {
+            serde_json::Value::String(t) => t,
+            serde_json::Value::Null if self.siblings.is_some() => return Ok(Vec::new()),
+            other if self.kind.is_some() => return Ok(other.to_string().into_bytes()),
+            other => return Err(format!("unexpected value {other} for key {:?}", self.key)),
+        };
         match self.encoding.as_deref() {
-            None | Some("utf8") | Some("utf-8") => Ok(self.value.clone().into_bytes()),
+            None | Some("utf8") | Some("utf-8") => Ok(text.clone().into_bytes()),
             Some("base64") => base64::engine::general_purpose::STANDARD
-                .decode(&self.value)
+                .decode(text)
                 .map_err(|e| format!("bad base64 value for key {:?}: {e}", self.key)),
             Some(other) => Err(format!("unknown value encoding {other:?}")),
         }

@@ -51,7 +51,7 @@ pub enum EngineError {
     Causal(#[from] replidb_causal::PrepareError),
     /// A plain put to a key that holds a counter, set or map (a delete
     /// removes any kind). A 409.
-    #[error("key {key:?} is a {kind}; write it through /v1/{kind}")]
+    #[error("key {key:?} is a {kind}; write it through /v1/{kind}/{key} (a delete removes it)")]
     TypedKey {
         /// The key.
         key: String,

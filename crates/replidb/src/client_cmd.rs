@@ -169,7 +169,8 @@ pub async fn get(before: Option<&str>, a: GetArgs) -> anyhow::Result<()> {
 }
 
 /// `replidb scan [PREFIX]`: one `key<TAB>value` line per entry. Values
-/// that are not UTF-8 are shown lossily (use `get` for exact bytes).
+/// that are not UTF-8 are shown lossily (use `get` for exact bytes); a
+/// counter, set or map as its JSON rendering.
 pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
     let url = a.target.resolve(before);
     let mut s = CmdSession::open(&url, &a.target, a.session.no_session)?;
@@ -186,13 +187,11 @@ pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
         .await?;
     let mut out = std::io::stdout().lock();
     for item in items {
-        writeln!(
-            out,
-            "{}\t{}",
-            item.key,
-            String::from_utf8_lossy(&item.value)
-        )
-        .context("writing to stdout")?;
+        let value = match item.siblings {
+            Some(n) => format!("<{n} siblings: get the key to see them>"),
+            None => String::from_utf8_lossy(&item.value).into_owned(),
+        };
+        writeln!(out, "{}\t{value}", item.key).context("writing to stdout")?;
     }
     Ok(())
 }

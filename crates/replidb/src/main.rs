@@ -20,8 +20,8 @@
 //! # Exit codes and errors (API.md)
 //! `0` success, `1` runtime error (including `get` of an absent key),
 //! `2` bad usage: clap's own errors, and any [`UsageError`] raised by our
-//! validation (a bad duration in a config file, a malformed `--url`) or
-//! the client's (an empty key).
+//! validation (a bad duration in a config file, a malformed `--url`), the
+//! client's (an empty key) or the node's (a 400).
 //! Errors are printed to stderr on one line: `error: ...`.
 
 mod bench;
@@ -122,13 +122,18 @@ fn fail(e: &anyhow::Error) -> ExitCode {
         Some(h) => eprintln!("error: {} ({h})", error_line(e)),
         None => eprintln!("error: {}", error_line(e)),
     }
-    // Input the client refuses before sending (an empty key) is bad usage
-    // too. (A bad --url is a UsageError already; an InvalidUrl here came
-    // from a server's redirect, a runtime error.)
+    // Input the client refuses before sending (an empty key), or the node
+    // refuses as malformed (a 400: parameters that contradict each other,
+    // a key too long), is bad usage too. (A bad --url is a UsageError
+    // already; an InvalidUrl here came from a server's redirect, a runtime
+    // error.)
     let bad_input = e.chain().any(|c| {
         matches!(
             c.downcast_ref::<replidb_client::ClientError>(),
-            Some(replidb_client::ClientError::InvalidInput(_))
+            Some(
+                replidb_client::ClientError::InvalidInput(_)
+                    | replidb_client::ClientError::Api { status: 400, .. }
+            )
         )
     });
     if bad_input || e.downcast_ref::<UsageError>().is_some() {

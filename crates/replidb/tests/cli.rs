@@ -240,6 +240,34 @@ async fn odd_keys_get_the_contract_json_errors() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains("empty"), "{args:?}: {err}");
     }
+    // Bad usage the node catches (a 400) exits 2 as well.
+    let (code, _, err) = common::cli(&[
+        "get",
+        "p",
+        "--consistency",
+        "eventual",
+        "--max-staleness-ms",
+        "10",
+        "--url",
+        &c.leader.url(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    // Found by trying it as a new user: one counter, set or map anywhere in
+    // the range made `scan` fail to decode the whole answer.
+    let r = http
+        .post(format!("{}/v1/counter/pcount", c.leader.url()))
+        .json(&serde_json::json!({"delta": 3}))
+        .send()
+        .await
+        .expect("counter");
+    assert_eq!(r.status(), 200);
+    let (code, out, err) = common::cli(&["scan", "p", "--url", &c.leader.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("p\tv"), "{out}");
+    assert!(
+        out.contains("pcount\t{"),
+        "a counter as its JSON rendering: {out}"
+    );
     // A method a path lacks: 405 with the JSON body and the Allow header.
     let resp = http
         .patch(format!("{}/v1/kv/a", c.leader.url()))

@@ -180,6 +180,7 @@ async fn peer_positions(node: &Node, peers: &[String]) -> Vec<(String, PeerPosit
 
 /// `POST /admin/forget`'s body.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ForgetBody {
     /// The member's URL or id.
     member: String,
@@ -196,15 +197,21 @@ pub(crate) struct ForgetBody {
     request_body(content = ForgetBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Forgotten", body = super::openapi::ForgetResponse),
-        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
+        (status = 400, description = "Malformed body, an unknown field, or a query parameter", body = super::openapi::ErrorBody),
         (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
         (status = 404, description = "Not in the voting set", body = super::openapi::ErrorBody),
         (status = 409, description = "Not the leader (`not_leader`), or the member still has a stream open to this leader (`member_connected`)", body = super::openapi::ErrorBody),
     ),
 )]
-pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
+pub async fn forget(
+    State(node): State<AppState>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    super::params::Params::parse(q.as_deref(), &[])?;
     let b: ForgetBody = json_body(body, "{\"member\": URL or id}").await?;
+    let member = voter_named(&node.core.voting_set().urls(), &b.member);
     if node.leader().is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -215,10 +222,10 @@ pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Respo
             ),
         ));
     }
-    if b.member == node.config.advertise() || b.member == node.config.id {
+    if member == node.config.advertise() || member == node.config.id {
         return Err(ApiError::bad_request("a leader cannot forget itself"));
     }
-    match node.core.forget(&b.member) {
+    match node.core.forget(&member) {
         Ok(url) => Ok(
             Json(json!({"forgotten": url, "voting_set": node.core.voting_set().urls()}))
                 .into_response(),
@@ -234,8 +241,27 @@ pub async fn forget(State(node): State<AppState>, body: Body) -> ApiResult<Respo
     }
 }
 
+/// The voting set's URL that `member` names, written as elsewhere on the
+/// command line: with or without `http://`, with a trailing `/`. Anything
+/// else (an id) as given.
+fn voter_named(voters: &[String], member: &str) -> String {
+    let m = member.trim_end_matches('/');
+    if voters.iter().any(|v| v == m) {
+        return m.to_string();
+    }
+    voters
+        .iter()
+        .find(|v| {
+            v.split_once("://")
+                .is_some_and(|(_, host_port)| host_port == m)
+        })
+        .cloned()
+        .unwrap_or_else(|| m.to_string())
+}
+
 /// `POST /admin/follow`'s body.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct FollowBody {
     /// The leader's URL.
     leader: String,
@@ -251,13 +277,18 @@ pub(crate) struct FollowBody {
     request_body(content = FollowBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Now following", body = super::openapi::FollowResponse),
-        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
+        (status = 400, description = "Malformed body, an unknown field, or a query parameter", body = super::openapi::ErrorBody),
         (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
         (status = 409, description = "Leadership is etcd's (`coordinator_managed`)", body = super::openapi::ErrorBody),
     ),
 )]
-pub async fn follow(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
+pub async fn follow(
+    State(node): State<AppState>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    super::params::Params::parse(q.as_deref(), &[])?;
     etcd_managed(&node, "manual follow")?;
     let b: FollowBody = json_body(body, "{\"leader\": URL}").await?;
     replidb_replication::transport::host_port(&b.leader)
@@ -565,4 +596,27 @@ pub async fn switchover(
         "write_pause_ms": started.elapsed().as_millis() as u64,
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::voter_named;
+
+    #[test]
+    fn a_member_is_named_as_on_the_command_line() {
+        let voters = vec![
+            "http://127.0.0.1:7001".to_string(),
+            "https://10.0.0.2:7002".to_string(),
+        ];
+        for (given, want) in [
+            ("http://127.0.0.1:7001", "http://127.0.0.1:7001"),
+            ("http://127.0.0.1:7001/", "http://127.0.0.1:7001"),
+            ("127.0.0.1:7001", "http://127.0.0.1:7001"),
+            ("10.0.0.2:7002/", "https://10.0.0.2:7002"),
+            ("n3", "n3"),
+            ("127.0.0.1:9999", "127.0.0.1:9999"),
+        ] {
+            assert_eq!(voter_named(&voters, given), want, "{given}");
+        }
+    }
 }

@@ -65,7 +65,7 @@ fn wrong_type(key: &str, is: KeyKind, want: KeyKind) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "wrong_type",
-        format!("key {key:?} is a {is}; this endpoint reads a {want} (use /v1/{is}/{key})"),
+        format!("key {key:?} is a {is}, not a {want} (use /v1/{is}/{key})"),
     )
 }
 

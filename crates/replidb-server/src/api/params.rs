@@ -209,10 +209,14 @@ impl ReadOpts {
             }
             (None, Some(_)) => Some(Consistency::Bounded),
             (Some(c), Some(_)) if c != Consistency::Bounded => {
-                return Err(ApiError::bad_request(format!(
-                    "max_staleness_ms applies to consistency=bounded only (alone, it means bounded); this read asks for consistency={}",
-                    c.as_str()
-                )))
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    format!(
+                        "max_staleness_ms applies to consistency=bounded only (alone, it means bounded); this read asks for consistency={}",
+                        c.as_str()
+                    ),
+                ))
             }
             (c, _) => c,
         };
