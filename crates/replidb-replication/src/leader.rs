@@ -567,7 +567,10 @@ impl Leader {
     /// gone (`disconnected`, as [`Leader::replicas`] reports it), checked
     /// and removed under one lock. `None`: no such follower; `Err`: it is
     /// still connected, as it is now.
-    pub fn forget_if_disconnected(&self, member: &str) -> Option<Result<ReplicaInfo, ReplicaInfo>> {
+    pub fn forget_if_disconnected(
+        &self,
+        member: &str,
+    ) -> Option<std::result::Result<ReplicaInfo, ReplicaInfo>> {
         let now = self.clock.mono_ms();
         let mut map = self.lock();
         let (id, r) = map
