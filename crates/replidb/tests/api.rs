@@ -731,6 +731,9 @@ async fn invalid_input_is_a_json_4xx_never_a_500() {
         // A staleness bound beside another level used to be ignored.
         "consistency=eventual&max_staleness_ms=100",
         "consistency=strong&max_staleness_ms=100",
+        // Another topology's parameters, which this node would ignore.
+        "r=all",
+        "min_version=n1:5",
     ];
     node.put("r", "v").await;
     // Alone, a staleness bound asks for a bounded read.

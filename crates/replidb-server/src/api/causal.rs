@@ -23,7 +23,7 @@ use replidb_engine::Proposal;
 use serde_json::{json, Map, Value};
 
 use super::kv::{check_key, path_and_query, put_value, serve_read, write_opts};
-use super::params::{Params, ReadOpts, WriteOpts, READ_PARAMS, WRITE_PARAMS};
+use super::params::{read_params_for, Params, ReadOpts, WriteOpts, WRITE_PARAMS};
 use super::write::{not_leader_response, propose_with, read_body, Origin, WriteOutcome};
 use super::{ApiError, ApiResult, AppState};
 use crate::node::Node;
@@ -440,7 +440,7 @@ async fn typed_read(
     render: fn(&str, Option<&KeyState>) -> Value,
 ) -> ApiResult<Response> {
     check_key(key)?;
-    let p = Params::parse(q.as_deref(), READ_PARAMS)?;
+    let p = Params::parse(q.as_deref(), &read_params_for(node.config.topology))?;
     let opts = ReadOpts::from_params(&p, headers)?;
     let local = |n: &Node| -> ApiResult<Response> {
         let state = read_state(n, key, kind)?;

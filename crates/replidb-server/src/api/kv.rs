@@ -10,7 +10,7 @@ use replidb_core::{validate_key, Lsn, Op, Versioned};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::params::{Params, ReadOpts, WriteOpts, READ_PARAMS, WRITE_PARAMS};
+use super::params::{read_params_for, Params, ReadOpts, WriteOpts, WRITE_PARAMS};
 use super::read::{confirm_strong, plan, proxy_to_leader, Plan};
 use super::write::{not_leader_response, propose, read_body, write_response, Origin};
 use super::{ApiError, ApiResult, AppState};
@@ -120,7 +120,7 @@ pub async fn get_key(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     check_key(&key)?;
-    let p = Params::parse(q.as_deref(), READ_PARAMS)?;
+    let p = Params::parse(q.as_deref(), &read_params_for(node.config.topology))?;
     if node.is_leaderless() {
         let (state, answered) = super::leaderless::read(&node, &key, &p).await?;
         let json = p.str("format") == Some("json");
@@ -397,7 +397,7 @@ pub async fn scan(
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let mut allowed = READ_PARAMS.to_vec();
+    let mut allowed = read_params_for(node.config.topology);
     allowed.extend(["prefix", "limit", "start_after"]);
     let p = Params::parse(q.as_deref(), &allowed)?;
     let opts = ReadOpts::from_params(&p, &headers)?;

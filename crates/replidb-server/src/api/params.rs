@@ -73,6 +73,23 @@ pub const READ_PARAMS: &[&str] = &[
     "format",
 ];
 
+/// The read parameters a node of `topology` takes: [`READ_PARAMS`] but
+/// another topology's own (`r`, the leaderless read quorum; `min_version`,
+/// the multi-leader token), which this node would otherwise silently
+/// ignore, leaving the read weaker than asked.
+pub fn read_params_for(topology: crate::config::Topology) -> Vec<&'static str> {
+    use crate::config::Topology;
+    READ_PARAMS
+        .iter()
+        .copied()
+        .filter(|name| match *name {
+            "r" => topology == Topology::Leaderless,
+            "min_version" => topology == Topology::MultiLeader,
+            _ => true,
+        })
+        .collect()
+}
+
 /// Longest write-concern wait a request may ask for: a request must not
 /// hold a connection (and its waiter) open indefinitely.
 pub const TIMEOUT_MS_MAX: u64 = 600_000;
