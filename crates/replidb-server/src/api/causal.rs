@@ -827,146 +827,85 @@ async fn typed_delete(
     .await
 }
 
-/// `DELETE /v1/counter/{key}`.
-#[utoipa::path(
-    delete,
-    path = "/v1/counter/{key}",
-    tag = "types",
-    operation_id = "counter_delete",
-    description = "Single-leader: delete the counter (the key is then free for any kind). Multi-leader and leaderless: reset it, taking back the value this node has seen (increments made concurrently elsewhere survive; the key stays a counter).",
-    params(
-        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
-        super::params::WriteQuery,
-        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
-    ),
-    responses(
-        (status = 200, description = "Deleted (`existed` says whether it did) or reset, and the write concern met", body = super::openapi::CounterWriteResponse),
-        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
-        (status = 400, description = "Bad key, unknown or invalid parameter", body = super::openapi::ErrorBody),
-        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
-        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
-        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
-        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
-        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::CounterWriteResponse),
-        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
-    ),
-)]
-pub async fn counter_delete(
-    State(node): State<AppState>,
-    KeyPath(key): KeyPath,
-    RawQuery(q): RawQuery,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    typed_delete(
-        &node,
-        &key,
-        (q, uri, headers, body),
-        KeyKind::Counter,
-        |_, s| {
-            (
-                "value",
-                json!(s.and_then(KeyState::counter_value).unwrap_or(0)),
-            )
-        },
-    )
-    .await
+/// One `DELETE /v1/{kind}/{key}` handler and its OpenAPI description:
+/// the three differ in the kind, the field their answer renders, and words.
+macro_rules! typed_delete_handler {
+    (
+        $name:ident, $path:literal, $op:literal, $description:literal,
+        $answer:ty, $kind:expr, $field:literal, $render:expr
+    ) => {
+        #[doc = concat!("`DELETE ", $path, "`.")]
+        #[utoipa::path(
+            delete,
+            path = $path,
+            tag = "types",
+            operation_id = $op,
+            description = $description,
+            params(
+                ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
+                super::params::WriteQuery,
+                ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
+            ),
+            responses(
+                (status = 200, description = "Deleted or emptied (`existed` says whether there was anything), and the write concern met", body = $answer),
+                (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
+                (status = 400, description = "Bad key, unknown or invalid parameter", body = super::openapi::ErrorBody),
+                (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
+                (status = 409, description = "The key holds another type (`wrong_type`), or kept changing (`condition_failed`)", body = super::openapi::ErrorBody),
+                (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
+                (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
+                (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = $answer),
+                (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
+            ),
+        )]
+        pub async fn $name(
+            State(node): State<AppState>,
+            KeyPath(key): KeyPath,
+            RawQuery(q): RawQuery,
+            uri: OriginalUri,
+            headers: HeaderMap,
+            body: Body,
+        ) -> ApiResult<Response> {
+            typed_delete(&node, &key, (q, uri, headers, body), $kind, |_, s| {
+                ($field, json!($render(s)))
+            })
+            .await
+        }
+    };
 }
 
-/// `DELETE /v1/set/{key}`.
-#[utoipa::path(
-    delete,
-    path = "/v1/set/{key}",
-    tag = "types",
-    operation_id = "set_delete",
-    description = "Single-leader: delete the set (the key is then free for any kind). Multi-leader and leaderless: remove every member this node has seen (members added concurrently elsewhere survive; the key stays a set).",
-    params(
-        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
-        super::params::WriteQuery,
-        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
-    ),
-    responses(
-        (status = 200, description = "Deleted (`existed` says whether it did) or emptied, and the write concern met", body = super::openapi::SetWriteResponse),
-        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
-        (status = 400, description = "Bad key, unknown or invalid parameter", body = super::openapi::ErrorBody),
-        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
-        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
-        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
-        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
-        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::SetWriteResponse),
-        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
-    ),
-)]
-pub async fn set_delete(
-    State(node): State<AppState>,
-    KeyPath(key): KeyPath,
-    RawQuery(q): RawQuery,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    typed_delete(
-        &node,
-        &key,
-        (q, uri, headers, body),
-        KeyKind::Set,
-        |_, s| {
-            (
-                "members",
-                json!(s.and_then(KeyState::set_members).unwrap_or_default()),
-            )
-        },
-    )
-    .await
-}
+typed_delete_handler!(
+    counter_delete,
+    "/v1/counter/{key}",
+    "counter_delete",
+    "Single-leader: delete the counter (the key is then free for any kind). Multi-leader and leaderless: reset it, taking back the value this node has seen (increments made concurrently elsewhere survive; the key stays a counter).",
+    super::openapi::CounterWriteResponse,
+    KeyKind::Counter,
+    "value",
+    |s: Option<&KeyState>| s.and_then(KeyState::counter_value).unwrap_or(0)
+);
 
-/// `DELETE /v1/map/{key}`.
-#[utoipa::path(
-    delete,
-    path = "/v1/map/{key}",
-    tag = "types",
-    operation_id = "map_delete",
-    description = "Single-leader: delete the map (the key is then free for any kind). Multi-leader and leaderless: remove every field this node has seen (fields written later elsewhere survive; the key stays a map).",
-    params(
-        ("key" = String, Path, description = "The key: 1..=1024 bytes of UTF-8, percent-encoded", min_length = 1),
-        super::params::WriteQuery,
-        ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: wait (up to 1 s) until this node has applied this much of each origin"),
-    ),
-    responses(
-        (status = 200, description = "Deleted (`existed` says whether it did) or emptied, and the write concern met", body = super::openapi::MapWriteResponse),
-        (status = 307, description = "Single-leader, sent to a follower: `Location` names the leader", body = super::openapi::NotLeaderBody, headers(("Location" = String, description = "The leader's URL for this request"))),
-        (status = 400, description = "Bad key, unknown or invalid parameter", body = super::openapi::ErrorBody),
-        (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
-        (status = 409, description = "The key holds another type (`wrong_type`)", body = super::openapi::ErrorBody),
-        (status = 413, description = "Body larger than --max-value-bytes", body = super::openapi::ErrorBody),
-        (status = 503, description = "This node may not write now; with `Retry-After`", body = super::openapi::ErrorBody),
-        (status = 504, description = "The write concern was not met in time (`committed: false`; not undone)", body = super::openapi::MapWriteResponse),
-        (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
-    ),
-)]
-pub async fn map_delete(
-    State(node): State<AppState>,
-    KeyPath(key): KeyPath,
-    RawQuery(q): RawQuery,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    typed_delete(
-        &node,
-        &key,
-        (q, uri, headers, body),
-        KeyKind::Map,
-        |_, s| {
-            (
-                "map",
-                json!(s.and_then(KeyState::map_object).unwrap_or_default()),
-            )
-        },
-    )
-    .await
-}
+typed_delete_handler!(
+    set_delete,
+    "/v1/set/{key}",
+    "set_delete",
+    "Single-leader: delete the set (the key is then free for any kind). Multi-leader and leaderless: remove every member this node has seen (members added concurrently elsewhere survive; the key stays a set).",
+    super::openapi::SetWriteResponse,
+    KeyKind::Set,
+    "members",
+    |s: Option<&KeyState>| s.and_then(KeyState::set_members).unwrap_or_default()
+);
+
+typed_delete_handler!(
+    map_delete,
+    "/v1/map/{key}",
+    "map_delete",
+    "Single-leader: delete the map (the key is then free for any kind). Multi-leader and leaderless: remove every field this node has seen (each field is last-writer-wins, so one written later elsewhere survives; the key stays a map).",
+    super::openapi::MapWriteResponse,
+    KeyKind::Map,
+    "map",
+    |s: Option<&KeyState>| s.and_then(KeyState::map_object).unwrap_or_default()
+);
 
 /// `GET /v1/conflicts?limit=N&prefix=P`: newest resolved conflicts here.
 #[utoipa::path(
