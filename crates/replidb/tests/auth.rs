@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 const APP: &str = "app-secret-5f2c";
 const READER: &str = "reader-secret-91ab";
 const OPS: &str = "ops-secret-77de";
+const WRITER: &str = "writer-secret-3e9a";
 const CLUSTER: &str = "cluster-secret-0c1d";
 const WRONG: &str = "not-a-token-at-all";
 
@@ -53,6 +54,7 @@ impl Secrets {
         let auth = token("app", APP, &["read", "write"])
             + &token("reader", READER, &["read"])
             + &token("ops", OPS, &["admin"])
+            + &token("writer", WRITER, &["write"])
             + &token(
                 "cluster",
                 CLUSTER,
@@ -97,7 +99,7 @@ async fn call(url: &str, method: Method, path: &str, bearer: Option<&str>) -> (u
 
 fn assert_no_secret_in(log: &Path) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    for secret in [APP, READER, OPS, CLUSTER, WRONG] {
+    for secret in [APP, READER, OPS, CLUSTER, WRONG, WRITER] {
         assert!(
             !text.contains(secret),
             "a secret appears in {}",
@@ -211,6 +213,32 @@ async fn every_endpoint_but_health_refuses_without_a_token_and_roles_decide() {
     assert_eq!(s, 403);
     let (s, _) = call(&url, Method::GET, "/internal/digest", Some(CLUSTER)).await;
     assert_eq!(s, 200);
+    // Found by trying it as a new user: a write-only token read a set back
+    // through a write that changed nothing; a write's answer shows the
+    // key's state only to a token that may read it.
+    let set_write = |bearer: &'static str, body: Value| {
+        http()
+            .post(format!("{url}/v1/set/secret"))
+            .bearer_auth(bearer)
+            .json(&body)
+            .send()
+    };
+    let r = set_write(APP, serde_json::json!({"add": ["alice-ssn"]}))
+        .await
+        .expect("set add");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["members"], serde_json::json!(["alice-ssn"]), "{body}");
+    let r = set_write(WRITER, serde_json::json!({"add": ["x"], "remove": ["x"]}))
+        .await
+        .expect("set add and remove");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body.get("members").is_none(),
+        "a write-only token read the set: {body}"
+    );
+    let (s, _) = call(&url, Method::GET, "/v1/set/secret", Some(WRITER)).await;
+    assert_eq!(s, 403);
 
     // --metrics-open opens /metrics and nothing else.
     leader.set_args(&[

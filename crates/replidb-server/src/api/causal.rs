@@ -366,9 +366,23 @@ async fn typed_front(
     }))
 }
 
+/// Whether a write's answer may show the key's state: with tokens on, only
+/// to a token that also has the `read` role. A write-only token could
+/// otherwise read any counter, set or map back through a write that
+/// changes nothing (a delta of 0, adding and removing one member).
+fn may_read(node: &Node, headers: &HeaderMap) -> bool {
+    let Some(auth) = node.auth.as_ref() else {
+        return true;
+    };
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    auth.authorize(header, crate::auth::Role::Read).is_ok()
+}
+
 /// Run a typed write: leaderless through the replicas, else on this node.
-/// Returns the answer and the key's state after the write (when known
-/// here), for the caller to add its rendering.
+/// `extra` adds the key's state after the write (when known here, and the
+/// caller [`may_read`]) to the answer.
 async fn typed_write(
     node: &std::sync::Arc<Node>,
     key: &str,
@@ -377,6 +391,12 @@ async fn typed_write(
     headers: &HeaderMap,
     extra: impl FnOnce(&mut Map<String, Value>, Option<&KeyState>),
 ) -> ApiResult<Response> {
+    let readable = may_read(node, headers);
+    let extra = |o: &mut Map<String, Value>, s: Option<&KeyState>| {
+        if readable {
+            extra(o, s);
+        }
+    };
     if node.is_leaderless() {
         let (resp, state) = super::leaderless::write(
             node,
