@@ -315,6 +315,9 @@ pub fn merge(key: &str, existing: Option<KeyState>, operand: Operand) -> Merged 
         _ => Policy::Lww,
     };
     let kind = operand.kind();
+    // A state of a lower kind the operand's replaces, logged once the
+    // operand is in: the entry shows the state kept, not an empty one.
+    let mut replaced = None;
     let mut state = match existing {
         None => KeyState::empty(kind, policy_hint),
         Some(s) if s.kind() == kind => s,
@@ -327,9 +330,8 @@ pub fn merge(key: &str, existing: Option<KeyState>, operand: Operand) -> Merged 
             };
         }
         Some(s) => {
-            let fresh = KeyState::empty(kind, policy_hint);
-            conflicts.push(type_conflict(key, &fresh, &s));
-            fresh
+            replaced = Some(s);
+            KeyState::empty(kind, policy_hint)
         }
     };
     let siblings = match (&mut state, operand) {
@@ -365,6 +367,9 @@ pub fn merge(key: &str, existing: Option<KeyState>, operand: Operand) -> Merged 
         // Same kind by construction above.
         _ => 0,
     };
+    if let Some(lost) = replaced {
+        conflicts.insert(0, type_conflict(key, &state, &lost));
+    }
     Merged {
         state,
         conflicts,
@@ -378,16 +383,21 @@ fn operand_state(operand: Operand, _policy: Policy) -> KeyState {
 }
 
 fn type_conflict(key: &str, kept: &KeyState, lost: &KeyState) -> Conflict {
+    // A state has no single origin; its newest stamp (values and map
+    // fields carry one, counters and sets none) dates it.
     let as_version = |s: &KeyState| ConflictVersion {
         value: Some(s.render().to_string().into_bytes()),
         origin: String::new(),
-        hlc: Hlc::default(),
+        hlc: s.latest_stamp().unwrap_or_default(),
         version: s.context(),
     };
     Conflict {
         key: key.to_string(),
         policy: "type".to_string(),
-        at: Hlc::default(),
+        at: kept
+            .latest_stamp()
+            .max(lost.latest_stamp())
+            .unwrap_or_default(),
         versions: vec![as_version(kept), as_version(lost)],
         kept: None,
     }

@@ -369,3 +369,36 @@ fn a_clear_removes_what_it_saw_and_a_concurrent_addition_survives() {
         }
     }
 }
+
+/// Found by trying it as a new user: when a higher kind replaced a key, the
+/// node that merged it logged the clash with an empty state as the one
+/// kept (`{"counter":0}` for a counter of 7) and at time 0, so nodes' logs
+/// disagreed about the same event and it sorted as the oldest.
+#[test]
+fn a_clash_of_kinds_logs_the_state_kept_and_when() {
+    let mut value = None;
+    write_on(
+        &mut value,
+        CausalWrite::Put {
+            value: b"val".to_vec(),
+            context: None,
+        },
+        &stamp("a", 1, 10),
+    );
+    let mut counter = None;
+    let op = write_on(
+        &mut counter,
+        CausalWrite::Counter { delta: 7 },
+        &stamp("b", 1, 20),
+    );
+    let m = merge("k", value, op);
+    assert_eq!(m.state.counter_value(), Some(7));
+    let c = &m.conflicts[0];
+    assert_eq!(c.policy, "type");
+    assert_eq!(
+        c.versions[0].value.as_deref(),
+        Some(br#"{"counter":7}"#.as_slice()),
+        "the kept state"
+    );
+    assert_eq!(c.at.wall_ms, 10, "dated by the newest stamp involved");
+}

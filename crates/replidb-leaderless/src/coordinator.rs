@@ -405,6 +405,12 @@ impl ReadRound {
         }
     }
 
+    /// Replicas that did not answer (an error or a timeout), in the order
+    /// they failed.
+    pub fn failed(&self) -> Vec<String> {
+        self.failed.clone()
+    }
+
     /// Replicas heard from so far (answers and failures): the read repair
     /// waits for all N.
     pub fn heard_from(&self) -> usize {

@@ -1270,4 +1270,22 @@ async fn a_typed_delete_empties_the_key_on_every_node() {
     .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["error"]["code"], "not_supported");
+
+    // Found by trying it as a new user: writes honour `?min_version=` as the
+    // README says (only the header was accepted).
+    let (s, _, b) = send(
+        n2.http()
+            .put(n2.at("/v1/kv/ryw?min_version=n1:1"))
+            .body("x"),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = send(
+        n2.http()
+            .put(n2.at("/v1/kv/ryw?min_version=n1:999999"))
+            .body("x"),
+    )
+    .await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["error"]["code"], "min_version_not_reached", "{b}");
 }

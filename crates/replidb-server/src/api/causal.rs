@@ -23,7 +23,7 @@ use replidb_engine::Proposal;
 use serde_json::{json, Map, Value};
 
 use super::kv::{check_key, path_and_query, put_value, serve_read, write_opts};
-use super::params::{read_params_for, Params, ReadOpts, WriteOpts, WRITE_PARAMS};
+use super::params::{read_params_for, write_params_for, Params, ReadOpts, WriteOpts};
 use super::write::{not_leader_response, propose_with, read_body, Origin, WriteOutcome};
 use super::{ApiError, ApiResult, AppState};
 use crate::node::Node;
@@ -339,7 +339,7 @@ async fn typed_front(
     method: Method,
     body: Body,
 ) -> ApiResult<Result<TypedWrite, Response>> {
-    let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
+    let p = Params::parse(q.as_deref(), &write_params_for(node.config.topology))?;
     let opts = if node.is_leaderless() {
         None
     } else {

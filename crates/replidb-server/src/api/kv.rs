@@ -10,7 +10,7 @@ use replidb_core::{validate_key, Lsn, Op, Versioned};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::params::{read_params_for, Params, ReadOpts, WriteOpts, WRITE_PARAMS};
+use super::params::{read_params_for, write_params_for, Params, ReadOpts, WriteOpts, WRITE_PARAMS};
 use super::read::{confirm_strong, plan, proxy_to_leader, Plan};
 use super::write::{not_leader_response, propose, read_body, write_response, Origin};
 use super::{ApiError, ApiResult, AppState};
@@ -258,7 +258,7 @@ pub async fn put_key(
     }
     if node.is_multi_leader() {
         check_key(&key)?;
-        let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
+        let p = Params::parse(q.as_deref(), &write_params_for(node.config.topology))?;
         return super::causal::kv_write(&node, &key, Some(value.to_vec()), &p, &headers).await;
     }
     let op = Op::Put {
@@ -316,7 +316,7 @@ pub async fn delete_key(
     }
     if node.is_multi_leader() {
         check_key(&key)?;
-        let p = Params::parse(q.as_deref(), WRITE_PARAMS)?;
+        let p = Params::parse(q.as_deref(), &write_params_for(node.config.topology))?;
         return super::causal::kv_write(&node, &key, None, &p, &headers).await;
     }
     let op = Op::Delete { key: key.clone() };

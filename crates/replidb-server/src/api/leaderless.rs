@@ -116,12 +116,27 @@ pub async fn write(
         // first join what W replicas hold (as many as the write asks to
         // hold it), so that it clears what was written through other
         // replicas too: any value on a write quorum that overlaps those W.
-        let (state, _) = read_from(node, key, w, crate::leaderless::INTERNAL_TIMEOUT).await?;
-        if let Some(s) = state {
-            merge_locally(node, key, Operand::State(s).encode())
-                .await
-                .map_err(ApiError::internal)?;
-        }
+        let (state, answered) =
+            read_from(node, key, w, crate::leaderless::INTERNAL_TIMEOUT).await?;
+        let Some(s) = state else {
+            // W replicas hold nothing: the clear has nothing to take back,
+            // and the W that said so are its acknowledgements.
+            let body = json!({
+                "key": key,
+                "epoch": node.engine.epoch().0,
+                "lsn": node.engine.positions().flush_lsn.0,
+                "origin": node.config.id,
+                "acks": answered.len(),
+                "w": w,
+                "committed": true,
+                "replicas": answered,
+                "existed": false,
+            });
+            return Ok(((StatusCode::OK, Json(body)).into_response(), None));
+        };
+        merge_locally(node, key, Operand::State(s).encode())
+            .await
+            .map_err(ApiError::internal)?;
     }
     let timeout = p
         .parse_as::<u64>("timeout_ms", "milliseconds")?
@@ -388,9 +403,16 @@ async fn read_from(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_enough_replicas",
             format!(
-                "{} of the key's {} replicas answered, fewer than r={r}",
+                "{} of the key's {} replicas answered, fewer than r={r}{}",
                 round.answered().len(),
-                pref.len()
+                pref.len(),
+                match round.failed() {
+                    f if f.is_empty() => " in time".to_string(),
+                    f => format!(
+                        " (unreachable: {}; the read gives up once r answers are out of reach)",
+                        f.join(", ")
+                    ),
+                }
             ),
         );
         e.retry_after_s = Some(1);

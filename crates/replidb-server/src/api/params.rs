@@ -90,6 +90,17 @@ pub fn read_params_for(topology: crate::config::Topology) -> Vec<&'static str> {
         .collect()
 }
 
+/// The write parameters a node of `topology` takes: [`WRITE_PARAMS`], and
+/// on a multi-leader node `min_version` (the read-your-writes token a
+/// write waits for, as `X-Replidb-Min-Version`).
+pub fn write_params_for(topology: crate::config::Topology) -> Vec<&'static str> {
+    let mut names = WRITE_PARAMS.to_vec();
+    if topology == crate::config::Topology::MultiLeader {
+        names.push("min_version");
+    }
+    names
+}
+
 /// Longest write-concern wait a request may ask for: a request must not
 /// hold a connection (and its waiter) open indefinitely.
 pub const TIMEOUT_MS_MAX: u64 = 600_000;
