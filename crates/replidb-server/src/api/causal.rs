@@ -128,6 +128,7 @@ async fn wait_min_version(node: &Node, want: &MinVersion, wait: Duration) -> Api
     if want.is_empty() {
         return Ok(());
     }
+    refuse_foreign_origins(node, want)?;
     let as_token = |positions: &BTreeMap<String, replidb_core::Lsn>| -> BTreeMap<String, u64> {
         positions.iter().map(|(o, l)| (o.clone(), l.0)).collect()
     };
@@ -151,6 +152,45 @@ async fn wait_min_version(node: &Node, want: &MinVersion, wait: Duration) -> Api
     );
     e.retry_after_s = Some(1);
     Err(e)
+}
+
+/// 400 for a `min_version` that names an origin no node of this cluster
+/// writes as: waiting for it would always end in a 503 that tells the
+/// client to read from a node that does not exist (a token kept from
+/// another cluster, or a typo). Decided only while every peer has told us
+/// its node ID; a peer never reached yet might be that origin, so then the
+/// request waits as usual.
+fn refuse_foreign_origins(node: &Node, want: &MinVersion) -> ApiResult<()> {
+    let peers = node.peer_streams();
+    let mut known: std::collections::BTreeSet<String> =
+        node.engine.origin_positions().into_keys().collect();
+    known.insert(node.config.id.clone());
+    for p in peers {
+        match p.status().origin {
+            Some(o) => {
+                known.insert(o);
+            }
+            None => return Ok(()),
+        }
+    }
+    let foreign: Vec<&str> = want
+        .0
+        .iter()
+        .filter(|(o, lsn)| **lsn > 0 && !known.contains(*o))
+        .map(|(o, _)| o.as_str())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_min_version",
+        format!(
+            "min_version names {}, which no node of this cluster writes as (origins: {}); a token from another cluster?",
+            foreign.join(", "),
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    ))
 }
 
 /// The causal context of a write: the `X-Replidb-Context` header, if sent.
