@@ -287,6 +287,12 @@ impl RouterState {
             .any(|n| n.seen.as_ref().is_some_and(|o| o.leaderless))
     }
 
+    /// Whether every node takes writes (multi-leader or leaderless): there
+    /// is no single leader to find.
+    pub fn causal(&self) -> bool {
+        self.multi_leader() || self.leaderless()
+    }
+
     /// The topology's name as nodes report it.
     pub fn topology(&self) -> &'static str {
         if self.leaderless() {
@@ -348,7 +354,7 @@ impl RouterState {
     /// A node's 307 named node `i` as the leader: believe it until the
     /// next health round says otherwise.
     pub fn hint_leader(&mut self, i: usize) {
-        if i < self.nodes.len() {
+        if i < self.nodes.len() && !self.causal() {
             self.leader = Some(i);
         }
     }
@@ -428,8 +434,14 @@ impl RouterState {
 
     /// The leader is the healthy node claiming leadership in the highest
     /// epoch (a deposed leader that has not noticed yet claims a lower one).
-    /// Among equals the current leader stays, else the first listed.
+    /// Among equals the current leader stays, else the first listed. The
+    /// causal topologies have none: every node reports `leader` there, and
+    /// naming one in `/status` or logging "leader changed" would be false.
     fn recompute_leader(&mut self) {
+        if self.causal() {
+            self.leader = None;
+            return;
+        }
         let best = (0..self.nodes.len())
             .filter(|&i| self.is_healthy(i))
             .filter_map(|i| {
@@ -804,6 +816,10 @@ mod tests {
     fn multi_leader_writes_go_home_else_to_the_least_loaded_node() {
         let (mut s, now) = multi([0, 0, 0]);
         assert!(s.multi_leader());
+        // Every node reports `leader`; none is *the* leader.
+        assert_eq!(s.leader(), None);
+        s.hint_leader(1);
+        assert_eq!(s.leader(), None);
         let home = |h| RequestKind::Write { home: Some(h) };
         assert_eq!(at(choose(&s, &home(1), now, 0)), (1, Reason::Home));
         assert_eq!(at(choose(&s, &home(2), now, 5)), (2, Reason::Home));

@@ -215,6 +215,9 @@ fn health_of(st: &RouterState, q: &HealthQuery) -> (bool, serde_json::Value) {
             _ => "no follower is in the read rotation (healthy and within --max-lag)".to_string(),
         }),
         Some(HealthRole::Follower) => None,
+        // Every node takes writes: healthy while any one answers.
+        _ if st.causal() => (!(0..st.nodes().len()).any(|i| st.is_healthy(i)))
+            .then(|| "no node answers its health checks".to_string()),
         // The leader's own lag is 0: `max_lag_ms` only narrows followers.
         _ if leader.is_none() => Some("no leader is known".to_string()),
         _ => None,

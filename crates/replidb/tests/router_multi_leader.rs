@@ -41,6 +41,12 @@ fn session(id: &str) -> Vec<(&'static str, String)> {
 async fn a_session_writes_at_home_and_reads_its_writes_anywhere() {
     let nodes = cluster().await;
     let r = router(&nodes, &["--read-strategy", "round-robin"]).await;
+    // Every node reports `leader`; the router names none as *the* leader
+    // (it named the first it saw) and is healthy while any node answers.
+    assert_eq!(r.status().await["leader"], serde_json::Value::Null);
+    let health = r.get("/health", &[]).await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.json()["leader"], serde_json::Value::Null);
 
     // Without a session, a read right after a write is often served by a
     // node the write has not reached yet: the test can fail.
