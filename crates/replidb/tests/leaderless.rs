@@ -105,6 +105,49 @@ async fn quorum_writes_and_reads_on_any_node() {
     assert_eq!(replicas_of(&body).len(), 3);
     let (s, _, _) = send(nodes[0].http().put(nodes[0].at("/v1/kv/all?w=4")).body("x")).await;
     assert_eq!(s, 400);
+    // Found by a new user: single-leader read levels were accepted and
+    // ignored, so a "strong" read answered 404 for a write acknowledged a
+    // moment before. No node is the leader here: each is refused.
+    for q in [
+        "consistency=strong",
+        "consistency=leader",
+        "consistency=bounded&max_staleness_ms=0",
+        "max_staleness_ms=10",
+    ] {
+        for path in ["/v1/kv/all", "/v1/counter/likes", "/v1/kv?prefix=a"] {
+            let (s, _, body) = send(nodes[1].http().get(nodes[1].at(&format!(
+                "{path}{}{q}",
+                if path.contains('?') { "&" } else { "?" }
+            ))))
+            .await;
+            assert_eq!(s, 400, "{path} {q}: {body}");
+            assert_eq!(body["error"]["code"], "not_supported", "{body}");
+        }
+    }
+    let (s, _, _) = send(
+        nodes[1]
+            .http()
+            .get(nodes[1].at("/v1/kv/all?consistency=eventual")),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Waits are bounded as on the other topologies, not silently cut.
+    let (s, _, body) = send(
+        nodes[0]
+            .http()
+            .put(nodes[0].at("/v1/kv/all?timeout_ms=99999999999"))
+            .body("x"),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+    let (s, _, _) = send(
+        nodes[0]
+            .http()
+            .get(nodes[0].at("/v1/kv/all?wait_ms=99999999")),
+    )
+    .await;
+    assert_eq!(s, 400);
     // Counters add up exactly, whichever node coordinates.
     for (i, n) in nodes.iter().enumerate() {
         let (s, _, _) = send(
@@ -189,6 +232,15 @@ async fn a_hint_is_delivered_when_the_replica_returns() {
         "a sloppy quorum takes a hint for the missing replica: {body}"
     );
     assert!(body["replicas"].to_string().contains("hint for"), "{body}");
+    // A read cannot have r=all with a replica down, and says which one
+    // (it said "0 of 3 answered" when the refusal came back first).
+    let (s, _, body) = send(nodes[coord].http().get(nodes[coord].at("/v1/kv/h?r=all"))).await;
+    assert_eq!(s, 503, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("1 of the key's 3 replicas are unreachable") && msg.contains(&reps[2]),
+        "{body}"
+    );
     nodes[down].restart().await;
     wait_until(
         "the hint reaches the returning replica",

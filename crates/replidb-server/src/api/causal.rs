@@ -214,7 +214,7 @@ pub async fn kv_get(
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let opts = ReadOpts::from_params(p, headers)?;
-    super::read::refuse_single_leader_only(&opts)?;
+    super::read::refuse_single_leader_only(node, &opts)?;
     wait_min_version(node, &requested_min_version(p, headers)?, opts.wait).await?;
     let token = node_token(node).to_string();
     let state = read_state(node, key, KeyKind::Register)?;
@@ -509,6 +509,7 @@ async fn typed_read(
         Ok(resp)
     };
     if node.is_leaderless() {
+        super::read::refuse_single_leader_only(node, &opts)?;
         let (state, answered) = super::leaderless::read(node, key, &p).await?;
         if let Some(s) = &state {
             if s.kind() != kind {
@@ -524,7 +525,7 @@ async fn typed_read(
         return Ok(resp);
     }
     if node.is_multi_leader() {
-        super::read::refuse_single_leader_only(&opts)?;
+        super::read::refuse_single_leader_only(node, &opts)?;
         wait_min_version(node, &requested_min_version(&p, headers)?, opts.wait).await?;
         return local(node);
     }

@@ -122,6 +122,8 @@ pub async fn get_key(
     check_key(&key)?;
     let p = Params::parse(q.as_deref(), &read_params_for(node.config.topology))?;
     if node.is_leaderless() {
+        let opts = ReadOpts::from_params(&p, &headers)?;
+        super::read::refuse_single_leader_only(&node, &opts)?;
         let (state, answered) = super::leaderless::read(&node, &key, &p).await?;
         let json = p.str("format") == Some("json");
         let mut resp = super::causal::render_register(&key, state.as_ref(), json);
@@ -526,7 +528,10 @@ pub async fn txn(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "not_supported",
-            "transactions need one leader to order them; in the multi-leader topology write keys one by one (or use the counter, set and map types)",
+            format!(
+                "transactions need one leader to order them; in the {} topology write keys one by one (or use the counter, set and map types)",
+                node.config.topology.as_str()
+            ),
         ));
     }
     let limit = node.config.max_value_bytes.saturating_mul(4).max(1 << 20);

@@ -138,11 +138,8 @@ pub async fn write(
             .await
             .map_err(ApiError::internal)?;
     }
-    let timeout = p
-        .parse_as::<u64>("timeout_ms", "milliseconds")?
-        .map(Duration::from_millis)
-        .unwrap_or(node.config.default_write_timeout)
-        .min(Duration::from_millis(super::params::TIMEOUT_MS_MAX));
+    let timeout = super::params::ms_param(p, "timeout_ms", super::params::TIMEOUT_MS_MAX)?
+        .unwrap_or(node.config.default_write_timeout);
     let policy = node.config.conflict_policy.policy_for(key);
     let k = key.to_string();
     let local_opts = WriteOpts {
@@ -349,11 +346,8 @@ pub async fn read(
     let lz = lz(node)?;
     let pref = lz.preference_list(key);
     let r = quorum_param(p, "r", pref.len())?;
-    let wait = p
-        .parse_as::<u64>("wait_ms", "milliseconds")?
-        .map(Duration::from_millis)
-        .unwrap_or(crate::leaderless::INTERNAL_TIMEOUT)
-        .min(Duration::from_millis(super::params::WAIT_MS_MAX));
+    let wait = super::params::ms_param(p, "wait_ms", super::params::WAIT_MS_MAX)?
+        .unwrap_or(crate::leaderless::INTERNAL_TIMEOUT);
     read_from(node, key, r, wait).await
 }
 
@@ -402,18 +396,21 @@ async fn read_from(
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_enough_replicas",
-            format!(
-                "{} of the key's {} replicas answered, fewer than r={r}{}",
-                round.answered().len(),
-                pref.len(),
-                match round.failed() {
-                    f if f.is_empty() => " in time".to_string(),
-                    f => format!(
-                        " (unreachable: {}; the read gives up once r answers are out of reach)",
-                        f.join(", ")
-                    ),
-                }
-            ),
+            match round.failed() {
+                // Counted when the read gave up: the answers still on
+                // their way when r became out of reach are not in it.
+                f if f.is_empty() => format!(
+                    "{} of the key's {} replicas answered in time, fewer than r={r}",
+                    round.answered().len(),
+                    pref.len(),
+                ),
+                f => format!(
+                    "{} of the key's {} replicas are unreachable ({}), so r={r} answers cannot be had",
+                    f.len(),
+                    pref.len(),
+                    f.join(", ")
+                ),
+            },
         );
         e.retry_after_s = Some(1);
         return Err(e);

@@ -107,6 +107,14 @@ pub const TIMEOUT_MS_MAX: u64 = 600_000;
 /// Longest `min_lsn` wait a read may ask for.
 pub const WAIT_MS_MAX: u64 = 60_000;
 
+/// The duration parameter `name` in milliseconds, if given; 400 above
+/// `max_ms`.
+pub(crate) fn ms_param(p: &Params, name: &str, max_ms: u64) -> ApiResult<Option<Duration>> {
+    p.parse_as::<u64>(name, "milliseconds")?
+        .map(|ms| bounded_ms(p, name, ms, max_ms))
+        .transpose()
+}
+
 fn bounded_ms(p: &Params, name: &str, ms: u64, max: u64) -> ApiResult<Duration> {
     if ms > max {
         return Err(ApiError::invalid_param(
@@ -137,11 +145,7 @@ impl WriteOpts {
         let w = p
             .parse_as::<WriteConcern>("w", "1, a number of nodes, \"majority\" or \"all\"")?
             .unwrap_or(default_w);
-        let timeout = p
-            .parse_as::<u64>("timeout_ms", "milliseconds")?
-            .map(|ms| bounded_ms(p, "timeout_ms", ms, TIMEOUT_MS_MAX))
-            .transpose()?
-            .unwrap_or(default_timeout);
+        let timeout = ms_param(p, "timeout_ms", TIMEOUT_MS_MAX)?.unwrap_or(default_timeout);
         Ok(WriteOpts { w, timeout })
     }
 }

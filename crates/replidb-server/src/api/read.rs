@@ -30,9 +30,7 @@ pub enum Plan {
 /// options ask. Errors are 503s the client asked for (`fallback=error`) or
 /// that no node can avoid.
 pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
-    if node.is_multi_leader() {
-        refuse_single_leader_only(opts)?;
-    }
+    refuse_single_leader_only(node, opts)?;
     match node.role() {
         Role::Leader(leader) => {
             if let Some(min) = opts.min_lsn {
@@ -233,21 +231,41 @@ pub async fn proxy_to_leader(
         .map(IntoResponse::into_response)
 }
 
-/// A multi-leader node cannot honour a `strong` read: every node takes
-/// writes, so none holds "the latest state", and served locally it would
-/// claim more than it delivers. Refused, naming what works there. (A
+/// The causal topologies cannot honour a read that needs a single leader:
+/// every node takes writes, so none holds "the latest state" (`strong`,
+/// `leader`) and no node's lag behind "the" leader exists to bound
+/// (`bounded`, `max_staleness_ms`). Served locally such a read would claim
+/// more than it delivers, so it is refused, naming what works there. (A
 /// `min_lsn` is still accepted and ignored: sessions that also talk to
 /// single-leader clusters carry one on every read; `min_version` is the
-/// multi-leader token.)
-pub(crate) fn refuse_single_leader_only(opts: &ReadOpts) -> ApiResult<()> {
-    if opts.consistency == Some(Consistency::Strong) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not_supported",
-            "consistency=strong needs a single leader; in the multi-leader topology every node takes writes and reads are local (use min_version for read-your-writes)",
-        ));
+/// multi-leader token, `r` the leaderless read quorum.)
+pub(crate) fn refuse_single_leader_only(node: &Node, opts: &ReadOpts) -> ApiResult<()> {
+    let (topology, instead) = if node.is_multi_leader() {
+        (
+            "multi-leader",
+            "reads are local; use min_version for read-your-writes",
+        )
+    } else if node.is_leaderless() {
+        (
+            "leaderless",
+            "use r=quorum or r=all: with W + R > N a read sees every acknowledged write",
+        )
+    } else {
+        return Ok(());
+    };
+    match opts.consistency {
+        Some(c @ (Consistency::Strong | Consistency::Leader | Consistency::Bounded)) => {
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not_supported",
+                format!(
+                    "consistency={} needs a single leader; in the {topology} topology every node takes writes ({instead})",
+                    c.as_str()
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
