@@ -85,7 +85,7 @@ impl RouterConfig {
         }
         let mut urls = Vec::with_capacity(self.nodes.len());
         for raw in &self.nodes {
-            let url = normalise_url(raw)?;
+            let url = replidb_server::normalise_node_url(raw)?;
             if urls.contains(&url) {
                 return Err(format!("node {url} is listed twice"));
             }
@@ -113,29 +113,6 @@ impl RouterConfig {
             sticky_window: self.sticky_window,
         }
     }
-}
-
-/// `host:port` or `http://host:port/` → `http://host:port`.
-fn normalise_url(raw: &str) -> Result<String, String> {
-    let raw = raw.trim();
-    let with_scheme = if raw.contains("://") {
-        raw.to_string()
-    } else {
-        format!("http://{raw}")
-    };
-    let url =
-        reqwest::Url::parse(&with_scheme).map_err(|e| format!("bad node URL {raw:?}: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!(
-            "bad node URL {raw:?}: expected http://host:port or https://host:port"
-        ));
-    }
-    if url.path() != "/" || url.query().is_some() {
-        return Err(format!(
-            "bad node URL {raw:?}: give the node's base URL, without a path"
-        ));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]

@@ -271,3 +271,55 @@ mod tests {
         );
     }
 }
+
+/// A node's base URL as an operator may write it: `host:port` (`http://`
+/// assumed), `http://host:port` or `https://host:port`, with a trailing `/`
+/// dropped. Otherwise kept as written: it names the node in voting sets,
+/// peer lists and on the ring, where it is compared as text.
+///
+/// # Errors
+/// A message naming `raw` when it is not an http(s) URL with a host, or
+/// has a path or query.
+pub fn normalise_node_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let url =
+        reqwest::Url::parse(&with_scheme).map_err(|e| format!("bad node URL {raw:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "bad node URL {raw:?}: expected http://host:port or https://host:port"
+        ));
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err(format!(
+            "bad node URL {raw:?}: give the node's base URL, without a path"
+        ));
+    }
+    Ok(with_scheme.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::normalise_node_url;
+
+    #[test]
+    fn node_urls_take_a_missing_scheme_and_lose_a_trailing_slash() {
+        let ok = |raw: &str| normalise_node_url(raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok("127.0.0.1:7001"), "http://127.0.0.1:7001");
+        assert_eq!(ok("http://127.0.0.1:7001/"), "http://127.0.0.1:7001");
+        assert_eq!(ok("https://db.example:443"), "https://db.example:443");
+        for bad in [
+            "ftp://h:1",
+            "http://h:1/v1/kv",
+            "http://h:1/?a=1",
+            "http://",
+            "",
+        ] {
+            assert!(normalise_node_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

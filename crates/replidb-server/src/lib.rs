@@ -30,7 +30,7 @@ pub mod resp;
 pub mod serve;
 pub mod static_coord;
 
-pub use config::{CoordinatorKind, NodeConfig, Topology};
+pub use config::{normalise_node_url, CoordinatorKind, NodeConfig, Topology};
 pub use embed::{
     Database, EmbedError, Health, ReplicaNode, ReplicationConfig, ReplicationManager,
     ReplicationState, ReplicationTiming,

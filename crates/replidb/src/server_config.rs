@@ -305,7 +305,11 @@ impl ServerOpts {
             c.resp_listen =
                 Some(parse_listen(&addr).map_err(|e| invalid("resp_listen", e.message))?);
         }
-        c.follow = self.follow;
+        c.follow = self
+            .follow
+            .map(|u| replidb_server::normalise_node_url(&u))
+            .transpose()
+            .map_err(|e| invalid("follow", e))?;
         c.advertise_url = self.advertise_url;
         if let Some(k) = self.coordinator {
             c.coordinator = match k.as_str() {
@@ -384,8 +388,9 @@ impl ServerOpts {
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
+                .map(replidb_server::normalise_node_url)
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid("peers", e))?;
         }
         if let Some(spec) = self.conflict_policy {
             c.conflict_policy = parse_as::<replidb_causal::PolicySet>("conflict_policy", &spec)?;
@@ -927,6 +932,32 @@ mod tests {
         base(&["--heartbeat-interval", "999ms"]).unwrap();
         base(&["--backoff-base", "1s", "--backoff-max", "1s"]).unwrap();
         base(&["--cluster-size", "3", "--default-w", "3"]).unwrap();
+    }
+
+    /// Found by a new user: `--follow 127.0.0.1:7001` started, then retried
+    /// "unsupported url" forever; the router and the CLI take `host:port`.
+    #[test]
+    fn node_urls_on_the_command_line_may_leave_out_http() {
+        let c = base(&["--follow", "127.0.0.1:7001/"]).unwrap();
+        assert_eq!(c.follow.as_deref(), Some("http://127.0.0.1:7001"));
+        let c = base(&[
+            "--topology",
+            "multi-leader",
+            "--peers",
+            "127.0.0.1:1, https://db2:7002/",
+        ])
+        .unwrap();
+        assert_eq!(c.peers, ["http://127.0.0.1:1", "https://db2:7002"]);
+        assert_eq!(
+            base(&["--follow", "ftp://x:1"]).unwrap_err().field,
+            "follow"
+        );
+        assert_eq!(
+            base(&["--topology", "leaderless", "--peers", "http://a:1/v1"])
+                .unwrap_err()
+                .field,
+            "peers"
+        );
     }
 
     #[test]

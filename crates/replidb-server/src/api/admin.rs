@@ -290,9 +290,9 @@ pub async fn follow(
 ) -> ApiResult<Response> {
     super::params::Params::parse(q.as_deref(), &[])?;
     etcd_managed(&node, "manual follow")?;
-    let b: FollowBody = json_body(body, "{\"leader\": URL}").await?;
-    replidb_replication::transport::host_port(&b.leader)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut b: FollowBody = json_body(body, "{\"leader\": URL}").await?;
+    // As on the command line: `host:port` means http, a trailing `/` goes.
+    b.leader = crate::config::normalise_node_url(&b.leader).map_err(ApiError::bad_request)?;
     if b.leader == node.config.advertise() {
         return Err(ApiError::bad_request("a node cannot follow itself"));
     }
