@@ -552,14 +552,18 @@ impl fmt::Display for WriteConcern {
 
 /// Why a write concern string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid write concern {0:?}: expected a number >= 1, \"majority\" or \"all\"")]
+#[error(
+    "invalid write concern {0:?}: expected a number >= 1, \"majority\" (or \"quorum\") or \"all\""
+)]
 pub struct WriteConcernError(pub String);
 
 impl std::str::FromStr for WriteConcern {
     type Err = WriteConcernError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "majority" => Ok(WriteConcern::Majority),
+            // `quorum` is the causal topologies' name for it (API.md) and
+            // Cassandra's; one meaning, accepted everywhere.
+            "majority" | "quorum" => Ok(WriteConcern::Majority),
             "all" => Ok(WriteConcern::All),
             n => match n.parse::<usize>() {
                 Ok(1) => Ok(WriteConcern::One),
@@ -580,6 +584,10 @@ mod wc_tests {
         assert_eq!("3".parse::<WriteConcern>().unwrap(), WriteConcern::Nodes(3));
         assert!("0".parse::<WriteConcern>().is_err());
         assert!("most".parse::<WriteConcern>().is_err());
+        assert_eq!(
+            "quorum".parse::<WriteConcern>().unwrap(),
+            WriteConcern::Majority
+        );
         assert_eq!(WriteConcern::Majority.required(3), 2);
         assert_eq!(WriteConcern::Majority.required(4), 3);
         assert_eq!(WriteConcern::Majority.required(1), 1);

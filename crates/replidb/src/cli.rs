@@ -177,6 +177,15 @@ pub struct ReadArgs {
     /// leader]
     #[arg(long)]
     pub fallback: Option<Fallback>,
+    /// Multi-leader: serve only once the node has applied this much of
+    /// every origin, a token like n1:42,n2:17 [default: the session file's
+    /// token, if any]
+    #[arg(long)]
+    pub min_version: Option<String>,
+    /// Leaderless: how many of the key's replicas must answer: 1, 2, ...,
+    /// quorum or all [default: quorum]
+    #[arg(long)]
+    pub r: Option<String>,
 }
 
 /// `replidb get KEY`.

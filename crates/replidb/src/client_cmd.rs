@@ -59,7 +59,8 @@ fn read_opts(a: &ReadArgs) -> ReadOptions {
         min_lsn: a.min_lsn,
         wait_ms: a.wait_ms,
         fallback: a.fallback,
-        ..Default::default()
+        min_version: a.min_version.clone(),
+        r: a.r.clone(),
     }
 }
 
@@ -148,13 +149,16 @@ pub async fn get(before: Option<&str>, a: GetArgs) -> anyhow::Result<()> {
     let opts = read_opts(&a.read);
     let key = a.key.clone();
     let found = s
-        .read(a.read.min_lsn.is_some(), |session| {
-            let (opts, key) = (opts.clone(), key.clone());
-            async move {
-                let r = session.get(&key, &opts).await;
-                (session, r)
-            }
-        })
+        .read(
+            a.read.min_lsn.is_some() || a.read.min_version.is_some(),
+            |session| {
+                let (opts, key) = (opts.clone(), key.clone());
+                async move {
+                    let r = session.get(&key, &opts).await;
+                    (session, r)
+                }
+            },
+        )
         .await?;
     let Some(r) = found else {
         anyhow::bail!("key not found: {}", a.key);
@@ -177,13 +181,16 @@ pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
     let opts = read_opts(&a.read);
     let (prefix, limit) = (a.prefix.clone(), a.limit);
     let items = s
-        .read(a.read.min_lsn.is_some(), |session| {
-            let (opts, prefix) = (opts.clone(), prefix.clone());
-            async move {
-                let r = session.scan(&prefix, limit, &opts).await;
-                (session, r)
-            }
-        })
+        .read(
+            a.read.min_lsn.is_some() || a.read.min_version.is_some(),
+            |session| {
+                let (opts, prefix) = (opts.clone(), prefix.clone());
+                async move {
+                    let r = session.scan(&prefix, limit, &opts).await;
+                    (session, r)
+                }
+            },
+        )
         .await?;
     let mut out = std::io::stdout().lock();
     for item in items {

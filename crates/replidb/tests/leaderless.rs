@@ -148,6 +148,24 @@ async fn quorum_writes_and_reads_on_any_node() {
     )
     .await;
     assert_eq!(s, 400);
+    // The CLI takes the read quorum (and `quorum` for w, as the API does).
+    let url = nodes[2].url();
+    let (code, out, err) = common::cli(&[
+        "put",
+        "cli",
+        "v",
+        "--url",
+        &url,
+        "--w",
+        "quorum",
+        "--no-session",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) =
+        common::cli(&["get", "cli", "--url", &url, "--r", "all", "--no-session"]);
+    assert_eq!((code, out.trim()), (0, "v"), "{err}");
+    let (code, _, err) = common::cli(&["get", "cli", "--url", &url, "--r", "9", "--no-session"]);
+    assert_eq!(code, 2, "r=9 of 3 replicas is bad usage: {err}");
     // Counters add up exactly, whichever node coordinates.
     for (i, n) in nodes.iter().enumerate() {
         let (s, _, _) = send(
