@@ -736,6 +736,41 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
     wait_all_converged(&[leader, f1, f2]).await;
 }
 
+/// Found by a new user: a follower pointed at an address outside the
+/// voting set (a typo in `/admin/follow`, or a cut link's address) counted
+/// that address as one more voter when promoted, so with its leader gone
+/// a majority of three (itself and the third node) was refused as "2 of 4".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_target_outside_the_voting_set_does_not_raise_the_majority() {
+    let _serial = SERIAL.lock().await;
+    let (mut leader, f1, f2) = static_trio().await;
+    leader.put_q("k", "w=all", "v").await;
+    wait_until("n2 learned of n3", Duration::from_secs(5), async || {
+        f1.try_status()
+            .await
+            .is_some_and(|s| s["voting_set"].to_string().contains(&f2.url()))
+    })
+    .await;
+    let r = f1
+        .http()
+        .post(f1.at("/admin/follow"))
+        .json(&serde_json::json!({"leader": "127.0.0.1:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    leader.kill9();
+    let body = f1.promote().await;
+    assert_eq!(body["promoted"], true, "{body}");
+    assert_eq!(
+        (&body["voters"], &body["members_answered"]),
+        (&serde_json::json!(3), &serde_json::json!(2)),
+        "{body}"
+    );
+    wait_streams_from(&f2, &f1, "n3 follows n2").await;
+    f1.put_q("after", "w=majority", "new").await;
+}
+
 /// Failover timing for the README: `cargo test -p replidb --test failover
 /// -- --ignored failover_timing --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,13 +80,19 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     }
     node.core.refresh_members();
     let me = node.config.advertise();
-    let mut peers: Vec<String> = node
+    let voting: Vec<String> = node
         .core
         .voting_set()
         .urls()
         .into_iter()
         .filter(|u| *u != me)
         .collect();
+    // The node we followed is asked (for its position, and told of the new
+    // epoch) even when it is not a voter, but only voters make the
+    // majority: a follow target outside the set (a typo, or a cut link's
+    // address) counted as one more member made a majority of 2 in 3 need
+    // 3 of 4.
+    let mut peers = voting.clone();
     if let Some(f) = node.follower() {
         let old = f.leader_url();
         if !old.is_empty() && old != me && !peers.contains(&old) {
@@ -97,9 +103,9 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     let flush = node.engine.positions().flush_lsn;
     let mine = meta.history.position_of(flush);
     let answers = peer_positions(&node, &peers).await;
-    let voters = (peers.len() + 1).max(node.core.cluster_members());
+    let voters = (voting.len() + 1).max(node.core.cluster_members());
     let needed = voters / 2 + 1;
-    let heard = answers.len() + 1;
+    let heard = 1 + answers.iter().filter(|(u, _)| voting.contains(u)).count();
     let mut epoch = meta.epoch;
     if !force {
         if heard < needed {
