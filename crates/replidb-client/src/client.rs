@@ -740,10 +740,11 @@ enum ScanWire {
     Wrapped { items: Vec<WireValue> },
 }
 
+/// The node's own key rules, checked before a request is built: the URL
+/// builder drops a `.` or `..` segment, so `get("..")` would otherwise
+/// have scanned `/v1/kv`.
 fn checked_key(key: &str) -> Result<&str> {
-    if key.is_empty() {
-        return Err(ClientError::InvalidInput("key must not be empty".into()));
-    }
+    replidb_core::validate_key(key).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
     Ok(key)
 }
 
@@ -829,6 +830,17 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:7000/v1/kv/a%20b%2Fc%3Fd?w=majority"
         );
+    }
+
+    #[test]
+    fn keys_the_url_would_lose_are_refused() {
+        for key in ["", ".", ".."] {
+            assert!(
+                matches!(checked_key(key), Err(ClientError::InvalidInput(_))),
+                "{key:?}"
+            );
+        }
+        assert_eq!(checked_key("a/..").ok(), Some("a/.."));
     }
 
     #[test]

@@ -107,6 +107,12 @@ pub enum KeyError {
         /// Length of the refused key.
         len: usize,
     },
+    /// `.` or `..`: URL parsers (WHATWG, the `url` crate, browsers, curl)
+    /// remove such a path segment, `%2e` spellings included, so
+    /// `/v1/kv/..` would reach another endpoint; no client could address
+    /// the key.
+    #[error("key {0:?} is a dot segment, which URL clients remove from a path")]
+    DotSegment(String),
 }
 
 /// Check a key against the contract's limits.
@@ -116,6 +122,9 @@ pub fn validate_key(key: &str) -> Result<(), KeyError> {
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(KeyError::TooLong { len: key.len() });
+    }
+    if key == "." || key == ".." {
+        return Err(KeyError::DotSegment(key.to_string()));
     }
     Ok(())
 }
@@ -448,6 +457,10 @@ mod tests {
     fn key_limits() {
         assert_eq!(validate_key(""), Err(KeyError::Empty));
         assert!(validate_key("a").is_ok());
+        assert!(validate_key("...").is_ok() && validate_key("a/..").is_ok());
+        for dots in [".", ".."] {
+            assert_eq!(validate_key(dots), Err(KeyError::DotSegment(dots.into())));
+        }
         assert!(validate_key(&"x".repeat(1024)).is_ok());
         assert_eq!(
             validate_key(&"x".repeat(1025)),

@@ -89,6 +89,14 @@ pub enum RouterError {
     /// Bad input: an empty key (`/v1/kv/`), as a node refuses it.
     #[error("the key is empty: keys are 1..=1024 bytes of UTF-8 (PUT /v1/kv/{{key}})")]
     EmptyKey,
+    /// Bad input: a dot segment (`.`, `..`, or a `%2e` spelling) in a
+    /// key's path, which forwarding would remove (and a node refuses
+    /// `.` and `..` as keys).
+    #[error("the key's path {path:?} has a dot segment (`.` or `..`), which URL clients and the router's forwarding remove; percent-encode a `/` in a key as %2F")]
+    DotSegment {
+        /// The request path.
+        path: String,
+    },
     /// Bad input: known path, wrong method.
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed {
@@ -115,7 +123,9 @@ impl RouterError {
             RouterError::UnknownHome { .. } => (StatusCode::BAD_REQUEST, "unknown_home"),
             RouterError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             RouterError::UnknownParameter { .. } => (StatusCode::BAD_REQUEST, "unknown_parameter"),
-            RouterError::EmptyKey => (StatusCode::BAD_REQUEST, "invalid_key"),
+            RouterError::EmptyKey | RouterError::DotSegment { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_key")
+            }
             // Not `not_found`, which clients read as "no such key".
             RouterError::NotRouted { .. } => (StatusCode::NOT_FOUND, "not_routed"),
             RouterError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),

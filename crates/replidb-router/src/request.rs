@@ -106,6 +106,16 @@ impl Endpoint {
     }
 }
 
+/// Whether a raw path has a `.` or `..` segment, in any spelling the
+/// WHATWG URL parser (and so the router's HTTP client) treats as one
+/// (`%2e` in either case for a dot).
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    })
+}
+
 /// Sort a request into an endpoint: 404 for paths the router does not
 /// route (`/internal/*` and the `/admin/*` calls that address one node;
 /// `/admin/switchover` is the leader's, so it is routed), 400
@@ -123,6 +133,11 @@ pub fn classify(method: &Method, path: &str) -> Result<Endpoint, RouterError> {
             .and_then(|rest| rest.strip_prefix('/'))
             .is_some_and(|k| !k.is_empty())
     });
+    if (kv_key || typed.is_some()) && has_dot_segment(path) {
+        return Err(RouterError::DotSegment {
+            path: path.to_string(),
+        });
+    }
     if let Some(t) = typed {
         let write = if t == "map" {
             Method::PATCH
@@ -450,6 +465,18 @@ mod tests {
             Err(RouterError::MethodNotAllowed { .. })
         ));
         assert_eq!(ok(Method::POST, "/admin/switchover"), Endpoint::Switchover);
+        for p in [
+            "/v1/kv/..",
+            "/v1/kv/%2e%2E",
+            "/v1/kv/.",
+            "/v1/kv/a/../b",
+            "/v1/set/%2e",
+        ] {
+            let e = classify(&Method::GET, p).unwrap_err();
+            assert_eq!(e.status_and_code().1, "invalid_key", "{p}");
+        }
+        assert_eq!(ok(Method::GET, "/v1/kv/..."), Endpoint::KvRead);
+        assert_eq!(ok(Method::GET, "/v1/kv/a%2F.."), Endpoint::KvRead);
         for p in ["/v1/kv/", "/v1/counter/", "/v1/map/"] {
             assert!(
                 matches!(classify(&Method::PUT, p), Err(RouterError::EmptyKey)),

@@ -212,6 +212,34 @@ async fn odd_keys_get_the_contract_json_errors() {
             let (status, code, _) = json_error(resp, &what).await;
             assert_eq!((status, code.as_str()), (400, "invalid_key"), "{what}");
         }
+        // `.` and `..` as keys: URL clients drop such segments (reqwest
+        // here would send `/v1/kv/`), so they are sent as raw bytes. The
+        // node refused nothing and stored "..", the router forwarded
+        // through a client that made it `/v1/` (404), and the client
+        // library's `get("..")` scanned `/v1/kv`.
+        for (method, path) in [
+            ("PUT", "/v1/kv/%2e%2e"),
+            ("GET", "/v1/kv/."),
+            ("GET", "/v1/counter/%2E"),
+            ("PUT", "/v1/kv/a/../b"),
+        ] {
+            let (status, body) = raw_request(&base, method, path, "v");
+            let what = format!("{method} {base}{path} (raw)");
+            let code = serde_json::from_str::<serde_json::Value>(&body)
+                .map(|b| b["error"]["code"].clone())
+                .unwrap_or_default();
+            if path == "/v1/kv/a/../b" && base == c.leader.url() {
+                // Only the router forwards, so only it loses the segment;
+                // a node takes the key "a/../b" as sent.
+                assert_eq!(status, 200, "{what}: {body}");
+                continue;
+            }
+            assert_eq!(
+                (status, code.as_str()),
+                (400, Some("invalid_key")),
+                "{what}: {body}"
+            );
+        }
         // A path no endpoint has is the same 404 `no_route` from both.
         let resp = http
             .get(format!("{base}/v1/nope"))
@@ -426,4 +454,29 @@ fn reversed_ranges_are_named() {
     assert_eq!(code, 2);
     assert!(err.contains("reversed") && err.contains("1..5"), "{err}");
     assert!(!err.contains("1 < 5"), "{err}");
+}
+
+/// One HTTP/1.1 request written as raw bytes (so no URL parser touches the
+/// path); the status and the body.
+fn raw_request(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
 }
