@@ -508,7 +508,21 @@ async fn seed_endpoints_on_a_single_node() {
         .send()
         .await
         .unwrap();
-    assert_json_error(r, 404, None, "/follower-read without followers").await;
+    // Not `not_found`, which means an absent key to clients (the CLI said
+    // "key not found"); replica numbers start at 1.
+    assert_json_error(
+        r,
+        404,
+        Some("no_such_follower"),
+        "/follower-read without followers",
+    )
+    .await;
+    let r = http
+        .get(node.at("/follower-read?key=s1&replica=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(r, 400, Some("invalid_parameter"), "replica=0").await;
     let v = node.get_json("/read-with-repair?key=s1").await;
     assert_eq!(v["value"], "one", "{v}");
     assert_eq!(v["repaired"], json!([]), "{v}");

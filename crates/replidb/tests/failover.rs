@@ -992,6 +992,14 @@ async fn static_switchover_hands_over_without_loss() {
             .unwrap();
         assert_eq!(r.status(), 400, "{path} {body}");
     }
+    // To the node that already leads: done, nothing handed over (it was a
+    // 404 "no follower n1 is connected").
+    let body = switch_over(&leader, "n1").await;
+    assert_eq!(
+        (&body["already_leader"], &body["write_pause_ms"]),
+        (&serde_json::json!(true), &serde_json::json!(0)),
+        "{body}"
+    );
     assert_eq!(leader.status().await["role"], "leader");
     switch_over(&leader, "n2").await;
     let s = f1.status().await;

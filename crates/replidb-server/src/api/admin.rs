@@ -539,6 +539,17 @@ pub async fn switchover(
             ),
         ));
     };
+    if b.to == node.config.id || b.to.trim_end_matches('/') == node.config.advertise() {
+        // Already where the operator wants it: nothing to hand over, as a
+        // promote of the leader is a no-op (it was a 404 "no follower").
+        return Ok(Json(json!({
+            "switched_to": node.config.id,
+            "lsn": node.engine.positions().flush_lsn.0,
+            "write_pause_ms": 0,
+            "already_leader": true,
+        }))
+        .into_response());
+    }
     let Some(target) = leader.replicas().into_iter().find(|r| r.id == b.to) else {
         return Err(ApiError::not_found(format!(
             "no follower {:?} is connected",

@@ -500,6 +500,9 @@ pub struct SwitchoverResponse {
     pub lsn: u64,
     /// How long writes paused.
     pub write_pause_ms: u64,
+    /// Present (true) when the node asked for already leads: nothing was
+    /// handed over and writes did not pause.
+    pub already_leader: Option<bool>,
 }
 
 /// `POST /internal/catch-up`.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, RawQuery, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use replidb_core::{Lsn, Op, WriteConcern};
@@ -271,15 +271,24 @@ pub async fn follower_read(
     let n = p
         .parse_as::<usize>("replica", "a follower number from 1")?
         .unwrap_or(1);
+    if n == 0 {
+        return Err(ApiError::invalid_param(
+            "replica",
+            "0",
+            "a follower number from 1",
+        ));
+    }
     if let Some(resp) = proxy_if_follower(&node, &uri, &headers).await? {
         return Ok(resp);
     }
     let list = followers(&node)?;
     let Some((id, url)) = n.checked_sub(1).and_then(|i| list.get(i)).cloned() else {
-        return Err(ApiError::not_found(format!(
-            "no follower number {n}; this leader has {}",
-            list.len()
-        )));
+        // Not `not_found`, which clients read as "no such key".
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_follower",
+            format!("no follower number {n}; this leader has {}", list.len()),
+        ));
     };
     let (status, body) = fetch_version(&node, &url, &key).await?;
     match (status, body) {
