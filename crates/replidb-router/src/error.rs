@@ -38,6 +38,9 @@ pub enum RouterError {
     BodyTooLarge {
         /// The limit.
         limit: usize,
+        /// The body is a value (`PUT /v1/kv/{key}`): coded
+        /// `value_too_large`, as the node codes it.
+        is_value: bool,
     },
     /// Bad input: the body could not be read.
     #[error("cannot read the request body: {0}")]
@@ -116,8 +119,15 @@ impl RouterError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             RouterError::NoLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
-            RouterError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "node_unreachable"),
+            // 503, not 502: the client's answer is the same as to no
+            // leader (retry after a moment; a failover may be under way).
+            RouterError::Unreachable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "node_unreachable")
+            }
             RouterError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "node_timeout"),
+            RouterError::BodyTooLarge { is_value: true, .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large")
+            }
             RouterError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             RouterError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             RouterError::UnknownHome { .. } => (StatusCode::BAD_REQUEST, "unknown_home"),

@@ -101,7 +101,13 @@ async fn route(sh: &Shared, req: Request) -> Result<Response, RouterError> {
         0 => READ_BODY_LIMIT,
         n => n,
     };
-    let body = read_body(body, limit).await?;
+    let body = read_body(body, limit).await.map_err(|e| match e {
+        RouterError::BodyTooLarge { limit, .. } => RouterError::BodyTooLarge {
+            limit,
+            is_value: endpoint == Endpoint::KvWrite && parts.method == Method::PUT,
+        },
+        e => e,
+    })?;
     let cookies = Cookies::parse(&parts.headers);
     let session = request::session_of(&parts.headers, &cookies);
     let query = ReadQuery::parse(parts.uri.query());
@@ -364,8 +370,12 @@ async fn dispatch(
         Err(SendError::Connect(e) | SendError::Other(e)) => {
             sh.state().record_failure(next, e.clone());
             Err(RouterError::Unreachable {
+                reason: if lname == name {
+                    format!("{e} (tried twice)")
+                } else {
+                    format!("{e} (after {name}: {why})")
+                },
                 node: lname,
-                reason: format!("{e} (after {name}: {why})"),
             })
         }
     }
@@ -697,7 +707,10 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, RouterError> {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {
-                return RouterError::BodyTooLarge { limit };
+                return RouterError::BodyTooLarge {
+                    limit,
+                    is_value: false,
+                };
             }
             source = s.source();
         }

@@ -567,7 +567,8 @@ async fn writes_follow_a_failover_and_errors_are_json() {
     let big = router.put("big", &"x".repeat(2 << 20), &[]).await;
     assert_eq!(
         (big.status, big.json()["error"]["code"].as_str()),
-        (413, Some("body_too_large"))
+        (413, Some("value_too_large")),
+        "the node's code for a value over the limit"
     );
 
     // n2 must know all three members before the leader dies: its promote
@@ -583,6 +584,20 @@ async fn writes_follow_a_failover_and_errors_are_json() {
     )
     .await;
     c.leader.kill9();
+    // Before the health checks notice, the write goes to the dead leader:
+    // a 503 to retry, as with no leader (it was a 502 that named the
+    // failure twice).
+    let put = router.put("k", "v", &[]).await;
+    assert_eq!(put.status, 503, "{}", put.text());
+    assert!(put.header("retry-after").is_some());
+    assert!(
+        matches!(
+            put.json()["error"]["code"].as_str(),
+            Some("no_leader" | "node_unreachable")
+        ),
+        "{}",
+        put.text()
+    );
     wait_until(
         "the router has no leader",
         Duration::from_secs(10),
