@@ -88,7 +88,9 @@ pub struct FollowerStatus {
     pub last_sync_mono_ms: u64,
     /// Stream failures so far.
     pub error_count: u64,
-    /// The most recent failure.
+    /// The most recent failure, until a new stream is up (`error_count`
+    /// keeps the count): a streaming follower showing an old error read as
+    /// one still failing.
     pub last_error: Option<String>,
     /// Records applied since start.
     pub changes_applied: u64,
@@ -438,6 +440,7 @@ impl Follower {
                 s.leader_id = Some(leader_id);
                 s.leader_epoch = epoch;
                 s.connected = true;
+                s.last_error = None;
                 self.note_sync(&mut s);
                 history
             }

@@ -103,7 +103,8 @@ pub struct PeerStatus {
     pub snapshots_merged: u64,
     /// Streams that failed.
     pub error_count: u64,
-    /// The last failure.
+    /// The last failure, until a new stream is up (`error_count` keeps
+    /// the count).
     pub last_error: Option<String>,
     /// The codec the peer compresses its stream to us with, as negotiated
     /// at the last handshake (`None` before the first).
@@ -359,6 +360,7 @@ impl PeerStream {
         {
             let mut s = self.st();
             s.connected = true;
+            s.last_error = None;
             s.compression = Some(codec);
         }
         tracing::info!(peer = %url, %origin, from = applied.next().0, "streaming from peer");

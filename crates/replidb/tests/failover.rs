@@ -733,6 +733,11 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
         .await
         .unwrap();
     assert_eq!(r.status(), 307, "a fenced old leader redirects writes");
+    // Streaming again, it shows no error from before (its first stream
+    // may have been refused while the fence was on its way).
+    wait_streams_from(&leader, &f1, "the old leader streams from n2").await;
+    let s = leader.status().await;
+    assert_eq!(s["last_error"], Value::Null, "{s}");
     wait_all_converged(&[leader, f1, f2]).await;
 }
 
