@@ -350,6 +350,19 @@ impl NodeCore {
     /// cluster, accept writes (under a lease-based coordinator, only once
     /// it confirms the lease).
     pub async fn become_leader(&self) -> Result<(), EngineError> {
+        self.lead(true).await
+    }
+
+    /// Lead the epoch this node's own records say it leads (a static
+    /// leader restarted), without the check-quorum grace an election or a
+    /// promote earns: writes wait until a majority of voters acknowledges
+    /// this leader ([`LeaderOptions::quorum_grace`]). A node whose voting
+    /// set is itself writes at once.
+    pub async fn resume_leadership(&self) -> Result<(), EngineError> {
+        self.lead(false).await
+    }
+
+    async fn lead(&self, quorum_grace: bool) -> Result<(), EngineError> {
         let flush = self.engine.positions().flush_lsn;
         self.engine.apply_up_to(flush).await?;
         let meta = self.engine.meta();
@@ -370,6 +383,7 @@ impl NodeCore {
             self.clock.clone(),
             LeaderOptions {
                 advertise_url: self.opts.advertise_url.clone(),
+                quorum_grace,
                 ..self.opts.leader.clone()
             },
             self.opts.default_write_concern,

@@ -67,6 +67,16 @@ pub struct LeaderOptions {
     /// (`--replication-compression`), used on each stream whose other
     /// side can decode it (its `Hello` says), else frames go plain.
     pub compression: Codec,
+    /// Whether the first check-quorum window after this leader starts
+    /// counts as contact. True after an election or a promote, which just
+    /// heard from a majority (followers need a moment to reconnect). False
+    /// for a node that resumes leading an epoch from its own records (a
+    /// static leader restarted): nothing has confirmed that the others
+    /// did not move on without it, so it takes no write until a majority
+    /// of voters acknowledges it (a replaced leader restarted with its
+    /// original command line took `w=1` writes under its old epoch until
+    /// the fence reached it, and they were rolled back).
+    pub quorum_grace: bool,
 }
 
 impl Default for LeaderOptions {
@@ -84,6 +94,7 @@ impl Default for LeaderOptions {
             check_quorum: Duration::from_millis(3000),
             topology: String::new(),
             compression: Codec::DEFAULT,
+            quorum_grace: true,
         }
     }
 }
@@ -333,7 +344,8 @@ impl Leader {
 
     /// Check-quorum: a majority of voters (this leader included) sent an
     /// acknowledgement within the last [`LeaderOptions::check_quorum`], or
-    /// this leader started less than that long ago.
+    /// this leader started less than that long ago (with
+    /// [`LeaderOptions::quorum_grace`]).
     pub fn has_quorum_contact(&self) -> bool {
         // Zero turns check-quorum off (multi-leader: every node writes
         // alone; there is no majority to lose).
@@ -344,11 +356,12 @@ impl Leader {
     }
 
     /// Check-quorum over `window`: a majority of voters acknowledged within
-    /// it, or this leader started less than that long ago.
+    /// it, or this leader started less than that long ago (with
+    /// [`LeaderOptions::quorum_grace`]).
     pub fn has_quorum_contact_within(&self, window: Duration) -> bool {
         let now = self.clock.mono_ms();
         let window_ms = window.as_millis() as u64;
-        if now.saturating_sub(self.started_mono_ms) < window_ms {
+        if self.opts.quorum_grace && now.saturating_sub(self.started_mono_ms) < window_ms {
             return true;
         }
         self.heard_from_majority_since(now.saturating_sub(window_ms))

@@ -208,9 +208,23 @@ impl Node {
             }
             (CoordinatorKind::Static, follow) => {
                 node.set_coordinator(Arc::new(StaticCoordinator::new(Arc::downgrade(&node))));
-                match static_start(&node.engine.meta(), &node.config.advertise(), follow) {
+                let meta = node.engine.meta();
+                match static_start(&meta, &node.config.advertise(), follow) {
                     Some(url) => node.become_follower(url),
-                    None => node.become_leader().await?,
+                    // A brand-new cluster: this node opens epoch 1.
+                    None if meta.epoch == Epoch(0) => node.become_leader().await?,
+                    // It led before it stopped, and may have been replaced
+                    // meanwhile: no write until a majority acknowledges it.
+                    // Its followers may be deep in a reconnect backoff, so
+                    // tell them it is back (one that follows a newer epoch
+                    // answers 409, and that epoch's leader fences this one).
+                    None => {
+                        node.core
+                            .resume_leadership()
+                            .await
+                            .map_err(|e| ServerError::Startup(e.to_string()))?;
+                        node.announce_leadership(meta.epoch, node.core.voting_set().urls());
+                    }
                 }
             }
         }

@@ -713,6 +713,21 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
     f1.put_q("after", "w=majority", "new").await;
     // The old leader returns believing it leads epoch 1 ...
     leader.restart().await;
+    // ... and takes no write meanwhile: it resumed an epoch nobody
+    // confirmed, so check-quorum holds writes until a majority acks it,
+    // and none will. (It answered 200 under epoch 1 until the fence came,
+    // and those writes went to its rollback file.)
+    for i in 0..20 {
+        let r = leader
+            .http()
+            .put(leader.at(&format!("/v1/kv/early{i}")))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 200, "write {i} taken by a replaced leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // ... and is fenced: it steps down, follows n2, and converges.
     wait_until(
         "old leader follows n2",
