@@ -49,6 +49,22 @@ pub struct Leaderless {
     /// Keys handed off since start: held here, no longer ours on the ring,
     /// given to every replica and then removed here.
     pub keys_handed_off: AtomicU64,
+    /// How each other member answered this node's last requests (state
+    /// pushes and fetches, hints, anti-entropy), by URL: `/status` →
+    /// `peers`. No member streams to another here, so there is no lag to
+    /// show, only reachability.
+    contacts: Mutex<BTreeMap<String, Contact>>,
+}
+
+/// What this node last saw of one member.
+#[derive(Clone, Debug, Default)]
+struct Contact {
+    /// Monotonic ms of the last request it answered.
+    last_ok_mono_ms: Option<u64>,
+    /// Requests that failed since it last answered.
+    failures_in_a_row: u64,
+    /// The last failure.
+    last_error: Option<String>,
 }
 
 impl Leaderless {
@@ -71,7 +87,62 @@ impl Leaderless {
             last_round: Mutex::new(None),
             tombstones_collected: AtomicU64::new(0),
             keys_handed_off: AtomicU64::new(0),
+            contacts: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Record how member `url` answered a request (`now_mono_ms` on this
+    /// node's monotonic clock). Unknown URLs are ignored, so the map stays
+    /// bounded by the ring.
+    pub fn note_contact(&self, url: &str, now_mono_ms: u64, outcome: Result<(), String>) {
+        if !self.ring.members().iter().any(|m| m == url) {
+            return;
+        }
+        let mut contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
+        let c = contacts.entry(url.to_string()).or_default();
+        match outcome {
+            Ok(()) => {
+                c.last_ok_mono_ms = Some(now_mono_ms);
+                c.failures_in_a_row = 0;
+                c.last_error = None;
+            }
+            Err(e) => {
+                c.failures_in_a_row = c.failures_in_a_row.saturating_add(1);
+                c.last_error = Some(e);
+            }
+        }
+    }
+
+    /// `/status` → `peers`: every other member with how it last answered
+    /// and the hints held for it.
+    pub fn peers_json(&self, now_mono_ms: u64) -> Vec<serde_json::Value> {
+        let mut hints: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, h) in self.hints.list() {
+            *hints.entry(h.owner).or_default() += 1;
+        }
+        let contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
+        self.ring
+            .members()
+            .iter()
+            .filter(|m| **m != self.me)
+            .map(|m| {
+                let c = contacts.get(m).cloned().unwrap_or_default();
+                let state = match (c.failures_in_a_row, c.last_ok_mono_ms) {
+                    (0, Some(_)) => "reachable",
+                    (0, None) => "unknown",
+                    _ => "unreachable",
+                };
+                serde_json::json!({
+                    "url": m,
+                    "state": state,
+                    "connected": state == "reachable",
+                    "last_ok_ms_ago": c.last_ok_mono_ms.map(|t| now_mono_ms.saturating_sub(t)),
+                    "consecutive_failures": c.failures_in_a_row,
+                    "last_error": c.last_error,
+                    "hints_pending": hints.get(m).copied().unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     /// The key's replicas, owned.
@@ -119,12 +190,32 @@ pub async fn push_state(node: &Node, url: &str, key: &str, operand: Vec<u8>) -> 
         .timeout(INTERNAL_TIMEOUT)
         .send()
         .await;
-    matches!(r, Ok(r) if r.status().is_success())
+    let outcome = match r {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("answered {}", r.status().as_u16())),
+        Err(e) => Err(e.to_string()),
+    };
+    let ok = outcome.is_ok();
+    note_contact(node, url, outcome);
+    ok
+}
+
+/// [`Leaderless::note_contact`] on `node`'s leaderless state, now.
+fn note_contact(node: &Node, url: &str, outcome: Result<(), String>) {
+    if let Some(lz) = node.leaderless.get() {
+        lz.note_contact(url, node.clock.mono_ms(), outcome);
+    }
 }
 
 /// Fetch `key`'s state from replica `url`: `Ok(None)` when it has none,
 /// `Err` when it did not answer.
 pub async fn fetch_state(node: &Node, url: &str, key: &str) -> Result<Option<KeyState>, String> {
+    let got = fetch_state_from(node, url, key).await;
+    note_contact(node, url, got.as_ref().map(|_| ()).map_err(Clone::clone));
+    got
+}
+
+async fn fetch_state_from(node: &Node, url: &str, key: &str) -> Result<Option<KeyState>, String> {
     let r = node
         .http
         .get(format!("{url}/internal/replica"))
@@ -281,8 +372,19 @@ pub async fn anti_entropy_round(node: &Node, lz: &Leaderless) -> (u64, usize) {
             .send()
             .await
         {
-            Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
-            _ => continue,
+            Ok(r) if r.status().is_success() => {
+                lz.note_contact(peer, node.clock.mono_ms(), Ok(()));
+                r.json().await.unwrap_or_default()
+            }
+            Ok(r) => {
+                let why = format!("answered {}", r.status().as_u16());
+                lz.note_contact(peer, node.clock.mono_ms(), Err(why));
+                continue;
+            }
+            Err(e) => {
+                lz.note_contact(peer, node.clock.mono_ms(), Err(e.to_string()));
+                continue;
+            }
         };
         compared += 1;
         let differing = antientropy::differing(&my_leaves, &theirs);

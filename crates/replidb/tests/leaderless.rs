@@ -259,6 +259,24 @@ async fn a_hint_is_delivered_when_the_replica_returns() {
         msg.starts_with("1 of the key's 3 replicas are unreachable") && msg.contains(&reps[2]),
         "{body}"
     );
+    // `/status` → `peers` (API.md): the coordinator saw the replica fail
+    // and holds its hint.
+    let peer_of = |s: &Value, url: &str| -> Value {
+        s["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["url"] == url).cloned())
+            .unwrap_or_default()
+    };
+    let p = peer_of(&nodes[coord].status().await, &reps[2]);
+    assert_eq!(p["state"], "unreachable", "{p}");
+    assert!(p["last_error"].is_string(), "{p}");
+    let mut holder = None;
+    for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != down) {
+        if peer_of(&n.status().await, &reps[2])["hints_pending"].as_u64() >= Some(1) {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("a node shows the hint it holds for the replica");
     nodes[down].restart().await;
     wait_until(
         "the hint reaches the returning replica",
@@ -284,6 +302,12 @@ async fn a_hint_is_delivered_when_the_replica_returns() {
         pending == 0
     })
     .await;
+    let p = peer_of(&nodes[holder].status().await, &reps[2]);
+    assert_eq!(
+        (&p["state"], &p["hints_pending"], &p["last_error"]),
+        (&json!("reachable"), &json!(0), &Value::Null),
+        "{p}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -663,6 +663,14 @@ pub fn status(node: &Node) -> Value {
     })
 }
 
+/// What `/status` → `peers` shows in the leaderless topology: every other
+/// member, how it last answered, the hints held for it.
+pub fn peers(node: &Node) -> Value {
+    node.leaderless.get().map_or(Value::Null, |lz| {
+        Value::Array(lz.peers_json(node.clock.mono_ms()))
+    })
+}
+
 /// `GET /internal/hints?key=K`: how many hints this node holds for `key`.
 #[utoipa::path(
     get,

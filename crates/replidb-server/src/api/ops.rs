@@ -164,6 +164,7 @@ pub fn status_of(node: &Node) -> Value {
     doc["topology"] = json!(node.config.topology.as_str());
     if node.is_leaderless() {
         doc["ring"] = super::leaderless::status(node);
+        doc["peers"] = super::leaderless::peers(node);
     }
     if node.is_multi_leader() {
         let peers: Vec<_> = node.peer_streams().iter().map(|p| p.status()).collect();
