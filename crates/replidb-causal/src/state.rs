@@ -518,13 +518,24 @@ pub struct WriteStamp {
 /// and the origin's own running totals (a PN-counter keeps one `u64` of
 /// increments and one of decrements per origin, which only grow) must stay
 /// `u64`s; `crdts` adds them unchecked, which would panic or wrap.
+///
+/// A value already past the range (concurrent adds on several nodes, each
+/// within it alone) takes a delta toward the range: refusing it too left
+/// such a counter stuck at its bound until deleted.
 fn counter_delta_fits(c: &PNCounter<String>, origin: &str, delta: i64) -> bool {
     use num_traits::ToPrimitive;
-    let value = c
-        .read()
-        .to_i128()
-        .and_then(|v| v.checked_add(i128::from(delta)))
-        .is_some_and(|v| i64::try_from(v).is_ok());
+    let Some(old) = c.read().to_i128() else {
+        // Past even i128: only a step toward the range can help.
+        return false;
+    };
+    let in_range = |v: i128| i64::try_from(v).is_ok();
+    let value = match old.checked_add(i128::from(delta)) {
+        Some(new) if in_range(new) => true,
+        Some(_) => {
+            (old > i128::from(i64::MAX) && delta < 0) || (old < i128::from(i64::MIN) && delta > 0)
+        }
+        None => false,
+    };
     value && counter_steps_fit(c, origin, delta >= 0, delta.unsigned_abs())
 }
 

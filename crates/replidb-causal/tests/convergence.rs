@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use replidb_causal::{merge, prepare, CausalWrite, KeyKind, KeyState, Operand, Policy, WriteStamp};
+use replidb_causal::{
+    merge, prepare, CausalWrite, KeyKind, KeyState, Operand, Policy, PrepareError, WriteStamp,
+};
 use replidb_core::Hlc;
 
 const NODES: [&str; 3] = ["a", "b", "c"];
@@ -401,4 +403,59 @@ fn a_clash_of_kinds_logs_the_state_kept_and_when() {
         "the kept state"
     );
     assert_eq!(c.at.wall_ms, 10, "dated by the newest stamp involved");
+}
+
+/// Found by a new user: two nodes each adding `i64::MAX` concurrently take
+/// the counter past the range (reads show the bound). A decrement was then
+/// refused as "would leave the range" too, so the counter was stuck until
+/// deleted; a delta toward the range is taken, one away from it is not.
+#[test]
+fn a_counter_past_the_range_takes_deltas_back_toward_it() {
+    let max = CausalWrite::Counter { delta: i64::MAX };
+    let mut a = None;
+    let mut b = None;
+    let from_a = write_on(&mut a, max.clone(), &stamp("a", 1, 1));
+    let from_b = write_on(&mut b, max, &stamp("b", 1, 1));
+    let mut both = Some(merge("k", a, from_b).state);
+    both = Some(merge("k", both, from_a).state);
+    assert_eq!(
+        both.as_ref().and_then(KeyState::counter_value),
+        Some(i64::MAX)
+    );
+    let up = prepare(
+        "k",
+        both.as_ref(),
+        CausalWrite::Counter { delta: 1 },
+        Policy::Lww,
+        &stamp("a", 2, 2),
+    );
+    assert!(
+        matches!(up, Err(PrepareError::CounterOverflow { .. })),
+        "{up:?}"
+    );
+    write_on(
+        &mut both,
+        CausalWrite::Counter { delta: -1 },
+        &stamp("a", 2, 2),
+    );
+    assert_eq!(
+        both.as_ref().and_then(KeyState::counter_value),
+        Some(i64::MAX)
+    );
+    write_on(
+        &mut both,
+        CausalWrite::Counter {
+            delta: i64::MIN + 1,
+        },
+        &stamp("a", 3, 3),
+    );
+    write_on(
+        &mut both,
+        CausalWrite::Counter { delta: -1 },
+        &stamp("a", 4, 4),
+    );
+    assert_eq!(
+        both.as_ref().and_then(KeyState::counter_value),
+        Some(i64::MAX - 2)
+    );
 }
