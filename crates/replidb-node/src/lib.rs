@@ -312,6 +312,11 @@ impl NodeCore {
             Some(Ok(r)) => url = r.addr,
             None => {}
         }
+        if let Some(f) = self.follower() {
+            // Under the membership lock, before the set shrinks: a refresh
+            // after it reads the list without the member.
+            f.forget_peer(&url);
+        }
         if !self.voters.forget(&url) {
             return Err(ForgetError::NotAVoter {
                 member: member.to_string(),

@@ -155,6 +155,13 @@ impl Follower {
         })
     }
 
+    /// Drop `url` from the member list the last heartbeat carried: the
+    /// leader forgot it, and a refresh of the voting set from that list
+    /// (taken before the forget) would learn it back.
+    pub fn forget_peer(&self, url: &str) {
+        self.st().peers.retain(|p| p != url);
+    }
+
     /// Stop waiting out a reconnect backoff and dial the leader now: it
     /// was just announced (a fence or a follow naming the leader this
     /// follower already has), so the next attempt is likely to succeed,

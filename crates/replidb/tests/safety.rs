@@ -728,6 +728,29 @@ async fn only_a_member_that_is_gone_can_be_forgotten() {
     // A majority of the two that remain still needs n2.
     let w = n1.put_q("after", "w=majority", "v").await;
     assert_eq!(w["acks"], 2, "{w}");
+    // The leader relays it: n2, promoted later, must not count n3 either
+    // (its voting set only grew from heartbeats, so it kept n3 for good).
+    let n2 = &cluster.followers[0];
+    wait_until("n2 forgets n3 too", Duration::from_secs(10), async || {
+        n2.status().await["voting_set"]
+            .as_array()
+            .is_some_and(|v| v.len() == 2 && !v.iter().any(|u| u == n3_url.as_str()))
+    })
+    .await;
+    // And keeps it forgotten across its next refreshes: a negative, so it
+    // is watched for a while, ten heartbeat intervals (the refresh period).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let v = n2.status().await["voting_set"].clone();
+    assert!(!v.to_string().contains(&n3_url), "n2 learned n3 back: {v}");
+    // A relayed forget from an epoch that is not the follower's is refused.
+    let r = n2
+        .http()
+        .post(n2.at("/admin/forget"))
+        .json(&json!({"member": n1.url(), "epoch": 99}))
+        .send()
+        .await
+        .expect("forget");
+    assert_eq!(r.status(), 409);
 
     let (status, body) = forget("n9").await;
     assert_eq!(status, 404, "{body}");

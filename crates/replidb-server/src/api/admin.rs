@@ -190,6 +190,11 @@ async fn peer_positions(node: &Node, peers: &[String]) -> Vec<(String, PeerPosit
 pub(crate) struct ForgetBody {
     /// The member's URL or id.
     member: String,
+    /// Set only by a leader relaying its forget to its followers: the
+    /// epoch it leads. A follower takes a relayed forget from its own
+    /// epoch only.
+    #[serde(default)]
+    epoch: Option<u64>,
 }
 
 /// `POST /admin/forget {"member": URL or id}`: remove a member that is gone
@@ -218,6 +223,9 @@ pub async fn forget(
     super::params::Params::parse(q.as_deref(), &[])?;
     let b: ForgetBody = json_body(body, "{\"member\": URL or id}").await?;
     let member = voter_named(&node.core.voting_set().urls(), &b.member);
+    if let Some(epoch) = b.epoch {
+        return forget_relayed(&node, &member, Epoch(epoch));
+    }
     if node.leader().is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -232,10 +240,13 @@ pub async fn forget(
         return Err(ApiError::bad_request("a leader cannot forget itself"));
     }
     match node.core.forget(&member) {
-        Ok(url) => Ok(
-            Json(json!({"forgotten": url, "voting_set": node.core.voting_set().urls()}))
-                .into_response(),
-        ),
+        Ok(url) => {
+            relay_forget(&node, &url);
+            Ok(
+                Json(json!({"forgotten": url, "voting_set": node.core.voting_set().urls()}))
+                    .into_response(),
+            )
+        }
         Err(e @ replidb_node::ForgetError::Connected { .. }) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "member_connected",
@@ -246,6 +257,77 @@ pub async fn forget(
         }
     }
 }
+
+/// A forget relayed by the leader of `epoch`: a follower of that epoch
+/// drops `member` from its own voting set, so that if it is promoted later
+/// it does not count a member the operator removed (its heartbeats no
+/// longer name it, but a voting set only grows from heartbeats).
+fn forget_relayed(node: &Node, member: &str, epoch: Epoch) -> ApiResult<Response> {
+    let mine = node.engine.meta().epoch;
+    if node.leader().is_some() || epoch != mine {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_epoch",
+            format!(
+                "a relayed forget is for the followers of epoch {epoch}; this node is {} in epoch {mine}",
+                if node.leader().is_some() { "the leader" } else { "a follower" }
+            ),
+        ));
+    }
+    if member == node.config.advertise() || member == node.config.id {
+        return Err(ApiError::bad_request("a node cannot forget itself"));
+    }
+    let forgotten = node.core.forget(member).ok();
+    Ok(Json(json!({
+        "forgotten": forgotten,
+        "voting_set": node.core.voting_set().urls(),
+    }))
+    .into_response())
+}
+
+/// Tell every connected follower of this leader to forget `url` too
+/// (`POST /admin/forget {"member", "epoch"}`), each in a task of its own,
+/// a few tries each. A follower that is down keeps the member, which is
+/// the safe side: a larger voting set needs more acknowledgements, never
+/// fewer.
+fn relay_forget(node: &Arc<Node>, url: &str) {
+    let Some(leader) = node.leader() else { return };
+    let epoch = leader.epoch();
+    let body = json!({"member": url, "epoch": epoch.0});
+    for r in leader.replicas().into_iter().filter(|r| {
+        r.state != replidb_replication::ReplicaState::Disconnected && !r.addr.is_empty()
+    }) {
+        let node = node.clone();
+        let body = body.clone();
+        tokio::spawn(async move {
+            let target = format!("{}/admin/forget", r.addr.trim_end_matches('/'));
+            for _ in 0..FORGET_RELAY_TRIES {
+                let sent = node
+                    .http
+                    .post(&target)
+                    .json(&body)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(resp) if resp.status().is_success() => {
+                        tracing::info!(follower = %r.id, member = %body["member"], "relayed forget");
+                        return;
+                    }
+                    Ok(resp) if resp.status().is_client_error() => {
+                        tracing::warn!(follower = %r.id, status = resp.status().as_u16(), "follower refused the relayed forget");
+                        return;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+            tracing::warn!(follower = %r.id, member = %body["member"], "could not relay the forget; repeat it on this follower's leader after a failover");
+        });
+    }
+}
+
+/// Attempts per follower to relay a forget.
+const FORGET_RELAY_TRIES: usize = 5;
 
 /// The voting set's URL that `member` names, written as elsewhere on the
 /// command line: with or without `http://`, with a trailing `/`. Anything
