@@ -448,8 +448,9 @@ impl Node {
 
     /// Send `POST /admin/fence {epoch, leader}` to each of `peers` (this
     /// node's own URL left out), each in a task of its own, retried every
-    /// [`ANNOUNCE_RETRY`] until the peer answers 2xx or 409 (it already
-    /// knows that epoch or a later one), for as long as `current` holds.
+    /// [`ANNOUNCE_RETRY`] until the peer answers (2xx, or a 4xx such as 409:
+    /// it already knows that epoch or a later one), for as long as
+    /// `current` holds ([`Self::post_to_peer`]).
     fn announce(
         self: &Arc<Self>,
         epoch: Epoch,
@@ -464,28 +465,53 @@ impl Node {
             let body = body.clone();
             let current = current.clone();
             tokio::spawn(async move {
-                let url = format!("{}/admin/fence", peer.trim_end_matches('/'));
-                loop {
-                    if !current(&node) || node.shutdown.is_cancelled() {
-                        return;
-                    }
-                    let sent = node
-                        .http
-                        .post(&url)
-                        .json(&body)
-                        .timeout(Duration::from_secs(2))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status().is_success() || r.status().as_u16() == 409 => {
-                            tracing::info!(peer = %peer, epoch = epoch.0, leader = %body["leader"], "announced leadership");
-                            return;
-                        }
-                        _ => tokio::time::sleep(ANNOUNCE_RETRY).await,
-                    }
+                let answered = node
+                    .post_to_peer(&peer, "/admin/fence", &body, None, current)
+                    .await;
+                if let Some(status) = answered {
+                    tracing::info!(peer = %peer, epoch = epoch.0, leader = %body["leader"], status = status.as_u16(), "announced leadership");
                 }
             });
         }
+    }
+
+    /// `POST base + path` with `body` to a peer, again every
+    /// [`ANNOUNCE_RETRY`] while it does not answer or answers 5xx, at most
+    /// `tries` times (`None`: no limit) and while `current` holds. Returns
+    /// the status it answered with (2xx, or a 4xx that a retry would not
+    /// change: 409 for an announcement it already knows), or `None` if it
+    /// gave up.
+    pub(crate) async fn post_to_peer(
+        self: &Arc<Self>,
+        base: &str,
+        path: &str,
+        body: &serde_json::Value,
+        tries: Option<usize>,
+        current: impl Fn(&Node) -> bool,
+    ) -> Option<reqwest::StatusCode> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let mut attempt = 0;
+        while tries.is_none_or(|n| attempt < n) {
+            if !current(self) || self.shutdown.is_cancelled() {
+                return None;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(ANNOUNCE_RETRY).await;
+            }
+            attempt += 1;
+            let sent = self
+                .http
+                .post(&url)
+                .json(body)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if !r.status().is_server_error() => return Some(r.status()),
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Stop every task and flush storage.

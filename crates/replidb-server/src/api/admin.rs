@@ -300,28 +300,26 @@ fn relay_forget(node: &Arc<Node>, url: &str) {
         let node = node.clone();
         let body = body.clone();
         tokio::spawn(async move {
-            let target = format!("{}/admin/forget", r.addr.trim_end_matches('/'));
-            for _ in 0..FORGET_RELAY_TRIES {
-                let sent = node
-                    .http
-                    .post(&target)
-                    .json(&body)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(resp) if resp.status().is_success() => {
-                        tracing::info!(follower = %r.id, member = %body["member"], "relayed forget");
-                        return;
-                    }
-                    Ok(resp) if resp.status().is_client_error() => {
-                        tracing::warn!(follower = %r.id, status = resp.status().as_u16(), "follower refused the relayed forget");
-                        return;
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            let answered = node
+                .post_to_peer(
+                    &r.addr,
+                    "/admin/forget",
+                    &body,
+                    Some(FORGET_RELAY_TRIES),
+                    |_| true,
+                )
+                .await;
+            match answered {
+                Some(s) if s.is_success() => {
+                    tracing::info!(follower = %r.id, member = %body["member"], "relayed forget");
+                }
+                Some(s) => {
+                    tracing::warn!(follower = %r.id, status = s.as_u16(), "follower refused the relayed forget");
+                }
+                None => {
+                    tracing::warn!(follower = %r.id, member = %body["member"], "could not relay the forget; repeat it on this follower's leader after a failover");
                 }
             }
-            tracing::warn!(follower = %r.id, member = %body["member"], "could not relay the forget; repeat it on this follower's leader after a failover");
         });
     }
 }
