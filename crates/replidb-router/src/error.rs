@@ -23,6 +23,9 @@ pub enum RouterError {
         node: String,
         /// What failed.
         reason: String,
+        /// A write reached the node before the exchange broke: it may have
+        /// happened, so the answer (502) must not invite a blind retry.
+        outcome_unknown: bool,
     },
     /// The node did not answer in time; a write may or may not have
     /// happened.
@@ -119,8 +122,14 @@ impl RouterError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             RouterError::NoLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
-            // 503, not 502: the client's answer is the same as to no
-            // leader (retry after a moment; a failover may be under way).
+            // A write that may have happened: 502, which clients do not
+            // retry (a retried increment would count twice).
+            RouterError::Unreachable {
+                outcome_unknown: true,
+                ..
+            } => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
+            // Never reached, or a read: 503 like no leader (retry after a
+            // moment; a failover may be under way).
             RouterError::Unreachable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "node_unreachable")
             }
@@ -170,6 +179,29 @@ mod tests {
             nodes: "http://a:1".into(),
         }
         .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    /// A write that reached a node before the exchange broke may have
+    /// happened: not the 503 that clients retry (an increment would count
+    /// twice), unlike a node never reached.
+    #[test]
+    fn only_a_write_that_may_have_happened_is_not_retryable() {
+        let err = |outcome_unknown| RouterError::Unreachable {
+            node: "n1".into(),
+            reason: "connection reset".into(),
+            outcome_unknown,
+        };
+        assert_eq!(
+            err(true).status_and_code(),
+            (StatusCode::BAD_GATEWAY, "outcome_unknown")
+        );
+        assert!(!err(true)
+            .into_response()
+            .headers()
+            .contains_key("retry-after"));
+        let r = err(false).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()["retry-after"], "1");
     }

@@ -79,6 +79,31 @@ enum SendError {
     Other(String),
 }
 
+/// The error after a retry on node `node` failed with `e`, the first try
+/// (on `first`) having failed with `first_why`.
+fn unreachable(
+    node: String,
+    e: String,
+    outcome_unknown: bool,
+    first: &str,
+    first_why: &str,
+) -> RouterError {
+    RouterError::Unreachable {
+        reason: if node == first {
+            format!("{e} (tried twice)")
+        } else {
+            format!("{e} (after {first}: {first_why})")
+        },
+        node,
+        outcome_unknown,
+    }
+}
+
+/// GET and HEAD change nothing on a node: retried or answered 503 freely.
+fn is_read_method(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD
+}
+
 /// The fallback handler: every routable API request comes here.
 pub(crate) async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Response {
     match route(&sh, req).await {
@@ -301,12 +326,14 @@ async fn dispatch(
             return Err(RouterError::Unreachable {
                 node: name,
                 reason: why,
+                outcome_unknown: false,
             });
         }
         SendError::Other(why) => {
             return Err(RouterError::Unreachable {
                 node: name,
                 reason: why,
+                outcome_unknown: true,
             })
         }
         SendError::Timeout => {
@@ -367,16 +394,14 @@ async fn dispatch(
             node: lname,
             timeout_ms: out.timeout.as_millis() as u64,
         }),
-        Err(SendError::Connect(e) | SendError::Other(e)) => {
+        Err(SendError::Connect(e)) => {
             sh.state().record_failure(next, e.clone());
-            Err(RouterError::Unreachable {
-                reason: if lname == name {
-                    format!("{e} (tried twice)")
-                } else {
-                    format!("{e} (after {name}: {why})")
-                },
-                node: lname,
-            })
+            Err(unreachable(lname, e, false, &name, &why))
+        }
+        Err(SendError::Other(e)) => {
+            sh.state().record_failure(next, e.clone());
+            let outcome_unknown = !is_read_method(&out.method);
+            Err(unreachable(lname, e, outcome_unknown, &name, &why))
         }
     }
 }
@@ -464,8 +489,19 @@ async fn follow_redirect(
                 timeout_ms: out.timeout.as_millis() as u64,
             })
         }
-        Err(SendError::Connect(e) | SendError::Other(e)) => {
-            return Err(RouterError::Unreachable { node, reason: e })
+        Err(SendError::Connect(e)) => {
+            return Err(RouterError::Unreachable {
+                node,
+                reason: e,
+                outcome_unknown: false,
+            })
+        }
+        Err(SendError::Other(e)) => {
+            return Err(RouterError::Unreachable {
+                node,
+                reason: e,
+                outcome_unknown: !is_read_method(&out.method),
+            })
         }
     };
     Ok(routed(resp, node, index))
