@@ -744,7 +744,7 @@ enum ScanWire {
 /// builder drops a `.` or `..` segment, so `get("..")` would otherwise
 /// have scanned `/v1/kv`.
 fn checked_key(key: &str) -> Result<&str> {
-    replidb_core::validate_key(key).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+    replidb_core::validate_path_key(key).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
     Ok(key)
 }
 

@@ -28,7 +28,7 @@ pub use hlc::{
     Clock, ClockOffsetError, Hlc, HlcClock, SkewedClock, SystemClock, HLC_MAX_OFFSET_MS,
 };
 pub use types::{
-    validate_key, Epoch, EpochHistory, KeyError, Lsn, NodeId, Op, Position, Record, Versioned,
-    WriteConcern, WriteConcernError, EPOCH_JUMP_MAX, MAX_KEY_BYTES, TXN_VALUES_MAX,
-    VALUE_BYTES_MAX,
+    validate_key, validate_path_key, Epoch, EpochHistory, KeyError, Lsn, NodeId, Op, Position,
+    Record, Versioned, WriteConcern, WriteConcernError, EPOCH_JUMP_MAX, MAX_KEY_BYTES,
+    TXN_VALUES_MAX, VALUE_BYTES_MAX,
 };

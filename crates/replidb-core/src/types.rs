@@ -123,6 +123,17 @@ pub fn validate_key(key: &str) -> Result<(), KeyError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(KeyError::TooLong { len: key.len() });
     }
+    Ok(())
+}
+
+/// [`validate_key`] for a key that travels as a URL path segment
+/// (`/v1/kv/{key}`): also not `.` or `..`, which URL parsers remove. Only
+/// new keys are refused this way (writes, and clients building a URL):
+/// keys stored before, or through the Redis protocol, a transaction or the
+/// seed endpoints, where the key is not a path segment, stay readable and
+/// deletable wherever they can be named.
+pub fn validate_path_key(key: &str) -> Result<(), KeyError> {
+    validate_key(key)?;
     if key == "." || key == ".." {
         return Err(KeyError::DotSegment(key.to_string()));
     }
@@ -457,9 +468,13 @@ mod tests {
     fn key_limits() {
         assert_eq!(validate_key(""), Err(KeyError::Empty));
         assert!(validate_key("a").is_ok());
-        assert!(validate_key("...").is_ok() && validate_key("a/..").is_ok());
+        assert!(validate_path_key("...").is_ok() && validate_path_key("a/..").is_ok());
         for dots in [".", ".."] {
-            assert_eq!(validate_key(dots), Err(KeyError::DotSegment(dots.into())));
+            assert!(validate_key(dots).is_ok());
+            assert_eq!(
+                validate_path_key(dots),
+                Err(KeyError::DotSegment(dots.into()))
+            );
         }
         assert!(validate_key(&"x".repeat(1024)).is_ok());
         assert_eq!(

@@ -385,7 +385,11 @@ async fn typed_front(
     } else {
         Some(write_opts(node, &p)?)
     };
-    check_key(key)?;
+    if method == Method::DELETE {
+        check_key(key)?;
+    } else {
+        super::kv::check_new_path_key(key)?;
+    }
     let body = read_body(body, node.config.max_value_bytes).await?;
     let pq = path_and_query(uri);
     let origin = Origin {

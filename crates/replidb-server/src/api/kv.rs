@@ -47,6 +47,14 @@ pub(crate) fn check_key(key: &str) -> ApiResult<()> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()))
 }
 
+/// [`check_key`] for a key a request *creates or changes* through its URL
+/// path: not `.` or `..` either (`replidb_core::validate_path_key`). Reads
+/// and deletes take any stored key, so one stored before stays reachable.
+pub(crate) fn check_new_path_key(key: &str) -> ApiResult<()> {
+    replidb_core::validate_path_key(key)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()))
+}
+
 /// A value as JSON: a string when it is UTF-8, else base64 with
 /// `"encoding":"base64"` set on `obj`.
 pub fn put_value(obj: &mut Map<String, Value>, value: &[u8]) {
@@ -243,6 +251,7 @@ pub async fn put_key(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    check_new_path_key(&key)?;
     let value = read_body(body, node.config.max_value_bytes).await?;
     if node.is_leaderless() {
         check_key(&key)?;
