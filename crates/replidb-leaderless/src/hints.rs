@@ -157,6 +157,16 @@ impl HintStore {
     pub fn pending(&self) -> usize {
         self.lock().len()
     }
+
+    /// How many hints are waiting per owner, counted without copying them
+    /// (`/status` asks every second or so; the store may hold 256 MiB).
+    pub fn pending_by_owner(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by = std::collections::BTreeMap::new();
+        for (h, _) in self.lock().values() {
+            *by.entry(h.owner.clone()).or_default() += 1;
+        }
+        by
+    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,9 @@
 //!   else to the healthy node with the fewest requests in flight (which the
 //!   proxy then remembers as the session's new home); a read goes to any
 //!   eligible node (healthy, lag within `max_lag`) by the read strategy.
-//!   `consistency=strong|leader` and the sticky window mean nothing there
-//!   and are ignored.
+//!   The sticky window means nothing there and is ignored;
+//!   `consistency=strong|leader|bounded` is passed on, and the node
+//!   refuses it with 400 `not_supported`.
 
 use std::time::{Duration, Instant};
 

@@ -299,7 +299,16 @@ pub fn normalise_node_url(raw: &str) -> Result<String, String> {
             "bad node URL {raw:?}: give the node's base URL, without a path"
         ));
     }
-    Ok(with_scheme.trim_end_matches('/').to_string())
+    // Scheme and host in lower case (as the parser reads them), the port
+    // as written: `HTTP://Db1:7001/` and `db1:7001` name the same node.
+    let authority = with_scheme
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    Ok(format!("{}://{authority}", url.scheme()))
 }
 
 #[cfg(test)]
@@ -312,6 +321,8 @@ mod url_tests {
         assert_eq!(ok("127.0.0.1:7001"), "http://127.0.0.1:7001");
         assert_eq!(ok("http://127.0.0.1:7001/"), "http://127.0.0.1:7001");
         assert_eq!(ok("https://db.example:443"), "https://db.example:443");
+        assert_eq!(ok("HTTP://Db1:7001/"), "http://db1:7001");
+        assert_eq!(ok("http://h:1/a/.."), "http://h:1");
         for bad in [
             "ftp://h:1",
             "http://h:1/v1/kv",

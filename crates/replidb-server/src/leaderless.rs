@@ -106,6 +106,12 @@ impl Leaderless {
                 c.failures_in_a_row = 0;
                 c.last_error = None;
             }
+            // It answered, so it is reachable; the refusal is kept to show.
+            Err(e) if e.starts_with("answered 4") => {
+                c.last_ok_mono_ms = Some(now_mono_ms);
+                c.failures_in_a_row = 0;
+                c.last_error = Some(e);
+            }
             Err(e) => {
                 c.failures_in_a_row = c.failures_in_a_row.saturating_add(1);
                 c.last_error = Some(e);
@@ -116,10 +122,7 @@ impl Leaderless {
     /// `/status` → `peers`: every other member with how it last answered
     /// and the hints held for it.
     pub fn peers_json(&self, now_mono_ms: u64) -> Vec<serde_json::Value> {
-        let mut hints: BTreeMap<String, u64> = BTreeMap::new();
-        for (_, h) in self.hints.list() {
-            *hints.entry(h.owner).or_default() += 1;
-        }
+        let hints = self.hints.pending_by_owner();
         let contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
         self.ring
             .members()
@@ -230,7 +233,7 @@ async fn fetch_state_from(node: &Node, url: &str, key: &str) -> Result<Option<Ke
             let b = r.bytes().await.map_err(|e| e.to_string())?;
             KeyState::decode(&b).map(Some).map_err(|e| e.to_string())
         }
-        s => Err(format!("{url} answered {s}")),
+        s => Err(format!("answered {s}")),
     }
 }
 

@@ -223,7 +223,9 @@ impl Node {
                             .resume_leadership()
                             .await
                             .map_err(|e| ServerError::Startup(e.to_string()))?;
-                        node.announce_leadership(meta.epoch, node.core.voting_set().urls());
+                        if meta.leader == node.config.advertise() {
+                            node.announce_leadership(meta.epoch, node.core.voting_set().urls());
+                        }
                     }
                 }
             }

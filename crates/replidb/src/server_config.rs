@@ -310,7 +310,11 @@ impl ServerOpts {
             .map(|u| replidb_server::normalise_node_url(&u))
             .transpose()
             .map_err(|e| invalid("follow", e))?;
-        c.advertise_url = self.advertise_url;
+        c.advertise_url = self
+            .advertise_url
+            .map(|u| replidb_server::normalise_node_url(&u))
+            .transpose()
+            .map_err(|e| invalid("advertise_url", e))?;
         if let Some(k) = self.coordinator {
             c.coordinator = match k.as_str() {
                 "static" => CoordinatorKind::Static,

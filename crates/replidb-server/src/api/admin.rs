@@ -466,6 +466,20 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
             format!("announced epoch {theirs} is not newer than this node's epoch {mine}"),
         ));
     }
+    // The same epoch, from a follower of it that knows its leader: the
+    // leader is back (restarted) and wants it to reconnect now rather than
+    // after its backoff. Re-pointing would adopt the announced URL, which
+    // may be spelled differently from the one this follower was given
+    // (`--advertise-url` vs `--follow`), and could cut a working stream.
+    if theirs == mine && leading.is_none() && !node.engine.meta().leader.is_empty() {
+        if let Some(f) = node.follower() {
+            f.reconnect_now();
+            return Ok(Json(
+                json!({"fenced": false, "reconnecting": true, "epoch": theirs.0, "following": node.leader_url()}),
+            )
+            .into_response());
+        }
+    }
     let was_leader = leading.is_some();
     follow_to_the_end(&node, b.leader.clone(), theirs).await?;
     if was_leader {

@@ -154,9 +154,9 @@ async fn wait_min_version(node: &Node, want: &MinVersion, wait: Duration) -> Api
     Err(e)
 }
 
-/// 400 for a `min_version` that names an origin no node of this cluster
-/// writes as: waiting for it would always end in a 503 that tells the
-/// client to read from a node that does not exist (a token kept from
+/// At once, a 503 that says so, for a `min_version` naming an origin this
+/// node does not replicate from: waiting for it ended in a 503 that told
+/// the client to read from a node that does not exist (a token kept from
 /// another cluster, or a typo). Decided only while every peer has told us
 /// its node ID; a peer never reached yet might be that origin, so then the
 /// request waits as usual.
@@ -182,15 +182,20 @@ fn refuse_foreign_origins(node: &Node, want: &MinVersion) -> ApiResult<()> {
     if foreign.is_empty() {
         return Ok(());
     }
-    Err(ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_min_version",
+    // 503, not 400: the token may name a member this node has not been
+    // given yet (a rolling `--peers` change), and the CLI drops a saved
+    // token that a cluster refuses this way.
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "min_version_not_reached",
         format!(
-            "min_version names {}, which no node of this cluster writes as (origins: {}); a token from another cluster?",
+            "min_version names {}, which this node does not replicate from (origins: {}); a token from another cluster, or a member added since this node started?",
             foreign.join(", "),
             known.into_iter().collect::<Vec<_>>().join(", ")
         ),
-    ))
+    );
+    e.retry_after_s = Some(1);
+    Err(e)
 }
 
 /// The causal context of a write: the `X-Replidb-Context` header, if sent.

@@ -409,6 +409,8 @@ pub async fn scan(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let mut allowed = read_params_for(node.config.topology);
+    // A scan reads this node's table: a leaderless `r` would be ignored.
+    allowed.retain(|p| *p != "r");
     allowed.extend(["prefix", "limit", "start_after"]);
     let p = Params::parse(q.as_deref(), &allowed)?;
     let opts = ReadOpts::from_params(&p, &headers)?;
