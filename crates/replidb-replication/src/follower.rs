@@ -188,8 +188,13 @@ impl Follower {
     /// monotonic clock; while disconnected, at least the time since we last
     /// heard from the leader.
     pub fn lag_ms(&self) -> u64 {
-        let s = self.st().clone();
-        self.lag_ms_with(&s)
+        // Every HTTP answer carries the lag: copy the two fields it needs,
+        // not the whole status with its strings.
+        let (connected, last_sync_mono_ms) = {
+            let s = self.st();
+            (s.connected, s.last_sync_mono_ms)
+        };
+        self.lag_ms_from(connected, last_sync_mono_ms)
     }
 
     /// How long since we last heard from the leader, on our monotonic
@@ -200,6 +205,10 @@ impl Follower {
     }
 
     fn lag_ms_with(&self, s: &FollowerStatus) -> u64 {
+        self.lag_ms_from(s.connected, s.last_sync_mono_ms)
+    }
+
+    fn lag_ms_from(&self, connected: bool, last_sync_mono_ms: u64) -> u64 {
         let now = self.clock.mono_ms();
         let applied = self.engine.positions().applied_lsn;
         let mut lag = self
@@ -207,8 +216,8 @@ impl Follower {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .lag_ms(applied, now);
-        if !s.connected {
-            lag = lag.max(now.saturating_sub(s.last_sync_mono_ms));
+        if !connected {
+            lag = lag.max(now.saturating_sub(last_sync_mono_ms));
         }
         lag
     }

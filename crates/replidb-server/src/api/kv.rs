@@ -207,14 +207,13 @@ pub fn read_local(node: &Node, key: &str, as_json: bool) -> ApiResult<Response> 
     } else {
         let mut resp = Response::new(Body::from(v.value));
         resp.headers_mut().insert(
-            "content-type",
+            axum::http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
         resp
     };
-    if let Ok(h) = HeaderValue::from_str(&served.0.to_string()) {
-        resp.headers_mut().insert("x-replidb-lsn", h);
-    }
+    resp.headers_mut()
+        .insert(super::LSN_HEADER, HeaderValue::from(served.0));
     Ok(resp)
 }
 

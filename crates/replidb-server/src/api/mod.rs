@@ -234,6 +234,11 @@ fn refuse_without_token(node: &Node, req: &Request) -> Option<Response> {
     }
 }
 
+/// `X-Replidb-LSN`: the position an answer reflects (API.md), built at
+/// compile time (`from_static` at run time checks the name against the
+/// standard headers on every call).
+pub(crate) const LSN_HEADER: HeaderName = HeaderName::from_static("x-replidb-lsn");
+
 /// Add the `X-Replidb-*` headers a handler did not set.
 fn add_node_headers(node: &Node, resp: &mut Response) {
     let role = node.role();
@@ -243,20 +248,24 @@ fn add_node_headers(node: &Node, resp: &mut Response) {
         Role::Follower(f) => f.lag_ms(),
     };
     let epoch = node.engine.epoch();
+    // Names built at compile time: `from_static` at run time checks the
+    // name against the standard headers on every call.
+    const NODE: HeaderName = HeaderName::from_static("x-replidb-node");
+    const ROLE: HeaderName = HeaderName::from_static("x-replidb-role");
+    const EPOCH: HeaderName = HeaderName::from_static("x-replidb-epoch");
+    const LAG_MS: HeaderName = HeaderName::from_static("x-replidb-lag-ms");
     let headers = resp.headers_mut();
-    let mut set = |name: &'static str, value: HeaderValue| {
+    let mut set = |name: HeaderName, value: HeaderValue| {
         // One hash and probe per header, keeping a handler's own value.
-        headers
-            .entry(HeaderName::from_static(name))
-            .or_insert(value);
+        headers.entry(name).or_insert(value);
     };
     if let Some(v) = &node.id_header {
-        set("x-replidb-node", v.clone());
+        set(NODE, v.clone());
     }
-    set("x-replidb-role", HeaderValue::from_static(role.name()));
-    set("x-replidb-epoch", HeaderValue::from(epoch.0));
-    set("x-replidb-lsn", HeaderValue::from(pos.applied_lsn.0));
-    set("x-replidb-lag-ms", HeaderValue::from(lag_ms));
+    set(ROLE, HeaderValue::from_static(role.name()));
+    set(EPOCH, HeaderValue::from(epoch.0));
+    set(LSN_HEADER, HeaderValue::from(pos.applied_lsn.0));
+    set(LAG_MS, HeaderValue::from(lag_ms));
 }
 
 /// The request counter and duration histogram of one node, route template
@@ -279,10 +288,12 @@ impl RequestMetrics {
 fn http_metrics(node_id: &str, route: &str, status: u16) -> RequestMetrics {
     // Node → status → route, so a lookup borrows its keys instead of
     // allocating them.
-    type Cache = std::collections::HashMap<
-        String,
-        std::collections::HashMap<u16, std::collections::HashMap<String, RequestMetrics>>,
-    >;
+    // foldhash, not std's SipHash: these keys are ours (node ids, route
+    // templates, status codes), so there is no flooding to resist, and
+    // SipHash over three keys per request showed in the read path's
+    // profile.
+    type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+    type Cache = Map<String, Map<u16, Map<String, RequestMetrics>>>;
     static CACHE: std::sync::LazyLock<std::sync::Mutex<Cache>> =
         std::sync::LazyLock::new(Default::default);
     // A route template comes from the router (a bounded set), a status is

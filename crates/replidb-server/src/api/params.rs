@@ -2,7 +2,6 @@
 //! (a typo such as `consistancy=strong`) is a 400, not silently ignored,
 //! because ignoring it would quietly weaken what the client asked for.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,16 +10,19 @@ use replidb_core::{Lsn, WriteConcern};
 
 use super::{ApiError, ApiResult};
 
-/// Parsed query parameters.
-pub struct Params(HashMap<String, String>);
+/// Parsed query parameters, in the order given, each name at most once.
+///
+/// A list, not a map: an endpoint takes at most a dozen names, and a
+/// linear search over them is cheaper than hashing each (a hashed map was
+/// ~13% of an HTTP GET's instructions under callgrind).
+pub struct Params(Vec<(String, String)>);
 
 impl Params {
     /// Parse `raw`, refusing names outside `allowed`.
     pub fn parse(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Params> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
             .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-        let mut map = HashMap::new();
-        for (k, v) in pairs {
+        for (i, (k, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&k.as_str()) {
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
@@ -30,21 +32,23 @@ impl Params {
             }
             // Which of two values wins is a guess the client did not make
             // (servers differ: first, last, a list), so neither does.
-            if map.contains_key(&k) {
+            if pairs[..i].iter().any(|(earlier, _)| earlier == k) {
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
                     "invalid_parameter",
                     format!("parameter {k:?} is given more than once"),
                 ));
             }
-            map.insert(k, v);
         }
-        Ok(Params(map))
+        Ok(Params(pairs))
     }
 
     /// The raw value of `name`.
     pub fn str(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// `name` parsed as `T`, with `expected` describing valid values.
@@ -416,5 +420,59 @@ mod doc_tests {
             names::<ScanQuery>(),
             sorted(&["prefix", "limit", "start_after"])
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(raw: &str) -> ApiError {
+        match Params::parse(Some(raw), READ_PARAMS) {
+            Ok(_) => panic!("{raw:?} was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn names_are_found_decoded_and_absent_ones_are_none() {
+        let p = Params::parse(
+            Some("consistency=eventual&min_lsn=7&fallback=le%61der"),
+            READ_PARAMS,
+        )
+        .expect("valid query");
+        assert_eq!(p.str("consistency"), Some("eventual"));
+        assert_eq!(
+            p.parse_as::<u64>("min_lsn", "an LSN").expect("number"),
+            Some(7)
+        );
+        assert_eq!(p.str("fallback"), Some("leader"));
+        assert_eq!(p.str("wait_ms"), None);
+        assert!(Params::parse(None, READ_PARAMS)
+            .expect("empty")
+            .str("r")
+            .is_none());
+    }
+
+    #[test]
+    fn an_unknown_or_repeated_name_is_a_400() {
+        let e = refused("consistency=eventual&colour=blue");
+        assert_eq!((e.status.as_u16(), e.code), (400, "unknown_parameter"));
+        // Repeated, even with the same value, and not only when adjacent.
+        for raw in ["r=1&r=1", "min_lsn=1&consistency=eventual&min_lsn=2"] {
+            let e = refused(raw);
+            assert_eq!(
+                (e.status.as_u16(), e.code),
+                (400, "invalid_parameter"),
+                "{raw}"
+            );
+            assert!(e.message.contains("more than once"), "{}", e.message);
+        }
+        // A known name with a bad value parses, and fails where it is read.
+        let p = Params::parse(Some("min_lsn=x"), READ_PARAMS).expect("known name");
+        let e = p
+            .parse_as::<u64>("min_lsn", "an LSN")
+            .expect_err("not a number");
+        assert_eq!(e.status.as_u16(), 400, "{}", e.message);
     }
 }
