@@ -7,6 +7,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::decode::{length_at, Step, Stop};
 use crate::{DecodeError, Limits};
 
+/// Argument slots reserved up front for a multibulk request: a count
+/// above it (a client may announce `args_max` and send nothing) grows the
+/// list as arguments actually arrive.
+const PREALLOCATED_ARGS_MAX: usize = 64;
+
 /// An incremental decoder of client requests.
 ///
 /// Each decoded command is its arguments, the command name first. Bulk
@@ -20,13 +25,33 @@ use crate::{DecodeError, Limits};
 pub struct CommandDecoder {
     limits: Limits,
     need: usize,
+    /// A multibulk request whose first arguments have been scanned: the
+    /// next call goes on from there rather than from the request's start,
+    /// so a request of many arguments arriving in many reads (an `MSET`
+    /// of a thousand keys in a bulk load) is scanned once, not once per
+    /// read.
+    partial: Option<Partial>,
+}
+
+/// How far a multibulk request has been scanned: its argument count, the
+/// offset of its next argument in the buffer, and where each argument
+/// before it lies (offset, length).
+#[derive(Debug)]
+struct Partial {
+    count: usize,
+    pos: usize,
+    spans: Vec<(usize, usize)>,
 }
 
 impl CommandDecoder {
     /// A decoder enforcing `limits` (`depth_max` does not apply: requests
     /// are flat).
     pub fn new(limits: Limits) -> Self {
-        CommandDecoder { limits, need: 0 }
+        CommandDecoder {
+            limits,
+            need: 0,
+            partial: None,
+        }
     }
 
     /// The limits in force.
@@ -61,7 +86,10 @@ impl CommandDecoder {
                     self.need = need;
                     return Ok(None);
                 }
-                Err(Stop::Invalid(e)) => return Err(e),
+                Err(Stop::Invalid(e)) => {
+                    self.partial = None;
+                    return Err(e);
+                }
             }
         }
     }
@@ -69,61 +97,91 @@ impl CommandDecoder {
     /// `*N\r\n` then N × `$len\r\nbytes\r\n`. The first pass only records
     /// where each argument lies; the request is split off and sliced once
     /// it is complete.
-    fn multibulk(&self, buf: &mut BytesMut) -> Step<Vec<Bytes>> {
-        let l = &self.limits;
-        let (count, mut pos) = length_at(buf, 1, DecodeError::InvalidMultibulkLength)?;
-        if count <= 0 {
-            buf.advance(pos);
-            return Ok(Vec::new());
-        }
-        if count as u64 > l.args_max as u64 {
-            return Err(DecodeError::TooManyElements {
-                len: count,
-                max: l.args_max,
-            }
-            .into());
-        }
-        let mut spans = Vec::new();
-        for _ in 0..count {
-            match buf.get(pos) {
-                None => return Err(Stop::Incomplete(pos + 1)),
-                Some(b'$') => {}
-                Some(&other) => return Err(DecodeError::ExpectedBulk(char::from(other)).into()),
-            }
-            let (len, start) = length_at(buf, pos + 1, DecodeError::InvalidBulkLength)?;
-            if len < 0 {
-                return Err(DecodeError::InvalidBulkLength.into());
-            }
-            if len as u64 > l.bulk_bytes_max as u64 {
-                return Err(DecodeError::BulkTooLarge {
-                    len,
-                    max: l.bulk_bytes_max,
+    fn multibulk(&mut self, buf: &mut BytesMut) -> Step<Vec<Bytes>> {
+        let Partial {
+            count,
+            mut pos,
+            mut spans,
+        } = match self.partial.take() {
+            Some(p) => p,
+            None => {
+                let (count, pos) = length_at(buf, 1, DecodeError::InvalidMultibulkLength)?;
+                if count <= 0 {
+                    buf.advance(pos);
+                    return Ok(Vec::new());
                 }
-                .into());
-            }
-            // At most bulk_bytes_max, so it fits usize and cannot overflow.
-            let len = len as usize;
-            let end = start + len + 2;
-            if end > l.frame_bytes_max {
-                return Err(DecodeError::FrameTooLarge {
-                    max: l.frame_bytes_max,
+                if count as u64 > self.limits.args_max as u64 {
+                    return Err(DecodeError::TooManyElements {
+                        len: count,
+                        max: self.limits.args_max,
+                    }
+                    .into());
                 }
-                .into());
+                // At most args_max, so it fits usize.
+                let count = count as usize;
+                Partial {
+                    count,
+                    pos,
+                    spans: Vec::with_capacity(count.min(PREALLOCATED_ARGS_MAX)),
+                }
             }
-            if buf.len() < end {
-                return Err(Stop::Incomplete(end));
+        };
+        while spans.len() < count {
+            match self.next_bulk(buf, pos) {
+                Ok((start, len, end)) => {
+                    spans.push((start, len));
+                    pos = end;
+                }
+                Err(Stop::Incomplete(need)) => {
+                    self.partial = Some(Partial { count, pos, spans });
+                    return Err(Stop::Incomplete(need));
+                }
+                Err(invalid) => return Err(invalid),
             }
-            if &buf[end - 2..end] != b"\r\n" {
-                return Err(DecodeError::MissingCrlf.into());
-            }
-            spans.push((start, len));
-            pos = end;
         }
         let frame = buf.split_to(pos).freeze();
         Ok(spans
             .into_iter()
             .map(|(s, len)| frame.slice(s..s + len))
             .collect())
+    }
+
+    /// The bulk string argument at `pos`: its start, length and the offset
+    /// after its CRLF.
+    fn next_bulk(&self, buf: &BytesMut, pos: usize) -> Step<(usize, usize, usize)> {
+        let l = &self.limits;
+        match buf.get(pos) {
+            None => return Err(Stop::Incomplete(pos + 1)),
+            Some(b'$') => {}
+            Some(&other) => return Err(DecodeError::ExpectedBulk(char::from(other)).into()),
+        }
+        let (len, start) = length_at(buf, pos + 1, DecodeError::InvalidBulkLength)?;
+        if len < 0 {
+            return Err(DecodeError::InvalidBulkLength.into());
+        }
+        if len as u64 > l.bulk_bytes_max as u64 {
+            return Err(DecodeError::BulkTooLarge {
+                len,
+                max: l.bulk_bytes_max,
+            }
+            .into());
+        }
+        // At most bulk_bytes_max, so it fits usize and cannot overflow.
+        let len = len as usize;
+        let end = start + len + 2;
+        if end > l.frame_bytes_max {
+            return Err(DecodeError::FrameTooLarge {
+                max: l.frame_bytes_max,
+            }
+            .into());
+        }
+        if buf.len() < end {
+            return Err(Stop::Incomplete(end));
+        }
+        if &buf[end - 2..end] != b"\r\n" {
+            return Err(DecodeError::MissingCrlf.into());
+        }
+        Ok((start, len, end))
     }
 
     /// A line of words, split the way Redis splits inline commands.
