@@ -217,7 +217,9 @@ impl Node {
                     // meanwhile: no write until a majority acknowledges it.
                     // Its followers may be deep in a reconnect backoff, so
                     // tell them it is back (one that follows a newer epoch
-                    // answers 409, and that epoch's leader fences this one).
+                    // answers 409; that epoch's leader fences this one, or,
+                    // if it no longer knows this node, the housekeeping's
+                    // `seek_newer_leader` finds it).
                     None => {
                         node.core
                             .resume_leadership()
@@ -404,9 +406,25 @@ impl Node {
         );
         let mut checkpoint = tokio::time::interval(self.config.checkpoint_interval);
         checkpoint.tick().await;
+        let mut newer_leader =
+            tokio::time::interval(crate::static_coord::NEWER_LEADER_PROBE_INTERVAL);
+        newer_leader.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let static_single_leader = self.config.coordinator == CoordinatorKind::Static
+            && self.config.topology == Topology::SingleLeader;
+        let mut probe = None;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                // In a task of its own (a peer may take its whole timeout),
+                // one at a time.
+                _ = newer_leader.tick(), if static_single_leader => {
+                    if probe.as_ref().is_none_or(|p: &tokio::task::JoinHandle<()>| p.is_finished()) {
+                        let node = self.clone();
+                        probe = Some(tokio::spawn(async move {
+                            crate::static_coord::seek_newer_leader(&node).await;
+                        }));
+                    }
+                }
                 _ = members.tick() => self.core.refresh_members(),
                 _ = gauges.tick() => crate::metrics::refresh_gauges(&self),
                 _ = checkpoint.tick() => {

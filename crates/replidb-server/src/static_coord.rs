@@ -72,3 +72,140 @@ impl Coordinator for StaticCoordinator {
         })
     }
 }
+
+/// How often a static leader without check-quorum contact asks its voting
+/// set whether a newer epoch has a leader ([`seek_newer_leader`]).
+pub const NEWER_LEADER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one peer's `/status` may take to answer that probe.
+const NEWER_LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+const _: () =
+    assert!(NEWER_LEADER_PROBE_TIMEOUT.as_millis() < NEWER_LEADER_PROBE_INTERVAL.as_millis());
+
+/// One voter's answer to the probe: the newest epoch it knows and the
+/// leader it names for it (`/status`'s `epoch` and `leader`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochReport {
+    /// The newest epoch the voter knows.
+    pub epoch: Epoch,
+    /// The leader it names (itself if it leads; empty if none).
+    pub leader: String,
+}
+
+/// Of the voters' reports, the leader this node, leading `leading` at
+/// `me`, should follow: the newest epoch above its own that names a leader
+/// other than itself, within [`replidb_core::EPOCH_JUMP_MAX`] of it (the
+/// bound `/admin/fence` applies to an announcement). `None`: nobody knows
+/// of a newer leader, and this node goes on leading (and, without a
+/// majority, refusing writes).
+pub fn newer_leader(leading: Epoch, me: &str, reports: &[EpochReport]) -> Option<EpochReport> {
+    reports
+        .iter()
+        .filter(|r| r.epoch > leading && !r.leader.is_empty() && r.leader != me)
+        .filter(|r| r.epoch.0 <= leading.0.saturating_add(replidb_core::EPOCH_JUMP_MAX))
+        .max_by_key(|r| r.epoch)
+        .cloned()
+}
+
+/// A static leader that has not heard from a majority of its voters within
+/// the check-quorum window asks each of them for its `/status`; a newer
+/// epoch with a leader is as good as that leader's `/admin/fence`, and
+/// this node steps down and follows it.
+///
+/// Without this, a replaced leader whose successor never fences it stays a
+/// leader that refuses every write for good: its successor fences only the
+/// voting set it knows, so not an old leader it has forgotten, and its
+/// announcements end when it restarts; the old leader's own announcements
+/// to the voters are refused (409, stale epoch) and taught it nothing.
+/// (Raft has a deposed leader learn the new term from any message of a
+/// peer; here the peers do not write to it, so it asks.)
+pub async fn seek_newer_leader(node: &std::sync::Arc<Node>) {
+    let Some(leader) = node.leader() else {
+        return;
+    };
+    if leader.has_quorum_contact() {
+        return;
+    }
+    let me = node.config.advertise();
+    let mut reports = Vec::new();
+    for peer in node.core.voting_set().urls() {
+        if peer == me {
+            continue;
+        }
+        let url = format!("{}/status", peer.trim_end_matches('/'));
+        let answer = node
+            .http
+            .get(&url)
+            .timeout(NEWER_LEADER_PROBE_TIMEOUT)
+            .send()
+            .await;
+        let Ok(answer) = answer else { continue };
+        let Ok(doc) = answer.json::<serde_json::Value>().await else {
+            continue;
+        };
+        if let (Some(epoch), Some(leader)) = (doc["epoch"].as_u64(), doc["leader"].as_str()) {
+            reports.push(EpochReport {
+                epoch: Epoch(epoch),
+                leader: crate::normalise_node_url(leader).unwrap_or_default(),
+            });
+        }
+    }
+    let Some(newer) = newer_leader(leader.epoch(), &me, &reports) else {
+        return;
+    };
+    // Still the same leader, still without a majority: the answers took a
+    // while, and an announcement may have re-pointed this node meanwhile.
+    if !node
+        .leader()
+        .is_some_and(|l| l.epoch() == leader.epoch() && !l.has_quorum_contact())
+    {
+        return;
+    }
+    tracing::warn!(epoch = leader.epoch().0, newer_epoch = newer.epoch.0, new_leader = %newer.leader, "a voter knows a newer epoch and its leader; stepping down to follow it");
+    if let Err(e) = node.follow(newer.leader.clone(), newer.epoch).await {
+        tracing::warn!(error = %e, new_leader = %newer.leader, "could not follow the newer leader");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(epoch: u64, leader: &str) -> EpochReport {
+        EpochReport {
+            epoch: Epoch(epoch),
+            leader: leader.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_newest_epoch_that_names_another_leader_wins() {
+        let me = "http://127.0.0.1:7000";
+        let reports = [
+            report(3, "http://127.0.0.1:7001"),
+            report(5, "http://127.0.0.1:7002"),
+            report(4, "http://127.0.0.1:7001"),
+        ];
+        assert_eq!(
+            newer_leader(Epoch(2), me, &reports),
+            Some(report(5, "http://127.0.0.1:7002"))
+        );
+    }
+
+    #[test]
+    fn nothing_newer_or_nobody_named_keeps_this_leader() {
+        let me = "http://127.0.0.1:7000";
+        // Same epoch (its own followers), older, no leader, or itself.
+        let reports = [
+            report(2, "http://127.0.0.1:7001"),
+            report(1, "http://127.0.0.1:7001"),
+            report(9, ""),
+            report(9, me),
+            // An epoch further ahead than any announcement may jump.
+            report(
+                2 + replidb_core::EPOCH_JUMP_MAX + 1,
+                "http://127.0.0.1:7002",
+            ),
+        ];
+        assert_eq!(newer_leader(Epoch(2), me, &reports), None);
+    }
+}

@@ -756,6 +756,58 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
     wait_all_converged(&[leader, f1, f2]).await;
 }
 
+/// A replaced leader that its successor no longer fences: the successor
+/// forgot it (it was gone), then restarted, so no announcement to it is
+/// pending. The old leader comes back believing it leads epoch 1; its own
+/// announcements are refused (409, stale epoch) and, before the fix, it
+/// stayed a leader refusing every write for good. Now it asks its voters,
+/// learns of epoch 2 and its leader, and follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_old_leader_finds_the_new_one_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    let (mut leader, mut f1, f2) = static_trio().await;
+    leader.put_q("before", "w=all", "v").await;
+    wait_until("n2 learned of n3", Duration::from_secs(5), async || {
+        f1.try_status()
+            .await
+            .is_some_and(|s| s["voting_set"].to_string().contains(&f2.url()))
+    })
+    .await;
+    leader.kill9();
+    let body = f1.promote().await;
+    assert_eq!(body["promoted"], true, "{body}");
+    wait_streams_from(&f2, &f1, "n3 follows n2").await;
+    let r = f1
+        .http()
+        .post(f1.at("/admin/forget"))
+        .json(&serde_json::json!({"member": leader.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    // A restart drops the promote's announcements, the old leader's
+    // among them; the new leader announces only to the voters it knows.
+    // (Restarted as the leader it now is: without `--follow n1`.)
+    f1.set_args(&["--backoff-base", "50ms", "--backoff-max", "500ms"]);
+    f1.restart().await;
+    wait_streams_from(&f2, &f1, "n3 follows the restarted n2").await;
+    f1.put_q("after", "w=majority", "new").await;
+    leader.restart().await;
+    wait_until(
+        "the forgotten old leader follows n2",
+        Duration::from_secs(15),
+        async || {
+            leader
+                .try_status()
+                .await
+                .is_some_and(|s| s["role"] == "follower" && s["epoch"] == 2)
+        },
+    )
+    .await;
+    wait_streams_from(&leader, &f1, "the old leader streams from n2").await;
+    wait_all_converged(&[leader, f1, f2]).await;
+}
+
 /// Found by a new user: a follower pointed at an address outside the
 /// voting set (a typo in `/admin/follow`, or a cut link's address) counted
 /// that address as one more voter when promoted, so with its leader gone
