@@ -19,8 +19,10 @@ const PREALLOCATED_ARGS_MAX: usize = 64;
 /// (`*0`, `*-1`, a blank inline line) are skipped, as Redis skips them.
 ///
 /// The buffer must only grow between calls, apart from what the decoder
-/// consumes: it remembers how many bytes a pending request needs at least
-/// (a large value arriving in pieces is not re-scanned on every read).
+/// consumes, and must not be swapped for another: the decoder remembers
+/// where the arguments of a pending request lie in it and how many bytes
+/// that request needs at least (a request arriving in pieces is not
+/// re-scanned on every read), so a changed buffer yields wrong arguments.
 #[derive(Debug)]
 pub struct CommandDecoder {
     limits: Limits,
@@ -103,7 +105,14 @@ impl CommandDecoder {
             mut pos,
             mut spans,
         } = match self.partial.take() {
-            Some(p) => p,
+            Some(p) => {
+                // The spans index this buffer: it may only have grown.
+                debug_assert!(
+                    buf.len() >= p.pos,
+                    "the buffer shrank under a partial request"
+                );
+                p
+            }
             None => {
                 let (count, pos) = length_at(buf, 1, DecodeError::InvalidMultibulkLength)?;
                 if count <= 0 {

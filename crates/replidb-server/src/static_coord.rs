@@ -114,7 +114,7 @@ pub fn newer_leader(leading: Epoch, me: &str, reports: &[EpochReport]) -> Option
 /// Without this, a replaced leader whose successor never fences it stays a
 /// leader that refuses every write for good: its successor fences only the
 /// voting set it knows, so not an old leader it has forgotten, and its
-/// announcements end when it restarts; the old leader's own announcements
+/// announcements end when it restarts (or once a peer has answered); the old leader's own announcements
 /// to the voters are refused (409, stale epoch) and taught it nothing.
 /// (Raft has a deposed leader learn the new term from any message of a
 /// peer; here the peers do not write to it, so it asks.)
@@ -126,44 +126,76 @@ pub async fn seek_newer_leader(node: &std::sync::Arc<Node>) {
         return;
     }
     let me = node.config.advertise();
-    let mut reports = Vec::new();
-    for peer in node.core.voting_set().urls() {
-        if peer == me {
-            continue;
-        }
-        let url = format!("{}/status", peer.trim_end_matches('/'));
-        let answer = node
-            .http
-            .get(&url)
-            .timeout(NEWER_LEADER_PROBE_TIMEOUT)
-            .send()
-            .await;
-        let Ok(answer) = answer else { continue };
-        let Ok(doc) = answer.json::<serde_json::Value>().await else {
-            continue;
-        };
-        if let (Some(epoch), Some(leader)) = (doc["epoch"].as_u64(), doc["leader"].as_str()) {
-            reports.push(EpochReport {
-                epoch: Epoch(epoch),
-                leader: crate::normalise_node_url(leader).unwrap_or_default(),
-            });
-        }
-    }
+    // All at once: k unreachable voters cost one timeout, not k.
+    let asks = node
+        .core
+        .voting_set()
+        .urls()
+        .into_iter()
+        .filter(|peer| *peer != me)
+        .map(|peer| async move { status_of_peer(node, &peer).await });
+    let reports: Vec<EpochReport> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .filter_map(|doc| {
+            Some(EpochReport {
+                epoch: Epoch(doc["epoch"].as_u64()?),
+                leader: crate::normalise_node_url(doc["leader"].as_str()?).ok()?,
+            })
+        })
+        .collect();
     let Some(newer) = newer_leader(leader.epoch(), &me, &reports) else {
         return;
     };
-    // Still the same leader, still without a majority: the answers took a
-    // while, and an announcement may have re-pointed this node meanwhile.
+    // A follower's report names the node it connects to, which need not
+    // be the leader of its epoch (a restart's `--follow`, an operator's
+    // `/admin/follow`): only a node that says itself it leads that epoch,
+    // and is not this node under another spelling, is followed.
+    let Some(doc) = status_of_peer(node, &newer.leader).await else {
+        return;
+    };
+    let confirmed = doc["role"] == "leader"
+        && doc["epoch"].as_u64() == Some(newer.epoch.0)
+        && doc["id"].as_str() != Some(node.config.id.as_str());
+    if !confirmed {
+        tracing::debug!(named = %newer.leader, epoch = newer.epoch.0, "a voter named a newer leader that does not confirm it");
+        return;
+    }
+    // Still the same leader, still without a majority, and no newer epoch
+    // recorded meanwhile: the answers took a while, and an announcement
+    // (`/admin/fence`) may have re-pointed this node since.
     if !node
         .leader()
         .is_some_and(|l| l.epoch() == leader.epoch() && !l.has_quorum_contact())
+        || node.engine.meta().epoch > newer.epoch
     {
         return;
     }
-    tracing::warn!(epoch = leader.epoch().0, newer_epoch = newer.epoch.0, new_leader = %newer.leader, "a voter knows a newer epoch and its leader; stepping down to follow it");
+    tracing::warn!(epoch = leader.epoch().0, newer_epoch = newer.epoch.0, new_leader = %newer.leader, "a voter knows a newer epoch and its leader confirms it; stepping down to follow it");
     if let Err(e) = node.follow(newer.leader.clone(), newer.epoch).await {
         tracing::warn!(error = %e, new_leader = %newer.leader, "could not follow the newer leader");
     }
+}
+
+/// `GET {peer}/status` within [`NEWER_LEADER_PROBE_TIMEOUT`], if it answers
+/// 2xx with JSON.
+async fn status_of_peer(node: &Node, peer: &str) -> Option<serde_json::Value> {
+    let url = format!("{}/status", peer.trim_end_matches('/'));
+    let answer = node
+        .http
+        .get(&url)
+        .timeout(NEWER_LEADER_PROBE_TIMEOUT)
+        .send()
+        .await
+        .ok()?;
+    if !answer.status().is_success() {
+        // A 401/403 (`--auth-file` without a token this node may use):
+        // the probe cannot work there, which is worth knowing.
+        tracing::debug!(peer = %peer, status = answer.status().as_u16(), "newer-leader probe: /status refused");
+        return None;
+    }
+    answer.json().await.ok()
 }
 
 #[cfg(test)]

@@ -142,16 +142,22 @@ async fn wait_min_version(node: &Node, want: &MinVersion, wait: Duration) -> Api
     let Some((origin, asked, applied)) = want.unmet(&have) else {
         return Ok(());
     };
+    Err(min_version_not_reached(format!(
+        "this node has applied {origin}'s log up to lsn {applied}, below the {asked} min_version asks, after {} ms; retry, or read from {origin}",
+        wait.as_millis()
+    )))
+}
+
+/// 503 `min_version_not_reached` with `Retry-After: 1`: the token may be
+/// met later (or by another node), so the client may retry.
+fn min_version_not_reached(message: String) -> ApiError {
     let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "min_version_not_reached",
-        format!(
-            "this node has applied {origin}'s log up to lsn {applied}, below the {asked} min_version asks, after {} ms; retry, or read from {origin}",
-            wait.as_millis()
-        ),
+        message,
     );
     e.retry_after_s = Some(1);
-    Err(e)
+    e
 }
 
 /// At once, a 503 that says so, for a `min_version` naming an origin this
@@ -185,17 +191,11 @@ fn refuse_foreign_origins(node: &Node, want: &MinVersion) -> ApiResult<()> {
     // 503, not 400: the token may name a member this node has not been
     // given yet (a rolling `--peers` change), and the CLI drops a saved
     // token that a cluster refuses this way.
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "min_version_not_reached",
-        format!(
-            "min_version names {}, which this node does not replicate from (origins: {}); a token from another cluster, or a member added since this node started?",
-            foreign.join(", "),
-            known.into_iter().collect::<Vec<_>>().join(", ")
-        ),
-    );
-    e.retry_after_s = Some(1);
-    Err(e)
+    Err(min_version_not_reached(format!(
+        "min_version names {}, which this node does not replicate from (origins: {}); a token from another cluster, or a member added since this node started?",
+        foreign.join(", "),
+        known.into_iter().collect::<Vec<_>>().join(", ")
+    )))
 }
 
 /// The causal context of a write: the `X-Replidb-Context` header, if sent.
