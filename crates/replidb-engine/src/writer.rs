@@ -184,12 +184,17 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// What this round has sequenced but the table does not show yet.
+///
+/// foldhash, randomly seeded per map, rather than std's SipHash: every
+/// plain write hashes its key here, which showed in the write path's
+/// profile; the keys are clients', so the seed stays random (a map lives
+/// for one round of at most `max_group` commands).
 #[derive(Default)]
 struct Overlay {
     /// Key → LSN of its newest write in the round (0: deleted).
-    lsn: HashMap<String, Lsn>,
+    lsn: HashMap<String, Lsn, foldhash::fast::RandomState>,
     /// Causal key → its state after the round's writes so far.
-    state: HashMap<String, KeyState>,
+    state: HashMap<String, KeyState, foldhash::fast::RandomState>,
 }
 
 /// A write accepted into this round, waiting for the round's fsync.
@@ -553,14 +558,21 @@ impl WriterCore {
             _ => None,
         };
         let lsn = self.wal.last_lsn().next();
+        // A round of plain writes has no causal state to forget: skip the
+        // second lookup.
+        let forget_state = !overlay.state.is_empty();
         proposal.op.for_each_leaf(&mut |leaf| match leaf {
             Op::Put { key, .. } => {
                 overlay.lsn.insert(key.clone(), lsn);
-                overlay.state.remove(key);
+                if forget_state {
+                    overlay.state.remove(key);
+                }
             }
             Op::Delete { key } => {
                 overlay.lsn.insert(key.clone(), Lsn::ZERO);
-                overlay.state.remove(key);
+                if forget_state {
+                    overlay.state.remove(key);
+                }
             }
             Op::Merge { .. } | Op::Batch(_) => {}
         });
