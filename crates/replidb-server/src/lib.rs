@@ -52,6 +52,16 @@ pub enum ServerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A re-pointing to the leader of an epoch older than one this node
+    /// has recorded (a newer one arrived while the request was on its
+    /// way): refused, nothing changed.
+    #[error("follow refused: epoch {asked} is older than epoch {current}, which this node has already recorded")]
+    StaleEpoch {
+        /// The epoch the re-pointing named.
+        asked: replidb_core::Epoch,
+        /// The newest epoch this node has recorded.
+        current: replidb_core::Epoch,
+    },
     /// Any other start-up or serving failure, with context.
     #[error("{0}")]
     Startup(String),

@@ -51,6 +51,11 @@ pub struct Node {
     /// `config.id` as the `X-Replidb-Node` header every answer carries
     /// (`None` if the id is not a valid header value).
     pub id_header: Option<axum::http::HeaderValue>,
+    /// Held by [`Node::follow`] from its epoch check to the re-pointing,
+    /// so two re-pointings (a fence, an operator's follow, a switchover,
+    /// the newer-leader probe) cannot interleave and leave the node
+    /// following an older epoch's leader than the one it recorded.
+    repoint: tokio::sync::Mutex<()>,
 }
 
 /// The TLS client configuration for what this node asks of others:
@@ -171,6 +176,7 @@ impl Node {
             leaderless: std::sync::OnceLock::new(),
             auth,
             id_header: axum::http::HeaderValue::from_str(&config_id).ok(),
+            repoint: tokio::sync::Mutex::new(()),
         });
         if let Some(auth) = &node.auth {
             tokio::spawn(reload_on_sighup(auth.clone(), node.shutdown.clone()));
@@ -333,7 +339,32 @@ impl Node {
     /// heartbeat had carried it to the others yet) would otherwise keep
     /// dialling this node, which answers `421 not_leader`, and never find
     /// the new leader.
+    ///
+    /// `ServerError::StaleEpoch` if the node has meanwhile recorded an
+    /// epoch newer than `epoch` (nothing changes).
     pub async fn follow(self: &Arc<Self>, url: String, epoch: Epoch) -> Result<(), ServerError> {
+        let _one_at_a_time = self.repoint.lock().await;
+        let current = self.engine.meta().epoch;
+        if epoch < current {
+            return Err(ServerError::StaleEpoch {
+                asked: epoch,
+                current,
+            });
+        }
+        self.follow_locked(url, epoch).await
+    }
+
+    /// Follow `url` in whatever epoch this node has recorded when the
+    /// re-pointing starts (an operator's `/admin/follow` names a node, not
+    /// an epoch).
+    pub async fn follow_in_current_epoch(self: &Arc<Self>, url: String) -> Result<(), ServerError> {
+        let _one_at_a_time = self.repoint.lock().await;
+        let epoch = self.engine.meta().epoch;
+        self.follow_locked(url, epoch).await
+    }
+
+    /// [`Node::follow`] once `repoint` is held.
+    async fn follow_locked(self: &Arc<Self>, url: String, epoch: Epoch) -> Result<(), ServerError> {
         let relay_to = self
             .leader()
             .filter(|_| epoch > self.engine.meta().epoch)

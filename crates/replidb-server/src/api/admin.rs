@@ -394,7 +394,7 @@ pub async fn follow(
             "POST /admin/follow on the leader: stepping down without a hand-over; the new leader must be promoted for writes to resume"
         );
     }
-    follow_to_the_end(&node, b.leader.clone(), epoch).await?;
+    follow_to_the_end(&node, b.leader.clone(), None).await?;
     Ok(Json(json!({"following": b.leader, "stepped_down": stepped_down})).into_response())
 }
 
@@ -404,12 +404,24 @@ pub async fn follow(
 /// left a leader that refused every write (its epoch was no longer the
 /// node's) yet never followed anyone. Seen when a frozen old leader woke
 /// up to fence requests whose senders had already given up on them.
-async fn follow_to_the_end(node: &AppState, leader: String, epoch: Epoch) -> ApiResult<()> {
+/// `epoch` `None`: in the epoch the node has recorded by then (an
+/// operator's follow).
+async fn follow_to_the_end(node: &AppState, leader: String, epoch: Option<Epoch>) -> ApiResult<()> {
     let node = node.clone();
-    tokio::spawn(async move { node.follow(leader, epoch).await })
-        .await
-        .map_err(|e| ApiError::internal(format!("re-pointing task failed: {e}")))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+    tokio::spawn(async move {
+        match epoch {
+            Some(epoch) => node.follow(leader, epoch).await,
+            None => node.follow_in_current_epoch(leader).await,
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("re-pointing task failed: {e}")))?
+    .map_err(|e| match e {
+        crate::ServerError::StaleEpoch { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "stale_epoch", e.to_string())
+        }
+        other => ApiError::internal(other.to_string()),
+    })
 }
 
 /// `POST /admin/fence`'s body.
@@ -481,7 +493,7 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
         }
     }
     let was_leader = leading.is_some();
-    follow_to_the_end(&node, b.leader.clone(), theirs).await?;
+    follow_to_the_end(&node, b.leader.clone(), Some(theirs)).await?;
     if was_leader {
         tracing::warn!(new_leader = %b.leader, epoch = theirs.0, "fenced: stepped down");
     }
