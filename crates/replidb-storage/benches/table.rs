@@ -50,6 +50,18 @@ fn loaded_table() -> (tempfile::TempDir, RedbTable, u64) {
     (dir, table, KEYS + 1)
 }
 
+/// `batch` puts of random keys at the LSNs from `*lsn` on (advanced past
+/// them).
+fn random_puts(rng: &mut rand::rngs::StdRng, lsn: &mut u64, batch: u64) -> Vec<Record> {
+    (0..batch)
+        .map(|_| {
+            let r = put(*lsn, key(rng.random_range(0..KEYS)));
+            *lsn += 1;
+            r
+        })
+        .collect()
+}
+
 fn apply(c: &mut Criterion) {
     let mut g = c.benchmark_group("table_apply");
     for batch in [1u64, 24, 256] {
@@ -58,15 +70,7 @@ fn apply(c: &mut Criterion) {
             let (_dir, table, mut lsn) = loaded_table();
             let mut rng = rand::rngs::StdRng::seed_from_u64(batch);
             b.iter_batched(
-                || {
-                    (0..batch)
-                        .map(|_| {
-                            let r = put(lsn, key(rng.random_range(0..KEYS)));
-                            lsn += 1;
-                            r
-                        })
-                        .collect::<Vec<_>>()
-                },
+                || random_puts(&mut rng, &mut lsn, batch),
                 |records| table.apply(black_box(&records)).expect("apply"),
                 BatchSize::SmallInput,
             );
@@ -116,13 +120,7 @@ fn checkpoint(c: &mut Criterion) {
             let mut rng = rand::rngs::StdRng::seed_from_u64(batch);
             b.iter_batched(
                 || {
-                    let records: Vec<Record> = (0..batch)
-                        .map(|_| {
-                            let r = put(lsn, key(rng.random_range(0..KEYS)));
-                            lsn += 1;
-                            r
-                        })
-                        .collect();
+                    let records = random_puts(&mut rng, &mut lsn, batch);
                     table.apply(&records).expect("apply");
                 },
                 |()| table.checkpoint().expect("checkpoint"),

@@ -173,6 +173,32 @@ async fn static_trio() -> (Node, Node, Node) {
     (leader, f1, f2)
 }
 
+/// Wait until `node` is a follower in `epoch`.
+async fn wait_follower_in_epoch(node: &Node, epoch: u64, what: &str, within: Duration) {
+    wait_until(what, within, async || {
+        node.try_status()
+            .await
+            .is_some_and(|s| s["role"] == "follower" && s["epoch"] == epoch)
+    })
+    .await;
+}
+
+/// Wait until `follower` has `voter` in its voting set (heartbeats carry
+/// the member list a promoted follower announces to and counts).
+async fn wait_voter_known(follower: &Node, voter: &Node) {
+    wait_until(
+        "a follower learned of another",
+        Duration::from_secs(5),
+        async || {
+            follower
+                .try_status()
+                .await
+                .is_some_and(|s| s["voting_set"].to_string().contains(&voter.url()))
+        },
+    )
+    .await;
+}
+
 /// Wait until `follower` streams from `leader`.
 async fn wait_streams_from(follower: &Node, leader: &Node, what: &str) {
     wait_until(what, Duration::from_secs(10), async || {
@@ -698,12 +724,7 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
         leader.put_q(&format!("k{i}"), "w=all", "v").await;
     }
     // Heartbeats carry the peer list a promoted follower announces to.
-    wait_until("n2 learned of n3", Duration::from_secs(5), async || {
-        f1.try_status()
-            .await
-            .is_some_and(|s| s["voting_set"].to_string().contains(&f2.url()))
-    })
-    .await;
+    wait_voter_known(&f1, &f2).await;
     leader.kill9();
     let body = f1.promote().await;
     assert_eq!(body["promoted"], true, "{body}");
@@ -729,17 +750,7 @@ async fn static_promote_fences_the_old_leader_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // ... and is fenced: it steps down, follows n2, and converges.
-    wait_until(
-        "old leader follows n2",
-        Duration::from_secs(10),
-        async || {
-            leader
-                .try_status()
-                .await
-                .is_some_and(|s| s["role"] == "follower" && s["epoch"] == 2)
-        },
-    )
-    .await;
+    wait_follower_in_epoch(&leader, 2, "old leader follows n2", Duration::from_secs(10)).await;
     let r = leader
         .http()
         .put(leader.at("/v1/kv/x"))
@@ -767,12 +778,7 @@ async fn a_forgotten_old_leader_finds_the_new_one_when_it_returns() {
     let _serial = SERIAL.lock().await;
     let (mut leader, mut f1, f2) = static_trio().await;
     leader.put_q("before", "w=all", "v").await;
-    wait_until("n2 learned of n3", Duration::from_secs(5), async || {
-        f1.try_status()
-            .await
-            .is_some_and(|s| s["voting_set"].to_string().contains(&f2.url()))
-    })
-    .await;
+    wait_voter_known(&f1, &f2).await;
     leader.kill9();
     let body = f1.promote().await;
     assert_eq!(body["promoted"], true, "{body}");
@@ -793,15 +799,11 @@ async fn a_forgotten_old_leader_finds_the_new_one_when_it_returns() {
     wait_streams_from(&f2, &f1, "n3 follows the restarted n2").await;
     f1.put_q("after", "w=majority", "new").await;
     leader.restart().await;
-    wait_until(
+    wait_follower_in_epoch(
+        &leader,
+        2,
         "the forgotten old leader follows n2",
         Duration::from_secs(15),
-        async || {
-            leader
-                .try_status()
-                .await
-                .is_some_and(|s| s["role"] == "follower" && s["epoch"] == 2)
-        },
     )
     .await;
     wait_streams_from(&leader, &f1, "the old leader streams from n2").await;
@@ -817,12 +819,7 @@ async fn a_follow_target_outside_the_voting_set_does_not_raise_the_majority() {
     let _serial = SERIAL.lock().await;
     let (mut leader, f1, f2) = static_trio().await;
     leader.put_q("k", "w=all", "v").await;
-    wait_until("n2 learned of n3", Duration::from_secs(5), async || {
-        f1.try_status()
-            .await
-            .is_some_and(|s| s["voting_set"].to_string().contains(&f2.url()))
-    })
-    .await;
+    wait_voter_known(&f1, &f2).await;
     let r = f1
         .http()
         .post(f1.at("/admin/follow"))
