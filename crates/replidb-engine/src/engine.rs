@@ -264,10 +264,18 @@ impl Engine {
 
     /// Follower: append records that carry the leader's LSNs and fsync them.
     /// Records at or below the current end are skipped (a resent batch).
+    /// `stream_epoch` is the epoch of the leader that sent them:
+    /// `EngineError::NotLeaderOfEpoch`, nothing appended, once this node
+    /// has recorded a newer epoch.
     /// Returns the new flush LSN.
-    pub async fn append_replicated(&self, records: Vec<Record>) -> Result<Lsn> {
+    pub async fn append_replicated(
+        &self,
+        records: Vec<Record>,
+        stream_epoch: Epoch,
+    ) -> Result<Lsn> {
         self.call(|reply| Command::Append {
             records,
+            stream_epoch,
             apply_early: false,
             reply,
         })
@@ -286,9 +294,14 @@ impl Engine {
     /// Redis replicas apply on receipt and never wait for a disk; this
     /// takes the follower's fsync (~1–4 ms on the README's machine) out of
     /// the time from a write's acknowledgement to its visibility there.
-    pub async fn append_and_apply(&self, records: Vec<Record>) -> Result<Appended> {
+    pub async fn append_and_apply(
+        &self,
+        records: Vec<Record>,
+        stream_epoch: Epoch,
+    ) -> Result<Appended> {
         self.call(|reply| Command::Append {
             records,
+            stream_epoch,
             apply_early: true,
             reply,
         })

@@ -24,6 +24,11 @@ pub(crate) enum Command {
     },
     Append {
         records: Vec<Record>,
+        /// The epoch of the leader whose stream brought them: refused once
+        /// the node has recorded a newer one (fenced, or promoting), so
+        /// nothing of an old leader's is appended, or acknowledged to it,
+        /// after that.
+        stream_epoch: Epoch,
         /// Apply them before the fsync (see [`Engine::append_and_apply`]).
         ///
         /// [`Engine::append_and_apply`]: crate::Engine::append_and_apply
@@ -284,9 +289,13 @@ impl WriterCore {
                 }
                 Command::Append {
                     records,
+                    stream_epoch,
                     apply_early,
                     reply,
-                } => match self.append_all(&records) {
+                } => match self
+                    .check_stream_epoch(stream_epoch)
+                    .and_then(|()| self.append_all(&records))
+                {
                     Ok(appended) => {
                         match (&mut early, apply_early) {
                             (Some(e), true) => e.extend(records.into_iter().skip(appended)),
@@ -592,6 +601,25 @@ impl WriterCore {
                 version: None,
             },
         ))
+    }
+
+    /// A follower appends only from the stream of a leader of its newest
+    /// recorded epoch. Once a fence or a promote has recorded a newer one,
+    /// a batch still on its way from the old leader's stream is refused,
+    /// so this node never acknowledges to the old leader a record the new
+    /// epoch's leader was not shown when it compared positions (a
+    /// `w=majority` write counted on this node's ack would otherwise be
+    /// lost when it rewinds).
+    fn check_stream_epoch(&self, stream_epoch: Epoch) -> Result<()> {
+        let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
+        if stream_epoch < meta.epoch {
+            return Err(EngineError::NotLeaderOfEpoch {
+                proposed: stream_epoch,
+                current: meta.epoch,
+                history_last: meta.history.last_epoch(),
+            });
+        }
+        Ok(())
     }
 
     /// Append what `records` adds to the WAL (no fsync); returns how many

@@ -127,24 +127,64 @@ fn rec(lsn: u64) -> Record {
     }
 }
 
+/// A fence or a promote records a newer epoch; a batch still on its way
+/// from the old leader's stream must then be refused, not appended (and
+/// acknowledged to that leader, which would count it toward a majority
+/// the new leader never sees).
+#[tokio::test]
+async fn an_append_from_an_older_epochs_stream_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), Backend::Redb).await;
+    e.append_replicated((1..=3).map(rec).collect(), Epoch(1))
+        .await
+        .unwrap();
+    let history = e.meta().history;
+    e.adopt_history_from(Epoch(2), history, None).await.unwrap();
+    for apply_early in [false, true] {
+        let batch: Vec<Record> = (4..=5).map(rec).collect();
+        let r = if apply_early {
+            e.append_and_apply(batch, Epoch(1))
+                .await
+                .map(|a| a.flush_lsn)
+        } else {
+            e.append_replicated(batch, Epoch(1)).await
+        };
+        assert!(
+            matches!(r, Err(EngineError::NotLeaderOfEpoch { .. })),
+            "apply_early={apply_early}: {r:?}"
+        );
+    }
+    assert_eq!(
+        e.positions().flush_lsn,
+        Lsn(3),
+        "nothing of the old stream appended"
+    );
+    // The new epoch's stream appends as before.
+    let flush = e
+        .append_replicated((4..=5).map(rec).collect(), Epoch(2))
+        .await
+        .unwrap();
+    assert_eq!(flush, Lsn(5));
+}
+
 #[tokio::test]
 async fn follower_append_is_idempotent_and_apply_is_separate() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path(), Backend::Redb).await;
     let flush = e
-        .append_replicated((1..=5).map(rec).collect())
+        .append_replicated((1..=5).map(rec).collect(), Epoch(1))
         .await
         .unwrap();
     assert_eq!(flush, Lsn(5));
     assert_eq!(e.positions().applied_lsn, Lsn(0), "append must not apply");
     // A resent, overlapping batch is skipped where it overlaps.
     let flush = e
-        .append_replicated((3..=8).map(rec).collect())
+        .append_replicated((3..=8).map(rec).collect(), Epoch(1))
         .await
         .unwrap();
     assert_eq!(flush, Lsn(8));
     // A gap is refused.
-    assert!(e.append_replicated(vec![rec(10)]).await.is_err());
+    assert!(e.append_replicated(vec![rec(10)], Epoch(1)).await.is_err());
     assert_eq!(e.apply_up_to(Lsn(6)).await.unwrap(), Lsn(6));
     assert_eq!(e.apply_up_to(Lsn(100)).await.unwrap(), Lsn(8));
     assert!(e.table().get("k8").unwrap().is_some());
@@ -159,7 +199,7 @@ async fn follower_applies_on_receipt_only_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let e = open(dir.path(), backend).await;
         let out = e
-            .append_and_apply((1..=5).map(rec).collect())
+            .append_and_apply((1..=5).map(rec).collect(), Epoch(1))
             .await
             .unwrap();
         assert_eq!(
@@ -170,7 +210,7 @@ async fn follower_applies_on_receipt_only_in_order() {
         assert!(e.table().get("k5").unwrap().is_some(), "{backend:?}");
         // A resent, overlapping batch applies only what is new.
         let out = e
-            .append_and_apply((4..=7).map(rec).collect())
+            .append_and_apply((4..=7).map(rec).collect(), Epoch(1))
             .await
             .unwrap();
         assert_eq!(
@@ -180,10 +220,10 @@ async fn follower_applies_on_receipt_only_in_order() {
         );
         // Appended without applying (a delayed follower), then a batch on
         // receipt: it must wait for the backlog, never skip it.
-        e.append_replicated((8..=9).map(rec).collect())
+        e.append_replicated((8..=9).map(rec).collect(), Epoch(1))
             .await
             .unwrap();
-        let out = e.append_and_apply(vec![rec(10)]).await.unwrap();
+        let out = e.append_and_apply(vec![rec(10)], Epoch(1)).await.unwrap();
         assert_eq!(
             (out.flush_lsn, out.applied_early),
             (Lsn(10), 0),
@@ -221,7 +261,7 @@ async fn snapshot_install_is_staged_until_finished() {
         let dir = tempfile::tempdir().unwrap();
         {
             let e = open(dir.path(), backend).await;
-            e.append_replicated((1..=5).map(rec).collect())
+            e.append_replicated((1..=5).map(rec).collect(), Epoch(1))
                 .await
                 .unwrap();
             assert_eq!(e.apply_up_to(Lsn(3)).await.unwrap(), Lsn(3));
@@ -249,7 +289,7 @@ async fn snapshot_install_is_staged_until_finished() {
         assert!(e.table().get("a").unwrap().is_none());
 
         // Abort: the skipped apply is caught up by the next one.
-        e.append_replicated((6..=8).map(rec).collect())
+        e.append_replicated((6..=8).map(rec).collect(), Epoch(1))
             .await
             .unwrap();
         e.restore_begin().await.unwrap();
@@ -277,7 +317,7 @@ async fn snapshot_install_is_staged_until_finished() {
         );
         assert!(e.table().get("k1").unwrap().is_none());
         assert_eq!(e.table().len().unwrap(), 2);
-        e.append_replicated(vec![rec(51)]).await.unwrap();
+        e.append_replicated(vec![rec(51)], Epoch(1)).await.unwrap();
         assert_eq!(e.apply_up_to(Lsn(51)).await.unwrap(), Lsn(51));
         drop(e);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -296,7 +336,7 @@ async fn snapshot_install_is_staged_until_finished() {
             "{backend:?}"
         );
         assert!(e.table().is_empty().unwrap());
-        e.append_replicated(vec![rec(1)]).await.unwrap();
+        e.append_replicated(vec![rec(1)], Epoch(1)).await.unwrap();
         assert_eq!(e.apply_up_to(Lsn(1)).await.unwrap(), Lsn(1));
     }
 }

@@ -616,12 +616,16 @@ impl Follower {
         let Some(last) = all.last().map(|r| r.lsn) else {
             return Ok(());
         };
+        // The epoch of the leader this stream comes from: the engine
+        // refuses the batch if the node has since been fenced into a newer
+        // one, so nothing more is acknowledged to the old leader.
+        let stream_epoch = self.st().leader_epoch;
         if self.opts.delay.is_zero() {
             // Visible before our own fsync; acknowledged after it.
-            let out = self.engine.append_and_apply(all).await?;
+            let out = self.engine.append_and_apply(all, stream_epoch).await?;
             self.note_applied(out.applied_early, last);
         } else {
-            self.engine.append_replicated(all).await?;
+            self.engine.append_replicated(all, stream_epoch).await?;
         }
         for (frame_last, last_lsn, commit_lsn, first_age_ms, behind_age_ms) in seen {
             // Until the whole batch is applied, its first record's age

@@ -52,9 +52,20 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, shape: &str) -> Api
 /// every acknowledged write — and none may hold a better position
 /// `(last epoch, lsn)` than this node (409 `not_most_up_to_date` names
 /// it: promote that one instead, or wait for this one to catch up). The new
-/// epoch is above every epoch any answering member has seen. `force=true`
-/// skips both checks, for disaster recovery when a majority is gone for
-/// good (acknowledged writes may then be lost; the answer says so).
+/// epoch is above every epoch any answering member has seen.
+///
+/// Those positions are a snapshot, and the old leader may still be
+/// writing. So the node then records the new epoch (its writer refuses
+/// the old leader's stream from then on, so its own position is final),
+/// fences every member (`POST /admin/fence`, which makes each do the same)
+/// and waits until a majority of voters has taken the epoch (else 503
+/// `no_quorum`), then compares positions again: the old leader can no
+/// longer commit anything, so a member found ahead now holds writes it
+/// may have acknowledged, and the 409 names it (epoch fenced, nobody
+/// leading it: promote that one). Raft's vote plays the same part.
+/// `force=true` skips the majority and position checks, for disaster
+/// recovery when a majority is gone for good (acknowledged writes may then
+/// be lost; the answer says so).
 #[utoipa::path(
     post,
     path = "/admin/promote",
@@ -66,7 +77,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, shape: &str) -> Api
         (status = 200, description = "Promoted, or already the leader", body = super::openapi::PromoteResponse),
         (status = 400, description = "Unknown or invalid parameter", body = super::openapi::ErrorBody),
         (status = 409, description = "Leadership is etcd's (`coordinator_managed`), or a member holds a later position (`not_most_up_to_date`)", body = super::openapi::ErrorBody),
-        (status = 503, description = "Fewer than a majority of voters answered (`no_quorum`); with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 503, description = "Fewer than a majority of voters answered, or took the new epoch (`no_quorum`); with `Retry-After`", body = super::openapi::ErrorBody),
     ),
 )]
 pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
@@ -101,7 +112,7 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     }
     let meta = node.engine.meta();
     let flush = node.engine.positions().flush_lsn;
-    let mine = meta.history.position_of(flush);
+    let before = meta.history.position_of(flush);
     let answers = peer_positions(&node, &peers).await;
     let voters = (voting.len() + 1).max(node.core.cluster_members());
     let needed = voters / 2 + 1;
@@ -117,12 +128,12 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
             e.retry_after_s = Some(1);
             return Err(e);
         }
-        if let Some((url, better)) = answers.iter().find(|(_, p)| p.position > mine) {
+        if let Some((url, better)) = answers.iter().find(|(_, p)| p.position > before) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "not_most_up_to_date",
                 format!(
-                    "{url} holds a later log position {} than this node's {mine}; promote it instead",
+                    "{url} holds a later log position {} than this node's {before}; promote it instead",
                     better.position
                 ),
             ));
@@ -135,6 +146,49 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
         }
     }
     let epoch = epoch.next();
+    // The positions above were a snapshot: the old leader may still be
+    // running, and this node and the others went on acknowledging its
+    // stream, so a write could reach a majority after they answered and
+    // be missing here. First stop this node's own stream (recording the new
+    // epoch makes the writer refuse the old leader's batches), so its
+    // position is final; then fence the others the same way, and compare
+    // again with what a majority of them holds now that they cannot move.
+    node.engine
+        .adopt_history_from(epoch, node.engine.meta().history, None)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // Follow nobody meanwhile: a fenced peer that connects before this
+    // node leads must not be redirected to the old leader.
+    node.become_follower(String::new());
+    let mine = node
+        .engine
+        .meta()
+        .history
+        .position_of(node.engine.positions().flush_lsn);
+    let fenced = fence_for_promote(&node, epoch, &peers).await;
+    let fenced_voters = 1 + fenced.iter().filter(|u| voting.contains(u)).count();
+    if !force {
+        if fenced_voters < needed {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_quorum",
+                format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more); this node does not lead; retry"),
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
+        let now = peer_positions(&node, &fenced).await;
+        if let Some((url, better)) = now.iter().find(|(_, p)| p.position > mine) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_most_up_to_date",
+                format!(
+                    "{url} holds a later log position {} than this node's {mine} (the old leader wrote on while the positions were compared); epoch {epoch} is fenced, nobody leads it: promote {url}",
+                    better.position
+                ),
+            ));
+        }
+    }
     node.promote(epoch)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -160,6 +214,32 @@ struct PeerPosition {
 
 /// Ask each peer's `/status` for its position, concurrently, 1 s each;
 /// peers that do not answer are left out.
+/// Tell each of `peers` (concurrently, each at most twice, within a few
+/// seconds) that `epoch` begins, led by this node (`POST /admin/fence`);
+/// returns those that took it (2xx): from then on they append and
+/// acknowledge nothing of an older epoch's stream.
+async fn fence_for_promote(node: &AppState, epoch: Epoch, peers: &[String]) -> Vec<String> {
+    let body = json!({"epoch": epoch.0, "leader": node.config.advertise()});
+    let asks = peers.iter().map(|peer| {
+        let body = body.clone();
+        async move {
+            let answered = node
+                .post_to_peer(peer, "/admin/fence", &body, Some(2), |n| {
+                    n.leader().is_none()
+                })
+                .await;
+            answered
+                .filter(|status| status.is_success())
+                .map(|_| peer.clone())
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 async fn peer_positions(node: &Node, peers: &[String]) -> Vec<(String, PeerPosition)> {
     let asks = peers.iter().map(|url| async move {
         let status = node
