@@ -20,7 +20,19 @@ pub struct Params(Vec<(String, String)>);
 impl Params {
     /// Parse `raw`, refusing names outside `allowed`.
     pub fn parse(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Params> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        let raw = raw.unwrap_or("");
+        // The decoder below replaces bytes that are not UTF-8 with U+FFFD,
+        // which would turn `prefix=%FF` into a prefix that matches keys
+        // no byte string `FF` can start: refuse instead, as a key path is.
+        if percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .is_err()
+        {
+            return Err(ApiError::bad_request(
+                "malformed query string: not UTF-8 once percent-decoded",
+            ));
+        }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
             .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
         for (i, (k, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&k.as_str()) {
@@ -257,9 +269,10 @@ impl ReadOpts {
             (c, _) => c,
         };
         // Both may be present (a proxy adds the header to a client's
-        // query): the stricter, higher token wins.
+        // query), and the header more than once: the stricter, higher
+        // token wins (the first alone could weaken read-your-writes).
         let mut min_lsn = p.parse_as::<u64>("min_lsn", "an LSN (unsigned integer)")?;
-        if let Some(h) = headers.get("x-replidb-min-lsn") {
+        for h in headers.get_all("x-replidb-min-lsn") {
             let s = h.to_str().unwrap_or("");
             let from_header: u64 = s
                 .trim()
@@ -452,6 +465,30 @@ mod tests {
             .expect("empty")
             .str("r")
             .is_none());
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_once_decoded_is_a_400() {
+        for raw in ["prefix=%FF", "consistency=%C3", "x%FE=1"] {
+            let e = refused(raw);
+            assert_eq!(e.status.as_u16(), 400, "{raw}: {}", e.message);
+        }
+        // Multi-byte UTF-8, percent-encoded, is fine.
+        let p = Params::parse(Some("fallback=%C3%A9"), READ_PARAMS).expect("valid UTF-8");
+        assert_eq!(p.str("fallback"), Some("é"));
+    }
+
+    #[test]
+    fn a_repeated_min_lsn_header_asks_for_the_highest() {
+        let p = Params::parse(Some("min_lsn=5"), READ_PARAMS).expect("valid");
+        for order in [["1", "99"], ["99", "1"]] {
+            let mut headers = HeaderMap::new();
+            for v in order {
+                headers.append("x-replidb-min-lsn", v.parse().expect("header value"));
+            }
+            let opts = ReadOpts::from_params(&p, &headers).expect("valid");
+            assert_eq!(opts.min_lsn, Some(Lsn(99)), "{order:?}");
+        }
     }
 
     #[test]
