@@ -216,21 +216,46 @@ struct PeerPosition {
 /// peers that do not answer are left out.
 /// Tell each of `peers` (concurrently, each at most twice, within a few
 /// seconds) that `epoch` begins, led by this node (`POST /admin/fence`);
-/// returns those that took it (2xx): from then on they append and
-/// acknowledge nothing of an older epoch's stream.
+/// returns those that took it: answered 2xx and now follow this node. From
+/// then on they append and acknowledge nothing of an older epoch's
+/// stream. A peer already following another node in the same epoch (a
+/// second, concurrent promote) answers 2xx without re-pointing, and does
+/// not count: one leader per epoch, as one vote per term in Raft.
 async fn fence_for_promote(node: &AppState, epoch: Epoch, peers: &[String]) -> Vec<String> {
-    let body = json!({"epoch": epoch.0, "leader": node.config.advertise()});
+    let me = node.config.advertise();
+    let body = json!({"epoch": epoch.0, "leader": me});
     let asks = peers.iter().map(|peer| {
-        let body = body.clone();
+        let (body, me) = (body.clone(), me.clone());
         async move {
-            let answered = node
-                .post_to_peer(peer, "/admin/fence", &body, Some(2), |n| {
-                    n.leader().is_none()
-                })
-                .await;
-            answered
-                .filter(|status| status.is_success())
-                .map(|_| peer.clone())
+            let url = format!("{}/admin/fence", peer.trim_end_matches('/'));
+            for attempt in 0..2 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let Ok(r) = node
+                    .http
+                    .post(&url)
+                    .json(&body)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                if r.status().is_server_error() {
+                    continue;
+                }
+                if !r.status().is_success() {
+                    return None;
+                }
+                let answer: serde_json::Value = r.json().await.ok()?;
+                let follows_me = answer["following"]
+                    .as_str()
+                    .and_then(|u| crate::config::normalise_node_url(u).ok())
+                    .is_some_and(|u| u == me);
+                return follows_me.then(|| peer.clone());
+            }
+            None
         }
     });
     futures::future::join_all(asks)
