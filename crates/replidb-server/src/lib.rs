@@ -62,6 +62,23 @@ pub enum ServerError {
         /// The newest epoch this node has recorded.
         current: replidb_core::Epoch,
     },
+    /// A re-pointing within the epoch this node is itself standing for in
+    /// a promote ([`Node::stand_for`]): one leader per epoch, as one vote
+    /// per term in Raft. Temporary: it ends with that promote.
+    #[error("this node is itself standing for epoch {epoch} (a promote is in progress); retry")]
+    Candidate {
+        /// The epoch this node stands for.
+        epoch: replidb_core::Epoch,
+    },
+    /// A promote's candidacy ended before it could lead: a newer epoch was
+    /// recorded meanwhile (another node leads, or a later promote began).
+    #[error("epoch {epoch} was superseded by epoch {current} while this node stood for it; it does not lead")]
+    Superseded {
+        /// The epoch this node stood for.
+        epoch: replidb_core::Epoch,
+        /// The epoch recorded since.
+        current: replidb_core::Epoch,
+    },
     /// Any other start-up or serving failure, with context.
     #[error("{0}")]
     Startup(String),

@@ -1,6 +1,7 @@
 //! [`Node`]: one replidb process's state — engine, role, and the background
 //! tasks that keep it healthy (checkpoints, metric gauges).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -56,6 +57,10 @@ pub struct Node {
     /// the newer-leader probe) cannot interleave and leave the node
     /// following an older epoch's leader than the one it recorded.
     repoint: tokio::sync::Mutex<()>,
+    /// The epoch this node stands for in a promote ([`Node::stand_for`]),
+    /// 0 when it does not: written only under `repoint` (cleared without
+    /// it when the candidacy is dropped, which only permits re-pointing).
+    candidate_epoch: AtomicU64,
 }
 
 /// The TLS client configuration for what this node asks of others:
@@ -177,6 +182,7 @@ impl Node {
             auth,
             id_header: axum::http::HeaderValue::from_str(&config_id).ok(),
             repoint: tokio::sync::Mutex::new(()),
+            candidate_epoch: AtomicU64::new(0),
         });
         if let Some(auth) = &node.auth {
             tokio::spawn(reload_on_sighup(auth.clone(), node.shutdown.clone()));
@@ -342,6 +348,11 @@ impl Node {
     ///
     /// `ServerError::StaleEpoch` if the node has meanwhile recorded an
     /// epoch newer than `epoch` (nothing changes).
+    ///
+    /// `ServerError::Candidate` if this node stands for `epoch` (or a
+    /// later one) in a promote of its own: a second candidate's fence
+    /// must not win it over, or two concurrent promotes that fence each
+    /// other would each count the other and both lead the epoch.
     pub async fn follow(self: &Arc<Self>, url: String, epoch: Epoch) -> Result<(), ServerError> {
         let _one_at_a_time = self.repoint.lock().await;
         let current = self.engine.meta().epoch;
@@ -351,16 +362,60 @@ impl Node {
                 current,
             });
         }
+        self.refuse_if_candidate(epoch)?;
         self.follow_locked(url, epoch).await
     }
 
     /// Follow `url` in whatever epoch this node has recorded when the
     /// re-pointing starts (an operator's `/admin/follow` names a node, not
-    /// an epoch).
+    /// an epoch). `ServerError::Candidate` during a promote of its own.
     pub async fn follow_in_current_epoch(self: &Arc<Self>, url: String) -> Result<(), ServerError> {
         let _one_at_a_time = self.repoint.lock().await;
         let epoch = self.engine.meta().epoch;
+        self.refuse_if_candidate(epoch)?;
         self.follow_locked(url, epoch).await
+    }
+
+    /// `Err(Candidate)` if this node stands for `epoch` or a later one.
+    /// Called with `repoint` held.
+    fn refuse_if_candidate(&self, epoch: Epoch) -> Result<(), ServerError> {
+        match self.candidate_epoch.load(Ordering::Acquire) {
+            0 => Ok(()),
+            stood if epoch.0 <= stood => Err(ServerError::Candidate {
+                epoch: Epoch(stood),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stand for `epoch` in an operator's promote: record it with nobody
+    /// leading it (the writer then refuses the old leader's stream, so this
+    /// node's position is final), follow nobody (a fenced peer that
+    /// connects meanwhile must not be sent back to the old leader), and
+    /// refuse to re-point within it until the returned [`Candidacy`] leads
+    /// or is dropped. Raft's candidate, which votes for itself in its term.
+    ///
+    /// `ServerError::StaleEpoch` if this node has meanwhile recorded
+    /// `epoch` or a later one.
+    pub async fn stand_for(self: &Arc<Self>, epoch: Epoch) -> Result<Candidacy, ServerError> {
+        let _one_at_a_time = self.repoint.lock().await;
+        let current = self.engine.meta().epoch;
+        if epoch <= current {
+            return Err(ServerError::StaleEpoch {
+                asked: epoch,
+                current,
+            });
+        }
+        self.engine
+            .adopt_history_from(epoch, self.engine.meta().history, None)
+            .await
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        self.become_follower(String::new());
+        self.candidate_epoch.store(epoch.0, Ordering::Release);
+        Ok(Candidacy {
+            node: self.clone(),
+            epoch,
+        })
     }
 
     /// [`Node::follow`] once `repoint` is held.
@@ -658,6 +713,53 @@ fn core_options(config: &NodeConfig) -> CoreOptions {
         // side with a majority to elect without us.
         step_down_cooldown: config.lease_ttl * 3,
         data_dir: Some(config.data_dir.clone()),
+    }
+}
+
+/// This node's candidacy for an epoch ([`Node::stand_for`]): while it
+/// lives, the node re-points within no epoch up to it; dropping it (a
+/// promote that failed, or whose request went away) ends that.
+pub struct Candidacy {
+    node: Arc<Node>,
+    epoch: Epoch,
+}
+
+impl Candidacy {
+    /// The epoch stood for.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Lead the epoch, if it is still this candidacy's: nothing newer was
+    /// recorded and nobody was followed in it since [`Node::stand_for`].
+    /// The check and the promotion happen under the re-pointing lock, so
+    /// no fence can slip between them.
+    ///
+    /// `ServerError::Superseded` if the epoch moved on (nothing changes).
+    pub async fn lead(self) -> Result<(), ServerError> {
+        let node = self.node.clone();
+        let _one_at_a_time = node.repoint.lock().await;
+        let meta = node.engine.meta();
+        if meta.epoch != self.epoch || !meta.leader.is_empty() {
+            return Err(ServerError::Superseded {
+                epoch: self.epoch,
+                current: meta.epoch,
+            });
+        }
+        node.promote(self.epoch).await
+    }
+}
+
+impl Drop for Candidacy {
+    fn drop(&mut self) {
+        // Only this candidacy's own mark: a later promote of the same node
+        // may have stood for a newer epoch meanwhile.
+        let _ = self.node.candidate_epoch.compare_exchange(
+            self.epoch.0,
+            0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 }
 

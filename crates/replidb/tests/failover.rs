@@ -1263,3 +1263,110 @@ async fn a_promote_while_the_leader_writes_loses_no_majority_write() {
         &lost[..lost.len().min(10)]
     );
 }
+
+/// Two operators promote two followers at once after the leader died.
+/// Both see the same positions and stand for the same new epoch, and each
+/// fences the other. Before, each candidate, having recorded that epoch
+/// with nobody leading it, took the other's fence as a new leader's and
+/// re-pointed, so each counted the other as a member that took its epoch
+/// and both led it: two leaders in one epoch, both accepting writes. Now a
+/// candidate refuses a fence within the epoch it stands for (503, as a
+/// Raft candidate refuses its vote to another of the same term), so at
+/// most one wins a majority; a retried promote then succeeds. The two
+/// followers reach each other only through links that hold a fence for
+/// 1 s, so both are candidates before either fence lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_promotes_never_both_lead_one_epoch() {
+    let _serial = SERIAL.lock().await;
+    let hold = Duration::from_millis(1000);
+    let (p2, p3) = (common::free_port(), common::free_port());
+    let (x2, x3) = (
+        fence_delaying_proxy(p2, hold).await,
+        fence_delaying_proxy(p3, hold).await,
+    );
+    let via = |port: u16| format!("http://127.0.0.1:{port}");
+    let mut n1 = Node::start("n1", &[]).await;
+    let follow = n1.url();
+    let (adv2, adv3) = (via(x2), via(x3));
+    let n2 = Node::start_on("n2", p2, &["--follow", &follow, "--advertise-url", &adv2]).await;
+    let n3 = Node::start_on("n3", p3, &["--follow", &follow, "--advertise-url", &adv3]).await;
+    wait_followers_streaming(&n1, 2).await;
+    n1.put_q("before", "w=all", "v").await;
+    for (n, other) in [(&n2, &adv3), (&n3, &adv2)] {
+        wait_until(
+            "each follower knows the other",
+            Duration::from_secs(5),
+            async || {
+                n.try_status()
+                    .await
+                    .is_some_and(|s| s["voting_set"].to_string().contains(other.as_str()))
+            },
+        )
+        .await;
+    }
+    let epoch = n2.status().await["epoch"].as_u64().unwrap();
+    n1.kill9();
+
+    let promote = |n: &Node| {
+        let (http, url) = (n.http().clone(), n.at("/admin/promote"));
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let ((s2, b2), (s3, b3)) = tokio::join!(promote(&n2), promote(&n3));
+    eprintln!("n2: {s2} {b2}\nn3: {s3} {b3}");
+    let won = [(s2, &b2), (s3, &b3)]
+        .iter()
+        .filter(|(s, b)| *s == 200 && b["promoted"] == true)
+        .count();
+    assert!(won <= 1, "both promotes won: n2 {b2}, n3 {b3}");
+    // Nobody else leads the epoch either (a lost promote must not lead
+    // later by itself).
+    let leaders_of = |e: u64| {
+        let (n2, n3) = (&n2, &n3);
+        async move {
+            let mut leaders = 0;
+            for n in [n2, n3] {
+                let s = n.status().await;
+                if s["role"] == "leader" && s["epoch"].as_u64() == Some(e) {
+                    leaders += 1;
+                }
+            }
+            leaders
+        }
+    };
+    assert!(
+        leaders_of(epoch + 1).await <= 1,
+        "two leaders of epoch {}",
+        epoch + 1
+    );
+
+    // A retried promote on one of them leads, and the other follows it.
+    let leader = wait_for("a promote succeeds", Duration::from_secs(15), async || {
+        for n in [&n2, &n3] {
+            if n.status().await["role"] == "leader" {
+                return Some(n);
+            }
+        }
+        let (s, b) = promote(&n2).await;
+        eprintln!("retry on n2: {s} {b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        None
+    })
+    .await;
+    let other = if std::ptr::eq(leader, &n2) { &n3 } else { &n2 };
+    wait_until(
+        "the other follows the leader",
+        Duration::from_secs(10),
+        async || {
+            let s = other.status().await;
+            s["role"] == "follower" && s["epoch"] == leader.status().await["epoch"]
+        },
+    )
+    .await;
+    let e = leader.status().await["epoch"].as_u64().unwrap();
+    assert_eq!(leaders_of(e).await, 1);
+    leader.put_q("after", "w=majority", "v").await;
+}

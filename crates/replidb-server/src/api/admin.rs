@@ -76,8 +76,8 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, shape: &str) -> Api
     responses(
         (status = 200, description = "Promoted, or already the leader", body = super::openapi::PromoteResponse),
         (status = 400, description = "Unknown or invalid parameter", body = super::openapi::ErrorBody),
-        (status = 409, description = "Leadership is etcd's (`coordinator_managed`), or a member holds a later position (`not_most_up_to_date`)", body = super::openapi::ErrorBody),
-        (status = 503, description = "Fewer than a majority of voters answered, or took the new epoch (`no_quorum`); with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 409, description = "Leadership is etcd's (`coordinator_managed`), a member holds a later position (`not_most_up_to_date`), or a newer epoch was recorded while this node stood for its own (`stale_epoch`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "Fewer than a majority of voters answered, or took the new epoch (`no_quorum`; of two concurrent promotes at most one wins a majority); with `Retry-After`", body = super::openapi::ErrorBody),
     ),
 )]
 pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
@@ -149,17 +149,12 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     // The positions above were a snapshot: the old leader may still be
     // running, and this node and the others went on acknowledging its
     // stream, so a write could reach a majority after they answered and
-    // be missing here. First stop this node's own stream (recording the new
-    // epoch makes the writer refuse the old leader's batches), so its
-    // position is final; then fence the others the same way, and compare
-    // again with what a majority of them holds now that they cannot move.
-    node.engine
-        .adopt_history_from(epoch, node.engine.meta().history, None)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    // Follow nobody meanwhile: a fenced peer that connects before this
-    // node leads must not be redirected to the old leader.
-    node.become_follower(String::new());
+    // be missing here. First stop this node's own stream (standing for
+    // the new epoch makes the writer refuse the old leader's batches), so
+    // its position is final; then fence the others the same way, and
+    // compare again with what a majority of them holds now that they
+    // cannot move.
+    let candidacy = node.stand_for(epoch).await.map_err(repoint_error)?;
     let mine = node
         .engine
         .meta()
@@ -172,7 +167,7 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_quorum",
-                format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more); this node does not lead; retry"),
+                format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more, and so that of two concurrent promotes at most one leads); this node does not lead; retry"),
             );
             e.retry_after_s = Some(1);
             return Err(e);
@@ -189,9 +184,7 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
             ));
         }
     }
-    node.promote(epoch)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    candidacy.lead().await.map_err(repoint_error)?;
     node.announce_leadership(epoch, peers.clone());
     tracing::warn!(epoch = epoch.0, force, "promoted by operator");
     Ok(Json(json!({
@@ -471,7 +464,8 @@ pub(crate) struct FollowBody {
         (status = 400, description = "Malformed body, an unknown field, or a query parameter", body = super::openapi::ErrorBody),
         (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
-        (status = 409, description = "Leadership is etcd's (`coordinator_managed`)", body = super::openapi::ErrorBody),
+        (status = 409, description = "Leadership is etcd's (`coordinator_managed`), or a newer epoch was recorded meanwhile (`stale_epoch`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node is standing for its epoch in a promote (`promote_in_progress`); with `Retry-After`", body = super::openapi::ErrorBody),
     ),
 )]
 pub async fn follow(
@@ -521,12 +515,29 @@ async fn follow_to_the_end(node: &AppState, leader: String, epoch: Option<Epoch>
     })
     .await
     .map_err(|e| ApiError::internal(format!("re-pointing task failed: {e}")))?
-    .map_err(|e| match e {
-        crate::ServerError::StaleEpoch { .. } => {
+    .map_err(repoint_error)
+}
+
+/// A re-pointing's or a promote's refusal as an answer: 409 when the
+/// epoch moved on (a retry would not change it), 503 with `Retry-After`
+/// while this node stands for the epoch itself (it ends with that
+/// promote, and an announcement retried after it succeeds).
+fn repoint_error(e: crate::ServerError) -> ApiError {
+    match e {
+        crate::ServerError::StaleEpoch { .. } | crate::ServerError::Superseded { .. } => {
             ApiError::new(StatusCode::CONFLICT, "stale_epoch", e.to_string())
         }
+        crate::ServerError::Candidate { .. } => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "promote_in_progress",
+                e.to_string(),
+            );
+            err.retry_after_s = Some(1);
+            err
+        }
         other => ApiError::internal(other.to_string()),
-    })
+    }
 }
 
 /// `POST /admin/fence`'s body.
@@ -554,6 +565,7 @@ pub(crate) struct FenceBody {
         (status = 408, description = "The request body did not arrive in time", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
         (status = 409, description = "The announced epoch is not newer (`stale_epoch`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "This node is itself standing for that epoch in a promote (`promote_in_progress`); with `Retry-After`", body = super::openapi::ErrorBody),
     ),
 )]
 pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Response> {
