@@ -770,6 +770,13 @@ async fn invalid_input_is_a_json_4xx_never_a_500() {
         assert_json_error(r, 400, None, &format!("scan ?{q}")).await;
     }
 
+    // Found by a new user: `/status?foo=1` and `/metrics?foo=1` answered
+    // as if the parameter meant something.
+    for path in ["/status?pretty=1", "/metrics?name=x"] {
+        let r = http.get(node.at(path)).send().await.unwrap();
+        assert_json_error(r, 400, Some("unknown_parameter"), path).await;
+    }
+
     // Unknown routes are JSON 404s, wrong methods are 4xx.
     let r = http.get(node.at("/v2/nothing")).send().await.unwrap();
     assert_json_error(r, 404, None, "unknown route").await;

@@ -514,6 +514,43 @@ async fn pipelines_are_answered_in_order_and_limits_close_the_connection() {
     let mut rest = [0u8; 64];
     assert_eq!(s.read(&mut rest).unwrap_or(0), 0, "connection closed");
 
+    // Found by a new user: a value far over the limit, still arriving
+    // when the node refuses it. Closing with those bytes unread made the
+    // kernel reset the connection, which could discard the error before
+    // the client read it; the node now reads on (and discards) until the
+    // client is done, then closes.
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
+        let mut w = s.try_clone().expect("clone");
+        let sender = std::thread::spawn(move || {
+            w.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4000000\r\n")?;
+            w.write_all(&vec![b'v'; 4_000_000])?;
+            w.shutdown(std::net::Shutdown::Write)
+        });
+        // Read only once everything is sent, as a client that writes its
+        // whole request first does: the error waits in its buffer.
+        let sent = sender.join().expect("sender thread");
+        assert!(
+            sent.is_ok(),
+            "the node closes gracefully, not with a reset: {sent:?}"
+        );
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("after {got:?}: {e}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("-ERR Protocol error") && text.contains("1024"),
+            "the refusal of an oversized value arrives intact: {text:?}"
+        );
+    }
+
     // A declared argument count past the limit, before any argument.
     let (_s, got) = raw(port, b"*100000\r\n", 1);
     assert!(

@@ -26,7 +26,7 @@ pub use error::{ApiError, ApiResult};
 // and writes have one implementation whether asked over HTTP or in-process.
 pub use ops::{health_of, status_of};
 pub use params::WriteOpts;
-pub use write::{propose, WriteOutcome, BODY_READ_TIMEOUT};
+pub use write::{concern_shortfall, propose, WriteOutcome, BODY_READ_TIMEOUT};
 // The Redis protocol listener (`crate::resp`) drives the same read and
 // write paths.
 pub use kv::TXN_OPS_MAX;

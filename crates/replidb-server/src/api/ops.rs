@@ -231,10 +231,16 @@ pub fn status_of(node: &Node) -> Value {
     tag = "ops",
     operation_id = "status",
     description = "The node's role, positions, epoch history, followers (leader), peers and ring (other topologies).",
-    responses((status = 200, description = "The status", body = super::openapi::StatusResponse)),
+    responses(
+        (status = 200, description = "The status", body = super::openapi::StatusResponse),
+        (status = 400, description = "A query parameter (it takes none: `unknown_parameter`)", body = super::openapi::ErrorBody),
+    ),
 )]
-pub async fn status(State(node): State<AppState>) -> Json<Value> {
-    Json(status_of(&node))
+pub async fn status(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    // A parameter here is a guess at an option that does not exist
+    // (`?pretty`, `?role=`): say so rather than answer as if it worked.
+    Params::parse(q.as_deref(), &[])?;
+    Ok(Json(status_of(&node)))
 }
 
 /// `GET /metrics`.
@@ -244,15 +250,19 @@ pub async fn status(State(node): State<AppState>) -> Json<Value> {
     tag = "ops",
     operation_id = "metrics",
     description = "Prometheus text format.",
-    responses((status = 200, description = "The metrics", content_type = "text/plain", body = String)),
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain", body = String),
+        (status = 400, description = "A query parameter (it takes none: `unknown_parameter`)", body = super::openapi::ErrorBody),
+    ),
 )]
-pub async fn metrics(State(node): State<AppState>) -> Response {
+pub async fn metrics(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    Params::parse(q.as_deref(), &[])?;
     crate::metrics::refresh_gauges(&node);
-    (
+    Ok((
         [("content-type", "text/plain; version=0.0.4")],
         crate::metrics::render(),
     )
-        .into_response()
+        .into_response())
 }
 
 /// `POST /internal/catch-up?lsn=N`: apply up to `N` now (read repair).

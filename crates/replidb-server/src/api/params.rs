@@ -39,7 +39,11 @@ impl Params {
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
                     "unknown_parameter",
-                    format!("unknown parameter {k:?}; allowed: {}", allowed.join(", ")),
+                    if allowed.is_empty() {
+                        format!("unknown parameter {k:?}; this endpoint takes none")
+                    } else {
+                        format!("unknown parameter {k:?}; allowed: {}", allowed.join(", "))
+                    },
                 ));
             }
             // Which of two values wins is a guess the client did not make

@@ -259,14 +259,25 @@ pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
     })
 }
 
+/// Why a write answered `write_concern_timeout`: `acks` nodes (the leader
+/// included) hold it durably, fewer than `w` asked. With `acks` 0 the
+/// leader stopped leading before its own fsync counted (a fence or a
+/// promote meanwhile), and saying "durable on the leader" would claim
+/// more than is known. Shared by the HTTP and the Redis protocol answers.
+pub fn concern_shortfall(acks: usize, w: &str) -> String {
+    let held = match acks {
+        0 => "the write is not known to be durable on any node (this node stopped leading while it waited)".to_string(),
+        1 => "the write is durable on the leader only".to_string(),
+        n => format!("the write is durable on {n} nodes, the leader included"),
+    };
+    format!("{held}, fewer than w={w} asked; it was not undone and may still replicate, or be rolled back by a failover")
+}
+
 /// The contract's write response: 200, or 504 when the concern was not met.
 pub fn write_response(key: Option<&str>, opts: WriteOpts, out: &WriteOutcome) -> Response {
     let error = (!out.committed).then(|| WriteErrorBody {
         code: "write_concern_timeout",
-        message: format!(
-            "write is durable on the leader and {} node(s) in all, fewer than w={} asked; it was not undone and may still replicate, or be rolled back by a failover",
-            out.acks, opts.w
-        ),
+        message: concern_shortfall(out.acks, &opts.w.to_string()),
     });
     let body = WriteBody {
         acks: out.acks,
@@ -346,3 +357,18 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
 /// How long a request body may take to arrive: a client that sends its
 /// headers and then trickles the body cannot hold a connection longer.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::concern_shortfall;
+
+    #[test]
+    fn a_shortfall_claims_no_more_durability_than_was_counted() {
+        let none = concern_shortfall(0, "majority");
+        assert!(!none.contains("durable on the leader"), "{none}");
+        assert!(none.contains("not known to be durable on any node"));
+        assert!(concern_shortfall(1, "2").starts_with("the write is durable on the leader only"));
+        assert!(concern_shortfall(2, "all").contains("durable on 2 nodes, the leader included"));
+        assert!(concern_shortfall(2, "all").contains("fewer than w=all asked"));
+    }
+}

@@ -112,7 +112,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => {
                     let reply = Value::Error(format!("ERR Protocol error: {e}"));
                     encode(&reply, session.proto, &mut output);
-                    return stream.write_all(&output).await;
+                    stream.write_all(&output).await?;
+                    // The client is usually still sending the request that
+                    // broke a limit: closing with its bytes unread makes
+                    // the kernel reset the connection, and a reset can
+                    // discard the error before the client reads it.
+                    return linger_close(stream).await;
                 }
             }
         }
@@ -129,6 +134,29 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// How long a connection closed for a protocol error keeps reading (and
+/// discarding) what the client still sends, so that its error arrives
+/// instead of a reset ([`linger_close`]); nginx's `lingering_close`.
+pub const RESP_LINGER_MS: u64 = 2_000;
+/// At most this much is read and discarded while lingering.
+pub const RESP_LINGER_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Send FIN, then read and discard until the client closes too, for at
+/// most [`RESP_LINGER_MS`] and [`RESP_LINGER_BYTES_MAX`].
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<()> {
+    stream.shutdown().await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(RESP_LINGER_MS);
+    let mut sink = vec![0u8; RESP_READ_CHUNK_BYTES];
+    let mut discarded = 0usize;
+    while discarded < RESP_LINGER_BYTES_MAX {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// Answer a connection over [`super::RESP_CONNECTIONS_MAX`] the way Redis

@@ -138,7 +138,7 @@ pub enum RespError {
     },
     /// The write is durable on the leader but the node's default write
     /// concern was not met in time.
-    #[error("ERR write_concern_timeout: the write is durable on the leader and {acks} node(s) in all, fewer than w={w} asks; it was not undone and may still replicate, or be rolled back by a failover")]
+    #[error("ERR write_concern_timeout: {}", crate::api::concern_shortfall(*acks, w))]
     NotCommitted {
         /// Nodes holding it.
         acks: usize,
