@@ -407,7 +407,7 @@ pub async fn scan(
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let mut allowed = read_params_for(node.config.topology);
+    let mut allowed = read_params_for(node.config.topology).to_vec();
     // A scan reads this node's table: a leaderless `r` would be ignored.
     allowed.retain(|p| *p != "r");
     allowed.extend(["prefix", "limit", "start_after"]);
