@@ -79,6 +79,13 @@ pub enum ServerError {
         /// The epoch recorded since.
         current: replidb_core::Epoch,
     },
+    /// A promote of a node that leads by now (another promote of it
+    /// finished first): nothing changes.
+    #[error("this node already leads epoch {epoch}")]
+    Leading {
+        /// The epoch it leads.
+        epoch: replidb_core::Epoch,
+    },
     /// Any other start-up or serving failure, with context.
     #[error("{0}")]
     Startup(String),

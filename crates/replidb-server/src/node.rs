@@ -363,6 +363,18 @@ impl Node {
             });
         }
         self.refuse_if_candidate(epoch)?;
+        // One leader per epoch, as one vote per term: a node that already
+        // follows a leader of this very epoch does not switch to another
+        // node claiming it. Two concurrent promotes of the same epoch
+        // fence every member; a member whose answer counted for the first
+        // must not count for the second too, or both would hold a
+        // majority. (A same-epoch announcement from the leader it already
+        // follows only reconnects.)
+        let meta = self.engine.meta();
+        if epoch == current && !meta.leader.is_empty() && meta.leader != url {
+            tracing::info!(epoch = epoch.0, follows = %meta.leader, claimant = %url, "a second node claims this epoch's leadership; keeping the first");
+            return Ok(());
+        }
         self.follow_locked(url, epoch).await
     }
 
@@ -396,10 +408,15 @@ impl Node {
     /// or is dropped. Raft's candidate, which votes for itself in its term.
     ///
     /// `ServerError::StaleEpoch` if this node has meanwhile recorded
-    /// `epoch` or a later one.
+    /// `epoch` or a later one; `ServerError::Leading` if it leads by now.
     pub async fn stand_for(self: &Arc<Self>, epoch: Epoch) -> Result<Candidacy, ServerError> {
         let _one_at_a_time = self.repoint.lock().await;
         let current = self.engine.meta().epoch;
+        // A second promote of this node that began before the first led:
+        // standing again would demote the leader the first one made.
+        if let Some(l) = self.leader() {
+            return Err(ServerError::Leading { epoch: l.epoch() });
+        }
         if epoch <= current {
             return Err(ServerError::StaleEpoch {
                 asked: epoch,

@@ -1096,6 +1096,18 @@ async fn static_switchover_hands_over_without_loss() {
 /// link to that node, for the one message a promote sends it. Returns its
 /// port; it runs until the test ends.
 async fn fence_delaying_proxy(target: u16, hold: Duration) -> u16 {
+    fence_proxy(target, Some(hold)).await
+}
+
+/// A link to `target` that cuts every `POST /admin/fence` (the connection
+/// closes unanswered) and passes everything else.
+async fn fence_dropping_proxy(target: u16) -> u16 {
+    fence_proxy(target, None).await
+}
+
+/// A link to `target` that holds each `POST /admin/fence` for `hold`, or
+/// with `None` cuts it.
+async fn fence_proxy(target: u16, hold: Option<Duration>) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1113,7 +1125,10 @@ async fn fence_delaying_proxy(target: u16, hold: Duration) -> u16 {
                         break;
                     }
                     if buf[..n].windows(17).any(|w| w == b"POST /admin/fence") {
-                        tokio::time::sleep(hold).await;
+                        match hold {
+                            Some(hold) => tokio::time::sleep(hold).await,
+                            None => break,
+                        }
                     }
                     if sw.write_all(&buf[..n]).await.is_err() {
                         break;
@@ -1277,13 +1292,55 @@ async fn a_promote_while_the_leader_writes_loses_no_majority_write() {
 /// 1 s, so both are candidates before either fence lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_promotes_never_both_lead_one_epoch() {
+    concurrent_promotes(true).await;
+}
+
+/// The same with the old leader alive (found in review): both fences of
+/// the new epoch reach it at once, and it followed the first, then the
+/// second, answering both with "following you", so each candidate counted
+/// it and both led. Now a member already following a leader of an epoch
+/// keeps it (one vote per epoch) and answers with whom it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_promotes_cannot_both_count_the_old_leader() {
+    concurrent_promotes(false).await;
+}
+
+/// How the two candidates reach each other in [`concurrent_promotes`].
+#[derive(Clone, Copy, PartialEq)]
+enum Link {
+    /// A fence is held for a second: both stand before either lands.
+    Slow,
+    /// A fence never arrives: neither learns of the other's candidacy,
+    /// and only the old leader, fenced by both, can tell them apart.
+    Cut,
+}
+
+/// The old leader alive, and the candidates unable to fence each other:
+/// each counts itself and the old leader, a majority of 3, unless the old
+/// leader's answer goes to one of them only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_leader_takes_only_one_of_two_promotes_of_an_epoch() {
+    concurrent_promotes_over(false, Link::Cut).await;
+}
+
+async fn concurrent_promotes(kill_old_leader: bool) {
+    concurrent_promotes_over(kill_old_leader, Link::Slow).await;
+}
+
+async fn concurrent_promotes_over(kill_old_leader: bool, link: Link) {
     let _serial = SERIAL.lock().await;
     let hold = Duration::from_millis(1000);
     let (p2, p3) = (common::free_port(), common::free_port());
-    let (x2, x3) = (
-        fence_delaying_proxy(p2, hold).await,
-        fence_delaying_proxy(p3, hold).await,
-    );
+    let (x2, x3) = match link {
+        Link::Slow => (
+            fence_delaying_proxy(p2, hold).await,
+            fence_delaying_proxy(p3, hold).await,
+        ),
+        Link::Cut => (
+            fence_dropping_proxy(p2).await,
+            fence_dropping_proxy(p3).await,
+        ),
+    };
     let via = |port: u16| format!("http://127.0.0.1:{port}");
     let mut n1 = Node::start("n1", &[]).await;
     let follow = n1.url();
@@ -1305,7 +1362,9 @@ async fn two_concurrent_promotes_never_both_lead_one_epoch() {
         .await;
     }
     let epoch = n2.status().await["epoch"].as_u64().unwrap();
-    n1.kill9();
+    if kill_old_leader {
+        n1.kill9();
+    }
 
     let promote = |n: &Node| {
         let (http, url) = (n.http().clone(), n.at("/admin/promote"));
@@ -1325,11 +1384,14 @@ async fn two_concurrent_promotes_never_both_lead_one_epoch() {
     // Nobody else leads the epoch either (a lost promote must not lead
     // later by itself).
     let leaders_of = |e: u64| {
-        let (n2, n3) = (&n2, &n3);
+        let nodes = [&n1, &n2, &n3];
         async move {
             let mut leaders = 0;
-            for n in [n2, n3] {
-                let s = n.status().await;
+            for n in nodes {
+                // The old leader answers only when it was left alive.
+                let Some(s) = n.try_status().await else {
+                    continue;
+                };
                 if s["role"] == "leader" && s["epoch"].as_u64() == Some(e) {
                     leaders += 1;
                 }
@@ -1342,6 +1404,26 @@ async fn two_concurrent_promotes_never_both_lead_one_epoch() {
         "two leaders of epoch {}",
         epoch + 1
     );
+
+    if link == Link::Cut {
+        // The candidates cannot reach each other's fence, so the loser is
+        // told of the winner only when the link heals; the old leader
+        // follows the winner meanwhile.
+        assert_eq!(won, 1, "the old leader's answer made one majority");
+        let winner = if s2 == 200 { &n2 } else { &n3 };
+        let e = winner.status().await["epoch"].as_u64().unwrap();
+        assert_eq!(leaders_of(e).await, 1);
+        wait_until(
+            "the old leader follows the winner",
+            Duration::from_secs(10),
+            async || {
+                let s = n1.status().await;
+                s["role"] == "follower" && s["epoch"].as_u64() == Some(e)
+            },
+        )
+        .await;
+        return;
+    }
 
     // A retried promote on one of them leads, and the other follows it.
     let leader = wait_for("a promote succeeds", Duration::from_secs(15), async || {
@@ -1369,4 +1451,15 @@ async fn two_concurrent_promotes_never_both_lead_one_epoch() {
     let e = leader.status().await["epoch"].as_u64().unwrap();
     assert_eq!(leaders_of(e).await, 1);
     leader.put_q("after", "w=majority", "v").await;
+    if !kill_old_leader {
+        wait_until(
+            "the old leader follows",
+            Duration::from_secs(10),
+            async || {
+                let s = n1.status().await;
+                s["role"] == "follower" && s["epoch"].as_u64() == Some(e)
+            },
+        )
+        .await;
+    }
 }

@@ -154,13 +154,41 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     // its position is final; then fence the others the same way, and
     // compare again with what a majority of them holds now that they
     // cannot move.
-    let candidacy = node.stand_for(epoch).await.map_err(repoint_error)?;
+    // In a task of its own: a client that hangs up must not stop it
+    // between recording the epoch and following nobody.
+    let standing = tokio::spawn({
+        let node = node.clone();
+        async move { node.stand_for(epoch).await }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("promote task failed: {e}")))?;
+    let candidacy = match standing {
+        Ok(c) => c,
+        Err(crate::ServerError::Leading { epoch }) => {
+            return Ok(Json(
+                json!({"promoted": false, "message": "already the leader", "epoch": epoch.0}),
+            )
+            .into_response());
+        }
+        Err(e) => return Err(repoint_error(e)),
+    };
     let mine = node
         .engine
         .meta()
         .history
         .position_of(node.engine.positions().flush_lsn);
-    let fenced = fence_for_promote(&node, epoch, &peers).await;
+    let Fenced { fenced, contested } = fence_for_promote(&node, epoch, &peers).await;
+    if let Some(rival) = contested.first() {
+        // Even forced: two forced promotes of one epoch would both lead it,
+        // which is worse than the writes a force may lose.
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "promote_in_progress",
+            format!("{rival} is standing for epoch {epoch} too (a concurrent promote); this node does not lead; retry one of them"),
+        );
+        e.retry_after_s = Some(1);
+        return Err(e);
+    }
     let fenced_voters = 1 + fenced.iter().filter(|u| voting.contains(u)).count();
     if !force {
         if fenced_voters < needed {
@@ -184,8 +212,20 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
             ));
         }
     }
-    candidacy.lead().await.map_err(repoint_error)?;
-    node.announce_leadership(epoch, peers.clone());
+    // Likewise: once it records that it leads, it must also take the role
+    // and announce it, or the members it fenced would follow a node that
+    // does not lead.
+    tokio::spawn({
+        let (node, peers) = (node.clone(), peers.clone());
+        async move {
+            candidacy.lead().await?;
+            node.announce_leadership(epoch, peers);
+            Ok::<(), crate::ServerError>(())
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("promote task failed: {e}")))?
+    .map_err(repoint_error)?;
     tracing::warn!(epoch = epoch.0, force, "promoted by operator");
     Ok(Json(json!({
         "promoted": true,
@@ -205,16 +245,15 @@ struct PeerPosition {
     epoch: Epoch,
 }
 
-/// Ask each peer's `/status` for its position, concurrently, 1 s each;
-/// peers that do not answer are left out.
 /// Tell each of `peers` (concurrently, each at most twice, within a few
 /// seconds) that `epoch` begins, led by this node (`POST /admin/fence`);
-/// returns those that took it: answered 2xx and now follow this node. From
+/// returns those that took it (answered 2xx and now follow this node), and
+/// those standing for the same epoch themselves. From
 /// then on they append and acknowledge nothing of an older epoch's
 /// stream. A peer already following another node in the same epoch (a
 /// second, concurrent promote) answers 2xx without re-pointing, and does
 /// not count: one leader per epoch, as one vote per term in Raft.
-async fn fence_for_promote(node: &AppState, epoch: Epoch, peers: &[String]) -> Vec<String> {
+async fn fence_for_promote(node: &AppState, epoch: Epoch, peers: &[String]) -> Fenced {
     let me = node.config.advertise();
     let body = json!({"epoch": epoch.0, "leader": me});
     let asks = peers.iter().map(|peer| {
@@ -235,29 +274,57 @@ async fn fence_for_promote(node: &AppState, epoch: Epoch, peers: &[String]) -> V
                 else {
                     continue;
                 };
-                if r.status().is_server_error() {
+                let status = r.status();
+                let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                if answer["error"]["code"] == "promote_in_progress" {
+                    return Some(FenceAnswer::Contested(peer.clone()));
+                }
+                if status.is_server_error() {
                     continue;
                 }
-                if !r.status().is_success() {
+                if !status.is_success() {
                     return None;
                 }
-                let answer: serde_json::Value = r.json().await.ok()?;
                 let follows_me = answer["following"]
                     .as_str()
                     .and_then(|u| crate::config::normalise_node_url(u).ok())
                     .is_some_and(|u| u == me);
-                return follows_me.then(|| peer.clone());
+                return follows_me.then(|| FenceAnswer::Fenced(peer.clone()));
             }
             None
         }
     });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    let mut out = Fenced {
+        fenced: Vec::new(),
+        contested: Vec::new(),
+    };
+    for answer in futures::future::join_all(asks).await.into_iter().flatten() {
+        match answer {
+            FenceAnswer::Fenced(url) => out.fenced.push(url),
+            FenceAnswer::Contested(url) => out.contested.push(url),
+        }
+    }
+    out
 }
 
+/// One peer's answer to a promote's fence.
+enum FenceAnswer {
+    /// It took the epoch and follows this node.
+    Fenced(String),
+    /// It stands for the same epoch itself (`promote_in_progress`).
+    Contested(String),
+}
+
+/// What a promote's fence achieved ([`fence_for_promote`]).
+struct Fenced {
+    /// Members that took the epoch and follow this node.
+    fenced: Vec<String>,
+    /// Members standing for the same epoch in a promote of their own.
+    contested: Vec<String>,
+}
+
+/// Ask each peer's `/status` for its position, concurrently, 1 s each;
+/// peers that do not answer are left out.
 async fn peer_positions(node: &Node, peers: &[String]) -> Vec<(String, PeerPosition)> {
     let asks = peers.iter().map(|url| async move {
         let status = node
@@ -614,9 +681,17 @@ pub async fn fence(State(node): State<AppState>, body: Body) -> ApiResult<Respon
     if was_leader {
         tracing::warn!(new_leader = %b.leader, epoch = theirs.0, "fenced: stepped down");
     }
-    Ok(Json(
-        json!({"fenced": true, "following": b.leader, "epoch": theirs.0, "was_leader": was_leader}),
-    )
+    // Whom this node follows now, not whom the request named: a node that
+    // already follows another leader of the same epoch keeps it (one
+    // leader per epoch), and a promote counts only the members that answer
+    // with its own URL here.
+    let following = node.leader_url();
+    Ok(Json(json!({
+        "fenced": following == b.leader,
+        "following": following,
+        "epoch": node.engine.meta().epoch.0,
+        "was_leader": was_leader,
+    }))
     .into_response())
 }
 
