@@ -384,7 +384,7 @@ async fn typed_front(
     method: Method,
     body: Body,
 ) -> ApiResult<Result<TypedWrite, Response>> {
-    let p = Params::parse(q.as_deref(), &write_params_for(node.config.topology))?;
+    let p = Params::parse(q.as_deref(), write_params_for(node.config.topology))?;
     let opts = if node.is_leaderless() {
         None
     } else {
@@ -509,7 +509,7 @@ async fn typed_read(
     render: fn(&str, Option<&KeyState>) -> Value,
 ) -> ApiResult<Response> {
     check_key(key)?;
-    let p = Params::parse(q.as_deref(), &read_params_for(node.config.topology))?;
+    let p = Params::parse(q.as_deref(), read_params_for(node.config.topology))?;
     let opts = ReadOpts::from_params(&p, headers)?;
     let local = |n: &Node| -> ApiResult<Response> {
         let state = read_state(n, key, kind)?;

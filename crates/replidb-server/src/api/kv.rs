@@ -128,7 +128,7 @@ pub async fn get_key(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     check_key(&key)?;
-    let p = Params::parse(q.as_deref(), &read_params_for(node.config.topology))?;
+    let p = Params::parse(q.as_deref(), read_params_for(node.config.topology))?;
     if node.is_leaderless() {
         let opts = ReadOpts::from_params(&p, &headers)?;
         super::read::refuse_single_leader_only(&node, &opts)?;
@@ -268,7 +268,7 @@ pub async fn put_key(
     }
     if node.is_multi_leader() {
         check_key(&key)?;
-        let p = Params::parse(q.as_deref(), &write_params_for(node.config.topology))?;
+        let p = Params::parse(q.as_deref(), write_params_for(node.config.topology))?;
         return super::causal::kv_write(&node, &key, Some(value.to_vec()), &p, &headers).await;
     }
     let op = Op::Put {
@@ -326,7 +326,7 @@ pub async fn delete_key(
     }
     if node.is_multi_leader() {
         check_key(&key)?;
-        let p = Params::parse(q.as_deref(), &write_params_for(node.config.topology))?;
+        let p = Params::parse(q.as_deref(), write_params_for(node.config.topology))?;
         return super::causal::kv_write(&node, &key, None, &p, &headers).await;
     }
     let op = Op::Delete { key: key.clone() };
