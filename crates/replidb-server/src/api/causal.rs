@@ -87,7 +87,7 @@ fn set_header(resp: &mut Response, name: &'static str, value: &str) {
 }
 
 /// The `min_version` a read asks for (query or header; the higher wins).
-fn requested_min_version(p: &Params, headers: &HeaderMap) -> ApiResult<MinVersion> {
+fn requested_min_version(p: &Params<'_>, headers: &HeaderMap) -> ApiResult<MinVersion> {
     let bad = |e: replidb_causal::TokenError| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -112,7 +112,7 @@ fn requested_min_version(p: &Params, headers: &HeaderMap) -> ApiResult<MinVersio
 /// increment or a remove builds on what it saw).
 pub(crate) async fn wait_for_token(
     node: &Node,
-    p: &Params,
+    p: &Params<'_>,
     headers: &HeaderMap,
     wait: Duration,
 ) -> ApiResult<()> {
@@ -215,7 +215,7 @@ pub(crate) fn write_context(headers: &HeaderMap) -> ApiResult<Option<VersionVect
 pub async fn kv_get(
     node: &Node,
     key: &str,
-    p: &Params,
+    p: &Params<'_>,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let opts = ReadOpts::from_params(p, headers)?;
@@ -350,7 +350,7 @@ pub async fn kv_write(
     node: &Node,
     key: &str,
     value: Option<Vec<u8>>,
-    p: &Params,
+    p: &Params<'_>,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let opts = write_opts(node, p)?;
@@ -369,7 +369,7 @@ pub async fn kv_write(
 struct TypedWrite {
     /// Write options (not leaderless: there `w` counts replicas).
     opts: Option<WriteOpts>,
-    params: Params,
+    params: Params<'static>,
     path_and_query: String,
     method: Method,
     body: bytes::Bytes,
@@ -408,7 +408,7 @@ async fn typed_front(
     }
     Ok(Ok(TypedWrite {
         opts,
-        params: p,
+        params: p.into_owned(),
         path_and_query: pq,
         method,
         body,

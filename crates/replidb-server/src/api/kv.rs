@@ -373,7 +373,7 @@ async fn write_key(
     Ok(write_response(Some(&key), opts, &out))
 }
 
-pub(crate) fn write_opts(node: &Node, p: &Params) -> ApiResult<WriteOpts> {
+pub(crate) fn write_opts(node: &Node, p: &Params<'_>) -> ApiResult<WriteOpts> {
     WriteOpts::from_params(
         p,
         node.config.default_write_concern,

@@ -72,7 +72,7 @@ fn lz(node: &Node) -> ApiResult<Arc<Leaderless>> {
 
 /// How many of `n` replicas `w=`/`r=` asks for: `1`, `k`, `quorum`
 /// (default; `majority` too) or `all` (`replidb_leaderless::quorum_count`).
-pub fn quorum_param(p: &Params, name: &str, n: usize) -> ApiResult<usize> {
+pub fn quorum_param(p: &Params<'_>, name: &str, n: usize) -> ApiResult<usize> {
     quorum_count(p.str(name), n).map_err(|e| {
         ApiError::invalid_param(
             name,
@@ -97,7 +97,7 @@ pub async fn write(
     node: &Arc<Node>,
     key: &str,
     write: CausalWrite,
-    p: &Params,
+    p: &Params<'_>,
     headers: &HeaderMap,
     forward: (Method, &str, bytes::Bytes),
 ) -> ApiResult<(Response, Option<KeyState>)> {
@@ -341,7 +341,7 @@ async fn hand_to_replica(
 pub async fn read(
     node: &Arc<Node>,
     key: &str,
-    p: &Params,
+    p: &Params<'_>,
 ) -> ApiResult<(Option<KeyState>, Vec<String>)> {
     let lz = lz(node)?;
     let pref = lz.preference_list(key);

@@ -263,9 +263,40 @@ fn add_node_headers(node: &Node, resp: &mut Response) {
         set(NODE, v.clone());
     }
     set(ROLE, HeaderValue::from_static(role.name()));
-    set(EPOCH, HeaderValue::from(epoch.0));
-    set(LSN_HEADER, HeaderValue::from(pos.applied_lsn.0));
-    set(LAG_MS, HeaderValue::from(lag_ms));
+    set(EPOCH, number_value(NumberSlot::Epoch, epoch.0));
+    set(LSN_HEADER, number_value(NumberSlot::Lsn, pos.applied_lsn.0));
+    set(LAG_MS, number_value(NumberSlot::LagMs, lag_ms));
+}
+
+/// Which numeric header [`number_value`] makes.
+#[derive(Clone, Copy)]
+enum NumberSlot {
+    Epoch = 0,
+    Lsn = 1,
+    LagMs = 2,
+}
+
+/// `n` as a header value, reusing the one this thread made last for the
+/// same header when `n` has not changed: an epoch, an applied LSN and a
+/// lag repeat across the reads between two writes, and formatting one
+/// allocates (a reused one is a reference count).
+fn number_value(slot: NumberSlot, n: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<[Option<(u64, HeaderValue)>; 3]> =
+            const { std::cell::RefCell::new([None, None, None]) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let cached = &mut last[slot as usize];
+        match cached {
+            Some((m, v)) if *m == n => v.clone(),
+            _ => {
+                let v = HeaderValue::from(n);
+                *cached = Some((n, v.clone()));
+                v
+            }
+        }
+    })
 }
 
 /// The request counter and duration histogram of one node, route template
@@ -318,4 +349,20 @@ fn http_metrics(node_id: &str, route: &str, status: u16) -> RequestMetrics {
         .or_default()
         .insert(route.to_string(), m.clone());
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{number_value, NumberSlot};
+
+    #[test]
+    fn a_reused_number_header_always_shows_the_current_number() {
+        for n in [0, 0, 7, 7, 8, u64::MAX, 0] {
+            assert_eq!(number_value(NumberSlot::Lsn, n), n.to_string().as_str());
+            // Another header's cache does not leak into this one.
+            let m = n.wrapping_add(1);
+            assert_eq!(number_value(NumberSlot::Epoch, m), m.to_string().as_str());
+        }
+        assert_eq!(number_value(NumberSlot::LagMs, 3), "3");
+    }
 }

@@ -2,6 +2,7 @@
 //! (a typo such as `consistancy=strong`) is a 400, not silently ignored,
 //! because ignoring it would quietly weaken what the client asked for.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,18 +16,24 @@ use super::{ApiError, ApiResult};
 /// A list, not a map: an endpoint takes at most a dozen names, and a
 /// linear search over them is cheaper than hashing each (a hashed map was
 /// ~13% of an HTTP GET's instructions under callgrind).
-pub struct Params(Vec<(String, String)>);
+///
+/// Names and values borrow from the query string unless decoding changed
+/// them (`%XX`, `+`): a plain `?consistency=eventual` allocates nothing
+/// but the list.
+pub struct Params<'q>(Vec<(Cow<'q, str>, Cow<'q, str>)>);
 
-impl Params {
+impl<'q> Params<'q> {
     /// Parse `raw`, refusing names outside `allowed`.
-    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Params> {
+    pub fn parse(raw: Option<&'q str>, allowed: &[&str]) -> ApiResult<Params<'q>> {
         let raw = raw.unwrap_or("");
         // The decoder below replaces bytes that are not UTF-8 with U+FFFD,
         // which would turn `prefix=%FF` into a prefix that matches keys
         // no byte string `FF` can start: refuse instead, as a key path is.
-        if percent_encoding::percent_decode_str(raw)
-            .decode_utf8()
-            .is_err()
+        // Without a `%` nothing decodes to a byte, and `raw` is UTF-8.
+        if raw.contains('%')
+            && percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .is_err()
         {
             return Err(ApiError::bad_request(
                 "malformed query string: not UTF-8 once percent-decoded",
@@ -35,11 +42,10 @@ impl Params {
         // `form_urlencoded` directly: what serde_urlencoded decodes with,
         // without the serde layer, which was ~5% of an HTTP GET's
         // instructions under callgrind.
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let pairs: Vec<(Cow<'q, str>, Cow<'q, str>)> =
+            form_urlencoded::parse(raw.as_bytes()).collect();
         for (i, (k, _)) in pairs.iter().enumerate() {
-            if !allowed.contains(&k.as_str()) {
+            if !allowed.contains(&k.as_ref()) {
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
                     "unknown_parameter",
@@ -63,12 +69,22 @@ impl Params {
         Ok(Params(pairs))
     }
 
+    /// The same parameters, owning their text (to outlive the query).
+    pub fn into_owned(self) -> Params<'static> {
+        Params(
+            self.0
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k.into_owned()), Cow::Owned(v.into_owned())))
+                .collect(),
+        )
+    }
+
     /// The raw value of `name`.
     pub fn str(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// `name` parsed as `T`, with `expected` describing valid values.
@@ -156,13 +172,13 @@ pub const WAIT_MS_MAX: u64 = 60_000;
 
 /// The duration parameter `name` in milliseconds, if given; 400 above
 /// `max_ms`.
-pub(crate) fn ms_param(p: &Params, name: &str, max_ms: u64) -> ApiResult<Option<Duration>> {
+pub(crate) fn ms_param(p: &Params<'_>, name: &str, max_ms: u64) -> ApiResult<Option<Duration>> {
     p.parse_as::<u64>(name, "milliseconds")?
         .map(|ms| bounded_ms(p, name, ms, max_ms))
         .transpose()
 }
 
-fn bounded_ms(p: &Params, name: &str, ms: u64, max: u64) -> ApiResult<Duration> {
+fn bounded_ms(p: &Params<'_>, name: &str, ms: u64, max: u64) -> ApiResult<Duration> {
     if ms > max {
         return Err(ApiError::invalid_param(
             name,
@@ -185,7 +201,7 @@ pub struct WriteOpts {
 impl WriteOpts {
     /// From `w` and `timeout_ms`, with the node's defaults.
     pub fn from_params(
-        p: &Params,
+        p: &Params<'_>,
         default_w: WriteConcern,
         default_timeout: Duration,
     ) -> ApiResult<Self> {
@@ -274,7 +290,7 @@ pub struct ReadOpts {
 
 impl ReadOpts {
     /// From the query and the `X-Replidb-Min-Lsn` header.
-    pub fn from_params(p: &Params, headers: &HeaderMap) -> ApiResult<Self> {
+    pub fn from_params(p: &Params<'_>, headers: &HeaderMap) -> ApiResult<Self> {
         let consistency =
             p.parse_as::<Consistency>("consistency", "strong, leader, eventual or bounded")?;
         let max_staleness_ms = p.parse_as::<u64>("max_staleness_ms", "milliseconds")?;

@@ -201,7 +201,7 @@ pub async fn read(
 
 /// The `key` parameter of a seed read: required, and a valid key (400
 /// `invalid_key` otherwise, as on `/v1/kv`).
-fn key_param(p: &Params) -> ApiResult<&str> {
+fn key_param<'p>(p: &'p Params<'_>) -> ApiResult<&'p str> {
     let key = p
         .str("key")
         .ok_or_else(|| ApiError::bad_request("missing key"))?;
