@@ -120,13 +120,7 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     let mut epoch = meta.epoch;
     if !force {
         if heard < needed {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_quorum",
-                format!("only {heard} of {voters} voting members answered (a majority, {needed}, must, so that no acknowledged write is missed); retry, or promote with force=true if the others are gone for good"),
-            );
-            e.retry_after_s = Some(1);
-            return Err(e);
+            return Err(ApiError::retry_later("no_quorum", format!("only {heard} of {voters} voting members answered (a majority, {needed}, must, so that no acknowledged write is missed); retry, or promote with force=true if the others are gone for good")));
         }
         if let Some((url, better)) = answers.iter().find(|(_, p)| p.position > before) {
             return Err(ApiError::new(
@@ -181,24 +175,12 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     if let Some(rival) = contested.first() {
         // Even forced: two forced promotes of one epoch would both lead it,
         // which is worse than the writes a force may lose.
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "promote_in_progress",
-            format!("{rival} is standing for epoch {epoch} too (a concurrent promote); this node does not lead; retry one of them"),
-        );
-        e.retry_after_s = Some(1);
-        return Err(e);
+        return Err(ApiError::retry_later("promote_in_progress", format!("{rival} is standing for epoch {epoch} too (a concurrent promote); this node does not lead; retry one of them")));
     }
     let fenced_voters = 1 + fenced.iter().filter(|u| voting.contains(u)).count();
     if !force {
         if fenced_voters < needed {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_quorum",
-                format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more, and so that of two concurrent promotes at most one leads); this node does not lead; retry"),
-            );
-            e.retry_after_s = Some(1);
-            return Err(e);
+            return Err(ApiError::retry_later("no_quorum", format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more, and so that of two concurrent promotes at most one leads); this node does not lead; retry")));
         }
         let now = peer_positions(&node, &fenced).await;
         if let Some((url, better)) = now.iter().find(|(_, p)| p.position > mine) {
@@ -595,13 +577,7 @@ fn repoint_error(e: crate::ServerError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "stale_epoch", e.to_string())
         }
         crate::ServerError::Candidate { .. } => {
-            let mut err = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "promote_in_progress",
-                e.to_string(),
-            );
-            err.retry_after_s = Some(1);
-            err
+            ApiError::retry_later("promote_in_progress", e.to_string())
         }
         other => ApiError::internal(other.to_string()),
     }

@@ -151,13 +151,7 @@ async fn wait_min_version(node: &Node, want: &MinVersion, wait: Duration) -> Api
 /// 503 `min_version_not_reached` with `Retry-After: 1`: the token may be
 /// met later (or by another node), so the client may retry.
 fn min_version_not_reached(message: String) -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "min_version_not_reached",
-        message,
-    );
-    e.retry_after_s = Some(1);
-    e
+    ApiError::retry_later("min_version_not_reached", message)
 }
 
 /// At once, a 503 that says so, for a `min_version` naming an origin this

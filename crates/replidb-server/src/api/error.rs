@@ -48,11 +48,17 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// 503 with code `unavailable` and a `Retry-After`.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    /// 503 with `Retry-After: 1`: a refusal that may be lifted within a
+    /// second (no quorum yet, a promote or a switchover in progress).
+    pub fn retry_later(code: &'static str, message: impl Into<String>) -> Self {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
         e.retry_after_s = Some(1);
         e
+    }
+
+    /// 503 with code `unavailable` and a `Retry-After`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::retry_later("unavailable", message)
     }
 
     /// 500 with code `internal`.
@@ -120,15 +126,7 @@ impl From<replidb_engine::EngineError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "condition_failed", e.to_string())
             }
             E::Stopped(_) => ApiError::unavailable(e.to_string()),
-            E::NotLeaderOfEpoch { .. } => {
-                let mut err = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "stale_leader",
-                    e.to_string(),
-                );
-                err.retry_after_s = Some(1);
-                err
-            }
+            E::NotLeaderOfEpoch { .. } => ApiError::retry_later("stale_leader", e.to_string()),
             other => ApiError::internal(other.to_string()),
         }
     }

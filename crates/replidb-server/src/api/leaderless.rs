@@ -327,13 +327,10 @@ async fn hand_to_replica(
             .body(Body::from(bytes))
             .map_err(|e| ApiError::internal(e.to_string()));
     }
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    Err(ApiError::retry_later(
         "no_replica",
         format!("none of the key's replicas answered: {}", pref.join(", ")),
-    );
-    e.retry_after_s = Some(1);
-    Err(e)
+    ))
 }
 
 /// Read `key` from R replicas and merge; read-repair the ones behind.
@@ -393,10 +390,7 @@ async fn read_from(
         }
     }
     if round.status() == ReadStatus::Failed {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_enough_replicas",
-            match round.failed() {
+        return Err(ApiError::retry_later("not_enough_replicas", match round.failed() {
                 // Counted when the read gave up: the answers still on
                 // their way when r became out of reach are not in it.
                 f if f.is_empty() => format!(
@@ -410,10 +404,7 @@ async fn read_from(
                     pref.len(),
                     f.join(", ")
                 ),
-            },
-        );
-        e.retry_after_s = Some(1);
-        return Err(e);
+            }));
     }
     let merged = round.merged();
     let answered = round.answered();

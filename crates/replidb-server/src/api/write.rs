@@ -60,13 +60,7 @@ pub async fn not_leader_response(node: &Node, origin: &Origin<'_>) -> ApiResult<
     }
     if node.leader_url().is_empty() {
         // A redirect to nowhere would send the client in a loop.
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_leader",
-            "this node is a follower and knows no leader yet (an election may be under way); retry shortly",
-        );
-        e.retry_after_s = Some(1);
-        return Err(e);
+        return Err(ApiError::retry_later("no_leader", "this node is a follower and knows no leader yet (an election may be under way); retry shortly"));
     }
     let location = format!(
         "{}{}",
@@ -253,9 +247,7 @@ pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
             NotWritable::Stale => ("stale_leader", "a newer leader exists; this node no longer accepts writes"),
             NotWritable::NoQuorum => ("no_quorum", "this leader has not heard from a majority of voters recently (check-quorum); it refuses writes until it does or another node leads"),
         };
-        let mut e = ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, code, msg);
-        e.retry_after_s = Some(1);
-        e
+        ApiError::retry_later(code, msg)
     })
 }
 
