@@ -67,6 +67,19 @@ pub enum EngineError {
         /// WAL's first LSN.
         wal_first: Lsn,
     },
+    /// A new epoch asked to start while the table shows records the WAL
+    /// no longer has: a rewind cut the log and has not rebuilt the table
+    /// yet. Leading now would write new records at LSNs the table counts
+    /// as applied, and never show them. Retry once the resync is done.
+    #[error("the table is at lsn {table}, past the end of the log at {wal_last} (a rewind's resync is in progress); cannot start epoch {epoch} now")]
+    TableAheadOfLog {
+        /// Table's applied LSN.
+        table: Lsn,
+        /// WAL's last LSN.
+        wal_last: Lsn,
+        /// The epoch that was to begin.
+        epoch: Epoch,
+    },
     /// The engine was shut down, or its writer died after an IO error (a
     /// node must not go on after a failed fsync: the page cache state is
     /// unknown).

@@ -763,6 +763,18 @@ impl WriterCore {
                 reply,
             } => {
                 let first = self.wal.last_lsn().next();
+                let table = self.table.applied_lsn();
+                if table >= first {
+                    // Every earlier round has fsynced and applied, so only
+                    // a truncation the table has not caught up with leaves
+                    // it past the log's end.
+                    let _ = reply.send(Err(EngineError::TableAheadOfLog {
+                        table,
+                        wal_last: self.wal.last_lsn(),
+                        epoch,
+                    }));
+                    return;
+                }
                 let r = self.update_meta(|m| {
                     if epoch >= m.epoch {
                         m.leader = leader;

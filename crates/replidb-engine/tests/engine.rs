@@ -167,6 +167,36 @@ async fn an_append_from_an_older_epochs_stream_is_refused() {
     assert_eq!(flush, Lsn(5));
 }
 
+/// Found by a new user (two forced promotes 30 ms apart): a promote that
+/// landed between a rewind's truncation and its table rebuild began the
+/// new epoch at an LSN the table already counted as applied, so the new
+/// leader never showed its own writes and served rolled-back ones. A new
+/// epoch now refuses to begin while the table is past the log's end.
+#[tokio::test]
+async fn a_new_epoch_does_not_begin_while_the_table_is_past_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), Backend::Redb).await;
+    e.append_replicated((1..=5).map(rec).collect(), Epoch(1))
+        .await
+        .unwrap();
+    e.apply_up_to(Lsn(5)).await.unwrap();
+    // A rewind cuts the log back to 3; its rebuild has not run yet.
+    e.truncate_after(Lsn(3)).await.unwrap();
+    let r = e.begin_epoch_led_by(Epoch(2), "http://me".into()).await;
+    assert!(
+        matches!(r, Err(EngineError::TableAheadOfLog { .. })),
+        "{r:?}"
+    );
+    assert_eq!(e.meta().epoch, Epoch(1), "no epoch began");
+    // Once the table is rebuilt (here: from nothing), the epoch begins.
+    e.restore_begin().await.unwrap();
+    e.restore_finish(Lsn::ZERO).await.unwrap();
+    e.begin_epoch_led_by(Epoch(2), "http://me".into())
+        .await
+        .unwrap();
+    assert_eq!(e.meta().epoch, Epoch(2));
+}
+
 #[tokio::test]
 async fn follower_append_is_idempotent_and_apply_is_separate() {
     let dir = tempfile::tempdir().unwrap();

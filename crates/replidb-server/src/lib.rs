@@ -86,6 +86,10 @@ pub enum ServerError {
         /// The epoch it leads.
         epoch: replidb_core::Epoch,
     },
+    /// This node cannot lead yet: a rewind's resync is rebuilding its
+    /// table (`EngineError::TableAheadOfLog`). Temporary.
+    #[error("{0}")]
+    Resyncing(String),
     /// Any other start-up or serving failure, with context.
     #[error("{0}")]
     Startup(String),

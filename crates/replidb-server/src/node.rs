@@ -329,10 +329,12 @@ impl Node {
 
     /// Become the leader of `epoch` (an election or an operator's promote).
     pub async fn promote(&self, epoch: Epoch) -> Result<(), ServerError> {
-        self.core
-            .promote(epoch)
-            .await
-            .map_err(|e| ServerError::Startup(e.to_string()))
+        self.core.promote(epoch).await.map_err(|e| match e {
+            replidb_engine::EngineError::TableAheadOfLog { .. } => {
+                ServerError::Resyncing(e.to_string())
+            }
+            other => ServerError::Startup(other.to_string()),
+        })
     }
 
     /// Follow `url`, which leads `epoch`: remember the epoch first, so a
@@ -461,6 +463,18 @@ impl Node {
             });
         }
         Ok(())
+    }
+
+    /// Why this follower knows no leader, and what to do: under etcd an
+    /// election is likely under way; with the static coordinator nothing
+    /// elects, and an operator's promote is what ends it.
+    pub fn no_leader_hint(&self) -> &'static str {
+        match self.config.coordinator {
+            CoordinatorKind::Etcd => "an election may be under way; retry shortly",
+            CoordinatorKind::Static => {
+                "the static coordinator elects no one: if the leader is gone, promote a follower with POST /admin/promote"
+            }
+        }
     }
 
     /// The current role.

@@ -1463,3 +1463,68 @@ async fn concurrent_promotes_over(kill_old_leader: bool, link: Link) {
         .await;
     }
 }
+
+/// Found by a new user: `force=true` skipped the position comparison as
+/// well as the majority, so a forced promote of a node that had missed
+/// writes (here: it was down while they were made; in the report, it was
+/// resyncing at position 0) led behind a member that had answered with
+/// them, and that member rewound every one of them into `rollback/`. Now
+/// `force` stands in only for members that do not answer: one that
+/// answers with a later position is named (409), as without `force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_promote_does_not_lead_behind_a_member_that_answered() {
+    let _serial = SERIAL.lock().await;
+    let mut n1 = Node::start("n1", &[]).await;
+    let follow = n1.url();
+    let n2 = Node::start("n2", &["--follow", &follow]).await;
+    let mut n3 = Node::start("n3", &["--follow", &follow]).await;
+    wait_followers_streaming(&n1, 2).await;
+    n1.put_q("before", "w=all", "v").await;
+    let n2_url = n2.url();
+    wait_until("n3 learned of n2", Duration::from_secs(5), async || {
+        n3.try_status()
+            .await
+            .is_some_and(|s| s["voting_set"].to_string().contains(&n2_url))
+    })
+    .await;
+    n3.kill9();
+    for i in 0..20 {
+        n1.put_q(&format!("k{i}"), "w=majority", "v").await;
+    }
+    n1.kill9();
+    n3.restart().await;
+
+    let forced = |n: &Node| {
+        let (http, url) = (n.http().clone(), n.at("/admin/promote?force=true"));
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, body) = forced(&n3).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_most_up_to_date", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&n2.url()),
+        "names the member ahead: {body}"
+    );
+    assert_ne!(n3.status().await["role"], "leader");
+
+    // The member named leads, forced (the old leader is gone), with every
+    // write.
+    let (status, body) = forced(&n2).await;
+    assert_eq!(status, 200, "{body}");
+    for i in 0..20 {
+        assert_eq!(
+            n2.get_raw(&format!("k{i}"), "consistency=leader").await.0,
+            200,
+            "k{i} survived"
+        );
+    }
+}

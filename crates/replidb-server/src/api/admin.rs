@@ -72,12 +72,12 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, shape: &str) -> Api
     tag = "admin",
     operation_id = "admin_promote",
     description = "This follower leads a new epoch and tells its peers (static coordinator). Refused unless a majority of the voting set answers and none holds a later log position, unless `force=true`. Destructive: afterwards this node leads.",
-    params(("force" = Option<bool>, Query, description = "Skip the majority and position checks (disaster recovery; acknowledged writes may be lost)")),
+    params(("force" = Option<bool>, Query, description = "Skip the majority requirement (disaster recovery; acknowledged writes held only by members that do not answer may be lost); a member that answers with a later position still refuses it (409)")),
     responses(
         (status = 200, description = "Promoted, or already the leader", body = super::openapi::PromoteResponse),
         (status = 400, description = "Unknown or invalid parameter", body = super::openapi::ErrorBody),
         (status = 409, description = "Leadership is etcd's (`coordinator_managed`), a member holds a later position (`not_most_up_to_date`), or a newer epoch was recorded while this node stood for its own (`stale_epoch`)", body = super::openapi::ErrorBody),
-        (status = 503, description = "Fewer than a majority of voters answered, or took the new epoch (`no_quorum`; of two concurrent promotes at most one wins a majority); with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 503, description = "Fewer than a majority of voters answered, or took the new epoch (`no_quorum`; of two concurrent promotes at most one wins a majority); a forced promote met another candidate (`promote_in_progress`); a rewind's resync is under way here (`resyncing`); with `Retry-After`", body = super::openapi::ErrorBody),
     ),
 )]
 pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
@@ -118,20 +118,22 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     let needed = voters / 2 + 1;
     let heard = 1 + answers.iter().filter(|(u, _)| voting.contains(u)).count();
     let mut epoch = meta.epoch;
-    if !force {
-        if heard < needed {
-            return Err(ApiError::retry_later("no_quorum", format!("only {heard} of {voters} voting members answered (a majority, {needed}, must, so that no acknowledged write is missed); retry, or promote with force=true if the others are gone for good")));
-        }
-        if let Some((url, better)) = answers.iter().find(|(_, p)| p.position > before) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_most_up_to_date",
-                format!(
-                    "{url} holds a later log position {} than this node's {before}; promote it instead",
-                    better.position
-                ),
-            ));
-        }
+    if !force && heard < needed {
+        return Err(ApiError::retry_later("no_quorum", format!("only {heard} of {voters} voting members answered (a majority, {needed}, must, so that no acknowledged write is missed); retry, or promote with force=true if the others are gone for good")));
+    }
+    // Even forced: `force` stands in for the members that are gone, not
+    // for those that answered. Leading behind one of them would rewind
+    // it, and a node caught mid-resync (position 0) would wipe the
+    // cluster (found by a new user).
+    if let Some((url, better)) = answers.iter().find(|(_, p)| p.position > before) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_most_up_to_date",
+            format!(
+                "{url} holds a later log position {} than this node's {before}; promote it instead",
+                better.position
+            ),
+        ));
     }
     for (_, a) in &answers {
         // A peer's epoch counts only within the same bound a fence has.
@@ -172,27 +174,29 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
         .history
         .position_of(node.engine.positions().flush_lsn);
     let Fenced { fenced, contested } = fence_for_promote(&node, epoch, &peers).await;
-    if let Some(rival) = contested.first() {
-        // Even forced: two forced promotes of one epoch would both lead it,
-        // which is worse than the writes a force may lose.
+    if let (true, Some(rival)) = (force, contested.first()) {
+        // A forced promote does not need a majority, so a majority does
+        // not keep two forced candidates of one epoch apart: give up,
+        // rather than both lead it. Unforced, the rival simply does not
+        // count: each member takes one candidate per epoch, so at most
+        // one of two can count a majority, and it leads (aborting both
+        // left every member following a node that led nothing).
         return Err(ApiError::retry_later("promote_in_progress", format!("{rival} is standing for epoch {epoch} too (a concurrent promote); this node does not lead; retry one of them")));
     }
     let fenced_voters = 1 + fenced.iter().filter(|u| voting.contains(u)).count();
-    if !force {
-        if fenced_voters < needed {
-            return Err(ApiError::retry_later("no_quorum", format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more, and so that of two concurrent promotes at most one leads); this node does not lead; retry")));
-        }
-        let now = peer_positions(&node, &fenced).await;
-        if let Some((url, better)) = now.iter().find(|(_, p)| p.position > mine) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_most_up_to_date",
-                format!(
-                    "{url} holds a later log position {} than this node's {mine} (the old leader wrote on while the positions were compared); epoch {epoch} is fenced, nobody leads it: promote {url}",
-                    better.position
-                ),
-            ));
-        }
+    if !force && fenced_voters < needed {
+        return Err(ApiError::retry_later("no_quorum", format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more, and so that of two concurrent promotes at most one leads); this node does not lead; retry")));
+    }
+    let now = peer_positions(&node, &fenced).await;
+    if let Some((url, better)) = now.iter().find(|(_, p)| p.position > mine) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_most_up_to_date",
+            format!(
+                "{url} holds a later log position {} than this node's {mine} (the old leader wrote on while the positions were compared); epoch {epoch} is fenced, nobody leads it: promote {url}",
+                better.position
+            ),
+        ));
     }
     // Likewise: once it records that it leads, it must also take the role
     // and announce it, or the members it fenced would follow a node that
@@ -576,6 +580,7 @@ fn repoint_error(e: crate::ServerError) -> ApiError {
         crate::ServerError::StaleEpoch { .. } | crate::ServerError::Superseded { .. } => {
             ApiError::new(StatusCode::CONFLICT, "stale_epoch", e.to_string())
         }
+        crate::ServerError::Resyncing(why) => ApiError::retry_later("resyncing", why),
         crate::ServerError::Candidate { .. } => {
             ApiError::retry_later("promote_in_progress", e.to_string())
         }

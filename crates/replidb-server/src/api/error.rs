@@ -127,6 +127,7 @@ impl From<replidb_engine::EngineError> for ApiError {
             }
             E::Stopped(_) => ApiError::unavailable(e.to_string()),
             E::NotLeaderOfEpoch { .. } => ApiError::retry_later("stale_leader", e.to_string()),
+            E::TableAheadOfLog { .. } => ApiError::retry_later("resyncing", e.to_string()),
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -60,7 +60,13 @@ pub async fn not_leader_response(node: &Node, origin: &Origin<'_>) -> ApiResult<
     }
     if node.leader_url().is_empty() {
         // A redirect to nowhere would send the client in a loop.
-        return Err(ApiError::retry_later("no_leader", "this node is a follower and knows no leader yet (an election may be under way); retry shortly"));
+        return Err(ApiError::retry_later(
+            "no_leader",
+            format!(
+                "this node is a follower and knows no leader yet ({})",
+                node.no_leader_hint()
+            ),
+        ));
     }
     let location = format!(
         "{}{}",
@@ -252,17 +258,21 @@ pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
 }
 
 /// Why a write answered `write_concern_timeout`: `acks` nodes (the leader
-/// included) hold it durably, fewer than `w` asked. With `acks` 0 the
-/// leader stopped leading before its own fsync counted (a fence or a
-/// promote meanwhile), and saying "durable on the leader" would claim
-/// more than is known. Shared by the HTTP and the Redis protocol answers.
+/// included) hold it durably, and `w` was not confirmed — the deadline
+/// passed, or the leader stopped leading first (then even enough copies
+/// do not commit it in its epoch). With `acks` 0 the leader stopped
+/// before its own fsync counted, and saying "durable on the leader" would
+/// claim more than is known. Shared by the HTTP and the Redis protocol
+/// answers.
 pub fn concern_shortfall(acks: usize, w: &str) -> String {
     let held = match acks {
-        0 => "the write is not known to be durable on any node (this node stopped leading while it waited)".to_string(),
+        0 => "the write is not known to be durable on any node".to_string(),
         1 => "the write is durable on the leader only".to_string(),
         n => format!("the write is durable on {n} nodes, the leader included"),
     };
-    format!("{held}, fewer than w={w} asked; it was not undone and may still replicate, or be rolled back by a failover")
+    // Not "fewer than w": a leader deposed while it waited has the count
+    // and still no commit (its epoch is over), so say both causes.
+    format!("{held}, but w={w} was not confirmed before the deadline or before this node stopped leading; it was not undone and may still replicate, or be rolled back by a failover")
 }
 
 /// The contract's write response: 200, or 504 when the concern was not met.
@@ -361,6 +371,6 @@ mod tests {
         assert!(none.contains("not known to be durable on any node"));
         assert!(concern_shortfall(1, "2").starts_with("the write is durable on the leader only"));
         assert!(concern_shortfall(2, "all").contains("durable on 2 nodes, the leader included"));
-        assert!(concern_shortfall(2, "all").contains("fewer than w=all asked"));
+        assert!(concern_shortfall(2, "all").contains("but w=all was not confirmed"));
     }
 }

@@ -80,7 +80,7 @@ fn readonly(node: &Node) -> RespError {
     let url = node.leader_url();
     RespError::ReadOnly {
         leader: if url.is_empty() {
-            "unknown (an election may be under way; retry shortly)".into()
+            format!("unknown ({})", node.no_leader_hint())
         } else {
             url
         },
