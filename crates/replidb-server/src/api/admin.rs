@@ -125,15 +125,8 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     // for those that answered. Leading behind one of them would rewind
     // it, and a node caught mid-resync (position 0) would wipe the
     // cluster (found by a new user).
-    if let Some((url, better)) = answers.iter().find(|(_, p)| p.position > before) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_most_up_to_date",
-            format!(
-                "{url} holds a later log position {} than this node's {before}; promote it instead",
-                better.position
-            ),
-        ));
+    if let Some(ahead) = member_ahead(&answers, before, "") {
+        return Err(ahead);
     }
     for (_, a) in &answers {
         // A peer's epoch counts only within the same bound a fence has.
@@ -188,15 +181,9 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
         return Err(ApiError::retry_later("no_quorum", format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more, and so that of two concurrent promotes at most one leads); this node does not lead; retry")));
     }
     let now = peer_positions(&node, &fenced).await;
-    if let Some((url, better)) = now.iter().find(|(_, p)| p.position > mine) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_most_up_to_date",
-            format!(
-                "{url} holds a later log position {} than this node's {mine} (the old leader wrote on while the positions were compared); epoch {epoch} is fenced, nobody leads it: promote {url}",
-                better.position
-            ),
-        ));
+    let fenced_note = format!(" (the old leader wrote on while the positions were compared); epoch {epoch} is fenced, nobody leads it");
+    if let Some(ahead) = member_ahead(&now, mine, &fenced_note) {
+        return Err(ahead);
     }
     // Likewise: once it records that it leads, it must also take the role
     // and announce it, or the members it fenced would follow a node that
@@ -223,6 +210,25 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
         "announcing_to": peers,
     }))
     .into_response())
+}
+
+/// 409 `not_most_up_to_date` naming the first of `answers` that holds a
+/// later position than `mine` as the one to promote (`context` explains
+/// how it got ahead); `None` if none does.
+fn member_ahead(
+    answers: &[(String, PeerPosition)],
+    mine: Position,
+    context: &str,
+) -> Option<ApiError> {
+    let (url, better) = answers.iter().find(|(_, p)| p.position > mine)?;
+    Some(ApiError::new(
+        StatusCode::CONFLICT,
+        "not_most_up_to_date",
+        format!(
+            "{url} holds a later log position {} than this node's {mine}{context}: promote {url}",
+            better.position
+        ),
+    ))
 }
 
 /// What a peer said about its log.
