@@ -125,7 +125,7 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
     // for those that answered. Leading behind one of them would rewind
     // it, and a node caught mid-resync (position 0) would wipe the
     // cluster (found by a new user).
-    if let Some(ahead) = member_ahead(&answers, before, "") {
+    if let Some(ahead) = member_ahead(&answers, before, |_| "; promote it instead".into()) {
         return Err(ahead);
     }
     for (_, a) in &answers {
@@ -181,8 +181,9 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
         return Err(ApiError::retry_later("no_quorum", format!("only {fenced_voters} of {voters} voting members took the new epoch {epoch} (a majority, {needed}, must, so that the old leader can commit nothing more, and so that of two concurrent promotes at most one leads); this node does not lead; retry")));
     }
     let now = peer_positions(&node, &fenced).await;
-    let fenced_note = format!(" (the old leader wrote on while the positions were compared); epoch {epoch} is fenced, nobody leads it");
-    if let Some(ahead) = member_ahead(&now, mine, &fenced_note) {
+    if let Some(ahead) = member_ahead(&now, mine, |url| {
+        format!(" (the old leader wrote on while the positions were compared); epoch {epoch} is fenced, nobody leads it: promote {url}")
+    }) {
         return Err(ahead);
     }
     // Likewise: once it records that it leads, it must also take the role
@@ -213,20 +214,21 @@ pub async fn promote(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
 }
 
 /// 409 `not_most_up_to_date` naming the first of `answers` that holds a
-/// later position than `mine` as the one to promote (`context` explains
-/// how it got ahead); `None` if none does.
+/// later position than `mine`, `advice(its URL)` ending the message;
+/// `None` if none does.
 fn member_ahead(
     answers: &[(String, PeerPosition)],
     mine: Position,
-    context: &str,
+    advice: impl FnOnce(&str) -> String,
 ) -> Option<ApiError> {
     let (url, better) = answers.iter().find(|(_, p)| p.position > mine)?;
     Some(ApiError::new(
         StatusCode::CONFLICT,
         "not_most_up_to_date",
         format!(
-            "{url} holds a later log position {} than this node's {mine}{context}: promote {url}",
-            better.position
+            "{url} holds a later log position {} than this node's {mine}{}",
+            better.position,
+            advice(url)
         ),
     ))
 }
