@@ -26,8 +26,9 @@ pub struct EngineOptions {
     pub table_cache_bytes: usize,
     /// Node id, used as the `node_id` metric label.
     pub node_id: String,
-    /// Run blocking IO on the calling task instead of tokio's blocking pool
-    /// (deterministic simulation).
+    /// Run the writer as a task doing its IO inline instead of on a thread
+    /// of its own, and other blocking IO on the calling task instead of
+    /// tokio's blocking pool (deterministic simulation).
     pub inline_io: bool,
     /// Most commands one group commit round takes (bounds latency of the
     /// round and memory of the batch).
@@ -231,7 +232,17 @@ impl Engine {
             syncs.clone(),
             failure.clone(),
         );
-        tokio::spawn(crate::writer::run(core, rx, opts.inline_io, opts.max_group));
+        if opts.inline_io {
+            tokio::spawn(crate::writer::run_inline(core, rx, opts.max_group));
+        } else {
+            let max_group = opts.max_group;
+            std::thread::Builder::new()
+                .name("replidb-writer".into())
+                .spawn(move || crate::writer::run_thread(core, rx, max_group))
+                .map_err(|e| {
+                    EngineError::Stopped(format!("cannot start the writer thread: {e}"))
+                })?;
+        }
         Ok(Arc::new(Engine {
             tx,
             positions: pos_rx,

@@ -20,8 +20,9 @@
 //! and syncs records that carry the leader's LSNs, and [`Engine::apply_up_to`]
 //! applies them later (a follower may hold records back to simulate lag).
 //!
-//! Blocking file IO runs on tokio's blocking pool (or inline, for a
-//! deterministic simulation), so the writer task never stalls the runtime.
+//! The writer runs on a thread of its own, so its blocking file IO never
+//! stalls the runtime (or, for a deterministic simulation, as a task that
+//! does its IO inline).
 //!
 //! # Recovery
 //! [`Engine::open`] opens the WAL (which truncates a torn tail and refuses

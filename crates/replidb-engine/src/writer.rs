@@ -1,4 +1,4 @@
-//! The writer task: the single owner of the WAL and the only applier.
+//! The writer: the single owner of the WAL and the only applier.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -91,7 +91,7 @@ impl Command {
     }
 }
 
-/// State owned by the writer, moved onto the blocking pool for each round.
+/// State owned by the writer (its thread, or its task in the simulator).
 pub(crate) struct WriterCore {
     wal: Wal,
     table: Arc<dyn Table>,
@@ -109,59 +109,71 @@ pub(crate) struct WriterCore {
     failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-/// Run the writer until the channel closes or a `Stop` arrives.
+/// Take the next round's commands: `first`, then everything that queued
+/// while the last round ran (group commit: they share this round's fsync),
+/// at most `max_group` in all.
+fn gather(first: Command, rx: &mut mpsc::Receiver<Command>, max_group: usize) -> Vec<Command> {
+    let mut cmds = vec![first];
+    while cmds.len() < max_group {
+        match rx.try_recv() {
+            Ok(c) => cmds.push(c),
+            Err(_) => break,
+        }
+    }
+    cmds
+}
+
+/// Run one round, catching a panic. `false`: the writer must stop (it
+/// panicked, recorded in `failure`, or a `Stop` arrived).
+fn round_or_stop(
+    core: &mut WriterCore,
+    cmds: Vec<Command>,
+    failure: &std::sync::Mutex<Option<String>>,
+) -> bool {
+    let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.round(cmds)));
+    if let Err(payload) = round {
+        record_panic(failure, &panic_message(payload.as_ref()));
+        return false;
+    }
+    !core.stopped
+}
+
+/// Run the writer on a thread of its own until the channel closes or a
+/// `Stop` arrives (the server's driver).
+///
+/// A thread rather than a task that hands each round to tokio's blocking
+/// pool: the writer blocks in every round (append, fsync, apply), and a
+/// round handed to the pool cost two more thread hand-offs — the pool
+/// thread's wake-up and the task's wake-up when it finished — on the path
+/// of every durable write. Here a proposal wakes the writer thread
+/// directly, and the round runs where it woke.
 ///
 /// A panic in a round stops the writer for good (its state may be half
 /// updated). It is recorded as the engine's failure, like a failed fsync,
 /// so `/health` turns red and names it instead of the node looking healthy
 /// while every write answers "writer is not running".
-pub(crate) async fn run(
+pub(crate) fn run_thread(mut core: WriterCore, mut rx: mpsc::Receiver<Command>, max_group: usize) {
+    let failure = core.failure.clone();
+    while let Some(first) = rx.blocking_recv() {
+        let cmds = gather(first, &mut rx, max_group);
+        if !round_or_stop(&mut core, cmds, &failure) {
+            return;
+        }
+    }
+}
+
+/// Run the writer as a task doing its IO inline (the deterministic
+/// simulator's driver: one thread, no blocking pool), until the channel
+/// closes or a `Stop` arrives. Panics as in [`run_thread`].
+pub(crate) async fn run_inline(
     mut core: WriterCore,
     mut rx: mpsc::Receiver<Command>,
-    inline_io: bool,
     max_group: usize,
 ) {
-    // `core` moves onto the blocking pool each round and is lost if the
-    // round panics: keep our own handle on the shared failure slot.
     let failure = core.failure.clone();
     while let Some(first) = rx.recv().await {
-        let mut cmds = vec![first];
-        // Group commit: everything that queued while the last round ran
-        // shares this round's fsync.
-        while cmds.len() < max_group {
-            match rx.try_recv() {
-                Ok(c) => cmds.push(c),
-                Err(_) => break,
-            }
-        }
-        if inline_io {
-            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                core.round(cmds);
-            }));
-            if let Err(payload) = round {
-                record_panic(&failure, &panic_message(payload.as_ref()));
-                return;
-            }
-        } else {
-            let joined = tokio::task::spawn_blocking(move || {
-                core.round(cmds);
-                core
-            })
-            .await;
-            match joined {
-                Ok(c) => core = c,
-                Err(e) => {
-                    let why = if e.is_panic() {
-                        panic_message(e.into_panic().as_ref())
-                    } else {
-                        e.to_string()
-                    };
-                    record_panic(&failure, &why);
-                    return;
-                }
-            }
-        }
-        if core.stopped {
+        let cmds = gather(first, &mut rx, max_group);
+        if !round_or_stop(&mut core, cmds, &failure) {
             return;
         }
     }
