@@ -48,6 +48,11 @@
 #   REPLIDB=path   replidb binary [build the release binary with cargo]
 #   ROUNDS [2]  DURATION seconds per measurement [10]  CONNS [50]
 #   VALUE_BYTES [16]  KEYS [10000]  TRIALS failovers [5]
+#   WRK_THREADS [1]: wrk's threads. One, like redis-benchmark on the
+#      peer's side: two generators of one thread each, with the same
+#      connections. (With two, wrk's threads sleep and wake more often and
+#      every wake-up costs both wrk and the server kernel time: on a
+#      2-vCPU VM, ~5 us more server CPU per HTTP GET.)
 #   ROWS comma-separated rows to run [1,2,3,4,5,6,7]
 #   BASE_PORT [22000]: uses BASE_PORT .. BASE_PORT+50 on 127.0.0.1
 #   SENTINEL=0 skips the Redis Sentinel peer of row 7; SENTINEL_DOWN_AFTER_MS [100]
@@ -63,6 +68,7 @@ CONNS=${CONNS:-50}
 VALUE_BYTES=${VALUE_BYTES:-16}
 KEYS=${KEYS:-10000}
 TRIALS=${TRIALS:-5}
+WRK_THREADS=${WRK_THREADS:-1}
 ROWS=${ROWS:-1,2,3,4,5,6,7}
 BASE_PORT=${BASE_PORT:-22000}
 HOST=127.0.0.1
@@ -221,7 +227,10 @@ preload() { # RESP_PORT
 cat >"$WORK/kv.lua" <<'LUA'
 -- wrk: one request per call on a random key key:NNNNNNNNNNNN (the names
 -- redis-benchmark uses). BENCH_METHOD PUT|GET, BENCH_QUERY appended to the
--- path, BENCH_KEYS keys, BENCH_VALUE_BYTES-byte bodies for PUT.
+-- path, BENCH_KEYS keys, BENCH_VALUE_BYTES-byte bodies for PUT. Every
+-- request is formatted once per thread, in init: formatting one per call
+-- (wrk.format in request) cost wrk ~1.5 us of Lua per request, load
+-- generator CPU that redis-benchmark, on the peer's side, does not spend.
 local method = os.getenv("BENCH_METHOD") or "GET"
 local query = os.getenv("BENCH_QUERY") or ""
 local keys = tonumber(os.getenv("BENCH_KEYS") or "10000")
@@ -234,12 +243,16 @@ function setup(thread)
   thread:set("id", counter)
   counter = counter + 1
 end
+local requests = {}
 function init(args)
   math.randomseed(os.time() * 1000 + (id or 0))
+  for i = 0, keys - 1 do
+    requests[i + 1] = wrk.format(method, string.format("/v1/kv/key:%012d%s", i, query), nil, body)
+  end
 end
+local random = math.random
 function request()
-  local path = string.format("/v1/kv/key:%012d%s", math.random(0, keys - 1), query)
-  return wrk.format(method, path, nil, body)
+  return requests[random(keys)]
 end
 LUA
 
@@ -346,7 +359,7 @@ wrk_run() {
   out=$WORK/wrk-$row-$side-$round.txt
   MEASURED_PIDS=${PIDS_OF[$side]:-}
   BENCH_METHOD=$method BENCH_QUERY=$query BENCH_KEYS=$KEYS BENCH_VALUE_BYTES=$VALUE_BYTES \
-    measured "$out" timeout $((DURATION + 60)) wrk -t 2 -c "$CONNS" -d "${DURATION}s" --timeout 10s \
+    measured "$out" timeout $((DURATION + 60)) wrk -t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --timeout 10s \
     --latency -s "$script" "$url" || { echo "wrk failed: $(cat "$out")" >&2; exit 1; }
   # Latency lines read "50%  1.23ms" (units us, ms or s).
   local ms='function ms(x) { if (x ~ /us$/) return x / 1000; if (x ~ /ms$/) return x + 0; if (x ~ /m$/) return x * 60000; return x * 1000 }'
@@ -424,7 +437,7 @@ row_on() { [[ ",$ROWS," == *",$1,"* ]]; }
 echo "replidb side by side with Redis and etcd"
 echo "machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$("$BIN" --version); $(redis-server --version | cut -d' ' -f1-3); etcd $(etcd --version | sed -n 's/^etcd Version: //p'); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
-echo "settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNS=$CONNS VALUE_BYTES=$VALUE_BYTES KEYS=$KEYS TRIALS=$TRIALS"
+echo "settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNS=$CONNS VALUE_BYTES=$VALUE_BYTES KEYS=$KEYS TRIALS=$TRIALS WRK_THREADS=$WRK_THREADS"
 echo
 
 # ------------------------------------------------- rows 1-2: single node --
@@ -809,11 +822,11 @@ if awk -F'\t' '$8 != "" { found = 1 } END { exit !found }' "$RESULTS"; then
           busy["p"] / n["p"], busy["r"] / n["r"], own, bound, cores, (cores == 1) ? "" : "s", g,
           bound / (s["p"] / n["p"]) }' "$RESULTS"
   }
-  cpu_row 1 2 # wrk -t 2 against replidb
+  cpu_row 1 "$WRK_THREADS" # wrk against replidb
   cpu_row 2 1 # redis-benchmark is single-threaded
-  cpu_row 3 2
+  cpu_row 3 "$WRK_THREADS"
   cpu_row 4 1
-  cpu_row 5 2
+  cpu_row 5 "$WRK_THREADS"
 fi
 
 if [ -s "$RESULTS" ] && grep -q '^6' "$RESULTS"; then

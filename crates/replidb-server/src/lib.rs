@@ -154,7 +154,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let node = self.node.clone();
-        let app = api::router(node.clone());
+        let app = api::service(node.clone());
         let tls = match &node.config.tls {
             Some(files) => Some(replidb_tls::TlsAcceptor::from(
                 replidb_tls::server_config(files)

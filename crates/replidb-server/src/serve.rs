@@ -89,13 +89,27 @@ fn too_many_connections() -> Vec<u8> {
 /// finish. With `tls`, every connection must complete a TLS handshake
 /// within the header timeout; one that speaks plain HTTP instead is
 /// answered `400 tls_required` in clear text and closed.
-pub async fn serve(
+///
+/// `app` is any tower service of HTTP requests: an `axum::Router`, or a
+/// node's [`crate::api::Api`].
+pub async fn serve<S>(
     listener: TcpListener,
-    app: axum::Router,
+    app: S,
     limits: HttpLimits,
     tls: Option<replidb_tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: tower_service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let refusal: Arc<[u8]> = too_many_connections().into();
     assert!(
         limits.header_bytes_max >= HEADER_BYTES_MIN,

@@ -88,3 +88,130 @@ async fn write_reaches_follower_and_majority_commits() {
         format!("{}/v1/kv/x", leader.url)
     );
 }
+
+/// One answer, reduced to what a client sees: status, headers, body.
+async fn answer_of<S>(
+    svc: &mut S,
+    method: &str,
+    uri: &str,
+    body: &'static str,
+) -> (u16, Vec<(String, String)>, String)
+where
+    S: tower_service::Service<
+        axum::http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    >,
+{
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let Ok(resp) = svc.call(req).await;
+    let status = resp.status().as_u16();
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    headers.sort();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The listener's service answers single-key requests without the router
+/// (`api::Api`); every answer must be the router's, byte for byte, for
+/// reads and for writes it refuses, and in kind for writes it makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_value_fast_path_answers_as_the_router_does() {
+    let node = start("n1", None, |_| {}).await;
+    let mut router = replidb_server::api::router(node.node.clone());
+    let mut fast = replidb_server::api::service(node.node.clone());
+    for (key, value) in [
+        ("k", "v"),
+        ("a/b", "slash"),
+        ("caf\u{e9}", "accent"),
+        ("sp ace", "x"),
+    ] {
+        let uri = format!(
+            "/v1/kv/{}",
+            percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let (status, _, _) = answer_of(&mut router, "PUT", &uri, value).await;
+        assert_eq!(status, 200, "seeding {key}");
+    }
+    // Reads, and writes refused before they reach the log: identical.
+    let same = [
+        ("GET", "/v1/kv/k", ""),
+        ("GET", "/v1/kv/k?format=json", ""),
+        ("GET", "/v1/kv/k?consistency=eventual", ""),
+        ("GET", "/v1/kv/k?consistency=strong", ""),
+        ("GET", "/v1/kv/k?min_lsn=1", ""),
+        ("GET", "/v1/kv/a/b", ""),
+        ("GET", "/v1/kv/a%2Fb", ""),
+        ("GET", "/v1/kv/caf%C3%A9", ""),
+        ("GET", "/v1/kv/sp%20ace?format=json", ""),
+        ("GET", "/v1/kv/absent", ""),
+        ("GET", "/v1/kv//k", ""),
+        ("GET", "/v1/kv/%FF", ""),
+        ("GET", "/v1/kv/k?nope=1", ""),
+        ("GET", "/v1/kv/k?consistency=sometimes", ""),
+        ("GET", "/v1/kv/", ""),
+        ("HEAD", "/v1/kv/k", ""),
+        ("POST", "/v1/kv/k", "v"),
+        ("PUT", "/v1/kv/%FF", "v"),
+        ("PUT", "/v1/kv/.", "v"),
+        ("PUT", "/v1/kv/k?w=7", "v"),
+        ("PUT", "/v1/kv/k?w=all&nope=1", "v"),
+        ("DELETE", "/v1/kv/k?w=zero", ""),
+        ("DELETE", "/v1/kv/%FF", ""),
+    ];
+    for (method, uri, body) in same {
+        let by_router = answer_of(&mut router, method, uri, body).await;
+        let by_fast = answer_of(&mut fast, method, uri, body).await;
+        assert_eq!(by_fast, by_router, "{method} {uri}");
+    }
+    // On a follower: its own reads, the ones it relays, the writes it
+    // redirects.
+    let follower = start("n2", Some(&node.url), |_| {}).await;
+    wait_until(
+        "the follower has the seeded keys",
+        Duration::from_secs(5),
+        async || {
+            follower.node.engine.positions().applied_lsn >= node.node.engine.positions().applied_lsn
+        },
+    )
+    .await;
+    let mut router = replidb_server::api::router(follower.node.clone());
+    let mut fast = replidb_server::api::service(follower.node.clone());
+    for (method, uri, body) in [
+        ("GET", "/v1/kv/k?consistency=eventual", ""),
+        ("GET", "/v1/kv/k", ""),
+        ("GET", "/v1/kv/k?consistency=leader", ""),
+        ("GET", "/v1/kv/a/b?consistency=bounded&max_lag_ms=60000", ""),
+        ("PUT", "/v1/kv/k?w=1", "v"),
+        ("DELETE", "/v1/kv/k", ""),
+    ] {
+        let by_router = answer_of(&mut router, method, uri, body).await;
+        let by_fast = answer_of(&mut fast, method, uri, body).await;
+        assert_eq!(by_fast, by_router, "follower: {method} {uri}");
+    }
+    // Writes that land: the same status, headers and answer fields (the
+    // LSNs differ, each wrote a record).
+    for (method, uri, body) in [("PUT", "/v1/kv/new", "v"), ("DELETE", "/v1/kv/new", "")] {
+        let by_router = answer_of(&mut router, method, uri, body).await;
+        let by_fast = answer_of(&mut fast, method, uri, body).await;
+        assert_eq!(by_fast.0, by_router.0, "{method} {uri}");
+        let names = |h: &[(String, String)]| h.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&by_fast.1), names(&by_router.1), "{method} {uri}");
+        let fields = |b: &str| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v.as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(fields(&by_fast.2), fields(&by_router.2), "{method} {uri}");
+    }
+}

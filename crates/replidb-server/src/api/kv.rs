@@ -33,12 +33,29 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for KeyPath {
     ) -> Result<Self, Self::Rejection> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(key)) => Ok(KeyPath(key)),
-            Err(e) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_key",
-                format!("keys are 1..=1024 bytes of UTF-8; this one is not: {e}"),
-            )),
+            Err(e) => Err(KeyPath::not_utf8(e)),
         }
+    }
+}
+
+impl KeyPath {
+    /// The key of a `/v1/kv/{key}` path's raw (percent-encoded) `rest`,
+    /// decoded as the router's `{*key}` capture is: the key-value fast
+    /// path ([`super::service`]) takes keys without the router.
+    pub(crate) fn decode(rest: &str) -> ApiResult<KeyPath> {
+        percent_encoding::percent_decode_str(rest)
+            .decode_utf8()
+            .map(|key| KeyPath(key.into_owned()))
+            // The router's rejection, word for word.
+            .map_err(|_| KeyPath::not_utf8("Invalid UTF-8 in `key`"))
+    }
+
+    fn not_utf8(why: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("keys are 1..=1024 bytes of UTF-8; this one is not: {why}"),
+        )
     }
 }
 
