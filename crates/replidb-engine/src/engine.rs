@@ -164,7 +164,7 @@ pub struct Appended {
 /// Receives a snapshot into the table; see [`Engine::restore_begin`].
 pub type RestoreSink = Arc<Engine>;
 
-/// One node's storage: WAL + table + writer task.
+/// One node's storage: WAL + table + writer.
 pub struct Engine {
     tx: mpsc::Sender<Command>,
     positions: watch::Receiver<Positions>,
@@ -185,7 +185,8 @@ pub struct Engine {
 
 impl Engine {
     /// Open (or create) the engine in `opts.dir`, recover, and start the
-    /// writer task on the current tokio runtime.
+    /// writer: on a thread of its own, or with `opts.inline_io` as a task
+    /// on the current tokio runtime.
     pub async fn open(opts: EngineOptions, clock: Arc<dyn Clock>) -> Result<Arc<Engine>> {
         let dir = opts.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::Meta {

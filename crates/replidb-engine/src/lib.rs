@@ -1,5 +1,5 @@
 //! The storage engine of one node: the write-ahead log, the table, and the
-//! single writer task that keeps them in step.
+//! single writer that keeps them in step.
 //!
 //! # The writer
 //! Every change to a node's durable state goes through one task, the

@@ -103,11 +103,29 @@ where
         Error = std::convert::Infallible,
     >,
 {
-    let req = axum::http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(axum::body::Body::from(body))
-        .unwrap();
+    answer(svc, method, uri, body, None).await
+}
+
+/// [`answer_of`] with an `Authorization` header.
+async fn answer<S>(
+    svc: &mut S,
+    method: &str,
+    uri: &str,
+    body: &'static str,
+    authorization: Option<&str>,
+) -> (u16, Vec<(String, String)>, String)
+where
+    S: tower_service::Service<
+        axum::http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    >,
+{
+    let mut req = axum::http::Request::builder().method(method).uri(uri);
+    if let Some(value) = authorization {
+        req = req.header("authorization", value);
+    }
+    let req = req.body(axum::body::Body::from(body)).unwrap();
     let Ok(resp) = svc.call(req).await;
     let status = resp.status().as_u16();
     let mut headers: Vec<(String, String)> = resp
@@ -199,6 +217,35 @@ async fn the_key_value_fast_path_answers_as_the_router_does() {
         let by_router = answer_of(&mut router, method, uri, body).await;
         let by_fast = answer_of(&mut fast, method, uri, body).await;
         assert_eq!(by_fast, by_router, "follower: {method} {uri}");
+    }
+    // With --auth-file: refused (401, 403) and admitted requests.
+    let tokens = tempfile::tempdir().unwrap();
+    let auth_file = tokens.path().join("tokens.toml");
+    let sha = |secret: &str| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    };
+    std::fs::write(
+        &auth_file,
+        format!(
+            "[[token]]\nname = \"reader\"\nsha256 = \"{}\"\nroles = [\"read\"]\n",
+            sha("reader-secret")
+        ),
+    )
+    .unwrap();
+    let guarded = start("n3", None, |cfg| cfg.auth_file = Some(auth_file.clone())).await;
+    let mut router = replidb_server::api::router(guarded.node.clone());
+    let mut fast = replidb_server::api::service(guarded.node.clone());
+    for (method, uri, token) in [
+        ("GET", "/v1/kv/k", None),
+        ("GET", "/v1/kv/k", Some("Bearer wrong")),
+        ("GET", "/v1/kv/k", Some("Bearer reader-secret")),
+        ("PUT", "/v1/kv/k", Some("Bearer reader-secret")),
+        ("DELETE", "/v1/kv/k", None),
+    ] {
+        let by_router = answer(&mut router, method, uri, "v", token).await;
+        let by_fast = answer(&mut fast, method, uri, "v", token).await;
+        assert_eq!(by_fast, by_router, "with tokens: {method} {uri} {token:?}");
     }
     // Writes that land: the same status, headers and answer fields (the
     // LSNs differ, each wrote a record).

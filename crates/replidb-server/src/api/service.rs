@@ -92,15 +92,15 @@ fn is_single_key(req: &Request) -> bool {
 /// Serve a single-key request as the router and its edge would.
 async fn single_key(node: Arc<Node>, req: Request) -> Result<Response, Infallible> {
     let started = Instant::now();
-    let resp = match edge::refuse_without_token(&node, &req) {
+    let mut resp = match edge::refuse_without_token(&node, &req) {
         Some(refused) => refused,
         None => {
             let mut resp = dispatch(node.clone(), req).await;
             edge::add_node_headers(&node, &mut resp);
-            set_content_length(&mut resp);
             resp
         }
     };
+    set_content_length(&mut resp);
     edge::count(&node, KV_ROUTE, &resp, started);
     Ok(resp)
 }
