@@ -89,24 +89,8 @@ async fn write_reaches_follower_and_majority_commits() {
     );
 }
 
-/// One answer, reduced to what a client sees: status, headers, body.
-async fn answer_of<S>(
-    svc: &mut S,
-    method: &str,
-    uri: &str,
-    body: &'static str,
-) -> (u16, Vec<(String, String)>, String)
-where
-    S: tower_service::Service<
-        axum::http::Request<axum::body::Body>,
-        Response = axum::response::Response,
-        Error = std::convert::Infallible,
-    >,
-{
-    answer(svc, method, uri, body, None).await
-}
-
-/// [`answer_of`] with an `Authorization` header.
+/// One answer, reduced to what a client sees: status, headers, body
+/// (the request sent with `authorization` as its `Authorization` header).
 async fn answer<S>(
     svc: &mut S,
     method: &str,
@@ -159,7 +143,7 @@ async fn the_key_value_fast_path_answers_as_the_router_does() {
             "/v1/kv/{}",
             percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
         );
-        let (status, _, _) = answer_of(&mut router, "PUT", &uri, value).await;
+        let (status, _, _) = answer(&mut router, "PUT", &uri, value, None).await;
         assert_eq!(status, 200, "seeding {key}");
     }
     // Reads, and writes refused before they reach the log: identical.
@@ -189,8 +173,8 @@ async fn the_key_value_fast_path_answers_as_the_router_does() {
         ("DELETE", "/v1/kv/%FF", ""),
     ];
     for (method, uri, body) in same {
-        let by_router = answer_of(&mut router, method, uri, body).await;
-        let by_fast = answer_of(&mut fast, method, uri, body).await;
+        let by_router = answer(&mut router, method, uri, body, None).await;
+        let by_fast = answer(&mut fast, method, uri, body, None).await;
         assert_eq!(by_fast, by_router, "{method} {uri}");
     }
     // On a follower: its own reads, the ones it relays, the writes it
@@ -214,8 +198,8 @@ async fn the_key_value_fast_path_answers_as_the_router_does() {
         ("PUT", "/v1/kv/k?w=1", "v"),
         ("DELETE", "/v1/kv/k", ""),
     ] {
-        let by_router = answer_of(&mut router, method, uri, body).await;
-        let by_fast = answer_of(&mut fast, method, uri, body).await;
+        let by_router = answer(&mut router, method, uri, body, None).await;
+        let by_fast = answer(&mut fast, method, uri, body, None).await;
         assert_eq!(by_fast, by_router, "follower: {method} {uri}");
     }
     // With --auth-file: refused (401, 403) and admitted requests.
@@ -250,8 +234,8 @@ async fn the_key_value_fast_path_answers_as_the_router_does() {
     // Writes that land: the same status, headers and answer fields (the
     // LSNs differ, each wrote a record).
     for (method, uri, body) in [("PUT", "/v1/kv/new", "v"), ("DELETE", "/v1/kv/new", "")] {
-        let by_router = answer_of(&mut router, method, uri, body).await;
-        let by_fast = answer_of(&mut fast, method, uri, body).await;
+        let by_router = answer(&mut router, method, uri, body, None).await;
+        let by_fast = answer(&mut fast, method, uri, body, None).await;
         assert_eq!(by_fast.0, by_router.0, "{method} {uri}");
         let names = |h: &[(String, String)]| h.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
         assert_eq!(names(&by_fast.1), names(&by_router.1), "{method} {uri}");
