@@ -246,3 +246,126 @@ async fn the_key_value_fast_path_answers_as_the_router_does() {
         assert_eq!(fields(&by_fast.2), fields(&by_router.2), "{method} {uri}");
     }
 }
+
+/// Send `head` (request line and headers, no body) as written, so no
+/// client library removes its dot segments first; the answer's status and
+/// body.
+async fn raw_request(url: &str, method: &str, path: &str, authorization: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {authorization}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A follower relays a client's path to the leader (reads it cannot
+/// serve, writes with --forward-writes) with its own peer token. A URL
+/// parser drops dot segments, so `z/../victim` reached the key `victim`,
+/// and a token with only the read role reached `/internal/digest`. The
+/// relayed request must name the key the client named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_request_names_the_key_the_client_named() {
+    let tokens = tempfile::tempdir().unwrap();
+    let auth_file = tokens.path().join("tokens.toml");
+    let sha = |secret: &str| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    };
+    std::fs::write(
+        &auth_file,
+        format!(
+            "[[token]]\nname = \"cluster\"\nsha256 = \"{}\"\nroles = [\"read\", \"write\", \"admin\", \"replication\"]\n\n[[token]]\nname = \"reader\"\nsha256 = \"{}\"\nroles = [\"read\"]\n\n[[token]]\nname = \"writer\"\nsha256 = \"{}\"\nroles = [\"read\", \"write\"]\n",
+            sha("cluster-secret"),
+            sha("reader-secret"),
+            sha("writer-secret")
+        ),
+    )
+    .unwrap();
+    let guarded = |cfg: &mut NodeConfig| {
+        cfg.auth_file = Some(auth_file.clone());
+        cfg.peer_token = Some(replidb_server::auth::Secret::new("cluster-secret"));
+        cfg.forward_writes = true;
+    };
+    let leader = start("n1", None, guarded).await;
+    let follower = start("n2", Some(&leader.url), guarded).await;
+    replidb_tls::install_default_provider();
+    let http = reqwest::Client::new();
+    let put = |key: &'static str, value: &'static str| {
+        http.put(format!("{}/v1/kv/{key}", leader.url))
+            .bearer_auth("writer-secret")
+            .body(value)
+            .send()
+    };
+    assert_eq!(put("victim", "precious").await.unwrap().status(), 200);
+    assert_eq!(put("z%2F..%2Fvictim", "decoy").await.unwrap().status(), 200);
+    wait_until(
+        "the follower has both keys",
+        Duration::from_secs(5),
+        async || {
+            follower.node.engine.positions().applied_lsn
+                >= leader.node.engine.positions().applied_lsn
+        },
+    )
+    .await;
+
+    // A strong read is relayed: it returns the literal key's value.
+    let (status, body) = raw_request(
+        &follower.url,
+        "GET",
+        "/v1/kv/z/../victim?consistency=strong",
+        "Bearer reader-secret",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "decoy"));
+    // A forwarded delete deletes the literal key, not `victim`.
+    let (status, body) = raw_request(
+        &follower.url,
+        "DELETE",
+        "/v1/kv/z/../victim",
+        "Bearer writer-secret",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""key":"z/../victim""#), "{body}");
+    let victim = http
+        .get(format!("{}/v1/kv/victim", leader.url))
+        .bearer_auth("reader-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(victim.status(), 200);
+    assert_eq!(victim.text().await.unwrap(), "precious");
+
+    // A read-only token does not reach the replication role's endpoint
+    // through a relayed read: the leader looks up a key of that name.
+    let (status, body) = raw_request(
+        &follower.url,
+        "GET",
+        "/v1/kv/x/../../../internal/digest?consistency=strong",
+        "Bearer reader-secret",
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not_found"), "{body}");
+    // A key that is itself `..` cannot be named in a URL: refused, not
+    // turned into another path.
+    let (status, body) =
+        raw_request(&follower.url, "DELETE", "/v1/kv/..", "Bearer writer-secret").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_key"), "{body}");
+}

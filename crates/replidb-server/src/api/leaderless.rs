@@ -304,9 +304,10 @@ async fn hand_to_replica(
         ));
     }
     for replica in pref {
+        let url = super::relay::relay_url(replica, path_and_query)?;
         let mut req = node
             .http
-            .request(method.clone(), format!("{replica}{path_and_query}"))
+            .request(method.clone(), url)
             .header(COORDINATED_HEADER, "1")
             .body(body.clone());
         for name in ["content-type", super::causal::CONTEXT_HEADER] {

@@ -20,6 +20,7 @@ pub mod openapi;
 mod ops;
 mod params;
 mod read;
+mod relay;
 mod repl;
 mod seed;
 mod service;

@@ -195,10 +195,10 @@ pub async fn proxy_to_leader(
         return Err(e);
     }
     let hops = next_hop(headers, &leader)?;
-    let url = format!("{}{}", leader.trim_end_matches('/'), path_and_query);
+    let url = super::relay::relay_url(&leader, path_and_query)?;
     let mut req = node
         .http
-        .request(method, &url)
+        .request(method, url.clone())
         .header(HOPS_HEADER, hops.to_string())
         .body(body);
     for name in ["content-type", "x-replidb-min-lsn", "x-replidb-session"] {

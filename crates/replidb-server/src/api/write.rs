@@ -68,11 +68,10 @@ pub async fn not_leader_response(node: &Node, origin: &Origin<'_>) -> ApiResult<
             ),
         ));
     }
-    let location = format!(
-        "{}{}",
-        node.leader_url().trim_end_matches('/'),
-        origin.path_and_query
-    );
+    // The same URL a forwarded write would go to: a client following the
+    // redirect must reach the key it named, not the one its URL parser
+    // makes of a dot segment.
+    let location = super::relay::relay_url(&node.leader_url(), origin.path_and_query)?.to_string();
     let body = json!({"error": {"code": "not_leader", "message": format!("this node is a follower; write to the leader at {location}")}, "leader": node.leader_url()});
     let mut resp = (StatusCode::TEMPORARY_REDIRECT, Json(body)).into_response();
     let loc = HeaderValue::from_str(&location)
