@@ -369,3 +369,43 @@ async fn a_relayed_request_names_the_key_the_client_named() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid_key"), "{body}");
 }
+
+/// A `min_lsn` names a position in one leader's log: the causal
+/// topologies have none and ignore it (README), on a scan as on a
+/// single-key read. A scan waited for it, then answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_causal_scan_ignores_min_lsn_as_a_read_does() {
+    replidb_tls::install_default_provider();
+    let http = reqwest::Client::new();
+    for topology in [
+        replidb_server::Topology::MultiLeader,
+        replidb_server::Topology::Leaderless,
+    ] {
+        let node = start("c1", None, |cfg| {
+            cfg.topology = topology;
+            cfg.replicas = 1;
+        })
+        .await;
+        let put = http
+            .put(format!("{}/v1/kv/k1", node.url))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200, "{topology:?}");
+        for path in [
+            "/v1/kv/k1?min_lsn=999&wait_ms=10",
+            "/v1/kv?prefix=k&min_lsn=999&wait_ms=10",
+        ] {
+            let r = http
+                .get(format!("{}{path}", node.url))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 200, "{topology:?} {path}: {body}");
+            assert!(body.contains('v'), "{topology:?} {path}: {body}");
+        }
+    }
+}

@@ -29,8 +29,16 @@ pub enum Plan {
 /// Decide where to serve a read, waiting for tokens and commits as the
 /// options ask. Errors are 503s the client asked for (`fallback=error`) or
 /// that no node can avoid.
+///
+/// In the causal topologies every read is local: a `min_lsn` names a
+/// position in one leader's log, which they do not have, so it is ignored
+/// there (README; their own token is `min_version`), for a scan as for a
+/// single key.
 pub async fn plan(node: &Node, opts: &ReadOpts) -> ApiResult<Plan> {
     refuse_single_leader_only(node, opts)?;
+    if node.is_multi_leader() || node.is_leaderless() {
+        return Ok(Plan::Local);
+    }
     match node.role() {
         Role::Leader(leader) => {
             if let Some(min) = opts.min_lsn {
