@@ -409,3 +409,25 @@ async fn a_causal_scan_ignores_min_lsn_as_a_read_does() {
         }
     }
 }
+
+/// A client that asks `Expect: 100-continue` for a body larger than
+/// `--max-value-bytes` gets the 413 at once, not a `100 Continue` and a
+/// wait for megabytes that will be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start("b1", None, |cfg| cfg.max_value_bytes = 1024).await;
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/kv/big HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5000000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut first))
+        .await
+        .expect("an answer without sending the body")
+        .unwrap();
+    let first = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 413"), "{first}");
+}
