@@ -77,8 +77,12 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer"),
             );
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The request body may be only partly read; the server will drop
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
+            // The request body may be only partly read (too large, or still
+            // on its way when its time ran out); the server will drop
             // the connection after this answer, so say so: a client that
             // pooled it would otherwise send its next request into a closed
             // socket (hyper's `IncompleteMessage`).
@@ -141,3 +145,22 @@ impl From<replidb_storage::StorageError> for ApiError {
 
 /// Handler result.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_before_the_whole_body_was_read_says_the_connection_closes() {
+        for status in [StatusCode::PAYLOAD_TOO_LARGE, StatusCode::REQUEST_TIMEOUT] {
+            let resp = ApiError::new(status, "x", "y").into_response();
+            assert_eq!(
+                resp.headers()[axum::http::header::CONNECTION],
+                "close",
+                "{status}"
+            );
+        }
+        let resp = ApiError::new(StatusCode::BAD_REQUEST, "x", "y").into_response();
+        assert!(!resp.headers().contains_key(axum::http::header::CONNECTION));
+    }
+}
