@@ -9,11 +9,12 @@
 //! as written therefore read, wrote or deleted *another* key than the one
 //! the client named, and because it relays with its own peer token, a
 //! client with only the `read` role reached `/internal/digest` as
-//! `/v1/kv/x/../../../internal/digest` (found by a new user). Here the `/`
-//! inside a key is sent as `%2F` (the receiving node decodes the key as
-//! before, so it is the same key), which leaves no dot segment to remove;
-//! and any relayed path the parser would still change (a key that is
-//! itself `.` or `..`) is refused instead of sent.
+//! `/v1/kv/x/../../../internal/digest` (found by a new user). Here a path
+//! the parser would change is sent with the `/` inside its key as `%2F`
+//! (the receiving node decodes the key as before, so it is the same key),
+//! which leaves no dot segment to remove; and a path the parser would
+//! still change (a key that is itself `.` or `..`) is refused instead of
+//! sent. Other paths are sent as written.
 
 use axum::http::StatusCode;
 
@@ -24,38 +25,43 @@ use super::ApiError;
 const KEY_PATH_PREFIXES: [&str; 4] = ["/v1/kv/", "/v1/counter/", "/v1/set/", "/v1/map/"];
 
 /// `base` (a node's URL, no path) joined with the client's
-/// `path_and_query`, with the `/` inside a key sent as `%2F`.
+/// `path_and_query`: as written when a URL parser keeps that path, else
+/// with the `/` inside the key sent as `%2F`.
 ///
 /// # Errors
-/// 400 `invalid_key` when the URL would name another path than the
-/// client's (a key that is a dot segment cannot be sent in a URL; the
-/// message says to ask the node that holds it directly, or to use the
-/// Redis protocol); 500 when `base` is not a URL.
+/// 400 `invalid_key` when neither names the client's path (a key that is
+/// a dot segment cannot be sent in a URL; the message says to ask the
+/// node that holds it directly, or to use the Redis protocol); 500 when
+/// `base` is not a URL.
 pub(crate) fn relay_url(base: &str, path_and_query: &str) -> Result<reqwest::Url, ApiError> {
     let (path, query) = match path_and_query.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (path_and_query, None),
     };
-    let path = escape_key_slashes(path);
-    let mut text = format!("{}{path}", base.trim_end_matches('/'));
-    if let Some(query) = query {
-        text.push('?');
-        text.push_str(query);
+    for path in [
+        std::borrow::Cow::Borrowed(path),
+        escape_key_slashes(path).into(),
+    ] {
+        let mut text = format!("{}{path}", base.trim_end_matches('/'));
+        if let Some(query) = query {
+            text.push('?');
+            text.push_str(query);
+        }
+        let url = reqwest::Url::parse(&text)
+            .map_err(|e| ApiError::internal(format!("cannot relay to {base}: {e}")))?;
+        // The parser may percent-encode a character the client sent raw
+        // (the same path once decoded); anything else, it changed the path.
+        if decoded(url.path()) == decoded(&path) {
+            return Ok(url);
+        }
     }
-    let url = reqwest::Url::parse(&text)
-        .map_err(|e| ApiError::internal(format!("cannot relay to {base}: {e}")))?;
-    // The parser may percent-encode a character the client sent raw (the
-    // same path once decoded); anything else, it changed the path.
-    if decoded(url.path()) != decoded(&path) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_key",
-            format!(
-                "{path:?} cannot be sent on to another node: a URL parser would make it another path (a key that is `.` or `..`); ask the node that holds it directly, or use the Redis protocol"
-            ),
-        ));
-    }
-    Ok(url)
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_key",
+        format!(
+            "{path:?} cannot be sent on to another node: a URL parser would make it another path (a key that is `.` or `..`); ask the node that holds it directly, or use the Redis protocol"
+        ),
+    ))
 }
 
 /// `path` with every `/` inside the key of a key path written `%2F`.
@@ -105,8 +111,10 @@ mod tests {
         );
         assert_eq!(path_and_query("/v1/set/s/.."), "/v1/set/s%2F..");
         assert_eq!(path_and_query("/v1/map/m/."), "/v1/map/m%2F.");
-        // Plain keys and other paths are sent as they came.
+        // Paths a parser keeps are sent as they came.
+        assert_eq!(path_and_query("/v1/kv/a/b?w=1"), "/v1/kv/a/b?w=1");
         assert_eq!(path_and_query("/v1/kv/a%2Fb"), "/v1/kv/a%2Fb");
+        assert_eq!(path_and_query("/v1/kv/a..b/.c"), "/v1/kv/a..b/.c");
         assert_eq!(
             path_and_query("/v1/kv/k?format=json"),
             "/v1/kv/k?format=json"
