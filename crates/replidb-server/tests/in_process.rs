@@ -89,6 +89,23 @@ async fn write_reaches_follower_and_majority_commits() {
     );
 }
 
+/// A `--auth-file` in `dir` holding `(name, secret, roles)` tokens.
+fn token_file(dir: &std::path::Path, tokens: &[(&str, &str, &[&str])]) -> std::path::PathBuf {
+    use sha2::Digest as _;
+    let mut text = String::new();
+    for (name, secret, roles) in tokens {
+        let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+        text.push_str(&format!(
+            "[[token]]\nname = {name:?}\nsha256 = \"{}\"\nroles = [{}]\n\n",
+            hex::encode(sha2::Sha256::digest(secret.as_bytes())),
+            roles.join(", ")
+        ));
+    }
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// One answer, reduced to what a client sees: status, headers, body
 /// (the request sent with `authorization` as its `Authorization` header).
 async fn answer<S>(
@@ -204,19 +221,7 @@ async fn the_key_value_fast_path_answers_as_the_router_does() {
     }
     // With --auth-file: refused (401, 403) and admitted requests.
     let tokens = tempfile::tempdir().unwrap();
-    let auth_file = tokens.path().join("tokens.toml");
-    let sha = |secret: &str| {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(secret.as_bytes()))
-    };
-    std::fs::write(
-        &auth_file,
-        format!(
-            "[[token]]\nname = \"reader\"\nsha256 = \"{}\"\nroles = [\"read\"]\n",
-            sha("reader-secret")
-        ),
-    )
-    .unwrap();
+    let auth_file = token_file(tokens.path(), &[("reader", "reader-secret", &["read"])]);
     let guarded = start("n3", None, |cfg| cfg.auth_file = Some(auth_file.clone())).await;
     let mut router = replidb_server::api::router(guarded.node.clone());
     let mut fast = replidb_server::api::service(guarded.node.clone());
@@ -281,21 +286,18 @@ async fn raw_request(url: &str, method: &str, path: &str, authorization: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayed_request_names_the_key_the_client_named() {
     let tokens = tempfile::tempdir().unwrap();
-    let auth_file = tokens.path().join("tokens.toml");
-    let sha = |secret: &str| {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(secret.as_bytes()))
-    };
-    std::fs::write(
-        &auth_file,
-        format!(
-            "[[token]]\nname = \"cluster\"\nsha256 = \"{}\"\nroles = [\"read\", \"write\", \"admin\", \"replication\"]\n\n[[token]]\nname = \"reader\"\nsha256 = \"{}\"\nroles = [\"read\"]\n\n[[token]]\nname = \"writer\"\nsha256 = \"{}\"\nroles = [\"read\", \"write\"]\n",
-            sha("cluster-secret"),
-            sha("reader-secret"),
-            sha("writer-secret")
-        ),
-    )
-    .unwrap();
+    let auth_file = token_file(
+        tokens.path(),
+        &[
+            (
+                "cluster",
+                "cluster-secret",
+                &["read", "write", "admin", "replication"],
+            ),
+            ("reader", "reader-secret", &["read"]),
+            ("writer", "writer-secret", &["read", "write"]),
+        ],
+    );
     let guarded = |cfg: &mut NodeConfig| {
         cfg.auth_file = Some(auth_file.clone());
         cfg.peer_token = Some(replidb_server::auth::Secret::new("cluster-secret"));
