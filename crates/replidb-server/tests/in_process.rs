@@ -433,3 +433,89 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     let first = String::from_utf8_lossy(&first[..n]).into_owned();
     assert!(first.starts_with("HTTP/1.1 413"), "{first}");
 }
+
+/// A causal header sent twice: two `X-Replidb-Min-Version` tokens make a
+/// read wait for both (the stricter wins, as with `min_lsn`; the first
+/// alone could weaken read-your-writes), and two `X-Replidb-Context`
+/// headers on a write are refused rather than one picked (the context says
+/// which versions the write supersedes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_causal_header_sent_twice_is_not_half_read() {
+    replidb_tls::install_default_provider();
+    let http = reqwest::Client::new();
+    let node = start("m1", None, |cfg| {
+        cfg.topology = replidb_server::Topology::MultiLeader;
+    })
+    .await;
+    let put = http
+        .put(format!("{}/v1/kv/k1", node.url))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let context = put.headers()["x-replidb-context"].clone();
+
+    let read = http
+        .get(format!("{}/v1/kv/k1?wait_ms=10", node.url))
+        .header("x-replidb-min-version", "m1:1")
+        .header("x-replidb-min-version", "m1:999")
+        .send()
+        .await
+        .unwrap();
+    let status = read.status();
+    let body = read.text().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("min_version_not_reached"), "{body}");
+
+    let twice = http
+        .put(format!("{}/v1/kv/k1", node.url))
+        .header("x-replidb-context", context.clone())
+        .header("x-replidb-context", context.clone())
+        .body("w")
+        .send()
+        .await
+        .unwrap();
+    let status = twice.status();
+    let body = twice.text().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_context"), "{body}");
+
+    let once = http
+        .put(format!("{}/v1/kv/k1", node.url))
+        .header("x-replidb-context", context)
+        .body("w")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(once.status(), 200);
+}
+
+/// `/v1/kv/` (an empty key) is a 400 `invalid_key`, counted under the key
+/// route in the metrics, not as an unmatched path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_is_counted_under_its_route() {
+    replidb_tls::install_default_provider();
+    let http = reqwest::Client::new();
+    let node = start("e1", None, |_| {}).await;
+    let r = http
+        .put(format!("{}/v1/kv/", node.url))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let metrics = http
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"route="/v1/kv/{*key}",status="400""#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"route="unmatched""#), "{metrics}");
+}

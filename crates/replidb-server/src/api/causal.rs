@@ -86,7 +86,9 @@ fn set_header(resp: &mut Response, name: &'static str, value: &str) {
     }
 }
 
-/// The `min_version` a read asks for (query or header; the higher wins).
+/// The `min_version` a read asks for (query and every header; the higher
+/// entry of each origin wins, so a second token can only make the read
+/// stricter, as with `min_lsn`).
 fn requested_min_version(p: &Params<'_>, headers: &HeaderMap) -> ApiResult<MinVersion> {
     let bad = |e: replidb_causal::TokenError| {
         ApiError::new(
@@ -96,7 +98,7 @@ fn requested_min_version(p: &Params<'_>, headers: &HeaderMap) -> ApiResult<MinVe
         )
     };
     let mut want = MinVersion::parse(p.str("min_version").unwrap_or("")).map_err(bad)?;
-    if let Some(h) = headers.get(MIN_VERSION_HEADER) {
+    for h in headers.get_all(MIN_VERSION_HEADER) {
         let s = h
             .to_str()
             .map_err(|_| ApiError::bad_request("X-Replidb-Min-Version is not visible ASCII"))?;
@@ -193,10 +195,22 @@ fn refuse_foreign_origins(node: &Node, want: &MinVersion) -> ApiResult<()> {
 }
 
 /// The causal context of a write: the `X-Replidb-Context` header, if sent.
+///
+/// Sent twice, it is refused (400 `invalid_context`) rather than one copy
+/// picked: the context says which versions the write supersedes, and
+/// neither copy, nor their join, is known to be what the client read.
 pub(crate) fn write_context(headers: &HeaderMap) -> ApiResult<Option<VersionVector>> {
-    let Some(h) = headers.get(CONTEXT_HEADER) else {
+    let mut sent = headers.get_all(CONTEXT_HEADER).iter();
+    let Some(h) = sent.next() else {
         return Ok(None);
     };
+    if sent.next().is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_context",
+            "X-Replidb-Context is sent more than once; send the one context the value was read with",
+        ));
+    }
     let s = h
         .to_str()
         .map_err(|_| ApiError::bad_request("X-Replidb-Context is not visible ASCII"))?;

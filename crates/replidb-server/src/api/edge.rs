@@ -18,6 +18,7 @@ use crate::node::{Node, Role};
 pub(super) async fn edge(State(node): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().cloned();
+    let empty_key_route = super::ops::empty_key_route(req.uri().path());
     let resp = match refuse_without_token(&node, &req) {
         Some(refused) => refused,
         None => {
@@ -30,7 +31,10 @@ pub(super) async fn edge(State(node): State<AppState>, req: Request, next: Next)
             resp
         }
     };
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let route = match &route {
+        Some(p) => p.as_str(),
+        None => empty_key_route.unwrap_or("unmatched"),
+    };
     count(&node, route, &resp, started);
     resp
 }

@@ -310,8 +310,10 @@ async fn hand_to_replica(
             .request(method.clone(), url)
             .header(COORDINATED_HEADER, "1")
             .body(body.clone());
+        // Every copy, so the replica refuses a repeated context as this
+        // node would have.
         for name in ["content-type", super::causal::CONTEXT_HEADER] {
-            if let Some(v) = headers.get(name) {
+            for v in headers.get_all(name) {
                 req = req.header(name, v.clone());
             }
         }

@@ -209,8 +209,9 @@ pub async fn proxy_to_leader(
         .request(method, url.clone())
         .header(HOPS_HEADER, hops.to_string())
         .body(body);
+    // Every copy: the leader takes the highest `min_lsn`, as this node would.
     for name in ["content-type", "x-replidb-min-lsn", "x-replidb-session"] {
-        if let Some(v) = headers.get(name) {
+        for v in headers.get_all(name) {
             req = req.header(name, v.clone());
         }
     }
