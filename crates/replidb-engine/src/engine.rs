@@ -270,6 +270,15 @@ impl Engine {
 
     /// Leader: sequence, log, fsync and apply one write.
     pub async fn propose(&self, proposal: Proposal) -> Result<Committed> {
+        // Queue the proposal only once this worker has run the other tasks
+        // that are ready now (tokio runs a yielded task after them): the
+        // first proposal of a burst of requests read together no longer
+        // wakes the writer alone, to fsync one record while the rest of the
+        // burst waits for the next round. Redis gets the same batching by
+        // reading every ready client before its one write and fsync. With
+        // 50 HTTP clients on one node: 16–17 → 21–22 records per fsync,
+        // +3–6% writes per second (see ARCHITECTURE.md).
+        tokio::task::yield_now().await;
         self.call(|reply| Command::Propose { proposal, reply })
             .await
     }
