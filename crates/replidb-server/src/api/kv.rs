@@ -222,12 +222,11 @@ pub fn read_local(node: &Node, key: &str, as_json: bool) -> ApiResult<Response> 
     let mut resp = if as_json {
         Json(versioned_json(key, &v)).into_response()
     } else {
-        let mut resp = Response::new(Body::from(v.value));
-        resp.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        resp
+        super::edge::answer(
+            StatusCode::OK,
+            "application/octet-stream",
+            Body::from(v.value),
+        )
     };
     resp.headers_mut()
         .insert(super::LSN_HEADER, HeaderValue::from(served.0));

@@ -39,11 +39,7 @@ impl<'q> Params<'q> {
                 "malformed query string: not UTF-8 once percent-decoded",
             ));
         }
-        // `form_urlencoded` directly: what serde_urlencoded decodes with,
-        // without the serde layer, which was ~5% of an HTTP GET's
-        // instructions under callgrind.
-        let pairs: Vec<(Cow<'q, str>, Cow<'q, str>)> =
-            form_urlencoded::parse(raw.as_bytes()).collect();
+        let pairs = pairs(raw);
         for (i, (k, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&k.as_ref()) {
                 return Err(ApiError::new(
@@ -97,6 +93,28 @@ impl<'q> Params<'q> {
                 .map_err(|_| ApiError::invalid_param(name, v, expected)),
         }
     }
+}
+
+/// The `name=value` pairs of a query, decoded as `application/x-www-form-urlencoded`.
+///
+/// `form_urlencoded` (what serde_urlencoded decodes with, without the
+/// serde layer, which was ~5% of an HTTP GET's instructions under
+/// callgrind) scans each name and value three times, for `+`, for `%`
+/// and for UTF-8, even when there is nothing to decode. A query with
+/// neither `+` nor `%` (nearly every one: `consistency=eventual`) needs
+/// only its splits, borrowed from `raw`; the result is the same (a unit
+/// test compares both on random queries).
+fn pairs(raw: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    if raw.bytes().any(|b| b == b'+' || b == b'%') {
+        return form_urlencoded::parse(raw.as_bytes()).collect();
+    }
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (Cow::Borrowed(name), Cow::Borrowed(value))
+        })
+        .collect()
 }
 
 /// Parameters a write takes.
@@ -486,6 +504,32 @@ mod doc_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The borrowed split gives what `form_urlencoded` gives, on queries
+    /// built from the characters that matter to both (`&`, `=`, `+`, `%`,
+    /// hex digits, multi-byte UTF-8), from a fixed-seed generator.
+    #[test]
+    fn the_fast_split_decodes_as_form_urlencoded_does() {
+        const ALPHABET: &[&str] = &[
+            "&", "=", "+", "%", "2", "B", "f", "a", "é", "x", "%2", "%zz",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 12) as usize;
+            let raw: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            let want: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+                form_urlencoded::parse(raw.as_bytes()).collect();
+            assert_eq!(pairs(&raw), want, "{raw:?}");
+        }
+    }
 
     fn refused(raw: &str) -> ApiError {
         match Params::parse(Some(raw), READ_PARAMS) {

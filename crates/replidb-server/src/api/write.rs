@@ -295,7 +295,12 @@ pub fn write_response(key: Option<&str>, opts: WriteOpts, out: &WriteOutcome) ->
     } else {
         StatusCode::GATEWAY_TIMEOUT
     };
-    let mut resp = (status, Json(body)).into_response();
+    let mut resp = match serde_json::to_vec(&body) {
+        Ok(json) => super::edge::answer(status, "application/json", Body::from(json)),
+        Err(e) => {
+            return ApiError::internal(format!("cannot encode the answer: {e}")).into_response()
+        }
+    };
     resp.headers_mut()
         .insert(super::LSN_HEADER, HeaderValue::from(out.lsn.0));
     resp
