@@ -447,48 +447,44 @@ async fn a_causal_header_sent_twice_is_not_half_read() {
         cfg.topology = replidb_server::Topology::MultiLeader;
     })
     .await;
-    let put = http
-        .put(format!("{}/v1/kv/k1", node.url))
-        .body("v")
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{}/v1/kv/k1", node.url);
+    let put = http.put(&url).body("v").send().await.unwrap();
     assert_eq!(put.status(), 200);
     let context = put.headers()["x-replidb-context"].clone();
 
-    let read = http
-        .get(format!("{}/v1/kv/k1?wait_ms=10", node.url))
-        .header("x-replidb-min-version", "m1:1")
-        .header("x-replidb-min-version", "m1:999")
-        .send()
-        .await
-        .unwrap();
-    let status = read.status();
-    let body = read.text().await.unwrap();
+    let (status, body) = status_and_body(
+        http.get(format!("{url}?wait_ms=10"))
+            .header("x-replidb-min-version", "m1:1")
+            .header("x-replidb-min-version", "m1:999"),
+    )
+    .await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("min_version_not_reached"), "{body}");
 
-    let twice = http
-        .put(format!("{}/v1/kv/k1", node.url))
-        .header("x-replidb-context", context.clone())
-        .header("x-replidb-context", context.clone())
-        .body("w")
-        .send()
-        .await
-        .unwrap();
-    let status = twice.status();
-    let body = twice.text().await.unwrap();
+    let (status, body) = status_and_body(
+        http.put(&url)
+            .header("x-replidb-context", context.clone())
+            .header("x-replidb-context", context.clone())
+            .body("w"),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid_context"), "{body}");
 
-    let once = http
-        .put(format!("{}/v1/kv/k1", node.url))
-        .header("x-replidb-context", context)
-        .body("w")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(once.status(), 200);
+    let (status, body) = status_and_body(
+        http.put(&url)
+            .header("x-replidb-context", context)
+            .body("w"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Send `req`; its status and body.
+async fn status_and_body(req: reqwest::RequestBuilder) -> (u16, String) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
 }
 
 /// `/v1/kv/` (an empty key) is a 400 `invalid_key`, counted under the key
