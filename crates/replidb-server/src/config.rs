@@ -250,9 +250,133 @@ impl NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// Make this node's URL the one `--peers` names it by.
+    ///
+    /// Members are compared as text (voting sets, peer lists, the
+    /// leaderless ring), so a node listed as `http://localhost:7001` that
+    /// calls itself `http://127.0.0.1:7001` would be two members to every
+    /// node: a leaderless key "replicated" on both copies would sit on one
+    /// machine, and a multi-leader `w=all` would wait for an ack the node
+    /// never sends itself. So a `--peers` entry whose host resolves to the
+    /// address this node listens on (any loopback address when it listens
+    /// on all of them), on its port and scheme, is this node: without
+    /// `--advertise-url`, the node advertises that spelling.
+    ///
+    /// # Errors
+    /// When `--peers` names this node in two ways, or in another way than
+    /// an explicit `--advertise-url`: either would leave the members'
+    /// lists disagreeing.
+    pub async fn settle_own_url(&mut self) -> Result<(), String> {
+        let mine = self.advertise();
+        let mine = mine.trim_end_matches('/');
+        let mut spellings: Vec<String> = Vec::new();
+        for peer in &self.peers {
+            let peer = peer.trim_end_matches('/');
+            if peer != mine && !spellings.iter().any(|s| s == peer) && self.names_me(peer).await {
+                spellings.push(peer.to_string());
+            }
+        }
+        match (spellings.as_slice(), &self.advertise_url) {
+            ([], _) => Ok(()),
+            ([one], None) if !self.peers.iter().any(|p| p.trim_end_matches('/') == mine) => {
+                tracing::info!(url = %one, "--peers names this node so; advertising it");
+                self.advertise_url = Some(one.clone());
+                Ok(())
+            }
+            (names, Some(explicit)) => Err(format!(
+                "--peers names this node as {} but --advertise-url is {explicit}; every node must know each member by one URL",
+                names.join(" and ")
+            )),
+            (names, None) => Err(format!(
+                "--peers names this node (listening on {}) as {mine} and {}; every node must know each member by one URL: list it once",
+                self.listen,
+                names.join(" and ")
+            )),
+        }
+    }
+
+    /// Whether `url` reaches this node's HTTP listener: same scheme and
+    /// port, and a host that resolves to the listen address (or to a
+    /// loopback address, when listening on all addresses). A host that
+    /// does not resolve within a second is taken to be another machine.
+    async fn names_me(&self, url: &str) -> bool {
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return false;
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+            return false;
+        };
+        if parsed.scheme() != scheme || port != self.listen.port() {
+            return false;
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let lookup = tokio::net::lookup_host((host, port));
+        let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(1), lookup).await else {
+            return false;
+        };
+        let listen = self.listen.ip();
+        for ip in addrs.map(|a| a.ip()) {
+            if ip == listen || (listen.is_unspecified() && ip.is_loopback()) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config_with_peers(listen: &str, peers: &[&str]) -> NodeConfig {
+        let mut c = NodeConfig::new("n1", listen.parse().expect("addr"), "/tmp/x");
+        c.peers = peers.iter().map(|p| p.to_string()).collect();
+        c
+    }
+
+    #[tokio::test]
+    async fn a_node_named_another_way_in_its_peers_advertises_that_name() {
+        let peers = ["http://localhost:7001", "http://localhost:7002"];
+        let mut c = config_with_peers("127.0.0.1:7001", &peers);
+        c.settle_own_url().await.expect("settles");
+        assert_eq!(c.advertise(), "http://localhost:7001");
+        assert_eq!(c.other_peers(), ["http://localhost:7002"]);
+
+        // Listening on every address: a loopback spelling is this node.
+        let mut c = config_with_peers("0.0.0.0:7001", &peers);
+        c.settle_own_url().await.expect("settles");
+        assert_eq!(c.advertise(), "http://localhost:7001");
+
+        // Another port, or https, is another node.
+        let mut c = config_with_peers("127.0.0.1:7003", &peers);
+        c.settle_own_url().await.expect("settles");
+        assert_eq!(c.advertise(), "http://127.0.0.1:7003");
+        let mut c = config_with_peers("127.0.0.1:7001", &["https://localhost:7001"]);
+        c.settle_own_url().await.expect("settles");
+        assert_eq!(c.advertise(), "http://127.0.0.1:7001");
+
+        // Named as written: nothing changes.
+        let mut c = config_with_peers("127.0.0.1:7001", &["http://127.0.0.1:7001/"]);
+        c.settle_own_url().await.expect("settles");
+        assert_eq!(c.advertise(), "http://127.0.0.1:7001");
+    }
+
+    #[tokio::test]
+    async fn a_node_named_two_ways_refuses_to_start() {
+        let mut c = config_with_peers(
+            "127.0.0.1:7001",
+            &["http://127.0.0.1:7001", "http://localhost:7001"],
+        );
+        let e = c.settle_own_url().await.expect_err("two names");
+        assert!(e.contains("list it once"), "{e}");
+
+        let mut c = config_with_peers("127.0.0.1:7001", &["http://localhost:7001"]);
+        c.advertise_url = Some("http://10.0.0.1:7001".into());
+        let e = c.settle_own_url().await.expect_err("another name");
+        assert!(e.contains("--advertise-url"), "{e}");
+    }
 
     #[test]
     fn other_peers_leaves_out_this_node_and_repeats() {

@@ -118,6 +118,10 @@ impl Server {
             .local_addr()
             .map_err(|e| ServerError::Startup(e.to_string()))?;
         config.listen = local;
+        config
+            .settle_own_url()
+            .await
+            .map_err(ServerError::Startup)?;
         // Bound before the node starts, so a taken port fails start-up.
         let resp = match config.resp_listen {
             Some(addr) => Some(resp::RespListener::bind(addr).await?),
