@@ -173,6 +173,11 @@ struct Token {
 pub struct Authenticator {
     path: PathBuf,
     tokens: RwLock<Arc<Vec<Token>>>,
+    /// Bumped by every reload that took effect: a long-lived connection
+    /// (the Redis protocol) that authenticated once checks its token again
+    /// when this moves, so a revoked or narrowed token stops working on
+    /// open connections too, not only on new requests.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Authenticator {
@@ -198,6 +203,7 @@ impl Authenticator {
         Ok(Authenticator {
             path: path.to_path_buf(),
             tokens: RwLock::new(Arc::new(tokens)),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -207,7 +213,14 @@ impl Authenticator {
         let tokens = parse_file(&self.path)?;
         let n = tokens.len();
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tokens);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(n)
+    }
+
+    /// How many reloads have taken effect (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The file this authenticator reads.
@@ -225,12 +238,23 @@ impl Authenticator {
     /// The token whose secret is `secret`, as (name, roles). Compares the
     /// secret's hash with every token's in constant time.
     pub fn authenticate(&self, secret: &str) -> Option<(String, BTreeSet<Role>)> {
-        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        self.authenticate_digest(&Self::digest(secret))
+    }
+
+    /// SHA-256 of `secret`: what a connection keeps to check its token
+    /// again after a reload ([`Authenticator::authenticate_digest`])
+    /// without keeping the secret.
+    pub fn digest(secret: &str) -> [u8; 32] {
+        Sha256::digest(secret.as_bytes()).into()
+    }
+
+    /// The token whose secret hashes to `digest`, as (name, roles).
+    pub fn authenticate_digest(&self, digest: &[u8; 32]) -> Option<(String, BTreeSet<Role>)> {
         let tokens = self.current();
         let mut found: Option<&Token> = None;
         // No early exit: every hash is compared whatever matched before.
         for t in tokens.iter() {
-            if bool::from(t.digest.ct_eq(&digest)) {
+            if bool::from(t.digest.ct_eq(digest)) {
                 found = Some(t);
             }
         }

@@ -387,6 +387,80 @@ async fn a_follower_with_a_wrong_token_never_joins_and_cannot_acknowledge() {
     drop(secrets);
 }
 
+/// A follower whose token loses the `replication` role in a reload of the
+/// leader's token file is cut off: its open stream is closed, so it no
+/// longer counts towards a write concern (it was let in once, and a
+/// stream lives for days).
+#[tokio::test]
+async fn a_revoked_follower_stops_acknowledging() {
+    let secrets = Secrets::new();
+    let leader_auth = secrets.path("leader-tokens.toml");
+    std::fs::copy(secrets.auth_file(), &leader_auth).unwrap();
+    let auth = secrets.path("tokens.toml");
+    let peer = secrets.path("peer.secret");
+    let mut leader = Node::start(
+        "n1",
+        &[
+            "--auth-file",
+            &leader_auth,
+            "--peer-token-file",
+            &peer,
+            "--cluster-size",
+            "2",
+        ],
+    )
+    .await;
+    leader.set_bearer(CLUSTER);
+    let follow = leader.url();
+    let mut follower = Node::start(
+        "n2",
+        &[
+            "--follow",
+            &follow,
+            "--auth-file",
+            &auth,
+            "--peer-token-file",
+            &peer,
+        ],
+    )
+    .await;
+    follower.set_bearer(CLUSTER);
+    wait_until(
+        "n2 streams from the leader",
+        Duration::from_secs(20),
+        async || follower.status().await["connected"] == Value::Bool(true),
+    )
+    .await;
+    let r = leader.put_q("k", "w=all", "v").await;
+    assert_eq!(r["committed"], Value::Bool(true), "{r}");
+
+    // The cluster token keeps every role but replication, on the leader.
+    let text = token("app", APP, &["read", "write"])
+        + &token("cluster", CLUSTER, &["read", "write", "admin"]);
+    std::fs::write(&leader_auth, text).unwrap();
+    let pid = leader.pid().expect("running").to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    assert!(hup.expect("kill -HUP").success());
+    wait_until(
+        "w=all can no longer be met",
+        Duration::from_secs(15),
+        async || {
+            let r = http()
+                .put(leader.at("/v1/kv/k2?w=all&timeout_ms=300"))
+                .bearer_auth(APP)
+                .body("v")
+                .send()
+                .await
+                .unwrap();
+            r.status() == 504
+        },
+    )
+    .await;
+    assert_eq!(follower.status().await["connected"], Value::Bool(false));
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_token_file() {
     let secrets = Secrets::new();
@@ -494,6 +568,101 @@ async fn the_redis_listener_asks_for_auth_with_the_same_tokens() {
     .await
     .unwrap();
     assert_no_secret_in(&node.log_path());
+}
+
+/// A Redis-protocol connection can do no more than its token allows now:
+/// a write-only token sees no value (`SET … GET` and `INCR` answer one, so
+/// they need `read` too, as HTTP shows a writer no value) but may `WAIT`
+/// on its writes; a token revoked by a reload stops working on the
+/// connections already open; and a connection that never authenticates
+/// is closed instead of holding a connection slot for ever.
+#[tokio::test]
+async fn a_redis_connection_holds_no_more_than_its_token_allows_now() {
+    let secrets = Secrets::new();
+    let auth = secrets.path("tokens.toml");
+    let node = Node::start(
+        "n1",
+        &["--auth-file", &auth, "--resp-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let port = common::resp_port(&node).await;
+    let connect = move |secret: &str| {
+        let client = redis::Client::open(format!("redis://:{secret}@127.0.0.1:{port}/")).unwrap();
+        client.get_connection().unwrap()
+    };
+
+    let (writer, mut app) = tokio::task::spawn_blocking(move || {
+        let mut writer = connect(WRITER);
+        let ok: String = redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query(&mut writer)
+            .unwrap();
+        assert_eq!(ok, "OK");
+        for cmd in [
+            redis::cmd("SET").arg("k").arg("w").arg("GET").clone(),
+            redis::cmd("INCR").arg("c").clone(),
+            redis::cmd("INCRBY").arg("c").arg(0).clone(),
+        ] {
+            let err = cmd.query::<redis::Value>(&mut writer).unwrap_err();
+            assert_eq!(err.code(), Some("NOPERM"), "{err}");
+        }
+        let acked: i64 = redis::cmd("WAIT").arg(0).arg(0).query(&mut writer).unwrap();
+        assert_eq!(acked, 0);
+        let mut app = connect(APP);
+        let v: Option<String> = redis::cmd("SET")
+            .arg("k")
+            .arg("x")
+            .arg("GET")
+            .query(&mut app)
+            .unwrap();
+        assert_eq!(v.as_deref(), Some("v"), "read and write may SET … GET");
+        (writer, app)
+    })
+    .await
+    .unwrap();
+    drop(writer);
+
+    // Revoke `app` (the file without it), reload, and wait until HTTP
+    // refuses it: the open connection must be refused too.
+    let text = token("reader", READER, &["read"]) + &token("writer", WRITER, &["write"]);
+    std::fs::write(secrets.auth_file(), text).unwrap();
+    let pid = node.pid().expect("running").to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    assert!(hup.expect("kill -HUP").success());
+    let url = node.url();
+    wait_until(
+        "the revoked token is refused over HTTP",
+        Duration::from_secs(10),
+        async || call(&url, Method::GET, "/v1/kv/k", Some(APP)).await.0 == 401,
+    )
+    .await;
+    tokio::task::spawn_blocking(move || {
+        let err = redis::cmd("SET")
+            .arg("k")
+            .arg("y")
+            .query::<String>(&mut app)
+            .unwrap_err();
+        assert_eq!(err.code(), Some("NOAUTH"), "{err}");
+    })
+    .await
+    .unwrap();
+
+    // A connection that sends nothing is closed once its time to
+    // authenticate is up.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_millis(replidb_server::resp::RESP_AUTH_TIMEOUT_MS + 5_000),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut buf),
+    )
+    .await
+    .expect("closed before the deadline");
+    assert_eq!(read.unwrap_or(0), 0, "closed without an answer");
 }
 
 #[tokio::test]

@@ -59,11 +59,30 @@ pub async fn upgrade(State(node): State<AppState>, mut req: Request) -> Response
         }
         return resp;
     };
+    // The token the edge let in (with `--auth-file`), kept as its digest
+    // so the stream can be closed if a reload takes its role away.
+    let digest = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer_secret)
+        .map(crate::auth::Authenticator::digest);
+    let auth = node.auth.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => leader.serve(Box::new(TokioIo::new(upgraded))).await,
-            Err(e) => tracing::warn!(error = %e, "replication upgrade failed"),
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::warn!(error = %e, "replication upgrade failed"),
+        };
+        let served = leader.serve(Box::new(TokioIo::new(upgraded)));
+        match (auth, digest) {
+            (Some(auth), Some(digest)) => tokio::select! {
+                () = served => {}
+                () = replication_role_revoked(&auth, digest) => tracing::warn!(
+                    "a follower's token lost the replication role in a token file reload; its stream is closed"
+                ),
+            },
+            _ => served.await,
         }
     });
     (
@@ -74,4 +93,29 @@ pub async fn upgrade(State(node): State<AppState>, mut req: Request) -> Response
         ],
     )
         .into_response()
+}
+
+/// How often an open replication stream looks for a token file reload.
+const TOKEN_RECHECK_INTERVAL_MS: u64 = 1_000;
+
+/// Resolves once a reload of the token file leaves the token with
+/// `digest` without the `replication` role (removed, or narrowed): the
+/// edge checked it when the stream opened, and a stream lives for days,
+/// so a revoked follower must not keep acknowledging writes.
+async fn replication_role_revoked(auth: &crate::auth::Authenticator, digest: [u8; 32]) {
+    let mut seen = auth.generation();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(TOKEN_RECHECK_INTERVAL_MS)).await;
+        let now = auth.generation();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let still = auth
+            .authenticate_digest(&digest)
+            .is_some_and(|(_, roles)| roles.contains(&crate::auth::Role::Replication));
+        if !still {
+            return;
+        }
+    }
 }

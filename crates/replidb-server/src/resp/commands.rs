@@ -143,30 +143,70 @@ pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
 }
 
 /// With `--auth-file`: only `AUTH`, `HELLO` and `QUIT` before
-/// authenticating; then write commands need the `write` role, commands
-/// that read data or server state (`GET`, `SCAN`, `INFO`, `ROLE`, `WAIT`)
-/// `read`, and connection commands only authentication.
-fn authorize(shared: &Shared, session: &Session, spec: &Spec) -> RespResult<()> {
+/// authenticating; then write commands need the `write` role, and those
+/// that answer a value too (`INCR`, `INCRBY`, `DECR`, `DECRBY`, `SET …
+/// GET`) `read` as well, as HTTP shows a write-only token no value
+/// ("roles are independent"); `WAIT`, which reveals only how far this
+/// connection's writes have replicated, either role; commands that read
+/// data or server state (`GET`, `SCAN`, `INFO`, `ROLE`) `read`; and
+/// connection commands only authentication.
+///
+/// The token is checked again after the token file is reloaded
+/// (`SIGHUP`): a revoked token's connection must `AUTH` again
+/// (`NOAUTH`), a narrowed one has its new roles.
+fn authorize(
+    shared: &Shared,
+    session: &mut Session,
+    spec: &Spec,
+    args: &[Bytes],
+) -> RespResult<()> {
     use crate::auth::Role;
-    if shared.node.auth.is_none() || matches!(spec.kind, Kind::Auth | Kind::Hello | Kind::Quit) {
+    let Some(auth) = &shared.node.auth else {
+        return Ok(());
+    };
+    if matches!(spec.kind, Kind::Auth | Kind::Hello | Kind::Quit) {
         return Ok(());
     }
-    let Some((token, roles)) = &session.token else {
+    let Some(token) = &mut session.token else {
         return Err(RespError::NoAuth);
     };
-    let need = if spec.flags.contains(&"write") {
-        Some(Role::Write)
+    let generation = auth.generation();
+    if token.generation != generation {
+        match token.digest.and_then(|d| auth.authenticate_digest(&d)) {
+            Some((name, roles)) => {
+                token.name = name;
+                token.roles = roles;
+                token.generation = generation;
+            }
+            None => {
+                tracing::info!(token = %token.name, "a Redis-protocol connection's token was revoked; it must authenticate again");
+                session.token = None;
+                return Err(RespError::NoAuth);
+            }
+        }
+    }
+    let answers_a_value = matches!(
+        spec.kind,
+        Kind::Incr | Kind::IncrBy | Kind::Decr | Kind::DecrBy
+    ) || (spec.kind == Kind::Set
+        && args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"GET")));
+    let allowed = if spec.kind == Kind::Wait {
+        token.roles.contains(&Role::Read) || token.roles.contains(&Role::Write)
+    } else if spec.flags.contains(&"write") {
+        token.roles.contains(&Role::Write)
+            && (!answers_a_value || token.roles.contains(&Role::Read))
     } else if spec.flags == CONN {
-        None
+        true
     } else {
-        Some(Role::Read)
+        token.roles.contains(&Role::Read)
     };
-    match need {
-        Some(role) if !roles.contains(&role) => Err(RespError::NoPerm {
-            token: token.clone(),
+    if allowed {
+        Ok(())
+    } else {
+        Err(RespError::NoPerm {
+            token: token.name.clone(),
             command: spec.name.to_string(),
-        }),
-        _ => Ok(()),
+        })
     }
 }
 
@@ -193,7 +233,7 @@ async fn dispatch(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Res
     if !arity_ok {
         return Err(RespError::WrongArity(spec.name.to_string()));
     }
-    authorize(shared, session, spec)?;
+    authorize(shared, session, spec, args)?;
     if session.in_refused_multi
         && !matches!(
             spec.kind,

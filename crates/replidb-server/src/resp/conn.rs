@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use replidb_core::Lsn;
@@ -37,10 +38,21 @@ pub(crate) struct Session {
     /// `MULTI` was sent and no `EXEC`/`DISCARD` followed yet: every other
     /// command is refused, so a client's transaction never runs in part.
     pub in_refused_multi: bool,
-    /// The name and roles of the token this connection authenticated with
-    /// (`AUTH`, `HELLO … AUTH`); `None` until then. Ignored when the node
-    /// runs without `--auth-file`.
-    pub token: Option<(String, std::collections::BTreeSet<crate::auth::Role>)>,
+    /// The token this connection authenticated with (`AUTH`, `HELLO …
+    /// AUTH`); `None` until then. Ignored when the node runs without
+    /// `--auth-file`.
+    pub token: Option<SessionToken>,
+}
+
+/// A connection's token: its name and roles as of the token file's
+/// `generation`, and the secret's digest to check them again after a
+/// reload (`None` for the `default` user of a node without tokens).
+#[derive(Debug)]
+pub(crate) struct SessionToken {
+    pub name: String,
+    pub roles: std::collections::BTreeSet<crate::auth::Role>,
+    pub digest: Option<[u8; 32]>,
+    pub generation: u64,
 }
 
 /// Serve one connection until the client leaves, a protocol error, or
@@ -82,6 +94,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // token (a lock every connection contends on) twice per request.
     let stop = stop.child_token();
     let mut stopped = std::pin::pin!(stop.cancelled());
+    let auth_deadline = shared
+        .node
+        .auth
+        .is_some()
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(RESP_AUTH_TIMEOUT_MS));
     let mut decoder = CommandDecoder::new(shared.limits);
     let mut input = BytesMut::with_capacity(RESP_READ_CHUNK_BYTES);
     let mut output = BytesMut::with_capacity(RESP_READ_CHUNK_BYTES);
@@ -126,13 +143,33 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             output.clear();
         }
         input.reserve(RESP_READ_CHUNK_BYTES);
+        // On a node with tokens, a connection that has not authenticated
+        // by `auth_deadline` is closed: otherwise anyone who can reach the
+        // port could hold every connection slot with idle sockets.
+        let unauthenticated = auth_deadline.filter(|_| session.token.is_none());
         let read = tokio::select! {
             _ = &mut stopped => return Ok(()),
+            () = sleep_until_or_never(unauthenticated) => {
+                tracing::debug!("a Redis-protocol connection did not authenticate in time; closed");
+                return Ok(());
+            }
             r = stream.read_buf(&mut input) => r?,
         };
         if read == 0 {
             return Ok(());
         }
+    }
+}
+
+/// With `--auth-file`, how long a new connection may take to
+/// authenticate (`AUTH` or `HELLO … AUTH`) before it is closed.
+pub const RESP_AUTH_TIMEOUT_MS: u64 = 10_000;
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -61,6 +61,7 @@ mod replication;
 mod scan;
 mod session;
 
+pub use conn::RESP_AUTH_TIMEOUT_MS;
 pub use error::{RespError, RespResult};
 
 use std::net::SocketAddr;

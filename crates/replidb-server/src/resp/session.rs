@@ -5,7 +5,7 @@ use bytes::Bytes;
 use replidb_resp::{Protocol, Value};
 
 use super::commands::{other_subcommand, quoted};
-use super::conn::Session;
+use super::conn::{Session, SessionToken};
 use super::error::{RespError, RespResult};
 use super::keys::parse_int;
 use super::Shared;
@@ -102,28 +102,37 @@ pub(crate) fn auth(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Re
 /// The roles `user`/`password` grant. Without auth, only the `default`
 /// user exists and any password is accepted (as Redis without
 /// `requirepass`).
-fn check_user(
-    shared: &Shared,
-    user: &[u8],
-    password: &[u8],
-) -> RespResult<(String, std::collections::BTreeSet<crate::auth::Role>)> {
-    use crate::auth::Role;
+fn check_user(shared: &Shared, user: &[u8], password: &[u8]) -> RespResult<SessionToken> {
+    use crate::auth::{Authenticator, Role};
     let Some(auth) = &shared.node.auth else {
         return if user == b"default" {
-            Ok((
-                "default".to_string(),
-                [Role::Read, Role::Write, Role::Admin].into_iter().collect(),
-            ))
+            Ok(SessionToken {
+                name: "default".to_string(),
+                roles: [Role::Read, Role::Write, Role::Admin].into_iter().collect(),
+                digest: None,
+                generation: 0,
+            })
         } else {
             Err(RespError::WrongPass)
         };
     };
     let secret = std::str::from_utf8(password).map_err(|_| RespError::WrongPass)?;
-    let (name, roles) = auth.authenticate(secret).ok_or(RespError::WrongPass)?;
+    // The generation before the lookup: a reload in between is caught by
+    // the next command's check.
+    let generation = auth.generation();
+    let digest = Authenticator::digest(secret);
+    let (name, roles) = auth
+        .authenticate_digest(&digest)
+        .ok_or(RespError::WrongPass)?;
     if user != b"default" && user != name.as_bytes() {
         return Err(RespError::WrongPass);
     }
-    Ok((name, roles))
+    Ok(SessionToken {
+        name,
+        roles,
+        digest: Some(digest),
+        generation,
+    })
 }
 
 /// `SELECT 0`: replidb has one keyspace.
