@@ -128,8 +128,7 @@ pub async fn put(before: Option<&str>, a: PutArgs) -> anyhow::Result<()> {
         .put(&a.key, a.value.into_bytes(), &write_opts(&a.write))
         .await;
     s.file.save(&s.session, false);
-    println!("{}", serde_json::to_string(&r?)?);
-    Ok(())
+    print_line(&serde_json::to_string(&r?)?)
 }
 
 /// `replidb del KEY`: prints the JSON answer, including `existed`.
@@ -138,8 +137,7 @@ pub async fn del(before: Option<&str>, a: DelArgs) -> anyhow::Result<()> {
     let s = CmdSession::open(&url, &a.target, a.session.no_session)?;
     let r = s.session.delete(&a.key, &write_opts(&a.write)).await;
     s.file.save(&s.session, false);
-    println!("{}", serde_json::to_string(&r?)?);
-    Ok(())
+    print_line(&serde_json::to_string(&r?)?)
 }
 
 /// `replidb get KEY`: the raw value; absent is an error (exit 1).
@@ -206,8 +204,7 @@ pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
 /// `replidb status`: the node's /status, pretty-printed.
 pub async fn status(client: &Client) -> anyhow::Result<()> {
     let s = client.status().await?;
-    println!("{}", serde_json::to_string_pretty(&s)?);
-    Ok(())
+    print_line(&serde_json::to_string_pretty(&s)?)
 }
 
 /// `replidb admin ...`: the node's answer, pretty-printed.
@@ -217,8 +214,17 @@ pub async fn admin(client: &Client, action: AdminCommand) -> anyhow::Result<()> 
         AdminCommand::Switchover { to, .. } => client.switchover(&to).await?,
         AdminCommand::Follow { leader, .. } => client.follow(&leader).await?,
     };
-    if !answer.is_null() {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+    if answer.is_null() {
+        return Ok(());
     }
-    Ok(())
+    print_line(&serde_json::to_string_pretty(&answer)?)
+}
+
+/// Print `text` and a newline on stdout. An error, not a panic as with
+/// `println!`, when stdout is gone (`replidb status | head -1` closes the
+/// pipe early): the command then fails with exit 1, as `get` does.
+fn print_line(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").context("writing to stdout")?;
+    out.flush().context("writing to stdout")
 }

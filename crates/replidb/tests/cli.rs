@@ -95,6 +95,28 @@ async fn put_then_get_through_the_router_reads_the_write() {
     );
 }
 
+/// A command whose reader goes away (`replidb status | head -1`) fails
+/// with exit 1 and a one-line error, not a panic and exit 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_is_an_error_not_a_panic() {
+    let node = Node::start("n1", &[]).await;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(common::BIN)
+        .args(["status", "--url", &node.url()])
+        .env_remove("REPLIDB_URL")
+        .env("REPLIDB_NO_SESSION", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run replidb status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("writing to stdout"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_switchover_goes_through_the_router_to_the_leader() {
     let c = Cluster::start(1, &[], &[]).await;
