@@ -211,7 +211,7 @@ pub fn check_concern(leader: &replidb_replication::Leader, w: WriteConcern) -> A
                 StatusCode::BAD_REQUEST,
                 "w_exceeds_voters",
                 format!(
-                    "w={k} asks for more nodes than the {voters} voting member(s) this leader knows; use w <= {voters}, \"majority\" or \"all\""
+                    "w={k} asks for more nodes than the {voters} voting member(s) this node knows; use w <= {voters}, \"majority\" or \"all\""
                 ),
             ));
         }
@@ -263,15 +263,19 @@ pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
 /// before its own fsync counted, and saying "durable on the leader" would
 /// claim more than is known. Shared by the HTTP and the Redis protocol
 /// answers.
+///
+/// Worded for the node that took the write, whatever the topology: in
+/// multi-leader every node takes writes and nothing fails over, so "the
+/// leader" and "a failover" would name what is not there.
 pub fn concern_shortfall(acks: usize, w: &str) -> String {
     let held = match acks {
         0 => "the write is not known to be durable on any node".to_string(),
-        1 => "the write is durable on the leader only".to_string(),
-        n => format!("the write is durable on {n} nodes, the leader included"),
+        1 => "the write is durable on the node that took it only".to_string(),
+        n => format!("the write is durable on {n} nodes, the one that took it included"),
     };
     // Not "fewer than w": a leader deposed while it waited has the count
     // and still no commit (its epoch is over), so say both causes.
-    format!("{held}, but w={w} was not confirmed before the deadline or before this node stopped leading; it was not undone and may still replicate, or be rolled back by a failover")
+    format!("{held}, but w={w} was not confirmed before the deadline or before this node stopped taking writes; it was not undone and may still replicate (with a single leader, a failover may also roll it back)")
 }
 
 /// The contract's write response: 200, or 504 when the concern was not met.
@@ -383,10 +387,12 @@ mod tests {
     #[test]
     fn a_shortfall_claims_no_more_durability_than_was_counted() {
         let none = concern_shortfall(0, "majority");
-        assert!(!none.contains("durable on the leader"), "{none}");
+        assert!(!none.contains("durable on the node"), "{none}");
         assert!(none.contains("not known to be durable on any node"));
-        assert!(concern_shortfall(1, "2").starts_with("the write is durable on the leader only"));
-        assert!(concern_shortfall(2, "all").contains("durable on 2 nodes, the leader included"));
+        assert!(concern_shortfall(1, "2")
+            .starts_with("the write is durable on the node that took it only"));
+        assert!(concern_shortfall(2, "all")
+            .contains("durable on 2 nodes, the one that took it included"));
         assert!(concern_shortfall(2, "all").contains("but w=all was not confirmed"));
     }
 }
