@@ -125,6 +125,12 @@ pub struct WriteArgs {
     /// the node's --default-timeout, normally 5000]
     #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// Multi-leader and leaderless: the causal context a `get` printed
+    /// for the key's siblings; the write replaces exactly those versions
+    /// (`X-Replidb-Context`) [default: none, a write that has seen
+    /// nothing]
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
 /// `replidb put KEY VALUE`.

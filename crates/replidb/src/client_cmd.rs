@@ -48,8 +48,37 @@ fn write_opts(a: &WriteArgs) -> WriteOptions {
     WriteOptions {
         w: a.w,
         timeout_ms: a.timeout_ms,
+        context: a.context.clone(),
         ..Default::default()
     }
+}
+
+/// Longest part of a sibling's value `get` shows in its error.
+const SIBLING_SHOWN_BYTES_MAX: usize = 64;
+
+/// A key with siblings has no single value to print: name each (value,
+/// origin) and the exact command that resolves them, with their context.
+fn siblings_error(key: &str, siblings: &[replidb_client::Sibling], context: &str) -> anyhow::Error {
+    let shown: Vec<String> = siblings
+        .iter()
+        .map(|s| match &s.value {
+            None => format!("a delete (from {})", s.origin),
+            Some(v) => {
+                let text = String::from_utf8_lossy(&v[..v.len().min(SIBLING_SHOWN_BYTES_MAX)]);
+                let more = if v.len() > SIBLING_SHOWN_BYTES_MAX {
+                    "…"
+                } else {
+                    ""
+                };
+                format!("{text:?}{more} (from {})", s.origin)
+            }
+        })
+        .collect();
+    anyhow::anyhow!(
+        "key {key:?} has {} concurrent versions (siblings): {}; merge them and write the result back with: replidb put {key} VALUE --context {context} (or replidb del {key} --context {context})",
+        siblings.len(),
+        shown.join(", ")
+    )
 }
 
 fn read_opts(a: &ReadArgs) -> ReadOptions {
@@ -157,7 +186,18 @@ pub async fn get(before: Option<&str>, a: GetArgs) -> anyhow::Result<()> {
                 }
             },
         )
-        .await?;
+        .await;
+    let found = match found {
+        Err(e) => match e.downcast_ref::<replidb_client::ClientError>() {
+            Some(replidb_client::ClientError::Siblings {
+                key,
+                siblings,
+                context,
+            }) => return Err(siblings_error(key, siblings, context)),
+            _ => return Err(e),
+        },
+        Ok(found) => found,
+    };
     let Some(r) = found else {
         anyhow::bail!("key not found: {}", a.key);
     };

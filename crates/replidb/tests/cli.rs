@@ -95,6 +95,52 @@ async fn put_then_get_through_the_router_reads_the_write() {
     );
 }
 
+/// Siblings from the command line: `get` names each version and the exact
+/// command, with the key's context, that replaces them; `put --context`
+/// then leaves one value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_resolves_siblings_with_the_context_get_prints() {
+    let node = Node::start(
+        "m1",
+        &[
+            "--topology",
+            "multi-leader",
+            "--conflict-policy",
+            "cart:=siblings",
+        ],
+    )
+    .await;
+    let url = node.url();
+    for v in ["v1", "v2"] {
+        let (code, out, err) = common::cli(&["put", "cart:e", v, "--url", &url]);
+        assert_eq!(code, 0, "{out} {err}");
+    }
+    let (code, _, err) = common::cli(&["get", "cart:e", "--url", &url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("\"v1\" (from m1)") && err.contains("\"v2\" (from m1)"),
+        "{err}"
+    );
+    let context = err
+        .split("--context ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no context in {err}"))
+        .to_string();
+    let (code, out, err) = common::cli(&[
+        "put",
+        "cart:e",
+        "merged",
+        "--context",
+        &context,
+        "--url",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, out, err) = common::cli(&["get", "cart:e", "--url", &url]);
+    assert_eq!((code, out.as_str()), (0, "merged"), "{err}");
+}
+
 /// A command whose reader goes away (`replidb status | head -1`) fails
 /// with exit 1 and a one-line error, not a panic and exit 101.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
