@@ -49,7 +49,6 @@ fn write_opts(a: &WriteArgs) -> WriteOptions {
         w: a.w,
         timeout_ms: a.timeout_ms,
         context: a.context.clone(),
-        ..Default::default()
     }
 }
 
