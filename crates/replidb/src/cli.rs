@@ -138,7 +138,8 @@ pub struct WriteArgs {
 pub struct PutArgs {
     /// The key (UTF-8, 1..=1024 bytes).
     pub key: String,
-    /// The value, as given.
+    /// The value, as given (it may start with `-`: `put n -5`).
+    #[arg(allow_hyphen_values = true)]
     pub value: String,
     #[command(flatten)]
     pub write: WriteArgs,
