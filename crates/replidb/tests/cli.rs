@@ -142,10 +142,16 @@ async fn the_cli_resolves_siblings_with_the_context_get_prints() {
 }
 
 /// A command whose reader goes away (`replidb status | head -1`) fails
-/// with exit 1 and a one-line error, not a panic and exit 101.
+/// with exit 1 and a one-line error, not a panic and exit 101; and a value
+/// that looks like an option (`-5`) is a value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_is_an_error_not_a_panic() {
     let node = Node::start("n1", &[]).await;
+    let (code, out, err) = common::cli(&["put", "n", "-5", "--url", &node.url()]);
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, out, err) = common::cli(&["get", "n", "--url", &node.url()]);
+    assert_eq!((code, out.as_str()), (0, "-5"), "{err}");
+
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
     let out = std::process::Command::new(common::BIN)
