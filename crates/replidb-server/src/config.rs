@@ -277,9 +277,10 @@ impl NodeConfig {
                 spellings.push(peer.to_string());
             }
         }
+        let listed_as_mine = self.peers.iter().any(|p| p.trim_end_matches('/') == mine);
         match (spellings.as_slice(), &self.advertise_url) {
             ([], _) => Ok(()),
-            ([one], None) if !self.peers.iter().any(|p| p.trim_end_matches('/') == mine) => {
+            ([one], None) if !listed_as_mine => {
                 tracing::info!(url = %one, "--peers names this node so; advertising it");
                 self.advertise_url = Some(one.clone());
                 Ok(())
@@ -288,18 +289,25 @@ impl NodeConfig {
                 "--peers names this node as {} but --advertise-url is {explicit}; every node must know each member by one URL",
                 names.join(" and ")
             )),
-            (names, None) => Err(format!(
-                "--peers names this node (listening on {}) as {mine} and {}; every node must know each member by one URL: list it once",
-                self.listen,
-                names.join(" and ")
-            )),
+            (names, None) => {
+                let mut all = names.to_vec();
+                if listed_as_mine {
+                    all.insert(0, mine.to_string());
+                }
+                Err(format!(
+                    "--peers names this node (listening on {}) as {}; every node must know each member by one URL: list it once",
+                    self.listen,
+                    all.join(" and ")
+                ))
+            }
         }
     }
 
     /// Whether `url` reaches this node's HTTP listener: same scheme and
-    /// port, and a host that resolves to the listen address (or to a
-    /// loopback address, when listening on all addresses). A host that
-    /// does not resolve within a second is taken to be another machine.
+    /// port, and a host that resolves to the listen address (or, when
+    /// listening on all addresses, to any address of this machine: one a
+    /// UDP socket can bind). A host that does not resolve within a second
+    /// is taken to be another machine.
     async fn names_me(&self, url: &str) -> bool {
         let Ok(parsed) = reqwest::Url::parse(url) else {
             return false;
@@ -318,12 +326,18 @@ impl NodeConfig {
         };
         let listen = self.listen.ip();
         for ip in addrs.map(|a| a.ip()) {
-            if ip == listen || (listen.is_unspecified() && ip.is_loopback()) {
+            if ip == listen || (listen.is_unspecified() && is_local_address(ip)) {
                 return true;
             }
         }
         false
     }
+}
+
+/// Whether `ip` is an address of this machine: loopback, or one a socket
+/// can bind (the kernel refuses to bind an address no interface has).
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 #[cfg(test)]
@@ -361,6 +375,36 @@ mod tests {
         let mut c = config_with_peers("127.0.0.1:7001", &["http://127.0.0.1:7001/"]);
         c.settle_own_url().await.expect("settles");
         assert_eq!(c.advertise(), "http://127.0.0.1:7001");
+    }
+
+    /// Listening on every address, a node is also itself under its
+    /// machine's network address (the usual name across machines), and
+    /// not under an address no interface of the machine has.
+    #[tokio::test]
+    async fn a_node_listening_everywhere_finds_itself_under_its_network_address() {
+        let mut c = config_with_peers("0.0.0.0:7001", &["http://203.0.113.9:7001"]);
+        c.settle_own_url().await.expect("settles");
+        assert_eq!(c.advertise(), "http://0.0.0.0:7001", "not this machine");
+        // The address of the interface with a route out, if there is one.
+        let Some(ip) = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("10.255.255.255:9").and_then(|()| s.local_addr()))
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        else {
+            return;
+        };
+        let me = format!("http://{ip}:7001");
+        let mut c = config_with_peers("0.0.0.0:7001", &[&me, "http://203.0.113.9:7001"]);
+        c.settle_own_url().await.expect("settles");
+        assert_eq!(c.advertise(), me);
+        let mut c = config_with_peers("0.0.0.0:7001", &[&me, "http://127.0.0.1:7001"]);
+        let e = c.settle_own_url().await.expect_err("two names");
+        assert!(
+            e.contains(&me) && e.contains("http://127.0.0.1:7001"),
+            "{e}"
+        );
+        assert!(!e.contains("0.0.0.0:7001 and"), "{e}");
     }
 
     #[tokio::test]
