@@ -492,7 +492,10 @@ pub enum PrepareError {
     /// the `i64` range (Redis: "increment or decrement would overflow").
     /// Increments merged from other origins concurrently can still pass
     /// it; [`KeyState::counter_value`] then saturates.
-    #[error("counter {key:?} is {value}; adding {delta} would leave the 64-bit signed range (of its value, or of the total this node has added to or taken from it)")]
+    ///
+    /// The message leaves the value out: it is answered to the writer,
+    /// whose token may not have the right to read it (read it with `GET`).
+    #[error("adding {delta} to counter {key:?} would leave the 64-bit signed range (of its value, or of the total this node has added to or taken from it)")]
     CounterOverflow {
         /// The key.
         key: String,
@@ -732,4 +735,23 @@ fn register_operand(
         }
     }
     Ok(Operand::Register { policy, version })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrepareError;
+
+    /// Found by a new user: a write-only token read a counter through the
+    /// overflow error its write was answered with.
+    #[test]
+    fn a_counter_overflow_does_not_reveal_the_value() {
+        let e = PrepareError::CounterOverflow {
+            key: "c".into(),
+            value: 424_242,
+            delta: i64::MAX,
+        };
+        let text = e.to_string();
+        assert!(!text.contains("424242"), "{text}");
+        assert!(text.contains("would leave the 64-bit signed range"), "{text}");
+    }
 }
