@@ -752,6 +752,9 @@ mod tests {
         };
         let text = e.to_string();
         assert!(!text.contains("424242"), "{text}");
-        assert!(text.contains("would leave the 64-bit signed range"), "{text}");
+        assert!(
+            text.contains("would leave the 64-bit signed range"),
+            "{text}"
+        );
     }
 }

@@ -176,7 +176,7 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         unique: UniqueValues::new(),
     });
 
-    println!(
+    crate::output::line(&format!(
         "replidb bench: mode={}, w={}{}, value_bytes={}, key_space={}, {}, url={}\n",
         mode_name(args.mode),
         args.w,
@@ -191,7 +191,7 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
             Limit::Requests(n) => format!("requests={n}"),
         },
         url
-    );
+    ))?;
     // A fresh node has not fsynced yet, so the metric may not exist: count
     // it as zero when /metrics answers at all.
     let metrics_up = client.metrics().await.is_ok();
@@ -199,7 +199,7 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         .await
         .or(metrics_up.then_some((0.0, 0.0)));
     let with_fsync = fsync_prev.is_some();
-    print_header(with_fsync);
+    print_header(with_fsync)?;
     for &clients in &args.clients {
         let mut row = run_row(&op, clients, limit).await;
         let now = records_per_fsync_counters(&client).await;
@@ -207,7 +207,7 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
             row.records_per_fsync = (c1 > c0).then(|| (s1 - s0) / (c1 - c0));
         }
         fsync_prev = now;
-        print_row(&row, with_fsync);
+        print_row(&row, with_fsync)?;
         if let Some(e) = &row.first_error {
             eprintln!(
                 "  ({} errors at {} clients; first: {e})",
@@ -216,7 +216,7 @@ pub async fn run(url: &str, args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if !with_fsync {
-        println!("\n(records per fsync: metric replidb_wal_records_per_fsync not exported at {url}/metrics)");
+        crate::output::line(&format!("\n(records per fsync: metric replidb_wal_records_per_fsync not exported at {url}/metrics)"))?;
     }
     Ok(())
 }
@@ -496,7 +496,7 @@ async fn run_resp(url: &str, args: &BenchArgs, limit: Limit) -> anyhow::Result<(
         key_space: args.key_space,
         unique: UniqueValues::new(),
     });
-    println!(
+    crate::output::line(&format!(
         "replidb bench: mode=visibility-poll (Redis protocol), value_bytes={}, key_space={}, {}, url={url}, follower={follower}\n",
         args.value_bytes,
         args.key_space,
@@ -504,8 +504,8 @@ async fn run_resp(url: &str, args: &BenchArgs, limit: Limit) -> anyhow::Result<(
             Limit::For(d) => format!("duration={}ms", d.as_millis()),
             Limit::Requests(n) => format!("requests={n}"),
         },
-    );
-    print_header(false);
+    ))?;
+    print_header(false)?;
     for &clients in &args.clients {
         let started = Instant::now();
         let issued = Arc::new(AtomicU64::new(0));
@@ -522,7 +522,7 @@ async fn run_resp(url: &str, args: &BenchArgs, limit: Limit) -> anyhow::Result<(
             results.push(t.await.map_err(|e| format!("task failed: {e}")));
         }
         let row = merge_row(clients, started.elapsed(), results);
-        print_row(&row, false);
+        print_row(&row, false)?;
         if let Some(e) = &row.first_error {
             eprintln!(
                 "  ({} errors at {} clients; first: {e})",
@@ -684,16 +684,16 @@ fn new_histogram() -> Histogram<u64> {
         .unwrap_or_else(|e| unreachable!("constant histogram bounds: {e}"))
 }
 
-fn print_header(with_fsync: bool) {
+fn print_header(with_fsync: bool) -> anyhow::Result<()> {
     let extra = if with_fsync { " records/fsync |" } else { "" };
     let rule = if with_fsync { "---:|" } else { "" };
-    println!(
+    crate::output::line(&format!(
         "| clients | ops | errors | throughput (ops/s) | p50 (ms) | p99 (ms) | p999 (ms) | max (ms) |{extra}"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|{rule}");
+    ))?;
+    crate::output::line(&format!("|---:|---:|---:|---:|---:|---:|---:|---:|{rule}"))
 }
 
-fn print_row(row: &Row, with_fsync: bool) {
+fn print_row(row: &Row, with_fsync: bool) -> anyhow::Result<()> {
     let ms = |q: f64| {
         if row.ops == 0 {
             "-".to_string()
@@ -719,7 +719,7 @@ fn print_row(row: &Row, with_fsync: bool) {
             None => line.push_str(" - |"),
         }
     }
-    println!("{line}");
+    crate::output::line(&line)
 }
 
 /// `(sum, count)` of `replidb_wal_records_per_fsync` over every label set,

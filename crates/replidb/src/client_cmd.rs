@@ -156,7 +156,7 @@ pub async fn put(before: Option<&str>, a: PutArgs) -> anyhow::Result<()> {
         .put(&a.key, a.value.into_bytes(), &write_opts(&a.write))
         .await;
     s.file.save(&s.session, false);
-    print_line(&serde_json::to_string(&r?)?)
+    crate::output::line(&serde_json::to_string(&r?)?)
 }
 
 /// `replidb del KEY`: prints the JSON answer, including `existed`.
@@ -165,7 +165,7 @@ pub async fn del(before: Option<&str>, a: DelArgs) -> anyhow::Result<()> {
     let s = CmdSession::open(&url, &a.target, a.session.no_session)?;
     let r = s.session.delete(&a.key, &write_opts(&a.write)).await;
     s.file.save(&s.session, false);
-    print_line(&serde_json::to_string(&r?)?)
+    crate::output::line(&serde_json::to_string(&r?)?)
 }
 
 /// `replidb get KEY`: the raw value; absent is an error (exit 1).
@@ -243,7 +243,7 @@ pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
 /// `replidb status`: the node's /status, pretty-printed.
 pub async fn status(client: &Client) -> anyhow::Result<()> {
     let s = client.status().await?;
-    print_line(&serde_json::to_string_pretty(&s)?)
+    crate::output::line(&serde_json::to_string_pretty(&s)?)
 }
 
 /// `replidb admin ...`: the node's answer, pretty-printed.
@@ -256,14 +256,5 @@ pub async fn admin(client: &Client, action: AdminCommand) -> anyhow::Result<()> 
     if answer.is_null() {
         return Ok(());
     }
-    print_line(&serde_json::to_string_pretty(&answer)?)
-}
-
-/// Print `text` and a newline on stdout. An error, not a panic as with
-/// `println!`, when stdout is gone (`replidb status | head -1` closes the
-/// pipe early): the command then fails with exit 1, as `get` does.
-fn print_line(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").context("writing to stdout")?;
-    out.flush().context("writing to stdout")
+    crate::output::line(&serde_json::to_string_pretty(&answer)?)
 }

@@ -28,6 +28,7 @@ mod bench;
 mod cli;
 mod client_cmd;
 mod logging;
+mod output;
 mod playground;
 mod router_cmd;
 mod server_cmd;

@@ -224,7 +224,7 @@ fn simulate_with<C>(
 ) -> anyhow::Result<()> {
     let Some(seeds) = seeds else {
         let report = run(&cfg)?;
-        print!("{}", report.output);
+        crate::output::text(&report.output)?;
         if report.passed() {
             return Ok(());
         }
@@ -242,20 +242,25 @@ fn simulate_with<C>(
         &command_line,
         |r| {
             if !r.passed() {
-                println!("seed {}: FAIL: {}", r.seed, r.failures.join("; "));
+                // A closed stdout fails the command at the summary below.
+                let _ = crate::output::line(&format!(
+                    "seed {}: FAIL: {}",
+                    r.seed,
+                    r.failures.join("; ")
+                ));
             }
         },
     )?;
-    println!(
+    crate::output::line(&format!(
         "seeds {first}..{last} ({what}): {}, {} failed",
         count_s(soak.runs, "run"),
         soak.failed.len()
-    );
+    ))?;
     if soak.failed.is_empty() {
         return Ok(());
     }
     for (_, _, cmd) in &soak.failed {
-        println!("reproduce with: {cmd}");
+        crate::output::line(&format!("reproduce with: {cmd}"))?;
     }
     anyhow::bail!(
         "{} of {} failed",

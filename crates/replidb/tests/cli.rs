@@ -152,21 +152,27 @@ async fn a_closed_stdout_is_an_error_not_a_panic() {
     let (code, out, err) = common::cli(&["get", "n", "--url", &node.url()]);
     assert_eq!((code, out.as_str()), (0, "-5"), "{err}");
 
-    let (reader, writer) = std::io::pipe().expect("pipe");
-    drop(reader);
-    let out = std::process::Command::new(common::BIN)
-        .args(["status", "--url", &node.url()])
-        .env_remove("REPLIDB_URL")
-        .env("REPLIDB_NO_SESSION", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(writer)
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .expect("run replidb status");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains("writing to stdout"), "{err}");
+    let url = node.url();
+    for args in [
+        vec!["status", "--url", &url],
+        vec!["simulate", "--seed", "1"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(common::BIN)
+            .args(&args)
+            .env_remove("REPLIDB_URL")
+            .env("REPLIDB_NO_SESSION", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run replidb");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("writing to stdout"), "{args:?}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,24 @@
+//! Writing results to stdout without `println!`, which panics when the
+//! reader has gone (`replidb status | head -1`, `simulate ... | true`):
+//! here a closed stdout is an error, and the command fails with exit 1
+//! and one line on stderr like any other failure.
+
+use std::io::Write;
+
+use anyhow::Context;
+
+/// Print `text` as it is.
+pub fn text(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
+/// Print `text` and a newline.
+pub fn line(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
