@@ -39,6 +39,9 @@ pub struct WriteOutcome {
     pub committed: bool,
     /// For a delete: whether the key existed.
     pub existed: Option<bool>,
+    /// Whether a failover could still roll the write back (single leader;
+    /// multi-leader never rolls back what a node took).
+    pub may_roll_back: bool,
 }
 
 /// If this node does not lead, answer the write with a 307 to the leader,
@@ -158,6 +161,7 @@ pub async fn propose_with(
             acks,
             committed: met,
             existed: committed.existed,
+            may_roll_back: !node.is_multi_leader(),
         },
         committed,
     ))
@@ -267,7 +271,7 @@ pub fn writable(leader: &replidb_replication::Leader) -> ApiResult<()> {
 /// Worded for the node that took the write, whatever the topology: in
 /// multi-leader every node takes writes and nothing fails over, so "the
 /// leader" and "a failover" would name what is not there.
-pub fn concern_shortfall(acks: usize, w: &str) -> String {
+pub fn concern_shortfall(acks: usize, w: &str, may_roll_back: bool) -> String {
     let held = match acks {
         0 => "the write is not known to be durable on any node".to_string(),
         1 => "the write is durable on the node that took it only".to_string(),
@@ -275,14 +279,19 @@ pub fn concern_shortfall(acks: usize, w: &str) -> String {
     };
     // Not "fewer than w": a leader deposed while it waited has the count
     // and still no commit (its epoch is over), so say both causes.
-    format!("{held}, but w={w} was not confirmed before the deadline or before this node stopped taking writes; it was not undone and may still replicate (with a single leader, a failover may also roll it back)")
+    let then = if may_roll_back {
+        "it was not undone and may still replicate, or be rolled back by a failover"
+    } else {
+        "it was not undone and will replicate when the other nodes are reached"
+    };
+    format!("{held}, but w={w} was not confirmed before the deadline or before this node stopped taking writes; {then}")
 }
 
 /// The contract's write response: 200, or 504 when the concern was not met.
 pub fn write_response(key: Option<&str>, opts: WriteOpts, out: &WriteOutcome) -> Response {
     let error = (!out.committed).then(|| WriteErrorBody {
         code: "write_concern_timeout",
-        message: concern_shortfall(out.acks, &opts.w.to_string()),
+        message: concern_shortfall(out.acks, &opts.w.to_string(), out.may_roll_back),
     });
     let body = WriteBody {
         acks: out.acks,
@@ -386,7 +395,7 @@ mod tests {
 
     #[test]
     fn a_shortfall_claims_no_more_durability_than_was_counted() {
-        let none = concern_shortfall(0, "majority");
+        let none = concern_shortfall(0, "majority", true);
         assert!(!none.contains("durable on the node"), "{none}");
         assert!(none.contains("not known to be durable on any node"));
         assert!(concern_shortfall(1, "2")

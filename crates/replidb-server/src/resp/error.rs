@@ -138,12 +138,14 @@ pub enum RespError {
     },
     /// The write is durable on the leader but the node's default write
     /// concern was not met in time.
-    #[error("ERR write_concern_timeout: {}", crate::api::concern_shortfall(*acks, w))]
+    #[error("ERR write_concern_timeout: {}", crate::api::concern_shortfall(*acks, w, *may_roll_back))]
     NotCommitted {
         /// Nodes holding it.
         acks: usize,
         /// The concern.
         w: String,
+        /// Whether a failover could still roll it back.
+        may_roll_back: bool,
     },
     /// The node refused or failed (not leading any more, no quorum, fenced,
     /// storage failure...): its API error code and message.

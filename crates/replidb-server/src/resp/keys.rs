@@ -108,6 +108,7 @@ pub(crate) async fn write(
         return Err(RespError::NotCommitted {
             acks: out.acks,
             w: opts.w.to_string(),
+            may_roll_back: out.may_roll_back,
         });
     }
     Ok(out)
