@@ -398,10 +398,17 @@ mod tests {
         let none = concern_shortfall(0, "majority", true);
         assert!(!none.contains("durable on the node"), "{none}");
         assert!(none.contains("not known to be durable on any node"));
-        assert!(concern_shortfall(1, "2")
-            .starts_with("the write is durable on the node that took it only"));
-        assert!(concern_shortfall(2, "all")
-            .contains("durable on 2 nodes, the one that took it included"));
-        assert!(concern_shortfall(2, "all").contains("but w=all was not confirmed"));
+        let one = concern_shortfall(1, "2", true);
+        assert!(one.starts_with("the write is durable on the node that took it only"));
+        let two = concern_shortfall(2, "all", true);
+        assert!(two.contains("durable on 2 nodes, the one that took it included"));
+        assert!(two.contains("but w=all was not confirmed"));
+        assert!(two.contains("rolled back by a failover"));
+        // Multi-leader: no leader, and nothing fails over.
+        let multi = concern_shortfall(1, "all", false);
+        assert!(
+            !multi.contains("failover") && !multi.contains("leader"),
+            "{multi}"
+        );
     }
 }
