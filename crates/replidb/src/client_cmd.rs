@@ -57,7 +57,12 @@ const SIBLING_SHOWN_BYTES_MAX: usize = 64;
 
 /// A key with siblings has no single value to print: name each (value,
 /// origin) and the exact command that resolves them, with their context.
-fn siblings_error(key: &str, siblings: &[replidb_client::Sibling], context: &str) -> anyhow::Error {
+fn siblings_error(
+    url: &str,
+    key: &str,
+    siblings: &[replidb_client::Sibling],
+    context: &str,
+) -> anyhow::Error {
     let shown: Vec<String> = siblings
         .iter()
         .map(|s| match &s.value {
@@ -73,8 +78,10 @@ fn siblings_error(key: &str, siblings: &[replidb_client::Sibling], context: &str
             }
         })
         .collect();
+    use crate::output::shell_word;
+    let (key_arg, url_arg) = (shell_word(key), shell_word(url));
     anyhow::anyhow!(
-        "key {key:?} has {} concurrent versions (siblings): {}; merge them and write the result back with: replidb put {key} VALUE --context {context} (or replidb del {key} --context {context})",
+        "key {key:?} has {} concurrent versions (siblings): {}; merge them and write the result back with: replidb put {key_arg} VALUE --context {context} --url {url_arg} (or replidb del {key_arg} --context {context} --url {url_arg})",
         siblings.len(),
         shown.join(", ")
     )
@@ -192,7 +199,7 @@ pub async fn get(before: Option<&str>, a: GetArgs) -> anyhow::Result<()> {
                 key,
                 siblings,
                 context,
-            }) => return Err(siblings_error(key, siblings, context)),
+            }) => return Err(siblings_error(&url, key, siblings, context)),
             _ => return Err(e),
         },
         Ok(found) => found,

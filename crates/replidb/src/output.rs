@@ -22,3 +22,15 @@ pub fn line(text: &str) -> anyhow::Result<()> {
         .and_then(|()| out.flush())
         .context("writing to stdout")
 }
+
+/// `s` as one shell word (quoted only when it needs to be), for commands
+/// printed to be pasted: a node's command line in its log, the command
+/// that resolves siblings.
+pub fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}

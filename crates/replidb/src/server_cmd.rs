@@ -36,7 +36,9 @@ pub async fn run(flags: ServerOpts) -> anyhow::Result<()> {
 /// file and defaults merged, as typed fields (durations in ms, sizes in
 /// bytes, positions as numbers).
 fn log_start(c: &replidb_server::NodeConfig) {
-    let argv: Vec<String> = std::env::args().map(|a| shell_word(&a)).collect();
+    let argv: Vec<String> = std::env::args()
+        .map(|a| crate::output::shell_word(&a))
+        .collect();
     tracing::info!(node_id = %c.id, command = %argv.join(" "), "starting node");
     let list = |v: &[String]| {
         if v.is_empty() {
@@ -104,16 +106,6 @@ fn log_start(c: &replidb_server::NodeConfig) {
         max_header_bytes = c.http_limits.header_bytes_max as u64,
         "configuration (access and limits)"
     );
-}
-
-/// `s` as one shell word (quoted only when it needs to be).
-fn shell_word(s: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c);
-    if !s.is_empty() && s.chars().all(plain) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// Resolves on the first Ctrl-C (SIGINT) or SIGTERM, the two ways a node is
