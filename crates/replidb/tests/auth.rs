@@ -76,6 +76,42 @@ impl Secrets {
     }
 }
 
+/// A node started with `auth` as its token file and `peer` as the secret
+/// it presents to others (`--follow LEADER` when `follow` is given), plus
+/// `extra` flags; the test talks to it with the cluster token.
+async fn member(id: &str, follow: Option<&str>, auth: &str, peer: &str, extra: &[&str]) -> Node {
+    let mut args = vec!["--auth-file", auth, "--peer-token-file", peer];
+    if let Some(leader) = follow {
+        args.extend(["--follow", leader]);
+    }
+    args.extend(extra);
+    let mut node = Node::start(id, &args).await;
+    node.set_bearer(CLUSTER);
+    node
+}
+
+/// A node with the token file and a Redis listener; its Redis port.
+async fn redis_node(secrets: &Secrets) -> (Node, u16) {
+    let auth = secrets.path("tokens.toml");
+    let node = Node::start(
+        "n1",
+        &["--auth-file", &auth, "--resp-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let port = common::resp_port(&node).await;
+    (node, port)
+}
+
+/// Send `node` SIGHUP: it reloads its token file.
+fn reload_tokens(node: &Node) {
+    let pid = node.pid().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+}
+
 async fn call(url: &str, method: Method, path: &str, bearer: Option<&str>) -> (u16, Value) {
     let mut req = http().request(method.clone(), format!("{url}{path}"));
     if matches!(method, Method::PUT | Method::POST | Method::PATCH) {
@@ -265,60 +301,12 @@ async fn a_follower_with_a_wrong_token_never_joins_and_cannot_acknowledge() {
     let wrong = secrets.path("wrong.secret");
     let reader = secrets.path("reader.secret");
     // Four voting members, so that w=3 is a valid concern to ask for.
-    let mut leader = Node::start(
-        "n1",
-        &[
-            "--auth-file",
-            &auth,
-            "--peer-token-file",
-            &peer,
-            "--cluster-size",
-            "4",
-        ],
-    )
-    .await;
-    leader.set_bearer(CLUSTER);
+    let leader = member("n1", None, &auth, &peer, &["--cluster-size", "4"]).await;
     let follow = leader.url();
-    let mut good = Node::start(
-        "n2",
-        &[
-            "--follow",
-            &follow,
-            "--auth-file",
-            &auth,
-            "--peer-token-file",
-            &peer,
-        ],
-    )
-    .await;
-    good.set_bearer(CLUSTER);
-    let mut bad = Node::start(
-        "n3",
-        &[
-            "--follow",
-            &follow,
-            "--auth-file",
-            &auth,
-            "--peer-token-file",
-            &wrong,
-        ],
-    )
-    .await;
-    bad.set_bearer(CLUSTER);
+    let good = member("n2", Some(&follow), &auth, &peer, &[]).await;
+    let bad = member("n3", Some(&follow), &auth, &wrong, &[]).await;
     // A token that exists but lacks the replication role fares no better.
-    let mut weak = Node::start(
-        "n4",
-        &[
-            "--follow",
-            &follow,
-            "--auth-file",
-            &auth,
-            "--peer-token-file",
-            &reader,
-        ],
-    )
-    .await;
-    weak.set_bearer(CLUSTER);
+    let weak = member("n4", Some(&follow), &auth, &reader, &[]).await;
 
     wait_until(
         "n2 streams from the leader",
@@ -398,33 +386,9 @@ async fn a_revoked_follower_stops_acknowledging() {
     std::fs::copy(secrets.auth_file(), &leader_auth).unwrap();
     let auth = secrets.path("tokens.toml");
     let peer = secrets.path("peer.secret");
-    let mut leader = Node::start(
-        "n1",
-        &[
-            "--auth-file",
-            &leader_auth,
-            "--peer-token-file",
-            &peer,
-            "--cluster-size",
-            "2",
-        ],
-    )
-    .await;
-    leader.set_bearer(CLUSTER);
+    let leader = member("n1", None, &leader_auth, &peer, &["--cluster-size", "2"]).await;
     let follow = leader.url();
-    let mut follower = Node::start(
-        "n2",
-        &[
-            "--follow",
-            &follow,
-            "--auth-file",
-            &auth,
-            "--peer-token-file",
-            &peer,
-        ],
-    )
-    .await;
-    follower.set_bearer(CLUSTER);
+    let follower = member("n2", Some(&follow), &auth, &peer, &[]).await;
     wait_until(
         "n2 streams from the leader",
         Duration::from_secs(20),
@@ -438,11 +402,7 @@ async fn a_revoked_follower_stops_acknowledging() {
     let text = token("app", APP, &["read", "write"])
         + &token("cluster", CLUSTER, &["read", "write", "admin"]);
     std::fs::write(&leader_auth, text).unwrap();
-    let pid = leader.pid().expect("running").to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status();
-    assert!(hup.expect("kill -HUP").success());
+    reload_tokens(&leader);
     wait_until(
         "w=all can no longer be met",
         Duration::from_secs(15),
@@ -473,14 +433,7 @@ async fn sighup_reloads_the_token_file() {
     let mut text = std::fs::read_to_string(secrets.auth_file()).unwrap();
     text.push_str(&token("fresh", "fresh-secret-123", &["read"]));
     std::fs::write(secrets.auth_file(), &text).unwrap();
-    let pid = node.pid().expect("running");
-    let hup = |pid: u32| {
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("kill -HUP")
-    };
-    assert!(hup(pid).success());
+    reload_tokens(&node);
     wait_until("the new token works", Duration::from_secs(10), async || {
         call(&url, Method::GET, "/v1/kv/a", Some("fresh-secret-123"))
             .await
@@ -491,7 +444,7 @@ async fn sighup_reloads_the_token_file() {
 
     // A broken file is refused; the tokens in force stay.
     std::fs::write(secrets.auth_file(), "[[token]]\nname = 5\n").unwrap();
-    assert!(hup(pid).success());
+    reload_tokens(&node);
     wait_until(
         "the reload failure is logged",
         Duration::from_secs(10),
@@ -510,13 +463,7 @@ async fn sighup_reloads_the_token_file() {
 #[tokio::test]
 async fn the_redis_listener_asks_for_auth_with_the_same_tokens() {
     let secrets = Secrets::new();
-    let auth = secrets.path("tokens.toml");
-    let node = Node::start(
-        "n1",
-        &["--auth-file", &auth, "--resp-listen", "127.0.0.1:0"],
-    )
-    .await;
-    let port = common::resp_port(&node).await;
+    let (node, port) = redis_node(&secrets).await;
 
     tokio::task::spawn_blocking(move || {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
@@ -579,13 +526,7 @@ async fn the_redis_listener_asks_for_auth_with_the_same_tokens() {
 #[tokio::test]
 async fn a_redis_connection_holds_no_more_than_its_token_allows_now() {
     let secrets = Secrets::new();
-    let auth = secrets.path("tokens.toml");
-    let node = Node::start(
-        "n1",
-        &["--auth-file", &auth, "--resp-listen", "127.0.0.1:0"],
-    )
-    .await;
-    let port = common::resp_port(&node).await;
+    let (node, port) = redis_node(&secrets).await;
     let connect = move |secret: &str| {
         let client = redis::Client::open(format!("redis://:{secret}@127.0.0.1:{port}/")).unwrap();
         client.get_connection().unwrap()
@@ -627,11 +568,7 @@ async fn a_redis_connection_holds_no_more_than_its_token_allows_now() {
     // refuses it: the open connection must be refused too.
     let text = token("reader", READER, &["read"]) + &token("writer", WRITER, &["write"]);
     std::fs::write(secrets.auth_file(), text).unwrap();
-    let pid = node.pid().expect("running").to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status();
-    assert!(hup.expect("kill -HUP").success());
+    reload_tokens(&node);
     let url = node.url();
     wait_until(
         "the revoked token is refused over HTTP",
