@@ -668,3 +668,66 @@ async fn a_delete_clears_what_the_other_replicas_hold() {
     let (s, _, body) = send(nodes[0].http().put(nodes[0].at("/v1/kv/never")).body("v")).await;
     assert_eq!(s, 200, "the key is still free for a plain value: {body}");
 }
+
+/// Found by a new user: with more nodes than replicas, a scan listed only
+/// what the answering node held, a different part on each node. A scan
+/// now covers the ring: every node lists every key, a delete hides the
+/// key everywhere, pages of `limit` follow on with `start_after`, and with
+/// as many nodes down as there are replicas per key it refuses (503)
+/// rather than answer a list that may lack a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_lists_the_whole_ring_from_any_node() {
+    let mut nodes = start_peered(3, &["--topology", "leaderless", "--replicas", "2"]).await;
+    let keys: Vec<String> = (1..=8).map(|i| format!("zz{i}")).collect();
+    for k in &keys {
+        let (s, _, body) = send(
+            nodes[0]
+                .http()
+                .put(nodes[0].at(&format!("/v1/kv/{k}?w=all")))
+                .body("v"),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, _, body) = send(nodes[1].http().delete(nodes[1].at("/v1/kv/zz3?w=all"))).await;
+    assert_eq!(s, 200, "{body}");
+    let want: Vec<String> = keys.iter().filter(|k| *k != "zz3").cloned().collect();
+    let listed = |body: &Value| -> Vec<String> {
+        body.as_array()
+            .expect("a list")
+            .iter()
+            .map(|e| e["key"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    for n in &nodes {
+        let (s, _, body) = send(n.http().get(n.at("/v1/kv?prefix=zz"))).await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(listed(&body), want, "from {}", n.url());
+        assert!(
+            body[0]["value"].is_string() || body[0]["siblings"].is_array(),
+            "{body}"
+        );
+    }
+    // Pages of three, each after the last key of the one before.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let q = format!("/v1/kv?prefix=zz&limit=3&start_after={after}");
+        let (s, _, body) = send(nodes[2].http().get(nodes[2].at(&q))).await;
+        assert_eq!(s, 200, "{body}");
+        let page = listed(&body);
+        paged.extend(page.iter().cloned());
+        match page.last() {
+            Some(last) if page.len() == 3 => after = last.clone(),
+            _ => break,
+        }
+    }
+    assert_eq!(paged, want);
+    // Two of three down with two replicas per key: some key may have no
+    // replica left to list it.
+    nodes[1].kill9();
+    nodes[2].kill9();
+    let (s, _, body) = send(nodes[0].http().get(nodes[0].at("/v1/kv?prefix=zz"))).await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_enough_replicas", "{body}");
+}

@@ -424,20 +424,22 @@ pub async fn scan(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let mut allowed = read_params_for(node.config.topology).to_vec();
-    // A scan reads this node's table: a leaderless `r` would be ignored.
+    // A leaderless scan asks every replica (below): an `r` would say less.
     allowed.retain(|p| *p != "r");
     allowed.extend(["prefix", "limit", "start_after"]);
     let p = Params::parse(q.as_deref(), &allowed)?;
     let opts = ReadOpts::from_params(&p, &headers)?;
-    let limit = p
-        .parse_as::<usize>("limit", "a positive integer")?
-        .unwrap_or(1000);
-    if limit == 0 || limit > SCAN_LIMIT_MAX {
-        return Err(ApiError::invalid_param(
-            "limit",
-            &limit.to_string(),
-            &format!("1..={SCAN_LIMIT_MAX}"),
-        ));
+    let limit = super::leaderless::scan_limit(&p)?;
+    if node.is_leaderless() {
+        super::read::refuse_single_leader_only(&node, &opts)?;
+        let list = super::leaderless::coverage_scan(
+            &node,
+            p.str("prefix").unwrap_or(""),
+            p.str("start_after"),
+            limit,
+        )
+        .await?;
+        return Ok(Json(Value::Array(list)).into_response());
     }
     super::causal::wait_for_token(&node, &p, &headers, opts.wait).await?;
     serve_read(&node, &opts, &uri, &headers, |n| {

@@ -743,3 +743,220 @@ pub async fn collect(State(node): State<AppState>, RawQuery(q): RawQuery) -> Api
         Err(e) => Err(e.into()),
     }
 }
+
+/// `GET /internal/scan?prefix=P&start_after=K&limit=N`: this node's
+/// entries in key order, deleted keys included (so that a coverage scan
+/// lets a delete win over an older copy elsewhere).
+#[utoipa::path(
+    get,
+    path = "/internal/scan",
+    tag = "internal",
+    operation_id = "internal_scan",
+    description = "Leaderless: this node's next `limit` keys after `start_after` under `prefix`, with their encoded states (deleted keys included), for a coverage scan.",
+    params(
+        ("prefix" = Option<String>, Query, description = "Only keys that start with it"),
+        ("start_after" = Option<String>, Query, description = "Only keys after it"),
+        ("limit" = usize, Query, description = "At most this many entries (1..=10000)"),
+    ),
+    responses(
+        (status = 200, description = "`[{\"key\", \"state\"}]`, the state base64 (URL-safe, unpadded); `state` is absent for a key that holds no causal state", body = Vec<super::openapi::ScanEntry>),
+        (status = 400, description = "Missing or invalid parameter; `not_supported` on a node that is not leaderless", body = super::openapi::ErrorBody),
+    ),
+)]
+pub async fn replica_scan(
+    State(node): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    use base64::Engine as _;
+    lz(&node)?;
+    let p = Params::parse(q.as_deref(), &["prefix", "start_after", "limit"])?;
+    let limit = scan_limit(&p)?;
+    let items =
+        node.engine
+            .table()
+            .scan(p.str("prefix").unwrap_or(""), p.str("start_after"), limit)?;
+    let list: Vec<Value> = items
+        .into_iter()
+        .map(|(key, v)| {
+            if v.causal {
+                json!({"key": key, "state": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&v.value)})
+            } else {
+                json!({"key": key})
+            }
+        })
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+/// `limit` of a scan: 1..=[`super::kv::SCAN_LIMIT_MAX`], default 1,000.
+pub(crate) fn scan_limit(p: &Params<'_>) -> ApiResult<usize> {
+    let limit = p
+        .parse_as::<usize>("limit", "a positive integer")?
+        .unwrap_or(1000);
+    if limit == 0 || limit > super::kv::SCAN_LIMIT_MAX {
+        return Err(ApiError::invalid_param(
+            "limit",
+            &limit.to_string(),
+            &format!("1..={}", super::kv::SCAN_LIMIT_MAX),
+        ));
+    }
+    Ok(limit)
+}
+
+/// Most rounds one coverage scan makes: each moves past at least one key,
+/// so only a range of deleted keys far longer than `limit` (tombstones not
+/// collected yet) takes more.
+const COVERAGE_SCAN_ROUNDS_MAX: usize = 64;
+
+/// One member's page of a coverage scan: its entries in key order, with
+/// their states (`None`: not a causal state, counted but not merged).
+type ScanPage = Vec<(String, Option<KeyState>)>;
+
+/// A leaderless scan over the whole ring, not only what this node holds
+/// (a coverage query, as Riak's key listing): every member's next `limit`
+/// entries, each key's states joined, deleted keys left out. Only keys up
+/// to the lowest last key of a full page are complete on every member, so
+/// a round answers those, and the next round continues after them until
+/// `limit` keys are found or every member is exhausted.
+///
+/// Each key's value is the join of what every reachable replica holds (as
+/// fresh as a read with `r` = every replica that answered). With `--replicas`
+/// or more members unreachable some key may have no replica left to ask:
+/// 503 `not_enough_replicas` rather than a list that silently lacks it.
+pub async fn coverage_scan(
+    node: &Arc<Node>,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+) -> ApiResult<Vec<Value>> {
+    let lz = lz(node)?;
+    let members: Vec<String> = lz.ring.members().to_vec();
+    let mut cursor = start_after.map(str::to_string);
+    let mut out = Vec::new();
+    for _ in 0..COVERAGE_SCAN_ROUNDS_MAX {
+        let asks = members
+            .iter()
+            .map(|url| scan_page(node, &lz, url, prefix, cursor.as_deref(), limit));
+        let pages = futures::future::join_all(asks).await;
+        let unreachable: Vec<&str> = members
+            .iter()
+            .zip(&pages)
+            .filter(|(_, p)| p.is_err())
+            .map(|(u, _)| u.as_str())
+            .collect();
+        if unreachable.len() >= lz.ring.replicas() {
+            return Err(ApiError::retry_later(
+                "not_enough_replicas",
+                format!(
+                    "{} of the ring's members are unreachable ({}); with {} replicas per key, some key may have no replica left to list it",
+                    unreachable.len(),
+                    unreachable.join(", "),
+                    lz.ring.replicas()
+                ),
+            ));
+        }
+        let pages: Vec<ScanPage> = pages.into_iter().flatten().collect();
+        let cutoff = pages
+            .iter()
+            .filter(|p| p.len() >= limit)
+            .filter_map(|p| p.last().map(|(k, _)| k.clone()))
+            .min();
+        let mut by_key: std::collections::BTreeMap<String, Vec<Option<KeyState>>> =
+            std::collections::BTreeMap::new();
+        for (key, state) in pages.into_iter().flatten() {
+            if cutoff.as_ref().is_none_or(|c| key <= *c) {
+                by_key.entry(key).or_default().push(state);
+            }
+        }
+        for (key, states) in &by_key {
+            let Some(merged) = replidb_leaderless::coordinator::join_all(key, states) else {
+                continue;
+            };
+            if merged.is_absent() {
+                continue;
+            }
+            out.push(super::causal::causal_json(key, &merged));
+            if out.len() == limit {
+                return Ok(out);
+            }
+        }
+        match cutoff {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+    Err(ApiError::retry_later(
+        "scan_incomplete",
+        format!("the range holds more deleted keys than {COVERAGE_SCAN_ROUNDS_MAX} pages of {limit}; scan again from the last key returned, or with a larger limit"),
+    ))
+}
+
+/// One member's page for [`coverage_scan`] (this node's own from its table).
+async fn scan_page(
+    node: &Arc<Node>,
+    lz: &Leaderless,
+    url: &str,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+) -> Result<ScanPage, String> {
+    use base64::Engine as _;
+    if url == lz.me {
+        let items = node
+            .engine
+            .table()
+            .scan(prefix, start_after, limit)
+            .map_err(|e| e.to_string())?;
+        return Ok(items
+            .into_iter()
+            .map(|(k, v)| {
+                let state = v.causal.then(|| KeyState::decode(&v.value).ok()).flatten();
+                (k, state)
+            })
+            .collect());
+    }
+    let mut query: Vec<(&str, String)> =
+        vec![("prefix", prefix.to_string()), ("limit", limit.to_string())];
+    if let Some(after) = start_after {
+        query.push(("start_after", after.to_string()));
+    }
+    let r = node
+        .http
+        .get(format!("{url}/internal/scan"))
+        .query(&query)
+        .timeout(crate::leaderless::INTERNAL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("{url} answered {}", r.status()));
+    }
+    let entries: Vec<ScanEntryWire> = r.json().await.map_err(|e| e.to_string())?;
+    if entries.len() > limit {
+        return Err(format!(
+            "{url} sent {} entries for a limit of {limit}",
+            entries.len()
+        ));
+    }
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let state = e
+                .state
+                .and_then(|s| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(s)
+                        .ok()
+                })
+                .and_then(|b| KeyState::decode(&b).ok());
+            (e.key, state)
+        })
+        .collect())
+}
+
+/// An entry of `/internal/scan` as received.
+#[derive(serde::Deserialize)]
+struct ScanEntryWire {
+    key: String,
+    state: Option<String>,
+}

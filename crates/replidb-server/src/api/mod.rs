@@ -102,6 +102,7 @@ fn routes() -> Router<AppState> {
             "/internal/replica",
             get(leaderless::replica_get).post(leaderless::replica_put),
         )
+        .route("/internal/scan", get(leaderless::replica_scan))
         .route("/internal/hint", post(leaderless::hint_put))
         .route("/internal/hints", get(leaderless::hints_for))
         .route("/internal/collect", post(leaderless::collect))

@@ -537,6 +537,17 @@ pub struct ReplicaMerged {
     pub merged: bool,
 }
 
+/// An entry of `GET /internal/scan`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ScanEntry {
+    /// The key.
+    pub key: String,
+    /// Its encoded causal state, base64 (URL-safe, unpadded); absent when
+    /// the key holds none.
+    pub state: Option<String>,
+}
+
 /// `POST /internal/hint`.
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
@@ -657,6 +668,7 @@ fn string_or_integer() -> utoipa::openapi::schema::Schema {
         super::ops::digest,
         super::leaderless::replica_get,
         super::leaderless::replica_put,
+        super::leaderless::replica_scan,
         super::leaderless::hint_put,
         super::leaderless::hints_for,
         super::leaderless::collect,
