@@ -609,7 +609,9 @@ impl Leader {
         }
     }
 
-    /// Serve one follower's stream until it ends or we stop leading.
+    /// Serve one follower's stream until it ends, we stop leading, or the
+    /// returned future is dropped (the follower is then marked
+    /// disconnected all the same).
     pub async fn serve(self: Arc<Self>, io: BoxIo) {
         let cancel = self.cancel.clone();
         tokio::select! {
@@ -732,12 +734,18 @@ impl Leader {
             },
         );
         self.acks.send_modify(|v| *v += 1);
-        let result = self
-            .clone()
+        // Marked disconnected however the session ends: returned, or
+        // dropped (the leader stepping down, or the server closing a
+        // stream whose token was revoked). A replica left "connected" would
+        // be refused by `forget_if_disconnected` and would pin the WAL.
+        let _disconnected = MarkDisconnected {
+            leader: self.clone(),
+            node_id: node_id.clone(),
+            session,
+        };
+        self.clone()
             .stream(framed, &node_id, session, decision, meta.history)
-            .await;
-        self.update(&node_id, session, |r| r.state = ReplicaState::Disconnected);
-        result
+            .await
     }
 
     async fn stream(
@@ -1037,5 +1045,21 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Marks a follower's session disconnected when dropped (see
+/// `Leader::session`).
+struct MarkDisconnected {
+    leader: Arc<Leader>,
+    node_id: String,
+    session: u64,
+}
+
+impl Drop for MarkDisconnected {
+    fn drop(&mut self) {
+        self.leader.update(&self.node_id, self.session, |r| {
+            r.state = ReplicaState::Disconnected
+        });
     }
 }

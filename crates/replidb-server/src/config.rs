@@ -259,24 +259,46 @@ impl NodeConfig {
     /// node: a leaderless key "replicated" on both copies would sit on one
     /// machine, and a multi-leader `w=all` would wait for an ack the node
     /// never sends itself. So a `--peers` entry whose host resolves to the
-    /// address this node listens on (any loopback address when it listens
-    /// on all of them), on its port and scheme, is this node: without
+    /// address this node listens on (any address of the machine's
+    /// interfaces, of the listener's family, when it listens on all of
+    /// them), on its port and scheme, is this node: without
     /// `--advertise-url`, the node advertises that spelling.
+    ///
+    /// Only in the causal topologies, whose peer lists and ring are built
+    /// from `--peers` at every start and name no member in anything
+    /// persisted: a single leader keeps its voting set and its epochs'
+    /// leaders by URL on disk, where a URL that changed between restarts
+    /// would be a member that left and one that joined.
     ///
     /// # Errors
     /// When `--peers` names this node in two ways, or in another way than
     /// an explicit `--advertise-url`: either would leave the members'
     /// lists disagreeing.
     pub async fn settle_own_url(&mut self) -> Result<(), String> {
+        if self.topology == Topology::SingleLeader {
+            return Ok(());
+        }
         let mine = self.advertise();
         let mine = mine.trim_end_matches('/');
-        let mut spellings: Vec<String> = Vec::new();
+        let mut candidates: Vec<&str> = Vec::new();
         for peer in &self.peers {
             let peer = peer.trim_end_matches('/');
-            if peer != mine && !spellings.iter().any(|s| s == peer) && self.names_me(peer).await {
-                spellings.push(peer.to_string());
+            if peer != mine && !candidates.contains(&peer) {
+                candidates.push(peer);
             }
         }
+        // Resolved together, under one deadline: a start waits at most
+        // that long for names, however many peers there are.
+        let checks = futures::future::join_all(candidates.iter().map(|p| self.names_me(p)));
+        let verdicts = tokio::time::timeout(PEER_LOOKUP_TIMEOUT, checks)
+            .await
+            .unwrap_or_default();
+        let spellings: Vec<String> = candidates
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, me)| *me)
+            .map(|(p, _)| p.to_string())
+            .collect();
         let listed_as_mine = self.peers.iter().any(|p| p.trim_end_matches('/') == mine);
         match (spellings.as_slice(), &self.advertise_url) {
             ([], _) => Ok(()),
@@ -305,8 +327,8 @@ impl NodeConfig {
 
     /// Whether `url` reaches this node's HTTP listener: same scheme and
     /// port, and a host that resolves to the listen address (or, when
-    /// listening on all addresses, to any address of this machine: one a
-    /// UDP socket can bind). A host that does not resolve within a second
+    /// listening on all addresses, to an address of one of this machine's
+    /// interfaces, of the listener's family). A host that does not resolve
     /// is taken to be another machine.
     async fn names_me(&self, url: &str) -> bool {
         let Ok(parsed) = reqwest::Url::parse(url) else {
@@ -320,13 +342,20 @@ impl NodeConfig {
             return false;
         }
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let lookup = tokio::net::lookup_host((host, port));
-        let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(1), lookup).await else {
+        let Ok(addrs) = tokio::net::lookup_host((host, port)).await else {
             return false;
         };
         let listen = self.listen.ip();
+        let local = if listen.is_unspecified() {
+            interface_addresses()
+        } else {
+            Vec::new()
+        };
         for ip in addrs.map(|a| a.ip()) {
-            if ip == listen || (listen.is_unspecified() && is_local_address(ip)) {
+            // An IPv4 wildcard listener does not serve IPv6 addresses;
+            // an IPv6 one usually serves both (dual stack).
+            let family_ok = listen.is_ipv6() || ip.is_ipv4();
+            if ip == listen || (listen.is_unspecified() && family_ok && local.contains(&ip)) {
                 return true;
             }
         }
@@ -334,10 +363,25 @@ impl NodeConfig {
     }
 }
 
-/// Whether `ip` is an address of this machine: loopback, or one a socket
-/// can bind (the kernel refuses to bind an address no interface has).
-fn is_local_address(ip: std::net::IpAddr) -> bool {
-    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+/// How long a start waits, at most, to resolve the hosts of `--peers`
+/// that could name this node.
+const PEER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The addresses of this machine's interfaces (loopback included): from
+/// the interface list, not from whether a socket can bind an address,
+/// which `ip_nonlocal_bind` and IPVS hosts allow for addresses they do not
+/// own. No list (an error): loopback only.
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(list) => list.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this machine's interfaces; only loopback addresses name this node in --peers");
+            vec![
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ]
+        }
+    }
 }
 
 #[cfg(test)]
@@ -346,8 +390,19 @@ mod tests {
 
     fn config_with_peers(listen: &str, peers: &[&str]) -> NodeConfig {
         let mut c = NodeConfig::new("n1", listen.parse().expect("addr"), "/tmp/x");
+        c.topology = Topology::Leaderless;
         c.peers = peers.iter().map(|p| p.to_string()).collect();
         c
+    }
+
+    /// A single leader keeps members' URLs on disk: its advertised URL is
+    /// never changed under it.
+    #[tokio::test]
+    async fn a_single_leader_keeps_its_url() {
+        let mut c = config_with_peers("127.0.0.1:7001", &["http://localhost:7001"]);
+        c.topology = Topology::SingleLeader;
+        c.settle_own_url().await.expect("settles");
+        assert_eq!(c.advertise(), "http://127.0.0.1:7001");
     }
 
     #[tokio::test]

@@ -672,9 +672,9 @@ async fn a_delete_clears_what_the_other_replicas_hold() {
 /// Found by a new user: with more nodes than replicas, a scan listed only
 /// what the answering node held, a different part on each node. A scan
 /// now covers the ring: every node lists every key, a delete hides the
-/// key everywhere, pages of `limit` follow on with `start_after`, and with
-/// as many nodes down as there are replicas per key it refuses (503)
-/// rather than answer a list that may lack a key.
+/// key everywhere, pages of `limit` follow on with `start_after`, and
+/// without `r` reachable replicas for every key it refuses (503) rather
+/// than answer a list that may lack a key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scan_lists_the_whole_ring_from_any_node() {
     let mut nodes = start_peered(3, &["--topology", "leaderless", "--replicas", "2"]).await;
@@ -723,11 +723,17 @@ async fn a_scan_lists_the_whole_ring_from_any_node() {
         }
     }
     assert_eq!(paged, want);
-    // Two of three down with two replicas per key: some key may have no
-    // replica left to list it.
+    // One of three down, two replicas per key: a quorum (both) is not
+    // there for every key, one replica is.
     nodes[1].kill9();
-    nodes[2].kill9();
     let (s, _, body) = send(nodes[0].http().get(nodes[0].at("/v1/kv?prefix=zz"))).await;
     assert_eq!(s, 503, "{body}");
     assert_eq!(body["error"]["code"], "not_enough_replicas", "{body}");
+    let (s, _, body) = send(nodes[0].http().get(nodes[0].at("/v1/kv?prefix=zz&r=1"))).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(listed(&body), want);
+    // Two down: some key may have no replica left at all.
+    nodes[2].kill9();
+    let (s, _, body) = send(nodes[0].http().get(nodes[0].at("/v1/kv?prefix=zz&r=1"))).await;
+    assert_eq!(s, 503, "{body}");
 }

@@ -423,9 +423,8 @@ pub async fn scan(
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    // A leaderless scan takes `r` (below), as a leaderless read does.
     let mut allowed = read_params_for(node.config.topology).to_vec();
-    // A leaderless scan asks every replica (below): an `r` would say less.
-    allowed.retain(|p| *p != "r");
     allowed.extend(["prefix", "limit", "start_after"]);
     let p = Params::parse(q.as_deref(), &allowed)?;
     let opts = ReadOpts::from_params(&p, &headers)?;
@@ -434,6 +433,7 @@ pub async fn scan(
         super::read::refuse_single_leader_only(&node, &opts)?;
         let list = super::leaderless::coverage_scan(
             &node,
+            &p,
             p.str("prefix").unwrap_or(""),
             p.str("start_after"),
             limit,

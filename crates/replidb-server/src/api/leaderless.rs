@@ -803,9 +803,10 @@ pub(crate) fn scan_limit(p: &Params<'_>) -> ApiResult<usize> {
     Ok(limit)
 }
 
-/// Most rounds one coverage scan makes: each moves past at least one key,
-/// so only a range of deleted keys far longer than `limit` (tombstones not
-/// collected yet) takes more.
+/// Most rounds one coverage scan makes: each moves past at least one key
+/// and each page after the first is twice as long as the one before (up
+/// to [`super::kv::SCAN_LIMIT_MAX`]), so only a range of deleted keys far
+/// longer than that (tombstones not collected yet) takes more.
 const COVERAGE_SCAN_ROUNDS_MAX: usize = 64;
 
 /// One member's page of a coverage scan: its entries in key order, with
@@ -819,24 +820,30 @@ type ScanPage = Vec<(String, Option<KeyState>)>;
 /// a round answers those, and the next round continues after them until
 /// `limit` keys are found or every member is exhausted.
 ///
-/// Each key's value is the join of what every reachable replica holds (as
-/// fresh as a read with `r` = every replica that answered). With `--replicas`
-/// or more members unreachable some key may have no replica left to ask:
-/// 503 `not_enough_replicas` rather than a list that silently lacks it.
+/// Each key's value is the join of what every reachable replica holds. As
+/// a single-key read needs `r` replicas (default a quorum of the key's N),
+/// a scan needs every key to have `r` reachable replicas: with more than
+/// N − r members unreachable, 503 `not_enough_replicas` rather than a list
+/// that may lack a key or show a deleted one. (Like a quorum read, it does
+/// not look at hints: a write held only as a hint shows once delivered.)
 pub async fn coverage_scan(
     node: &Arc<Node>,
+    p: &Params<'_>,
     prefix: &str,
     start_after: Option<&str>,
     limit: usize,
 ) -> ApiResult<Vec<Value>> {
     let lz = lz(node)?;
+    let n = lz.ring.replicas();
+    let r = quorum_param(p, "r", n)?;
     let members: Vec<String> = lz.ring.members().to_vec();
     let mut cursor = start_after.map(str::to_string);
     let mut out = Vec::new();
+    let mut page_limit = limit;
     for _ in 0..COVERAGE_SCAN_ROUNDS_MAX {
         let asks = members
             .iter()
-            .map(|url| scan_page(node, &lz, url, prefix, cursor.as_deref(), limit));
+            .map(|url| scan_page(node, &lz, url, prefix, cursor.as_deref(), page_limit));
         let pages = futures::future::join_all(asks).await;
         let unreachable: Vec<&str> = members
             .iter()
@@ -844,23 +851,23 @@ pub async fn coverage_scan(
             .filter(|(_, p)| p.is_err())
             .map(|(u, _)| u.as_str())
             .collect();
-        if unreachable.len() >= lz.ring.replicas() {
+        if unreachable.len() > n - r {
             return Err(ApiError::retry_later(
                 "not_enough_replicas",
                 format!(
-                    "{} of the ring's members are unreachable ({}); with {} replicas per key, some key may have no replica left to list it",
+                    "{} of the ring's members are unreachable ({}); with {n} replicas per key, some key may have fewer than r={r} replicas left to list it",
                     unreachable.len(),
                     unreachable.join(", "),
-                    lz.ring.replicas()
                 ),
             ));
         }
         let pages: Vec<ScanPage> = pages.into_iter().flatten().collect();
         let cutoff = pages
             .iter()
-            .filter(|p| p.len() >= limit)
+            .filter(|p| p.len() >= page_limit)
             .filter_map(|p| p.last().map(|(k, _)| k.clone()))
             .min();
+        page_limit = (page_limit * 2).min(super::kv::SCAN_LIMIT_MAX);
         let mut by_key: std::collections::BTreeMap<String, Vec<Option<KeyState>>> =
             std::collections::BTreeMap::new();
         for (key, state) in pages.into_iter().flatten() {
@@ -885,9 +892,11 @@ pub async fn coverage_scan(
             None => return Ok(out),
         }
     }
+    // Only after hundreds of thousands of deleted keys in a row: refused
+    // rather than a short page a client would take for the end.
     Err(ApiError::retry_later(
         "scan_incomplete",
-        format!("the range holds more deleted keys than {COVERAGE_SCAN_ROUNDS_MAX} pages of {limit}; scan again from the last key returned, or with a larger limit"),
+        format!("the range holds more deleted keys than {COVERAGE_SCAN_ROUNDS_MAX} growing pages cover (tombstones are collected once every replica holds them); retry later, or scan a narrower prefix"),
     ))
 }
 

@@ -103,19 +103,20 @@ const TOKEN_RECHECK_INTERVAL_MS: u64 = 1_000;
 /// edge checked it when the stream opened, and a stream lives for days,
 /// so a revoked follower must not keep acknowledging writes.
 async fn replication_role_revoked(auth: &crate::auth::Authenticator, digest: [u8; 32]) {
-    let mut seen = auth.generation();
+    // Checked at once too: a reload between the request's check and the
+    // upgrade would otherwise go unseen.
+    let mut seen = None;
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(TOKEN_RECHECK_INTERVAL_MS)).await;
         let now = auth.generation();
-        if now == seen {
-            continue;
+        if seen != Some(now) {
+            seen = Some(now);
+            let still = auth
+                .authenticate_digest(&digest)
+                .is_some_and(|(_, roles)| roles.contains(&crate::auth::Role::Replication));
+            if !still {
+                return;
+            }
         }
-        seen = now;
-        let still = auth
-            .authenticate_digest(&digest)
-            .is_some_and(|(_, roles)| roles.contains(&crate::auth::Role::Replication));
-        if !still {
-            return;
-        }
+        tokio::time::sleep(std::time::Duration::from_millis(TOKEN_RECHECK_INTERVAL_MS)).await;
     }
 }

@@ -152,8 +152,9 @@ pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
 /// connection commands only authentication.
 ///
 /// The token is checked again after the token file is reloaded
-/// (`SIGHUP`): a revoked token's connection must `AUTH` again
-/// (`NOAUTH`), a narrowed one has its new roles.
+/// (`SIGHUP`): a revoked token's connection is answered `NOAUTH` (and,
+/// past its first `RESP_AUTH_TIMEOUT_MS`, closed), a narrowed one has its
+/// new roles.
 fn authorize(
     shared: &Shared,
     session: &mut Session,
