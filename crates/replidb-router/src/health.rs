@@ -97,7 +97,12 @@ async fn check(http: &reqwest::Client, url: &str) -> Result<Observation, String>
     if !resp.status().is_success() {
         return Err(format!("/status answered {}", resp.status()));
     }
-    let v: Value = resp.json().await.map_err(|e| describe(&e))?;
+    let v: Value = replidb_server::peer_answer::json(
+        resp,
+        replidb_server::peer_answer::CONTROL_ANSWER_BYTES_MAX,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     parse_status(&v)
 }
 

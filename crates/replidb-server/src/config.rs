@@ -89,6 +89,10 @@ pub struct NodeConfig {
     pub table_cache_bytes: usize,
     /// Largest value accepted (`--max-value-bytes`, default 1 MiB).
     pub max_value_bytes: usize,
+    /// Bytes of keys and values that end a scan page (`--scan-page-bytes`,
+    /// default [`crate::SCAN_PAGE_BYTES_DEFAULT`], at most
+    /// [`crate::SCAN_PAGE_BYTES_MAX`]).
+    pub scan_page_bytes: usize,
     /// Write concern when a request names none (`--default-w`).
     pub default_write_concern: WriteConcern,
     /// Write-concern timeout when a request names none (`--default-timeout`).
@@ -181,6 +185,7 @@ impl NodeConfig {
             backend: Backend::Redb,
             table_cache_bytes: replidb_storage::TABLE_CACHE_BYTES_DEFAULT,
             max_value_bytes: 1024 * 1024,
+            scan_page_bytes: crate::SCAN_PAGE_BYTES_DEFAULT,
             default_write_concern: WriteConcern::One,
             default_write_timeout: Duration::from_millis(5000),
             replication_delay: DurationRange::default(),

@@ -18,8 +18,23 @@ use crate::ServerError;
 
 /// How often hints are offered to their owners.
 pub const HINT_DELIVERY_INTERVAL: Duration = Duration::from_millis(500);
-/// Keys read per page when a node walks its table (anti-entropy).
+/// Keys read per page when a node walks its table (anti-entropy,
+/// hand-off, tombstone collection).
 pub const SCAN_PAGE_KEYS: usize = 1000;
+/// Bytes of keys and values read per page of such a walk (a page also
+/// ends at [`SCAN_PAGE_KEYS`]): what a walk holds at once, whatever the
+/// values' sizes.
+pub const TABLE_WALK_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most bytes of displaced states one hand-off round holds (it also stops
+/// at [`HANDOFF_KEYS_PER_ROUND_MAX`] keys).
+pub const HANDOFF_BYTES_PER_ROUND_MAX: usize = 64 * 1024 * 1024;
+/// Most bytes of one anti-entropy leaf's keys and hashes read from a peer
+/// (`/internal/ae/bucket`): about 1.5 million keys of 16 bytes per leaf,
+/// a hundred million in the table. A leaf past it is not repaired.
+pub const AE_BUCKET_ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most tombstones one collection round gathers before it asks the
+/// replicas (the rest wait for the next round).
+pub const TOMBSTONES_PER_ROUND_MAX: usize = 10_000;
 /// Most displaced keys one hand-off round moves (the rest wait for the
 /// next round), so a large ring change does not starve anti-entropy.
 pub const HANDOFF_KEYS_PER_ROUND_MAX: usize = 10_000;
@@ -54,6 +69,26 @@ pub struct Leaderless {
     /// `peers`. No member streams to another here, so there is no lag to
     /// show, only reachability.
     contacts: Mutex<BTreeMap<String, Contact>>,
+    /// Coverage scans running on this node's behalf, at most
+    /// [`COVERAGE_SCANS_MAX`]: each holds a page from every member.
+    pub coverage_scans: tokio::sync::Semaphore,
+}
+
+/// Most coverage scans (`GET /v1/kv` on a leaderless node) one node runs
+/// at once; one more is refused with 503 `too_many_scans`. Each holds a
+/// page of up to `--scan-page-bytes` (plus one state) from every member.
+pub const COVERAGE_SCANS_MAX: usize = 4;
+
+/// Largest encoded causal state this node accepts for one key, with values
+/// of at most `max_value_bytes`: a set or map holds up to
+/// `TXN_VALUES_MAX` values of it (at least 1 MiB in all), and a key up to
+/// `SIBLINGS_MAX` siblings beside its version. A replica's state, a hint,
+/// a scan entry read from a peer are all bounded by it.
+pub fn state_bytes_max(max_value_bytes: usize) -> usize {
+    max_value_bytes
+        .saturating_mul(replidb_core::TXN_VALUES_MAX)
+        .max(1 << 20)
+        .saturating_mul(replidb_causal::SIBLINGS_MAX + 1)
 }
 
 /// What this node last saw of one member.
@@ -88,6 +123,7 @@ impl Leaderless {
             tombstones_collected: AtomicU64::new(0),
             keys_handed_off: AtomicU64::new(0),
             contacts: Mutex::new(BTreeMap::new()),
+            coverage_scans: tokio::sync::Semaphore::new(COVERAGE_SCANS_MAX),
         })
     }
 
@@ -230,7 +266,9 @@ async fn fetch_state_from(node: &Node, url: &str, key: &str) -> Result<Option<Ke
     match r.status().as_u16() {
         404 => Ok(None),
         200 => {
-            let b = r.bytes().await.map_err(|e| e.to_string())?;
+            let b = crate::peer_answer::bytes(r, state_bytes_max(node.config.max_value_bytes))
+                .await
+                .map_err(|e| e.to_string())?;
             KeyState::decode(&b).map(Some).map_err(|e| e.to_string())
         }
         s => Err(format!("answered {s}")),
@@ -298,6 +336,17 @@ pub fn shared_leaves(node: &Node, lz: &Leaderless, peer: &str) -> Vec<u64> {
     leaves
 }
 
+/// One page of this node's whole table after `after`, within
+/// [`SCAN_PAGE_KEYS`] and [`TABLE_WALK_PAGE_BYTES_MAX`].
+fn table_page(
+    node: &Node,
+    after: Option<&str>,
+) -> Result<replidb_storage::ScanPage, replidb_storage::StorageError> {
+    node.engine
+        .table()
+        .scan_page("", after, SCAN_PAGE_KEYS, TABLE_WALK_PAGE_BYTES_MAX)
+}
+
 /// Call `f(key, entry hash)` for each key this node holds that `peer`
 /// replicates too and whose leaf `in_bucket` accepts, reading the table
 /// [`SCAN_PAGE_KEYS`] keys at a time.
@@ -310,21 +359,17 @@ fn for_each_shared_entry(
 ) {
     let mut after: Option<String> = None;
     loop {
-        let page = match node
-            .engine
-            .table()
-            .scan("", after.as_deref(), SCAN_PAGE_KEYS)
-        {
+        let page = match table_page(node, after.as_deref()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "anti-entropy scan failed");
                 return;
             }
         };
-        let Some(last) = page.last().map(|(k, _)| k.clone()) else {
+        let Some(last) = page.entries.last().map(|(k, _)| k.clone()) else {
             return;
         };
-        for (k, v) in &page {
+        for (k, v) in &page.entries {
             if !v.causal || !lz.ring.holds(peer, k) || !lz.ring.holds(&lz.me, k) {
                 continue;
             }
@@ -335,7 +380,7 @@ fn for_each_shared_entry(
                 f(k, antientropy::entry_hash(k, &state.canonical_bytes()));
             }
         }
-        if page.len() < SCAN_PAGE_KEYS {
+        if !page.may_continue(SCAN_PAGE_KEYS) {
             return;
         }
         after = Some(last);
@@ -377,7 +422,10 @@ pub async fn anti_entropy_round(node: &Node, lz: &Leaderless) -> (u64, usize) {
         {
             Ok(r) if r.status().is_success() => {
                 lz.note_contact(peer, node.clock.mono_ms(), Ok(()));
-                r.json().await.unwrap_or_default()
+                // One hash per leaf.
+                crate::peer_answer::json(r, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+                    .await
+                    .unwrap_or_default()
             }
             Ok(r) => {
                 let why = format!("answered {}", r.status().as_u16());
@@ -415,7 +463,11 @@ pub async fn anti_entropy_round(node: &Node, lz: &Leaderless) -> (u64, usize) {
                 .send()
                 .await
             {
-                Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+                Ok(r) if r.status().is_success() => {
+                    crate::peer_answer::json(r, AE_BUCKET_ANSWER_BYTES_MAX)
+                        .await
+                        .unwrap_or_default()
+                }
                 _ => continue,
             };
             let my_keys: BTreeMap<String, u64> = mine
@@ -469,27 +521,28 @@ async fn repair_key(node: &Node, peer: &str, key: &str) -> bool {
 /// round). Riak calls this ownership handoff. Returns the keys removed.
 pub async fn hand_off_displaced(node: &Node, lz: &Leaderless) -> u64 {
     let mut displaced = Vec::new();
+    let mut displaced_bytes = 0usize;
     let mut after: Option<String> = None;
     'scan: loop {
-        let Ok(page) = node
-            .engine
-            .table()
-            .scan("", after.as_deref(), SCAN_PAGE_KEYS)
-        else {
+        let Ok(page) = table_page(node, after.as_deref()) else {
             return 0;
         };
-        let Some(last) = page.last().map(|(k, _)| k.clone()) else {
+        let Some(last) = page.entries.last().map(|(k, _)| k.clone()) else {
             break;
         };
-        for (k, v) in page.iter() {
-            if v.causal && !lz.ring.holds(&lz.me, k) {
-                displaced.push((k.clone(), v.clone()));
-                if displaced.len() >= HANDOFF_KEYS_PER_ROUND_MAX {
+        let more = page.may_continue(SCAN_PAGE_KEYS);
+        for (k, v) in page.entries {
+            if v.causal && !lz.ring.holds(&lz.me, &k) {
+                displaced_bytes += k.len() + v.value.len();
+                displaced.push((k, v));
+                if displaced.len() >= HANDOFF_KEYS_PER_ROUND_MAX
+                    || displaced_bytes >= HANDOFF_BYTES_PER_ROUND_MAX
+                {
                     break 'scan;
                 }
             }
         }
-        if page.len() < SCAN_PAGE_KEYS {
+        if !more {
             break;
         }
         after = Some(last);
@@ -551,18 +604,17 @@ pub async fn collect_tombstones(node: &Node, lz: &Leaderless) {
     let grace = tombstone_grace_ms(node);
     let mut candidates = Vec::new();
     let mut after: Option<String> = None;
-    loop {
-        let Ok(page) = node
-            .engine
-            .table()
-            .scan("", after.as_deref(), SCAN_PAGE_KEYS)
-        else {
+    'scan: loop {
+        let Ok(page) = table_page(node, after.as_deref()) else {
             return;
         };
-        let Some(last) = page.last().map(|(k, _)| k.clone()) else {
+        let Some(last) = page.entries.last().map(|(k, _)| k.clone()) else {
             break;
         };
-        for (k, v) in &page {
+        for (k, v) in &page.entries {
+            if candidates.len() >= TOMBSTONES_PER_ROUND_MAX {
+                break 'scan;
+            }
             if !v.causal || lz.ring.preference_list(k).first() != Some(&lz.me.as_str()) {
                 continue;
             }
@@ -577,7 +629,7 @@ pub async fn collect_tombstones(node: &Node, lz: &Leaderless) {
                 candidates.push((k.clone(), KeyState::Register(r).canonical_bytes()));
             }
         }
-        if page.len() < SCAN_PAGE_KEYS {
+        if !page.may_continue(SCAN_PAGE_KEYS) {
             break;
         }
         after = Some(last);
@@ -634,11 +686,13 @@ async fn hints_anywhere(node: &Node, lz: &Leaderless, key: &str) -> bool {
             .send()
             .await;
         let pending = match r {
-            Ok(r) if r.status().is_success() => r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v["pending"].as_u64()),
+            Ok(r) if r.status().is_success() => crate::peer_answer::json::<serde_json::Value>(
+                r,
+                crate::peer_answer::CONTROL_ANSWER_BYTES_MAX,
+            )
+            .await
+            .ok()
+            .and_then(|v| v["pending"].as_u64()),
             _ => None,
         };
         if pending != Some(0) {

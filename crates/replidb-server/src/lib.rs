@@ -26,10 +26,12 @@ pub mod embed;
 pub mod leaderless;
 pub mod metrics;
 pub mod node;
+pub mod peer_answer;
 pub mod resp;
 pub mod serve;
 pub mod static_coord;
 
+pub use api::{SCAN_PAGE_BYTES_DEFAULT, SCAN_PAGE_BYTES_MAX, SCAN_TRUNCATED_HEADER};
 pub use config::{normalise_node_url, CoordinatorKind, NodeConfig, Topology};
 pub use embed::{
     Database, EmbedError, Health, ReplicaNode, ReplicationConfig, ReplicationManager,

@@ -61,10 +61,10 @@ impl Coordinator for StaticCoordinator {
                     resp.status()
                 )));
             }
-            let v: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|e| CoordinatorError::Refused(format!("{url}: {e}")))?;
+            let v: serde_json::Value =
+                crate::peer_answer::json(resp, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+                    .await
+                    .map_err(|e| CoordinatorError::Refused(e.to_string()))?;
             let epoch = Epoch(v["epoch"].as_u64().unwrap_or(0));
             node.follow(target_url.to_string(), epoch)
                 .await
@@ -195,7 +195,9 @@ async fn status_of_peer(node: &Node, peer: &str) -> Option<serde_json::Value> {
         tracing::debug!(peer = %peer, status = answer.status().as_u16(), "newer-leader probe: /status refused");
         return None;
     }
-    answer.json().await.ok()
+    crate::peer_answer::json(answer, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+        .await
+        .ok()
 }
 
 #[cfg(test)]

@@ -154,14 +154,34 @@ pub trait Table: Send + Sync + 'static {
     /// restore is never visible).
     fn get(&self, key: &str) -> Result<Option<Versioned>>;
 
-    /// Keys of the live table starting with `prefix`, in key order, strictly
-    /// after `start_after` if given, at most `limit`.
+    /// One page of the live table's keys starting with `prefix`, in key
+    /// order, strictly after `start_after` if given: at most `keys_max`
+    /// entries, and no more once the page's keys and values reach
+    /// `bytes_max` bytes (the entry that reaches it is included, so a page
+    /// holds at least one entry when any is left; at most `bytes_max` plus
+    /// one entry). [`ScanPage::cut_by_bytes`] says the byte budget, not the
+    /// end of the range or `keys_max`, ended the page.
+    fn scan_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        keys_max: usize,
+        bytes_max: usize,
+    ) -> Result<ScanPage>;
+
+    /// [`Table::scan_page`] with no byte budget: every value of up to
+    /// `limit` entries is held at once, so a server answering requests
+    /// uses `scan_page`; this is for tests, tools and bounded tables.
     fn scan(
         &self,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, Versioned)>>;
+    ) -> Result<Vec<(String, Versioned)>> {
+        Ok(self
+            .scan_page(prefix, start_after, limit, usize::MAX)?
+            .entries)
+    }
 
     /// LSN of the last applied record (0 if none): the live table's, which
     /// a staged restore changes only when it is finished.
@@ -412,6 +432,32 @@ fn check_restore_order(last_key: Option<&str>, entries: &[(String, Versioned)]) 
 /// The restore-protocol violation of calling chunk/finish outside a restore.
 fn not_restoring(what: &str) -> StorageError {
     StorageError::Corruption(format!("{what} called without begin_restore"))
+}
+
+/// One page of [`Table::scan_page`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScanPage {
+    /// The entries, in key order.
+    pub entries: Vec<(String, Versioned)>,
+    /// The page ended because its keys and values reached the byte budget:
+    /// more entries may follow its last key even if it holds fewer than
+    /// the keys asked for.
+    pub cut_by_bytes: bool,
+}
+
+impl ScanPage {
+    /// Whether entries may follow this page's last key: it is as long as
+    /// `keys_max`, or the byte budget ended it. A page for which this is
+    /// false ended with the range.
+    pub fn may_continue(&self, keys_max: usize) -> bool {
+        self.cut_by_bytes || self.entries.len() >= keys_max
+    }
+}
+
+/// Adds an entry's key and value to a page's running byte count, the
+/// measure [`Table::scan_page`]'s budget is in.
+pub(crate) fn count_entry(bytes: &mut usize, key: &str, value: &Versioned) {
+    *bytes = bytes.saturating_add(key.len() + value.value.len());
 }
 
 /// Lower bound for a prefix scan: the later of `prefix` (inclusive) and

@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::TableDigest;
 use crate::{
-    check_contiguous, check_restore_order, not_restoring, scan_lower_bound, Result, StorageError,
-    Table, TableSnapshot,
+    check_contiguous, check_restore_order, count_entry, not_restoring, scan_lower_bound, Result,
+    ScanPage, StorageError, Table, TableSnapshot,
 };
 
 type Map = BTreeMap<String, Versioned>;
@@ -394,20 +394,30 @@ impl Table for MemoryTable {
         Ok(self.read_map().get(key).cloned())
     }
 
-    fn scan(
+    fn scan_page(
         &self,
         prefix: &str,
         start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>> {
+        keys_max: usize,
+        bytes_max: usize,
+    ) -> Result<ScanPage> {
         let guard = self.read_map();
         let lower = scan_lower_bound(prefix, start_after);
-        Ok(guard
+        let mut page = ScanPage::default();
+        let mut bytes = 0usize;
+        for (k, v) in guard
             .range::<str, _>((lower, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .take(keys_max)
+        {
+            if bytes >= bytes_max {
+                page.cut_by_bytes = true;
+                break;
+            }
+            count_entry(&mut bytes, k, v);
+            page.entries.push((k.clone(), v.clone()));
+        }
+        Ok(page)
     }
 
     fn applied_lsn(&self) -> Lsn {

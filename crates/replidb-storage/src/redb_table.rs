@@ -58,8 +58,8 @@ use replidb_core::{Epoch, Lsn, Op, Record, Versioned};
 use crate::digest::TableDigest;
 use crate::memtable::{Memtable, MEMTABLE_BYTES_DEFAULT};
 use crate::{
-    check_contiguous, check_restore_order, not_restoring, scan_lower_bound, Result, StorageError,
-    Table, TableSnapshot,
+    check_contiguous, check_restore_order, count_entry, not_restoring, scan_lower_bound, Result,
+    ScanPage, StorageError, Table, TableSnapshot,
 };
 
 const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("data");
@@ -788,16 +788,18 @@ impl Table for RedbTable {
         guard.map(|g| decode_value(key, g.value())).transpose()
     }
 
-    fn scan(
+    fn scan_page(
         &self,
         prefix: &str,
         start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>> {
+        keys_max: usize,
+        bytes_max: usize,
+    ) -> Result<ScanPage> {
         let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
+        if keys_max == 0 {
+            return Ok(ScanPage::default());
         }
+        let mut bytes = 0usize;
         // Holding the memtable's read lock while `data` is opened and
         // read pins one applied state: an apply waits for the lock, and a
         // flush commits only what the memtable already shows.
@@ -817,7 +819,13 @@ impl Table for RedbTable {
             .range(lower)
             .take_while(|(k, _)| k.starts_with(prefix))
             .peekable();
-        while out.len() < limit {
+        while out.len() < keys_max {
+            if bytes >= bytes_max {
+                return Ok(ScanPage {
+                    entries: out,
+                    cut_by_bytes: true,
+                });
+            }
             let from_mem = match (recent.peek(), stored.peek()) {
                 (None, None) => break,
                 (Some(_), None) => true,
@@ -833,16 +841,22 @@ impl Table for RedbTable {
                 if matches!(stored.peek(), Some(Ok((dk, _))) if dk == key) {
                     stored.next();
                 }
-                if let Some(bytes) = value {
-                    out.push((key.to_string(), decode_value(key, bytes)?));
+                if let Some(stored_bytes) = value {
+                    let value = decode_value(key, stored_bytes)?;
+                    count_entry(&mut bytes, key, &value);
+                    out.push((key.to_string(), value));
                 }
             } else if let Some(item) = stored.next() {
-                let (key, bytes) = item?;
-                let value = decode_value(&key, &bytes)?;
+                let (key, stored_bytes) = item?;
+                let value = decode_value(&key, &stored_bytes)?;
+                count_entry(&mut bytes, &key, &value);
                 out.push((key, value));
             }
         }
-        Ok(out)
+        Ok(ScanPage {
+            entries: out,
+            cut_by_bytes: false,
+        })
     }
 
     fn applied_lsn(&self) -> Lsn {

@@ -147,6 +147,11 @@ pub struct ServerOpts {
     /// Largest value accepted, in bytes [default: 1048576]
     #[arg(long)]
     pub max_value_bytes: Option<usize>,
+    /// Bytes of keys and values after which a scan page (`GET /v1/kv`)
+    /// ends even if it holds fewer than `limit` entries; it is then marked
+    /// `X-Replidb-Scan-Truncated: bytes` (1..=67108864) [default: 16777216]
+    #[arg(long)]
+    pub scan_page_bytes: Option<usize>,
     /// Limit of the redb table's page cache, in bytes (at least 1048576);
     /// most of a node's memory with a large table [default: 268435456]
     #[arg(long)]
@@ -268,7 +273,7 @@ impl ServerOpts {
             id, listen, data_dir, follow, coordinator, etcd, cluster, fsync,
             replication_delay, replication_compression, topology, peers, conflict_policy, link_delay,
             replicas, strict_quorum, anti_entropy_interval,
-            storage, max_value_bytes, table_cache_bytes, default_w, default_timeout,
+            storage, max_value_bytes, scan_page_bytes, table_cache_bytes, default_w, default_timeout,
             forward_writes, backoff_base, backoff_max, heartbeat_interval,
             wal_segment_bytes, wal_retention_bytes, checkpoint_interval, cluster_size,
             health_max_lag, advertise_url, log_format, lease_ttl, max_failover_lag,
@@ -370,6 +375,15 @@ impl ServerOpts {
                 ));
             }
             c.max_value_bytes = n;
+        }
+        if let Some(n) = self.scan_page_bytes {
+            if n == 0 || n > replidb_server::SCAN_PAGE_BYTES_MAX {
+                return Err(invalid(
+                    "scan_page_bytes",
+                    format!("{n} is outside 1..={}", replidb_server::SCAN_PAGE_BYTES_MAX),
+                ));
+            }
+            c.scan_page_bytes = n;
         }
         if let Some(w) = self.default_w {
             c.default_write_concern = parse_as::<WriteConcern>("default_w", &w)?;
@@ -885,6 +899,8 @@ mod tests {
             ("--checkpoint-interval", "0s", "checkpoint_interval"),
             ("--health-max-lag", "0s", "health_max_lag"),
             ("--max-value-bytes", "0", "max_value_bytes"),
+            ("--scan-page-bytes", "0", "scan_page_bytes"),
+            ("--scan-page-bytes", "67108865", "scan_page_bytes"),
             ("--table-cache-bytes", "0", "table_cache_bytes"),
             ("--table-cache-bytes", "1048575", "table_cache_bytes"),
             ("--wal-segment-bytes", "0", "wal_segment_bytes"),

@@ -269,7 +269,10 @@ async fn fence_for_promote(node: &AppState, epoch: Epoch, peers: &[String]) -> F
                     continue;
                 };
                 let status = r.status();
-                let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                let answer: serde_json::Value =
+                    crate::peer_answer::json(r, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+                        .await
+                        .unwrap_or_default();
                 if answer["error"]["code"] == "promote_in_progress" {
                     return Some(FenceAnswer::Contested(peer.clone()));
                 }
@@ -321,16 +324,17 @@ struct Fenced {
 /// peers that do not answer are left out.
 async fn peer_positions(node: &Node, peers: &[String]) -> Vec<(String, PeerPosition)> {
     let asks = peers.iter().map(|url| async move {
-        let status = node
+        let answer = node
             .http
             .get(format!("{}/status", url.trim_end_matches('/')))
             .timeout(Duration::from_secs(1))
             .send()
             .await
-            .ok()?
-            .json::<serde_json::Value>()
-            .await
             .ok()?;
+        let status: serde_json::Value =
+            crate::peer_answer::json(answer, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+                .await
+                .ok()?;
         let pos = status.get("position")?.as_array()?;
         let position = Position::new(Epoch(pos.first()?.as_u64()?), Lsn(pos.get(1)?.as_u64()?));
         let epoch = Epoch(status.get("epoch")?.as_u64()?);

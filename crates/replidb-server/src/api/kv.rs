@@ -18,6 +18,29 @@ use crate::node::Node;
 
 /// Most items a scan returns, whatever `limit` asks.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
+/// Default `--scan-page-bytes`: bytes of keys and values after which a
+/// scan page ends even if it holds fewer than `limit` entries (it then
+/// carries [`SCAN_TRUNCATED_HEADER`]); ten thousand values of up to
+/// `--max-value-bytes` each must not be held in one answer. The page
+/// includes the entry that reaches it.
+pub const SCAN_PAGE_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+/// Largest `--scan-page-bytes`. Peers' pages are read with limits sized
+/// from it, so members configured differently still read each other's.
+pub const SCAN_PAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Header on a scan page that `--scan-page-bytes` ended before `limit`
+/// entries: `bytes`. The next page starts after its last key.
+pub const SCAN_TRUNCATED_HEADER: &str = "x-replidb-scan-truncated";
+
+/// `answer` with [`SCAN_TRUNCATED_HEADER`] when the page was cut by bytes.
+pub(crate) fn mark_truncated(mut answer: Response, cut_by_bytes: bool) -> Response {
+    if cut_by_bytes {
+        answer.headers_mut().insert(
+            axum::http::HeaderName::from_static(SCAN_TRUNCATED_HEADER),
+            axum::http::HeaderValue::from_static("bytes"),
+        );
+    }
+    answer
+}
 
 /// The `{key}` of a `/v1/kv/{key}` (and typed-key) path, percent-decoded.
 /// A key that does not decode to UTF-8 is refused as the contract says, a
@@ -411,9 +434,10 @@ pub(crate) fn write_opts(node: &Node, p: &Params<'_>) -> ApiResult<WriteOpts> {
         ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: same as `min_version`"),
     ),
     responses(
-        (status = 200, description = "The items, in key order", body = Vec<super::openapi::ValueJson>),
+        (status = 200, description = "The items, in key order: at most `limit`, and fewer once their keys and values pass `--scan-page-bytes`; then the page carries `X-Replidb-Scan-Truncated: bytes` and the next one starts after its last key", body = Vec<super::openapi::ValueJson>,
+            headers(("X-Replidb-Scan-Truncated" = String, description = "`bytes`: the page ended at the node's byte budget before `limit` entries"))),
         (status = 400, description = "Unknown or invalid parameter, `limit` out of 1..=10000", body = super::openapi::ErrorBody),
-        (status = 503, description = "Not fresh enough in time, no leader reachable; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 503, description = "Not fresh enough in time, no leader reachable; leaderless: `not_enough_replicas`, `too_many_scans`; with `Retry-After`", body = super::openapi::ErrorBody),
         (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
     ),
 )]
@@ -431,7 +455,7 @@ pub async fn scan(
     let limit = super::leaderless::scan_limit(&p)?;
     if node.is_leaderless() {
         super::read::refuse_single_leader_only(&node, &opts)?;
-        let list = super::leaderless::coverage_scan(
+        let (list, cut_by_bytes) = super::leaderless::coverage_scan(
             &node,
             &p,
             p.str("prefix").unwrap_or(""),
@@ -439,16 +463,22 @@ pub async fn scan(
             limit,
         )
         .await?;
-        return Ok(Json(Value::Array(list)).into_response());
+        return Ok(mark_truncated(
+            Json(Value::Array(list)).into_response(),
+            cut_by_bytes,
+        ));
     }
     super::causal::wait_for_token(&node, &p, &headers, opts.wait).await?;
     serve_read(&node, &opts, &uri, &headers, |n| {
-        let items =
-            n.engine
-                .table()
-                .scan(p.str("prefix").unwrap_or(""), p.str("start_after"), limit)?;
+        let page = n.engine.table().scan_page(
+            p.str("prefix").unwrap_or(""),
+            p.str("start_after"),
+            limit,
+            n.config.scan_page_bytes,
+        )?;
         // A causal key holding only a tombstone is absent, as for a read.
-        let list: Vec<Value> = items
+        let list: Vec<Value> = page
+            .entries
             .iter()
             .filter(|(_, v)| {
                 !(v.causal
@@ -456,7 +486,10 @@ pub async fn scan(
             })
             .map(|(k, v)| versioned_json(k, v))
             .collect();
-        Ok(Json(Value::Array(list)).into_response())
+        Ok(mark_truncated(
+            Json(Value::Array(list)).into_response(),
+            page.cut_by_bytes,
+        ))
     })
     .await
 }

@@ -325,7 +325,15 @@ async fn hand_to_replica(
                 out = out.header(k, v);
             }
         }
-        let bytes = r.bytes().await.unwrap_or_default();
+        // A key's answer: its siblings' values, base64 or JSON-escaped.
+        // Not retried on another replica if lost: this one may have
+        // taken the write.
+        let limit = 6 * crate::leaderless::state_bytes_max(node.config.max_value_bytes);
+        let bytes = crate::peer_answer::bytes(r, limit).await.map_err(|e| {
+            ApiError::unavailable(format!(
+                "the replica's answer was lost ({e}); the write may or may not have been taken"
+            ))
+        })?;
         return out
             .body(Body::from(bytes))
             .map_err(|e| ApiError::internal(e.to_string()));
@@ -472,12 +480,7 @@ pub async fn replica_put(
         .ok_or_else(|| ApiError::bad_request("key is required"))?
         .to_string();
     super::kv::check_key(&key)?;
-    let limit = node
-        .config
-        .max_value_bytes
-        .saturating_mul(replidb_core::TXN_VALUES_MAX)
-        .max(1 << 20)
-        * (replidb_causal::SIBLINGS_MAX + 1);
+    let limit = crate::leaderless::state_bytes_max(node.config.max_value_bytes);
     let operand = read_body(body, limit).await?;
     merge_locally(&node, &key, operand.to_vec())
         .await
@@ -552,12 +555,7 @@ pub async fn hint_put(
         return Err(ApiError::bad_request("owner and key are required"));
     };
     super::kv::check_key(key)?;
-    let limit = node
-        .config
-        .max_value_bytes
-        .saturating_mul(replidb_core::TXN_VALUES_MAX)
-        .max(1 << 20)
-        * (replidb_causal::SIBLINGS_MAX + 1);
+    let limit = crate::leaderless::state_bytes_max(node.config.max_value_bytes);
     let operand = read_body(body, limit).await?;
     Operand::decode(&operand).map_err(|e| ApiError::bad_request(format!("bad state: {e}")))?;
     lz.hints.put(Hint::new(owner, key, &operand)).map_err(|e| {
@@ -771,11 +769,14 @@ pub async fn replica_scan(
     lz(&node)?;
     let p = Params::parse(q.as_deref(), &["prefix", "start_after", "limit"])?;
     let limit = scan_limit(&p)?;
-    let items =
-        node.engine
-            .table()
-            .scan(p.str("prefix").unwrap_or(""), p.str("start_after"), limit)?;
-    let list: Vec<Value> = items
+    let page = node.engine.table().scan_page(
+        p.str("prefix").unwrap_or(""),
+        p.str("start_after"),
+        limit,
+        node.config.scan_page_bytes,
+    )?;
+    let list: Vec<Value> = page
+        .entries
         .into_iter()
         .map(|(key, v)| {
             if v.causal {
@@ -785,7 +786,10 @@ pub async fn replica_scan(
             }
         })
         .collect();
-    Ok(Json(list).into_response())
+    Ok(super::kv::mark_truncated(
+        Json(list).into_response(),
+        page.cut_by_bytes,
+    ))
 }
 
 /// `limit` of a scan: 1..=[`super::kv::SCAN_LIMIT_MAX`], default 1,000.
@@ -810,8 +814,24 @@ pub(crate) fn scan_limit(p: &Params<'_>) -> ApiResult<usize> {
 const COVERAGE_SCAN_ROUNDS_MAX: usize = 64;
 
 /// One member's page of a coverage scan: its entries in key order, with
-/// their states (`None`: not a causal state, counted but not merged).
-type ScanPage = Vec<(String, Option<KeyState>)>;
+/// their states (`None`: not a causal state, counted but not merged), and
+/// whether entries may follow the last one (the page reached its `limit`
+/// or its byte budget).
+struct MemberPage {
+    entries: Vec<(String, Option<KeyState>)>,
+    may_continue: bool,
+}
+
+/// Most bytes one member's `/internal/scan` answer may hold: a page of
+/// [`super::kv::SCAN_PAGE_BYTES_MAX`] plus the entry that reaches it,
+/// base64 (4/3) and JSON-escaped (a key's control characters take six
+/// bytes each), and the fields around each of `limit` entries.
+fn member_page_bytes_max(max_value_bytes: usize, limit: usize) -> usize {
+    let entry = replidb_core::MAX_KEY_BYTES + crate::leaderless::state_bytes_max(max_value_bytes);
+    6usize
+        .saturating_mul(super::kv::SCAN_PAGE_BYTES_MAX.saturating_add(entry))
+        .saturating_add(limit.saturating_mul(64))
+}
 
 /// A leaderless scan over the whole ring, not only what this node holds
 /// (a coverage query, as Riak's key listing): every member's next `limit`
@@ -832,45 +852,51 @@ pub async fn coverage_scan(
     prefix: &str,
     start_after: Option<&str>,
     limit: usize,
-) -> ApiResult<Vec<Value>> {
+) -> ApiResult<(Vec<Value>, bool)> {
     let lz = lz(node)?;
     let n = lz.ring.replicas();
     let r = quorum_param(p, "r", n)?;
+    let _running = lz.coverage_scans.try_acquire().map_err(|_| {
+        ApiError::retry_later(
+            "too_many_scans",
+            format!("this node is running {} scans over the ring already, the most it runs at once; retry shortly", crate::leaderless::COVERAGE_SCANS_MAX),
+        )
+    })?;
     let members: Vec<String> = lz.ring.members().to_vec();
     let mut cursor = start_after.map(str::to_string);
     let mut out = Vec::new();
+    let mut out_bytes = 0usize;
     let mut page_limit = limit;
     for _ in 0..COVERAGE_SCAN_ROUNDS_MAX {
         let asks = members
             .iter()
             .map(|url| scan_page(node, &lz, url, prefix, cursor.as_deref(), page_limit));
         let pages = futures::future::join_all(asks).await;
-        let unreachable: Vec<&str> = members
+        let unreachable: Vec<String> = members
             .iter()
             .zip(&pages)
-            .filter(|(_, p)| p.is_err())
-            .map(|(u, _)| u.as_str())
+            .filter_map(|(u, p)| p.as_ref().err().map(|why| format!("{u}: {why}")))
             .collect();
         if unreachable.len() > n - r {
             return Err(ApiError::retry_later(
                 "not_enough_replicas",
                 format!(
-                    "{} of the ring's members are unreachable ({}); with {n} replicas per key, some key may have fewer than r={r} replicas left to list it",
+                    "{} of the ring's members did not answer ({}); with {n} replicas per key, some key may have fewer than r={r} replicas left to list it",
                     unreachable.len(),
-                    unreachable.join(", "),
+                    unreachable.join("; "),
                 ),
             ));
         }
-        let pages: Vec<ScanPage> = pages.into_iter().flatten().collect();
+        let pages: Vec<MemberPage> = pages.into_iter().flatten().collect();
         let cutoff = pages
             .iter()
-            .filter(|p| p.len() >= page_limit)
-            .filter_map(|p| p.last().map(|(k, _)| k.clone()))
+            .filter(|p| p.may_continue)
+            .filter_map(|p| p.entries.last().map(|(k, _)| k.clone()))
             .min();
         page_limit = (page_limit * 2).min(super::kv::SCAN_LIMIT_MAX);
         let mut by_key: std::collections::BTreeMap<String, Vec<Option<KeyState>>> =
             std::collections::BTreeMap::new();
-        for (key, state) in pages.into_iter().flatten() {
+        for (key, state) in pages.into_iter().flat_map(|p| p.entries) {
             if cutoff.as_ref().is_none_or(|c| key <= *c) {
                 by_key.entry(key).or_default().push(state);
             }
@@ -882,14 +908,21 @@ pub async fn coverage_scan(
             if merged.is_absent() {
                 continue;
             }
-            out.push(super::causal::causal_json(key, &merged));
+            let entry = super::causal::causal_json(key, &merged);
+            out_bytes = out_bytes.saturating_add(key.len() + merged.canonical_bytes().len());
+            out.push(entry);
             if out.len() == limit {
-                return Ok(out);
+                return Ok((out, false));
+            }
+            // The answer's own budget, as a single node's scan page: the
+            // client goes on after this key.
+            if out_bytes >= node.config.scan_page_bytes {
+                return Ok((out, true));
             }
         }
         match cutoff {
             Some(c) => cursor = Some(c),
-            None => return Ok(out),
+            None => return Ok((out, false)),
         }
     }
     // Only after hundreds of thousands of deleted keys in a row: refused
@@ -908,21 +941,27 @@ async fn scan_page(
     prefix: &str,
     start_after: Option<&str>,
     limit: usize,
-) -> Result<ScanPage, String> {
+) -> Result<MemberPage, String> {
     use base64::Engine as _;
     if url == lz.me {
-        let items = node
+        let page = node
             .engine
             .table()
-            .scan(prefix, start_after, limit)
+            .scan_page(prefix, start_after, limit, node.config.scan_page_bytes)
             .map_err(|e| e.to_string())?;
-        return Ok(items
+        let may_continue = page.may_continue(limit);
+        let entries = page
+            .entries
             .into_iter()
             .map(|(k, v)| {
                 let state = v.causal.then(|| KeyState::decode(&v.value).ok()).flatten();
                 (k, state)
             })
-            .collect());
+            .collect();
+        return Ok(MemberPage {
+            entries,
+            may_continue,
+        });
     }
     let mut query: Vec<(&str, String)> =
         vec![("prefix", prefix.to_string()), ("limit", limit.to_string())];
@@ -940,14 +979,22 @@ async fn scan_page(
     if !r.status().is_success() {
         return Err(format!("{url} answered {}", r.status()));
     }
-    let entries: Vec<ScanEntryWire> = r.json().await.map_err(|e| e.to_string())?;
+    let cut_by_bytes = r
+        .headers()
+        .get(super::kv::SCAN_TRUNCATED_HEADER)
+        .is_some_and(|v| v == "bytes");
+    let entries: Vec<ScanEntryWire> =
+        crate::peer_answer::json(r, member_page_bytes_max(node.config.max_value_bytes, limit))
+            .await
+            .map_err(|e| e.to_string())?;
     if entries.len() > limit {
         return Err(format!(
             "{url} sent {} entries for a limit of {limit}",
             entries.len()
         ));
     }
-    Ok(entries
+    let may_continue = cut_by_bytes || entries.len() >= limit;
+    let entries = entries
         .into_iter()
         .map(|e| {
             let state = e
@@ -960,7 +1007,11 @@ async fn scan_page(
                 .and_then(|b| KeyState::decode(&b).ok());
             (e.key, state)
         })
-        .collect())
+        .collect();
+    Ok(MemberPage {
+        entries,
+        may_continue,
+    })
 }
 
 /// An entry of `/internal/scan` as received.

@@ -317,7 +317,10 @@ async fn fetch_version(node: &Node, url: &str, key: &str) -> ApiResult<(u16, Opt
         .map_err(|e| ApiError::unavailable(format!("{url} unreachable: {e}")))?;
     let status = resp.status().as_u16();
     let body = if status == 200 {
-        resp.json::<Value>().await.ok()
+        // One key's answer: its value (at most --max-value-bytes),
+        // base64 or JSON-escaped, with its fields.
+        let limit = 6 * node.config.max_value_bytes + 64 * 1024;
+        crate::peer_answer::json::<Value>(resp, limit).await.ok()
     } else {
         None
     };

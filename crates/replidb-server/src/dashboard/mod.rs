@@ -361,7 +361,9 @@ impl Dashboard {
                 .send()
                 .await
                 .ok()?;
-            r.json::<Value>().await.ok()
+            crate::peer_answer::json::<Value>(r, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+                .await
+                .ok()
         };
         let health = async {
             let r = self
@@ -372,7 +374,10 @@ impl Dashboard {
                 .await
                 .ok()?;
             let ok = r.status().is_success();
-            let body = r.json::<Value>().await.unwrap_or(Value::Null);
+            let body =
+                crate::peer_answer::json::<Value>(r, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+                    .await
+                    .unwrap_or(Value::Null);
             Some((ok, body))
         };
         let metrics = async {
@@ -383,7 +388,10 @@ impl Dashboard {
                 .send()
                 .await
                 .ok()?;
-            r.text().await.ok()
+            let body = crate::peer_answer::bytes(r, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+                .await
+                .ok()?;
+            String::from_utf8(body.to_vec()).ok()
         };
         let (status, health, metrics) = tokio::join!(status, health, metrics);
         let status = status?;

@@ -26,6 +26,10 @@ pub const RESP_SCAN_COUNT_MAX: usize = 1000;
 /// Keys read from the table at a time: the table returns values with the
 /// keys, so a small chunk bounds the memory one call holds.
 pub const RESP_SCAN_CHUNK_KEYS: usize = 32;
+/// Bytes of keys and values one of those table reads holds at most (plus
+/// the entry that reaches it); SCAN answers keys only, but the table
+/// reads values with them.
+pub const RESP_SCAN_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// `COUNT` when none is given, as in Redis.
 const SCAN_COUNT_DEFAULT: usize = 10;
 
@@ -121,10 +125,11 @@ pub(crate) async fn scan(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
         let mut examined = 0;
         while examined < count {
             let want = (count - examined).min(RESP_SCAN_CHUNK_KEYS);
-            let chunk = table.scan(&prefix, after.as_deref(), want)?;
-            let short = chunk.len() < want;
-            examined += chunk.len();
-            for (k, v) in chunk {
+            let chunk =
+                table.scan_page(&prefix, after.as_deref(), want, RESP_SCAN_CHUNK_BYTES_MAX)?;
+            let short = !chunk.may_continue(want);
+            examined += chunk.entries.len();
+            for (k, v) in chunk.entries {
                 let hit = pattern
                     .as_deref()
                     .is_none_or(|p| glob::matches(p, k.as_bytes()))
