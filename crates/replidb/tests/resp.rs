@@ -768,3 +768,41 @@ async fn typed_keys_are_wrongtype_for_strings_and_del_removes_them() {
     let r = http.get(node.at("/v1/counter/tags")).send().await.unwrap();
     assert_eq!(r.status(), 200, "a deleted set's key is free for a counter");
 }
+
+/// A key the HTTP API takes (up to 1,024 bytes) is usable over the Redis
+/// protocol even when `--max-value-bytes` is below that: the argument
+/// limit was the value limit, so GET of a 500-byte key closed the
+/// connection with a protocol error. Values are still held to the value
+/// limit, with an error that leaves the connection open.
+#[tokio::test]
+async fn keys_longer_than_the_value_limit_work_and_values_are_still_held_to_it() {
+    let (node, port) = start("n1", &["--max-value-bytes", "100"]).await;
+    let long_key = "k".repeat(500);
+    let r = node
+        .http()
+        .put(node.at(&format!("/v1/kv/{long_key}")))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let mut c = connect(port, false);
+    let got: String = ok(&mut c, &["GET", &long_key]);
+    assert_eq!(got, "v");
+    let _: () = ok(&mut c, &["SET", &long_key, "w"]);
+    let _: () = ok(&mut c, &["MSET", &long_key, "x", "short", "y"]);
+    let name = "n".repeat(150);
+    let _: () = ok(&mut c, &["CLIENT", "SETNAME", &name]);
+    let big = "v".repeat(101);
+    let e = err(&mut c, &["SET", "short", &big]);
+    assert!(e.contains("exceeds the limit of 100 bytes"), "{e}");
+    let e = err(&mut c, &["MSET", "a", "1", "b", &big]);
+    assert!(e.contains("exceeds the limit of 100 bytes"), "{e}");
+    // Nothing of the refused batch was written; the connection still works.
+    let n: i64 = ok(&mut c, &["EXISTS", "a"]);
+    assert_eq!(n, 0);
+    let got: String = ok(&mut c, &["GET", &long_key]);
+    assert_eq!(got, "x");
+    let deleted: i64 = ok(&mut c, &["DEL", &long_key]);
+    assert_eq!(deleted, 1);
+}

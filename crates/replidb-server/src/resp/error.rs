@@ -44,6 +44,15 @@ pub enum RespError {
     /// A `HELLO` option that does not parse.
     #[error("ERR Syntax error in HELLO option '{0}'")]
     HelloOption(String),
+    /// A value longer than `--max-value-bytes` (possible only when that is
+    /// below the longest key, which the codec admits).
+    #[error("ERR value of {len_bytes} bytes exceeds the limit of {limit_bytes} bytes (--max-value-bytes)")]
+    ValueTooLarge {
+        /// The value's length.
+        len_bytes: usize,
+        /// `--max-value-bytes`.
+        limit_bytes: usize,
+    },
     /// A key the node cannot store (empty, too long, not UTF-8).
     #[error("ERR invalid key: {0}")]
     InvalidKey(String),

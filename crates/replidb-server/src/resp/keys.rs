@@ -284,6 +284,19 @@ fn set_opts(args: &[Bytes]) -> RespResult<SetOpts> {
     Ok(o)
 }
 
+/// A value of at most `--max-value-bytes`: the codec lets an argument be
+/// as long as a key, which may be longer.
+fn check_value(shared: &Shared, value: &[u8]) -> RespResult<()> {
+    let limit_bytes = shared.node.config.max_value_bytes;
+    if value.len() > limit_bytes {
+        return Err(RespError::ValueTooLarge {
+            len_bytes: value.len(),
+            limit_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// `SET key value [NX|XX] [GET] [KEEPTTL]`.
 pub(crate) async fn set(
     shared: &Shared,
@@ -291,6 +304,7 @@ pub(crate) async fn set(
     args: &[Bytes],
 ) -> RespResult<Value> {
     let k = key(&args[1])?;
+    check_value(shared, &args[2])?;
     let value = args[2].to_vec();
     let o = set_opts(&args[3..])?;
     let put = |k: &String| Op::Put {
@@ -380,6 +394,7 @@ pub(crate) async fn mset(
     check_batch(pairs.len() / 2)?;
     let mut ops = Vec::with_capacity(pairs.len() / 2);
     for kv in pairs.chunks_exact(2) {
+        check_value(shared, &kv[1])?;
         ops.push(Op::Put {
             key: key(&kv[0])?,
             value: kv[1].to_vec(),

@@ -125,11 +125,14 @@ pub fn frame_bytes_max(max_value_bytes: usize) -> usize {
 }
 
 /// The codec limits of a node: a bulk argument may be as large as the
-/// node's largest value, and no larger.
+/// node's largest value or its largest key, whichever is larger (a key the
+/// HTTP API accepts must be usable here even with a `--max-value-bytes`
+/// below [`replidb_core::MAX_KEY_BYTES`]); values are held to
+/// `--max-value-bytes` by the commands that write them.
 pub fn limits(max_value_bytes: usize) -> Limits {
     Limits {
         args_max: RESP_ARGS_MAX,
-        bulk_bytes_max: max_value_bytes,
+        bulk_bytes_max: max_value_bytes.max(replidb_core::MAX_KEY_BYTES),
         inline_bytes_max: RESP_INLINE_BYTES_MAX,
         frame_bytes_max: frame_bytes_max(max_value_bytes),
         depth_max: 1,
