@@ -3,8 +3,9 @@
 use crate::error::{ClientError, Result};
 use crate::transport::{self, Request, Response};
 use crate::types::{
-    ClientOptions, DeleteResult, ReadOptions, ReadResult, ScanItem, SiblingsWire, Txn, WireValue,
-    WriteOptions, WriteResult, CONTEXT_HEADER, MIN_VERSION_HEADER,
+    ClientOptions, DeleteResult, ReadOptions, ReadResult, ScanItem, ScanPage, SiblingsWire, Txn,
+    WireValue, WriteOptions, WriteResult, CONTEXT_HEADER, MIN_VERSION_HEADER,
+    SCAN_TRUNCATED_HEADER,
 };
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
@@ -285,17 +286,59 @@ impl Client {
         limit: Option<usize>,
         opts: &ReadOptions,
     ) -> Result<Vec<ScanItem>> {
-        Ok(self.scan_with_meta(prefix, limit, opts).await?.0)
+        Ok(self
+            .scan_with_meta(prefix, None, limit, opts)
+            .await?
+            .0
+            .items)
+    }
+
+    /// One page of keys starting with `prefix`, strictly after
+    /// `start_after`: at most `limit` (server default 1000, at most
+    /// 10,000), fewer when the node's byte budget per page ends it
+    /// ([`ScanPage::truncated`]). [`ScanPage::next`] says where the next
+    /// page starts, or that the range is done.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: replidb_client::Client) -> replidb_client::Result<()> {
+    /// let mut after: Option<String> = None;
+    /// loop {
+    ///     let page = client.scan_page("user/", after.as_deref(), Some(500), &Default::default()).await?;
+    ///     for item in &page.items {
+    ///         println!("{}", item.key);
+    ///     }
+    ///     match page.next(Some(500)) {
+    ///         Some(last) => after = Some(last.to_string()),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn scan_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+        opts: &ReadOptions,
+    ) -> Result<ScanPage> {
+        Ok(self
+            .scan_with_meta(prefix, start_after, limit, opts)
+            .await?
+            .0)
     }
 
     pub(crate) async fn scan_with_meta(
         &self,
         prefix: &str,
+        start_after: Option<&str>,
         limit: Option<usize>,
         opts: &ReadOptions,
-    ) -> Result<(Vec<ScanItem>, NodeMeta)> {
+    ) -> Result<(ScanPage, NodeMeta)> {
         let mut query = opts.query();
         query.push(("prefix", prefix.to_string()));
+        if let Some(after) = start_after {
+            query.push(("start_after", after.to_string()));
+        }
         if let Some(l) = limit {
             query.push(("limit", l.to_string()));
         }
@@ -325,7 +368,14 @@ impl Client {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((items, NodeMeta::from_headers(&resp.headers)))
+        let truncated = resp
+            .headers
+            .get(SCAN_TRUNCATED_HEADER)
+            .is_some_and(|v| v == "bytes");
+        Ok((
+            ScanPage { items, truncated },
+            NodeMeta::from_headers(&resp.headers),
+        ))
     }
 
     /// Apply a [`Txn`] atomically (`POST /v1/txn`). A failed condition is

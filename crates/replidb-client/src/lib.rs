@@ -82,5 +82,6 @@ pub use replidb_core::WriteConcern;
 pub use session::Session;
 pub use types::{
     BearerToken, ClientOptions, Consistency, DeleteResult, Fallback, ReadOptions, ReadResult,
-    ScanItem, Sibling, Txn, TxnCondition, TxnOp, WriteOptions, WriteResult,
+    ScanItem, ScanPage, Sibling, Txn, TxnCondition, TxnOp, WriteOptions, WriteResult,
+    SCAN_LIMIT_DEFAULT,
 };

@@ -33,7 +33,7 @@
 use crate::client::{Client, NodeMeta};
 use crate::error::{ClientError, Result};
 use crate::types::{
-    DeleteResult, ReadOptions, ReadResult, ScanItem, Txn, WriteOptions, WriteResult,
+    DeleteResult, ReadOptions, ReadResult, ScanItem, ScanPage, Txn, WriteOptions, WriteResult,
 };
 use replidb_causal::MinVersion;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,14 +173,25 @@ impl Session {
         limit: Option<usize>,
         opts: &ReadOptions,
     ) -> Result<Vec<ScanItem>> {
-        let (items, meta) = self
+        Ok(self.scan_page(prefix, None, limit, opts).await?.items)
+    }
+
+    /// [`Client::scan_page`] with `min_lsn` raised to the session token.
+    pub async fn scan_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+        opts: &ReadOptions,
+    ) -> Result<ScanPage> {
+        let (page, meta) = self
             .client
-            .scan_with_meta(prefix, limit, &self.read_opts(opts)?)
+            .scan_with_meta(prefix, start_after, limit, &self.read_opts(opts)?)
             .await?;
-        let newest = items.iter().map(|i| i.lsn).max().unwrap_or(0);
+        let newest = page.items.iter().map(|i| i.lsn).max().unwrap_or(0);
         self.observe(newest.max(meta.applied_lsn.unwrap_or(0)));
         self.observe_read(&meta);
-        Ok(items)
+        Ok(page)
     }
 
     /// [`Client::counter_add`], remembering the write's tokens.

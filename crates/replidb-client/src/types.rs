@@ -127,6 +127,8 @@ impl WriteOptions {
 pub(crate) const CONTEXT_HEADER: &str = "x-replidb-context";
 /// Header carrying a per-origin read-your-writes token (multi-leader).
 pub(crate) const MIN_VERSION_HEADER: &str = "x-replidb-min-version";
+/// A scan page the node's byte budget ended early says so here (`bytes`).
+pub(crate) const SCAN_TRUNCATED_HEADER: &str = "x-replidb-scan-truncated";
 
 /// How fresh a read must be (API.md, `consistency=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,6 +372,34 @@ pub struct ScanItem {
     pub lsn: u64,
     /// Epoch of that write.
     pub epoch: u64,
+}
+
+/// One page of a scan ([`Client::scan_page`](crate::Client::scan_page)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The entries, in key order.
+    pub items: Vec<ScanItem>,
+    /// The node ended the page at its byte budget (`--scan-page-bytes`,
+    /// header `X-Replidb-Scan-Truncated: bytes`) before `limit` entries:
+    /// more may follow even though the page is short.
+    pub truncated: bool,
+}
+
+/// Server default of a scan's `limit`.
+pub const SCAN_LIMIT_DEFAULT: usize = 1000;
+
+impl ScanPage {
+    /// Where the next page starts (its `start_after`): this page's last
+    /// key when it was full for `limit` (`None`: the server default) or
+    /// truncated; `None` when the range has ended.
+    pub fn next(&self, limit: Option<usize>) -> Option<&str> {
+        let full = self.items.len() >= limit.unwrap_or(SCAN_LIMIT_DEFAULT);
+        if full || self.truncated {
+            self.items.last().map(|i| i.key.as_str())
+        } else {
+            None
+        }
+    }
 }
 
 /// One of a key's concurrent versions, as a `300 Multiple Choices` lists

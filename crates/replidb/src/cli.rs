@@ -214,9 +214,14 @@ pub struct ScanArgs {
     /// Key prefix; empty lists everything (up to --limit).
     #[arg(default_value = "")]
     pub prefix: String,
-    /// Most entries returned (server default 1000).
-    #[arg(long)]
-    pub limit: Option<usize>,
+    /// Most entries listed; without it, every key with the prefix (asked
+    /// for a page at a time)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// List only keys after this one (what the last line of an earlier
+    /// listing showed, to go on from there)
+    #[arg(long, value_name = "KEY")]
+    pub start_after: Option<String>,
     #[command(flatten)]
     pub read: ReadArgs,
     #[command(flatten)]

@@ -216,35 +216,58 @@ pub async fn get(before: Option<&str>, a: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `replidb scan [PREFIX]`: one `key<TAB>value` line per entry. Values
-/// that are not UTF-8 are shown lossily (use `get` for exact bytes); a
-/// counter, set or map as its JSON rendering.
+/// Most entries `replidb scan` asks for per page (the server's most).
+const SCAN_PAGE_LIMIT_MAX: u64 = 10_000;
+
+/// `replidb scan [PREFIX]`: one `key<TAB>value` line per entry, every key
+/// with the prefix (or `--limit` of them), asked for a page at a time, each
+/// after the last key of the one before. Values that are not UTF-8 are
+/// shown lossily (use `get` for exact bytes); a counter, set or map as its
+/// JSON rendering.
 pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
     let url = a.target.resolve(before);
     let mut s = CmdSession::open(&url, &a.target, a.session.no_session)?;
     let opts = read_opts(&a.read);
-    let (prefix, limit) = (a.prefix.clone(), a.limit);
-    let items = s
-        .read(
-            a.read.min_lsn.is_some() || a.read.min_version.is_some(),
-            |session| {
-                let (opts, prefix) = (opts.clone(), prefix.clone());
-                async move {
-                    let r = session.scan(&prefix, limit, &opts).await;
-                    (session, r)
-                }
-            },
-        )
-        .await?;
+    let prefix = a.prefix.clone();
+    let mut after = a.start_after.clone();
+    let mut left = a.limit;
     let mut out = std::io::stdout().lock();
-    for item in items {
-        let value = match item.siblings {
-            Some(n) => format!("<{n} siblings: get the key to see them>"),
-            None => String::from_utf8_lossy(&item.value).into_owned(),
-        };
-        writeln!(out, "{}\t{value}", item.key).context("writing to stdout")?;
+    loop {
+        let want = left.map_or(SCAN_PAGE_LIMIT_MAX, |n| n.min(SCAN_PAGE_LIMIT_MAX));
+        // `want` is at most SCAN_PAGE_LIMIT_MAX, which fits any usize.
+        let want = usize::try_from(want).unwrap_or(usize::MAX);
+        let page = s
+            .read(
+                a.read.min_lsn.is_some() || a.read.min_version.is_some(),
+                |session| {
+                    let (opts, prefix, after) = (opts.clone(), prefix.clone(), after.clone());
+                    async move {
+                        let r = session
+                            .scan_page(&prefix, after.as_deref(), Some(want), &opts)
+                            .await;
+                        (session, r)
+                    }
+                },
+            )
+            .await?;
+        for item in &page.items {
+            let value = match item.siblings {
+                Some(n) => format!("<{n} siblings: get the key to see them>"),
+                None => String::from_utf8_lossy(&item.value).into_owned(),
+            };
+            writeln!(out, "{}\t{value}", item.key).context("writing to stdout")?;
+        }
+        if let Some(n) = left.as_mut() {
+            *n = n.saturating_sub(page.items.len() as u64);
+            if *n == 0 {
+                return Ok(());
+            }
+        }
+        match page.next(Some(want)) {
+            Some(last) => after = Some(last.to_string()),
+            None => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// `replidb status`: the node's /status, pretty-printed.

@@ -141,6 +141,47 @@ async fn the_cli_resolves_siblings_with_the_context_get_prints() {
     assert_eq!((code, out.as_str()), (0, "merged"), "{err}");
 }
 
+/// `replidb scan` lists every key with the prefix, a page at a time: it
+/// stopped at the server's default page of 1,000 without a word, and
+/// could not go past 10,000 or on from a key. Pages here are cut by bytes
+/// (`--scan-page-bytes`), so the listing crosses several of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_scan_pages_through_every_key() {
+    let node = Node::start("s1", &["--scan-page-bytes", "1000"]).await;
+    let url = node.url();
+    let keys: Vec<String> = (0..25).map(|i| format!("p{i:03}")).collect();
+    for k in &keys {
+        let r = node
+            .http()
+            .put(node.at(&format!("/v1/kv/{k}")))
+            .body("x".repeat(100))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), 200);
+    }
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["scan"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--url", &url, "--no-session"]);
+        let (code, out, err) = common::cli(&all);
+        assert_eq!(code, 0, "{out} {err}");
+        out.lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(listed(&["p"]), keys);
+    assert_eq!(listed(&["p", "--limit", "12"]), keys[..12]);
+    assert_eq!(
+        listed(&["p", "--start-after", "p011", "--limit", "3"]),
+        keys[12..15]
+    );
+    assert_eq!(
+        listed(&["p", "--start-after", "p024"]),
+        Vec::<String>::new()
+    );
+}
+
 /// A command whose reader goes away (`replidb status | head -1`) fails
 /// with exit 1 and a one-line error, not a panic and exit 101; and a value
 /// that looks like an option (`-5`) is a value.
