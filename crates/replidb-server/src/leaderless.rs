@@ -69,15 +69,7 @@ pub struct Leaderless {
     /// `peers`. No member streams to another here, so there is no lag to
     /// show, only reachability.
     contacts: Mutex<BTreeMap<String, Contact>>,
-    /// Coverage scans running on this node's behalf, at most
-    /// [`COVERAGE_SCANS_MAX`]: each holds a page from every member.
-    pub coverage_scans: tokio::sync::Semaphore,
 }
-
-/// Most coverage scans (`GET /v1/kv` on a leaderless node) one node runs
-/// at once; one more is refused with 503 `too_many_scans`. Each holds a
-/// page of up to `--scan-page-bytes` (plus one state) from every member.
-pub const COVERAGE_SCANS_MAX: usize = 4;
 
 /// Largest encoded causal state this node accepts for one key, with values
 /// of at most `max_value_bytes`: a set or map holds up to
@@ -123,7 +115,6 @@ impl Leaderless {
             tombstones_collected: AtomicU64::new(0),
             keys_handed_off: AtomicU64::new(0),
             contacts: Mutex::new(BTreeMap::new()),
-            coverage_scans: tokio::sync::Semaphore::new(COVERAGE_SCANS_MAX),
         })
     }
 

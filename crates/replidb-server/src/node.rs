@@ -61,7 +61,17 @@ pub struct Node {
     /// 0 when it does not: written only under `repoint` (cleared without
     /// it when the candidacy is dropped, which only permits re-pointing).
     candidate_epoch: AtomicU64,
+    /// Scans (`GET /v1/kv`) being answered, at most [`SCANS_IN_FLIGHT_MAX`]
+    /// ([`Node::start_scan`]).
+    scans: tokio::sync::Semaphore,
 }
+
+/// Most scans one node answers at once; one more is refused with 503
+/// `too_many_scans`. A page holds up to `--scan-page-bytes` of keys and
+/// values (about three times that while it is rendered as JSON), and a
+/// leaderless scan one such page from every member, so this, not the
+/// connection limit, bounds what scans hold together.
+pub const SCANS_IN_FLIGHT_MAX: usize = 8;
 
 /// The TLS client configuration for what this node asks of others:
 /// trust `--tls-ca`, present this node's own certificate (mutual TLS).
@@ -106,6 +116,12 @@ struct ServerEvents;
 impl RoleEvents for ServerEvents {}
 
 impl Node {
+    /// A slot to answer one scan in, held until dropped; `None` when
+    /// [`SCANS_IN_FLIGHT_MAX`] are being answered already.
+    pub fn start_scan(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.scans.try_acquire().ok()
+    }
+
     /// Open storage and start in the configured role.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, ServerError> {
         let transport =
@@ -183,6 +199,7 @@ impl Node {
             id_header: axum::http::HeaderValue::from_str(&config_id).ok(),
             repoint: tokio::sync::Mutex::new(()),
             candidate_epoch: AtomicU64::new(0),
+            scans: tokio::sync::Semaphore::new(SCANS_IN_FLIGHT_MAX),
         });
         if let Some(auth) = &node.auth {
             tokio::spawn(reload_on_sighup(auth.clone(), node.shutdown.clone()));

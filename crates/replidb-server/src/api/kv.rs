@@ -31,6 +31,20 @@ pub const SCAN_PAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// entries: `bytes`. The next page starts after its last key.
 pub const SCAN_TRUNCATED_HEADER: &str = "x-replidb-scan-truncated";
 
+/// A slot to answer a scan in ([`Node::start_scan`]), or 503
+/// `too_many_scans`.
+fn scan_slot(node: &Node) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+    node.start_scan().ok_or_else(|| {
+        ApiError::retry_later(
+            "too_many_scans",
+            format!(
+                "this node is answering {} scans already, the most it answers at once; retry shortly",
+                crate::node::SCANS_IN_FLIGHT_MAX
+            ),
+        )
+    })
+}
+
 /// `answer` with [`SCAN_TRUNCATED_HEADER`] when the page was cut by bytes.
 pub(crate) fn mark_truncated(mut answer: Response, cut_by_bytes: bool) -> Response {
     if cut_by_bytes {
@@ -437,7 +451,7 @@ pub(crate) fn write_opts(node: &Node, p: &Params<'_>) -> ApiResult<WriteOpts> {
         (status = 200, description = "The items, in key order: at most `limit`, and fewer once their keys and values pass `--scan-page-bytes`; then the page carries `X-Replidb-Scan-Truncated: bytes` and the next one starts after its last key", body = Vec<super::openapi::ValueJson>,
             headers(("X-Replidb-Scan-Truncated" = String, description = "`bytes`: the page ended at the node's byte budget before `limit` entries"))),
         (status = 400, description = "Unknown or invalid parameter, `limit` out of 1..=10000", body = super::openapi::ErrorBody),
-        (status = 503, description = "Not fresh enough in time, no leader reachable; leaderless: `not_enough_replicas`, `too_many_scans`; with `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 503, description = "Not fresh enough in time, no leader reachable, `too_many_scans` (8 being answered); leaderless: `not_enough_replicas`; with `Retry-After`", body = super::openapi::ErrorBody),
         (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
     ),
 )]
@@ -455,6 +469,7 @@ pub async fn scan(
     let limit = super::leaderless::scan_limit(&p)?;
     if node.is_leaderless() {
         super::read::refuse_single_leader_only(&node, &opts)?;
+        let _slot = scan_slot(&node)?;
         let (list, cut_by_bytes) = super::leaderless::coverage_scan(
             &node,
             &p,
@@ -470,6 +485,7 @@ pub async fn scan(
     }
     super::causal::wait_for_token(&node, &p, &headers, opts.wait).await?;
     serve_read(&node, &opts, &uri, &headers, |n| {
+        let _slot = scan_slot(n)?;
         let page = n.engine.table().scan_page(
             p.str("prefix").unwrap_or(""),
             p.str("start_after"),

@@ -856,12 +856,6 @@ pub async fn coverage_scan(
     let lz = lz(node)?;
     let n = lz.ring.replicas();
     let r = quorum_param(p, "r", n)?;
-    let _running = lz.coverage_scans.try_acquire().map_err(|_| {
-        ApiError::retry_later(
-            "too_many_scans",
-            format!("this node is running {} scans over the ring already, the most it runs at once; retry shortly", crate::leaderless::COVERAGE_SCANS_MAX),
-        )
-    })?;
     let members: Vec<String> = lz.ring.members().to_vec();
     let mut cursor = start_after.map(str::to_string);
     let mut out = Vec::new();
