@@ -23,6 +23,7 @@ pub mod auth;
 mod config;
 pub mod dashboard;
 pub mod embed;
+pub mod identity;
 pub mod leaderless;
 pub mod metrics;
 pub mod node;

@@ -215,7 +215,12 @@ impl Node {
                 tokio::spawn(node.clone().housekeeping());
                 return Ok(node);
             }
-            Topology::SingleLeader => {}
+            // Its URL is on disk, in its peers' too: it must not change.
+            Topology::SingleLeader => crate::identity::settle(
+                &node.config.data_dir,
+                &node.config.advertise(),
+                &node.config.id,
+            )?,
         }
         match (&node.config.coordinator, node.config.follow.clone()) {
             (CoordinatorKind::Etcd, _) => {

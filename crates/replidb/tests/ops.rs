@@ -395,3 +395,80 @@ async fn logs_are_logfmt_or_json_and_never_carry_values() {
         "a value reached the follower's log"
     );
 }
+
+/// A single-leader node's URL is on disk (its voting set, its epoch's
+/// leader) and in its peers' files, so the same data directory started
+/// under another URL — here the same address spelled `localhost` — was a
+/// second member: a former leader followed its own old URL. It is now
+/// refused at start with what to do, and starts again as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_keeps_the_url_it_was_first_started_under() {
+    let mut node = Node::start("n1", &[]).await;
+    let put = node
+        .http()
+        .put(node.at("/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    node.stop().await;
+    let url = node.url();
+    let port = url.rsplit(':').next().expect("a port").to_string();
+    let renamed = format!("http://localhost:{port}");
+    let out = tokio::task::spawn_blocking({
+        let dir = node.data_dir();
+        move || {
+            let mut child = Command::new(common::BIN)
+                .args(["server", "--id", "n1", "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(dir)
+                .args(["--advertise-url", &renamed])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run replidb server");
+            // A refusal is immediate; a node that starts keeps running.
+            let deadline = std::time::Instant::now() + WAIT;
+            while child.try_wait().expect("wait").is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.wait_with_output().expect("output")
+        }
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && out.status.code().is_some(),
+        "started under a new URL: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("--advertise-url {url}")) && stderr.contains("/admin/forget"),
+        "{stderr}"
+    );
+    node.restart().await;
+    let got = node
+        .http()
+        .get(node.at("/v1/kv/k"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.status(), 200);
+    let status: Value = node
+        .http()
+        .get(node.at("/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["role"], "leader", "{status}");
+}
