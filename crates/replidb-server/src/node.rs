@@ -63,12 +63,13 @@ pub struct Node {
     candidate_epoch: AtomicU64,
     /// Scans (`GET /v1/kv`) being answered, at most [`SCANS_IN_FLIGHT_MAX`]
     /// ([`Node::start_scan`]).
-    scans: tokio::sync::Semaphore,
+    scans: Arc<tokio::sync::Semaphore>,
 }
 
-/// Most scans one node answers at once; one more is refused with 503
-/// `too_many_scans`. A page holds up to `--scan-page-bytes` of keys and
-/// values (about three times that while it is rendered as JSON), and a
+/// Most scans one node answers at once, from the request until the last
+/// of the answer is handed to the connection; one more is refused with
+/// 503 `too_many_scans`. A page holds up to `--scan-page-bytes` of keys
+/// and values (about three times that while it is rendered as JSON), and a
 /// leaderless scan one such page from every member, so this, not the
 /// connection limit, bounds what scans hold together.
 pub const SCANS_IN_FLIGHT_MAX: usize = 8;
@@ -118,8 +119,8 @@ impl RoleEvents for ServerEvents {}
 impl Node {
     /// A slot to answer one scan in, held until dropped; `None` when
     /// [`SCANS_IN_FLIGHT_MAX`] are being answered already.
-    pub fn start_scan(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.scans.try_acquire().ok()
+    pub fn start_scan(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.scans.clone().try_acquire_owned().ok()
     }
 
     /// Open storage and start in the configured role.
@@ -199,7 +200,7 @@ impl Node {
             id_header: axum::http::HeaderValue::from_str(&config_id).ok(),
             repoint: tokio::sync::Mutex::new(()),
             candidate_epoch: AtomicU64::new(0),
-            scans: tokio::sync::Semaphore::new(SCANS_IN_FLIGHT_MAX),
+            scans: Arc::new(tokio::sync::Semaphore::new(SCANS_IN_FLIGHT_MAX)),
         });
         if let Some(auth) = &node.auth {
             tokio::spawn(reload_on_sighup(auth.clone(), node.shutdown.clone()));

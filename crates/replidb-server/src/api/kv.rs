@@ -33,7 +33,7 @@ pub const SCAN_TRUNCATED_HEADER: &str = "x-replidb-scan-truncated";
 
 /// A slot to answer a scan in ([`Node::start_scan`]), or 503
 /// `too_many_scans`.
-fn scan_slot(node: &Node) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+fn scan_slot(node: &Node) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
     node.start_scan().ok_or_else(|| {
         ApiError::retry_later(
             "too_many_scans",
@@ -43,6 +43,82 @@ fn scan_slot(node: &Node) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
             ),
         )
     })
+}
+
+/// A scan page's JSON answer, holding `slot` until the connection has
+/// taken the last of it ([`SlotBody`]), marked [`SCAN_TRUNCATED_HEADER`]
+/// when the page was cut by bytes.
+fn scan_answer(
+    list: &[Value],
+    cut_by_bytes: bool,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> ApiResult<Response> {
+    let json = serde_json::to_vec(list).map_err(|e| ApiError::internal(e.to_string()))?;
+    let body = SlotBody {
+        data: bytes::Bytes::from(json),
+        slot: Some(slot),
+        deadline: std::time::Instant::now() + SCAN_SEND_TIMEOUT,
+    };
+    let answer = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::new(body),
+    )
+        .into_response();
+    Ok(mark_truncated(answer, cut_by_bytes))
+}
+
+/// Bytes of a scan's answer handed to the connection at a time: the
+/// connection asks for the next piece as it sends, so the slot is held
+/// until about the whole answer is on its way.
+const SCAN_SEND_CHUNK_BYTES: usize = 64 * 1024;
+/// Longest a scan's answer may take to be sent; a client that reads it
+/// slower is cut off (its connection closed) and the slot freed, checked
+/// whenever the connection asks for more.
+const SCAN_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A response body that holds a scan slot until its last piece is taken.
+struct SlotBody {
+    data: bytes::Bytes,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    deadline: std::time::Instant,
+}
+
+impl axum::body::HttpBody for SlotBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if self.data.is_empty() {
+            self.slot = None;
+            return Poll::Ready(None);
+        }
+        if std::time::Instant::now() > self.deadline {
+            self.slot = None;
+            self.data = bytes::Bytes::new();
+            return Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the scan's answer was not read in time",
+            ))));
+        }
+        let n = self.data.len().min(SCAN_SEND_CHUNK_BYTES);
+        let piece = self.data.split_to(n);
+        if self.data.is_empty() {
+            self.slot = None;
+        }
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.data.len() as u64)
+    }
 }
 
 /// `answer` with [`SCAN_TRUNCATED_HEADER`] when the page was cut by bytes.
@@ -469,7 +545,7 @@ pub async fn scan(
     let limit = super::leaderless::scan_limit(&p)?;
     if node.is_leaderless() {
         super::read::refuse_single_leader_only(&node, &opts)?;
-        let _slot = scan_slot(&node)?;
+        let slot = scan_slot(&node)?;
         let (list, cut_by_bytes) = super::leaderless::coverage_scan(
             &node,
             &p,
@@ -478,14 +554,11 @@ pub async fn scan(
             limit,
         )
         .await?;
-        return Ok(mark_truncated(
-            Json(Value::Array(list)).into_response(),
-            cut_by_bytes,
-        ));
+        return scan_answer(&list, cut_by_bytes, slot);
     }
     super::causal::wait_for_token(&node, &p, &headers, opts.wait).await?;
     serve_read(&node, &opts, &uri, &headers, |n| {
-        let _slot = scan_slot(n)?;
+        let slot = scan_slot(n)?;
         let page = n.engine.table().scan_page(
             p.str("prefix").unwrap_or(""),
             p.str("start_after"),
@@ -502,10 +575,7 @@ pub async fn scan(
             })
             .map(|(k, v)| versioned_json(k, v))
             .collect();
-        Ok(mark_truncated(
-            Json(Value::Array(list)).into_response(),
-            page.cut_by_bytes,
-        ))
+        scan_answer(&list, page.cut_by_bytes, slot)
     })
     .await
 }
