@@ -70,6 +70,11 @@ pub struct NodeConfig {
     /// URL other nodes and clients use to reach this node; defaults to
     /// `http://{listen}`.
     pub advertise_url: Option<String>,
+    /// The advertised URL's port was picked by the OS (`--listen` port 0,
+    /// no `--advertise-url`), so it changes at every start: a throwaway
+    /// node, which no data directory can be tied to. Set by
+    /// [`crate::Server::bind`].
+    pub url_from_os_port: bool,
     /// Directory for the WAL, the table and metadata (`--data-dir`).
     pub data_dir: PathBuf,
     /// Leader URL to follow (`--follow`); `None` starts a leader.
@@ -176,6 +181,7 @@ impl NodeConfig {
             listen,
             resp_listen: None,
             advertise_url: None,
+            url_from_os_port: false,
             data_dir: data_dir.into(),
             follow: None,
             coordinator: CoordinatorKind::Static,

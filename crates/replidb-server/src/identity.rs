@@ -36,12 +36,15 @@ fn path(data_dir: &Path) -> PathBuf {
 }
 
 /// Check that `data_dir` belongs to the node advertising `url`, recording
-/// it on first use (a data directory from before this file, too).
+/// it on first use (a data directory from before this file, too). A node
+/// that has never been in a cluster (`in_a_cluster` false: no epoch yet)
+/// may change it: nobody knows it by the old one (a typo corrected).
 ///
 /// # Errors
 /// [`ServerError::Startup`] when the directory was recorded under another
-/// URL (with the two ways out), or the file cannot be read or written.
-pub fn settle(data_dir: &Path, url: &str, id: &str) -> Result<(), ServerError> {
+/// URL and the node has been in a cluster (with the two ways out), or the
+/// file cannot be read or written.
+pub fn settle(data_dir: &Path, url: &str, id: &str, in_a_cluster: bool) -> Result<(), ServerError> {
     let file = path(data_dir);
     let io = |e: std::io::Error| ServerError::Startup(format!("{}: {e}", file.display()));
     match std::fs::metadata(&file) {
@@ -60,7 +63,8 @@ pub fn settle(data_dir: &Path, url: &str, id: &str) -> Result<(), ServerError> {
             if recorded.advertise_url == url {
                 return Ok(());
             }
-            return Err(ServerError::Startup(format!(
+            if in_a_cluster {
+                return Err(ServerError::Startup(format!(
                 "{dir} belongs to the node that advertised {old} (id {old_id}), and this node advertises {url}: \
                  its peers, voting set and epoch leader know it by {old}, so under {url} it would be a second member. \
                  Start it with --advertise-url {old} (it may listen anywhere), or, to rename it, \
@@ -69,7 +73,8 @@ pub fn settle(data_dir: &Path, url: &str, id: &str) -> Result<(), ServerError> {
                 dir = data_dir.display(),
                 old = recorded.advertise_url,
                 old_id = recorded.id,
-            )));
+                )));
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
@@ -90,9 +95,9 @@ mod tests {
     #[test]
     fn the_first_url_is_recorded_and_kept() {
         let dir = tempfile::tempdir().unwrap();
-        settle(dir.path(), "http://127.0.0.1:7001", "n1").unwrap();
-        settle(dir.path(), "http://127.0.0.1:7001", "n1").unwrap();
-        let e = settle(dir.path(), "http://localhost:7001", "n1")
+        settle(dir.path(), "http://127.0.0.1:7001", "n1", true).unwrap();
+        settle(dir.path(), "http://127.0.0.1:7001", "n1", true).unwrap();
+        let e = settle(dir.path(), "http://localhost:7001", "n1", true)
             .unwrap_err()
             .to_string();
         assert!(
@@ -100,14 +105,28 @@ mod tests {
             "{e}"
         );
         // Refused, not overwritten: the recorded URL still wins.
-        settle(dir.path(), "http://127.0.0.1:7001", "n1").unwrap();
+        settle(dir.path(), "http://127.0.0.1:7001", "n1", true).unwrap();
+    }
+
+    #[test]
+    fn a_node_never_in_a_cluster_may_change_its_url() {
+        let dir = tempfile::tempdir().unwrap();
+        settle(dir.path(), "http://127.0.0.1:7001", "n1", false).unwrap();
+        settle(dir.path(), "http://127.0.0.1:7002", "n1", false).unwrap();
+        // The new one is recorded.
+        let e = settle(dir.path(), "http://127.0.0.1:7001", "n1", true).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--advertise-url http://127.0.0.1:7002"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_damaged_file_is_an_error_not_a_new_identity() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(path(dir.path()), b"{not json").unwrap();
-        let e = settle(dir.path(), "http://127.0.0.1:7001", "n1").unwrap_err();
+        let e = settle(dir.path(), "http://127.0.0.1:7001", "n1", true).unwrap_err();
         assert!(e.to_string().contains("not an identity file"), "{e}");
     }
 }

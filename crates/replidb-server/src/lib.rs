@@ -111,6 +111,7 @@ impl Server {
     /// then uses the real one) and start the node.
     pub async fn bind(mut config: NodeConfig) -> Result<Server, ServerError> {
         metrics::handle();
+        config.url_from_os_port = config.listen.port() == 0 && config.advertise_url.is_none();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Bind {

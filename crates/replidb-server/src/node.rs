@@ -216,12 +216,16 @@ impl Node {
                 tokio::spawn(node.clone().housekeeping());
                 return Ok(node);
             }
-            // Its URL is on disk, in its peers' too: it must not change.
-            Topology::SingleLeader => crate::identity::settle(
+            // Its URL is on disk, in its peers' too: it must not change
+            // once it has been in a cluster (an epoch), unless the OS
+            // picks its port anew at every start anyway.
+            Topology::SingleLeader if !node.config.url_from_os_port => crate::identity::settle(
                 &node.config.data_dir,
                 &node.config.advertise(),
                 &node.config.id,
+                node.engine.meta().epoch > Epoch(0),
             )?,
+            Topology::SingleLeader => {}
         }
         match (&node.config.coordinator, node.config.follow.clone()) {
             (CoordinatorKind::Etcd, _) => {
