@@ -4,7 +4,7 @@ use crate::error::{ClientError, Result};
 use crate::transport::{self, Request, Response};
 use crate::types::{
     ClientOptions, DeleteResult, ReadOptions, ReadResult, ScanItem, ScanPage, SiblingsWire, Txn,
-    WireValue, WriteOptions, WriteResult, CONTEXT_HEADER, MIN_VERSION_HEADER,
+    WireValue, WriteOptions, WriteResult, CONTEXT_HEADER, MIN_VERSION_HEADER, SCAN_CONTINUE_HEADER,
     SCAN_TRUNCATED_HEADER,
 };
 use bytes::Bytes;
@@ -307,7 +307,7 @@ impl Client {
     ///     for item in &page.items {
     ///         println!("{}", item.key);
     ///     }
-    ///     match page.next(Some(500)) {
+    ///     match page.next() {
     ///         Some(last) => after = Some(last.to_string()),
     ///         None => break,
     ///     }
@@ -372,10 +372,24 @@ impl Client {
             .headers
             .get(SCAN_TRUNCATED_HEADER)
             .is_some_and(|v| v == "bytes");
-        Ok((
-            ScanPage { items, truncated },
-            NodeMeta::from_headers(&resp.headers),
-        ))
+        let continue_after = match resp.headers.get(SCAN_CONTINUE_HEADER) {
+            None => None,
+            Some(v) => {
+                let text = v
+                    .to_str()
+                    .map_err(|e| ClientError::Decode(format!("{SCAN_CONTINUE_HEADER}: {e}")))?;
+                let key = percent_encoding::percent_decode_str(text)
+                    .decode_utf8()
+                    .map_err(|e| ClientError::Decode(format!("{SCAN_CONTINUE_HEADER}: {e}")))?;
+                Some(key.into_owned())
+            }
+        };
+        let page = ScanPage {
+            items,
+            truncated,
+            continue_after,
+        };
+        Ok((page, NodeMeta::from_headers(&resp.headers)))
     }
 
     /// Apply a [`Txn`] atomically (`POST /v1/txn`). A failed condition is

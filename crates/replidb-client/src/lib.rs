@@ -83,5 +83,4 @@ pub use session::Session;
 pub use types::{
     BearerToken, ClientOptions, Consistency, DeleteResult, Fallback, ReadOptions, ReadResult,
     ScanItem, ScanPage, Sibling, Txn, TxnCondition, TxnOp, WriteOptions, WriteResult,
-    SCAN_LIMIT_DEFAULT,
 };

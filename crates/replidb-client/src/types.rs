@@ -129,6 +129,8 @@ pub(crate) const CONTEXT_HEADER: &str = "x-replidb-context";
 pub(crate) const MIN_VERSION_HEADER: &str = "x-replidb-min-version";
 /// A scan page the node's byte budget ended early says so here (`bytes`).
 pub(crate) const SCAN_TRUNCATED_HEADER: &str = "x-replidb-scan-truncated";
+/// Where the next scan page starts, percent-encoded; absent at the end.
+pub(crate) const SCAN_CONTINUE_HEADER: &str = "x-replidb-scan-continue-after";
 
 /// How fresh a read must be (API.md, `consistency=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,25 +382,19 @@ pub struct ScanPage {
     /// The entries, in key order.
     pub items: Vec<ScanItem>,
     /// The node ended the page at its byte budget (`--scan-page-bytes`,
-    /// header `X-Replidb-Scan-Truncated: bytes`) before `limit` entries:
-    /// more may follow even though the page is short.
+    /// header `X-Replidb-Scan-Truncated: bytes`) before `limit` entries.
     pub truncated: bool,
+    /// Where the next page starts (its `start_after`) while more keys may
+    /// follow (header `X-Replidb-Scan-Continue-After`); `None` when the
+    /// range has ended. Not always the last item's key: a page may end on
+    /// deleted keys it does not list, or list none.
+    pub continue_after: Option<String>,
 }
 
-/// Server default of a scan's `limit`.
-pub const SCAN_LIMIT_DEFAULT: usize = 1000;
-
 impl ScanPage {
-    /// Where the next page starts (its `start_after`): this page's last
-    /// key when it was full for `limit` (`None`: the server default) or
-    /// truncated; `None` when the range has ended.
-    pub fn next(&self, limit: Option<usize>) -> Option<&str> {
-        let full = self.items.len() >= limit.unwrap_or(SCAN_LIMIT_DEFAULT);
-        if full || self.truncated {
-            self.items.last().map(|i| i.key.as_str())
-        } else {
-            None
-        }
+    /// Where the next page starts, or `None` when the range has ended.
+    pub fn next(&self) -> Option<&str> {
+        self.continue_after.as_deref()
     }
 }
 

@@ -32,7 +32,9 @@ pub mod resp;
 pub mod serve;
 pub mod static_coord;
 
-pub use api::{SCAN_PAGE_BYTES_DEFAULT, SCAN_PAGE_BYTES_MAX, SCAN_TRUNCATED_HEADER};
+pub use api::{
+    SCAN_CONTINUE_HEADER, SCAN_PAGE_BYTES_DEFAULT, SCAN_PAGE_BYTES_MAX, SCAN_TRUNCATED_HEADER,
+};
 pub use config::{normalise_node_url, CoordinatorKind, NodeConfig, Topology};
 pub use embed::{
     Database, EmbedError, Health, ReplicaNode, ReplicationConfig, ReplicationManager,

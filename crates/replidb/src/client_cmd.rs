@@ -263,7 +263,7 @@ pub async fn scan(before: Option<&str>, a: ScanArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        match page.next(Some(want)) {
+        match page.next() {
             Some(last) => after = Some(last.to_string()),
             None => return Ok(()),
         }

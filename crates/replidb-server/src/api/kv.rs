@@ -28,8 +28,14 @@ pub const SCAN_PAGE_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 /// from it, so members configured differently still read each other's.
 pub const SCAN_PAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Header on a scan page that `--scan-page-bytes` ended before `limit`
-/// entries: `bytes`. The next page starts after its last key.
+/// entries: `bytes`.
 pub const SCAN_TRUNCATED_HEADER: &str = "x-replidb-scan-truncated";
+/// Header on a scan page after which more keys may follow: the
+/// `start_after` of the next page, percent-encoded (every byte but ASCII
+/// letters and digits). Absent: the range has ended. It is the last key
+/// the node examined, which is not always the page's last key: a deleted
+/// causal key (a tombstone) is examined but not listed.
+pub const SCAN_CONTINUE_HEADER: &str = "x-replidb-scan-continue-after";
 
 /// A slot to answer a scan in ([`Node::start_scan`]), or 503
 /// `too_many_scans`.
@@ -51,6 +57,7 @@ fn scan_slot(node: &Node) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
 fn scan_answer(
     list: &[Value],
     cut_by_bytes: bool,
+    continue_after: Option<&str>,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> ApiResult<Response> {
     let json = serde_json::to_vec(list).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -59,11 +66,22 @@ fn scan_answer(
         slot: Some(slot),
         deadline: std::time::Instant::now() + SCAN_SEND_TIMEOUT,
     };
-    let answer = (
+    let mut answer = (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         Body::new(body),
     )
         .into_response();
+    if let Some(key) = continue_after {
+        let encoded =
+            percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        // Percent-encoded text is visible ASCII, always a header value.
+        if let Ok(v) = axum::http::HeaderValue::from_str(&encoded) {
+            answer
+                .headers_mut()
+                .insert(axum::http::HeaderName::from_static(SCAN_CONTINUE_HEADER), v);
+        }
+    }
     Ok(mark_truncated(answer, cut_by_bytes))
 }
 
@@ -524,8 +542,11 @@ pub(crate) fn write_opts(node: &Node, p: &Params<'_>) -> ApiResult<WriteOpts> {
         ("X-Replidb-Min-Version" = Option<String>, Header, description = "Multi-leader: same as `min_version`"),
     ),
     responses(
-        (status = 200, description = "The items, in key order: at most `limit`, and fewer once their keys and values pass `--scan-page-bytes`; then the page carries `X-Replidb-Scan-Truncated: bytes` and the next one starts after its last key", body = Vec<super::openapi::ValueJson>,
-            headers(("X-Replidb-Scan-Truncated" = String, description = "`bytes`: the page ended at the node's byte budget before `limit` entries"))),
+        (status = 200, description = "The items, in key order: at most `limit`, and fewer once their keys and values pass `--scan-page-bytes`; then the page carries `X-Replidb-Scan-Truncated: bytes`. While more keys may follow, `X-Replidb-Scan-Continue-After` names the next page's `start_after`", body = Vec<super::openapi::ValueJson>,
+            headers(
+                ("X-Replidb-Scan-Truncated" = String, description = "`bytes`: the page ended at the node's byte budget before `limit` entries"),
+                ("X-Replidb-Scan-Continue-After" = String, description = "More keys may follow: the next page's `start_after`, percent-encoded; absent when the range has ended"),
+            )),
         (status = 400, description = "Unknown or invalid parameter, `limit` out of 1..=10000", body = super::openapi::ErrorBody),
         (status = 503, description = "Not fresh enough in time, no leader reachable, `too_many_scans` (8 being answered); leaderless: `not_enough_replicas`; with `Retry-After`", body = super::openapi::ErrorBody),
         (status = 508, description = "Relayed too many times (`proxy_loop`)", body = super::openapi::ErrorBody),
@@ -554,7 +575,10 @@ pub async fn scan(
             limit,
         )
         .await?;
-        return scan_answer(&list, cut_by_bytes, slot);
+        let continue_after = (cut_by_bytes || list.len() >= limit)
+            .then(|| list.last().and_then(|e| e["key"].as_str()))
+            .flatten();
+        return scan_answer(&list, cut_by_bytes, continue_after, slot);
     }
     super::causal::wait_for_token(&node, &p, &headers, opts.wait).await?;
     serve_read(&node, &opts, &uri, &headers, |n| {
@@ -575,7 +599,11 @@ pub async fn scan(
             })
             .map(|(k, v)| versioned_json(k, v))
             .collect();
-        scan_answer(&list, page.cut_by_bytes, slot)
+        let continue_after = page
+            .may_continue(limit)
+            .then(|| page.entries.last().map(|(k, _)| k.as_str()))
+            .flatten();
+        scan_answer(&list, page.cut_by_bytes, continue_after, slot)
     })
     .await
 }

@@ -34,7 +34,10 @@ pub use params::WriteOpts;
 pub use write::{concern_shortfall, propose, WriteOutcome, BODY_READ_TIMEOUT};
 // The Redis protocol listener (`crate::resp`) drives the same read and
 // write paths.
-pub use kv::{SCAN_PAGE_BYTES_DEFAULT, SCAN_PAGE_BYTES_MAX, SCAN_TRUNCATED_HEADER, TXN_OPS_MAX};
+pub use kv::{
+    SCAN_CONTINUE_HEADER, SCAN_PAGE_BYTES_DEFAULT, SCAN_PAGE_BYTES_MAX, SCAN_TRUNCATED_HEADER,
+    TXN_OPS_MAX,
+};
 pub use params::{Params, ReadOpts, READ_PARAMS, TIMEOUT_MS_MAX};
 pub use read::{confirm_strong, plan, Plan};
 
