@@ -69,6 +69,10 @@ pub struct Leaderless {
     /// `peers`. No member streams to another here, so there is no lag to
     /// show, only reachability.
     contacts: Mutex<BTreeMap<String, Contact>>,
+    /// Where tombstone collection goes on at its next round (`None`: from
+    /// the first key), after a round that gathered
+    /// [`TOMBSTONES_PER_ROUND_MAX`] candidates.
+    tombstone_cursor: Mutex<Option<String>>,
 }
 
 /// Largest encoded causal state this node accepts for one key, with values
@@ -115,6 +119,7 @@ impl Leaderless {
             tombstones_collected: AtomicU64::new(0),
             keys_handed_off: AtomicU64::new(0),
             contacts: Mutex::new(BTreeMap::new()),
+            tombstone_cursor: Mutex::new(None),
         })
     }
 
@@ -454,10 +459,16 @@ pub async fn anti_entropy_round(node: &Node, lz: &Leaderless) -> (u64, usize) {
                 .send()
                 .await
             {
+                // An answer not read (too large, cut off) is skipped, not
+                // taken for an empty leaf: that would repair every key here.
                 Ok(r) if r.status().is_success() => {
-                    crate::peer_answer::json(r, AE_BUCKET_ANSWER_BYTES_MAX)
-                        .await
-                        .unwrap_or_default()
+                    match crate::peer_answer::json(r, AE_BUCKET_ANSWER_BYTES_MAX).await {
+                        Ok(keys) => keys,
+                        Err(e) => {
+                            tracing::warn!(%peer, bucket = b, error = %e, "anti-entropy leaf not compared");
+                            continue;
+                        }
+                    }
                 }
                 _ => continue,
             };
@@ -594,7 +605,13 @@ pub async fn collect_tombstones(node: &Node, lz: &Leaderless) {
     let now = node.clock.now_ms();
     let grace = tombstone_grace_ms(node);
     let mut candidates = Vec::new();
-    let mut after: Option<String> = None;
+    // Where the last round stopped: a round that fills up on tombstones it
+    // cannot collect yet must not keep the next ones from ever being seen.
+    let mut after: Option<String> = lz
+        .tombstone_cursor
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     'scan: loop {
         let Ok(page) = table_page(node, after.as_deref()) else {
             return;
@@ -604,6 +621,12 @@ pub async fn collect_tombstones(node: &Node, lz: &Leaderless) {
         };
         for (k, v) in &page.entries {
             if candidates.len() >= TOMBSTONES_PER_ROUND_MAX {
+                // The next round goes on from the last candidate.
+                *lz.tombstone_cursor
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = candidates
+                    .last()
+                    .map(|(key, _): &(String, Vec<u8>)| key.clone());
                 break 'scan;
             }
             if !v.causal || lz.ring.preference_list(k).first() != Some(&lz.me.as_str()) {

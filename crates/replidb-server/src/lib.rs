@@ -113,6 +113,12 @@ impl Server {
     /// then uses the real one) and start the node.
     pub async fn bind(mut config: NodeConfig) -> Result<Server, ServerError> {
         metrics::handle();
+        if config.scan_page_bytes == 0 || config.scan_page_bytes > SCAN_PAGE_BYTES_MAX {
+            return Err(ServerError::Startup(format!(
+                "scan_page_bytes {} is outside 1..={SCAN_PAGE_BYTES_MAX}",
+                config.scan_page_bytes
+            )));
+        }
         config.url_from_os_port = config.listen.port() == 0 && config.advertise_url.is_none();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

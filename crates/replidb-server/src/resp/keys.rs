@@ -420,10 +420,12 @@ pub(crate) async fn incr_by(
             None => 0,
         };
         let new = old.checked_add(by).ok_or(RespError::Overflow)?;
+        let value = new.to_string().into_bytes();
+        check_value(shared, &value)?;
         Ok(Decision::Write(
             Op::Put {
                 key: k.clone(),
-                value: new.to_string().into_bytes(),
+                value,
             },
             Value::Integer(new),
         ))
