@@ -418,10 +418,17 @@ pub async fn anti_entropy_round(node: &Node, lz: &Leaderless) -> (u64, usize) {
         {
             Ok(r) if r.status().is_success() => {
                 lz.note_contact(peer, node.clock.mono_ms(), Ok(()));
-                // One hash per leaf.
-                crate::peer_answer::json(r, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
+                // One hash per leaf. Not read: this peer is not compared
+                // this round (an empty list would differ in every leaf).
+                match crate::peer_answer::json(r, crate::peer_answer::CONTROL_ANSWER_BYTES_MAX)
                     .await
-                    .unwrap_or_default()
+                {
+                    Ok(leaves) => leaves,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "anti-entropy leaves not read");
+                        continue;
+                    }
+                }
             }
             Ok(r) => {
                 let why = format!("answered {}", r.status().as_u16());

@@ -2,7 +2,7 @@
 //!
 //! Every answer a node reads from a peer (a replica's state, a scan page,
 //! anti-entropy leaves and buckets, a relayed response, a status) is read
-//! through [`bytes`] or [`json`] with a byte limit named for what it holds,
+//! through [`bytes()`] or [`json`] with a byte limit named for what it holds,
 //! so a peer that misbehaves — a bug, a different version, a stolen token —
 //! costs this node at most that limit of memory per request, never what
 //! the peer chooses to send. The limit is checked against `Content-Length`
@@ -82,7 +82,7 @@ pub async fn bytes(
 /// The body of `answer` parsed as JSON, at most `limit_bytes` long.
 ///
 /// # Errors
-/// As [`bytes`], and [`PeerAnswerError::Json`] when the body does not
+/// As [`bytes()`], and [`PeerAnswerError::Json`] when the body does not
 /// parse as `T`.
 pub async fn json<T: serde::de::DeserializeOwned>(
     answer: reqwest::Response,

@@ -25,8 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -148,7 +147,9 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SendDeadline<T>
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        // TLS writes its close_notify here, which waits on the peer too.
+        let poll = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, poll)
     }
 }
 
@@ -225,16 +226,22 @@ where
         "header limit below hyper's minimum buffer"
     );
     let slots = Arc::new(Semaphore::new(limits.connections_max));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: every client of the API speaks it, and HTTP/2 (which
+    // hyper-util's automatic builder accepts from a client that opens with
+    // its preface, even where TLS offers only http/1.1) is flow-controlled
+    // by the client, which could stall an answer without a write ever
+    // waiting on the socket, out of `SendDeadline`'s sight.
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         // hyper parses a head only from its read buffer, so the buffer's
         // cap is the head's (bodies stream through it in pieces).
         .max_buf_size(limits.header_bytes_max);
     let builder = Arc::new(builder);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Open connections: told to finish at shutdown, and waited for.
+    let closing = tokio_util::sync::CancellationToken::new();
+    let connections = tokio_util::task::TaskTracker::new();
     let service = TowerToHyperService::new(app);
     tokio::pin!(shutdown);
     loop {
@@ -264,27 +271,22 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let service = service.clone();
+        let closing = closing.clone();
         let Some(acceptor) = tls.clone() else {
-            let conn = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(SendDeadline::new(stream, SEND_TIMEOUT)),
-                    service.clone(),
-                )
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
+            connections.spawn(async move {
+                let io = TokioIo::new(SendDeadline::new(stream, SEND_TIMEOUT));
+                let conn = builder.serve_connection(io, service).with_upgrades();
+                if let Err(e) = until_closing(conn, &closing).await {
                     tracing::debug!(%peer, error = %e, "http connection ended");
                 }
                 drop(permit);
             });
             continue;
         };
-        let builder = builder.clone();
-        let service = service.clone();
-        let watcher = graceful.watcher();
         let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let handshake = async {
                 let mut first = [0u8; 1];
                 let n = stream.peek(&mut first).await?;
@@ -313,26 +315,48 @@ where
                     return;
                 }
             };
-            let conn = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(SendDeadline::new(tls_stream, SEND_TIMEOUT)),
-                    service,
-                )
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            let io = TokioIo::new(SendDeadline::new(tls_stream, SEND_TIMEOUT));
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            if let Err(e) = until_closing(conn, &closing).await {
                 tracing::debug!(%peer, error = %e, "https connection ended");
             }
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    closing.cancel();
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!("open HTTP connections did not finish within the shutdown grace");
     }
     Ok(())
+}
+
+/// Serve `conn` to its end; once `closing` is cancelled, let it finish
+/// the request in flight and close (hyper's graceful shutdown: no new
+/// request is read on a keep-alive connection).
+async fn until_closing<I, S, B>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    closing: &tokio_util::sync::CancellationToken,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => done,
+        () = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -285,3 +285,22 @@ async fn paging_goes_on_past_pages_shortened_by_deleted_keys() {
         want[..5].iter().map(String::as_str).collect::<Vec<_>>()
     );
 }
+
+/// The node speaks HTTP/1.1 only. hyper-util's automatic builder served
+/// HTTP/2 to a client that opened with its preface, whose flow control
+/// lets a client stall an answer (and its scan slot) without a write ever
+/// waiting on the socket, where the send timeout would see it.
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_not_served() {
+    let node = Node::start("n1", &[]).await;
+    let mut s = connect(&node.url());
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .expect("send the preface");
+    let answer = read_all(&mut s);
+    // An HTTP/2 server answers with a SETTINGS frame (binary, type 4 at
+    // byte 3); an HTTP/1.1 one with a status line, or closes.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer:?}"
+    );
+}
