@@ -86,6 +86,7 @@ impl Router {
             self.listener,
             app,
             replidb_server::serve::HttpLimits::default(),
+            replidb_server::serve::Framing::Hyper,
             tls,
             shutdown,
         )

@@ -186,6 +186,7 @@ impl Server {
             self.listener,
             app,
             node.config.http_limits,
+            serve::Framing::DirectSingleKey,
             tls,
             async move {
                 tokio::select! {

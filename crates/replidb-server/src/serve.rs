@@ -25,14 +25,24 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub mod direct;
+mod send_deadline;
+
+pub use send_deadline::SendDeadline;
+
 /// Default of `--max-connections`.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+
+/// How long shutdown waits for open requests before it drops them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default of `--http-header-timeout`: as nginx's `client_header_timeout`.
 /// Our own clients drop idle pooled connections sooner
 /// ([`CLIENT_POOL_IDLE_TIMEOUT`]), so they never send into a connection
@@ -51,110 +61,16 @@ pub const HEADER_BYTES_MIN: usize = 8 * 1024;
 /// resets it: a slow reader that keeps reading is not cut off by it.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A connection whose writes fail with `TimedOut` once one has waited
-/// [`SEND_TIMEOUT`] (or `timeout`) without progress; reads are untouched.
-/// Wraps the TCP or TLS stream, so it covers hyper's answers and upgraded
-/// replication streams alike.
-pub struct SendDeadline<T> {
-    inner: T,
-    timeout: Duration,
-    /// Armed when a write first waits; dropped when one makes progress.
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+/// Who parses a connection's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// hyper, every request.
+    Hyper,
+    /// [`direct`] answers single-key requests (`GET`, `PUT`, `DELETE
+    /// /v1/kv/{key}`) that have arrived whole; hyper serves a connection
+    /// from its first other request on.
+    DirectSingleKey,
 }
-
-impl<T> SendDeadline<T> {
-    /// `inner` with writes bounded by `timeout` without progress.
-    pub fn new(inner: T, timeout: Duration) -> Self {
-        SendDeadline {
-            inner,
-            timeout,
-            stalled: None,
-        }
-    }
-
-    /// After the inner write answered `poll`: disarm on progress, else
-    /// arm (once) and fail when the deadline passes.
-    fn watch<R>(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        poll: std::task::Poll<std::io::Result<R>>,
-    ) -> std::task::Poll<std::io::Result<R>> {
-        use std::task::Poll;
-        match poll {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let sleep = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the peer took nothing of what was sent for too long",
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SendDeadline<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SendDeadline<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.watch(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let poll = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.watch(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let poll = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
-        self.watch(cx, poll)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        // TLS writes its close_notify here, which waits on the peer too.
-        let poll = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.watch(cx, poll)
-    }
-}
-
-/// How long shutdown waits for open requests before it drops them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Limits of one HTTP listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +122,7 @@ pub async fn serve<S>(
     listener: TcpListener,
     app: S,
     limits: HttpLimits,
+    framing: Framing,
     tls: Option<replidb_tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()>
@@ -214,11 +131,16 @@ where
             hyper::Request<hyper::body::Incoming>,
             Response = axum::response::Response,
             Error = std::convert::Infallible,
+        > + tower_service::Service<
+            hyper::Request<Full<Bytes>>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
         > + Clone
         + Send
         + Sync
         + 'static,
-    S::Future: Send + 'static,
+    <S as tower_service::Service<hyper::Request<hyper::body::Incoming>>>::Future: Send + 'static,
+    <S as tower_service::Service<hyper::Request<Full<Bytes>>>>::Future: Send + 'static,
 {
     let refusal: Arc<[u8]> = too_many_connections().into();
     assert!(
@@ -242,7 +164,6 @@ where
     // Open connections: told to finish at shutdown, and waited for.
     let closing = tokio_util::sync::CancellationToken::new();
     let connections = tokio_util::task::TaskTracker::new();
-    let service = TowerToHyperService::new(app);
     tokio::pin!(shutdown);
     loop {
         let (mut stream, peer) = tokio::select! {
@@ -272,13 +193,12 @@ where
         };
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
-        let service = service.clone();
+        let app = app.clone();
         let closing = closing.clone();
         let Some(acceptor) = tls.clone() else {
             connections.spawn(async move {
-                let io = TokioIo::new(SendDeadline::new(stream, SEND_TIMEOUT));
-                let conn = builder.serve_connection(io, service).with_upgrades();
-                if let Err(e) = until_closing(conn, &closing).await {
+                let io = SendDeadline::new(stream, SEND_TIMEOUT);
+                if let Err(e) = connection(io, app, framing, &builder, limits, &closing).await {
                     tracing::debug!(%peer, error = %e, "http connection ended");
                 }
                 drop(permit);
@@ -315,9 +235,8 @@ where
                     return;
                 }
             };
-            let io = TokioIo::new(SendDeadline::new(tls_stream, SEND_TIMEOUT));
-            let conn = builder.serve_connection(io, service).with_upgrades();
-            if let Err(e) = until_closing(conn, &closing).await {
+            let io = SendDeadline::new(tls_stream, SEND_TIMEOUT);
+            if let Err(e) = connection(io, app, framing, &builder, limits, &closing).await {
                 tracing::debug!(%peer, error = %e, "https connection ended");
             }
             drop(permit);
@@ -332,6 +251,56 @@ where
     {
         tracing::warn!("open HTTP connections did not finish within the shutdown grace");
     }
+    Ok(())
+}
+
+/// Serve one connection to its end: first [`direct`]'s loop under
+/// [`Framing::DirectSingleKey`], then hyper with what that loop read.
+async fn connection<I, S>(
+    mut io: I,
+    mut app: S,
+    framing: Framing,
+    builder: &hyper::server::conn::http1::Builder,
+    limits: HttpLimits,
+    closing: &tokio_util::sync::CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + tower_service::Service<
+            hyper::Request<Full<Bytes>>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    <S as tower_service::Service<hyper::Request<hyper::body::Incoming>>>::Future: Send + 'static,
+{
+    let read = match framing {
+        Framing::Hyper => Bytes::new(),
+        Framing::DirectSingleKey => {
+            match direct::serve(
+                &mut io,
+                &mut app,
+                limits.header_timeout,
+                limits.header_bytes_max,
+                closing,
+            )
+            .await?
+            {
+                direct::Ended::Closed => return Ok(()),
+                direct::Ended::HandOff(read) => read.freeze(),
+            }
+        }
+    };
+    let io = TokioIo::new(direct::Prefixed::new(read, io));
+    let conn = builder
+        .serve_connection(io, TowerToHyperService::new(app))
+        .with_upgrades();
+    until_closing(conn, closing).await?;
     Ok(())
 }
 
@@ -356,41 +325,5 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    const STALL: Duration = Duration::from_millis(200);
-
-    #[tokio::test]
-    async fn a_write_nobody_reads_fails_after_the_timeout() {
-        let (near, _far) = tokio::io::duplex(1024);
-        let mut conn = SendDeadline::new(near, STALL);
-        let started = std::time::Instant::now();
-        let err = conn.write_all(&[0u8; 8192]).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        assert!(started.elapsed() >= STALL, "{:?}", started.elapsed());
-    }
-
-    #[tokio::test]
-    async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
-        let (near, mut far) = tokio::io::duplex(1024);
-        let mut conn = SendDeadline::new(near, STALL);
-        let reader = tokio::spawn(async move {
-            let mut buf = [0u8; 512];
-            let mut total = 0;
-            // Each read comes within the timeout; all of it takes longer.
-            while total < 8192 {
-                tokio::time::sleep(STALL / 4).await;
-                total += far.read(&mut buf).await.unwrap();
-            }
-            total
-        });
-        conn.write_all(&[0u8; 8192]).await.unwrap();
-        assert_eq!(reader.await.unwrap(), 8192);
     }
 }

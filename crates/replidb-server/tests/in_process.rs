@@ -515,3 +515,220 @@ async fn an_empty_key_is_counted_under_its_route() {
     );
     assert!(!metrics.contains(r#"route="unmatched""#), "{metrics}");
 }
+
+/// Send `writes` to `addr` on one connection, pausing between them, and
+/// read until the server closes it; the bytes with each `date:` line's
+/// value blanked (and, with `digits`, every run of digits, for answers
+/// that name LSNs).
+async fn on_the_wire(addr: &str, writes: &[Vec<u8>], digits: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for (i, w) in writes.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stream.write_all(w).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| {
+            let first = String::from_utf8_lossy(&writes[0][..writes[0].len().min(60)]).into_owned();
+            panic!(
+                "{addr} did not close: {first:?}..., answered {:?}",
+                String::from_utf8_lossy(&answer)
+            )
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let mut out = String::new();
+    for line in text.split_inclusive("\r\n") {
+        if line.starts_with("date: ") {
+            out.push_str("date: *\r\n");
+        } else if digits {
+            // Every run of digits as one `#`: LSNs and lengths vary.
+            for c in line.chars() {
+                if !c.is_ascii_digit() {
+                    out.push(c);
+                } else if !out.ends_with('#') {
+                    out.push('#');
+                }
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// A single-key request is answered by the connection's own loop
+/// (`serve::direct`) unless hyper must see it; either way the bytes on
+/// the wire must be hyper's. The same node is served twice, directly and
+/// by hyper alone, and every exchange is sent to both: pipelined requests
+/// on one connection, `Connection: close`, a connection handed to hyper
+/// by a request of another kind, by HTTP/1.0, by a body still on its way,
+/// by chunked encoding; a head that arrives in two parts; heads hyper
+/// refuses (too large, malformed); writes that land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_answers_are_hypers_byte_for_byte() {
+    use replidb_server::serve::{serve, Framing};
+    let node = start("n1", None, |_| {}).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let by_hyper = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve(
+        listener,
+        replidb_server::api::service(node.node.clone()),
+        node.node.config.http_limits,
+        Framing::Hyper,
+        None,
+        std::future::pending(),
+    ));
+    let direct = node.url.trim_start_matches("http://").to_string();
+    let req = |method: &str, target: &str, extra: &str, body: &str| -> Vec<u8> {
+        let length = if body.is_empty() && method != "PUT" {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
+        format!("{method} {target} HTTP/1.1\r\nHost: replidb\r\n{extra}{length}\r\n{body}")
+            .into_bytes()
+    };
+    let close = |method: &str, target: &str| req(method, target, "Connection: close\r\n", "");
+    let seed = [
+        req("PUT", "/v1/kv/k", "", "v"),
+        req("PUT", "/v1/kv/a/b", "", "slash"),
+        req("PUT", "/v1/kv/caf%C3%A9", "", "accent"),
+        close("GET", "/v1/kv/k"),
+    ]
+    .concat();
+    let seeded = on_the_wire(&direct, &[seed], false).await;
+    assert_eq!(seeded.matches("HTTP/1.1 200 OK").count(), 4, "{seeded}");
+    let pipelined: Vec<u8> = [
+        req("GET", "/v1/kv/k", "", ""),
+        req("GET", "/v1/kv/k?format=json", "", ""),
+        req("GET", "/v1/kv/k?consistency=eventual", "", ""),
+        req("GET", "/v1/kv/k?consistency=strong", "", ""),
+        req("GET", "/v1/kv/k?min_lsn=1", "", ""),
+        req("GET", "/v1/kv/a/b", "", ""),
+        req("GET", "/v1/kv/a%2Fb", "", ""),
+        req("GET", "/v1/kv/caf%C3%A9?format=json", "", ""),
+        req("GET", "/v1/kv/absent", "", ""),
+        req("GET", "/v1/kv//k", "", ""),
+        req("GET", "/v1/kv/%FF", "", ""),
+        req("GET", "/v1/kv/k?nope=1", "", ""),
+        req("GET", "/v1/kv/k?consistency=sometimes", "", ""),
+        req(
+            "GET",
+            "/v1/kv/k",
+            "connection: Keep-Alive\r\naccept: */*\r\n",
+            "",
+        ),
+        req("GET", "/v1/kv/k", "Authorization: Bearer nobody\r\n", ""),
+        req("PUT", "/v1/kv/%FF", "", "v"),
+        req("PUT", "/v1/kv/.", "", "v"),
+        req("PUT", "/v1/kv/k?w=7", "", "v"),
+        req("PUT", "/v1/kv/k?w=all&nope=1", "", "v"),
+        req("DELETE", "/v1/kv/k?w=zero", "", ""),
+        req("DELETE", "/v1/kv/%FF", "", ""),
+        req("GET", "/v1/kv/k", "", "a body on a GET"),
+        close("GET", "/v1/kv/k"),
+        // Never read: the connection ended with the one before.
+        req("GET", "/v1/kv/a/b", "", ""),
+    ]
+    .concat();
+    let head_too_large = format!(
+        "GET /v1/kv/k HTTP/1.1\r\nHost: replidb\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200 * 1024)
+    );
+    let exchanges: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("pipelined reads and refused writes", vec![pipelined]),
+        (
+            "one write at a time",
+            vec![
+                req("GET", "/v1/kv/k", "", ""),
+                req("GET", "/v1/kv/absent", "", ""),
+                close("GET", "/v1/kv/a/b"),
+            ],
+        ),
+        (
+            "handed to hyper by another kind of request",
+            vec![
+                req("GET", "/v1/kv/k", "", ""),
+                req("GET", "/v1/kv/", "", ""),
+                req("HEAD", "/v1/kv/k", "", ""),
+                close("GET", "/v1/kv/k"),
+            ],
+        ),
+        (
+            "HTTP/1.0",
+            vec![b"GET /v1/kv/k HTTP/1.0\r\nHost: replidb\r\n\r\n".to_vec()],
+        ),
+        (
+            "a body still on its way",
+            vec![
+                b"PUT /v1/kv/k?w=7 HTTP/1.1\r\nHost: replidb\r\nContent-Length: 3\r\n\r\nv".to_vec(),
+                b"vv".to_vec(),
+                close("GET", "/v1/kv/k"),
+            ],
+        ),
+        (
+            "chunked",
+            vec![
+                b"PUT /v1/kv/k?w=7 HTTP/1.1\r\nHost: replidb\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nv\r\n0\r\n\r\n".to_vec(),
+                close("GET", "/v1/kv/k"),
+            ],
+        ),
+        (
+            "a head in two parts",
+            vec![
+                b"GET /v1/kv/k HTTP/1.1\r\nHo".to_vec(),
+                b"st: replidb\r\nConnection: close\r\n\r\n".to_vec(),
+            ],
+        ),
+        ("a head over the limit", vec![head_too_large.into_bytes()]),
+        (
+            "a malformed head",
+            vec![b"GET /v1/kv/k HTTP/1.1\r\nNo Colon Here\r\n\r\n".to_vec()],
+        ),
+        (
+            "an upgrade",
+            vec![
+                req("GET", "/v1/kv/k", "Connection: Upgrade\r\nUpgrade: websocket\r\n", ""),
+                close("GET", "/v1/kv/k"),
+            ],
+        ),
+        (
+            "two content lengths",
+            vec![
+                b"PUT /v1/kv/k?w=7 HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nv".to_vec(),
+                close("GET", "/v1/kv/k"),
+            ],
+        ),
+    ];
+    for (what, writes) in &exchanges {
+        eprintln!("{what}: direct at {direct}, hyper at {by_hyper}");
+        let direct_answer = on_the_wire(&direct, writes, false).await;
+        let hyper_answer = on_the_wire(&by_hyper, writes, false).await;
+        assert!(
+            direct_answer.starts_with("HTTP/1."),
+            "{what}: {direct_answer}"
+        );
+        assert_eq!(direct_answer, hyper_answer, "{what}");
+    }
+    // Writes that land: each makes a record, so LSNs (digits) differ.
+    let writes = vec![[
+        req("PUT", "/v1/kv/new", "", "value"),
+        req("DELETE", "/v1/kv/new", "", ""),
+        req("PUT", "/v1/kv/new?w=1", "", ""),
+        close("DELETE", "/v1/kv/new"),
+    ]
+    .concat()];
+    let direct_answer = on_the_wire(&direct, &writes, true).await;
+    let hyper_answer = on_the_wire(&by_hyper, &writes, true).await;
+    assert_eq!(
+        direct_answer.matches("HTTP/#.# # OK").count(),
+        4,
+        "{direct_answer}"
+    );
+    assert_eq!(direct_answer, hyper_answer, "writes");
+}

@@ -1,0 +1,439 @@
+//! Single-key requests answered on the connection itself, without hyper.
+//!
+//! Why: `GET`, `PUT` and `DELETE /v1/kv/{key}` are nearly every request a
+//! busy node serves, and under callgrind hyper's HTTP/1 connection (its
+//! dispatcher, buffered IO, parser and encoder) cost more instructions per
+//! eventual read than the read itself (ARCHITECTURE.md, "Where the time
+//! goes"). Here a connection starts in a loop of its own that parses a
+//! request head with `httparse` (the parser hyper uses), builds the same
+//! `http::Request`, calls the same service, and writes the answer as
+//! hyper would.
+//!
+//! What is answered here, and nothing else: an HTTP/1.1 `GET`, `PUT` or
+//! `DELETE` of a path `/v1/kv/{key}` with a non-empty key, whose head (at
+//! most [`HEADERS_MAX`] headers) and whole body are already read, with no
+//! `Transfer-Encoding`, `Expect` or `Upgrade` header, at most one
+//! `Content-Length` of plain digits, and a `Connection` header naming only
+//! `keep-alive` or `close`. From the first request that is anything else
+//! (another path, HTTP/1.0, a body still on its way, a head hyper must
+//! judge because it is malformed, too large or has too many headers) the
+//! connection, with the bytes already read, is handed to hyper for the
+//! rest of its life ([`Ended::HandOff`], [`Prefixed`]). So every rule
+//! hyper enforces still holds, this loop only answers requests hyper would
+//! have accepted, and it writes what hyper would have written (a test
+//! compares both on the wire).
+//!
+//! Limits, as hyper's: a head must arrive within the header timeout, which
+//! is also how long an idle connection waits for its next request; the
+//! buffer never holds more than the header limit plus one read
+//! ([`READ_BYTES`]) before the connection is handed off; a request whose
+//! body is not already here goes to hyper, which streams it under the
+//! endpoint's own limit and timeout.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::header::{
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use axum::response::Response;
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tower_service::Service;
+
+/// Most headers a request served here may have; a request with more goes
+/// to hyper (whose limit is 100).
+pub const HEADERS_MAX: usize = 32;
+/// Free room kept in the read buffer before each read, in bytes.
+pub const READ_BYTES: usize = 16 * 1024;
+/// An answer is written out whenever this many bytes of it are buffered.
+pub const WRITE_CHUNK_BYTES: usize = 64 * 1024;
+/// The path prefix of a single-key request.
+const KV_PREFIX: &str = "/v1/kv/";
+
+/// How the loop ended.
+pub enum Ended {
+    /// The peer closed, asked to close, was idle past the header timeout,
+    /// or the server is shutting down.
+    Closed,
+    /// Hand the connection to hyper, replaying these bytes first.
+    HandOff(BytesMut),
+}
+
+/// A request parsed from the buffer.
+// One per request, matched at once: boxing the request would cost an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// Not all of the head has arrived.
+    Partial,
+    /// Not one this loop answers: hyper takes the connection.
+    HandOff,
+    /// Answer it here; `close` if the client asked to close afterwards.
+    Direct {
+        request: Request<Full<Bytes>>,
+        close: bool,
+    },
+}
+
+/// Serve `io`'s requests with `service` until the connection ends or one
+/// must be handed to hyper. `header_timeout` and `header_bytes_max` are
+/// the listener's limits; once `closing` is cancelled the request in
+/// flight is answered with `connection: close` and the connection ends,
+/// as hyper's graceful shutdown does.
+///
+/// Errors: the connection's own (a read or write that failed or timed
+/// out, an answer body that failed); the caller only logs them.
+pub async fn serve<T, S>(
+    io: &mut T,
+    service: &mut S,
+    header_timeout: Duration,
+    header_bytes_max: usize,
+    closing: &tokio_util::sync::CancellationToken,
+) -> std::io::Result<Ended>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<Full<Bytes>>, Response = Response, Error = Infallible>,
+{
+    let mut buf = BytesMut::with_capacity(READ_BYTES);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let cancelled = closing.cancelled();
+    tokio::pin!(cancelled);
+    // One timer per connection, pushed forward lazily: a request only moves
+    // `deadline`, and the timer is re-armed when it fires early. Arming a
+    // timer per request showed in profiles.
+    let mut deadline = tokio::time::Instant::now() + header_timeout;
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
+    loop {
+        let (request, close) = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf) {
+                    Parsed::Direct { request, close } => break (request, close),
+                    Parsed::HandOff => return Ok(Ended::HandOff(buf)),
+                    Parsed::Partial if buf.len() >= header_bytes_max => {
+                        // hyper answers a head this large (431).
+                        return Ok(Ended::HandOff(buf));
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            if buf.capacity() - buf.len() < READ_BYTES {
+                buf.reserve(READ_BYTES);
+            }
+            let read = tokio::select! {
+                biased;
+                read = io.read_buf(&mut buf) => read?,
+                () = &mut cancelled, if buf.is_empty() => return Ok(Ended::Closed),
+                () = &mut timer => {
+                    if tokio::time::Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    return Ok(Ended::Closed);
+                }
+            };
+            if read == 0 {
+                return Ok(Ended::Closed);
+            }
+        };
+        std::future::poll_fn(|cx| service.poll_ready(cx))
+            .await
+            .unwrap_or_else(|never| match never {});
+        let response = match service.call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let close = close || closing.is_cancelled();
+        write_response(io, &mut out, response, close).await?;
+        if close {
+            io.shutdown().await?;
+            return Ok(Ended::Closed);
+        }
+        deadline = tokio::time::Instant::now() + header_timeout;
+    }
+}
+
+/// Parse the request at the front of `buf`; for [`Parsed::Direct`], take
+/// its bytes out of `buf`.
+fn parse(buf: &mut BytesMut) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut head = httparse::Request::new(&mut headers);
+    let head_len = match head.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::HandOff,
+    };
+    if head.version != Some(1) {
+        return Parsed::HandOff;
+    }
+    let method = match head.method {
+        Some("GET") => Method::GET,
+        Some("PUT") => Method::PUT,
+        Some("DELETE") => Method::DELETE,
+        _ => return Parsed::HandOff,
+    };
+    let Some(target) = head.path else {
+        return Parsed::HandOff;
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if path.strip_prefix(KV_PREFIX).is_none_or(str::is_empty) {
+        return Parsed::HandOff;
+    }
+    let Ok(uri) = Uri::try_from(target) else {
+        return Parsed::HandOff;
+    };
+    let mut map = HeaderMap::with_capacity(head.headers.len());
+    let mut content_length = None;
+    let mut close = false;
+    for header in head.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(header.name.as_bytes()) else {
+            return Parsed::HandOff;
+        };
+        if name == CONTENT_LENGTH {
+            match (content_length, digits(header.value)) {
+                (None, Some(n)) => content_length = Some(n),
+                _ => return Parsed::HandOff,
+            }
+        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+            return Parsed::HandOff;
+        } else if name == CONNECTION {
+            let Ok(value) = std::str::from_utf8(header.value) else {
+                return Parsed::HandOff;
+            };
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if !(token.is_empty() || token.eq_ignore_ascii_case("keep-alive")) {
+                    return Parsed::HandOff;
+                }
+            }
+        }
+        let Ok(value) = HeaderValue::from_bytes(header.value) else {
+            return Parsed::HandOff;
+        };
+        map.append(name, value);
+    }
+    let body_len = content_length.unwrap_or(0);
+    if buf.len() - head_len < body_len {
+        // The body is still on its way: hyper reads it under the
+        // endpoint's limit and timeout.
+        return Parsed::HandOff;
+    }
+    buf.advance(head_len);
+    let body = buf.split_to(body_len).freeze();
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = map;
+    Parsed::Direct { request, close }
+}
+
+/// A `Content-Length` value: ASCII digits only (as hyper's parser
+/// requires), at most `usize`.
+fn digits(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Write `response` as hyper's HTTP/1.1 server encodes it: the status
+/// line, the headers in the map's order (then `connection: close` when
+/// the connection ends with it), a `content-length` from the body's exact
+/// size where the map has none (chunked when the size is not known),
+/// `date` where the map has none, and the body.
+async fn write_response<T>(
+    io: &mut T,
+    out: &mut Vec<u8>,
+    response: Response,
+    close: bool,
+) -> std::io::Result<()>
+where
+    T: AsyncWrite + Unpin,
+{
+    use hyper::body::Body as _;
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    // Our single-key handlers answer neither; hyper would drop the body.
+    debug_assert!(
+        !(status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED),
+        "status {status} is not answered directly"
+    );
+    out.clear();
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // hyper takes a body that has ended for none: its `content-length`
+    // header is skipped and written as `0` after the others.
+    let empty = body.is_end_stream();
+    let exact = body.size_hint().exact();
+    let mut wrote_len = false;
+    let mut wrote_date = false;
+    for (name, value) in &parts.headers {
+        debug_assert!(
+            name != CONNECTION && name != TRANSFER_ENCODING && name != TRAILER,
+            "{name} is not written by a single-key handler"
+        );
+        if name == CONTENT_LENGTH {
+            if empty {
+                continue;
+            }
+            wrote_len = true;
+        } else if name == DATE {
+            wrote_date = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    let mut chunked = false;
+    if !wrote_len {
+        match (empty, exact) {
+            (true, _) => out.extend_from_slice(b"content-length: 0\r\n"),
+            (false, Some(len)) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            (false, None) => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+    }
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    while let Some(frame) = if empty { None } else { body.frame().await } {
+        let frame = frame.map_err(std::io::Error::other)?;
+        let Ok(data) = frame.into_data() else {
+            // Trailers: none from these handlers, and hyper sends them
+            // only when the answer names them.
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if out.len() + data.len() > WRITE_CHUNK_BYTES {
+            io.write_all(out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    io.write_all(out).await?;
+    io.flush().await
+}
+
+/// Append the current time as an HTTP date (RFC 9110 IMF-fixdate), cached
+/// per second per thread as hyper does. Wall-clock time: it is what the
+/// header means, and nothing measures an interval with it.
+fn http_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+}
+
+/// A connection whose first reads replay bytes already read from it: how
+/// hyper is handed a connection this loop has started.
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    /// `inner`, read from after `prefix`.
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
