@@ -135,7 +135,8 @@ where
             hyper::Request<Full<Bytes>>,
             Response = axum::response::Response,
             Error = std::convert::Infallible,
-        > + Clone
+        > + direct::Shortcut
+        + Clone
         + Send
         + Sync
         + 'static,
@@ -274,7 +275,8 @@ where
             hyper::Request<Full<Bytes>>,
             Response = axum::response::Response,
             Error = std::convert::Infallible,
-        > + Clone
+        > + direct::Shortcut
+        + Clone
         + Send
         + 'static,
     <S as tower_service::Service<hyper::Request<hyper::body::Incoming>>>::Future: Send + 'static,

@@ -598,11 +598,12 @@ async fn direct_answers_are_hypers_byte_for_byte() {
         req("PUT", "/v1/kv/k", "", "v"),
         req("PUT", "/v1/kv/a/b", "", "slash"),
         req("PUT", "/v1/kv/caf%C3%A9", "", "accent"),
+        req("PUT", "/v1/kv/empty", "", ""),
         close("GET", "/v1/kv/k"),
     ]
     .concat();
     let seeded = on_the_wire(&direct, &[seed], false).await;
-    assert_eq!(seeded.matches("HTTP/1.1 200 OK").count(), 4, "{seeded}");
+    assert_eq!(seeded.matches("HTTP/1.1 200 OK").count(), 5, "{seeded}");
     let pipelined: Vec<u8> = [
         req("GET", "/v1/kv/k", "", ""),
         req("GET", "/v1/kv/k?format=json", "", ""),
@@ -612,6 +613,28 @@ async fn direct_answers_are_hypers_byte_for_byte() {
         req("GET", "/v1/kv/a/b", "", ""),
         req("GET", "/v1/kv/a%2Fb", "", ""),
         req("GET", "/v1/kv/caf%C3%A9?format=json", "", ""),
+        req("GET", "/v1/kv/caf%C3%A9", "", ""),
+        req("GET", "/v1/kv/caf%C3%A9?consistency=eventual", "", ""),
+        req("GET", "/v1/kv/empty", "", ""),
+        req(
+            "GET",
+            "/v1/kv/k?consistency=eventual",
+            "X-Replidb-Min-Lsn: 1\r\n",
+            "",
+        ),
+        req(
+            "GET",
+            "/v1/kv/k?consistency=eventual",
+            "X-Replidb-Min-Lsn: x\r\n",
+            "",
+        ),
+        req("GET", "/v1/kv/k?consistency=eventual&format=raw", "", ""),
+        req(
+            "GET",
+            "/v1/kv/k?consistency=eventual",
+            "Content-Length: 0\r\n",
+            "",
+        ),
         req("GET", "/v1/kv/absent", "", ""),
         req("GET", "/v1/kv//k", "", ""),
         req("GET", "/v1/kv/%FF", "", ""),
@@ -713,6 +736,89 @@ async fn direct_answers_are_hypers_byte_for_byte() {
             direct_answer.starts_with("HTTP/1."),
             "{what}: {direct_answer}"
         );
+        assert_eq!(direct_answer, hyper_answer, "{what}");
+    }
+    // A follower (its lag in milliseconds may change between the two
+    // exchanges, so digits are compared as runs) and a node with tokens.
+    let follower = start("n2", Some(&node.url), |_| {}).await;
+    wait_until(
+        "the follower has the seeded keys",
+        Duration::from_secs(5),
+        async || {
+            follower.node.engine.positions().applied_lsn >= node.node.engine.positions().applied_lsn
+        },
+    )
+    .await;
+    let tokens = tempfile::tempdir().unwrap();
+    let auth_file = token_file(
+        tokens.path(),
+        &[
+            ("reader", "reader-secret", &["read"]),
+            ("writer", "writer-secret", &["write"]),
+        ],
+    );
+    let guarded = start("n3", None, |cfg| cfg.auth_file = Some(auth_file.clone())).await;
+    let guarded_direct = guarded.url.trim_start_matches("http://").to_string();
+    let wrote = on_the_wire(
+        &guarded_direct,
+        &[req(
+            "PUT",
+            "/v1/kv/k",
+            "Authorization: Bearer writer-secret\r\nConnection: close\r\n",
+            "v",
+        )],
+        false,
+    )
+    .await;
+    assert!(wrote.starts_with("HTTP/1.1 200 OK"), "{wrote}");
+    for (what, running) in [("follower", &follower), ("with tokens", &guarded)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running_by_hyper = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve(
+            listener,
+            replidb_server::api::service(running.node.clone()),
+            running.node.config.http_limits,
+            Framing::Hyper,
+            None,
+            std::future::pending(),
+        ));
+        let running_direct = running.url.trim_start_matches("http://").to_string();
+        let reads = vec![[
+            req("GET", "/v1/kv/k", "", ""),
+            req("GET", "/v1/kv/k?consistency=eventual", "", ""),
+            req("GET", "/v1/kv/a/b", "", ""),
+            req(
+                "GET",
+                "/v1/kv/k",
+                "Authorization: Bearer reader-secret\r\n",
+                "",
+            ),
+            req(
+                "GET",
+                "/v1/kv/k",
+                "authorization: bearer reader-secret\r\n",
+                "",
+            ),
+            req(
+                "GET",
+                "/v1/kv/k",
+                "Authorization: Bearer writer-secret\r\n",
+                "",
+            ),
+            req("GET", "/v1/kv/k", "Authorization: Bearer wrong\r\n", ""),
+            req("GET", "/v1/kv/k", "Authorization: Basic cmVhZGVy\r\n", ""),
+            req(
+                "GET",
+                "/v1/kv/k",
+                "Authorization: Bearer wrong\r\nAuthorization: Bearer reader-secret\r\n",
+                "",
+            ),
+            req("GET", "/v1/kv/k?consistency=strong", "", ""),
+            close("GET", "/v1/kv/k"),
+        ]
+        .concat()];
+        let direct_answer = on_the_wire(&running_direct, &reads, true).await;
+        let hyper_answer = on_the_wire(&running_by_hyper, &reads, true).await;
         assert_eq!(direct_answer, hyper_answer, "{what}");
     }
     // Writes that land: each makes a record, so LSNs (digits) differ.

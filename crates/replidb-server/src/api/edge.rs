@@ -43,8 +43,12 @@ pub(super) async fn edge(State(node): State<AppState>, req: Request, next: Next)
 /// Record a request's answer under its route template (`unmatched` for
 /// none), timed from `started`.
 pub(super) fn count(node: &Node, route: &str, resp: &Response, started: Instant) {
-    http_metrics(&node.config.id, route, resp.status().as_u16())
-        .record(started.elapsed().as_secs_f64());
+    count_status(node, route, resp.status().as_u16(), started);
+}
+
+/// [`count`] of an answer by its status alone.
+pub(super) fn count_status(node: &Node, route: &str, status: u16, started: Instant) {
+    http_metrics(&node.config.id, route, status).record(started.elapsed().as_secs_f64());
 }
 
 /// axum answers a method a route lacks with an empty 405; give it the
@@ -125,34 +129,67 @@ pub(crate) fn answer(status: StatusCode, content_type: &'static str, body: Body)
     resp
 }
 
-/// Add the `X-Replidb-*` headers a handler did not set.
+/// The `X-Replidb-*` headers' values for an answer given now.
+pub(super) struct NodeHeaders {
+    /// `X-Replidb-Node`, where the node's id is a valid header value.
+    pub node: Option<HeaderValue>,
+    /// `X-Replidb-Role`.
+    pub role: &'static str,
+    /// `X-Replidb-Epoch`.
+    pub epoch: u64,
+    /// `X-Replidb-LSN` where the handler set none: the applied LSN.
+    pub applied_lsn: u64,
+    /// `X-Replidb-Lag-Ms`: 0 on a leader.
+    pub lag_ms: u64,
+}
+
+impl NodeHeaders {
+    /// Read them from `node`.
+    pub(super) fn now(node: &Node) -> NodeHeaders {
+        let role = node.role();
+        let pos = node.engine.positions();
+        let lag_ms = match &role {
+            Role::Leader(_) => 0,
+            Role::Follower(f) => f.lag_ms(),
+        };
+        NodeHeaders {
+            node: node.id_header.clone(),
+            role: role.name(),
+            epoch: node.engine.epoch().0,
+            applied_lsn: pos.applied_lsn.0,
+            lag_ms,
+        }
+    }
+}
+
+/// Add the `X-Replidb-*` headers a handler did not set, in this order:
+/// node, role, epoch, LSN, lag (`serve::direct`'s answers write the same).
 pub(super) fn add_node_headers(node: &Node, resp: &mut Response) {
-    let role = node.role();
-    let pos = node.engine.positions();
-    let lag_ms = match &role {
-        Role::Leader(_) => 0,
-        Role::Follower(f) => f.lag_ms(),
-    };
-    let epoch = node.engine.epoch();
-    // Names built at compile time: `from_static` at run time checks the
-    // name against the standard headers on every call.
-    const NODE: HeaderName = HeaderName::from_static("x-replidb-node");
-    const ROLE: HeaderName = HeaderName::from_static("x-replidb-role");
-    const EPOCH: HeaderName = HeaderName::from_static("x-replidb-epoch");
-    const LAG_MS: HeaderName = HeaderName::from_static("x-replidb-lag-ms");
+    let now = NodeHeaders::now(node);
     let headers = resp.headers_mut();
     let mut set = |name: HeaderName, value: HeaderValue| {
         // One hash and probe per header, keeping a handler's own value.
         headers.entry(name).or_insert(value);
     };
-    if let Some(v) = &node.id_header {
-        set(NODE, v.clone());
+    if let Some(v) = now.node {
+        set(NODE_HEADER, v);
     }
-    set(ROLE, HeaderValue::from_static(role.name()));
-    set(EPOCH, number_value(NumberSlot::Epoch, epoch.0));
-    set(LSN_HEADER, number_value(NumberSlot::Lsn, pos.applied_lsn.0));
-    set(LAG_MS, number_value(NumberSlot::LagMs, lag_ms));
+    set(ROLE_HEADER, HeaderValue::from_static(now.role));
+    set(EPOCH_HEADER, number_value(NumberSlot::Epoch, now.epoch));
+    set(LSN_HEADER, number_value(NumberSlot::Lsn, now.applied_lsn));
+    set(LAG_MS_HEADER, number_value(NumberSlot::LagMs, now.lag_ms));
 }
+
+// Names built at compile time: `from_static` at run time checks the name
+// against the standard headers on every call.
+/// `X-Replidb-Node`.
+pub(super) const NODE_HEADER: HeaderName = HeaderName::from_static("x-replidb-node");
+/// `X-Replidb-Role`.
+pub(super) const ROLE_HEADER: HeaderName = HeaderName::from_static("x-replidb-role");
+/// `X-Replidb-Epoch`.
+pub(super) const EPOCH_HEADER: HeaderName = HeaderName::from_static("x-replidb-epoch");
+/// `X-Replidb-Lag-Ms`.
+pub(super) const LAG_MS_HEADER: HeaderName = HeaderName::from_static("x-replidb-lag-ms");
 
 /// Which numeric header [`number_value`] makes.
 #[derive(Clone, Copy)]

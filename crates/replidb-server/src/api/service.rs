@@ -145,3 +145,97 @@ fn set_content_length(resp: &mut Response) {
         );
     }
 }
+
+impl crate::serve::direct::Shortcut for Api {
+    fn get(
+        &mut self,
+        target: &str,
+        headers: &[httparse::Header<'_>],
+        out: &mut Vec<u8>,
+    ) -> Option<bytes::Bytes> {
+        local_value(&self.node, target, headers, out)
+    }
+}
+
+/// The shortcut of the most frequent request: `GET /v1/kv/{key}` with no
+/// query or `consistency=eventual`, on a single-leader node, answered from
+/// this node's table when the key holds a plain, non-empty value — the
+/// answer [`kv::get_key`] gives (`read_local` and the edge's node headers)
+/// written straight into `out`. Anything else (a token that does not
+/// admit the read, `X-Replidb-Min-Lsn`, a key that is absent, invalid or
+/// causal, another topology) returns `None` and is served the general way,
+/// which gives its error or relays it.
+fn local_value(
+    node: &Node,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+    out: &mut Vec<u8>,
+) -> Option<bytes::Bytes> {
+    if node.is_multi_leader() || node.is_leaderless() {
+        return None;
+    }
+    let started = Instant::now();
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    // Both are read locally by leader and follower alike (`read::plan`).
+    if !matches!(query, None | Some("consistency=eventual")) {
+        return None;
+    }
+    let mut authorization = None;
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("x-replidb-min-lsn") {
+            return None;
+        }
+        if header.name.eq_ignore_ascii_case("authorization") && authorization.is_none() {
+            // As `HeaderValue::to_str`: visible ASCII only.
+            authorization = Some(std::str::from_utf8(header.value).ok()?);
+            if !header
+                .value
+                .iter()
+                .all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
+            {
+                return None;
+            }
+        }
+    }
+    if let Some(auth) = &node.auth {
+        match crate::auth::access(&Method::GET, path, node.config.metrics_open) {
+            crate::auth::Access::Open => {}
+            crate::auth::Access::Needs(role) => {
+                auth.authorize(authorization, role).ok().map(drop)?
+            }
+        }
+    }
+    let KeyPath(key) = KeyPath::decode(path.get(KV_PREFIX.len()..)?).ok()?;
+    kv::check_key(&key).ok()?;
+    let value = node.engine.table().get(&key).ok()??;
+    if value.causal || value.value.is_empty() {
+        return None;
+    }
+    // As `read_local`: never label a value older than the record that
+    // wrote it.
+    let served = node.engine.positions().applied_lsn.max(value.lsn);
+    let now = edge::NodeHeaders::now(node);
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nx-replidb-lsn: ",
+    );
+    out.extend_from_slice(number.format(served.0).as_bytes());
+    if let Some(id) = &now.node {
+        out.extend_from_slice(b"\r\nx-replidb-node: ");
+        out.extend_from_slice(id.as_bytes());
+    }
+    out.extend_from_slice(b"\r\nx-replidb-role: ");
+    out.extend_from_slice(now.role.as_bytes());
+    out.extend_from_slice(b"\r\nx-replidb-epoch: ");
+    out.extend_from_slice(number.format(now.epoch).as_bytes());
+    out.extend_from_slice(b"\r\nx-replidb-lag-ms: ");
+    out.extend_from_slice(number.format(now.lag_ms).as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(number.format(value.value.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    edge::count_status(node, KV_ROUTE, 200, started);
+    Some(bytes::Bytes::from(value.value))
+}

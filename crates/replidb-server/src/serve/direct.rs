@@ -35,9 +35,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::header::{
-    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use axum::response::Response;
 use bytes::{Buf, Bytes, BytesMut};
@@ -78,6 +76,9 @@ enum Parsed {
         request: Request<Full<Bytes>>,
         close: bool,
     },
+    /// Answered by the [`Shortcut`]: the head is in the output buffer,
+    /// through `content-length`; this is the body.
+    Answered { body: Bytes, close: bool },
 }
 
 /// Serve `io`'s requests with `service` until the connection ends or one
@@ -97,7 +98,7 @@ pub async fn serve<T, S>(
 ) -> std::io::Result<Ended>
 where
     T: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request<Full<Bytes>>, Response = Response, Error = Infallible>,
+    S: Service<Request<Full<Bytes>>, Response = Response, Error = Infallible> + Shortcut,
 {
     let mut buf = BytesMut::with_capacity(READ_BYTES);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
@@ -112,8 +113,26 @@ where
     loop {
         let (request, close) = loop {
             if !buf.is_empty() {
-                match parse(&mut buf) {
+                match parse(&mut buf, service, &mut out) {
                     Parsed::Direct { request, close } => break (request, close),
+                    Parsed::Answered { body, close } => {
+                        let close = close || closing.is_cancelled();
+                        finish_head(&mut out, close);
+                        if out.len() + body.len() > WRITE_CHUNK_BYTES {
+                            io.write_all(&out).await?;
+                            io.write_all(&body).await?;
+                        } else {
+                            out.extend_from_slice(&body);
+                            io.write_all(&out).await?;
+                        }
+                        io.flush().await?;
+                        if close {
+                            io.shutdown().await?;
+                            return Ok(Ended::Closed);
+                        }
+                        deadline = tokio::time::Instant::now() + header_timeout;
+                        continue;
+                    }
                     Parsed::HandOff => return Ok(Ended::HandOff(buf)),
                     Parsed::Partial if buf.len() >= header_bytes_max => {
                         // hyper answers a head this large (431).
@@ -158,9 +177,36 @@ where
     }
 }
 
-/// Parse the request at the front of `buf`; for [`Parsed::Direct`], take
-/// its bytes out of `buf`.
-fn parse(buf: &mut BytesMut) -> Parsed {
+/// Answers a service can give from a request head alone, before an
+/// `http::Request` or a `Response` is built for it: the most frequent
+/// request of all, a read of a value in a node's table, costs less than
+/// building those.
+pub trait Shortcut {
+    /// For a `GET` of `target` (origin form, as sent, made only of
+    /// characters a URI may hold) with `headers` and no body: write the
+    /// answer's status line and headers, through `content-length` but
+    /// without `connection` and `date`, into `out` (empty) and return its
+    /// body, which must not be empty; or return `None`, with `out` left
+    /// empty, to have the request served the general way. An answer given
+    /// here must be the one the general way would give, byte for byte.
+    fn get(
+        &mut self,
+        target: &str,
+        headers: &[httparse::Header<'_>],
+        out: &mut Vec<u8>,
+    ) -> Option<Bytes> {
+        let _ = (target, headers, out);
+        None
+    }
+}
+
+/// The router of `replidb router` takes no shortcut.
+impl Shortcut for axum::Router {}
+
+/// Parse the request at the front of `buf`; for [`Parsed::Direct`] and
+/// [`Parsed::Answered`], take its bytes out of `buf`. `shortcut` may answer
+/// a `GET` into `out`.
+fn parse(buf: &mut BytesMut, shortcut: &mut impl Shortcut, out: &mut Vec<u8>) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut head = httparse::Request::new(&mut headers);
     let head_len = match head.parse(buf) {
@@ -184,24 +230,21 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     if path.strip_prefix(KV_PREFIX).is_none_or(str::is_empty) {
         return Parsed::HandOff;
     }
-    let Ok(uri) = Uri::try_from(target) else {
-        return Parsed::HandOff;
-    };
-    let mut map = HeaderMap::with_capacity(head.headers.len());
     let mut content_length = None;
     let mut close = false;
     for header in head.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(header.name.as_bytes()) else {
-            return Parsed::HandOff;
-        };
-        if name == CONTENT_LENGTH {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
             match (content_length, digits(header.value)) {
                 (None, Some(n)) => content_length = Some(n),
                 _ => return Parsed::HandOff,
             }
-        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
             return Parsed::HandOff;
-        } else if name == CONNECTION {
+        } else if name.eq_ignore_ascii_case("connection") {
             let Ok(value) = std::str::from_utf8(header.value) else {
                 return Parsed::HandOff;
             };
@@ -213,16 +256,45 @@ fn parse(buf: &mut BytesMut) -> Parsed {
                 }
             }
         }
-        let Ok(value) = HeaderValue::from_bytes(header.value) else {
+        // What `HeaderValue::from_bytes` refuses; hyper answers 400.
+        if !header
+            .value
+            .iter()
+            .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+        {
             return Parsed::HandOff;
-        };
-        map.append(name, value);
+        }
     }
     let body_len = content_length.unwrap_or(0);
     if buf.len() - head_len < body_len {
         // The body is still on its way: hyper reads it under the
         // endpoint's limit and timeout.
         return Parsed::HandOff;
+    }
+    if method == Method::GET && body_len == 0 && target.bytes().all(uri_char) {
+        out.clear();
+        if let Some(body) = shortcut.get(target, head.headers, out) {
+            debug_assert!(
+                !body.is_empty(),
+                "an empty body is answered the general way"
+            );
+            buf.advance(head_len);
+            return Parsed::Answered { body, close };
+        }
+        debug_assert!(out.is_empty(), "a declined shortcut wrote nothing");
+    }
+    let Ok(uri) = Uri::try_from(target) else {
+        return Parsed::HandOff;
+    };
+    let mut map = HeaderMap::with_capacity(head.headers.len());
+    for header in head.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(header.name.as_bytes()),
+            HeaderValue::from_bytes(header.value),
+        ) else {
+            return Parsed::HandOff;
+        };
+        map.append(name, value);
     }
     buf.advance(head_len);
     let body = buf.split_to(body_len).freeze();
@@ -232,6 +304,14 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = map;
     Parsed::Direct { request, close }
+}
+
+/// A character of an origin-form target that `http::Uri` takes as it is
+/// (RFC 3986's unreserved, sub-delims, `:`, `@`, `/`, `?` and `%`): a
+/// target made only of these reaches a [`Shortcut`] without being parsed
+/// into a `Uri`.
+fn uri_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }
 
 /// A `Content-Length` value: ASCII digits only (as hyper's parser
@@ -354,6 +434,17 @@ where
     }
     io.write_all(out).await?;
     io.flush().await
+}
+
+/// End a [`Shortcut`]'s head as hyper would: `connection: close` when the
+/// connection ends with this answer, `date`, the blank line.
+fn finish_head(out: &mut Vec<u8>, close: bool) {
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    http_date(out);
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 /// Append the current time as an HTTP date (RFC 9110 IMF-fixdate), cached
