@@ -311,7 +311,24 @@ fn parse(buf: &mut BytesMut, shortcut: &mut impl Shortcut, out: &mut Vec<u8>) ->
 /// target made only of these reaches a [`Shortcut`] without being parsed
 /// into a `Uri`.
 fn uri_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+    // A table: a scan of the list per byte cost ~1,200 instructions per
+    // request under callgrind.
+    const TABLE: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let others = b"-._~!$&'()*+,;=:@/?%";
+        let mut i = 0;
+        while i < others.len() {
+            table[others[i] as usize] = true;
+            i += 1;
+        }
+        table
+    };
+    TABLE[usize::from(b)]
 }
 
 /// A `Content-Length` value: ASCII digits only (as hyper's parser
@@ -526,5 +543,152 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    /// Answers every request with its target.
+    struct Echo;
+
+    impl Service<Request<Full<Bytes>>> for Echo {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+            std::future::ready(Ok(Response::new(axum::body::Body::from(
+                req.uri().to_string(),
+            ))))
+        }
+    }
+
+    impl Shortcut for Echo {}
+
+    const GET: &[u8] = b"GET /v1/kv/k HTTP/1.1\r\nHost: h\r\n\r\n";
+
+    #[test]
+    fn uri_chars_are_the_listed_ones() {
+        for b in 0..=255u8 {
+            let listed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b);
+            assert_eq!(uri_char(b), listed, "{b}");
+        }
+    }
+
+    #[test]
+    fn a_content_length_is_plain_digits() {
+        assert_eq!(digits(b"0"), Some(0));
+        assert_eq!(digits(b"1024"), Some(1024));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"0x1",
+            b"1,1",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(digits(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_closed_a_header_timeout_after_its_last_answer() {
+        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        let timeout = Duration::from_millis(300);
+        let server = tokio::spawn(async move {
+            let closing = CancellationToken::new();
+            let ended = serve(&mut near, &mut Echo, timeout, 8192, &closing).await;
+            (matches!(ended, Ok(Ended::Closed)), Instant::now())
+        });
+        let mut answer = [0u8; 4096];
+        let mut last_answer = Instant::now();
+        // Requests closer together than the timeout, over longer than it:
+        // each answer pushes the deadline on.
+        for _ in 0..4 {
+            tokio::time::sleep(timeout / 2).await;
+            far.write_all(GET).await.unwrap();
+            let n = far.read(&mut answer).await.unwrap();
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+            last_answer = Instant::now();
+        }
+        let (closed, at) = server.await.unwrap();
+        assert!(closed);
+        let idle = at - last_answer;
+        assert!(idle >= timeout, "closed {idle:?} after the last answer");
+        assert!(idle < timeout * 3, "closed {idle:?} after the last answer");
+        assert_eq!(far.read(&mut answer).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn another_kind_of_request_hands_over_every_byte_read() {
+        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        let sent: &[u8] = b"POST /v1/kv/k HTTP/1.1\r\nContent-Length: 1\r\n\r\nvGET /";
+        far.write_all(GET).await.unwrap();
+        far.write_all(sent).await.unwrap();
+        let closing = CancellationToken::new();
+        let ended = serve(&mut near, &mut Echo, Duration::from_secs(5), 8192, &closing)
+            .await
+            .unwrap();
+        let Ended::HandOff(read) = ended else {
+            panic!("not handed off")
+        };
+        assert_eq!(&read[..], sent);
+        let mut answer = vec![0u8; 4096];
+        let n = far.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..n].ends_with(b"\r\n\r\n/v1/kv/k"),
+            "{:?}",
+            &answer[..n]
+        );
+        // hyper reads the same bytes first, then the connection.
+        let mut prefixed = Prefixed::new(read.freeze(), near);
+        far.write_all(b"more").await.unwrap();
+        let mut replayed = vec![0u8; sent.len() + 4];
+        prefixed.read_exact(&mut replayed).await.unwrap();
+        assert_eq!(&replayed[..sent.len()], sent);
+        assert_eq!(&replayed[sent.len()..], b"more");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_an_idle_connection_and_closes_after_the_request_in_flight() {
+        let (mut near, _far) = tokio::io::duplex(64 * 1024);
+        let closing = CancellationToken::new();
+        closing.cancel();
+        let mut echo = Echo;
+        let ended = serve(
+            &mut near,
+            &mut echo,
+            Duration::from_secs(60),
+            8192,
+            &closing,
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert!(matches!(ended, Ok(Ok(Ended::Closed))));
+
+        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        far.write_all(GET).await.unwrap();
+        let ended = serve(
+            &mut near,
+            &mut echo,
+            Duration::from_secs(60),
+            8192,
+            &closing,
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert!(matches!(ended, Ok(Ok(Ended::Closed))));
+        let mut answer = Vec::new();
+        far.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     }
 }
