@@ -52,10 +52,8 @@ pub(crate) async fn read<T>(
     node: &Node,
     local: impl FnOnce(&Node) -> RespResult<T>,
 ) -> RespResult<T> {
-    // Built through the HTTP path's own parser, so the defaults (wait,
-    // fallback) are the ones an HTTP read without parameters gets.
-    let params = api::Params::parse(None, api::READ_PARAMS)?;
-    let opts = api::ReadOpts::from_params(&params, &Default::default())?;
+    // The defaults an HTTP read without parameters gets.
+    let opts = api::ReadOpts::DEFAULT;
     match api::plan(node, &opts).await? {
         Plan::Local => local(node),
         Plan::Strong(leader, since) => {
