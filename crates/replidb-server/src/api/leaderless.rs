@@ -786,22 +786,22 @@ pub async fn replica_scan(
             }
         })
         .collect();
-    Ok(super::kv::mark_truncated(
+    Ok(super::scan::mark_truncated(
         Json(list).into_response(),
         page.cut_by_bytes,
     ))
 }
 
-/// `limit` of a scan: 1..=[`super::kv::SCAN_LIMIT_MAX`], default 1,000.
+/// `limit` of a scan: 1..=[`super::scan::SCAN_LIMIT_MAX`], default 1,000.
 pub(crate) fn scan_limit(p: &Params<'_>) -> ApiResult<usize> {
     let limit = p
         .parse_as::<usize>("limit", "a positive integer")?
         .unwrap_or(1000);
-    if limit == 0 || limit > super::kv::SCAN_LIMIT_MAX {
+    if limit == 0 || limit > super::scan::SCAN_LIMIT_MAX {
         return Err(ApiError::invalid_param(
             "limit",
             &limit.to_string(),
-            &format!("1..={}", super::kv::SCAN_LIMIT_MAX),
+            &format!("1..={}", super::scan::SCAN_LIMIT_MAX),
         ));
     }
     Ok(limit)
@@ -809,7 +809,7 @@ pub(crate) fn scan_limit(p: &Params<'_>) -> ApiResult<usize> {
 
 /// Most rounds one coverage scan makes: each moves past at least one key
 /// and each page after the first is twice as long as the one before (up
-/// to [`super::kv::SCAN_LIMIT_MAX`]), so only a range of deleted keys far
+/// to [`super::scan::SCAN_LIMIT_MAX`]), so only a range of deleted keys far
 /// longer than that (tombstones not collected yet) takes more.
 const COVERAGE_SCAN_ROUNDS_MAX: usize = 64;
 
@@ -823,13 +823,13 @@ struct MemberPage {
 }
 
 /// Most bytes one member's `/internal/scan` answer may hold: a page of
-/// [`super::kv::SCAN_PAGE_BYTES_MAX`] plus the entry that reaches it,
+/// [`super::scan::SCAN_PAGE_BYTES_MAX`] plus the entry that reaches it,
 /// base64 (4/3) and JSON-escaped (a key's control characters take six
 /// bytes each), and the fields around each of `limit` entries.
 fn member_page_bytes_max(max_value_bytes: usize, limit: usize) -> usize {
     let entry = replidb_core::MAX_KEY_BYTES + crate::leaderless::state_bytes_max(max_value_bytes);
     6usize
-        .saturating_mul(super::kv::SCAN_PAGE_BYTES_MAX.saturating_add(entry))
+        .saturating_mul(super::scan::SCAN_PAGE_BYTES_MAX.saturating_add(entry))
         .saturating_add(limit.saturating_mul(64))
 }
 
@@ -887,7 +887,7 @@ pub async fn coverage_scan(
             .filter(|p| p.may_continue)
             .filter_map(|p| p.entries.last().map(|(k, _)| k.clone()))
             .min();
-        page_limit = (page_limit * 2).min(super::kv::SCAN_LIMIT_MAX);
+        page_limit = (page_limit * 2).min(super::scan::SCAN_LIMIT_MAX);
         let mut by_key: std::collections::BTreeMap<String, Vec<Option<KeyState>>> =
             std::collections::BTreeMap::new();
         for (key, state) in pages.into_iter().flat_map(|p| p.entries) {
@@ -975,7 +975,7 @@ async fn scan_page(
     }
     let cut_by_bytes = r
         .headers()
-        .get(super::kv::SCAN_TRUNCATED_HEADER)
+        .get(super::scan::SCAN_TRUNCATED_HEADER)
         .is_some_and(|v| v == "bytes");
     let entries: Vec<ScanEntryWire> =
         crate::peer_answer::json(r, member_page_bytes_max(node.config.max_value_bytes, limit))

@@ -22,6 +22,7 @@ mod params;
 mod read;
 mod relay;
 mod repl;
+mod scan;
 mod seed;
 mod service;
 mod write;
@@ -34,12 +35,12 @@ pub use params::WriteOpts;
 pub use write::{concern_shortfall, propose, WriteOutcome, BODY_READ_TIMEOUT};
 // The Redis protocol listener (`crate::resp`) drives the same read and
 // write paths.
-pub use kv::{
-    SCAN_CONTINUE_HEADER, SCAN_PAGE_BYTES_DEFAULT, SCAN_PAGE_BYTES_MAX, SCAN_TRUNCATED_HEADER,
-    TXN_OPS_MAX,
-};
+pub use kv::TXN_OPS_MAX;
 pub use params::{Params, ReadOpts, READ_PARAMS, TIMEOUT_MS_MAX};
 pub use read::{confirm_strong, plan, Plan};
+pub use scan::{
+    SCAN_CONTINUE_HEADER, SCAN_PAGE_BYTES_DEFAULT, SCAN_PAGE_BYTES_MAX, SCAN_TRUNCATED_HEADER,
+};
 
 pub(crate) use edge::LSN_HEADER;
 pub use service::Api;
@@ -64,7 +65,7 @@ fn routes() -> Router<AppState> {
             "/v1/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
-        .route("/v1/kv", get(kv::scan))
+        .route("/v1/kv", get(scan::scan))
         .route(
             "/v1/counter/{*key}",
             get(causal::counter_get)

@@ -638,7 +638,7 @@ fn string_or_integer() -> utoipa::openapi::schema::Schema {
         super::kv::get_key,
         super::kv::put_key,
         super::kv::delete_key,
-        super::kv::scan,
+        super::scan::scan,
         super::kv::txn,
         super::causal::counter_get,
         super::causal::counter_post,

@@ -234,7 +234,7 @@ pub async fn proxy_to_leader(
     // A read's answer (a value or a scan page, base64 or JSON-escaped) or
     // a write's: at most a scan page's budget, six times over, plus the
     // largest single value the same way.
-    let limit = 6 * (super::kv::SCAN_PAGE_BYTES_MAX + node.config.max_value_bytes) + 64 * 1024;
+    let limit = 6 * (super::scan::SCAN_PAGE_BYTES_MAX + node.config.max_value_bytes) + 64 * 1024;
     let bytes = crate::peer_answer::bytes(resp, limit)
         .await
         .map_err(|e| ApiError::unavailable(format!("leader answer broken: {e}")))?;
