@@ -61,6 +61,46 @@ pub const HEADER_BYTES_MIN: usize = 8 * 1024;
 /// resets it: a slow reader that keeps reading is not cut off by it.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What [`serve`] runs: a tower service of a node's (or the router's)
+/// HTTP requests, whose bodies come from hyper or, for requests
+/// [`direct`]'s loop answers, whole; with the [`direct::Shortcut`] it
+/// takes. An `axum::Router` and a node's [`crate::api::Api`] are.
+pub trait HttpApp:
+    tower_service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + tower_service::Service<
+        hyper::Request<Full<Bytes>>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + direct::Shortcut
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> HttpApp for S where
+    S: tower_service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + tower_service::Service<
+            hyper::Request<Full<Bytes>>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + direct::Shortcut
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Who parses a connection's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -127,21 +167,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()>
 where
-    S: tower_service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + tower_service::Service<
-            hyper::Request<Full<Bytes>>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + direct::Shortcut
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    <S as tower_service::Service<hyper::Request<hyper::body::Incoming>>>::Future: Send + 'static,
-    <S as tower_service::Service<hyper::Request<Full<Bytes>>>>::Future: Send + 'static,
+    S: HttpApp + Sync,
 {
     let refusal: Arc<[u8]> = too_many_connections().into();
     assert!(
@@ -267,19 +293,7 @@ async fn connection<I, S>(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: tower_service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + tower_service::Service<
-            hyper::Request<Full<Bytes>>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + direct::Shortcut
-        + Clone
-        + Send
-        + 'static,
-    <S as tower_service::Service<hyper::Request<hyper::body::Incoming>>>::Future: Send + 'static,
+    S: HttpApp,
 {
     let read = match framing {
         Framing::Hyper => Bytes::new(),
