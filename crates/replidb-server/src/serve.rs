@@ -335,7 +335,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut conn = std::pin::pin!(conn);
+    // The connection first: one handed over by `direct` holds a request's
+    // bytes hyper has not read yet, and a graceful shutdown before hyper
+    // reads them would close it without an answer.
     tokio::select! {
+        biased;
         done = conn.as_mut() => done,
         () = closing.cancelled() => {
             conn.as_mut().graceful_shutdown();

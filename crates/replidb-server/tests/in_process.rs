@@ -821,6 +821,57 @@ async fn direct_answers_are_hypers_byte_for_byte() {
         let hyper_answer = on_the_wire(&running_by_hyper, &reads, true).await;
         assert_eq!(direct_answer, hyper_answer, "{what}");
     }
+    // A handler's own `connection: close` (a 413 sets it) ends the
+    // connection after its answer, pipelined requests or not, with one
+    // `connection` line when the client asked to close too.
+    let small = start("n4", None, |cfg| cfg.max_value_bytes = 8).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let small_by_hyper = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve(
+        listener,
+        replidb_server::api::service(small.node.clone()),
+        small.node.config.http_limits,
+        Framing::Hyper,
+        None,
+        std::future::pending(),
+    ));
+    let small_direct = small.url.trim_start_matches("http://").to_string();
+    for (what, writes) in [
+        (
+            "413, then a pipelined read",
+            vec![[
+                req("PUT", "/v1/kv/k", "", "too long a value"),
+                req("GET", "/v1/kv/k", "", ""),
+            ]
+            .concat()],
+        ),
+        (
+            "413 to a client asking to close",
+            vec![req(
+                "PUT",
+                "/v1/kv/k",
+                "Connection: close\r\n",
+                "too long a value",
+            )],
+        ),
+        (
+            "413 to a client asking for keep-alive",
+            vec![req(
+                "PUT",
+                "/v1/kv/k",
+                "Connection: keep-alive\r\n",
+                "too long a value",
+            )],
+        ),
+    ] {
+        let direct_answer = on_the_wire(&small_direct, &writes, false).await;
+        let hyper_answer = on_the_wire(&small_by_hyper, &writes, false).await;
+        assert!(
+            direct_answer.starts_with("HTTP/1.1 413"),
+            "{what}: {direct_answer}"
+        );
+        assert_eq!(direct_answer, hyper_answer, "{what}");
+    }
     // Writes that land: each makes a record, so LSNs (digits) differ.
     let writes = vec![[
         req("PUT", "/v1/kv/new", "", "value"),

@@ -110,6 +110,10 @@ where
     let mut deadline = tokio::time::Instant::now() + header_timeout;
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
+    // hyper's graceful shutdown waits for the first request's head to
+    // finish but closes a connection idle between requests at once, even
+    // with part of the next head read.
+    let mut answered_one = false;
     loop {
         let (request, close) = loop {
             if !buf.is_empty() {
@@ -130,6 +134,8 @@ where
                             io.shutdown().await?;
                             return Ok(Ended::Closed);
                         }
+                        trim(&mut out);
+                        answered_one = true;
                         deadline = tokio::time::Instant::now() + header_timeout;
                         continue;
                     }
@@ -147,7 +153,9 @@ where
             let read = tokio::select! {
                 biased;
                 read = io.read_buf(&mut buf) => read?,
-                () = &mut cancelled, if buf.is_empty() => return Ok(Ended::Closed),
+                () = &mut cancelled, if buf.is_empty() || answered_one => {
+                    return Ok(Ended::Closed);
+                }
                 () = &mut timer => {
                     if tokio::time::Instant::now() < deadline {
                         timer.as_mut().reset(deadline);
@@ -163,17 +171,46 @@ where
         std::future::poll_fn(|cx| service.poll_ready(cx))
             .await
             .unwrap_or_else(|never| match never {});
-        let response = match service.call(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
+        let call = service.call(request);
+        tokio::pin!(call);
+        // As hyper: a client that goes away while its request is being
+        // served drops the handler (a write waiting for its concern, a read
+        // waiting for a token) instead of holding it, and its connection
+        // slot, to the end. What arrives meanwhile is the next request's.
+        let response = loop {
+            if buf.capacity() - buf.len() < READ_BYTES && buf.len() < header_bytes_max {
+                buf.reserve(READ_BYTES);
+            }
+            tokio::select! {
+                biased;
+                answered = &mut call => match answered {
+                    Ok(response) => break response,
+                    Err(never) => match never {},
+                },
+                read = io.read_buf(&mut buf), if buf.len() < header_bytes_max => match read {
+                    Ok(0) | Err(_) => return Ok(Ended::Closed),
+                    Ok(_) => {}
+                },
+            }
         };
         let close = close || closing.is_cancelled();
-        write_response(io, &mut out, response, close).await?;
+        let close = write_response(io, &mut out, response, close).await?;
         if close {
             io.shutdown().await?;
             return Ok(Ended::Closed);
         }
+        trim(&mut out);
+        answered_one = true;
         deadline = tokio::time::Instant::now() + header_timeout;
+    }
+}
+
+/// Give back an output buffer a large answer grew: idle connections hold
+/// it (thousands of them may).
+fn trim(out: &mut Vec<u8>) {
+    const KEPT_BYTES: usize = 4 * 1024;
+    if out.capacity() > KEPT_BYTES {
+        *out = Vec::with_capacity(1024);
     }
 }
 
@@ -212,6 +249,10 @@ fn parse(buf: &mut BytesMut, shortcut: &mut impl Shortcut, out: &mut Vec<u8>) ->
     let head_len = match head.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // More headers than this loop takes: hyper takes up to 100, and
+        // its header timeout would start again at the hand-off, so wait
+        // for the whole head under this loop's timeout first.
+        Err(httparse::Error::TooManyHeaders) if !head_complete(buf) => return Parsed::Partial,
         Err(_) => return Parsed::HandOff,
     };
     if head.version != Some(1) {
@@ -245,16 +286,29 @@ fn parse(buf: &mut BytesMut, shortcut: &mut impl Shortcut, out: &mut Vec<u8>) ->
         {
             return Parsed::HandOff;
         } else if name.eq_ignore_ascii_case("connection") {
+            // hyper reads the tokens of a visible-ASCII value only.
+            if !header
+                .value
+                .iter()
+                .all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
+            {
+                return Parsed::HandOff;
+            }
             let Ok(value) = std::str::from_utf8(header.value) else {
                 return Parsed::HandOff;
             };
-            for token in value.split(',').map(str::trim) {
+            for token in value.split(',').map(|t| t.trim_matches([' ', '\t'])) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
                 } else if !(token.is_empty() || token.eq_ignore_ascii_case("keep-alive")) {
                     return Parsed::HandOff;
                 }
             }
+        }
+        // A name `HeaderName::from_bytes` refuses as too long; hyper
+        // answers 431.
+        if name.len() >= 1 << 16 {
+            return Parsed::HandOff;
         }
         // What `HeaderValue::from_bytes` refuses; hyper answers 400.
         if !header
@@ -331,6 +385,11 @@ fn uri_char(b: u8) -> bool {
     TABLE[usize::from(b)]
 }
 
+/// Whether `buf` holds a whole head (its blank line).
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+}
+
 /// A `Content-Length` value: ASCII digits only (as hyper's parser
 /// requires), at most `usize`.
 fn digits(value: &[u8]) -> Option<usize> {
@@ -341,16 +400,19 @@ fn digits(value: &[u8]) -> Option<usize> {
 }
 
 /// Write `response` as hyper's HTTP/1.1 server encodes it: the status
-/// line, the headers in the map's order (then `connection: close` when
-/// the connection ends with it), a `content-length` from the body's exact
-/// size where the map has none (chunked when the size is not known),
-/// `date` where the map has none, and the body.
+/// line, the headers in the map's order (a `connection` header's values
+/// on one line, with `close` added when `close` asks for it, or a
+/// `connection: close` line after the others), a `content-length` from
+/// the body's exact size where the map has none (chunked when the size is
+/// not known), `date` where the map has none, and the body. Whether the
+/// connection must close after it: `close`, or a handler's
+/// `connection: close` (a 413 or a 408 sets it).
 async fn write_response<T>(
     io: &mut T,
     out: &mut Vec<u8>,
     response: Response,
     close: bool,
-) -> std::io::Result<()>
+) -> std::io::Result<bool>
 where
     T: AsyncWrite + Unpin,
 {
@@ -380,11 +442,32 @@ where
     let exact = body.size_hint().exact();
     let mut wrote_len = false;
     let mut wrote_date = false;
+    let mut wrote_connection = false;
+    let handler_closes = parts.headers.get_all(CONNECTION).iter().any(names_close);
     for (name, value) in &parts.headers {
         debug_assert!(
-            name != CONNECTION && name != TRANSFER_ENCODING && name != TRAILER,
+            name != TRANSFER_ENCODING && name != TRAILER,
             "{name} is not written by a single-key handler"
         );
+        if name == CONNECTION {
+            // hyper writes every value on one line, and adds `close` to
+            // them when the connection is to close and none says so.
+            if !wrote_connection {
+                wrote_connection = true;
+                out.extend_from_slice(b"connection: ");
+                for (i, value) in parts.headers.get_all(CONNECTION).iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b", ");
+                    }
+                    out.extend_from_slice(value.as_bytes());
+                }
+                if close && !handler_closes {
+                    out.extend_from_slice(b", close");
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            continue;
+        }
         if name == CONTENT_LENGTH {
             if empty {
                 continue;
@@ -398,7 +481,7 @@ where
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if close {
+    if close && !wrote_connection {
         out.extend_from_slice(b"connection: close\r\n");
     }
     let mut chunked = false;
@@ -433,7 +516,8 @@ where
             continue;
         }
         if chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            // Upper-case hex, as hyper writes chunk sizes.
+            out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
         }
         if out.len() + data.len() > WRITE_CHUNK_BYTES {
             io.write_all(out).await?;
@@ -450,7 +534,17 @@ where
         out.extend_from_slice(b"0\r\n\r\n");
     }
     io.write_all(out).await?;
-    io.flush().await
+    io.flush().await?;
+    Ok(close || handler_closes)
+}
+
+/// Whether a `Connection` value names `close` (hyper's reading: visible
+/// ASCII, comma-separated tokens, any case).
+fn names_close(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case("close"))
+    })
 }
 
 /// End a [`Shortcut`]'s head as hyper would: `connection: close` when the
@@ -690,5 +784,112 @@ mod tests {
         far.read_to_end(&mut answer).await.unwrap();
         let answer = String::from_utf8(answer).unwrap();
         assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    }
+
+    /// Never answers.
+    struct Stuck;
+
+    impl Service<Request<Full<Bytes>>> for Stuck {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = std::future::Pending<Result<Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    impl Shortcut for Stuck {}
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_drops_its_request() {
+        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        far.write_all(GET).await.unwrap();
+        let server = tokio::spawn(async move {
+            let closing = CancellationToken::new();
+            serve(
+                &mut near,
+                &mut Stuck,
+                Duration::from_secs(60),
+                8192,
+                &closing,
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!server.is_finished(), "the request is being served");
+        drop(far);
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(matches!(ended, Ok(Ok(Ok(Ended::Closed)))));
+    }
+
+    #[tokio::test]
+    async fn a_head_with_more_headers_than_the_loop_takes_is_handed_over_whole() {
+        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        let mut head = b"GET /v1/kv/k HTTP/1.1\r\n".to_vec();
+        for i in 0..HEADERS_MAX + 8 {
+            head.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        let server = tokio::spawn(async move {
+            let closing = CancellationToken::new();
+            serve(
+                &mut near,
+                &mut Echo,
+                Duration::from_secs(60),
+                8192,
+                &closing,
+            )
+            .await
+        });
+        far.write_all(&head).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Not handed over before the head is whole: hyper's header
+        // timeout would start again from the hand-off.
+        assert!(!server.is_finished());
+        far.write_all(b"\r\n").await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
+        let Ok(Ok(Ok(Ended::HandOff(read)))) = ended else {
+            panic!("not handed off")
+        };
+        head.extend_from_slice(b"\r\n");
+        assert_eq!(&read[..], &head[..]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_a_connection_between_requests_even_with_a_head_begun() {
+        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        let closing = CancellationToken::new();
+        let stop = closing.clone();
+        let server = tokio::spawn(async move {
+            serve(
+                &mut near,
+                &mut Echo,
+                Duration::from_secs(60),
+                8192,
+                &closing,
+            )
+            .await
+        });
+        far.write_all(GET).await.unwrap();
+        let mut answer = [0u8; 4096];
+        let n = far.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+        far.write_all(b"GET /v1/kv/k HT").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(matches!(ended, Ok(Ok(Ok(Ended::Closed)))));
+    }
+
+    #[test]
+    fn connection_values_are_read_as_hyper_reads_them() {
+        assert!(names_close(&HeaderValue::from_static("close")));
+        assert!(names_close(&HeaderValue::from_static("keep-alive, Close")));
+        assert!(!names_close(&HeaderValue::from_static("keep-alive")));
+        assert!(!names_close(&HeaderValue::from_static("closed")));
     }
 }
