@@ -561,6 +561,23 @@ async fn on_the_wire(addr: &str, writes: &[Vec<u8>], digits: bool) -> String {
     out
 }
 
+/// The addresses of `running`'s own listener (the direct loop first) and
+/// of a second one serving the same node through hyper alone.
+async fn both_ways(running: &Running) -> (String, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let by_hyper = listener.local_addr().unwrap().to_string();
+    tokio::spawn(replidb_server::serve::serve(
+        listener,
+        replidb_server::api::service(running.node.clone()),
+        running.node.config.http_limits,
+        replidb_server::serve::Framing::Hyper,
+        None,
+        std::future::pending(),
+    ));
+    let direct = running.url.trim_start_matches("http://").to_string();
+    (direct, by_hyper)
+}
+
 /// A single-key request is answered by the connection's own loop
 /// (`serve::direct`) unless hyper must see it; either way the bytes on
 /// the wire must be hyper's. The same node is served twice, directly and
@@ -571,19 +588,8 @@ async fn on_the_wire(addr: &str, writes: &[Vec<u8>], digits: bool) -> String {
 /// refuses (too large, malformed); writes that land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_answers_are_hypers_byte_for_byte() {
-    use replidb_server::serve::{serve, Framing};
     let node = start("n1", None, |_| {}).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let by_hyper = listener.local_addr().unwrap().to_string();
-    tokio::spawn(serve(
-        listener,
-        replidb_server::api::service(node.node.clone()),
-        node.node.config.http_limits,
-        Framing::Hyper,
-        None,
-        std::future::pending(),
-    ));
-    let direct = node.url.trim_start_matches("http://").to_string();
+    let (direct, by_hyper) = both_ways(&node).await;
     let req = |method: &str, target: &str, extra: &str, body: &str| -> Vec<u8> {
         let length = if body.is_empty() && method != "PUT" {
             String::new()
@@ -772,17 +778,7 @@ async fn direct_answers_are_hypers_byte_for_byte() {
     .await;
     assert!(wrote.starts_with("HTTP/1.1 200 OK"), "{wrote}");
     for (what, running) in [("follower", &follower), ("with tokens", &guarded)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running_by_hyper = listener.local_addr().unwrap().to_string();
-        tokio::spawn(serve(
-            listener,
-            replidb_server::api::service(running.node.clone()),
-            running.node.config.http_limits,
-            Framing::Hyper,
-            None,
-            std::future::pending(),
-        ));
-        let running_direct = running.url.trim_start_matches("http://").to_string();
+        let (running_direct, running_by_hyper) = both_ways(&running).await;
         let reads = vec![[
             req("GET", "/v1/kv/k", "", ""),
             req("GET", "/v1/kv/k?consistency=eventual", "", ""),
@@ -825,17 +821,7 @@ async fn direct_answers_are_hypers_byte_for_byte() {
     // connection after its answer, pipelined requests or not, with one
     // `connection` line when the client asked to close too.
     let small = start("n4", None, |cfg| cfg.max_value_bytes = 8).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let small_by_hyper = listener.local_addr().unwrap().to_string();
-    tokio::spawn(serve(
-        listener,
-        replidb_server::api::service(small.node.clone()),
-        small.node.config.http_limits,
-        Framing::Hyper,
-        None,
-        std::future::pending(),
-    ));
-    let small_direct = small.url.trim_start_matches("http://").to_string();
+    let (small_direct, small_by_hyper) = both_ways(&small).await;
     for (what, writes) in [
         (
             "413, then a pipelined read",
