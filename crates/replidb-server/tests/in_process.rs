@@ -778,7 +778,7 @@ async fn direct_answers_are_hypers_byte_for_byte() {
     .await;
     assert!(wrote.starts_with("HTTP/1.1 200 OK"), "{wrote}");
     for (what, running) in [("follower", &follower), ("with tokens", &guarded)] {
-        let (running_direct, running_by_hyper) = both_ways(&running).await;
+        let (running_direct, running_by_hyper) = both_ways(running).await;
         let reads = vec![[
             req("GET", "/v1/kv/k", "", ""),
             req("GET", "/v1/kv/k?consistency=eventual", "", ""),
