@@ -1244,13 +1244,22 @@ async fn a_promote_while_the_leader_writes_loses_no_majority_write() {
         eprintln!("promote on {}: {status} {body}", target.url());
         // Before anything is fenced a live leader is usually ahead: try
         // again. Once an epoch is fenced, the node found ahead is named.
+        // Once the old leader is fenced, a promote on it may also answer
+        // "URL holds a later log position ...; promote it instead" (its
+        // follower has more of its own last writes than it reports): follow
+        // that too, but never to the old leader itself, which is ahead
+        // only while it still leads.
         if status == 409 {
-            if let Some((n, _)) = nodes
-                .iter()
-                .find(|(_, adv)| named.ends_with(&format!("promote {adv}")))
-            {
-                target = n;
-                continue;
+            if let Some((n, _)) = nodes.iter().find(|(n, adv)| {
+                named.ends_with(&format!("promote {adv}"))
+                    || (!std::ptr::eq(*n, &n1)
+                        && named.starts_with(&format!("{adv} holds a later"))
+                        && named.ends_with("promote it instead"))
+            }) {
+                if !std::ptr::eq(*n, target) {
+                    target = n;
+                    continue;
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

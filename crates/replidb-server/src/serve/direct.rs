@@ -46,6 +46,9 @@ use tower_service::Service;
 /// Most headers a request served here may have; a request with more goes
 /// to hyper (whose limit is 100).
 pub const HEADERS_MAX: usize = 32;
+/// Most headers hyper takes in a request (its default); more are
+/// answered 431.
+pub const HYPER_HEADERS_MAX: usize = 100;
 /// Free room kept in the read buffer before each read, in bytes.
 pub const READ_BYTES: usize = 16 * 1024;
 /// An answer is written out whenever this many bytes of it are buffered.
@@ -71,6 +74,9 @@ enum Parsed {
     Partial,
     /// Not one this loop answers: hyper takes the connection.
     HandOff,
+    /// A head over the header limit (or with more headers than hyper
+    /// takes): answered 431 as hyper answers it, and the connection closed.
+    TooLarge,
     /// Answer it here; `close` if the client asked to close afterwards.
     Direct {
         request: Request<Full<Bytes>>,
@@ -110,14 +116,10 @@ where
     let mut deadline = tokio::time::Instant::now() + header_timeout;
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
-    // hyper's graceful shutdown waits for the first request's head to
-    // finish but closes a connection idle between requests at once, even
-    // with part of the next head read.
-    let mut answered_one = false;
     loop {
         let (request, close) = loop {
             if !buf.is_empty() {
-                match parse(&mut buf, service, &mut out) {
+                match parse(&mut buf, header_bytes_max, service, &mut out) {
                     Parsed::Direct { request, close } => break (request, close),
                     Parsed::Answered { body, close } => {
                         let close = close || closing.is_cancelled();
@@ -135,15 +137,12 @@ where
                             return Ok(Ended::Closed);
                         }
                         trim(&mut out);
-                        answered_one = true;
                         deadline = tokio::time::Instant::now() + header_timeout;
                         continue;
                     }
                     Parsed::HandOff => return Ok(Ended::HandOff(buf)),
-                    Parsed::Partial if buf.len() >= header_bytes_max => {
-                        // hyper answers a head this large (431).
-                        return Ok(Ended::HandOff(buf));
-                    }
+                    Parsed::TooLarge => return too_large(io).await,
+                    Parsed::Partial if buf.len() >= header_bytes_max => return too_large(io).await,
                     Parsed::Partial => {}
                 }
             }
@@ -153,9 +152,8 @@ where
             let read = tokio::select! {
                 biased;
                 read = io.read_buf(&mut buf) => read?,
-                () = &mut cancelled, if buf.is_empty() || answered_one => {
-                    return Ok(Ended::Closed);
-                }
+                // No request is read whole yet: nothing to answer.
+                () = &mut cancelled => return Ok(Ended::Closed),
                 () = &mut timer => {
                     if tokio::time::Instant::now() < deadline {
                         timer.as_mut().reset(deadline);
@@ -200,10 +198,46 @@ where
             return Ok(Ended::Closed);
         }
         trim(&mut out);
-        answered_one = true;
         deadline = tokio::time::Instant::now() + header_timeout;
     }
 }
+
+/// Answer a head over the limit as hyper does (431, no body, then close),
+/// and end the connection: read what the client still sends for a moment
+/// (at most [`LINGER_BYTES_MAX`]) so that closing with unread input does
+/// not reset the connection before the answer is read.
+async fn too_large<T>(io: &mut T) -> std::io::Result<Ended>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n",
+    );
+    finish_head(&mut out, false);
+    io.write_all(&out).await?;
+    io.flush().await?;
+    io.shutdown().await?;
+    let mut sink = [0u8; 8192];
+    let mut drained = 0usize;
+    let linger = tokio::time::sleep(LINGER);
+    tokio::pin!(linger);
+    while drained < LINGER_BYTES_MAX {
+        tokio::select! {
+            read = io.read(&mut sink) => match read {
+                Ok(n) if n > 0 => drained += n,
+                _ => break,
+            },
+            () = &mut linger => break,
+        }
+    }
+    Ok(Ended::Closed)
+}
+
+/// How long a refused connection is read from before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read from a refused connection before it is closed.
+pub const LINGER_BYTES_MAX: usize = 1024 * 1024;
 
 /// Give back an output buffer a large answer grew: idle connections hold
 /// it (thousands of them may).
@@ -243,18 +277,36 @@ impl Shortcut for axum::Router {}
 /// Parse the request at the front of `buf`; for [`Parsed::Direct`] and
 /// [`Parsed::Answered`], take its bytes out of `buf`. `shortcut` may answer
 /// a `GET` into `out`.
-fn parse(buf: &mut BytesMut, shortcut: &mut impl Shortcut, out: &mut Vec<u8>) -> Parsed {
+fn parse(
+    buf: &mut BytesMut,
+    header_bytes_max: usize,
+    shortcut: &mut impl Shortcut,
+    out: &mut Vec<u8>,
+) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut head = httparse::Request::new(&mut headers);
     let head_len = match head.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        // More headers than this loop takes: hyper takes up to 100, and
-        // its header timeout would start again at the hand-off, so wait
-        // for the whole head under this loop's timeout first.
-        Err(httparse::Error::TooManyHeaders) if !head_complete(buf) => return Parsed::Partial,
+        // More headers than this loop takes: hyper takes up to 100 and
+        // answers 431 past them; its header timeout would start again at
+        // a hand-off, so a head within its limit is handed over whole.
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = [httparse::EMPTY_HEADER; HYPER_HEADERS_MAX];
+            return match httparse::Request::new(&mut many).parse(buf) {
+                Err(httparse::Error::TooManyHeaders) => Parsed::TooLarge,
+                Ok(httparse::Status::Partial) => Parsed::Partial,
+                _ => Parsed::HandOff,
+            };
+        }
         Err(_) => return Parsed::HandOff,
     };
+    // hyper's limit, checked exactly: hyper itself checks its buffer only
+    // while a head is incomplete, so a head that arrives in one read may
+    // pass it by up to a read's size.
+    if head_len > header_bytes_max {
+        return Parsed::TooLarge;
+    }
     if head.version != Some(1) {
         return Parsed::HandOff;
     }
@@ -383,11 +435,6 @@ fn uri_char(b: u8) -> bool {
         table
     };
     TABLE[usize::from(b)]
-}
-
-/// Whether `buf` holds a whole head (its blank line).
-fn head_complete(buf: &[u8]) -> bool {
-    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
 }
 
 /// A `Content-Length` value: ASCII digits only (as hyper's parser
@@ -891,5 +938,72 @@ mod tests {
         assert!(names_close(&HeaderValue::from_static("keep-alive, Close")));
         assert!(!names_close(&HeaderValue::from_static("keep-alive")));
         assert!(!names_close(&HeaderValue::from_static("closed")));
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_a_connection_whose_first_head_is_begun() {
+        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        let closing = CancellationToken::new();
+        let stop = closing.clone();
+        let server = tokio::spawn(async move {
+            serve(
+                &mut near,
+                &mut Echo,
+                Duration::from_secs(60),
+                8192,
+                &closing,
+            )
+            .await
+        });
+        far.write_all(b"GET /v1/kv/k HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(matches!(ended, Ok(Ok(Ok(Ended::Closed)))));
+    }
+
+    /// The answer to `sent` on a fresh connection with an 8 KiB head limit.
+    async fn answer_to(sent: Vec<u8>) -> String {
+        let (mut near, mut far) = tokio::io::duplex(256 * 1024);
+        let server = tokio::spawn(async move {
+            let closing = CancellationToken::new();
+            serve(
+                &mut near,
+                &mut Echo,
+                Duration::from_secs(60),
+                8192,
+                &closing,
+            )
+            .await
+        });
+        far.write_all(&sent).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), far.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(server.await, Ok(Ok(Ended::Closed))));
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn heads_past_hypers_limits_are_refused_431_at_once() {
+        // Complete, over the size limit, in one read.
+        let mut big = b"GET /v1/kv/k HTTP/1.1\r\nX-Pad: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 9000));
+        big.extend_from_slice(b"\r\n\r\n");
+        // More headers than hyper takes, the head not finished.
+        let mut many = b"GET /v1/kv/k HTTP/1.1\r\n".to_vec();
+        for i in 0..HYPER_HEADERS_MAX + 1 {
+            many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        for sent in [big, many] {
+            let answer = answer_to(sent).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: "),
+                "{answer}"
+            );
+            assert!(answer.ends_with("\r\n\r\n"), "{answer}");
+        }
     }
 }
