@@ -1242,18 +1242,25 @@ async fn a_promote_while_the_leader_writes_loses_no_majority_write() {
             .unwrap_or_default()
             .to_string();
         eprintln!("promote on {}: {status} {body}", target.url());
-        // Before anything is fenced a live leader is usually ahead: try
-        // again. Once an epoch is fenced, the node found ahead is named.
-        // Once the old leader is fenced, a promote on it may also answer
-        // "URL holds a later log position ...; promote it instead" (its
-        // follower has more of its own last writes than it reports): follow
-        // that too, but never to the old leader itself, which is ahead
-        // only while it still leads.
+        if status == 200 {
+            // "Already the leader": the old leader, named while the fence
+            // of the epoch it loses was still held up. A promote elsewhere
+            // fences it again.
+            target = &n2;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        // A 409 names the node ahead ("promote URL" once an epoch is
+        // fenced, "URL holds a later log position ...; promote it instead"
+        // before): promote that one. It may be the old leader: once fenced
+        // it keeps the writes it appended after the others took the new
+        // epoch (never acknowledged: no majority held them), so it is
+        // ahead of every follower, and a promote anywhere else is refused
+        // rather than rewind it.
         if status == 409 {
-            if let Some((n, _)) = nodes.iter().find(|(n, adv)| {
+            if let Some((n, _)) = nodes.iter().find(|(_, adv)| {
                 named.ends_with(&format!("promote {adv}"))
-                    || (!std::ptr::eq(*n, &n1)
-                        && named.starts_with(&format!("{adv} holds a later"))
+                    || (named.starts_with(&format!("{adv} holds a later"))
                         && named.ends_with("promote it instead"))
             }) {
                 if !std::ptr::eq(*n, target) {
