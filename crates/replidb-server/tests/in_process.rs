@@ -810,6 +810,31 @@ async fn direct_answers_are_hypers_byte_for_byte() {
                 "",
             ),
             req("GET", "/v1/kv/k?consistency=strong", "", ""),
+            req("PUT", "/v1/kv/w", "", "no token"),
+            req(
+                "PUT",
+                "/v1/kv/w",
+                "Authorization: Bearer reader-secret\r\n",
+                "a reader's",
+            ),
+            req(
+                "PUT",
+                "/v1/kv/w",
+                "Authorization: Bearer writer-secret\r\n",
+                "a writer's",
+            ),
+            req(
+                "DELETE",
+                "/v1/kv/w?w=1",
+                "authorization: bearer writer-secret\r\n",
+                "",
+            ),
+            req(
+                "DELETE",
+                "/v1/kv/w",
+                "Authorization: Bearer wrong\r\nAuthorization: Bearer writer-secret\r\n",
+                "",
+            ),
             close("GET", "/v1/kv/k"),
         ]
         .concat()];
@@ -858,11 +883,31 @@ async fn direct_answers_are_hypers_byte_for_byte() {
         );
         assert_eq!(direct_answer, hyper_answer, "{what}");
     }
-    // Writes that land: each makes a record, so LSNs (digits) differ.
+    // Writes that land (each makes a record, so LSNs, digits, differ),
+    // and writes refused once proposed: the write shortcut's answers and
+    // the answers it leaves to the general way.
     let writes = vec![[
         req("PUT", "/v1/kv/new", "", "value"),
         req("DELETE", "/v1/kv/new", "", ""),
         req("PUT", "/v1/kv/new?w=1", "", ""),
+        req("DELETE", "/v1/kv/new", "", ""),
+        req(
+            "PUT",
+            "/v1/kv/caf%C3%A9?w=majority&timeout_ms=2000",
+            "",
+            "é",
+        ),
+        req("PUT", "/v1/kv/new?w=all", "", "\u{1}\"quoted\"\r\n"),
+        req("PUT", "/v1/kv/new%22%5C?w=2", "", "v"),
+        req("DELETE", "/v1/kv/new?w=2", "", "a body on a DELETE"),
+        req("PUT", "/v1/kv/new?w=3", "", "more than the voters"),
+        req("PUT", "/v1/kv/new?timeout_ms=0", "", "v"),
+        req("PUT", "/v1/kv/new?timeout_ms=-1", "", "v"),
+        req("PUT", "/v1/kv/new?w=1&w=1", "", "v"),
+        req("PUT", "/v1/kv/new?w=1&", "", "v"),
+        req("PUT", "/v1/kv/..", "", "v"),
+        req("DELETE", "/v1/kv/..", "", ""),
+        req("DELETE", "/v1/kv/never-written", "", ""),
         close("DELETE", "/v1/kv/new"),
     ]
     .concat()];
@@ -870,7 +915,7 @@ async fn direct_answers_are_hypers_byte_for_byte() {
     let hyper_answer = on_the_wire(&by_hyper, &writes, true).await;
     assert_eq!(
         direct_answer.matches("HTTP/#.# # OK").count(),
-        4,
+        13,
         "{direct_answer}"
     );
     assert_eq!(direct_answer, hyper_answer, "writes");

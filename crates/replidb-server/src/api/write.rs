@@ -289,6 +289,34 @@ pub fn concern_shortfall(acks: usize, w: &str, may_roll_back: bool) -> String {
 
 /// The contract's write response: 200, or 504 when the concern was not met.
 pub fn write_response(key: Option<&str>, opts: WriteOpts, out: &WriteOutcome) -> Response {
+    let status = if out.committed {
+        StatusCode::OK
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    };
+    let mut json = Vec::with_capacity(WRITE_BODY_BYTES_TYPICAL);
+    if let Err(e) = write_body(&mut json, key, opts, out) {
+        return ApiError::internal(format!("cannot encode the answer: {e}")).into_response();
+    }
+    let mut resp = super::edge::answer(status, "application/json", Body::from(json));
+    resp.headers_mut()
+        .insert(super::LSN_HEADER, HeaderValue::from(out.lsn.0));
+    resp
+}
+
+/// Room for a write answer's body with a short key, in bytes.
+pub(crate) const WRITE_BODY_BYTES_TYPICAL: usize = 128;
+
+/// Append the JSON body of [`write_response`]'s answer to `json`.
+///
+/// # Errors
+/// serde_json's, which a `Vec` never gives.
+pub(crate) fn write_body(
+    json: &mut Vec<u8>,
+    key: Option<&str>,
+    opts: WriteOpts,
+    out: &WriteOutcome,
+) -> serde_json::Result<()> {
     let error = (!out.committed).then(|| WriteErrorBody {
         code: "write_concern_timeout",
         message: concern_shortfall(out.acks, &opts.w.to_string(), out.may_roll_back),
@@ -301,22 +329,9 @@ pub fn write_response(key: Option<&str>, opts: WriteOpts, out: &WriteOutcome) ->
         existed: out.existed,
         key,
         lsn: out.lsn.0,
-        w: opts.w.to_string(),
+        w: opts.w,
     };
-    let status = if out.committed {
-        StatusCode::OK
-    } else {
-        StatusCode::GATEWAY_TIMEOUT
-    };
-    let mut resp = match serde_json::to_vec(&body) {
-        Ok(json) => super::edge::answer(status, "application/json", Body::from(json)),
-        Err(e) => {
-            return ApiError::internal(format!("cannot encode the answer: {e}")).into_response()
-        }
-    };
-    resp.headers_mut()
-        .insert(super::LSN_HEADER, HeaderValue::from(out.lsn.0));
-    resp
+    serde_json::to_writer(json, &body)
 }
 
 /// The body of a write's answer. Serialized straight from this struct
@@ -335,7 +350,14 @@ struct WriteBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
     lsn: u64,
-    w: String,
+    #[serde(serialize_with = "as_display")]
+    w: WriteConcern,
+}
+
+/// A write concern as the string it prints (`"1"`, `"majority"`), without
+/// a `String` per answer.
+fn as_display<S: serde::Serializer>(w: &WriteConcern, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(w)
 }
 
 /// The `error` object of a write whose concern was not met in time.
