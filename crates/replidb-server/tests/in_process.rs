@@ -845,7 +845,11 @@ async fn direct_answers_are_hypers_byte_for_byte() {
     // A handler's own `connection: close` (a 413 sets it) ends the
     // connection after its answer, pipelined requests or not, with one
     // `connection` line when the client asked to close too.
-    let small = start("n4", None, |cfg| cfg.max_value_bytes = 8).await;
+    let small = start("n4", None, |cfg| {
+        cfg.max_value_bytes = 8;
+        cfg.http_limits.header_bytes_max = 256 * 1024;
+    })
+    .await;
     let (small_direct, small_by_hyper) = both_ways(&small).await;
     for (what, writes) in [
         (
@@ -883,6 +887,26 @@ async fn direct_answers_are_hypers_byte_for_byte() {
         );
         assert_eq!(direct_answer, hyper_answer, "{what}");
     }
+    // The value limit's boundary, and a target longer than `http::Uri`
+    // takes (hyper answers 414; the write shortcut must not take it).
+    let long_query = format!("/v1/kv/k?w=1{}", "&".repeat(70_000));
+    let edges = vec![[
+        req("PUT", "/v1/kv/k", "", "8 bytes!"),
+        req("PUT", "/v1/kv/k", "", "9 bytes!!"),
+    ]
+    .concat()];
+    let direct_answer = on_the_wire(&small_direct, &edges, true).await;
+    let hyper_answer = on_the_wire(&small_by_hyper, &edges, true).await;
+    assert!(
+        direct_answer.starts_with("HTTP/#.# # OK") && direct_answer.contains("HTTP/#.# # Payload"),
+        "{direct_answer}"
+    );
+    assert_eq!(direct_answer, hyper_answer, "the value limit's boundary");
+    let too_long = vec![req("PUT", &long_query, "", "v")];
+    let direct_answer = on_the_wire(&small_direct, &too_long, false).await;
+    let hyper_answer = on_the_wire(&small_by_hyper, &too_long, false).await;
+    assert!(direct_answer.starts_with("HTTP/1.1 414"), "{direct_answer}");
+    assert_eq!(direct_answer, hyper_answer, "a target too long for a URI");
     // Writes that land (each makes a record, so LSNs, digits, differ),
     // and writes refused once proposed: the write shortcut's answers and
     // the answers it leaves to the general way.

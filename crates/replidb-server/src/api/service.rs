@@ -333,24 +333,23 @@ fn leader_write(
         return None;
     }
     let KeyPath(key) = KeyPath::decode(path.get(KV_PREFIX.len()..)?).ok()?;
-    let op = if *method == Method::PUT {
-        kv::check_new_path_key(&key).ok()?;
-        if body.len() > node.config.max_value_bytes {
-            return None;
-        }
-        Op::Put {
-            key: key.clone(),
-            value: body.to_vec(),
-        }
-    } else {
-        if !body.is_empty() {
-            return None;
-        }
-        Op::Delete { key: key.clone() }
-    };
     kv::check_key(&key).ok()?;
     let p = Params::parse(query, WRITE_PARAMS).ok()?;
     let opts = kv::write_opts(node, &p).ok()?;
+    let op = match *method {
+        Method::PUT => {
+            kv::check_new_path_key(&key).ok()?;
+            if body.len() > node.config.max_value_bytes {
+                return None;
+            }
+            Op::Put {
+                key: key.clone(),
+                value: body.to_vec(),
+            }
+        }
+        Method::DELETE if body.is_empty() => Op::Delete { key: key.clone() },
+        _ => return None,
+    };
     let mut head = std::mem::take(out);
     let node = node.clone();
     Some(Box::pin(async move {
