@@ -943,4 +943,20 @@ async fn direct_answers_are_hypers_byte_for_byte() {
         "{direct_answer}"
     );
     assert_eq!(direct_answer, hyper_answer, "writes");
+    // A write the shortcut takes and the leader then refuses (paused, as
+    // during a switchover): answered by the general way's code.
+    node.node.leader().unwrap().set_paused(true);
+    let refused = vec![[
+        req("PUT", "/v1/kv/paused", "", "v"),
+        close("DELETE", "/v1/kv/paused"),
+    ]
+    .concat()];
+    let direct_answer = on_the_wire(&direct, &refused, false).await;
+    let hyper_answer = on_the_wire(&by_hyper, &refused, false).await;
+    node.node.leader().unwrap().set_paused(false);
+    assert!(
+        direct_answer.starts_with("HTTP/1.1 503") && direct_answer.contains("retry-after"),
+        "{direct_answer}"
+    );
+    assert_eq!(direct_answer, hyper_answer, "writes the leader refuses");
 }

@@ -928,6 +928,32 @@ mod tests {
         assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     }
 
+    /// Serve `near` with `service` on a task of its own (a header timeout
+    /// of 60 s, an 8 KiB head limit) until `closing` is cancelled.
+    fn spawn_serve<S>(
+        mut near: tokio::io::DuplexStream,
+        mut service: S,
+        closing: CancellationToken,
+    ) -> tokio::task::JoinHandle<std::io::Result<Ended>>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response, Error = Infallible>
+            + Shortcut
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        tokio::spawn(async move {
+            serve(
+                &mut near,
+                &mut service,
+                Duration::from_secs(60),
+                8192,
+                &closing,
+            )
+            .await
+        })
+    }
+
     /// Never answers.
     struct Stuck;
 
@@ -949,19 +975,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_goes_away_drops_its_request() {
-        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
         far.write_all(GET).await.unwrap();
-        let server = tokio::spawn(async move {
-            let closing = CancellationToken::new();
-            serve(
-                &mut near,
-                &mut Stuck,
-                Duration::from_secs(60),
-                8192,
-                &closing,
-            )
-            .await
-        });
+        let server = spawn_serve(near, Stuck, CancellationToken::new());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!server.is_finished(), "the request is being served");
         drop(far);
@@ -971,22 +987,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_with_more_headers_than_the_loop_takes_is_handed_over_whole() {
-        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
         let mut head = b"GET /v1/kv/k HTTP/1.1\r\n".to_vec();
         for i in 0..HEADERS_MAX + 8 {
             head.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
         }
-        let server = tokio::spawn(async move {
-            let closing = CancellationToken::new();
-            serve(
-                &mut near,
-                &mut Echo,
-                Duration::from_secs(60),
-                8192,
-                &closing,
-            )
-            .await
-        });
+        let server = spawn_serve(near, Echo, CancellationToken::new());
         far.write_all(&head).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Not handed over before the head is whole: hyper's header
@@ -1003,19 +1009,9 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_closes_a_connection_between_requests_even_with_a_head_begun() {
-        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
-        let closing = CancellationToken::new();
-        let stop = closing.clone();
-        let server = tokio::spawn(async move {
-            serve(
-                &mut near,
-                &mut Echo,
-                Duration::from_secs(60),
-                8192,
-                &closing,
-            )
-            .await
-        });
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let stop = CancellationToken::new();
+        let server = spawn_serve(near, Echo, stop.clone());
         far.write_all(GET).await.unwrap();
         let mut answer = [0u8; 4096];
         let n = far.read(&mut answer).await.unwrap();
@@ -1037,19 +1033,9 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_closes_a_connection_whose_first_head_is_begun() {
-        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
-        let closing = CancellationToken::new();
-        let stop = closing.clone();
-        let server = tokio::spawn(async move {
-            serve(
-                &mut near,
-                &mut Echo,
-                Duration::from_secs(60),
-                8192,
-                &closing,
-            )
-            .await
-        });
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let stop = CancellationToken::new();
+        let server = spawn_serve(near, Echo, stop.clone());
         far.write_all(b"GET /v1/kv/k HTTP/1.1\r\nHo").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.cancel();
@@ -1059,18 +1045,8 @@ mod tests {
 
     /// The answer to `sent` on a fresh connection with an 8 KiB head limit.
     async fn answer_to(sent: Vec<u8>) -> String {
-        let (mut near, mut far) = tokio::io::duplex(256 * 1024);
-        let server = tokio::spawn(async move {
-            let closing = CancellationToken::new();
-            serve(
-                &mut near,
-                &mut Echo,
-                Duration::from_secs(60),
-                8192,
-                &closing,
-            )
-            .await
-        });
+        let (near, mut far) = tokio::io::duplex(256 * 1024);
+        let server = spawn_serve(near, Echo, CancellationToken::new());
         far.write_all(&sent).await.unwrap();
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), far.read_to_end(&mut answer))
