@@ -93,7 +93,7 @@ pub enum RouterError {
         known: &'static str,
     },
     /// Bad input: an empty key (`/v1/kv/`), as a node refuses it.
-    #[error("the key is empty: keys are 1..=1024 bytes of UTF-8 (PUT /v1/kv/{{key}})")]
+    #[error("the key is empty: a key is 1..=1024 bytes of UTF-8 after the endpoint's path (/v1/kv/{{key}})")]
     EmptyKey,
     /// Bad input: a dot segment (`.`, `..`, or a `%2e` spelling) in a
     /// key's path, which forwarding would remove (and a node refuses

@@ -216,6 +216,22 @@ async fn every_endpoint_but_health_refuses_without_a_token_and_roles_decide() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     // A refused request learns nothing about the node's position.
     assert!(r.headers().get("x-replidb-lsn").is_none());
+    // A header that is there but not visible ASCII is malformed, not
+    // missing: the answer says what is wrong with it.
+    let r = http()
+        .put(format!("{url}/v1/kv/a"))
+        .header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes(b"Bearer s\xe9cret").unwrap(),
+        )
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("must be Bearer"), "{body}");
     let (s, _) = call(&url, Method::GET, "/health", None).await;
     assert_eq!(s, 200, "/health stays open for load balancers");
     let (s, body) = call(&url, Method::GET, "/openapi.json", None).await;

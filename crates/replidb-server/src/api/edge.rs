@@ -88,10 +88,12 @@ pub(super) fn refuse_without_token(node: &Node, req: &Request) -> Option<Respons
         crate::auth::Access::Open => return None,
         crate::auth::Access::Needs(role) => role,
     };
+    // A value that is not visible ASCII is a malformed header, not a
+    // missing one: it gets the "must be Bearer" answer.
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+        .map(|v| v.to_str().unwrap_or_default());
     match auth.authorize(header, role) {
         Ok(_) => None,
         Err(e) => {

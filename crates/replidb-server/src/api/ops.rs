@@ -333,7 +333,7 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
         return ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_key",
-            "the key is empty: keys are 1..=1024 bytes of UTF-8 (PUT /v1/kv/{key})",
+            "the key is empty: a key is 1..=1024 bytes of UTF-8 after the endpoint's path (/v1/kv/{key})",
         );
     }
     ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
