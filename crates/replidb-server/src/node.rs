@@ -494,12 +494,14 @@ impl Node {
 
     /// Why this follower knows no leader, and what to do: under etcd an
     /// election is likely under way; with the static coordinator nothing
-    /// elects, and an operator's promote is what ends it.
+    /// elects, so either an operator's switchover is handing over (the new
+    /// leader announces itself within moments) or only an operator's
+    /// promote ends it.
     pub fn no_leader_hint(&self) -> &'static str {
         match self.config.coordinator {
             CoordinatorKind::Etcd => "an election may be under way; retry shortly",
             CoordinatorKind::Static => {
-                "the static coordinator elects no one: if the leader is gone, promote a follower with POST /admin/promote"
+                "the static coordinator elects no one: during a switchover retry shortly; if the leader is gone, promote a follower with POST /admin/promote"
             }
         }
     }
