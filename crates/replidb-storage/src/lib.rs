@@ -154,6 +154,13 @@ pub trait Table: Send + Sync + 'static {
     /// restore is never visible).
     fn get(&self, key: &str) -> Result<Option<Versioned>>;
 
+    /// The current versions of `keys`, in their order, all read from one
+    /// applied state: an apply (a round of records, so a whole batch such
+    /// as an `MSET`) is seen either entirely or not at all, as Redis's
+    /// `MGET` never sees half of an `MSET`. Several [`Table::get`] calls
+    /// could each see a different state.
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Versioned>>>;
+
     /// One page of the live table's keys starting with `prefix`, in key
     /// order, strictly after `start_after` if given: at most `keys_max`
     /// entries, and no more once the page's keys and values reach

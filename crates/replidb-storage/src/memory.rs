@@ -394,6 +394,12 @@ impl Table for MemoryTable {
         Ok(self.read_map().get(key).cloned())
     }
 
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Versioned>>> {
+        // One guard: an apply holds the write lock for its whole slice.
+        let map = self.read_map();
+        Ok(keys.iter().map(|k| map.get(*k).cloned()).collect())
+    }
+
     fn scan_page(
         &self,
         prefix: &str,

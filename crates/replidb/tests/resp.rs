@@ -380,6 +380,15 @@ async fn scan_walks_every_key_once_in_key_order() {
     assert!(e.contains("invalid cursor"), "{e}");
     let e = err(&mut c, &["SCAN", "0", "COUNT", "0"]);
     assert!(e.contains("syntax error"), "{e}");
+    // Matching walks the pattern for every key: it is bounded.
+    let stars = "*".repeat(64 * 1024 + 1);
+    let e = err(&mut c, &["SCAN", "0", "MATCH", &stars]);
+    assert!(
+        e.contains("MATCH pattern of 65537 bytes exceeds the limit"),
+        "{e}"
+    );
+    let stars = "*".repeat(64 * 1024);
+    assert_eq!(scan_all(&mut c, &["MATCH", &stars]).len(), 255);
 }
 
 fn scan_all(c: &mut Connection, opts: &[&str]) -> Vec<String> {
@@ -497,22 +506,36 @@ async fn pipelines_are_answered_in_order_and_limits_close_the_connection() {
         ]
     );
 
-    // A value over --max-value-bytes: a protocol error, then the node
-    // closes the connection (it cannot know where the next request is).
+    // A value over --max-value-bytes, within the request limit: a command
+    // error, and the pipeline goes on (a new user found such values
+    // closing the connection at the default limit, which a client library
+    // reports as a lost connection and which drops the rest of a pipeline).
     let mut req = BytesMut::new();
     encode_command(&["PING"], &mut req);
     encode_command(&[&b"SET"[..], b"k", &[b'v'; 2000]], &mut req);
-    let (mut s, got) = raw(port, &req, 2);
+    encode_command(&[&b"MSET"[..], b"a", b"1", b"k", &[b'v'; 1025]], &mut req);
+    encode_command(&[&b"GET"[..], &[b'k'; 3000]], &mut req);
+    encode_command(&["EXISTS", "k", "a"], &mut req);
+    let (_s, got) = raw(port, &req, 5);
     assert_eq!(got[0], replidb_resp::Value::simple("PONG"));
-    let replidb_resp::Value::Error(e) = &got[1] else {
-        panic!("{:?}", got[1]);
-    };
+    for (i, what) in [(1, "of 2000 bytes"), (2, "of 1025 bytes")] {
+        assert!(
+            matches!(&got[i], replidb_resp::Value::Error(e) if e.contains(what) && e.contains("exceeds the limit of 1024 bytes")),
+            "{:?}",
+            got[i]
+        );
+    }
     assert!(
-        e.starts_with("ERR Protocol error") && e.contains("1024"),
-        "{e}"
+        matches!(&got[3], replidb_resp::Value::Error(e) if e.starts_with("ERR invalid key")),
+        "{:?}",
+        got[3]
     );
-    let mut rest = [0u8; 64];
-    assert_eq!(s.read(&mut rest).unwrap_or(0), 0, "connection closed");
+    assert_eq!(got[4], replidb_resp::Value::Integer(0), "nothing written");
+
+    // Past the whole request's limit (4 × 1 KiB + 5 MiB here): a protocol
+    // error, then the node closes the connection (it cannot know where the
+    // next request is).
+    const PAST_REQUEST_LIMIT: usize = 6_000_000;
 
     // Found by a new user: a value far over the limit, still arriving
     // when the node refuses it. Closing with those bytes unread made the
@@ -524,8 +547,10 @@ async fn pipelines_are_answered_in_order_and_limits_close_the_connection() {
         s.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
         let mut w = s.try_clone().expect("clone");
         let sender = std::thread::spawn(move || {
-            w.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4000000\r\n")?;
-            w.write_all(&vec![b'v'; 4_000_000])?;
+            w.write_all(
+                format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${PAST_REQUEST_LIMIT}\r\n").as_bytes(),
+            )?;
+            w.write_all(&vec![b'v'; PAST_REQUEST_LIMIT])?;
             w.shutdown(std::net::Shutdown::Write)
         });
         // Read only once everything is sent, as a client that writes its
@@ -546,7 +571,8 @@ async fn pipelines_are_answered_in_order_and_limits_close_the_connection() {
         }
         let text = String::from_utf8_lossy(&got);
         assert!(
-            text.starts_with("-ERR Protocol error") && text.contains("1024"),
+            text.starts_with("-ERR Protocol error")
+                && text.contains(&PAST_REQUEST_LIMIT.to_string()),
             "the refusal of an oversized value arrives intact: {text:?}"
         );
     }
@@ -589,6 +615,11 @@ async fn wait_counts_followers_and_a_follower_is_read_only() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     let e = err(&mut l, &["WAIT", "1", "-1"]);
     assert!(e.contains("timeout is negative"), "{e}");
+    let e = err(&mut l, &["WAIT", "0", "99999999999999999999"]);
+    assert!(
+        e.contains("timeout is not an integer or out of range"),
+        "{e}"
+    );
 
     // The follower serves reads; after WAIT it has the write durably, and
     // applies it promptly.
@@ -805,4 +836,142 @@ async fn keys_longer_than_the_value_limit_work_and_values_are_still_held_to_it()
     assert_eq!(got, "x");
     let deleted: i64 = ok(&mut c, &["DEL", &long_key]);
     assert_eq!(deleted, 1);
+}
+
+/// Send `sig` to a node's process.
+fn signal(node: &Node, sig: libc::c_int) {
+    let pid = node.pid().expect("running");
+    // SAFETY: kill(2) on our own, unreaped child.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0);
+}
+
+/// A new user's finding: `MGET` read its keys one at a time, so a reader
+/// racing an `MSET` writer saw some keys before the batch and some after
+/// (14–19 of 37,000 reads in 5 s). It now reads every key from one applied
+/// state, on the leader and on a follower alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mget_never_sees_half_of_an_mset() {
+    const KEYS: usize = 32;
+    let cluster = Cluster::start(
+        1,
+        &["--resp-listen", "127.0.0.1:0", "--fsync", "never"],
+        &["--resp-listen", "127.0.0.1:0", "--fsync", "never"],
+    )
+    .await;
+    let leader_port = resp_port(&cluster.leader).await;
+    let follower_port = resp_port(&cluster.followers[0]).await;
+    let names: Vec<String> = (0..KEYS).map(|i| format!("batch:{i:02}")).collect();
+    let batch_names = names.clone();
+    let mset = move |i: usize| {
+        let mut args = vec!["MSET".to_string()];
+        for n in &batch_names {
+            args.extend([n.clone(), i.to_string()]);
+        }
+        args
+    };
+    let mut w = connect(leader_port, false);
+    let args = mset(0);
+    ok::<String>(&mut w, &args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let run_for = Duration::from_millis(2500);
+    let writer = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut i = 1;
+        while started.elapsed() < run_for {
+            let args = mset(i);
+            ok::<String>(&mut w, &args.iter().map(String::as_str).collect::<Vec<_>>());
+            i += 1;
+        }
+        i
+    });
+    let readers: Vec<_> = [leader_port, follower_port]
+        .into_iter()
+        .map(|port| {
+            let names = names.clone();
+            std::thread::spawn(move || {
+                let mut r = connect(port, false);
+                let mut args = vec!["MGET"];
+                args.extend(names.iter().map(String::as_str));
+                let (mut reads, mut torn) = (0, Vec::new());
+                let started = Instant::now();
+                while started.elapsed() < run_for {
+                    let values: Vec<Option<String>> = ok(&mut r, &args);
+                    reads += 1;
+                    if values.iter().any(|v| v != &values[0]) && torn.len() < 5 {
+                        torn.push(values);
+                    }
+                }
+                (port, reads, torn)
+            })
+        })
+        .collect();
+    let batches = writer.join().expect("writer");
+    for reader in readers {
+        let (port, reads, torn) = reader.join().expect("reader");
+        assert!(reads > 100, "port {port}: only {reads} reads");
+        assert!(
+            torn.is_empty(),
+            "port {port}: MGET saw part of an MSET ({batches} batches, {reads} reads): {torn:?}"
+        );
+    }
+}
+
+/// A new user's finding: `SET key value NX` on a key whose only write was
+/// not yet committed at the node's write concern answered nil at once,
+/// from state a failover could roll back (a lock reported held that, after
+/// the failover, nobody holds), where `/v1/txn` answers
+/// `condition_unconfirmed`. Every answer a compare-and-set gives without
+/// writing now waits for the state it decided on to be committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_nx_refuses_only_on_committed_state() {
+    let leader_args = [
+        "--resp-listen",
+        "127.0.0.1:0",
+        "--default-w",
+        "2",
+        "--default-timeout",
+        "500ms",
+    ];
+    let cluster = Cluster::start(1, &leader_args, RESP_ARGS).await;
+    let mut l = connect(resp_port(&cluster.leader).await, false);
+    ok::<String>(&mut l, &["SET", "held", "1"]);
+    // Committed: the refusal is immediate.
+    assert_eq!(
+        ok::<Option<String>>(&mut l, &["SET", "held", "2", "NX"]),
+        None
+    );
+
+    signal(&cluster.followers[0], libc::SIGSTOP);
+    // The lock's write lands on the leader only.
+    let e = err(&mut l, &["SET", "lock", "a", "NX"]);
+    assert!(e.contains("write_concern_timeout"), "{e}");
+    // Every answer that would rest on it waits, then reveals nothing.
+    for (args, what) in [
+        (
+            &["SET", "lock", "b", "NX"][..],
+            "SET NX on the uncommitted key",
+        ),
+        (&["SET", "lock", "b", "NX", "GET"], "SET NX GET on it"),
+        (&["SET", "absent", "b", "XX"], "SET XX on another key"),
+        (&["DEL", "absent"], "DEL of a missing key"),
+    ] {
+        let e = err(&mut l, args);
+        assert!(e.contains("condition_unconfirmed"), "{what}: {e}");
+    }
+    signal(&cluster.followers[0], libc::SIGCONT);
+    // Once the follower holds it, the refusal comes from committed state.
+    wait_until(
+        "SET NX refused from committed state",
+        Duration::from_secs(20),
+        async || {
+            matches!(
+                cmd::<Option<String>>(&mut l, &["SET", "lock", "b", "NX"]),
+                Ok(None)
+            )
+        },
+    )
+    .await;
+    assert_eq!(ok::<String>(&mut l, &["GET", "lock"]), "a");
+    assert_eq!(ok::<i64>(&mut l, &["DEL", "absent"]), 0);
 }

@@ -128,6 +128,9 @@ pub enum RespError {
     /// `WAIT` on a follower.
     #[error("ERR WAIT cannot be used with replica instances.")]
     WaitOnReplica,
+    /// `WAIT` with a timeout that is not an integer (Redis's wording).
+    #[error("ERR timeout is not an integer or out of range")]
+    TimeoutNotInteger,
     /// `WAIT` with a negative timeout.
     #[error("ERR timeout is negative")]
     NegativeTimeout,

@@ -134,17 +134,20 @@ pub(crate) async fn cas(
             return Err(readonly(node));
         }
         let table = node.engine.table();
-        let current = keys
-            .iter()
-            .map(|k| table.get(k))
-            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let current = table.get_many(&names)?;
+        // Everything the read could have seen; read after it, so no less.
+        let as_of = table.applied_lsn();
         let conditions = keys
             .iter()
             .zip(&current)
             .map(|(k, v)| (k.clone(), v.as_ref().map_or(Lsn::ZERO, |v| v.lsn)))
             .collect();
         let (op, answer) = match decide(&current)? {
-            Decision::Done(answer) => return Ok(answer),
+            Decision::Done(answer) => {
+                confirm_unwritten(node, as_of).await?;
+                return Ok(answer);
+            }
             Decision::Write(op, answer) => (op, answer),
         };
         match write(node, session, op, conditions).await {
@@ -156,6 +159,33 @@ pub(crate) async fn cas(
     Err(RespError::Contention {
         key: keys.first().cloned().unwrap_or_default(),
         attempts: RESP_CAS_ATTEMPTS_MAX,
+    })
+}
+
+/// Before a compare-and-set answers without writing (`SET NX` on a key
+/// that exists, `SET XX` on one that does not, `DEL` of keys that do not
+/// exist), wait until the state it decided on (everything up to `as_of`)
+/// is committed at the node's default write concern, as `/v1/txn` does for
+/// a failed condition: the leader may hold writes a failover would roll
+/// back, and answering from them could tell a client a lock is held that,
+/// after the failover, nobody holds. If the concern is not met in time the
+/// answer is `-ERR condition_unconfirmed`, which reveals nothing.
+async fn confirm_unwritten(node: &Node, as_of: Lsn) -> RespResult<()> {
+    let Some(leader) = node.leader() else {
+        return Err(readonly(node));
+    };
+    let w = node.config.default_write_concern;
+    let (acks, met) = leader
+        .wait_for(as_of, w, node.config.default_write_timeout)
+        .await;
+    if met {
+        return Ok(());
+    }
+    Err(RespError::Node {
+        code: "condition_unconfirmed",
+        message: format!(
+            "the command decided against state up to lsn {as_of}, which is on {acks} node(s), fewer than w={w} asks; nothing was written, retry"
+        ),
     })
 }
 
@@ -205,11 +235,12 @@ pub(crate) async fn get(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
 pub(crate) async fn mget(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
     let keys = args[1..].iter().map(key).collect::<RespResult<Vec<_>>>()?;
     read(&shared.node, |n| {
-        let table = n.engine.table();
+        // One applied state for every key, so an MSET is seen whole.
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let values = n.engine.table().get_many(&names)?;
         let mut bytes = 0usize;
         let mut out = Vec::with_capacity(keys.len());
-        for k in &keys {
-            let v = table.get(k)?;
+        for (k, v) in keys.iter().zip(values) {
             bytes += v.as_ref().map_or(0, |v| v.value.len());
             if bytes > RESP_REPLY_BYTES_MAX {
                 return Err(RespError::Limit(format!(
@@ -229,12 +260,11 @@ pub(crate) async fn mget(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
 pub(crate) async fn exists(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
     let keys = args[1..].iter().map(key).collect::<RespResult<Vec<_>>>()?;
     read(&shared.node, |n| {
-        let table = n.engine.table();
-        let mut count = 0;
-        for k in &keys {
-            count += i64::from(table.get(k)?.is_some());
-        }
-        Ok(Value::Integer(count))
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let values = n.engine.table().get_many(&names)?;
+        Ok(Value::Integer(
+            values.iter().filter(|v| v.is_some()).count() as i64,
+        ))
     })
     .await
 }

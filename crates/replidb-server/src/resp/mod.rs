@@ -125,14 +125,17 @@ pub fn frame_bytes_max(max_value_bytes: usize) -> usize {
 }
 
 /// The codec limits of a node: a bulk argument may be as large as the
-/// node's largest value or its largest key, whichever is larger (a key the
-/// HTTP API accepts must be usable here even with a `--max-value-bytes`
-/// below [`replidb_core::MAX_KEY_BYTES`]); values are held to
-/// `--max-value-bytes` by the commands that write them.
+/// whole request may be, so that a value over `--max-value-bytes` (which
+/// the commands that write values check) or a key over
+/// [`replidb_core::MAX_KEY_BYTES`] is answered with a command error and
+/// the connection stays open, as a client library expects of a refused
+/// value; only a request past [`frame_bytes_max`] is a protocol error,
+/// which closes the connection. The bound on a connection's buffer is the
+/// request's either way.
 pub fn limits(max_value_bytes: usize) -> Limits {
     Limits {
         args_max: RESP_ARGS_MAX,
-        bulk_bytes_max: max_value_bytes.max(replidb_core::MAX_KEY_BYTES),
+        bulk_bytes_max: frame_bytes_max(max_value_bytes),
         inline_bytes_max: RESP_INLINE_BYTES_MAX,
         frame_bytes_max: frame_bytes_max(max_value_bytes),
         depth_max: 1,

@@ -236,7 +236,7 @@ fn lsn_int(lsn: u64) -> i64 {
 /// Like a write concern, but asked after the write.
 pub(crate) async fn wait(shared: &Shared, session: &Session, args: &[Bytes]) -> RespResult<Value> {
     let wanted = parse_int(&args[1]).ok_or(RespError::NotInteger)?;
-    let timeout_ms = parse_int(&args[2]).ok_or(RespError::NotInteger)?;
+    let timeout_ms = parse_int(&args[2]).ok_or(RespError::TimeoutNotInteger)?;
     if timeout_ms < 0 {
         return Err(RespError::NegativeTimeout);
     }

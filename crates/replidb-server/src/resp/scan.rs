@@ -23,6 +23,12 @@ pub const RESP_SCAN_CURSORS_MAX: usize = 4096;
 /// Most keys one `SCAN` call examines, whatever `COUNT` asks (Redis treats
 /// `COUNT` as a hint too).
 pub const RESP_SCAN_COUNT_MAX: usize = 1000;
+/// Longest `MATCH` pattern, in bytes. Matching walks the whole pattern for
+/// every key examined (a run of `*` included), so the pattern's length is
+/// CPU per key; a key is at most [`replidb_core::MAX_KEY_BYTES`] long, and
+/// this leaves room for classes and escapes well past any pattern that can
+/// match one.
+pub const RESP_MATCH_PATTERN_BYTES_MAX: usize = 64 * 1024;
 /// Keys read from the table at a time: the table returns values with the
 /// keys, so a small chunk bounds the memory one call holds.
 pub const RESP_SCAN_CHUNK_KEYS: usize = 32;
@@ -95,6 +101,12 @@ pub(crate) async fn scan(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
             return Err(RespError::Syntax);
         };
         match name.to_ascii_uppercase().as_slice() {
+            b"MATCH" if value.len() > RESP_MATCH_PATTERN_BYTES_MAX => {
+                return Err(RespError::Limit(format!(
+                    "MATCH pattern of {} bytes exceeds the limit of {RESP_MATCH_PATTERN_BYTES_MAX} bytes",
+                    value.len()
+                )))
+            }
             b"MATCH" => pattern = Some(value.clone()),
             b"COUNT" => {
                 let n = parse_int(value).ok_or(RespError::NotInteger)?;
