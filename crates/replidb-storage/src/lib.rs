@@ -140,6 +140,20 @@ pub enum StorageError {
 /// Result of a storage operation.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// Keys read from one applied state by [`Table::get_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManyRead {
+    /// One entry per key read, in the keys' order; `None`: absent. Every
+    /// key when not [`cut`](Self::cut).
+    pub entries: Vec<Option<Versioned>>,
+    /// The applied LSN of the state read: no record after it is in the
+    /// entries, and every record up to it is.
+    pub applied: Lsn,
+    /// The values reached the byte limit: `entries` stops before the key
+    /// whose value passed it.
+    pub cut: bool,
+}
+
 /// The table: the materialized state of the log.
 pub trait Table: Send + Sync + 'static {
     /// Apply records in order, atomically together with the new applied_lsn.
@@ -159,7 +173,13 @@ pub trait Table: Send + Sync + 'static {
     /// as an `MSET`) is seen either entirely or not at all, as Redis's
     /// `MGET` never sees half of an `MSET`. Several [`Table::get`] calls
     /// could each see a different state.
-    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Versioned>>>;
+    ///
+    /// With `values` false, a present key's `value` comes back empty (its
+    /// LSN, epoch and `causal` flag are kept): what a presence check needs,
+    /// without copying values. Reading stops at the key whose value takes
+    /// the values read past `bytes_max` bytes ([`ManyRead::cut`]), so a
+    /// request naming many large keys cannot make the node copy them all.
+    fn get_many(&self, keys: &[&str], values: bool, bytes_max: usize) -> Result<ManyRead>;
 
     /// One page of the live table's keys starting with `prefix`, in key
     /// order, strictly after `start_after` if given: at most `keys_max`

@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::TableDigest;
 use crate::{
-    check_contiguous, check_restore_order, count_entry, not_restoring, scan_lower_bound, Result,
-    ScanPage, StorageError, Table, TableSnapshot,
+    check_contiguous, check_restore_order, count_entry, not_restoring, scan_lower_bound, ManyRead,
+    Result, ScanPage, StorageError, Table, TableSnapshot,
 };
 
 type Map = BTreeMap<String, Versioned>;
@@ -394,10 +394,38 @@ impl Table for MemoryTable {
         Ok(self.read_map().get(key).cloned())
     }
 
-    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Versioned>>> {
-        // One guard: an apply holds the write lock for its whole slice.
+    fn get_many(&self, keys: &[&str], values: bool, bytes_max: usize) -> Result<ManyRead> {
+        // One guard: an apply holds the write lock for its whole slice and
+        // stores the applied LSN under it.
         let map = self.read_map();
-        Ok(keys.iter().map(|k| map.get(*k).cloned()).collect())
+        let applied = self.applied_lsn();
+        let mut read = ManyRead {
+            entries: Vec::with_capacity(keys.len()),
+            applied,
+            cut: false,
+        };
+        let mut bytes = 0usize;
+        for key in keys {
+            let found = map.get(*key).map(|v| {
+                if values {
+                    v.clone()
+                } else {
+                    Versioned {
+                        value: Vec::new(),
+                        lsn: v.lsn,
+                        epoch: v.epoch,
+                        causal: v.causal,
+                    }
+                }
+            });
+            bytes = bytes.saturating_add(found.as_ref().map_or(0, |v| v.value.len()));
+            if bytes > bytes_max {
+                read.cut = true;
+                break;
+            }
+            read.entries.push(found);
+        }
+        Ok(read)
     }
 
     fn scan_page(

@@ -58,8 +58,8 @@ use replidb_core::{Epoch, Lsn, Op, Record, Versioned};
 use crate::digest::TableDigest;
 use crate::memtable::{Memtable, MEMTABLE_BYTES_DEFAULT};
 use crate::{
-    check_contiguous, check_restore_order, count_entry, not_restoring, scan_lower_bound, Result,
-    ScanPage, StorageError, Table, TableSnapshot,
+    check_contiguous, check_restore_order, count_entry, not_restoring, scan_lower_bound, ManyRead,
+    Result, ScanPage, StorageError, Table, TableSnapshot,
 };
 
 const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("data");
@@ -184,6 +184,21 @@ fn decode_parts<'a>(key: &str, bytes: &'a [u8]) -> Result<(&'a [u8], Lsn, Epoch,
         Epoch(epoch & !CAUSAL_BIT),
         epoch & CAUSAL_BIT != 0,
     ))
+}
+
+/// [`decode_value`], or with `value` left empty unless `with_value`.
+fn decode_versioned(key: &str, bytes: &[u8], with_value: bool) -> Result<Versioned> {
+    let (value, lsn, epoch, causal) = decode_parts(key, bytes)?;
+    Ok(Versioned {
+        value: if with_value {
+            value.to_vec()
+        } else {
+            Vec::new()
+        },
+        lsn,
+        epoch,
+        causal,
+    })
 }
 
 fn decode_value(key: &str, bytes: &[u8]) -> Result<Versioned> {
@@ -402,8 +417,10 @@ impl RedbTable {
         Ok(w)
     }
 
-    /// Apply `records` of plain puts and deletes to the memtable only.
-    fn apply_to_memtable(&self, records: &[Record]) -> Result<()> {
+    /// Apply `records` of plain puts and deletes to the memtable only, and
+    /// move the applied LSN to `applied` under the same lock, so a reader
+    /// holding the memtable's read lock (`get_many`) sees the two agree.
+    fn apply_to_memtable(&self, records: &[Record], applied: Lsn) -> Result<()> {
         // Encode before taking the lock, so readers wait only for the
         // map updates.
         let mut leaves: Vec<(&str, Option<Vec<u8>>)> = Vec::with_capacity(records.len());
@@ -424,6 +441,7 @@ impl RedbTable {
         for (key, stored) in leaves {
             mem.set(key, stored);
         }
+        self.applied.store(applied.0, Ordering::Release);
         Ok(())
     }
     /// Bytes redb's page cache holds now (read cache and write buffer), at
@@ -608,8 +626,20 @@ impl RedbTable {
     /// Replace the shared read view with one of `data`'s latest commit.
     /// Called after every commit that changes `data`.
     fn refresh_view(&self) -> Result<()> {
+        self.refresh_view_at(None)
+    }
+
+    /// [`refresh_view`](Self::refresh_view), moving the applied LSN to
+    /// `applied` under the view's write lock: a reader that takes the view
+    /// and reads the applied LSN under its read lock (`get_many`) sees the
+    /// two agree.
+    fn refresh_view_at(&self, applied: Option<Lsn>) -> Result<()> {
         let (_txn, table) = self.read_data()?;
-        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        *view = Arc::new(table);
+        if let Some(lsn) = applied {
+            self.applied.store(lsn.0, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -649,8 +679,7 @@ impl Table for RedbTable {
         };
         check_contiguous(self.applied_lsn(), records)?;
         if records.iter().all(|r| is_plain(&r.op)) {
-            self.apply_to_memtable(records)?;
-            self.applied.store(last.lsn.0, Ordering::Release);
+            self.apply_to_memtable(records, last.lsn)?;
             let full = self.mem_read().bytes() >= self.memtable_bytes_max;
             if full {
                 self.flush_locked()?;
@@ -665,8 +694,7 @@ impl Table for RedbTable {
         self.apply_in(&txn, records)?;
         self.set_meta(&txn, &[(META_APPLIED, last.lsn.0)])?;
         self.commit(txn)?;
-        self.refresh_view()?;
-        self.applied.store(last.lsn.0, Ordering::Release);
+        self.refresh_view_at(Some(last.lsn))?;
         Ok(())
     }
 
@@ -788,23 +816,42 @@ impl Table for RedbTable {
         guard.map(|g| decode_value(key, g.value())).transpose()
     }
 
-    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Versioned>>> {
+    fn get_many(&self, keys: &[&str], values: bool, bytes_max: usize) -> Result<ManyRead> {
         // As `scan_page`: the memtable's read lock, held while the view is
         // taken and read, pins one applied state. A plain round updates
-        // the memtable under its write lock in one go; a round with merges
-        // first flushes (which needs that lock) and then replaces the view
-        // at once.
+        // the memtable and the applied LSN under its write lock in one go;
+        // a round with merges first flushes (which needs that lock), then
+        // replaces the view and the applied LSN under the view's lock.
         let mem = self.mem_read();
-        let view = self.view.read().unwrap_or_else(|e| e.into_inner()).clone();
-        keys.iter()
-            .map(|key| {
-                if let Some(stored) = mem.get(key) {
-                    return stored.map(|b| decode_value(key, b)).transpose();
-                }
-                let guard = view.get(*key).map_err(|e| self.ctx("reading key").map(e))?;
-                guard.map(|g| decode_value(key, g.value())).transpose()
-            })
-            .collect()
+        let (view, applied) = {
+            let guard = self.view.read().unwrap_or_else(|e| e.into_inner());
+            (guard.clone(), self.applied_lsn())
+        };
+        let mut read = ManyRead {
+            entries: Vec::with_capacity(keys.len()),
+            applied,
+            cut: false,
+        };
+        let mut bytes = 0usize;
+        for key in keys {
+            let found = match mem.get(key) {
+                Some(stored) => stored
+                    .map(|b| decode_versioned(key, b, values))
+                    .transpose()?,
+                None => view
+                    .get(*key)
+                    .map_err(|e| self.ctx("reading key").map(e))?
+                    .map(|g| decode_versioned(key, g.value(), values))
+                    .transpose()?,
+            };
+            bytes = bytes.saturating_add(found.as_ref().map_or(0, |v| v.value.len()));
+            if bytes > bytes_max {
+                read.cut = true;
+                break;
+            }
+            read.entries.push(found);
+        }
+        Ok(read)
     }
 
     fn scan_page(
@@ -993,8 +1040,9 @@ impl Table for RedbTable {
         self.commit(txn)?;
         self.refresh_view()?;
         mem.clear();
-        drop(mem);
+        // Under the memtable's write lock, as every apply's.
         self.applied.store(lsn.0, Ordering::Release);
+        drop(mem);
         self.durable.store(lsn.0, Ordering::Release);
         self.restoring.store(false, Ordering::Release);
         Ok(())
@@ -1161,11 +1209,98 @@ mod tests {
         };
         t.apply(&[put(4, "c"), delete_b, put(6, "d")]).unwrap();
         let keys = ["d", "c", "b", "a", "none", "a"];
-        let many = t.get_many(&keys).unwrap();
+        let many = t.get_many(&keys, true, usize::MAX).unwrap();
+        assert_eq!(many.applied, Lsn(6));
+        assert!(!many.cut);
         let one: Vec<_> = keys.iter().map(|k| t.get(k).unwrap()).collect();
-        assert_eq!(many, one);
-        let lsns: Vec<_> = many.iter().map(|v| v.as_ref().map(|v| v.lsn.0)).collect();
+        assert_eq!(many.entries, one);
+        let lsns: Vec<_> = many
+            .entries
+            .iter()
+            .map(|v| v.as_ref().map(|v| v.lsn.0))
+            .collect();
         assert_eq!(lsns, [Some(6), Some(4), None, Some(1), None, Some(1)]);
+        // Presence only: no value copied.
+        let bare = t.get_many(&keys, false, 0).unwrap();
+        assert!(!bare.cut);
+        let lsns: Vec<_> = bare
+            .entries
+            .iter()
+            .map(|v| v.as_ref().map(|v| (v.lsn.0, v.value.len())))
+            .collect();
+        assert_eq!(
+            lsns,
+            [
+                Some((6, 0)),
+                Some((4, 0)),
+                None,
+                Some((1, 0)),
+                None,
+                Some((1, 0))
+            ]
+        );
+        // A byte limit stops the read at the key that passes it ("v" is 1 byte).
+        let cut = t.get_many(&keys, true, 2).unwrap();
+        assert!(cut.cut);
+        assert_eq!(
+            cut.entries.len(),
+            3,
+            "d, c, then b (absent); a passes 2 bytes"
+        );
+    }
+
+    /// Readers racing applies through a memtable that flushes on every
+    /// round (the B-tree view and the applied LSN change at each), and a
+    /// round with merges: every `get_many` sees one whole round, and never
+    /// a round past the applied LSN it reports.
+    #[test]
+    fn get_many_sees_whole_rounds_while_rounds_flush() {
+        const KEYS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let t = Arc::new(
+            RedbTable::open_with_options(&dir.path().join(crate::REDB_FILE_NAME), 1 << 20, 0)
+                .unwrap(),
+        );
+        let names: Vec<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
+        let round = |first: u64| -> Vec<Record> {
+            (0..KEYS as u64)
+                .map(|i| put_sized(first + i, &format!("k{i}"), 1))
+                .collect()
+        };
+        t.apply(&round(1)).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (t, stop, names) = (t.clone(), stop.clone(), names.clone());
+            std::thread::spawn(move || {
+                let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+                let mut reads = 0;
+                while !stop.load(Ordering::Acquire) {
+                    let r = t.get_many(&keys, true, usize::MAX).unwrap();
+                    let lsns: Vec<u64> = r
+                        .entries
+                        .iter()
+                        .map(|v| v.as_ref().unwrap().lsn.0)
+                        .collect();
+                    // One round: keys written at first, first+1, ... first+KEYS-1.
+                    let first = lsns[0];
+                    for (i, l) in lsns.iter().enumerate() {
+                        assert_eq!(*l, first + i as u64, "a torn read: {lsns:?}");
+                    }
+                    assert!(
+                        lsns[KEYS - 1] <= r.applied.0,
+                        "saw {lsns:?} past the applied LSN {}",
+                        r.applied
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for n in 1..300u64 {
+            t.apply(&round(1 + n * KEYS as u64)).unwrap();
+        }
+        stop.store(true, Ordering::Release);
+        assert!(reader.join().unwrap() > 0);
     }
 
     /// A table many times its page cache is written, read whole as a

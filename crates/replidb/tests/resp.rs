@@ -931,7 +931,7 @@ async fn set_nx_refuses_only_on_committed_state() {
         "--default-w",
         "2",
         "--default-timeout",
-        "500ms",
+        "2s",
     ];
     let cluster = Cluster::start(1, &leader_args, RESP_ARGS).await;
     let mut l = connect(resp_port(&cluster.leader).await, false);
@@ -943,8 +943,10 @@ async fn set_nx_refuses_only_on_committed_state() {
     );
 
     signal(&cluster.followers[0], libc::SIGSTOP);
-    // The lock's write lands on the leader only.
+    // The lock's write lands on the leader only, and so does a word.
     let e = err(&mut l, &["SET", "lock", "a", "NX"]);
+    assert!(e.contains("write_concern_timeout"), "{e}");
+    let e = err(&mut l, &["SET", "word", "abc"]);
     assert!(e.contains("write_concern_timeout"), "{e}");
     // Every answer that would rest on it waits, then reveals nothing.
     for (args, what) in [
@@ -955,6 +957,7 @@ async fn set_nx_refuses_only_on_committed_state() {
         (&["SET", "lock", "b", "NX", "GET"], "SET NX GET on it"),
         (&["SET", "absent", "b", "XX"], "SET XX on another key"),
         (&["DEL", "absent"], "DEL of a missing key"),
+        (&["INCR", "word"], "INCR refused on the uncommitted word"),
     ] {
         let e = err(&mut l, args);
         assert!(e.contains("condition_unconfirmed"), "{what}: {e}");
@@ -974,4 +977,6 @@ async fn set_nx_refuses_only_on_committed_state() {
     .await;
     assert_eq!(ok::<String>(&mut l, &["GET", "lock"]), "a");
     assert_eq!(ok::<i64>(&mut l, &["DEL", "absent"]), 0);
+    let e = err(&mut l, &["INCR", "word"]);
+    assert!(e.contains("not an integer"), "{e}");
 }

@@ -44,8 +44,8 @@ pub enum RespError {
     /// A `HELLO` option that does not parse.
     #[error("ERR Syntax error in HELLO option '{0}'")]
     HelloOption(String),
-    /// A value longer than `--max-value-bytes` (possible only when that is
-    /// below the longest key, which the codec admits).
+    /// A value longer than `--max-value-bytes` (within the request's limit;
+    /// a longer request is a protocol error).
     #[error("ERR value of {len_bytes} bytes exceeds the limit of {limit_bytes} bytes (--max-value-bytes)")]
     ValueTooLarge {
         /// The value's length.

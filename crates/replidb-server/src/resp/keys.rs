@@ -127,28 +127,33 @@ pub(crate) async fn cas(
     node: &Node,
     session: &mut Session,
     keys: &[String],
+    values: bool,
     mut decide: impl FnMut(&[Option<Versioned>]) -> RespResult<Decision>,
 ) -> RespResult<Value> {
     for _ in 0..RESP_CAS_ATTEMPTS_MAX {
         if node.leader().is_none() {
             return Err(readonly(node));
         }
-        let table = node.engine.table();
         let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let current = table.get_many(&names)?;
-        // Everything the read could have seen; read after it, so no less.
-        let as_of = table.applied_lsn();
+        // At most TXN_OPS_MAX keys, each at most one value: no byte limit.
+        let read = node.engine.table().get_many(&names, values, usize::MAX)?;
         let conditions = keys
             .iter()
-            .zip(&current)
+            .zip(&read.entries)
             .map(|(k, v)| (k.clone(), v.as_ref().map_or(Lsn::ZERO, |v| v.lsn)))
             .collect();
-        let (op, answer) = match decide(&current)? {
-            Decision::Done(answer) => {
-                confirm_unwritten(node, as_of).await?;
+        let (op, answer) = match decide(&read.entries) {
+            Ok(Decision::Write(op, answer)) => (op, answer),
+            // An answer or a refusal (WRONGTYPE, not an integer) that
+            // writes nothing rests on the state read, up to its applied LSN.
+            Ok(Decision::Done(answer)) => {
+                confirm_unwritten(node, read.applied).await?;
                 return Ok(answer);
             }
-            Decision::Write(op, answer) => (op, answer),
+            Err(e) => {
+                confirm_unwritten(node, read.applied).await?;
+                return Err(e);
+            }
         };
         match write(node, session, op, conditions).await {
             Ok(_) => return Ok(answer),
@@ -175,9 +180,13 @@ async fn confirm_unwritten(node: &Node, as_of: Lsn) -> RespResult<()> {
         return Err(readonly(node));
     };
     let w = node.config.default_write_concern;
-    let (acks, met) = leader
-        .wait_for(as_of, w, node.config.default_write_timeout)
-        .await;
+    let timeout = node.config.default_write_timeout;
+    // The table shows a round just before the writer publishes it, and the
+    // leader counts its own copy from what is published, while only
+    // followers' acks wake `wait_for`: without this a single node would sit
+    // out the whole timeout (as `write::propose_with` explains).
+    node.engine.wait_applied(as_of, timeout).await;
+    let (acks, met) = leader.wait_for(as_of, w, timeout).await;
     if met {
         return Ok(());
     }
@@ -235,18 +244,20 @@ pub(crate) async fn get(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
 pub(crate) async fn mget(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
     let keys = args[1..].iter().map(key).collect::<RespResult<Vec<_>>>()?;
     read(&shared.node, |n| {
-        // One applied state for every key, so an MSET is seen whole.
+        // One applied state for every key, so an MSET is seen whole; the
+        // read stops once the values pass the answer's limit.
         let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let values = n.engine.table().get_many(&names)?;
-        let mut bytes = 0usize;
+        let read = n
+            .engine
+            .table()
+            .get_many(&names, true, RESP_REPLY_BYTES_MAX)?;
+        if read.cut {
+            return Err(RespError::Limit(format!(
+                "MGET answer would exceed {RESP_REPLY_BYTES_MAX} bytes; ask for fewer keys"
+            )));
+        }
         let mut out = Vec::with_capacity(keys.len());
-        for (k, v) in keys.iter().zip(values) {
-            bytes += v.as_ref().map_or(0, |v| v.value.len());
-            if bytes > RESP_REPLY_BYTES_MAX {
-                return Err(RespError::Limit(format!(
-                    "MGET answer would exceed {RESP_REPLY_BYTES_MAX} bytes; ask for fewer keys"
-                )));
-            }
+        for (k, v) in keys.iter().zip(read.entries) {
             // As Redis's MGET: a key of another type reads as nil.
             out.push(bulk_or_null(string_only(k, v.as_ref()).unwrap_or(None)));
         }
@@ -260,10 +271,11 @@ pub(crate) async fn mget(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
 pub(crate) async fn exists(shared: &Shared, args: &[Bytes]) -> RespResult<Value> {
     let keys = args[1..].iter().map(key).collect::<RespResult<Vec<_>>>()?;
     read(&shared.node, |n| {
+        // Presence only: no value is copied.
         let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let values = n.engine.table().get_many(&names)?;
+        let read = n.engine.table().get_many(&names, false, usize::MAX)?;
         Ok(Value::Integer(
-            values.iter().filter(|v| v.is_some()).count() as i64,
+            read.entries.iter().filter(|v| v.is_some()).count() as i64,
         ))
     })
     .await
@@ -312,8 +324,9 @@ fn set_opts(args: &[Bytes]) -> RespResult<SetOpts> {
     Ok(o)
 }
 
-/// A value of at most `--max-value-bytes`: the codec lets an argument be
-/// as long as a key, which may be longer.
+/// A value of at most `--max-value-bytes`: the codec lets one argument be
+/// as long as the whole request, so that a longer value is answered with
+/// this error and the connection stays open.
 fn check_value(shared: &Shared, value: &[u8]) -> RespResult<()> {
     let limit_bytes = shared.node.config.max_value_bytes;
     if value.len() > limit_bytes {
@@ -344,7 +357,7 @@ pub(crate) async fn set(
         return Ok(Value::ok());
     }
     let keys = [k.clone()];
-    cas(&shared.node, session, &keys, |cur| {
+    cas(&shared.node, session, &keys, true, |cur| {
         let old = string_only(&k, cur[0].as_ref())?;
         let answer = if o.get {
             bulk_or_null(old)
@@ -381,7 +394,7 @@ pub(crate) async fn del(
     }
     check_batch(keys.len())?;
     let names = keys.clone();
-    cas(&shared.node, session, &keys, |cur| {
+    cas(&shared.node, session, &keys, false, |cur| {
         let doomed: Vec<Op> = names
             .iter()
             .zip(cur)
@@ -442,7 +455,7 @@ pub(crate) async fn incr_by(
 ) -> RespResult<Value> {
     let k = key(raw_key)?;
     let keys = [k.clone()];
-    cas(&shared.node, session, &keys, |cur| {
+    cas(&shared.node, session, &keys, true, |cur| {
         let old = match string_only(&k, cur[0].as_ref())? {
             Some(v) => parse_int(&v.value).ok_or(RespError::NotInteger)?,
             None => 0,
