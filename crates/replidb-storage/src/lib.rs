@@ -152,6 +152,34 @@ pub struct ManyRead {
     /// The values reached the byte limit: `entries` stops before the key
     /// whose value passed it.
     pub cut: bool,
+    /// Bytes of values in `entries`.
+    value_bytes: usize,
+}
+
+impl ManyRead {
+    /// No entries yet, of the state at `applied`, for `keys` keys.
+    pub fn new(applied: Lsn, keys: usize) -> ManyRead {
+        ManyRead {
+            entries: Vec::with_capacity(keys),
+            applied,
+            cut: false,
+            value_bytes: 0,
+        }
+    }
+
+    /// Add the next key's entry, unless its value takes the values read
+    /// past `bytes_max`: then mark the read [`cut`](Self::cut) and return
+    /// false (the caller stops reading).
+    pub fn push_within(&mut self, found: Option<Versioned>, bytes_max: usize) -> bool {
+        let bytes = found.as_ref().map_or(0, |v| v.value.len());
+        self.value_bytes = self.value_bytes.saturating_add(bytes);
+        if self.value_bytes > bytes_max {
+            self.cut = true;
+            return false;
+        }
+        self.entries.push(found);
+        true
+    }
 }
 
 /// The table: the materialized state of the log.

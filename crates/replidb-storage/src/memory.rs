@@ -398,32 +398,17 @@ impl Table for MemoryTable {
         // One guard: an apply holds the write lock for its whole slice and
         // stores the applied LSN under it.
         let map = self.read_map();
-        let applied = self.applied_lsn();
-        let mut read = ManyRead {
-            entries: Vec::with_capacity(keys.len()),
-            applied,
-            cut: false,
-        };
-        let mut bytes = 0usize;
+        let mut read = ManyRead::new(self.applied_lsn(), keys.len());
         for key in keys {
-            let found = map.get(*key).map(|v| {
-                if values {
-                    v.clone()
-                } else {
-                    Versioned {
-                        value: Vec::new(),
-                        lsn: v.lsn,
-                        epoch: v.epoch,
-                        causal: v.causal,
-                    }
-                }
+            let found = map.get(*key).map(|v| Versioned {
+                value: if values { v.value.clone() } else { Vec::new() },
+                lsn: v.lsn,
+                epoch: v.epoch,
+                causal: v.causal,
             });
-            bytes = bytes.saturating_add(found.as_ref().map_or(0, |v| v.value.len()));
-            if bytes > bytes_max {
-                read.cut = true;
+            if !read.push_within(found, bytes_max) {
                 break;
             }
-            read.entries.push(found);
         }
         Ok(read)
     }
@@ -613,6 +598,40 @@ impl TableSnapshot for MemorySnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `get_many` on the in-memory backend: keys' order, the applied LSN,
+    /// presence without values, and the byte limit.
+    #[test]
+    fn get_many_reads_keys_in_order_and_stops_at_the_byte_limit() {
+        let t = MemoryTable::new();
+        let put = |lsn: u64, key: &str| Record {
+            lsn: Lsn(lsn),
+            epoch: replidb_core::Epoch(1),
+            hlc: Default::default(),
+            op: Op::Put {
+                key: key.into(),
+                value: b"vv".to_vec(),
+            },
+        };
+        t.apply(&[put(1, "a"), put(2, "b")]).unwrap();
+        let read = t.get_many(&["b", "none", "a"], true, usize::MAX).unwrap();
+        assert_eq!(read.applied, Lsn(2));
+        let lsns: Vec<_> = read
+            .entries
+            .iter()
+            .map(|v| v.as_ref().map(|v| v.lsn.0))
+            .collect();
+        assert_eq!(lsns, [Some(2), None, Some(1)]);
+        assert!(!read.cut);
+        let bare = t.get_many(&["b", "a"], false, 0).unwrap();
+        assert!(bare
+            .entries
+            .iter()
+            .all(|v| v.as_ref().is_some_and(|v| v.value.is_empty())));
+        let cut = t.get_many(&["b", "a"], true, 3).unwrap();
+        assert!(cut.cut);
+        assert_eq!(cut.entries.len(), 1);
+    }
 
     #[test]
     fn corrupt_snapshot_is_reported() {

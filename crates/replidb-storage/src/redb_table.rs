@@ -827,12 +827,7 @@ impl Table for RedbTable {
             let guard = self.view.read().unwrap_or_else(|e| e.into_inner());
             (guard.clone(), self.applied_lsn())
         };
-        let mut read = ManyRead {
-            entries: Vec::with_capacity(keys.len()),
-            applied,
-            cut: false,
-        };
-        let mut bytes = 0usize;
+        let mut read = ManyRead::new(applied, keys.len());
         for key in keys {
             let found = match mem.get(key) {
                 Some(stored) => stored
@@ -844,12 +839,9 @@ impl Table for RedbTable {
                     .map(|g| decode_versioned(key, g.value(), values))
                     .transpose()?,
             };
-            bytes = bytes.saturating_add(found.as_ref().map_or(0, |v| v.value.len()));
-            if bytes > bytes_max {
-                read.cut = true;
+            if !read.push_within(found, bytes_max) {
                 break;
             }
-            read.entries.push(found);
         }
         Ok(read)
     }

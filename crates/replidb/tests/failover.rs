@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::signal;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -569,13 +571,6 @@ async fn a_longer_log_of_an_older_epoch_never_wins_an_election() {
     for n in &nodes {
         assert_has_all(n, &acked).await;
     }
-}
-
-fn signal(node: &Node, sig: libc::c_int) {
-    let pid = node.pid().expect("running");
-    // SAFETY: kill(2) on our own, unreaped child.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    assert_eq!(rc, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

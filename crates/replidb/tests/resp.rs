@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::signal;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -836,14 +838,6 @@ async fn keys_longer_than_the_value_limit_work_and_values_are_still_held_to_it()
     assert_eq!(got, "x");
     let deleted: i64 = ok(&mut c, &["DEL", &long_key]);
     assert_eq!(deleted, 1);
-}
-
-/// Send `sig` to a node's process.
-fn signal(node: &Node, sig: libc::c_int) {
-    let pid = node.pid().expect("running");
-    // SAFETY: kill(2) on our own, unreaped child.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    assert_eq!(rc, 0);
 }
 
 /// A new user's finding: `MGET` read its keys one at a time, so a reader

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::signal;
+
 use std::time::{Duration, Instant};
 
 use common::{wait_for, wait_until, Cluster, Node};
@@ -18,13 +20,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The leader's check-quorum window (`LeaderOptions::check_quorum`).
 const CHECK_QUORUM: Duration = Duration::from_millis(3000);
-
-fn signal(node: &Node, sig: libc::c_int) {
-    let pid = node.pid().expect("running");
-    // SAFETY: kill(2) on our own, unreaped child.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    assert_eq!(rc, 0);
-}
 
 /// A raw HTTP/1.1 answer: status, lower-cased head, body.
 struct RawAnswer {

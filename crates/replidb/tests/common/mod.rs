@@ -843,3 +843,11 @@ pub async fn resp_port(node: &Node) -> u16 {
     )
     .await
 }
+
+/// Send `sig` (SIGSTOP, SIGCONT...) to a running node's process.
+pub fn signal(node: &Node, sig: libc::c_int) {
+    let pid = node.pid().expect("running");
+    // SAFETY: kill(2) on our own, unreaped child.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0);
+}
